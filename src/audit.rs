@@ -1,0 +1,669 @@
+//! The append-only, hash-chained audit log (DESIGN §5).
+//!
+//! `audit.jsonl` holds one JSON record per line. Each record carries the
+//! MAC of the one before it (`prev`) and its own
+//! `mac = HMAC-SHA256(audit.key, prev || canonical)`, where `prev` is the
+//! previous record's MAC as 64 lowercase hex digits (64 zeros for the first
+//! record) and `canonical` is the line up to the `mac` field, closed with
+//! `}` (the record serialised without `mac`). Fields appear in the fixed
+//! order of [`Record`], absent ones omitted, so a line is
+//! `{"seq":N,...,"prev":"<hex>","mac":"<hex>"}`.
+//!
+//! Every writer (CLI and daemon) takes an exclusive `flock` on the log,
+//! appends with one `O_APPEND` write and `fdatasync`s before returning, so
+//! the chain stays linear across processes and a record returned as written
+//! is on disk. A torn last line (a crash mid-write) is cut back by the next
+//! writer, which first appends an `audit.recovered` record.
+//!
+//! What this does not catch: someone holding `audit.key` (any process of
+//! the owner's user) can rewrite the whole chain, and cutting records off
+//! the end leaves a shorter chain that still verifies. SECURITY.md says
+//! how the head is anchored off the machine.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, SecondsFormat, Utc};
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{self, FileError, Paths};
+
+/// `prev` of the first record: 64 zeros.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The longest record a reader accepts, in bytes (writers stay far below).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// `,"mac":"` + 64 hex + `"}`.
+const MAC_SUFFIX: usize = 74;
+/// `,"prev":"` + 64 hex + `"`.
+const PREV_SUFFIX: usize = 74;
+const READ_CHUNK: usize = 1 << 20;
+
+/// An audit event name, as written in the `event` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Event {
+    #[serde(rename = "consent.granted")]
+    ConsentGranted,
+    #[serde(rename = "consent.revoked")]
+    ConsentRevoked,
+    #[serde(rename = "consent.expired")]
+    ConsentExpired,
+    #[serde(rename = "action.denied")]
+    ActionDenied,
+    #[serde(rename = "action.started")]
+    ActionStarted,
+    #[serde(rename = "action.finished")]
+    ActionFinished,
+    #[serde(rename = "task.stopped")]
+    TaskStopped,
+    #[serde(rename = "task.aborted")]
+    TaskAborted,
+    #[serde(rename = "audit.recovered")]
+    AuditRecovered,
+    #[serde(rename = "daemon.started")]
+    DaemonStarted,
+    #[serde(rename = "daemon.stopped")]
+    DaemonStopped,
+    #[serde(rename = "control.unauthorized")]
+    ControlUnauthorized,
+    #[serde(rename = "trust.added")]
+    TrustAdded,
+    #[serde(rename = "trust.removed")]
+    TrustRemoved,
+}
+
+impl Event {
+    /// The wire name, e.g. `consent.granted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::ConsentGranted => "consent.granted",
+            Event::ConsentRevoked => "consent.revoked",
+            Event::ConsentExpired => "consent.expired",
+            Event::ActionDenied => "action.denied",
+            Event::ActionStarted => "action.started",
+            Event::ActionFinished => "action.finished",
+            Event::TaskStopped => "task.stopped",
+            Event::TaskAborted => "task.aborted",
+            Event::AuditRecovered => "audit.recovered",
+            Event::DaemonStarted => "daemon.started",
+            Event::DaemonStopped => "daemon.stopped",
+            Event::ControlUnauthorized => "control.unauthorized",
+            Event::TrustAdded => "trust.added",
+            Event::TrustRemoved => "trust.removed",
+        }
+    }
+}
+
+/// One audit record. `seq`, `ts`, `prev` and `mac` are set by
+/// [`AuditLog::append`]; callers fill the event and what applies.
+/// The field order is part of the format (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// 1, 2, ... with no gap.
+    pub seq: u64,
+    /// RFC 3339 UTC, microseconds.
+    pub ts: String,
+    pub event: Event,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// A denial code (DESIGN §7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// A task's end: ok, failed, timeout, cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+    /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The previous record's `mac`, 64 hex digits.
+    pub prev: String,
+    /// HMAC-SHA256 as 64 hex digits; empty until sealed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+}
+
+impl Record {
+    /// A record of `event` with every optional field empty.
+    pub fn new(event: Event) -> Record {
+        Record {
+            seq: 0,
+            ts: String::new(),
+            event,
+            grant_id: None,
+            tier: None,
+            action: None,
+            params: None,
+            request_id: None,
+            task_id: None,
+            operator: None,
+            code: None,
+            status: None,
+            exit_code: None,
+            duration_ms: None,
+            output_bytes: None,
+            output_sha256: None,
+            by: None,
+            reason: None,
+            detail: None,
+            prev: String::new(),
+            mac: String::new(),
+        }
+    }
+}
+
+/// A failure of the audit log. While any of these stands, nothing runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Writing or syncing failed (disk full, read-only, I/O error).
+    #[error("cannot write the audit log {path}: {source}; nothing was done. Check free space and permissions", path = path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The log has records but its key is gone.
+    #[error("the audit key {path} is missing but the log has records; restore the key, or move the log aside to start a new one", path = path.display())]
+    KeyMissing { path: PathBuf },
+    /// The key file is not 32 bytes of base64url.
+    #[error("the audit key {path} is malformed; restore it from a backup, or move the log and key aside to start anew", path = path.display())]
+    KeyMalformed { path: PathBuf },
+    /// The last record cannot be chained onto.
+    #[error("the last record of {path} is not sound ({why}); run `support audit --verify`, then move the log aside to start a new one", path = path.display())]
+    BadTail { path: PathBuf, why: String },
+    /// Verification found the chain broken at `seq`.
+    #[error("audit chain broken at seq {seq}: {why}")]
+    Broken { seq: u64, why: String },
+}
+
+/// The position the next record chains from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The last record's seq (0 for an empty log).
+    pub seq: u64,
+    /// The last record's mac ([`GENESIS_PREV`] for an empty log).
+    pub mac: String,
+}
+
+impl Head {
+    fn genesis() -> Head {
+        Head { seq: 0, mac: GENESIS_PREV.into() }
+    }
+}
+
+/// A writer of the audit log. Hold one per process; each append locks.
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    key: hmac::Key,
+    /// File length and head after our last append, to skip re-reading the tail.
+    cached: Option<(u64, Head)>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("path", &self.path).field("key", &"***").finish()
+    }
+}
+
+/// Holds the `flock` until dropped.
+struct Locked<'a>(&'a File);
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+fn lock<'a>(file: &'a File, path: &Path) -> Result<Locked<'a>, AuditError> {
+    file.lock().map_err(|source| AuditError::Write { path: path.into(), source })?;
+    Ok(Locked(file))
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) the log and its key under `paths`.
+    /// The key is made on first use: 32 random bytes, base64url, 0600.
+    ///
+    /// # Errors
+    /// [`AuditError::File`] for unsafe or unwritable files;
+    /// [`AuditError::KeyMissing`] / [`AuditError::KeyMalformed`].
+    pub fn open(paths: &Paths) -> Result<AuditLog, AuditError> {
+        paths.ensure_dirs()?;
+        let path = paths.audit();
+        let file = paths::open_append(&path)?;
+        let key = {
+            let _guard = lock(&file, &path)?;
+            let len = file.metadata().map_err(|source| AuditError::Write { path: path.clone(), source })?.len();
+            load_key(&paths.audit_key(), len == 0)?
+        };
+        Ok(AuditLog { path, file, key, cached: None })
+    }
+
+    /// Seals and appends one record; returns it as written.
+    ///
+    /// # Errors
+    /// [`AuditError::Write`] when it is not durably written (the file is
+    /// cut back to where it was); [`AuditError::BadTail`] when the last
+    /// record is unsound.
+    pub fn append(&mut self, record: Record) -> Result<Record, AuditError> {
+        Ok(self.append_batch(vec![record])?.pop().expect("one record in, one out"))
+    }
+
+    /// Seals and appends records in one write and one `fdatasync`.
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`]; then none of them is written.
+    pub fn append_batch(&mut self, mut records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
+        let cached = self.cached.take();
+        let guard = lock(&self.file, &self.path)?;
+        let (mut len, mut head, torn) = self.position_locked(cached)?;
+        let mut out = Vec::with_capacity(records.len() * 320);
+        let key = &self.key;
+        let seal_one = |record: &mut Record, head: &mut Head, out: &mut Vec<u8>| {
+            seal(key, record, head, Utc::now(), out);
+            *head = Head { seq: record.seq, mac: record.mac.clone() };
+        };
+        if let Some(keep) = torn {
+            let io = |source| AuditError::Write { path: self.path.clone(), source };
+            self.file.set_len(keep).map_err(io)?;
+            self.file.sync_data().map_err(io)?;
+            tracing::warn!(dropped = len - keep, "audit log: cut back a torn last record");
+            let mut r = Record::new(Event::AuditRecovered);
+            r.detail = Some(format!("dropped {} bytes of a torn record at the end of the log", len - keep));
+            seal_one(&mut r, &mut head, &mut out);
+            len = keep;
+        }
+        for record in &mut records {
+            seal_one(record, &mut head, &mut out);
+        }
+        self.write_synced(len, &out)?;
+        drop(guard);
+        self.cached = Some((len + out.len() as u64, head));
+        Ok(records)
+    }
+
+    /// The file length, the head to chain from, and where to cut a torn
+    /// last line (`Some(length to keep)`). Call with the lock held.
+    fn position_locked(&self, cached: Option<(u64, Head)>) -> Result<(u64, Head, Option<u64>), AuditError> {
+        let len = self.file.metadata().map_err(|source| AuditError::Write { path: self.path.clone(), source })?.len();
+        if let Some((cached_len, head)) = cached
+            && cached_len == len
+        {
+            return Ok((len, head, None));
+        }
+        // Two records' worth: a torn line plus the whole one before it.
+        let n = len.min(MAX_RECORD_BYTES as u64 * 2 + 2);
+        let mut tail = vec![0; n as usize];
+        self.file
+            .read_exact_at(&mut tail, len - n)
+            .map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+        let last_nl = tail.iter().rposition(|&b| b == b'\n');
+        let torn = match last_nl {
+            Some(i) if i + 1 == tail.len() => None,
+            Some(i) => Some(len - n + i as u64 + 1),
+            None if n == len => (len > 0).then_some(0),
+            None => return Err(self.bad_tail("a record longer than 64 KiB")),
+        };
+        let head = match last_nl {
+            None => Head::genesis(),
+            Some(e) => match tail[..e].iter().rposition(|&b| b == b'\n') {
+                Some(s) => self.check_tail(&tail[s + 1..e])?,
+                None if n == len => self.check_tail(&tail[..e])?,
+                None => return Err(self.bad_tail("a record longer than 64 KiB")),
+            },
+        };
+        Ok((len, head, torn))
+    }
+
+    /// The last whole record must parse and its MAC must verify with our key.
+    fn check_tail(&self, line: &[u8]) -> Result<Head, AuditError> {
+        let parsed = Parsed::from_line(line).ok_or_else(|| self.bad_tail("not a well-formed record"))?;
+        if !parsed.mac_ok(&self.key) {
+            return Err(self.bad_tail(&format!("the mac of seq {} does not verify", parsed.seq)));
+        }
+        Ok(Head { seq: parsed.seq, mac: String::from_utf8_lossy(parsed.mac).into_owned() })
+    }
+
+    fn bad_tail(&self, why: &str) -> AuditError {
+        AuditError::BadTail { path: self.path.clone(), why: why.into() }
+    }
+
+    fn write_synced(&self, len: u64, bytes: &[u8]) -> Result<(), AuditError> {
+        use std::io::Write as _;
+        let result = (&self.file).write_all(bytes).and_then(|()| self.file.sync_data());
+        if let Err(source) = result {
+            // Leave no half record behind; the caller must not proceed either way.
+            let _ = self.file.set_len(len).and_then(|()| self.file.sync_data());
+            return Err(AuditError::Write { path: self.path.clone(), source });
+        }
+        Ok(())
+    }
+}
+
+fn load_key(path: &Path, may_create: bool) -> Result<hmac::Key, AuditError> {
+    let malformed = || AuditError::KeyMalformed { path: path.into() };
+    let text = match paths::read_capped(path, 1024)? {
+        Some(t) => t,
+        None if may_create => {
+            let mut raw = [0u8; 32];
+            crate::fill_random(&mut raw);
+            let encoded = format!("{}\n", URL_SAFE_NO_PAD.encode(raw));
+            if !paths::create_new(path, encoded.as_bytes())? {
+                return load_key(path, false);
+            }
+            encoded.into_bytes()
+        }
+        None => return Err(AuditError::KeyMissing { path: path.into() }),
+    };
+    let text = std::str::from_utf8(&text).map_err(|_| malformed())?;
+    let raw = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| malformed())?;
+    if raw.len() != 32 {
+        return Err(malformed());
+    }
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, &raw))
+}
+
+fn compute_mac(key: &hmac::Key, prev: &[u8], canonical_open: &[u8]) -> [u8; 64] {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(prev);
+    ctx.update(canonical_open);
+    ctx.update(b"}");
+    let mut hex_out = [0u8; 64];
+    hex::encode_to_slice(ctx.sign().as_ref(), &mut hex_out).expect("64 hex digits for 32 bytes");
+    hex_out
+}
+
+/// Fills seq/ts/prev/mac of `record` after `head` and appends its line to `out`.
+fn seal(key: &hmac::Key, record: &mut Record, head: &Head, now: DateTime<Utc>, out: &mut Vec<u8>) {
+    record.seq = head.seq + 1;
+    record.ts = now.to_rfc3339_opts(SecondsFormat::Micros, true);
+    record.prev.clone_from(&head.mac);
+    record.mac.clear();
+    let start = out.len();
+    serde_json::to_writer(&mut *out, record).expect("a record always serialises");
+    out.pop(); // the closing brace; the mac goes before it
+    let mac = compute_mac(key, head.mac.as_bytes(), &out[start..]);
+    out.extend_from_slice(b",\"mac\":\"");
+    out.extend_from_slice(&mac);
+    out.extend_from_slice(b"\"}\n");
+    record.mac = String::from_utf8_lossy(&mac).into_owned();
+}
+
+/// The parts of a line that verification needs, found at fixed places.
+struct Parsed<'a> {
+    seq: u64,
+    prev: &'a [u8],
+    mac: &'a [u8],
+    /// The line up to the mac field (the canonical bytes without the closing brace).
+    open: &'a [u8],
+}
+
+impl<'a> Parsed<'a> {
+    fn from_line(line: &'a [u8]) -> Option<Parsed<'a>> {
+        const SEQ: &[u8] = b"{\"seq\":";
+        if line.len() < SEQ.len() + 2 + PREV_SUFFIX + MAC_SUFFIX {
+            return None;
+        }
+        let (open, mac_part) = line.split_at(line.len() - MAC_SUFFIX);
+        let mac = mac_part.strip_prefix(b",\"mac\":\"")?.strip_suffix(b"\"}")?;
+        let prev = open[open.len() - PREV_SUFFIX..].strip_prefix(b",\"prev\":\"")?.strip_suffix(b"\"")?;
+        let digits = &open.strip_prefix(SEQ)?;
+        let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+        if end == 0 || end > 19 || digits[end] != b',' {
+            return None;
+        }
+        let seq = std::str::from_utf8(&digits[..end]).ok()?.parse().ok()?;
+        let hex_ok = |h: &[u8]| h.len() == 64 && h.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        (hex_ok(mac) && hex_ok(prev)).then_some(Parsed { seq, prev, mac, open })
+    }
+
+    fn mac_ok(&self, key: &hmac::Key) -> bool {
+        compute_mac(key, self.prev, self.open) == self.mac
+    }
+}
+
+/// Checks one line against the chain so far; returns its mac or why it fails.
+fn check_line<'a>(key: &hmac::Key, expect_seq: u64, expect_prev: &[u8], line: &'a [u8]) -> Result<&'a [u8], String> {
+    let p = Parsed::from_line(line).ok_or("not a well-formed record (altered, or not written by support)")?;
+    if p.seq != expect_seq {
+        return Err(format!(
+            "expected seq {expect_seq}, found seq {} (a record was deleted, inserted or moved)",
+            p.seq
+        ));
+    }
+    if p.prev != expect_prev {
+        return Err(format!("prev does not match the mac of seq {} (the chain was altered)", expect_seq - 1));
+    }
+    if !p.mac_ok(key) {
+        return Err("mac mismatch (the record was altered, or not sealed with this log's key)".into());
+    }
+    Ok(p.mac)
+}
+
+/// Calls `f` with each line (without its `\n`) and whether it was complete.
+fn scan_lines(
+    mut r: impl Read,
+    path: &Path,
+    mut f: impl FnMut(&[u8], bool) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    let io = |source| AuditError::File(FileError::Io { op: "read", path: path.into(), source });
+    let mut buf = vec![0u8; READ_CHUNK];
+    let (mut start, mut end) = (0, 0);
+    loop {
+        let mut line_start = start;
+        for i in memchr::memchr_iter(b'\n', &buf[start..end]) {
+            f(&buf[line_start..start + i], true)?;
+            line_start = start + i + 1;
+        }
+        start = line_start;
+        if end - start > MAX_RECORD_BYTES {
+            f(&buf[start..start + MAX_RECORD_BYTES], false)?;
+        }
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+        let n = r.read(&mut buf[end..]).map_err(io)?;
+        if n == 0 {
+            if end > 0 {
+                f(&buf[..end], false)?;
+            }
+            return Ok(());
+        }
+        end += n;
+    }
+}
+
+/// Opens the log and key for reading under a shared lock; `None` if there is no log.
+fn open_for_reading(paths: &Paths) -> Result<Option<(File, hmac::Key)>, AuditError> {
+    let path = paths.audit();
+    let Some(file) = paths::open_read(&path)? else { return Ok(None) };
+    file.lock_shared().map_err(|source| AuditError::File(FileError::Io { op: "lock", path: path.clone(), source }))?;
+    let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
+    if empty {
+        return Ok(None);
+    }
+    Ok(Some((file, load_key(&paths.audit_key(), false)?)))
+}
+
+/// What a successful verification found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// How many records the chain holds.
+    pub records: u64,
+    /// The last record's seq and mac.
+    pub head: Head,
+}
+
+/// Verifies the whole chain: seq 1, 2, ... with no gap, each `prev` equal
+/// to the previous `mac`, each `mac` correct under `audit.key`.
+///
+/// # Errors
+/// [`AuditError::Broken`] naming the first bad seq (the position where
+/// the record should be) and why; file and key errors as [`AuditLog::open`].
+pub fn verify(paths: &Paths) -> Result<Verified, AuditError> {
+    let Some((file, key)) = open_for_reading(paths)? else {
+        return Ok(Verified { records: 0, head: Head::genesis() });
+    };
+    let mut prev = GENESIS_PREV.as_bytes().to_vec();
+    let mut seq = 0u64;
+    scan_lines(&file, &paths.audit(), |line, complete| {
+        let expect = seq + 1;
+        if !complete {
+            return Err(AuditError::Broken {
+                seq: expect,
+                why: "the last record is torn (no line end); the next write recovers it".into(),
+            });
+        }
+        let mac = check_line(&key, expect, &prev, line).map_err(|why| AuditError::Broken { seq: expect, why })?;
+        prev.clear();
+        prev.extend_from_slice(mac);
+        seq = expect;
+        Ok(())
+    })?;
+    Ok(Verified { records: seq, head: Head { seq, mac: String::from_utf8_lossy(&prev).into_owned() } })
+}
+
+/// One record as listed, with whether it verified in its place.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// The parsed record; `None` when the line is not valid JSON.
+    pub record: Option<Record>,
+    /// The MAC and chain link check out.
+    pub verified: bool,
+}
+
+/// Reads every record, oldest first, marking each as verified or not
+/// (a record after a break is checked against its own `prev`).
+///
+/// # Errors
+/// File and key errors as [`AuditLog::open`].
+pub fn read_all(paths: &Paths) -> Result<Vec<Listed>, AuditError> {
+    let Some((file, key)) = open_for_reading(paths)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    let mut prev = GENESIS_PREV.as_bytes().to_vec();
+    scan_lines(&file, &paths.audit(), |line, complete| {
+        let record: Option<Record> = serde_json::from_slice(line).ok();
+        let expect = out.len() as u64 + 1;
+        let verified = match check_line(&key, expect, &prev, line) {
+            Ok(mac) if complete => {
+                prev = mac.to_vec();
+                true
+            }
+            _ => {
+                if let Some(r) = &record {
+                    prev = r.mac.clone().into_bytes();
+                }
+                false
+            }
+        };
+        out.push(Listed { record, verified });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: usize) -> (tempfile::TempDir, Paths) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("h"));
+        let mut log = AuditLog::open(&paths).unwrap();
+        for i in 0..n {
+            let mut r = Record::new(Event::ConsentGranted);
+            r.tier = Some(1);
+            r.reason = Some(format!("r{i}"));
+            log.append(r).unwrap();
+        }
+        (dir, paths)
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_caught_at_its_seq() {
+        let (_dir, paths) = log_with(4);
+        let original = std::fs::read(paths.audit()).unwrap();
+        let lines: Vec<usize> = std::iter::once(0)
+            .chain(original.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1))
+            .collect();
+        let (start, end) = (lines[2], lines[3] - 1); // record 3, without its newline
+        for i in start..end {
+            for bit in [0x01u8, 0x20] {
+                let mut bytes = original.clone();
+                bytes[i] ^= bit;
+                std::fs::write(paths.audit(), &bytes).unwrap();
+                match verify(&paths) {
+                    Err(AuditError::Broken { seq: 3, .. }) => {}
+                    other => panic!("flip at byte {} bit {bit:#x}: {other:?}", i - start),
+                }
+            }
+        }
+        std::fs::write(paths.audit(), &original).unwrap();
+        assert_eq!(verify(&paths).unwrap().records, 4);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_back_and_recorded() {
+        let (_dir, paths) = log_with(2);
+        let mut f = std::fs::OpenOptions::new().append(true).open(paths.audit()).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"seq\":3,\"ts\":\"2026").unwrap();
+        assert!(matches!(verify(&paths), Err(AuditError::Broken { seq: 3, .. })));
+        let mut log = AuditLog::open(&paths).unwrap();
+        let written = log.append(Record::new(Event::ConsentRevoked)).unwrap();
+        assert_eq!(written.seq, 4);
+        let all = read_all(&paths).unwrap();
+        let recovered = all[2].record.as_ref().unwrap();
+        assert_eq!(recovered.event, Event::AuditRecovered);
+        assert!(recovered.detail.as_deref().unwrap().contains("dropped 19 bytes"));
+        assert_eq!(verify(&paths).unwrap().records, 4);
+    }
+
+    #[test]
+    fn a_forged_tail_stops_writers() {
+        let (_dir, paths) = log_with(2);
+        let text = std::fs::read_to_string(paths.audit()).unwrap().replace("\"r1\"", "\"r9\"");
+        std::fs::write(paths.audit(), text).unwrap();
+        let mut log = AuditLog::open(&paths).unwrap();
+        assert!(matches!(log.append(Record::new(Event::ConsentRevoked)), Err(AuditError::BadTail { .. })));
+    }
+
+    #[test]
+    fn a_missing_key_with_records_is_an_error_not_a_new_key() {
+        let (_dir, paths) = log_with(1);
+        std::fs::remove_file(paths.audit_key()).unwrap();
+        assert!(matches!(AuditLog::open(&paths), Err(AuditError::KeyMissing { .. })));
+        assert!(matches!(verify(&paths), Err(AuditError::KeyMissing { .. })));
+    }
+}

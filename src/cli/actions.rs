@@ -1,0 +1,88 @@
+//! `support actions [--all] [--json]`
+
+use std::process::ExitCode;
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::{Value, json};
+
+use super::Ctx;
+use crate::Error;
+use crate::consent::{self, Consent};
+use crate::policy::{Action, Catalogue};
+
+/// List what support may do under the grant in force.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The whole catalogue, whatever the grant.
+    #[arg(long)]
+    all: bool,
+    /// One JSON array of actions.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
+    let catalogue = Catalogue::load(&ctx.paths)?;
+    let consent = consent::read(&ctx.paths, ctx.now);
+    let live_tier = consent.live().map(|g| g.tier);
+    let shown: Vec<Action> =
+        catalogue.actions().into_iter().filter(|a| args.all || live_tier.is_some_and(|t| a.tier <= t)).collect();
+    if args.json {
+        let list: Vec<Value> = shown.iter().map(|a| action_json(a, live_tier.is_some_and(|t| a.tier <= t))).collect();
+        super::print_json(&Value::Array(list));
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (&consent, args.all) {
+        (Consent::Off(off), false) => {
+            println!("support is off ({}): nothing may run.", off.reason());
+            println!("`{}` shows the whole catalogue.", ctx.command_line(&["actions", "--all"]));
+            return Ok(ExitCode::SUCCESS);
+        }
+        (Consent::Live(g), false) => {
+            println!("Under the grant in force (tier {}, {}), support may run:", g.tier.get(), g.tier.name())
+        }
+        (_, true) => println!("The whole catalogue{}:", if live_tier.is_some() { " (* = allowed now)" } else { "" }),
+    }
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(["action", "tier", "kind", "parameters", "description"]);
+    for a in &shown {
+        let allowed = live_tier.is_some_and(|t| a.tier <= t);
+        let name = if args.all && allowed { format!("{} *", a.name) } else { a.name.clone() };
+        let params: Vec<String> = a
+            .params
+            .iter()
+            .map(|p| {
+                let optional = if p.required && p.default.is_none() { "" } else { "?" };
+                format!("{}{optional}: {}", p.name, p.type_label())
+            })
+            .collect();
+        table.add_row([name, a.tier.get().to_string(), a.kind.to_string(), params.join("\n"), a.description.clone()]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn action_json(a: &Action, allowed: bool) -> Value {
+    json!({
+        "name": a.name,
+        "tier": a.tier.get(),
+        "kind": a.kind.as_str(),
+        "description": a.description,
+        "allowed": allowed,
+        "params": a.params.iter().map(|p| json!({
+            "name": p.name,
+            "type": p.type_label(),
+            "required": p.required && p.default.is_none(),
+            "default": p.default,
+            "max_len": p.max_len,
+            "description": p.description,
+        })).collect::<Vec<_>>(),
+        "commands": a.commands,
+        "timeout_s": a.timeout_s,
+        "max_output_bytes": a.max_output_bytes,
+        "source": a.source,
+    })
+}

@@ -1,0 +1,103 @@
+//! `support audit [--limit N] [--json] [--verify]`
+
+use std::process::ExitCode;
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use super::{Ctx, printable};
+use crate::Error;
+use crate::audit::{self, Record};
+
+/// List the audit log, newest first, or verify its whole chain.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Show at most N records (0: all).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    limit: usize,
+    /// Print one record per line, as stored.
+    #[arg(long)]
+    json: bool,
+    /// Check the whole chain; exit 1 naming the first bad seq.
+    #[arg(long, conflicts_with_all = ["json", "limit"])]
+    verify: bool,
+}
+
+pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
+    if args.verify {
+        let v = audit::verify(&ctx.paths)?;
+        println!("ok: {} records", v.records);
+        if v.records > 0 {
+            println!("head: seq {} mac {}", v.head.seq, v.head.mac);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let all = audit::read_all(&ctx.paths)?;
+    let take = if args.limit == 0 { all.len() } else { args.limit };
+    let newest: Vec<_> = all.iter().rev().take(take).collect();
+    if args.json {
+        for listed in newest {
+            match &listed.record {
+                Some(r) => println!("{}", serde_json::to_string(r).expect("records serialise")),
+                None => println!("{}", serde_json::json!({ "unreadable": true, "verified": false })),
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!("No audit records yet ({}).", ctx.paths.audit().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(["time", "ok", "seq", "event", "action", "tier", "operator", "outcome"]);
+    let mut broken = 0;
+    for listed in &newest {
+        let mark = if listed.verified { "✓" } else { "✗" };
+        broken += usize::from(!listed.verified);
+        let row = match &listed.record {
+            Some(r) => vec![
+                time(r),
+                mark.into(),
+                r.seq.to_string(),
+                r.event.as_str().into(),
+                printable(r.action.as_deref().unwrap_or("")),
+                r.tier.map(|t| t.to_string()).unwrap_or_default(),
+                printable(r.operator.as_deref().unwrap_or("")),
+                printable(&outcome(r)),
+            ],
+            None => vec!["?".into(), mark.into(), "?".into(), "(unreadable record)".into()],
+        };
+        table.add_row(row);
+    }
+    println!("{table}");
+    println!("{} of {} records, newest first.", newest.len(), all.len());
+    if broken > 0 {
+        println!("{broken} shown do not verify (✗); run `support audit --verify` for the first break.");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn time(r: &Record) -> String {
+    chrono::DateTime::parse_from_rfc3339(&r.ts)
+        .map(|t| super::local(t.with_timezone(&chrono::Utc)))
+        .unwrap_or_else(|_| printable(&r.ts))
+}
+
+/// The one-cell summary of how a record ended.
+fn outcome(r: &Record) -> String {
+    if let Some(code) = &r.code {
+        return format!("denied {code}");
+    }
+    if let Some(status) = &r.status {
+        return match r.exit_code {
+            Some(c) => format!("{status} (exit {c})"),
+            None => status.clone(),
+        };
+    }
+    if let Some(by) = &r.by {
+        return format!("by {by}");
+    }
+    r.detail.clone().or_else(|| r.reason.clone()).unwrap_or_default()
+}

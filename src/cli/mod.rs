@@ -1,0 +1,126 @@
+//! The command line: one module per subcommand, each with its clap `Args`
+//! and a `run` returning the exit code or an [`Error`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Local, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::audit::{AuditLog, Record};
+use crate::{Error, Paths};
+
+mod actions;
+mod allow;
+mod audit;
+mod demo;
+mod policy;
+mod revoke;
+mod status;
+mod trust;
+
+/// support: let a support team help with this machine, only as far and as
+/// long as you say, with every step on the record.
+#[derive(Debug, Parser)]
+#[command(name = "support", version, max_term_width = 100)]
+pub struct Cli {
+    /// Keep every file under DIR instead of the XDG config and state directories.
+    #[arg(long, global = true, env = "SUPPORT_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Grant support a tier of actions for a while (replaces any earlier grant).
+    Allow(allow::Args),
+    /// Withdraw the grant now.
+    Revoke(revoke::Args),
+    /// Show the grant in force, the daemon, and where files live.
+    Status(status::Args),
+    /// List or verify the audit log.
+    Audit(audit::Args),
+    /// List what support may do under the grant in force.
+    Actions(actions::Args),
+    /// Check or try the action catalogue.
+    #[command(subcommand)]
+    Policy(policy::Command),
+    /// Manage the operators whose signed commands you accept.
+    #[command(subcommand)]
+    Trust(trust::Command),
+    /// Show grant, status, actions, revoke and the audit trail in a temporary home.
+    Demo(demo::Args),
+}
+
+/// What every subcommand gets.
+pub(crate) struct Ctx {
+    pub paths: Paths,
+    /// `--home` as given, to repeat it in commands we print.
+    pub home_flag: Option<PathBuf>,
+    pub now: DateTime<Utc>,
+}
+
+impl Ctx {
+    /// Opens the audit log and appends one record.
+    pub fn audit(&self, record: Record) -> Result<Record, Error> {
+        Ok(AuditLog::open(&self.paths)?.append(record)?)
+    }
+
+    /// `support [--home DIR] ARGS` with shell quoting, for messages.
+    pub fn command_line(&self, args: &[&str]) -> String {
+        let mut words = vec!["support".to_string()];
+        if let Some(home) = &self.home_flag {
+            words.push("--home".into());
+            words.push(home.display().to_string());
+        }
+        words.extend(args.iter().map(|s| s.to_string()));
+        shlex::try_join(words.iter().map(String::as_str)).unwrap_or_else(|_| words.join(" "))
+    }
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Whatever the subcommand returns; `main` maps it to an exit code.
+pub fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let paths = Paths::resolve(cli.home.clone())?;
+    let ctx = Ctx { paths, home_flag: cli.home, now: Utc::now() };
+    match cli.command {
+        Command::Allow(a) => allow::run(&ctx, a),
+        Command::Revoke(a) => revoke::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Audit(a) => audit::run(&ctx, a),
+        Command::Actions(a) => actions::run(&ctx, a),
+        Command::Policy(c) => policy::run(&ctx, c),
+        Command::Trust(c) => trust::run(&ctx, c),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+/// Colour only for a terminal, and never when `NO_COLOR` is set (no-color.org).
+pub(crate) fn color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+}
+
+/// Wraps `text` in an ANSI colour (`32` green, `31` red, `33` yellow) when [`color`] allows.
+pub(crate) fn paint(text: &str, code: &str) -> String {
+    if color() { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+}
+
+/// Local time, to the second, as people read it.
+pub(crate) fn local(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %Z").to_string()
+}
+
+/// Text from files or operators, made safe to print on a terminal.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// Prints a JSON value on one line of stdout.
+pub(crate) fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}

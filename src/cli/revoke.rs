@@ -1,0 +1,43 @@
+//! `support revoke`
+
+use std::process::ExitCode;
+
+use super::Ctx;
+use crate::Error;
+use crate::audit::{Event, Record};
+use crate::consent::{self, Consent, Off};
+
+/// Withdraw the grant now. Exits 0 whether or not one was in force.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub(crate) fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode, Error> {
+    let before = consent::read(&ctx.paths, ctx.now);
+    // Consent goes first: an audit failure must never leave a grant standing.
+    let removed = consent::remove(&ctx.paths)?;
+    let mut record = Record::new(Event::ConsentRevoked);
+    let message = match &before {
+        Consent::Live(g) => {
+            record.grant_id = Some(g.grant_id.clone());
+            record.tier = Some(g.tier.get());
+            format!("Revoked tier {} (grant {}). Support can do nothing now.", g.tier, g.grant_id)
+        }
+        Consent::Off(Off::Expired(g)) => {
+            record.grant_id = Some(g.grant_id.clone());
+            record.detail = Some("the grant had already expired".into());
+            format!("The grant {} had already expired; its file is removed.", g.grant_id)
+        }
+        Consent::Off(off) if removed => {
+            record.detail = Some(format!("removed a consent file that was not in force ({})", off.reason()));
+            format!("No grant was in force ({}); the file is removed.", off.reason())
+        }
+        Consent::Off(_) => {
+            record.detail = Some("no grant was in force".into());
+            "No grant was in force; nothing to revoke.".to_string()
+        }
+    };
+    ctx.audit(record)
+        .map_err(|e| Error::Failed(format!("the grant is revoked, but the audit record could not be written: {e}")))?;
+    println!("{message}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,88 @@
+//! `support status [--json]`
+
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::{Ctx, paint, printable};
+use crate::Error;
+use crate::consent::{self, Consent};
+
+/// Show the grant in force, the daemon, and where files live.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON object: enabled, tier, granted_at, expires_at, remaining_seconds,
+    /// reason, grant_id, granted_by, off_reason, daemon, paths.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
+    let consent = consent::read(&ctx.paths, ctx.now);
+    if args.json {
+        super::print_json(&status_json(ctx, &consent));
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &consent {
+        Consent::Live(g) => {
+            let left = humantime::format_duration(std::time::Duration::from_secs(g.remaining(ctx.now).as_secs()));
+            println!("support is {} at tier {}: {}.", paint("ON", "32"), g.tier, g.tier.allows());
+            println!("  until   {} ({left} left)", super::local(g.expires_at));
+            println!("  grant   {} by {} at {}", g.grant_id, printable(&g.granted_by.user), super::local(g.granted_at));
+            if let Some(r) = &g.reason {
+                println!("  reason  {}", printable(r));
+            }
+            println!("  revoke  {}", ctx.command_line(&["revoke"]));
+        }
+        Consent::Off(off) => {
+            println!("support is {}: {}. Nothing may run.", paint("OFF", "31"), printable(&off.reason()));
+            println!("  grant   {}", ctx.command_line(&["allow", "--tier", "1", "--minutes", "30"]));
+        }
+    }
+    println!("  daemon  not running");
+    println!("  home    {}", ctx.paths.home.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_json(ctx: &Ctx, consent: &Consent) -> Value {
+    let p = &ctx.paths;
+    let paths = json!({
+        "home": p.home,
+        "config_dir": p.config_dir,
+        "state_dir": p.state_dir,
+        "consent": p.consent(),
+        "audit": p.audit(),
+        "policy_dir": p.policy_dir(),
+        "secret": p.secret(),
+        "trusted_operators": p.trusted_operators(),
+    });
+    let mut v = match consent {
+        Consent::Live(g) => json!({
+            "enabled": true,
+            "tier": g.tier.get(),
+            "tier_name": g.tier.name(),
+            "granted_at": consent::rfc3339(g.granted_at),
+            "expires_at": consent::rfc3339(g.expires_at),
+            "remaining_seconds": g.remaining(ctx.now).as_secs(),
+            "reason": g.reason,
+            "grant_id": g.grant_id,
+            "granted_by": g.granted_by,
+            "off_reason": null,
+        }),
+        Consent::Off(off) => json!({
+            "enabled": false,
+            "tier": null,
+            "tier_name": null,
+            "granted_at": null,
+            "expires_at": null,
+            "remaining_seconds": 0,
+            "reason": null,
+            "grant_id": null,
+            "granted_by": null,
+            "off_reason": off.reason(),
+        }),
+    };
+    v["daemon"] = Value::Null;
+    v["paths"] = paths;
+    v
+}

@@ -1,0 +1,92 @@
+//! `support trust add NAME PUBKEY` · `support trust remove NAME` · `support trust list [--json]`
+
+use std::process::ExitCode;
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use super::{Ctx, printable};
+use crate::Error;
+use crate::audit::{Event, Record};
+use crate::identity::PublicKey;
+use crate::trust;
+
+/// Manage the operators whose signed commands you accept.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Trust an operator's Ed25519 public key (`ed25519:` + 43 base64url characters).
+    Add {
+        /// A name for the operator: letters, digits, `.`, `_`, `-` (1 to 64).
+        name: String,
+        /// The key printed by `support operator keygen`.
+        public_key: String,
+    },
+    /// Stop trusting an operator.
+    Remove {
+        /// The operator's name.
+        name: String,
+    },
+    /// List the trusted operators.
+    List {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn record(event: Event, name: &str, key: &str) -> Record {
+    let mut r = Record::new(event);
+    r.operator = Some(name.into());
+    r.detail = Some(key.parse::<PublicKey>().map(|k| k.fingerprint()).unwrap_or_else(|_| key.into()));
+    r
+}
+
+pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Add { name, public_key } => {
+            let key = trust::check_new(&ctx.paths, &name, &public_key)?;
+            ctx.audit(record(Event::TrustAdded, &name, &key.to_string()))?;
+            trust::add(&ctx.paths, &name, &public_key, ctx.now)?;
+            println!("Trusted `{name}` ({}).", key.fingerprint());
+            println!("Their signed commands run only within your grant: {}", ctx.command_line(&["status"]));
+        }
+        Command::Remove { name } => {
+            let op = trust::list(&ctx.paths)?
+                .into_iter()
+                .find(|o| o.name == name)
+                .ok_or_else(|| trust::TrustError::NotFound(name.clone()))?;
+            ctx.audit(record(Event::TrustRemoved, &op.name, &op.public_key))?;
+            trust::remove(&ctx.paths, &name)?;
+            println!("`{name}` is no longer trusted.");
+        }
+        Command::List { json } => {
+            let ops = trust::list(&ctx.paths)?;
+            if json {
+                let list: Vec<_> = ops
+                    .iter()
+                    .map(|o| {
+                        let fp = o.public_key.parse::<PublicKey>().map(|k| k.fingerprint()).unwrap_or_default();
+                        serde_json::json!({"name": o.name, "public_key": o.public_key, "fingerprint": fp, "added_at": o.added_at})
+                    })
+                    .collect();
+                super::print_json(&serde_json::Value::Array(list));
+            } else if ops.is_empty() {
+                println!(
+                    "No operators are trusted. Add one: {}",
+                    ctx.command_line(&["trust", "add", "NAME", "PUBKEY"])
+                );
+            } else {
+                let mut table = Table::new();
+                table
+                    .load_style(UTF8_FULL_CONDENSED)
+                    .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+                    .set_header(["operator", "fingerprint", "added"]);
+                for o in &ops {
+                    let fp = o.public_key.parse::<PublicKey>().map(|k| k.fingerprint()).unwrap_or_default();
+                    table.add_row([printable(&o.name), fp, o.added_at.clone()]);
+                }
+                println!("{table}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,327 @@
+//! The grant: the owner's time-boxed consent to a tier of actions.
+//!
+//! DESIGN §1 and §3. The grant lives in `consent.json`, written atomically.
+//! Anything short of a sound, unexpired grant file owned by the owner is
+//! no consent ([`Consent::Off`]), with the reason kept for `support status`.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{self, FileError, Paths};
+
+/// The shortest grant: 1 second (short grants are never less safe).
+pub const MIN_GRANT: Duration = Duration::from_secs(1);
+/// The longest grant: 480 minutes (DESIGN §1).
+pub const MAX_GRANT: Duration = Duration::from_secs(480 * 60);
+/// How far in the future `granted_at` may lie before the grant is distrusted
+/// (the clock was set back since it was written).
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(300);
+/// `consent.json` is a few hundred bytes; anything larger was not written by us.
+const MAX_CONSENT_BYTES: u64 = 64 * 1024;
+/// `reason` is shown to operators and in the audit log; keep it to one short line.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// A consent tier, 1 to 4. Tiers are cumulative (DESIGN §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Tier(u8);
+
+impl Tier {
+    /// Tier 1: read-only diagnostics.
+    pub const DIAGNOSTICS: Tier = Tier(1);
+    /// Tier 2: curated fixes.
+    pub const FIXES: Tier = Tier(2);
+    /// Tier 3: operating the owner's AI agent.
+    pub const AGENT: Tier = Tier(3);
+    /// Tier 4: raw shell.
+    pub const SHELL: Tier = Tier(4);
+    /// Every tier, lowest first.
+    pub const ALL: [Tier; 4] = [Tier(1), Tier(2), Tier(3), Tier(4)];
+
+    /// `Some` for 1 to 4.
+    pub fn new(n: u8) -> Option<Tier> {
+        (1..=4).contains(&n).then_some(Tier(n))
+    }
+    /// The tier's number.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+    /// Its one-word name: diagnostics, fixes, agent, shell.
+    pub fn name(self) -> &'static str {
+        ["diagnostics", "fixes", "agent", "shell"][usize::from(self.0 - 1)]
+    }
+    /// What a grant of this tier allows, cumulatively.
+    pub fn allows(self) -> &'static str {
+        [
+            "read-only diagnostics and logs from the catalogue",
+            "diagnostics, plus curated fixes from the catalogue",
+            "diagnostics and fixes, plus operating your AI coding agent on a task",
+            "everything, including raw shell commands that run as you",
+        ][usize::from(self.0 - 1)]
+    }
+    /// Tiers 3 and 4 must be confirmed with `--yes`.
+    pub fn needs_confirmation(self) -> bool {
+        self.0 >= 3
+    }
+    /// A table of every tier, one per line, for error messages.
+    pub fn table() -> String {
+        Tier::ALL.iter().map(|t| format!("  {}  {:<11} {}", t.0, t.name(), t.allows())).collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl TryFrom<u8> for Tier {
+    type Error = String;
+    fn try_from(n: u8) -> Result<Tier, String> {
+        Tier::new(n).ok_or_else(|| format!("tier must be 1 to 4, not {n}"))
+    }
+}
+
+impl From<Tier> for u8 {
+    fn from(t: Tier) -> u8 {
+        t.0
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.0, self.name())
+    }
+}
+
+/// Who granted: the login name and uid that ran `support allow`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantedBy {
+    pub user: String,
+    pub uid: u32,
+}
+
+/// The content of `consent.json`. Times are RFC 3339 UTC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// `g-` and 16 hex digits, random.
+    pub grant_id: String,
+    pub tier: Tier,
+    pub granted_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub granted_by: GrantedBy,
+}
+
+impl Grant {
+    /// A new grant of `tier` for `duration` from `now`, by the current user.
+    ///
+    /// # Errors
+    /// A message when `duration` is outside 1 s..=8 h or `reason` is too
+    /// long or holds control characters.
+    pub fn new(tier: Tier, duration: Duration, reason: Option<String>, now: DateTime<Utc>) -> Result<Grant, String> {
+        check_duration(duration)?;
+        if let Some(r) = &reason {
+            check_reason(r)?;
+        }
+        let delta = chrono::TimeDelta::from_std(duration).map_err(|e| e.to_string())?;
+        Ok(Grant {
+            grant_id: format!("g-{}", crate::random_hex(8)),
+            tier,
+            granted_at: now,
+            expires_at: now + delta,
+            reason,
+            granted_by: GrantedBy { user: paths::current_user(), uid: paths::current_uid() },
+        })
+    }
+
+    /// Seconds left at `now`, never more than the 8 h ceiling.
+    pub fn remaining(&self, now: DateTime<Utc>) -> Duration {
+        let left = (self.expires_at - now).to_std().unwrap_or_default();
+        left.min(MAX_GRANT)
+    }
+
+    fn validate(&self, now: DateTime<Utc>) -> Result<(), String> {
+        let id_ok = self.grant_id.len() == 18
+            && self.grant_id.starts_with("g-")
+            && self.grant_id[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !id_ok {
+            return Err("grant_id is not of the form g-<16 hex digits>".into());
+        }
+        let span = self.expires_at - self.granted_at;
+        if span < chrono::TimeDelta::seconds(1) || span > chrono::TimeDelta::seconds(MAX_GRANT.as_secs() as i64) {
+            return Err("the grant does not last between 1 second and 8 hours".into());
+        }
+        if self.granted_at > now + CLOCK_SKEW {
+            return Err(format!("granted_at {} is in the future (was the clock set back?)", rfc3339(self.granted_at)));
+        }
+        if let Some(r) = &self.reason {
+            check_reason(r)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a grant's length: 1 s to 8 h.
+///
+/// # Errors
+/// A message naming the range.
+pub fn check_duration(d: Duration) -> Result<(), String> {
+    if d < MIN_GRANT || d > MAX_GRANT {
+        return Err(format!(
+            "a grant lasts from 1 second to 8 hours (480 minutes), not {}",
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(())
+}
+
+fn check_reason(r: &str) -> Result<(), String> {
+    if r.chars().count() > MAX_REASON_CHARS {
+        return Err(format!("the reason is longer than {MAX_REASON_CHARS} characters"));
+    }
+    if r.chars().any(char::is_control) {
+        return Err("the reason holds control characters (newlines, escapes); use one plain line".into());
+    }
+    Ok(())
+}
+
+/// The consent in force at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Consent {
+    /// A sound, unexpired grant.
+    Live(Grant),
+    /// No consent, and why.
+    Off(Off),
+}
+
+/// Why there is no consent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Off {
+    /// No `consent.json` (never granted, or revoked).
+    NoGrant,
+    /// The grant ran out.
+    Expired(Grant),
+    /// The file could not be parsed or failed a check.
+    Malformed(String),
+    /// The file is a link, foreign-owned, writable by others, or unreadable.
+    Unsafe(String),
+}
+
+impl Off {
+    /// One line for `support status`.
+    pub fn reason(&self) -> String {
+        match self {
+            Off::NoGrant => "no grant".into(),
+            Off::Expired(g) => format!("expired at {}", rfc3339(g.expires_at)),
+            Off::Malformed(why) => format!("consent file malformed: {why}"),
+            Off::Unsafe(why) => format!("consent file unsafe: {why}"),
+        }
+    }
+}
+
+impl Consent {
+    /// The live grant, if any.
+    pub fn live(&self) -> Option<&Grant> {
+        match self {
+            Consent::Live(g) => Some(g),
+            Consent::Off(_) => None,
+        }
+    }
+}
+
+/// Reads the consent in force at `now`. Never fails: every doubt is
+/// [`Consent::Off`] with its reason.
+pub fn read(paths: &Paths, now: DateTime<Utc>) -> Consent {
+    let path = paths.consent();
+    let bytes = match paths::read_capped(&path, MAX_CONSENT_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Consent::Off(Off::NoGrant),
+        // Unsafe, oversized or unreadable: all mean no consent.
+        Err(e) => return Consent::Off(Off::Unsafe(e.to_string())),
+    };
+    let grant: Grant = match serde_json::from_slice(&bytes) {
+        Ok(g) => g,
+        Err(e) => return Consent::Off(Off::Malformed(e.to_string())),
+    };
+    if let Err(why) = grant.validate(now) {
+        return Consent::Off(Off::Malformed(why));
+    }
+    if now >= grant.expires_at {
+        return Consent::Off(Off::Expired(grant));
+    }
+    Consent::Live(grant)
+}
+
+/// Writes `grant` as the grant in force, replacing any earlier one atomically.
+///
+/// # Errors
+/// [`FileError`] when the state directory or the file cannot be written.
+pub fn write(paths: &Paths, grant: &Grant) -> Result<(), FileError> {
+    paths.ensure_dirs()?;
+    let mut json = serde_json::to_vec_pretty(grant).expect("a grant always serialises");
+    json.push(b'\n');
+    paths::write_atomic(&paths.consent(), &json)
+}
+
+/// Removes the grant. Returns whether there was a file to remove.
+///
+/// # Errors
+/// [`FileError::Io`] when it exists but cannot be removed.
+pub fn remove(paths: &Paths) -> Result<bool, FileError> {
+    paths::remove(&paths.consent())
+}
+
+/// RFC 3339 UTC with second precision, as shown to people.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn grant_lifecycle_and_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let t0 = at("2026-11-22T10:00:00Z");
+        assert_eq!(read(&paths, t0), Consent::Off(Off::NoGrant));
+        let g = Grant::new(Tier::FIXES, Duration::from_secs(60), Some("printer".into()), t0).unwrap();
+        write(&paths, &g).unwrap();
+        assert_eq!(read(&paths, t0 + chrono::TimeDelta::seconds(59)), Consent::Live(g.clone()));
+        // Expiry is exclusive: at expires_at the grant is off.
+        let off = read(&paths, t0 + chrono::TimeDelta::seconds(60));
+        assert_eq!(off, Consent::Off(Off::Expired(g.clone())));
+        assert!(matches!(off, Consent::Off(o) if o.reason().starts_with("expired at 2026-11-22T10:01:00Z")));
+        // A clock set far back makes the grant suspect.
+        assert!(matches!(read(&paths, t0 - chrono::TimeDelta::hours(1)), Consent::Off(Off::Malformed(_))));
+        assert!(remove(&paths).unwrap());
+        assert!(!remove(&paths).unwrap());
+    }
+
+    #[test]
+    fn durations_and_reasons_are_checked() {
+        let now = Utc::now();
+        assert!(Grant::new(Tier::FIXES, Duration::ZERO, None, now).is_err());
+        assert!(Grant::new(Tier::FIXES, MAX_GRANT + Duration::from_secs(1), None, now).is_err());
+        assert!(Grant::new(Tier::FIXES, MAX_GRANT, None, now).is_ok());
+        assert!(Grant::new(Tier::FIXES, MIN_GRANT, Some("a\nb".into()), now).is_err());
+        assert!(Grant::new(Tier::FIXES, MIN_GRANT, Some("x".repeat(201)), now).is_err());
+    }
+
+    #[test]
+    fn a_hand_edited_grant_longer_than_8h_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().to_path_buf());
+        let now = at("2026-11-22T10:00:00Z");
+        let mut g = Grant::new(Tier::SHELL, Duration::from_secs(60), None, now).unwrap();
+        g.expires_at = now + chrono::TimeDelta::days(30);
+        write(&paths, &g).unwrap();
+        assert!(matches!(read(&paths, now), Consent::Off(Off::Malformed(_))));
+    }
+}

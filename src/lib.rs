@@ -1,0 +1,57 @@
+//! `support`: a consent-gated remote support agent.
+//!
+//! The owner of a machine grants a support team a tier of actions for a
+//! while (`support allow --tier 2 --minutes 60`); the daemon runs only
+//! catalogued actions within that grant, and every step is written to a
+//! hash-chained audit log before it runs. `../shared/DESIGN.md` is the
+//! contract; README.md is the user's guide; SECURITY.md the threat model.
+//!
+//! # Layout
+//!
+//! - [`paths`]: where every file lives; safe create/open (modes, no links, owner check).
+//! - [`consent`]: the grant: tiers, read/write/remove, expiry.
+//! - [`policy`]: the action catalogue: load, validate, render argv from typed params.
+//! - [`audit`]: the hash-chained audit log: append, verify, recover, list.
+//! - [`identity`]: Ed25519 public keys and fingerprints.
+//! - [`trust`]: the operators the owner trusts.
+//! - `cli`: one module per subcommand; [`cli::Cli`] is the parsed command line.
+//! - [`Error`]: what every command returns; `main` maps it to an exit code.
+//!
+//! `consent`, `policy`, `audit`, `identity` and `trust` do no network I/O.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod cli;
+pub mod consent;
+mod error;
+pub mod identity;
+pub mod paths;
+pub mod policy;
+pub mod trust;
+
+pub use audit::{AuditError, AuditLog, Event, Record};
+pub use consent::{Consent, Grant, Off, Tier};
+pub use error::Error;
+pub use identity::PublicKey;
+pub use paths::{FileError, Paths};
+pub use policy::{Action, Catalogue, ParamError, PolicyError};
+pub use trust::TrustError;
+
+use ring::rand::SecureRandom;
+
+/// Fills `buf` from the operating system's random source.
+///
+/// # Panics
+/// Only if the kernel's random source fails (`getrandom`), in which case
+/// no secret, key or id could be made safely anyway.
+pub(crate) fn fill_random(buf: &mut [u8]) {
+    ring::rand::SystemRandom::new().fill(buf).expect("the OS random source (getrandom) failed");
+}
+
+/// `n` random bytes as lowercase hex.
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    fill_random(&mut buf);
+    hex::encode(buf)
+}

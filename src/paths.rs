@@ -1,0 +1,416 @@
+//! Where every owner-side file lives, and how it is opened safely.
+//!
+//! DESIGN §3: `SUPPORT_HOME` (or `--home`) puts every file under one
+//! directory; otherwise the XDG base directories are used (config in
+//! `$XDG_CONFIG_HOME/support`, state in `$XDG_STATE_HOME/support`).
+//! Directories are created 0700 and files 0600 at creation, whatever the
+//! umask. A file that is a symlink, owned by another user, or writable by
+//! group or others is refused with a [`FileError::Unsafe`] naming the file
+//! and the fix.
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use etcetera::BaseStrategy;
+
+/// A file-system failure at one of the owner's files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    /// The file or directory exists but may not be trusted (DESIGN §3).
+    #[error("{path} is unsafe: {why}; fix: {fix}", path = path.display(), fix = why.fix(path))]
+    Unsafe { path: PathBuf, why: Unsafe },
+    /// The file is larger than the cap for its kind.
+    #[error("{path} is larger than {limit} bytes; it is not a file support wrote. Remove or shorten it", path = path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
+    /// An operating-system error; `op` says what was being done.
+    #[error("cannot {op} {path}: {source}", path = path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Neither `SUPPORT_HOME` nor a home directory could be found.
+    #[error("cannot find a home directory ({0}); set SUPPORT_HOME or pass --home DIR")]
+    NoHome(String),
+}
+
+/// Why a file or directory is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unsafe {
+    /// The path is a symbolic link; links are never followed.
+    Symlink,
+    /// The path is neither a regular file nor a directory as expected.
+    WrongType,
+    /// Owned by `uid`, not by the current user `expected`.
+    ForeignOwner { uid: u32, expected: u32 },
+    /// Group- or other-writable; `mode` is the permission bits.
+    Writable { mode: u32, dir: bool },
+}
+
+impl Unsafe {
+    fn fix(&self, path: &Path) -> String {
+        let p = path.display();
+        match self {
+            Unsafe::Symlink => format!("remove the link (rm {p}) and let support create the file"),
+            Unsafe::WrongType => format!("move {p} away"),
+            Unsafe::ForeignOwner { expected, .. } => {
+                format!("chown {expected} {p}, or remove it if you did not create it")
+            }
+            Unsafe::Writable { dir: true, .. } => format!("chmod 700 {p}"),
+            Unsafe::Writable { dir: false, .. } => format!("chmod 600 {p}"),
+        }
+    }
+}
+
+impl fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unsafe::Symlink => f.write_str("it is a symbolic link"),
+            Unsafe::WrongType => f.write_str("it is not a regular file or directory as expected"),
+            Unsafe::ForeignOwner { uid, expected } => {
+                write!(f, "it is owned by uid {uid}, not by you (uid {expected})")
+            }
+            Unsafe::Writable { mode, .. } => {
+                write!(f, "it is writable by group or others (mode {:04o})", mode & 0o7777)
+            }
+        }
+    }
+}
+
+/// The locations of every owner-side file.
+///
+/// With a home directory every path is `HOME/<name>`; otherwise config
+/// files sit in `config_dir` and state files in `state_dir`.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `SUPPORT_HOME`, or the state directory when XDG paths are used.
+    pub home: PathBuf,
+    /// Holds `trusted_operators.toml`, `policy.d/` and `config.toml`.
+    pub config_dir: PathBuf,
+    /// Holds the grant, the audit log and its key, the secret, keys, `daemon.json`.
+    pub state_dir: PathBuf,
+}
+
+impl Paths {
+    /// Resolves the paths: `home` if given (from `--home` or `SUPPORT_HOME`),
+    /// else `$XDG_CONFIG_HOME/support` and `$XDG_STATE_HOME/support`
+    /// (defaults `~/.config` and `~/.local/state`).
+    ///
+    /// # Errors
+    /// [`FileError::NoHome`] when no home directory can be found.
+    pub fn resolve(home: Option<PathBuf>) -> Result<Paths, FileError> {
+        if let Some(home) = home {
+            let home = absolute(&home)?;
+            return Ok(Paths::under(home));
+        }
+        let xdg = etcetera::choose_base_strategy().map_err(|e| FileError::NoHome(e.to_string()))?;
+        let config_dir = xdg.config_dir().join("support");
+        let state_dir = xdg.state_dir().unwrap_or_else(|| xdg.home_dir().join(".local/state")).join("support");
+        Ok(Paths { home: state_dir.clone(), config_dir, state_dir })
+    }
+
+    /// Every file directly under `home`.
+    pub fn under(home: PathBuf) -> Paths {
+        Paths { config_dir: home.clone(), state_dir: home.clone(), home }
+    }
+
+    /// `consent.json`: the live grant.
+    pub fn consent(&self) -> PathBuf {
+        self.state_dir.join("consent.json")
+    }
+    /// `audit.jsonl`: the hash-chained audit log.
+    pub fn audit(&self) -> PathBuf {
+        self.state_dir.join("audit.jsonl")
+    }
+    /// `audit.key`: the audit chain's HMAC key.
+    pub fn audit_key(&self) -> PathBuf {
+        self.state_dir.join("audit.key")
+    }
+    /// `secret`: the loopback control API's bearer secret.
+    pub fn secret(&self) -> PathBuf {
+        self.state_dir.join("secret")
+    }
+    /// `device.key`: the device's Ed25519 key (PKCS#8).
+    pub fn device_key(&self) -> PathBuf {
+        self.state_dir.join("device.key")
+    }
+    /// `daemon.json`: written by a running daemon.
+    pub fn daemon_info(&self) -> PathBuf {
+        self.state_dir.join("daemon.json")
+    }
+    /// `trusted_operators.toml`: operators the owner trusts.
+    pub fn trusted_operators(&self) -> PathBuf {
+        self.config_dir.join("trusted_operators.toml")
+    }
+    /// `policy.d/`: local catalogue additions and overrides.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.config_dir.join("policy.d")
+    }
+
+    /// Creates the config and state directories (0700) if missing and
+    /// checks that they are safe.
+    ///
+    /// # Errors
+    /// [`FileError::Unsafe`] for a linked, foreign or writable directory;
+    /// [`FileError::Io`] when it cannot be created.
+    pub fn ensure_dirs(&self) -> Result<(), FileError> {
+        ensure_dir(&self.state_dir)?;
+        if self.config_dir != self.state_dir {
+            ensure_dir(&self.config_dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, FileError> {
+    std::path::absolute(path).map_err(|source| FileError::Io { op: "resolve", path: path.into(), source })
+}
+
+/// The effective user id of this process.
+pub fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The current user's login name, or the uid as text when it has none.
+pub fn current_user() -> String {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => uid.to_string(),
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
+    move |source| FileError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Checks the metadata of an opened (or `lstat`ed) path.
+fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), FileError> {
+    let unsafe_ = |why| Err(FileError::Unsafe { path: path.to_path_buf(), why });
+    if meta.file_type().is_symlink() {
+        return unsafe_(Unsafe::Symlink);
+    }
+    if (dir && !meta.is_dir()) || (!dir && !meta.is_file()) {
+        return unsafe_(Unsafe::WrongType);
+    }
+    let expected = current_uid();
+    if meta.uid() != expected {
+        return unsafe_(Unsafe::ForeignOwner { uid: meta.uid(), expected });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return unsafe_(Unsafe::Writable { mode: meta.mode(), dir });
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and missing parents) with mode 0700 and checks it.
+///
+/// # Errors
+/// As [`Paths::ensure_dirs`].
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), FileError> {
+    match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create directory", dir)(e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(io_err("inspect", dir))?;
+    check_meta(dir, &meta, true)?;
+    // A restrictive umask may have taken the owner's own bits; put them back.
+    if meta.mode() & 0o700 != 0o700 {
+        fs::set_permissions(dir, Permissions::from_mode(0o700)).map_err(io_err("chmod", dir))?;
+    }
+    Ok(())
+}
+
+fn nofollow() -> i32 {
+    nix::libc::O_NOFOLLOW
+}
+
+/// Maps an open error, turning `ELOOP` from `O_NOFOLLOW` into [`Unsafe::Symlink`].
+fn open_err(path: &Path, op: &'static str, e: io::Error) -> FileError {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        FileError::Unsafe { path: path.to_path_buf(), why: Unsafe::Symlink }
+    } else {
+        FileError::Io { op, path: path.to_path_buf(), source: e }
+    }
+}
+
+/// Opens an existing file for reading without following links, and checks
+/// it after opening (owner, mode, type). `Ok(None)` if it does not exist.
+///
+/// # Errors
+/// [`FileError::Unsafe`], or [`FileError::Io`] for other failures.
+pub(crate) fn open_read(path: &Path) -> Result<Option<File>, FileError> {
+    let file = match OpenOptions::new().read(true).custom_flags(nofollow()).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(open_err(path, "open", e)),
+    };
+    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    check_meta(path, &meta, false)?;
+    Ok(Some(file))
+}
+
+/// Reads a whole file through [`open_read`], refusing more than `cap` bytes.
+///
+/// # Errors
+/// As [`open_read`], plus [`FileError::TooLarge`].
+pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, FileError> {
+    let Some(file) = open_read(path)? else { return Ok(None) };
+    let mut buf = Vec::new();
+    file.take(cap + 1).read_to_end(&mut buf).map_err(io_err("read", path))?;
+    if buf.len() as u64 > cap {
+        return Err(FileError::TooLarge { path: path.to_path_buf(), limit: cap });
+    }
+    Ok(Some(buf))
+}
+
+/// Opens (creating 0600 if missing) a file for appending and reading,
+/// without following links, and checks it after opening.
+///
+/// # Errors
+/// As [`open_read`].
+pub(crate) fn open_append(path: &Path) -> Result<File, FileError> {
+    let opts = |new: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true).append(true).custom_flags(nofollow()).mode(0o600);
+        if new {
+            o.create_new(true);
+        }
+        o
+    };
+    let file = match opts(true).open(path) {
+        Ok(f) => {
+            // Created just now: undo whatever the umask took, before any write.
+            f.set_permissions(Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
+            f
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            opts(false).open(path).map_err(|e| open_err(path, "open", e))?
+        }
+        Err(e) => return Err(open_err(path, "create", e)),
+    };
+    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    check_meta(path, &meta, false)?;
+    Ok(file)
+}
+
+/// Creates `path` with `contents` if it does not exist (0600, `O_EXCL`,
+/// fsynced, directory fsynced). Returns `false` if it already existed.
+///
+/// # Errors
+/// [`FileError::Io`] or [`FileError::Unsafe`] (a link in the way).
+pub(crate) fn create_new(path: &Path, contents: &[u8]) -> Result<bool, FileError> {
+    let mut file = match OpenOptions::new().write(true).create_new(true).custom_flags(nofollow()).mode(0o600).open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(open_err(path, "create", e)),
+    };
+    file.set_permissions(Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
+    file.write_all(contents).map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("fsync", path))?;
+    sync_parent(path)?;
+    Ok(true)
+}
+
+/// Replaces `path` atomically: a 0600 temp file in the same directory,
+/// written, fsynced, renamed over `path`, then the directory fsynced.
+///
+/// # Errors
+/// [`FileError::Io`] for any step; `path` is then left as it was.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError> {
+    let dir = parent(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    let file = tmp.as_file_mut();
+    file.set_permissions(Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
+    file.write_all(contents).map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("fsync", path))?;
+    tmp.persist(path).map_err(|e| FileError::Io { op: "rename into", path: path.into(), source: e.error })?;
+    sync_parent(path)
+}
+
+/// Removes `path` (a link is removed, never followed) and fsyncs its
+/// directory. Returns whether anything was removed.
+///
+/// # Errors
+/// [`FileError::Io`] when the file exists but cannot be removed.
+pub(crate) fn remove(path: &Path) -> Result<bool, FileError> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            sync_parent(path)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), FileError> {
+    let dir = parent(path);
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn refuses_links_and_writable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::write(&real, b"x").unwrap();
+        fs::set_permissions(&real, Permissions::from_mode(0o600)).unwrap();
+        assert!(open_read(&real).unwrap().is_some());
+
+        let link = dir.path().join("link");
+        symlink(&real, &link).unwrap();
+        let err = open_read(&link).unwrap_err();
+        assert!(matches!(err, FileError::Unsafe { why: Unsafe::Symlink, .. }), "{err}");
+        assert!(matches!(open_append(&link), Err(FileError::Unsafe { why: Unsafe::Symlink, .. })));
+
+        fs::set_permissions(&real, Permissions::from_mode(0o620)).unwrap();
+        let err = open_read(&real).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_a_link_instead_of_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, b"keep").unwrap();
+        let path = dir.path().join("consent.json");
+        symlink(&target, &path).unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(fs::symlink_metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn read_capped_refuses_oversized_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        create_new(&path, &[b'a'; 100]).unwrap();
+        assert!(read_capped(&path, 100).unwrap().is_some());
+        assert!(matches!(read_capped(&path, 99), Err(FileError::TooLarge { .. })));
+        assert!(!create_new(&path, b"other").unwrap());
+    }
+}
