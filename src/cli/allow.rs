@@ -12,10 +12,10 @@ use crate::consent::{self, Grant, Tier};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// 1 diagnostics, 2 fixes, 3 agent, 4 shell (each includes the ones below).
-    #[arg(long, value_name = "N", value_parser = parse_tier)]
+    #[arg(long, value_name = "N", value_parser = parse_tier, allow_negative_numbers = true)]
     tier: Tier,
     /// How long the grant lasts, in minutes (1 to 480).
-    #[arg(long, value_name = "M", value_parser = parse_minutes, required_unless_present = "duration", conflicts_with = "duration")]
+    #[arg(long, value_name = "M", value_parser = parse_minutes, allow_negative_numbers = true, required_unless_present = "duration", conflicts_with = "duration")]
     minutes: Option<u64>,
     /// How long the grant lasts, e.g. 30s, 10m, 2h (1 second to 8 hours).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
