@@ -205,7 +205,9 @@ pub enum AuditError {
     #[error("the last record of {path} is not sound ({why}); run `support audit --verify`, then move the log aside to start a new one", path = path.display())]
     BadTail { path: PathBuf, why: String },
     /// Verification found the chain broken at `seq`.
-    #[error("audit chain broken at seq {seq}: {why}")]
+    #[error(
+        "audit chain broken at seq {seq}: {why}. Records from there on cannot be trusted; keep a copy of the log as evidence"
+    )]
     Broken { seq: u64, why: String },
 }
 

@@ -45,10 +45,10 @@ pub enum PolicyError {
     #[error(transparent)]
     File(#[from] FileError),
     /// The TOML does not parse or has unknown fields.
-    #[error("{source_name}: {message}")]
+    #[error("{source_name}: {message}\nfix the file, then check it with `support policy check`")]
     Parse { source_name: String, message: String },
     /// A rule of the catalogue is broken.
-    #[error("{source_name}: action `{action}`: {message}")]
+    #[error("{source_name}: action `{action}`: {message}\nfix the file, then check it with `support policy check`")]
     Invalid { source_name: String, action: String, message: String },
     /// An action name that the catalogue does not hold.
     #[error("unknown action `{0}`; `support actions --all` lists the catalogue")]
@@ -1032,5 +1032,35 @@ params.unit = { pattern = "^[a-z]+$", max_len = 8 }
         let pid = |p: String| k.render(&BTreeMap::from([("pid".into(), p)]));
         assert!(pid(std::process::id().to_string()).unwrap_err().why.contains("own process"));
         assert!(pid("1".into()).is_err());
+        assert!(pid("4194304".into()).unwrap_err().why.contains("no process"));
+        let mine = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mine_pid = mine.id().to_string();
+        let ok = pid(mine_pid.clone());
+        kill(mine);
+        assert_eq!(ok.unwrap().commands[0], ["kill", "-s", "TERM", "--", mine_pid.as_str()]);
+        // Another user's process, where this test can make one (as root, with setpriv).
+        if nix::unistd::geteuid().is_root()
+            && let Ok(other) = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"])
+                .spawn()
+        {
+            let wait_for_uid = (0..200).any(|_| {
+                use std::os::unix::fs::MetadataExt;
+                let uid = std::fs::metadata(format!("/proc/{}", other.id())).map(|m| m.uid());
+                uid.is_ok_and(|u| u == 65534) || {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    false
+                }
+            });
+            let refused = pid(other.id().to_string());
+            kill(other);
+            assert!(wait_for_uid);
+            assert!(refused.unwrap_err().why.contains("belongs to another user"));
+        }
+    }
+
+    fn kill(mut child: std::process::Child) {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -200,3 +200,35 @@ fn fifty_concurrent_allow_and_revoke_keep_one_gapless_chain() {
     let s = h.status();
     assert!(s["enabled"] == true || s["off_reason"] == "no grant", "{s}");
 }
+
+#[test]
+fn without_a_home_files_follow_xdg() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, state) = (dir.path().join("config"), dir.path().join("state"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::bin())
+            .args(args)
+            .env_remove("SUPPORT_HOME")
+            .env("XDG_CONFIG_HOME", &config)
+            .env("XDG_STATE_HOME", &state)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["allow", "--tier", "1", "--minutes", "5"]);
+    run(&["trust", "add", "alice", &common::new_public_key()]);
+    let s: serde_json::Value = serde_json::from_str(&run(&["status", "--json"])).unwrap();
+    assert_eq!(s["enabled"], true);
+    let (cs, ss) = (config.join("support"), state.join("support"));
+    assert_eq!(s["paths"]["consent"], ss.join("consent.json").display().to_string());
+    assert_eq!(s["paths"]["audit"], ss.join("audit.jsonl").display().to_string());
+    assert_eq!(s["paths"]["policy_dir"], cs.join("policy.d").display().to_string());
+    for f in [ss.join("consent.json"), ss.join("audit.jsonl"), ss.join("audit.key"), cs.join("trusted_operators.toml")]
+    {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    assert_eq!(mode(&cs), 0o700);
+    assert_eq!(mode(&ss), 0o700);
+}
