@@ -42,7 +42,8 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 const MAC_SUFFIX: usize = 74;
 /// `,"prev":"` + 64 hex + `"`.
 const PREV_SUFFIX: usize = 74;
-const READ_CHUNK: usize = 1 << 20;
+/// What readers hold in memory at once: well above two records.
+const READ_CHUNK: usize = 4 << 20;
 
 /// An audit event name, as written in the `event` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -456,8 +457,10 @@ impl<'a> Parsed<'a> {
     }
 }
 
-/// Checks one line against the chain so far; returns its mac or why it fails.
-fn check_line<'a>(key: &hmac::Key, expect_seq: u64, expect_prev: &[u8], line: &'a [u8]) -> Result<&'a [u8], String> {
+const MAC_MISMATCH: &str = "mac mismatch (the record was altered, or not sealed with this log's key)";
+
+/// Checks one line's form, seq and link to the chain so far (not its MAC).
+fn check_link<'a>(expect_seq: u64, expect_prev: &[u8], line: &'a [u8]) -> Result<Parsed<'a>, String> {
     let p = Parsed::from_line(line).ok_or("not a well-formed record (altered, or not written by support)")?;
     if p.seq != expect_seq {
         return Err(format!(
@@ -468,43 +471,88 @@ fn check_line<'a>(key: &hmac::Key, expect_seq: u64, expect_prev: &[u8], line: &'
     if p.prev != expect_prev {
         return Err(format!("prev does not match the mac of seq {} (the chain was altered)", expect_seq - 1));
     }
+    Ok(p)
+}
+
+/// Checks one line against the chain so far; returns its mac or why it fails.
+fn check_line<'a>(key: &hmac::Key, expect_seq: u64, expect_prev: &[u8], line: &'a [u8]) -> Result<&'a [u8], String> {
+    let p = check_link(expect_seq, expect_prev, line)?;
     if !p.mac_ok(key) {
-        return Err("mac mismatch (the record was altered, or not sealed with this log's key)".into());
+        return Err(MAC_MISMATCH.into());
     }
     Ok(p.mac)
 }
 
-/// Calls `f` with each line (without its `\n`) and whether it was complete.
-fn scan_lines(
+/// The index of the first record whose MAC fails, checked on up to
+/// `threads` threads (the MACs are independent once the links are checked).
+fn first_bad_mac(key: &hmac::Key, parsed: &[Parsed<'_>], threads: usize) -> Option<usize> {
+    if threads <= 1 || parsed.len() < 4096 {
+        return parsed.iter().position(|p| !p.mac_ok(key));
+    }
+    let chunk = parsed.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parsed
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, part)| (i * chunk, s.spawn(move || part.iter().position(|p| !p.mac_ok(key)))))
+            .collect();
+        // A thread that died proves nothing: count its whole chunk as unverified.
+        handles.into_iter().filter_map(|(at, h)| h.join().map_or(Some(at), |found| found.map(|j| at + j))).min()
+    })
+}
+
+/// Reads `r` in chunks of [`READ_CHUNK`] and calls `f` with each batch of
+/// complete lines (without their `\n`); the last call also gets what
+/// follows the last line end: a torn line, or a line longer than
+/// [`MAX_RECORD_BYTES`], after which reading stops. Memory stays bounded
+/// by the chunk, whatever the file holds.
+fn scan_batches(
     mut r: impl Read,
     path: &Path,
-    mut f: impl FnMut(&[u8], bool) -> Result<(), AuditError>,
+    mut f: impl FnMut(&[&[u8]], Option<&[u8]>) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
     let io = |source| AuditError::File(FileError::Io { op: "read", path: path.into(), source });
     let mut buf = vec![0u8; READ_CHUNK];
-    let (mut start, mut end) = (0, 0);
+    let mut end = 0;
     loop {
-        let mut line_start = start;
-        for i in memchr::memchr_iter(b'\n', &buf[start..end]) {
-            f(&buf[line_start..start + i], true)?;
-            line_start = start + i + 1;
-        }
-        start = line_start;
-        if end - start > MAX_RECORD_BYTES {
-            f(&buf[start..start + MAX_RECORD_BYTES], false)?;
-        }
-        buf.copy_within(start..end, 0);
-        end -= start;
-        start = 0;
-        let n = r.read(&mut buf[end..]).map_err(io)?;
-        if n == 0 {
-            if end > 0 {
-                f(&buf[..end], false)?;
+        let mut eof = false;
+        while end < buf.len() {
+            let n = r.read(&mut buf[end..]).map_err(io)?;
+            if n == 0 {
+                eof = true;
+                break;
             }
-            return Ok(());
+            end += n;
         }
-        end += n;
+        let mut lines = Vec::new();
+        let mut start = 0;
+        for i in memchr::memchr_iter(b'\n', &buf[..end]) {
+            lines.push(&buf[start..i]);
+            start = i + 1;
+        }
+        let rest = &buf[start..end];
+        if eof || rest.len() > MAX_RECORD_BYTES {
+            return f(&lines, (!rest.is_empty()).then_some(rest));
+        }
+        f(&lines, None)?;
+        let kept = rest.len();
+        buf.copy_within(start..end, 0);
+        end = kept;
     }
+}
+
+/// Calls `f` with each line and whether it was complete (see [`scan_batches`]).
+fn scan_lines(
+    r: impl Read,
+    path: &Path,
+    mut f: impl FnMut(&[u8], bool) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    scan_batches(r, path, |lines, rest| {
+        for line in lines {
+            f(line, true)?;
+        }
+        rest.map_or(Ok(()), |r| f(r, false))
+    })
 }
 
 /// Opens the log and key for reading under a shared lock; `None` if there is no log.
@@ -538,21 +586,43 @@ pub fn verify(paths: &Paths) -> Result<Verified, AuditError> {
     let Some((file, key)) = open_for_reading(paths)? else {
         return Ok(Verified { records: 0, head: Head::genesis() });
     };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let mut prev = GENESIS_PREV.as_bytes().to_vec();
     let mut seq = 0u64;
-    scan_lines(&file, &paths.audit(), |line, complete| {
-        let expect = seq + 1;
-        if !complete {
-            return Err(AuditError::Broken {
-                seq: expect,
-                why: "the last record is torn (no line end); the next write recovers it".into(),
-            });
+    scan_batches(&file, &paths.audit(), |lines, rest| {
+        // Form, seq and links in order; the first failure there bounds the MAC pass.
+        let mut parsed = Vec::with_capacity(lines.len());
+        let mut broken_link = None;
+        for line in lines {
+            match check_link(seq + 1, &prev, line) {
+                Ok(p) => {
+                    prev.clear();
+                    prev.extend_from_slice(p.mac);
+                    seq += 1;
+                    parsed.push(p);
+                }
+                Err(why) => {
+                    broken_link = Some(AuditError::Broken { seq: seq + 1, why });
+                    break;
+                }
+            }
         }
-        let mac = check_line(&key, expect, &prev, line).map_err(|why| AuditError::Broken { seq: expect, why })?;
-        prev.clear();
-        prev.extend_from_slice(mac);
-        seq = expect;
-        Ok(())
+        if let Some(i) = first_bad_mac(&key, &parsed, threads) {
+            return Err(AuditError::Broken { seq: parsed[i].seq, why: MAC_MISMATCH.into() });
+        }
+        if let Some(e) = broken_link {
+            return Err(e);
+        }
+        match rest {
+            Some(r) if r.len() > MAX_RECORD_BYTES => {
+                Err(AuditError::Broken { seq: seq + 1, why: "a line longer than 64 KiB: not a record".into() })
+            }
+            Some(_) => Err(AuditError::Broken {
+                seq: seq + 1,
+                why: "the last record is torn (no line end); the next write recovers it".into(),
+            }),
+            None => Ok(()),
+        }
     })?;
     Ok(Verified { records: seq, head: Head { seq, mac: String::from_utf8_lossy(&prev).into_owned() } })
 }
@@ -634,6 +704,37 @@ mod tests {
         }
         std::fs::write(paths.audit(), &original).unwrap();
         assert_eq!(verify(&paths).unwrap().records, 4);
+    }
+
+    #[test]
+    fn large_logs_name_the_earliest_break_across_threads() {
+        let (_dir, paths) = log_with(0);
+        let mut log = AuditLog::open(&paths).unwrap();
+        for _ in 0..4 {
+            log.append_batch((0..3000).map(|_| Record::new(Event::ActionDenied)).collect()).unwrap();
+        }
+        assert_eq!(verify(&paths).unwrap().records, 12_000);
+        let original = std::fs::read_to_string(paths.audit()).unwrap();
+        let mut lines: Vec<String> = original.lines().map(String::from).collect();
+        // A mac flipped in record 9000 (checked on another thread than record 1)...
+        let at = lines[8999].len() - 3;
+        let flipped = if &lines[8999][at..at + 1] == "0" { "1" } else { "0" };
+        lines[8999].replace_range(at..at + 1, flipped);
+        // ...and a deleted record later on: the earlier break is the one named.
+        lines.remove(10_500);
+        std::fs::write(paths.audit(), lines.join("\n") + "\n").unwrap();
+        match verify(&paths) {
+            Err(AuditError::Broken { seq: 9000, why }) => assert!(why.contains("mac mismatch"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A line longer than a record can be, with no end: named, and memory stays bounded.
+        let mut long = original.clone().into_bytes();
+        long.extend(std::iter::repeat_n(b'x', 5 << 20));
+        std::fs::write(paths.audit(), long).unwrap();
+        match verify(&paths) {
+            Err(AuditError::Broken { seq: 12_001, why }) => assert!(why.contains("longer than 64 KiB"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
