@@ -38,6 +38,9 @@ use crate::paths::{self, FileError, Paths};
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// The longest record a reader accepts, in bytes (writers stay far below).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// The most one `append_batch` writes at once, in bytes; a torn batch is
+/// at most this long, so recovery never has to look further back.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
 /// `,"mac":"` + 64 hex + `"}`.
 const MAC_SUFFIX: usize = 74;
 /// `,"prev":"` + 64 hex + `"`.
@@ -205,6 +208,9 @@ pub enum AuditError {
     /// The last record cannot be chained onto.
     #[error("the last record of {path} is not sound ({why}); run `support audit --verify`, then move the log aside to start a new one", path = path.display())]
     BadTail { path: PathBuf, why: String },
+    /// A record, or a batch, larger than a reader accepts; nothing was written.
+    #[error("audit record too large ({bytes} bytes, at most {limit}); nothing was written")]
+    TooLarge { bytes: usize, limit: usize },
     /// Verification found the chain broken at `seq`.
     #[error(
         "audit chain broken at seq {seq}: {why}. Records from there on cannot be trusted; keep a copy of the log as evidence"
@@ -229,6 +235,7 @@ impl Head {
 
 /// A writer of the audit log. Hold one per process; each append locks.
 pub struct AuditLog {
+    paths: Paths,
     path: PathBuf,
     file: File,
     key: hmac::Key,
@@ -271,7 +278,7 @@ impl AuditLog {
             let len = file.metadata().map_err(|source| AuditError::Write { path: path.clone(), source })?.len();
             load_key(&paths.audit_key(), len == 0)?
         };
-        Ok(AuditLog { path, file, key, cached: None })
+        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None })
     }
 
     /// Seals and appends one record; returns it as written.
@@ -289,6 +296,7 @@ impl AuditLog {
     /// # Errors
     /// As [`AuditLog::append`]; then none of them is written.
     pub fn append_batch(&mut self, mut records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
+        self.reopen_if_replaced()?;
         let cached = self.cached.take();
         let guard = lock(&self.file, &self.path)?;
         let (mut len, mut head, torn) = self.position_locked(cached)?;
@@ -309,12 +317,40 @@ impl AuditLog {
             len = keep;
         }
         for record in &mut records {
+            let start = out.len();
             seal_one(record, &mut head, &mut out);
+            let bytes = out.len() - start;
+            if bytes > MAX_RECORD_BYTES {
+                return Err(AuditError::TooLarge { bytes, limit: MAX_RECORD_BYTES });
+            }
+        }
+        if out.len() > MAX_BATCH_BYTES {
+            return Err(AuditError::TooLarge { bytes: out.len(), limit: MAX_BATCH_BYTES });
         }
         self.write_synced(len, &out)?;
         drop(guard);
         self.cached = Some((len + out.len() as u64, head));
         Ok(records)
+    }
+
+    /// A log moved aside (to start a new chain) is not written to again:
+    /// if the path no longer names our file, open it (and its key) anew.
+    fn reopen_if_replaced(&mut self) -> Result<(), AuditError> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata().map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+        let same = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino());
+        if !same {
+            *self = AuditLog::open(&self.paths)?;
+        }
+        Ok(())
+    }
+
+    fn read_at(&self, from: u64, to: u64) -> Result<Vec<u8>, AuditError> {
+        let mut buf = vec![0; (to - from) as usize];
+        self.file
+            .read_exact_at(&mut buf, from)
+            .map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+        Ok(buf)
     }
 
     /// The file length, the head to chain from, and where to cut a torn
@@ -326,37 +362,68 @@ impl AuditLog {
         {
             return Ok((len, head, None));
         }
-        // Two records' worth: a torn line plus the whole one before it.
-        let n = len.min(MAX_RECORD_BYTES as u64 * 2 + 2);
-        let mut tail = vec![0; n as usize];
-        self.file
-            .read_exact_at(&mut tail, len - n)
-            .map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
-        let last_nl = tail.iter().rposition(|&b| b == b'\n');
-        let torn = match last_nl {
-            Some(i) if i + 1 == tail.len() => None,
-            Some(i) => Some(len - n + i as u64 + 1),
-            None if n == len => (len > 0).then_some(0),
-            None => return Err(self.bad_tail("a record longer than 64 KiB")),
-        };
-        let head = match last_nl {
-            None => Head::genesis(),
-            Some(e) => match tail[..e].iter().rposition(|&b| b == b'\n') {
-                Some(s) => self.check_tail(&tail[s + 1..e])?,
-                None if n == len => self.check_tail(&tail[..e])?,
-                None => return Err(self.bad_tail("a record longer than 64 KiB")),
-            },
-        };
-        Ok((len, head, torn))
+        let whole_end = self.whole_end(len)?;
+        let head = self.head_before(whole_end)?;
+        Ok((len, head, (whole_end < len).then_some(whole_end)))
     }
 
-    /// The last whole record must parse and its MAC must verify with our key.
-    fn check_tail(&self, line: &[u8]) -> Result<Head, AuditError> {
-        let parsed = Parsed::from_line(line).ok_or_else(|| self.bad_tail("not a well-formed record"))?;
-        if !parsed.mac_ok(&self.key) {
-            return Err(self.bad_tail(&format!("the mac of seq {} does not verify", parsed.seq)));
+    /// The offset just past the last line end (0 if none), looking back
+    /// at most one torn batch.
+    fn whole_end(&self, len: u64) -> Result<u64, AuditError> {
+        let mut window = (MAX_RECORD_BYTES as u64) * 2 + 2;
+        loop {
+            let n = len.min(window);
+            let buf = self.read_at(len - n, len)?;
+            if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+                return Ok(len - n + i as u64 + 1);
+            }
+            if n == len {
+                return Ok(0);
+            }
+            if window > (MAX_BATCH_BYTES + MAX_RECORD_BYTES) as u64 {
+                return Err(self.bad_tail("no line end in the last 8 MiB"));
+            }
+            window *= 4;
         }
-        Ok(Head { seq: parsed.seq, mac: String::from_utf8_lossy(parsed.mac).into_owned() })
+    }
+
+    /// The head after the whole lines that end at `end`: the last record
+    /// must be well-formed, its MAC must verify, and it must follow the
+    /// record before it (seq + 1, prev = that record's mac).
+    fn head_before(&self, end: u64) -> Result<Head, AuditError> {
+        if end == 0 {
+            return Ok(Head::genesis());
+        }
+        let from = end.saturating_sub(MAX_RECORD_BYTES as u64 * 2 + 2);
+        let buf = self.read_at(from, end)?;
+        let body = &buf[..buf.len() - 1];
+        let split = body.iter().rposition(|&b| b == b'\n');
+        let last_line = match split {
+            Some(i) => &body[i + 1..],
+            None if from == 0 => body,
+            None => return Err(self.bad_tail("a record longer than 64 KiB")),
+        };
+        let last = Parsed::from_line(last_line).ok_or_else(|| self.bad_tail("not a well-formed record"))?;
+        if !last.mac_ok(&self.key) {
+            return Err(self.bad_tail(&format!("the mac of seq {} does not verify", last.seq)));
+        }
+        let (want_seq, want_prev) = match split {
+            None => (1, GENESIS_PREV.as_bytes()),
+            Some(i) => {
+                let before = &body[..i];
+                let prev_line = match before.iter().rposition(|&b| b == b'\n') {
+                    Some(j) => &before[j + 1..],
+                    None if from == 0 => before,
+                    None => return Err(self.bad_tail("a record longer than 64 KiB")),
+                };
+                let prev = Parsed::from_line(prev_line).ok_or_else(|| self.bad_tail("not a well-formed record"))?;
+                (prev.seq + 1, prev.mac)
+            }
+        };
+        if last.seq != want_seq || last.prev != want_prev {
+            return Err(self.bad_tail(&format!("seq {} does not follow the record before it", last.seq)));
+        }
+        Ok(Head { seq: last.seq, mac: String::from_utf8_lossy(last.mac).into_owned() })
     }
 
     fn bad_tail(&self, why: &str) -> AuditError {
@@ -377,7 +444,7 @@ impl AuditLog {
 
 fn load_key(path: &Path, may_create: bool) -> Result<hmac::Key, AuditError> {
     let malformed = || AuditError::KeyMalformed { path: path.into() };
-    let text = match paths::read_capped(path, 1024)? {
+    let text = match paths::read_secret(path, 1024)? {
         Some(t) => t,
         None if may_create => {
             let mut raw = [0u8; 32];
@@ -558,6 +625,7 @@ fn scan_lines(
 /// Opens the log and key for reading under a shared lock; `None` if there is no log.
 fn open_for_reading(paths: &Paths) -> Result<Option<(File, hmac::Key)>, AuditError> {
     let path = paths.audit();
+    paths::check_dir(&paths.state_dir)?;
     let Some(file) = paths::open_read(&path)? else { return Ok(None) };
     file.lock_shared().map_err(|source| AuditError::File(FileError::Io { op: "lock", path: path.clone(), source }))?;
     let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
@@ -636,34 +704,42 @@ pub struct Listed {
     pub verified: bool,
 }
 
-/// Reads every record, oldest first, marking each as verified or not
-/// (a record after a break is checked against its own `prev`).
+/// The newest records of the log, with how many it holds.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// Lines in the log.
+    pub total: u64,
+    /// The newest `limit` of them, oldest first.
+    pub records: Vec<Listed>,
+}
+
+/// Reads the log, keeping the newest `limit` records (0: all), each marked
+/// verified or not. A record is checked against the one before it, so a
+/// break marks the records at the break, not every record after it.
 ///
 /// # Errors
 /// File and key errors as [`AuditLog::open`].
-pub fn read_all(paths: &Paths) -> Result<Vec<Listed>, AuditError> {
-    let Some((file, key)) = open_for_reading(paths)? else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    let mut prev = GENESIS_PREV.as_bytes().to_vec();
+pub fn list(paths: &Paths, limit: usize) -> Result<Listing, AuditError> {
+    let Some((file, key)) = open_for_reading(paths)? else { return Ok(Listing { total: 0, records: Vec::new() }) };
+    let mut kept = std::collections::VecDeque::new();
+    let mut total = 0u64;
+    let (mut prev, mut last_seq) = (GENESIS_PREV.as_bytes().to_vec(), 0u64);
     scan_lines(&file, &paths.audit(), |line, complete| {
+        total += 1;
         let record: Option<Record> = serde_json::from_slice(line).ok();
-        let expect = out.len() as u64 + 1;
-        let verified = match check_line(&key, expect, &prev, line) {
-            Ok(mac) if complete => {
-                prev = mac.to_vec();
-                true
-            }
-            _ => {
-                if let Some(r) = &record {
-                    prev = r.mac.clone().into_bytes();
-                }
-                false
-            }
-        };
-        out.push(Listed { record, verified });
+        let verified = complete && check_line(&key, last_seq + 1, &prev, line).is_ok();
+        // Unreadable lines leave the chain where it was, so what follows them can still verify.
+        if let Some(r) = &record {
+            prev = r.mac.clone().into_bytes();
+            last_seq = r.seq;
+        }
+        if limit > 0 && kept.len() == limit {
+            kept.pop_front();
+        }
+        kept.push_back(Listed { record, verified });
         Ok(())
     })?;
-    Ok(out)
+    Ok(Listing { total, records: kept.into() })
 }
 
 #[cfg(test)]
@@ -746,7 +822,7 @@ mod tests {
         let mut log = AuditLog::open(&paths).unwrap();
         let written = log.append(Record::new(Event::ConsentRevoked)).unwrap();
         assert_eq!(written.seq, 4);
-        let all = read_all(&paths).unwrap();
+        let all = list(&paths, 0).unwrap().records;
         let recovered = all[2].record.as_ref().unwrap();
         assert_eq!(recovered.event, Event::AuditRecovered);
         assert!(recovered.detail.as_deref().unwrap().contains("dropped 19 bytes"));
@@ -760,6 +836,81 @@ mod tests {
         std::fs::write(paths.audit(), text).unwrap();
         let mut log = AuditLog::open(&paths).unwrap();
         assert!(matches!(log.append(Record::new(Event::ConsentRevoked)), Err(AuditError::BadTail { .. })));
+    }
+
+    #[test]
+    fn a_replayed_old_record_at_the_end_stops_writers() {
+        let (_dir, paths) = log_with(3);
+        let text = std::fs::read_to_string(paths.audit()).unwrap();
+        let first = text.lines().next().unwrap().to_string();
+        std::fs::write(paths.audit(), format!("{text}{first}\n")).unwrap();
+        let err = AuditLog::open(&paths).unwrap().append(Record::new(Event::ConsentRevoked)).unwrap_err();
+        assert!(err.to_string().contains("does not follow the record before it"), "{err}");
+    }
+
+    #[test]
+    fn oversized_records_are_refused_before_anything_is_written() {
+        let (_dir, paths) = log_with(1);
+        let before = std::fs::read(paths.audit()).unwrap();
+        let mut big = Record::new(Event::ActionDenied);
+        big.detail = Some("x".repeat(MAX_RECORD_BYTES));
+        let mut log = AuditLog::open(&paths).unwrap();
+        assert!(matches!(log.append(big), Err(AuditError::TooLarge { .. })));
+        assert_eq!(std::fs::read(paths.audit()).unwrap(), before);
+        assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 2);
+    }
+
+    #[test]
+    fn a_log_moved_aside_is_not_written_again() {
+        let (dir, paths) = log_with(2);
+        let mut log = AuditLog::open(&paths).unwrap();
+        log.append(Record::new(Event::ConsentRevoked)).unwrap();
+        let aside = dir.path().join("old.jsonl");
+        std::fs::rename(paths.audit(), &aside).unwrap();
+        std::fs::rename(paths.audit_key(), dir.path().join("old.key")).unwrap();
+        assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 1, "a new chain");
+        assert_eq!(std::fs::read_to_string(&aside).unwrap().lines().count(), 3, "the old log is left alone");
+        assert_eq!(verify(&paths).unwrap().records, 1);
+    }
+
+    #[test]
+    fn a_torn_batch_larger_than_two_records_is_recovered() {
+        let (_dir, paths) = log_with(1);
+        let mut log = AuditLog::open(&paths).unwrap();
+        let mut batch = Vec::new();
+        for i in 0..2000 {
+            let mut r = Record::new(Event::ActionDenied);
+            r.detail = Some(format!("{i:0>100}"));
+            batch.push(r);
+        }
+        log.append_batch(batch).unwrap();
+        let good = std::fs::read(paths.audit()).unwrap();
+        let first_line = good.iter().position(|&b| b == b'\n').unwrap() + 1;
+        // A crash after the size grew but before the batch's data reached the disk:
+        // the first record, then 300 KB of zeros with no line end.
+        let mut torn = good[..first_line].to_vec();
+        torn.extend(std::iter::repeat_n(0u8, 300_000));
+        std::fs::write(paths.audit(), &torn).unwrap();
+        let mut log = AuditLog::open(&paths).unwrap();
+        let next = log.append(Record::new(Event::ConsentRevoked)).unwrap();
+        let kept = 1;
+        assert_eq!(next.seq, kept + 2, "the whole records kept, then audit.recovered, then this");
+        assert_eq!(verify(&paths).unwrap().records, kept + 2);
+    }
+
+    #[test]
+    fn the_listing_marks_only_the_records_at_a_break() {
+        let (_dir, paths) = log_with(6);
+        let mut lines: Vec<String> =
+            std::fs::read_to_string(paths.audit()).unwrap().lines().map(String::from).collect();
+        lines.remove(2);
+        std::fs::write(paths.audit(), lines.join("\n") + "\n").unwrap();
+        let listing = list(&paths, 0).unwrap();
+        let marks: Vec<bool> = listing.records.iter().map(|l| l.verified).collect();
+        assert_eq!(marks, [true, true, false, true, true]);
+        let newest = list(&paths, 2).unwrap();
+        assert_eq!((newest.total, newest.records.len()), (5, 2));
+        assert_eq!(newest.records[1].record.as_ref().unwrap().seq, 6);
     }
 
     #[test]

@@ -233,6 +233,10 @@ impl Consent {
 /// Reads the consent in force at `now`. Never fails: every doubt is
 /// [`Consent::Off`] with its reason.
 pub fn read(paths: &Paths, now: DateTime<Utc>) -> Consent {
+    // Whoever can write the directory can swap the file: check it too.
+    if let Err(e) = paths::check_dir(&paths.state_dir) {
+        return Consent::Off(Off::Unsafe(e.to_string()));
+    }
     let path = paths.consent();
     let bytes = match paths::read_capped(&path, MAX_CONSENT_BYTES) {
         Ok(Some(b)) => b,

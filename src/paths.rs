@@ -50,6 +50,8 @@ pub enum Unsafe {
     ForeignOwner { uid: u32, expected: u32 },
     /// Group- or other-writable; `mode` is the permission bits.
     Writable { mode: u32, dir: bool },
+    /// A secret (key) readable by group or others.
+    Readable { mode: u32 },
 }
 
 impl Unsafe {
@@ -63,6 +65,9 @@ impl Unsafe {
             }
             Unsafe::Writable { dir: true, .. } => format!("chmod 700 {p}"),
             Unsafe::Writable { dir: false, .. } => format!("chmod 600 {p}"),
+            Unsafe::Readable { .. } => {
+                format!("chmod 600 {p}; if others may have read it, treat the key as leaked and replace it")
+            }
         }
     }
 }
@@ -77,6 +82,9 @@ impl fmt::Display for Unsafe {
             }
             Unsafe::Writable { mode, .. } => {
                 write!(f, "it is writable by group or others (mode {:04o})", mode & 0o7777)
+            }
+            Unsafe::Readable { mode } => {
+                write!(f, "it is a secret readable by group or others (mode {:04o})", mode & 0o7777)
             }
         }
     }
@@ -227,8 +235,23 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Checks an existing directory without creating it (not a link, ours,
+/// not writable by group or others). `Ok(false)` if it does not exist.
+///
+/// # Errors
+/// [`FileError::Unsafe`], or [`FileError::Io`] when it cannot be inspected.
+pub(crate) fn check_dir(dir: &Path) -> Result<bool, FileError> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) => check_meta(dir, &meta, true).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("inspect", dir)(e)),
+    }
+}
+
+/// Never follow a link; never block opening a FIFO planted in our place
+/// (it is then refused as not a regular file).
 fn nofollow() -> i32 {
-    nix::libc::O_NOFOLLOW
+    nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK
 }
 
 /// Maps an open error, turning `ELOOP` from `O_NOFOLLOW` into [`Unsafe::Symlink`].
@@ -262,12 +285,30 @@ pub(crate) fn open_read(path: &Path) -> Result<Option<File>, FileError> {
 /// As [`open_read`], plus [`FileError::TooLarge`].
 pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, FileError> {
     let Some(file) = open_read(path)? else { return Ok(None) };
+    read_all_capped(file, path, cap).map(Some)
+}
+
+/// As [`read_capped`], for a key or secret: also refused when group or
+/// others may read it (mode bits 0o077).
+///
+/// # Errors
+/// As [`read_capped`], plus [`FileError::Unsafe`] with [`Unsafe::Readable`].
+pub(crate) fn read_secret(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, FileError> {
+    let Some(file) = open_read(path)? else { return Ok(None) };
+    let mode = file.metadata().map_err(io_err("inspect", path))?.mode();
+    if mode & 0o077 != 0 {
+        return Err(FileError::Unsafe { path: path.to_path_buf(), why: Unsafe::Readable { mode } });
+    }
+    read_all_capped(file, path, cap).map(Some)
+}
+
+fn read_all_capped(file: File, path: &Path, cap: u64) -> Result<Vec<u8>, FileError> {
     let mut buf = Vec::new();
     file.take(cap + 1).read_to_end(&mut buf).map_err(io_err("read", path))?;
     if buf.len() as u64 > cap {
         return Err(FileError::TooLarge { path: path.to_path_buf(), limit: cap });
     }
-    Ok(Some(buf))
+    Ok(buf)
 }
 
 /// Opens (creating 0600 if missing) a file for appending and reading,
@@ -412,5 +453,22 @@ mod tests {
         assert!(read_capped(&path, 100).unwrap().is_some());
         assert!(matches!(read_capped(&path, 99), Err(FileError::TooLarge { .. })));
         assert!(!create_new(&path, b"other").unwrap());
+    }
+
+    #[test]
+    fn secrets_readable_by_others_and_fifos_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        create_new(&key, b"k").unwrap();
+        assert!(read_secret(&key, 10).unwrap().is_some());
+        fs::set_permissions(&key, Permissions::from_mode(0o640)).unwrap();
+        let err = read_secret(&key, 10).unwrap_err();
+        assert!(matches!(err, FileError::Unsafe { why: Unsafe::Readable { .. }, .. }), "{err}");
+        assert!(read_capped(&key, 10).is_ok(), "a non-secret file may be readable");
+
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(open_read(&fifo), Err(FileError::Unsafe { why: Unsafe::WrongType, .. })));
+        assert!(open_append(&fifo).is_err());
     }
 }

@@ -36,7 +36,64 @@ const MAX_PROMPT_CAP: usize = 512 * 1024;
 const MAX_TIMEOUT_S: u64 = 24 * 3600;
 const MAX_OUTPUT_CAP: u64 = 256 * 1024 * 1024;
 /// Interpreters that turn a string into code; never in a diagnostic or fix.
-const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "csh", "tcsh", "busybox"];
+const SHELLS: &[&str] = &[
+    "sh",
+    "bash",
+    "rbash",
+    "dash",
+    "zsh",
+    "ksh",
+    "ksh93",
+    "mksh",
+    "pdksh",
+    "ash",
+    "yash",
+    "fish",
+    "csh",
+    "tcsh",
+    "busybox",
+    "pwsh",
+    "powershell",
+    "nu",
+    "elvish",
+    "xonsh",
+    "ion",
+];
+/// Programs that run another program named by their arguments. A catalogue
+/// has `env` and `timeout_s` of its own, so none is needed as `argv[0]`.
+const EXEC_WRAPPERS: &[&str] = &[
+    "env",
+    "sudo",
+    "doas",
+    "su",
+    "runuser",
+    "pkexec",
+    "setpriv",
+    "xargs",
+    "nice",
+    "ionice",
+    "nohup",
+    "timeout",
+    "setsid",
+    "stdbuf",
+    "chroot",
+    "unshare",
+    "nsenter",
+    "taskset",
+    "chrt",
+    "flock",
+    "script",
+    "watch",
+    "time",
+    "systemd-run",
+    "exec",
+    "ssh",
+    "parallel",
+    "find",
+];
+/// Interpreters that run code given on their command line with -c or -e.
+const CODE_INTERPRETERS: &[&str] =
+    &["python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "Rscript", "osascript"];
 
 /// A catalogue that cannot be loaded, or parameters that do not validate.
 #[derive(Debug, thiserror::Error)]
@@ -513,6 +570,7 @@ fn text_param(name: &str, max_len: usize, description: &str) -> Param {
 
 /// `policy.d/*.toml`, sorted by name; hidden files are skipped.
 fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    paths::check_dir(dir)?;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -586,17 +644,21 @@ fn check_argv(argv: &[String], params: &BTreeMap<String, ParamDef>, kind: Kind) 
             None => {}
         }
     }
-    if matches!(kind, Kind::Diagnostic | Kind::Fix) {
-        let shell_at = |i: usize| SHELLS.contains(&basename(&argv[i]));
-        if shell_at(0) {
-            return Err(format!("a {kind} may not run a shell interpreter (`{program}`)"));
+    if kind != Kind::Shell {
+        // Only the tier-4 shell kind may hand a string to an interpreter.
+        if let Some(shell) = argv.iter().find(|e| SHELLS.contains(&basename(e))) {
+            return Err(format!("a {kind} may not run a shell interpreter (`{shell}`); only kind = \"shell\" may"));
         }
-        for i in 1..argv.len() {
-            let next_is_c =
-                argv.get(i + 1).is_some_and(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('c'));
-            if shell_at(i) && next_is_c {
-                return Err(format!("a {kind} may not run a shell interpreter (`{} {}`)", argv[i], argv[i + 1]));
-            }
+        if EXEC_WRAPPERS.contains(&basename(program)) {
+            return Err(format!(
+                "a {kind} may not start through `{program}`, which runs other programs; use the action's env and timeout_s"
+            ));
+        }
+        let eval_flag = argv.iter().any(|e| matches!(e.as_str(), "-c" | "-e" | "-E" | "--eval" | "--command" | "-r"));
+        if CODE_INTERPRETERS.contains(&basename(program).trim_end_matches(|c: char| c.is_ascii_digit() || c == '.'))
+            && eval_flag
+        {
+            return Err(format!("a {kind} may not run code given on the command line (`{program}` with -c/-e)"));
         }
     }
     Ok(())
@@ -652,10 +714,36 @@ fn check_agent(a: &AgentConfig) -> Result<(), String> {
         "argv" => {}
         other => return Err(format!("prompt must be \"stdin\" or \"argv\", not `{other}`")),
     }
-    if a.endpoint.is_none() {
-        let mut params = BTreeMap::new();
-        params.insert("prompt".to_string(), text_param_def());
-        check_argv(&a.argv, &params, Kind::Agent)?;
+    let mut params = BTreeMap::new();
+    params.insert("prompt".to_string(), text_param_def());
+    check_argv(&a.argv, &params, Kind::Agent)?;
+    if let Some(endpoint) = &a.endpoint {
+        check_loopback_endpoint(endpoint)?;
+        match &a.secret_file {
+            Some(f) if f.starts_with('/') || f.starts_with("~/") => {}
+            Some(f) => return Err(format!("secret_file `{f}` must be absolute or ~/...")),
+            None => return Err("an endpoint needs secret_file, the file holding its X-Support-Secret".into()),
+        }
+    }
+    Ok(())
+}
+
+/// `http://127.0.0.1:PORT/...`, `http://[::1]:PORT/...` or
+/// `http://localhost:PORT/...`: the agent host must be on this machine.
+fn check_loopback_endpoint(endpoint: &str) -> Result<(), String> {
+    let refuse = || {
+        Err(format!(
+            "endpoint `{endpoint}` must be http://127.0.0.1:PORT/PATH, http://[::1]:PORT/PATH or http://localhost:PORT/PATH"
+        ))
+    };
+    let Some(rest) = endpoint.strip_prefix("http://") else { return refuse() };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p.parse::<u32>().unwrap_or(0)),
+        _ => return refuse(),
+    };
+    if !matches!(host, "127.0.0.1" | "[::1]" | "localhost") || !(1..=65535).contains(&port) {
+        return refuse();
     }
     Ok(())
 }
@@ -744,7 +832,13 @@ fn compile_param(name: &str, def: &ParamDef) -> Result<Param, String> {
             if !p.starts_with('^') || !p.ends_with('$') || p.ends_with("\\$") {
                 return Err(err("pattern must be anchored: start with ^ and end with $"));
             }
-            // Wrapped again so that an alternation such as `^a|b$` stays anchored on both sides.
+            // It must compile alone, so that wrapping cannot change its structure
+            // (`^a)|(b$` compiles only once wrapped)...
+            regex::RegexBuilder::new(p)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| err(&format!("pattern does not compile: {e}")))?;
+            // ...and is wrapped again so that an alternation such as `^a|b$` stays anchored on both sides.
             let re = regex::RegexBuilder::new(&format!(r"\A(?:{p})\z"))
                 .size_limit(1 << 20)
                 .build()
@@ -766,6 +860,10 @@ fn compile_param(name: &str, def: &ParamDef) -> Result<Param, String> {
         }
         _ => return Err(err("give exactly one type: pattern, enum, or integer min and max (min <= max)")),
     };
+    if !def.required && def.default.is_none() {
+        // Dropping an element would shift what the flag before it applies to.
+        return Err(err("an optional parameter needs a default"));
+    }
     if def.owned_process && !matches!(ty, ParamType::Integer { .. }) {
         return Err(err("owned_process applies to an integer parameter"));
     }
@@ -805,7 +903,9 @@ impl Param {
         }
         match &self.ty {
             ParamType::Text => Ok(value.to_string()),
-            _ if value.chars().any(char::is_control) => fail("holds control characters (newline, tab, escape)".into()),
+            _ if value.chars().any(is_unprintable) => {
+                fail("holds control or invisible formatting characters (newline, tab, escape, bidi)".into())
+            }
             ParamType::Pattern(re, src) => {
                 if re.is_match(value) {
                     Ok(value.to_string())
@@ -847,6 +947,14 @@ impl Param {
             ParamType::Text => format!("text, at most {} bytes", self.max_len),
         }
     }
+}
+
+/// Control characters, and the invisible ones that can make text read
+/// other than it is: zero-width and bidirectional marks, line and
+/// paragraph separators, the byte-order mark.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// The pid must be a live process of the current user, other than this one.
@@ -966,15 +1074,25 @@ params.unit = { pattern = "^[a-z]+$", max_len = 8 }
     #[test]
     fn catalogue_rules() {
         assert!(cat(OK).is_ok());
+        // What argv starts with, instead of `echo --`.
+        for (start, needle) in [
+            (r#""{unit}", "--""#, "argv[0] may not be a placeholder"),
+            (r#""bash", "-c""#, "shell interpreter"),
+            (r#""/usr/bin/env", "sh", "-ec""#, "shell interpreter"),
+            (r#""nice", "sh""#, "shell interpreter"),
+            (r#""echo", "/usr/bin/rbash""#, "shell interpreter"),
+            (r#""env", "--""#, "may not start through `env`"),
+            (r#""/usr/bin/xargs", "--""#, "may not start through"),
+            (r#""python3.11", "-c""#, "code given on the command line"),
+        ] {
+            rejects(&OK.replace(r#""echo", "--""#, start), needle);
+        }
         rejects(&OK.replace("tier = 1", "tier = 1\nbogus = 2"), "unknown field");
         rejects(&OK.replace("kind = \"diagnostic\"", "kind = \"fix\""), "needs tier 2");
         rejects(&OK.replace("tier = 1", "tier = 5"), "tier must be 1 to 4");
-        rejects(&OK.replace("\"echo\", \"--\"", "\"{unit}\", \"--\""), "argv[0] may not be a placeholder");
         rejects(&OK.replace("\"{unit}\"", "\"--unit={unit}\""), "whole argv element");
         rejects(&OK.replace("\"{unit}\"", "\"{other}\""), "names no declared parameter");
         rejects(&format!("{OK}{OK}"), "defined twice");
-        rejects(&OK.replace("\"echo\", \"--\"", "\"bash\", \"-c\""), "shell interpreter");
-        rejects(&OK.replace("\"echo\", \"--\"", "\"/usr/bin/env\", \"sh\", \"-ec\""), "shell interpreter");
         rejects(&OK.replace("\"^[a-z]+$\"", "\"[a-z]+\""), "anchored");
         rejects(&OK.replace("echo-unit", "Echo_Unit"), "[a-z0-9-]");
         rejects(&OK.replace("echo-unit", "shell"), "[shell] sections");
@@ -992,6 +1110,20 @@ params.unit = { pattern = "^[a-z]+$", max_len = 8 }
         )
         .unwrap();
         assert_eq!(raised.get("memory").unwrap().tier, Tier::FIXES);
+        rejects(&OK.replace("\"^[a-z]+$\"", "\"^[a-z]+)|(x$\""), "does not compile");
+        rejects(&OK.replace("max_len = 8", "max_len = 8, required = false"), "needs a default");
+        let agent_kind = OK.replace("tier = 1", "tier = 3").replace("\"diagnostic\"", "\"agent\"");
+        rejects(&agent_kind.replace("\"echo\", \"--\"", "\"sh\", \"-c\""), "only kind = \"shell\"");
+        // The agent section: argv always checked; an endpoint only on loopback, with a secret.
+        rejects("[agent]\nprompt = \"argv\"\nargv = [\"{prompt}\"]", "argv[0] may not be a placeholder");
+        rejects("[agent]\nendpoint = \"http://10.0.0.5:8080/run\"\nsecret_file = \"/s\"", "must be http://127.0.0.1");
+        rejects("[agent]\nendpoint = \"http://127.0.0.1.evil.example:80/\"\nsecret_file = \"/s\"", "must be");
+        rejects("[agent]\nendpoint = \"https://127.0.0.1:8080/\"\nsecret_file = \"/s\"", "must be");
+        rejects("[agent]\nendpoint = \"http://127.0.0.1:8080/run\"", "needs secret_file");
+        for ok in ["http://127.0.0.1:8080/run", "http://[::1]:9/x", "http://localhost:3000"] {
+            let c = cat(&format!("[agent]\nendpoint = \"{ok}\"\nsecret_file = \"~/.agent-secret\""));
+            assert!(c.is_ok(), "{ok}: {:?}", c.err());
+        }
         // A shell kind may use sh -c.
         assert!(cat("[[action]]\nname = \"s\"\ntier = 4\nkind = \"shell\"\ndescription = \"x\"\nargv = [\"sh\", \"-c\", \"true\"]").is_ok());
     }
@@ -1002,7 +1134,9 @@ params.unit = { pattern = "^[a-z]+$", max_len = 8 }
         let a = c.get("echo-unit").unwrap();
         let render = |v: &str| a.render(&BTreeMap::from([("unit".to_string(), v.to_string())]));
         assert_eq!(render("abc").unwrap().commands, vec![vec!["echo", "--", "abc"]]);
-        for bad in ["; rm -rf ~", "$(id)", "`id`", "a\nb", "../../etc/passwd", &"a".repeat(10 * 1024), "abc\n"] {
+        for bad in
+            ["; rm -rf ~", "$(id)", "`id`", "a\nb", "../../etc/passwd", &"a".repeat(10 * 1024), "abc\n", "ab\u{202E}c"]
+        {
             assert!(render(bad).is_err(), "{bad:?} accepted");
         }
         // A permissive pattern still yields exactly one literal element.
@@ -1013,6 +1147,7 @@ params.unit = { pattern = "^[a-z]+$", max_len = 8 }
             assert_eq!(r.commands, vec![vec!["echo".to_string(), "--".into(), v.into()]]);
         }
         assert!(a.render(&BTreeMap::from([("unit".to_string(), "a\nb".to_string())])).is_err());
+        assert!(a.render(&BTreeMap::from([("unit".to_string(), "safe\u{202E}txt.exe".to_string())])).is_err());
         assert!(a.render(&BTreeMap::from([("other".to_string(), "x".to_string())])).is_err());
         assert!(a.render(&BTreeMap::new()).unwrap_err().why.contains("required"));
     }

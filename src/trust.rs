@@ -68,6 +68,7 @@ fn valid_name(name: &str) -> bool {
 /// [`TrustError::File`] or [`TrustError::Malformed`].
 pub fn list(paths: &Paths) -> Result<Vec<Operator>, TrustError> {
     let path = paths.trusted_operators();
+    paths::check_dir(&paths.config_dir)?;
     let Some(bytes) = paths::read_capped(&path, MAX_TRUST_BYTES)? else { return Ok(Vec::new()) };
     let malformed = |message: String| TrustError::Malformed { path: path.clone(), message };
     let text = String::from_utf8(bytes).map_err(|_| malformed("not UTF-8".into()))?;

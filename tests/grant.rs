@@ -232,3 +232,36 @@ fn without_a_home_files_follow_xdg() {
     assert_eq!(mode(&cs), 0o700);
     assert_eq!(mode(&ss), 0o700);
 }
+
+#[test]
+fn a_home_writable_by_others_means_no_consent_and_no_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::new();
+    h.run(&["allow", "--tier", "1", "--minutes", "30"]).code(0);
+    std::fs::set_permissions(&h.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let s = h.status();
+    assert_eq!(s["enabled"], false);
+    assert!(s["off_reason"].as_str().unwrap().contains("chmod 700"), "{s}");
+    h.run(&["allow", "--tier", "1", "--minutes", "30"]).code(1).says("chmod 700");
+    h.run(&["audit", "--verify"]).code(1).says("writable by group or others");
+    h.run(&["actions"]).code(0).says("nothing may run");
+    std::fs::set_permissions(&h.path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(h.status()["enabled"], true);
+}
+
+#[test]
+fn a_grant_that_cannot_be_written_is_withdrawn_on_the_record() {
+    let h = Home::new();
+    h.run(&["status"]).code(0);
+    std::fs::create_dir_all(h.file("consent.json").join("blocker")).unwrap();
+    h.run(&["allow", "--tier", "2", "--minutes", "5"]).code(1).says("consent.json");
+    assert_eq!(h.status()["enabled"], false);
+    let events: Vec<String> = h
+        .run(&["audit", "--json"])
+        .code(0)
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, ["consent.revoked", "consent.granted"]);
+}

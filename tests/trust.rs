@@ -58,3 +58,17 @@ fn a_malformed_trust_file_is_an_error_not_an_empty_list() {
     std::fs::write(&path, text).unwrap();
     h.run(&["trust", "list"]).code(1).says("trusted_operators.toml").says("fix or remove");
 }
+
+#[test]
+fn trust_is_withdrawn_even_when_the_audit_log_is_broken() {
+    let h = Home::new();
+    h.run(&["trust", "add", "alice", &new_public_key()]).code(0);
+    let log = h.file("audit.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap().replace("trust.added", "trust.removed");
+    std::fs::write(&log, text).unwrap();
+    h.run(&["trust", "add", "bob", &new_public_key()]).code(1).says("is not sound");
+    h.run(&["trust", "remove", "alice"])
+        .code(1)
+        .says("`alice` is no longer trusted, but the audit record could not be written");
+    assert_eq!(h.run(&["trust", "list", "--json"]).code(0).json(), serde_json::json!([]));
+}

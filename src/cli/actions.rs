@@ -59,7 +59,13 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 format!("{}{optional}: {}", p.name, p.type_label())
             })
             .collect();
-        table.add_row([name, a.tier.get().to_string(), a.kind.to_string(), params.join("\n"), a.description.clone()]);
+        table.add_row([
+            name,
+            a.tier.get().to_string(),
+            a.kind.to_string(),
+            params.iter().map(|p| super::printable(p)).collect::<Vec<_>>().join("\n"),
+            super::printable(&a.description),
+        ]);
     }
     println!("{table}");
     Ok(ExitCode::SUCCESS)

@@ -79,11 +79,21 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     record.detail = Some(format!("expires_at {}", consent::rfc3339(grant.expires_at)));
     ctx.audit(record)?;
     if let Err(e) = consent::write(&ctx.paths, &grant) {
+        // The rename may have landed before a later step failed: make sure no grant stands.
+        let removed = consent::remove(&ctx.paths);
         let mut undo = Record::new(Event::ConsentRevoked);
         undo.grant_id = Some(grant.grant_id.clone());
-        undo.detail = Some("the grant file could not be written; no grant is in force".into());
+        undo.detail = Some(match &removed {
+            Ok(_) => "the grant could not be written and was withdrawn; no grant is in force".into(),
+            Err(r) => format!("the grant could not be written, nor the consent file removed: {r}"),
+        });
         let _ = ctx.audit(undo);
-        return Err(e.into());
+        return Err(match removed {
+            Ok(_) => e.into(),
+            Err(r) => {
+                Error::Failed(format!("{e}; and the consent file could not be removed ({r}): run `support revoke`"))
+            }
+        });
     }
     println!("Granted tier {}: {}.", grant.tier, grant.tier.allows());
     println!(

@@ -31,9 +31,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let all = audit::read_all(&ctx.paths)?;
-    let take = if args.limit == 0 { all.len() } else { args.limit };
-    let newest: Vec<_> = all.iter().rev().take(take).collect();
+    let listing = audit::list(&ctx.paths, args.limit)?;
+    let newest: Vec<_> = listing.records.iter().rev().collect();
     if args.json {
         for listed in newest {
             match &listed.record {
@@ -43,7 +42,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if all.is_empty() {
+    if listing.total == 0 {
         println!("No audit records yet ({}).", ctx.paths.audit().display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -72,7 +71,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         table.add_row(row);
     }
     println!("{table}");
-    println!("{} of {} records, newest first.", newest.len(), all.len());
+    println!("{} of {} records, newest first.", newest.len(), listing.total);
     if broken > 0 {
         println!("{broken} shown do not verify (✗); run `support audit --verify` for the first break.");
     }

@@ -117,7 +117,7 @@ pub(crate) fn local(t: DateTime<Utc>) -> String {
 
 /// Text from files or operators, made safe to print on a terminal.
 pub(crate) fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    text.chars().map(|c| if crate::policy::is_unprintable(c) { '?' } else { c }).collect()
 }
 
 /// Prints a JSON value on one line of stdout.

@@ -50,12 +50,11 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
             println!("Their signed commands run only within your grant: {}", ctx.command_line(&["status"]));
         }
         Command::Remove { name } => {
-            let op = trust::list(&ctx.paths)?
-                .into_iter()
-                .find(|o| o.name == name)
-                .ok_or_else(|| trust::TrustError::NotFound(name.clone()))?;
-            ctx.audit(record(Event::TrustRemoved, &op.name, &op.public_key))?;
-            trust::remove(&ctx.paths, &name)?;
+            // Withdrawing trust must work even when the audit log cannot be written.
+            let op = trust::remove(&ctx.paths, &name)?;
+            ctx.audit(record(Event::TrustRemoved, &op.name, &op.public_key)).map_err(|e| {
+                Error::Failed(format!("`{name}` is no longer trusted, but the audit record could not be written: {e}"))
+            })?;
             println!("`{name}` is no longer trusted.");
         }
         Command::List { json } => {
