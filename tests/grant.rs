@@ -71,7 +71,7 @@ fn status_json_carries_the_contract_fields() {
     let replaced = h.status();
     assert_eq!(replaced["tier"], 1);
     assert_ne!(replaced["grant_id"], on["grant_id"]);
-    h.run(&["revoke"]).code(0).says("Revoked tier 1");
+    h.run(&["revoke"]).code(0).says("Revoked grant g-").says("(tier 1, diagnostics)");
     h.run(&["revoke"]).code(0).says("No grant was in force");
     assert_eq!(h.status()["enabled"], false);
 }

@@ -20,7 +20,12 @@ pub(crate) fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode, Error> {
         Consent::Live(g) => {
             record.grant_id = Some(g.grant_id.clone());
             record.tier = Some(g.tier.get());
-            format!("Revoked tier {} (grant {}). Support can do nothing now.", g.tier, g.grant_id)
+            format!(
+                "Revoked grant {} (tier {}, {}). Support can do nothing now.",
+                g.grant_id,
+                g.tier.get(),
+                g.tier.name()
+            )
         }
         Consent::Off(Off::Expired(g)) => {
             record.grant_id = Some(g.grant_id.clone());
