@@ -307,14 +307,9 @@ impl AuditLog {
             *head = Head { seq: record.seq, mac: record.mac.clone() };
         };
         if let Some(keep) = torn {
-            let io = |source| AuditError::Write { path: self.path.clone(), source };
-            self.file.set_len(keep).map_err(io)?;
-            self.file.sync_data().map_err(io)?;
-            tracing::warn!(dropped = len - keep, "audit log: cut back a torn last record");
             let mut r = Record::new(Event::AuditRecovered);
             r.detail = Some(format!("dropped {} bytes of a torn record at the end of the log", len - keep));
             seal_one(&mut r, &mut head, &mut out);
-            len = keep;
         }
         for record in &mut records {
             let start = out.len();
@@ -326,6 +321,13 @@ impl AuditLog {
         }
         if out.len() > MAX_BATCH_BYTES {
             return Err(AuditError::TooLarge { bytes: out.len(), limit: MAX_BATCH_BYTES });
+        }
+        // Only now, with every record sealed and checked, cut the torn tail.
+        if let Some(keep) = torn {
+            let io = |source| AuditError::Write { path: self.path.clone(), source };
+            self.file.set_len(keep).map_err(io)?;
+            tracing::warn!(dropped = len - keep, "audit log: cut back a torn last record");
+            len = keep;
         }
         self.write_synced(len, &out)?;
         drop(guard);
@@ -851,13 +853,17 @@ mod tests {
     #[test]
     fn oversized_records_are_refused_before_anything_is_written() {
         let (_dir, paths) = log_with(1);
-        let before = std::fs::read(paths.audit()).unwrap();
+        // A torn tail too: refusing the record must not cut it unrecorded.
+        let mut before = std::fs::read(paths.audit()).unwrap();
+        before.extend_from_slice(b"{\"seq\":2,\"ts");
+        std::fs::write(paths.audit(), &before).unwrap();
         let mut big = Record::new(Event::ActionDenied);
         big.detail = Some("x".repeat(MAX_RECORD_BYTES));
         let mut log = AuditLog::open(&paths).unwrap();
         assert!(matches!(log.append(big), Err(AuditError::TooLarge { .. })));
         assert_eq!(std::fs::read(paths.audit()).unwrap(), before);
-        assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 2);
+        assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 3, "after audit.recovered");
+        assert_eq!(verify(&paths).unwrap().records, 3);
     }
 
     #[test]
