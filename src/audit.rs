@@ -70,6 +70,10 @@ pub enum Event {
     TaskAborted,
     #[serde(rename = "audit.recovered")]
     AuditRecovered,
+    /// The first record of a chain begun while `audit.key` already existed:
+    /// an earlier log was removed or moved aside.
+    #[serde(rename = "audit.restarted")]
+    AuditRestarted,
     #[serde(rename = "daemon.started")]
     DaemonStarted,
     #[serde(rename = "daemon.stopped")]
@@ -95,6 +99,7 @@ impl Event {
             Event::TaskStopped => "task.stopped",
             Event::TaskAborted => "task.aborted",
             Event::AuditRecovered => "audit.recovered",
+            Event::AuditRestarted => "audit.restarted",
             Event::DaemonStarted => "daemon.started",
             Event::DaemonStopped => "daemon.stopped",
             Event::ControlUnauthorized => "control.unauthorized",
@@ -241,6 +246,8 @@ pub struct AuditLog {
     key: hmac::Key,
     /// File length and head after our last append, to skip re-reading the tail.
     cached: Option<(u64, Head)>,
+    /// This open made `audit.key`, so an empty log is the first one, not a removed one.
+    key_is_new: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -273,12 +280,12 @@ impl AuditLog {
         paths.ensure_dirs()?;
         let path = paths.audit();
         let file = paths::open_append(&path)?;
-        let key = {
+        let (key, key_is_new) = {
             let _guard = lock(&file, &path)?;
             let len = file.metadata().map_err(|source| AuditError::Write { path: path.clone(), source })?.len();
             load_key(&paths.audit_key(), len == 0)?
         };
-        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None })
+        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None, key_is_new })
     }
 
     /// Seals and appends one record; returns it as written.
@@ -309,6 +316,15 @@ impl AuditLog {
         if let Some(keep) = torn {
             let mut r = Record::new(Event::AuditRecovered);
             r.detail = Some(format!("dropped {} bytes of a torn record at the end of the log", len - keep));
+            seal_one(&mut r, &mut head, &mut out);
+        } else if head.seq == 0 && !self.key_is_new {
+            // Deleting the log must not pass for a first start: say so in the new chain.
+            let mut r = Record::new(Event::AuditRestarted);
+            r.detail = Some(
+                "a new chain although audit.key already existed: an earlier log was removed, moved aside or \
+                 emptied, or the first write never finished"
+                    .into(),
+            );
             seal_one(&mut r, &mut head, &mut out);
         }
         for record in &mut records {
@@ -444,10 +460,11 @@ impl AuditLog {
     }
 }
 
-fn load_key(path: &Path, may_create: bool) -> Result<hmac::Key, AuditError> {
+/// The key, and whether this call made it (only allowed for an empty log).
+fn load_key(path: &Path, may_create: bool) -> Result<(hmac::Key, bool), AuditError> {
     let malformed = || AuditError::KeyMalformed { path: path.into() };
-    let text = match paths::read_secret(path, 1024)? {
-        Some(t) => t,
+    let (text, made) = match paths::read_secret(path, 1024)? {
+        Some(t) => (t, false),
         None if may_create => {
             let mut raw = [0u8; 32];
             crate::fill_random(&mut raw);
@@ -455,7 +472,7 @@ fn load_key(path: &Path, may_create: bool) -> Result<hmac::Key, AuditError> {
             if !paths::create_new(path, encoded.as_bytes())? {
                 return load_key(path, false);
             }
-            encoded.into_bytes()
+            (encoded.into_bytes(), true)
         }
         None => return Err(AuditError::KeyMissing { path: path.into() }),
     };
@@ -464,7 +481,7 @@ fn load_key(path: &Path, may_create: bool) -> Result<hmac::Key, AuditError> {
     if raw.len() != 32 {
         return Err(malformed());
     }
-    Ok(hmac::Key::new(hmac::HMAC_SHA256, &raw))
+    Ok((hmac::Key::new(hmac::HMAC_SHA256, &raw), made))
 }
 
 fn compute_mac(key: &hmac::Key, prev: &[u8], canonical_open: &[u8]) -> [u8; 64] {
@@ -634,7 +651,7 @@ fn open_for_reading(paths: &Paths) -> Result<Option<(File, hmac::Key)>, AuditErr
     if empty {
         return Ok(None);
     }
-    Ok(Some((file, load_key(&paths.audit_key(), false)?)))
+    Ok(Some((file, load_key(&paths.audit_key(), false)?.0)))
 }
 
 /// What a successful verification found.
@@ -786,7 +803,8 @@ mod tests {
 
     #[test]
     fn large_logs_name_the_earliest_break_across_threads() {
-        let (_dir, paths) = log_with(0);
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("h"));
         let mut log = AuditLog::open(&paths).unwrap();
         for _ in 0..4 {
             log.append_batch((0..3000).map(|_| Record::new(Event::ActionDenied)).collect()).unwrap();
@@ -917,6 +935,19 @@ mod tests {
         let newest = list(&paths, 2).unwrap();
         assert_eq!((newest.total, newest.records.len()), (5, 2));
         assert_eq!(newest.records[1].record.as_ref().unwrap().seq, 6);
+    }
+
+    #[test]
+    fn a_deleted_log_shows_in_the_new_chain() {
+        let (_dir, paths) = log_with(3);
+        std::fs::remove_file(paths.audit()).unwrap();
+        let written = AuditLog::open(&paths).unwrap().append(Record::new(Event::ConsentRevoked)).unwrap();
+        assert_eq!(written.seq, 2);
+        let first = list(&paths, 0).unwrap().records[0].record.clone().unwrap();
+        assert_eq!((first.seq, first.event), (1, Event::AuditRestarted));
+        // A first start, with no key yet, has no such record.
+        let (_dir2, fresh) = log_with(1);
+        assert_eq!(list(&fresh, 0).unwrap().records[0].record.as_ref().unwrap().event, Event::ConsentGranted);
     }
 
     #[test]

@@ -236,14 +236,15 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), FileError> {
 }
 
 /// Checks an existing directory without creating it (not a link, ours,
-/// not writable by group or others). `Ok(false)` if it does not exist.
+/// not writable by group or others). A missing directory passes: there is
+/// nothing in it to trust.
 ///
 /// # Errors
 /// [`FileError::Unsafe`], or [`FileError::Io`] when it cannot be inspected.
-pub(crate) fn check_dir(dir: &Path) -> Result<bool, FileError> {
+pub(crate) fn check_dir(dir: &Path) -> Result<(), FileError> {
     match fs::symlink_metadata(dir) {
-        Ok(meta) => check_meta(dir, &meta, true).map(|()| true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(meta) => check_meta(dir, &meta, true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("inspect", dir)(e)),
     }
 }

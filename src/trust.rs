@@ -82,15 +82,6 @@ pub fn list(paths: &Paths) -> Result<Vec<Operator>, TrustError> {
     Ok(file.operator)
 }
 
-/// The trusted operator with this public key, if any.
-///
-/// # Errors
-/// As [`list`].
-pub fn find_by_key(paths: &Paths, key: &PublicKey) -> Result<Option<Operator>, TrustError> {
-    let text = key.to_string();
-    Ok(list(paths)?.into_iter().find(|o| o.public_key == text))
-}
-
 /// Checks a name and key for [`add`] without writing anything.
 ///
 /// # Errors

@@ -90,9 +90,10 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         let _ = ctx.audit(undo);
         return Err(match removed {
             Ok(_) => e.into(),
-            Err(r) => {
-                Error::Failed(format!("{e}; and the consent file could not be removed ({r}): run `support revoke`"))
-            }
+            Err(r) => Error::Failed(format!(
+                "{e}; and the consent file could not be removed ({r}), so a grant may stand: remove {} by hand",
+                ctx.paths.consent().display()
+            )),
         });
     }
     println!("Granted tier {}: {}.", grant.tier, grant.tier.allows());
