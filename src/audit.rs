@@ -243,11 +243,12 @@ pub struct AuditLog {
     paths: Paths,
     path: PathBuf,
     file: File,
-    key: hmac::Key,
+    /// `None` until there is a key: it is made together with the first
+    /// record, under the same lock, so an existing key beside an empty log
+    /// always means a log that was removed (or a first write cut short).
+    key: Option<hmac::Key>,
     /// File length and head after our last append, to skip re-reading the tail.
     cached: Option<(u64, Head)>,
-    /// This open made `audit.key`, so an empty log is the first one, not a removed one.
-    key_is_new: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -270,8 +271,9 @@ fn lock<'a>(file: &'a File, path: &Path) -> Result<Locked<'a>, AuditError> {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) the log and its key under `paths`.
-    /// The key is made on first use: 32 random bytes, base64url, 0600.
+    /// Opens (creating if needed) the log under `paths`, and its key if
+    /// there is one. The key is made with the first record: 32 random
+    /// bytes, base64url, 0600.
     ///
     /// # Errors
     /// [`AuditError::File`] for unsafe or unwritable files;
@@ -280,12 +282,16 @@ impl AuditLog {
         paths.ensure_dirs()?;
         let path = paths.audit();
         let file = paths::open_append(&path)?;
-        let (key, key_is_new) = {
+        let key = {
             let _guard = lock(&file, &path)?;
             let len = file.metadata().map_err(|source| AuditError::Write { path: path.clone(), source })?.len();
-            load_key(&paths.audit_key(), len == 0)?
+            match load_key(&paths.audit_key(), false) {
+                Ok((key, _)) => Some(key),
+                Err(AuditError::KeyMissing { .. }) if len == 0 => None,
+                Err(e) => return Err(e),
+            }
         };
-        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None, key_is_new })
+        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None })
     }
 
     /// Seals and appends one record; returns it as written.
@@ -306,9 +312,19 @@ impl AuditLog {
         self.reopen_if_replaced()?;
         let cached = self.cached.take();
         let guard = lock(&self.file, &self.path)?;
-        let (mut len, mut head, torn) = self.position_locked(cached)?;
+        let (key, made_key) = match &self.key {
+            Some(k) => (k.clone(), false),
+            None => {
+                let len =
+                    self.file.metadata().map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
+                let (k, made) = load_key(&self.paths.audit_key(), len.len() == 0)?;
+                self.key = Some(k.clone());
+                (k, made)
+            }
+        };
+        let (mut len, mut head, torn) = self.position_locked(cached, &key)?;
         let mut out = Vec::with_capacity(records.len() * 320);
-        let key = &self.key;
+        let key = &key;
         let seal_one = |record: &mut Record, head: &mut Head, out: &mut Vec<u8>| {
             seal(key, record, head, Utc::now(), out);
             *head = Head { seq: record.seq, mac: record.mac.clone() };
@@ -317,7 +333,7 @@ impl AuditLog {
             let mut r = Record::new(Event::AuditRecovered);
             r.detail = Some(format!("dropped {} bytes of a torn record at the end of the log", len - keep));
             seal_one(&mut r, &mut head, &mut out);
-        } else if head.seq == 0 && !self.key_is_new {
+        } else if head.seq == 0 && !made_key {
             // Deleting the log must not pass for a first start: say so in the new chain.
             let mut r = Record::new(Event::AuditRestarted);
             r.detail = Some(
@@ -373,7 +389,11 @@ impl AuditLog {
 
     /// The file length, the head to chain from, and where to cut a torn
     /// last line (`Some(length to keep)`). Call with the lock held.
-    fn position_locked(&self, cached: Option<(u64, Head)>) -> Result<(u64, Head, Option<u64>), AuditError> {
+    fn position_locked(
+        &self,
+        cached: Option<(u64, Head)>,
+        key: &hmac::Key,
+    ) -> Result<(u64, Head, Option<u64>), AuditError> {
         let len = self.file.metadata().map_err(|source| AuditError::Write { path: self.path.clone(), source })?.len();
         if let Some((cached_len, head)) = cached
             && cached_len == len
@@ -381,7 +401,7 @@ impl AuditLog {
             return Ok((len, head, None));
         }
         let whole_end = self.whole_end(len)?;
-        let head = self.head_before(whole_end)?;
+        let head = self.head_before(whole_end, key)?;
         Ok((len, head, (whole_end < len).then_some(whole_end)))
     }
 
@@ -408,7 +428,7 @@ impl AuditLog {
     /// The head after the whole lines that end at `end`: the last record
     /// must be well-formed, its MAC must verify, and it must follow the
     /// record before it (seq + 1, prev = that record's mac).
-    fn head_before(&self, end: u64) -> Result<Head, AuditError> {
+    fn head_before(&self, end: u64, key: &hmac::Key) -> Result<Head, AuditError> {
         if end == 0 {
             return Ok(Head::genesis());
         }
@@ -422,7 +442,7 @@ impl AuditLog {
             None => return Err(self.bad_tail("a record longer than 64 KiB")),
         };
         let last = Parsed::from_line(last_line).ok_or_else(|| self.bad_tail("not a well-formed record"))?;
-        if !last.mac_ok(&self.key) {
+        if !last.mac_ok(key) {
             return Err(self.bad_tail(&format!("the mac of seq {} does not verify", last.seq)));
         }
         let (want_seq, want_prev) = match split {
@@ -945,6 +965,16 @@ mod tests {
         assert_eq!(written.seq, 2);
         let first = list(&paths, 0).unwrap().records[0].record.clone().unwrap();
         assert_eq!((first.seq, first.event), (1, Event::AuditRestarted));
+        // Two writers opened on an empty home before either appends: still a first start.
+        let dir = tempfile::tempdir().unwrap();
+        let both = Paths::under(dir.path().join("h"));
+        let (mut a, mut b) = (AuditLog::open(&both).unwrap(), AuditLog::open(&both).unwrap());
+        b.append(Record::new(Event::ConsentGranted)).unwrap();
+        a.append(Record::new(Event::ConsentRevoked)).unwrap();
+        let events: Vec<Event> =
+            list(&both, 0).unwrap().records.iter().map(|l| l.record.as_ref().unwrap().event).collect();
+        assert_eq!(events, [Event::ConsentGranted, Event::ConsentRevoked]);
+        assert_eq!(verify(&both).unwrap().records, 2);
         // A first start, with no key yet, has no such record.
         let (_dir2, fresh) = log_with(1);
         assert_eq!(list(&fresh, 0).unwrap().records[0].record.as_ref().unwrap().event, Event::ConsentGranted);
