@@ -25,6 +25,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -204,6 +205,10 @@ pub enum AuditError {
         #[source]
         source: io::Error,
     },
+    /// Another writer held the lock past the deadline set with
+    /// [`AuditLog::set_lock_timeout`].
+    #[error("the audit log {path} stayed locked by another writer for {waited_ms} ms; nothing was done", path = path.display())]
+    LockTimeout { path: PathBuf, waited_ms: u64 },
     /// The log has records but its key is gone.
     #[error("the audit key {path} is missing but the log has records; restore the key, or move the log aside to start a new one", path = path.display())]
     KeyMissing { path: PathBuf },
@@ -249,6 +254,8 @@ pub struct AuditLog {
     key: Option<hmac::Key>,
     /// File length and head after our last append, to skip re-reading the tail.
     cached: Option<(u64, Head)>,
+    /// How long an append waits for the lock; `None` waits for ever.
+    lock_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -265,9 +272,27 @@ impl Drop for Locked<'_> {
     }
 }
 
-fn lock<'a>(file: &'a File, path: &Path) -> Result<Locked<'a>, AuditError> {
-    file.lock().map_err(|source| AuditError::Write { path: path.into(), source })?;
-    Ok(Locked(file))
+fn lock<'a>(file: &'a File, path: &Path, timeout: Option<Duration>) -> Result<Locked<'a>, AuditError> {
+    let Some(timeout) = timeout else {
+        file.lock().map_err(|source| AuditError::Write { path: path.into(), source })?;
+        return Ok(Locked(file));
+    };
+    let start = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Locked(file)),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::LockTimeout {
+                    path: path.into(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(AuditError::Write { path: path.into(), source }),
+        }
+    }
 }
 
 impl AuditLog {
@@ -283,7 +308,7 @@ impl AuditLog {
         let path = paths.audit();
         let file = paths::open_append(&path)?;
         let key = {
-            let _guard = lock(&file, &path)?;
+            let _guard = lock(&file, &path, None)?;
             let len = file.metadata().map_err(|source| AuditError::Write { path: path.clone(), source })?.len();
             match load_key(&paths.audit_key(), false) {
                 Ok((key, _)) => Some(key),
@@ -291,7 +316,14 @@ impl AuditLog {
                 Err(e) => return Err(e),
             }
         };
-        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None })
+        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None, lock_timeout: None })
+    }
+
+    /// Makes each append give up with [`AuditError::LockTimeout`] when
+    /// another writer holds the lock longer than `timeout` (the daemon
+    /// then denies with `AUDIT_UNAVAILABLE` rather than hang).
+    pub fn set_lock_timeout(&mut self, timeout: Option<Duration>) {
+        self.lock_timeout = timeout;
     }
 
     /// Seals and appends one record; returns it as written.
@@ -311,7 +343,7 @@ impl AuditLog {
     pub fn append_batch(&mut self, mut records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
         self.reopen_if_replaced()?;
         let cached = self.cached.take();
-        let guard = lock(&self.file, &self.path)?;
+        let guard = lock(&self.file, &self.path, self.lock_timeout)?;
         let (key, made_key) = match &self.key {
             Some(k) => (k.clone(), false),
             None => {
@@ -374,7 +406,21 @@ impl AuditLog {
         let ours = self.file.metadata().map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
         let same = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino());
         if !same {
+            let timeout = self.lock_timeout;
             *self = AuditLog::open(&self.paths)?;
+            self.lock_timeout = timeout;
+        }
+        // The owner took the write bit away (chmod a-w): that is a
+        // read-only log, even for root, who could write it regardless.
+        let mode = self.file.metadata().map_err(|source| AuditError::Write { path: self.path.clone(), source })?.mode();
+        if mode & 0o200 == 0 {
+            return Err(AuditError::Write {
+                path: self.path.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("it is read-only (mode {:o})", mode & 0o7777),
+                ),
+            });
         }
         Ok(())
     }

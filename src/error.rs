@@ -3,6 +3,7 @@
 //! unreachable, 4 refused.
 
 use crate::audit::AuditError;
+use crate::daemon::DaemonError;
 use crate::paths::FileError;
 use crate::policy::PolicyError;
 use crate::trust::TrustError;
@@ -31,4 +32,6 @@ pub enum Error {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
 }

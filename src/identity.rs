@@ -1,4 +1,6 @@
-//! Ed25519 identities: the encoding of public keys and their fingerprints.
+//! Ed25519 identities (RFC 8032, through ring): key pairs kept as PKCS#8
+//! files (RFC 5958) at mode 0600, the encoding of public keys, their
+//! fingerprints, device ids and signatures.
 //!
 //! A public key is written `ed25519:` followed by its 32 raw bytes
 //! (RFC 8032 §5.1.5) in base64url without padding (RFC 4648 §5), so 51
@@ -8,7 +10,12 @@
 //! base64 without padding, as OpenSSH prints them.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+
+use crate::paths::{self, FileError};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -40,6 +47,118 @@ impl PublicKey {
     pub fn fingerprint(&self) -> String {
         let digest = ring::digest::digest(&ring::digest::SHA256, &self.0);
         format!("SHA256:{}", STANDARD_NO_PAD.encode(digest.as_ref()))
+    }
+}
+
+impl PublicKey {
+    /// Checks an Ed25519 signature (64 bytes) over `message`.
+    ///
+    /// # Errors
+    /// [`BadSignature`] when it does not verify.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
+        UnparsedPublicKey::new(&ED25519, &self.0).verify(message, signature).map_err(|_| BadSignature)
+    }
+
+    /// The device id for this key: `d-` and the first 10 bytes of its
+    /// SHA-256 in lowercase hex (22 characters). Short enough to read out,
+    /// stable for the key, and one safe path segment.
+    pub fn device_id(&self) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &self.0);
+        format!("d-{}", hex::encode(&digest.as_ref()[..10]))
+    }
+}
+
+/// A signature that does not verify under the key it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the Ed25519 signature does not verify")]
+pub struct BadSignature;
+
+/// The most a key file may hold; a PKCS#8 Ed25519 key is 83 or 85 bytes.
+const KEY_FILE_CAP: u64 = 4096;
+
+/// An Ed25519 key pair (a device's or an operator's). `Debug` never shows
+/// the private half.
+pub struct KeyPair {
+    pair: Ed25519KeyPair,
+    public: PublicKey,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPair").field("public", &self.public).field("private", &"***").finish()
+    }
+}
+
+/// A key file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The file is not a PKCS#8 v1/v2 Ed25519 key.
+    #[error("{path}: not an Ed25519 PKCS#8 key file; move it aside to make a new one")]
+    Malformed { path: std::path::PathBuf },
+}
+
+impl KeyPair {
+    /// A new random key pair, and its PKCS#8 v2 document (the bytes to keep).
+    pub fn generate() -> (KeyPair, Vec<u8>) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("the OS random source (getrandom) failed");
+        let pair = KeyPair::from_pkcs8(pkcs8.as_ref()).expect("ring parses the key it just made");
+        (pair, pkcs8.as_ref().to_vec())
+    }
+
+    /// Parses a PKCS#8 document (RFC 5958), `None` if it is not an Ed25519 key.
+    pub fn from_pkcs8(der: &[u8]) -> Option<KeyPair> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).ok()?;
+        let public = PublicKey(pair.public_key().as_ref().try_into().ok()?);
+        Some(KeyPair { pair, public })
+    }
+
+    /// Reads the key at `path`, or makes one there (0600, with `O_EXCL`,
+    /// fsynced) when there is none. Returns the key and whether it is new.
+    ///
+    /// # Errors
+    /// [`KeyError::File`] if the file is unsafe (a link, someone else's,
+    /// readable or writable by others) or unreadable;
+    /// [`KeyError::Malformed`] if it holds something else.
+    pub fn load_or_create(path: &Path) -> Result<(KeyPair, bool), KeyError> {
+        if let Some(der) = paths::read_secret(path, KEY_FILE_CAP)? {
+            let pair = KeyPair::from_pkcs8(&der).ok_or_else(|| KeyError::Malformed { path: path.into() })?;
+            return Ok((pair, false));
+        }
+        let (pair, der) = KeyPair::generate();
+        if paths::create_new(path, &der)? {
+            return Ok((pair, true));
+        }
+        // Another process made it first: use theirs.
+        let der = paths::read_secret(path, KEY_FILE_CAP)?.unwrap_or_default();
+        let pair = KeyPair::from_pkcs8(&der).ok_or_else(|| KeyError::Malformed { path: path.into() })?;
+        Ok((pair, false))
+    }
+
+    /// Reads an existing key file (as [`KeyPair::load_or_create`], without creating).
+    ///
+    /// # Errors
+    /// As [`KeyPair::load_or_create`], and [`FileError::Io`] when it is missing.
+    pub fn load(path: &Path) -> Result<KeyPair, KeyError> {
+        let der = paths::read_secret(path, KEY_FILE_CAP)?.ok_or_else(|| FileError::Io {
+            op: "read",
+            path: path.into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        KeyPair::from_pkcs8(&der).ok_or_else(|| KeyError::Malformed { path: path.into() })
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// Signs `message`: 64 bytes (RFC 8032 §5.1.6).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.pair.sign(message).as_ref().try_into().expect("Ed25519 signatures are 64 bytes")
     }
 }
 
@@ -97,5 +216,28 @@ mod tests {
         }
         let zero = format!("ed25519:{}", URL_SAFE_NO_PAD.encode([0u8; 32]));
         assert!(zero.parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn key_files_are_made_once_at_0600_and_sign() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.key");
+        let (made, new) = super::KeyPair::load_or_create(&path).unwrap();
+        assert!(new);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (again, new) = super::KeyPair::load_or_create(&path).unwrap();
+        assert!(!new);
+        assert_eq!(made.public_key(), again.public_key());
+        let id = made.public_key().device_id();
+        assert_eq!(id.len(), 22);
+        assert_eq!(id, again.public_key().device_id());
+        let sig = made.sign(b"message");
+        assert!(again.public_key().verify(b"message", &sig).is_ok());
+        assert!(again.public_key().verify(b"messagE", &sig).is_err());
+        std::fs::write(&path, b"not a key").unwrap();
+        assert!(matches!(super::KeyPair::load(&path), Err(super::KeyError::Malformed { .. })));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(super::KeyPair::load(&path), Err(super::KeyError::File(_))));
     }
 }

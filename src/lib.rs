@@ -12,30 +12,36 @@
 //! - [`consent`]: the grant: tiers, read/write/remove, expiry.
 //! - [`policy`]: the action catalogue: load, validate, render argv from typed params.
 //! - [`audit`]: the hash-chained audit log: append, verify, recover, list.
-//! - [`identity`]: Ed25519 public keys and fingerprints.
+//! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
+//! - [`protocol`]: the operator's signed `run` command and the device's answers.
+//! - [`daemon`]: the gate, the executor, consent enforcement, the loopback control API.
 //! - [`trust`]: the operators the owner trusts.
 //! - `cli`: one module per subcommand; [`cli::Cli`] is the parsed command line.
 //! - [`Error`]: what every command returns; `main` maps it to an exit code.
 //!
-//! `consent`, `policy`, `audit`, `identity` and `trust` do no network I/O.
+//! `consent`, `policy`, `audit`, `identity`, `trust` and `daemon::gate` do no network I/O.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod cli;
 pub mod consent;
+pub mod daemon;
 mod error;
 pub mod identity;
 pub mod paths;
 pub mod policy;
+pub mod protocol;
 pub mod trust;
 
 pub use audit::{AuditError, AuditLog, Event, Record};
 pub use consent::{Consent, Grant, Off, Tier};
+pub use daemon::{Daemon, DaemonError};
 pub use error::Error;
-pub use identity::PublicKey;
+pub use identity::{KeyPair, PublicKey};
 pub use paths::{FileError, Paths};
 pub use policy::{Action, Catalogue, ParamError, PolicyError};
+pub use protocol::{DenyCode, DeviceFrame, Run, Status, StoppedBy, TaskResult};
 pub use trust::TrustError;
 
 use ring::rand::SecureRandom;

@@ -96,6 +96,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             )),
         });
     }
+    // A lower tier than before stops the tasks above it now.
+    let told = super::client::tell_consent_changed(&ctx.paths);
     println!("Granted tier {}: {}.", grant.tier, grant.tier.allows());
     println!(
         "Ends {} (in {}). Revoke any time: {}",
@@ -103,5 +105,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         humantime::format_duration(duration),
         ctx.command_line(&["revoke"])
     );
+    if told {
+        println!("The daemon was told.");
+    }
     Ok(ExitCode::SUCCESS)
 }

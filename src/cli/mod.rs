@@ -14,10 +14,13 @@ use crate::{Error, Paths};
 mod actions;
 mod allow;
 mod audit;
+mod client;
+mod daemon;
 mod demo;
 mod policy;
 mod revoke;
 mod status;
+mod tasks;
 mod trust;
 
 /// support: let a support team help with this machine, only as far and as
@@ -51,6 +54,14 @@ pub enum Command {
     /// Manage the operators whose signed commands you accept.
     #[command(subcommand)]
     Trust(trust::Command),
+    /// Run the daemon in the foreground: it runs what operators send, within your grant.
+    Daemon(daemon::Args),
+    /// List the tasks the daemon is running.
+    Tasks(tasks::TasksArgs),
+    /// Stop a running task now (its whole process tree).
+    Stop(tasks::StopArgs),
+    /// Follow what the daemon does, live.
+    Watch(tasks::WatchArgs),
     /// Show grant, status, actions, revoke and the audit trail in a temporary home.
     Demo(demo::Args),
 }
@@ -96,6 +107,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Actions(a) => actions::run(&ctx, a),
         Command::Policy(c) => policy::run(&ctx, c),
         Command::Trust(c) => trust::run(&ctx, c),
+        Command::Daemon(a) => daemon::run(&ctx, a),
+        Command::Tasks(a) => tasks::tasks(&ctx, a),
+        Command::Stop(a) => tasks::stop(&ctx, a),
+        Command::Watch(a) => tasks::watch(&ctx, a),
         Command::Demo(a) => demo::run(a),
     }
 }

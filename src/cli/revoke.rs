@@ -15,6 +15,8 @@ pub(crate) fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode, Error> {
     let before = consent::read(&ctx.paths, ctx.now);
     // Consent goes first: an audit failure must never leave a grant standing.
     let removed = consent::remove(&ctx.paths)?;
+    // The daemon stops running tasks now, not at its next look.
+    let told = super::client::tell_consent_changed(&ctx.paths);
     let mut record = Record::new(Event::ConsentRevoked);
     let message = match &before {
         Consent::Live(g) => {
@@ -44,5 +46,8 @@ pub(crate) fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode, Error> {
     ctx.audit(record)
         .map_err(|e| Error::Failed(format!("the grant is revoked, but the audit record could not be written: {e}")))?;
     println!("{message}");
+    if told {
+        println!("The daemon was told; it stops any running task.");
+    }
     Ok(ExitCode::SUCCESS)
 }

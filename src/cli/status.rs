@@ -12,15 +12,23 @@ use crate::consent::{self, Consent};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// One JSON object: enabled, tier, granted_at, expires_at, remaining_seconds,
-    /// reason, grant_id, granted_by, off_reason, daemon, paths.
+    /// reason, grant_id, granted_by, off_reason, daemon (null or {pid, connected, relay,
+    /// running_tasks, device_id, started_at, control_port, version}), device_id, paths.
     #[arg(long)]
     json: bool,
 }
 
+/// The daemon's own status, `None` when none answers.
+fn daemon_status(ctx: &Ctx) -> Option<Value> {
+    let client = super::client::Client::find(&ctx.paths).ok()?;
+    client.call("GET", "/v1/status").ok()
+}
+
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let consent = consent::read(&ctx.paths, ctx.now);
+    let daemon = daemon_status(ctx);
     if args.json {
-        super::print_json(&status_json(ctx, &consent));
+        super::print_json(&status_json(ctx, &consent, daemon.as_ref()));
         return Ok(ExitCode::SUCCESS);
     }
     match &consent {
@@ -39,12 +47,31 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             println!("  grant   {}", ctx.command_line(&["allow", "--tier", "1", "--minutes", "30"]));
         }
     }
-    println!("  daemon  not running");
+    match &daemon {
+        Some(d) => {
+            let link = if d["connected"].as_bool() == Some(true) {
+                format!("connected to {}", d["relay"].as_str().unwrap_or("?"))
+            } else if d["relay"].is_null() {
+                "local only, no relay configured".to_string()
+            } else {
+                format!("not connected to {}", d["relay"].as_str().unwrap_or("?"))
+            };
+            println!(
+                "  daemon  running, pid {}, {link}, {} task(s) running",
+                d["pid"],
+                d["running_tasks"].as_u64().unwrap_or(0)
+            );
+            if let Some(id) = d["device_id"].as_str() {
+                println!("  device  {id}");
+            }
+        }
+        None => println!("  daemon  not running (start it with {})", ctx.command_line(&["daemon"])),
+    }
     println!("  home    {}", ctx.paths.home.display());
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(ctx: &Ctx, consent: &Consent) -> Value {
+fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&Value>) -> Value {
     let p = &ctx.paths;
     let paths = json!({
         "home": p.home,
@@ -82,7 +109,28 @@ fn status_json(ctx: &Ctx, consent: &Consent) -> Value {
             "off_reason": off.reason(),
         }),
     };
-    v["daemon"] = Value::Null;
+    v["daemon"] = match daemon {
+        Some(d) => json!({
+            "pid": d["pid"],
+            "connected": d["connected"],
+            "relay": d["relay"],
+            "running_tasks": d["running_tasks"],
+            "device_id": d["device_id"],
+            "started_at": d["started_at"],
+            "control_port": d["control_port"],
+            "version": d["version"],
+        }),
+        None => Value::Null,
+    };
+    v["device_id"] = match daemon.and_then(|d| d["device_id"].as_str()) {
+        Some(id) => json!(id),
+        None => device_id(ctx).map_or(Value::Null, Value::from),
+    };
     v["paths"] = paths;
     v
+}
+
+/// The device id from `device.key`, if the daemon made one.
+fn device_id(ctx: &Ctx) -> Option<String> {
+    crate::identity::KeyPair::load(&ctx.paths.device_key()).ok().map(|k| k.public_key().device_id())
 }

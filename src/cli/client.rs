@@ -1,0 +1,171 @@
+//! The owner's client of the daemon's loopback control API
+//! ([`crate::daemon::control`]): finds the daemon through `daemon.json`,
+//! authenticates with the `secret` file, and speaks HTTP/1.1 with hyper.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Request;
+use hyper::header::{AUTHORIZATION, HOST};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::daemon::{self, DaemonInfo};
+use crate::paths::{self, Paths};
+use crate::{Error, paths::FileError};
+
+/// How long to wait for the daemon to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a whole request may take (a stop waits up to 5 s for the task's end).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest response read (bytes).
+const MAX_RESPONSE: usize = 4 << 20;
+/// The longest line of the event stream (bytes).
+const MAX_EVENT_LINE: usize = 2 << 20;
+
+/// A connection-less client: each call opens one connection.
+pub(crate) struct Client {
+    info: DaemonInfo,
+    secret: String,
+}
+
+fn unreachable(paths: &Paths, why: &str) -> Error {
+    let home = paths.home.display();
+    Error::DaemonUnreachable(format!("{why} (home {home}); start it with `support daemon`"))
+}
+
+impl Client {
+    /// Finds the daemon of `paths`' home.
+    ///
+    /// # Errors
+    /// [`Error::DaemonUnreachable`] when there is no `daemon.json` or no
+    /// secret; [`Error::File`] when the secret file is unsafe.
+    pub fn find(paths: &Paths) -> Result<Client, Error> {
+        let info = daemon::read_info(paths).ok_or_else(|| unreachable(paths, "no daemon is running for this home"))?;
+        let secret = match paths::read_secret(&paths.secret(), 1024) {
+            Ok(Some(s)) => String::from_utf8_lossy(&s).trim().to_string(),
+            Ok(None) => return Err(unreachable(paths, "the control API secret is missing")),
+            Err(e @ FileError::Unsafe { .. }) => return Err(e.into()),
+            Err(e) => return Err(unreachable(paths, &format!("the control API secret cannot be read: {e}"))),
+        };
+        Ok(Client { info, secret })
+    }
+
+    /// The daemon's `daemon.json`.
+    pub fn info(&self) -> &DaemonInfo {
+        &self.info
+    }
+
+    fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))
+    }
+
+    async fn send(&self, method: &str, path: &str) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
+        let port = self.info.control_port;
+        let gone = |e: &dyn std::fmt::Display| {
+            Error::DaemonUnreachable(format!(
+                "the daemon (pid {}, port {port}) does not answer: {e}; start it with `support daemon`",
+                self.info.pid
+            ))
+        };
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(gone(&e)),
+                Err(_) => return Err(gone(&"timed out")),
+            };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| gone(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, format!("127.0.0.1:{port}"))
+            .header(AUTHORIZATION, format!("Bearer {}", self.secret))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| Error::Failed(format!("bad request: {e}")))?;
+        let resp = sender.send_request(req).await.map_err(|e| gone(&e))?;
+        Ok(resp)
+    }
+
+    /// Sends a request and returns the JSON body of a 2xx answer.
+    ///
+    /// # Errors
+    /// [`Error::DaemonUnreachable`] when it does not answer in time;
+    /// [`Error::Failed`] with the daemon's message for any other status.
+    pub fn call(&self, method: &str, path: &str) -> Result<Value, Error> {
+        Self::runtime()?.block_on(async {
+            let work = async {
+                let resp = self.send(method, path).await?;
+                let status = resp.status();
+                let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+                    .collect()
+                    .await
+                    .map_err(|e| Error::Failed(format!("reading the daemon's answer: {e}")))?
+                    .to_bytes();
+                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if status.is_success() {
+                    return Ok(value);
+                }
+                let message = value["error"].as_str().unwrap_or("no message").to_string();
+                Err(Error::Failed(format!("the daemon answered {status}: {message}")))
+            };
+            tokio::time::timeout(REQUEST_TIMEOUT, work)
+                .await
+                .unwrap_or_else(|_| Err(Error::DaemonUnreachable("the daemon did not answer in time".into())))
+        })
+    }
+
+    /// Reads an NDJSON stream, calling `each` per line until it returns
+    /// false or the daemon ends the stream.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn stream(&self, path: &str, mut each: impl FnMut(&str) -> bool) -> Result<(), Error> {
+        Self::runtime()?.block_on(async {
+            let resp = self.send("GET", path).await?;
+            if !resp.status().is_success() {
+                return Err(Error::Failed(format!("the daemon answered {}", resp.status())));
+            }
+            let mut body = resp.into_body();
+            let mut pending: Vec<u8> = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                let Some(data) = frame.data_ref() else { continue };
+                pending.extend_from_slice(data);
+                while let Some(end) = memchr::memchr(b'\n', &pending) {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if !each(String::from_utf8_lossy(&line[..end]).as_ref()) {
+                        return Ok(());
+                    }
+                }
+                if pending.len() > MAX_EVENT_LINE {
+                    return Err(Error::Failed("the daemon sent an over-long event line".into()));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Tells a running daemon that the grant changed, so it acts at once.
+/// Returns whether a daemon was told; no daemon is not an error (it reads
+/// the grant when it starts).
+pub(crate) fn tell_consent_changed(paths: &Paths) -> bool {
+    match Client::find(paths) {
+        Ok(client) => match client.call("POST", "/v1/consent/changed") {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not tell the daemon; it will see the change within a second");
+                false
+            }
+        },
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,334 @@
+//! The loopback control API (DESIGN §6): HTTP/1.1 on 127.0.0.1 for the
+//! owner's own commands (`support status`, `tasks`, `stop`, `watch`,
+//! `allow`, `revoke`).
+//!
+//! Every request is checked in this order, and the first failure answers:
+//!
+//! 1. `Host` is exactly `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT`,
+//!    else 403 (DNS rebinding);
+//! 2. no `Origin` header at all, else 403 (a web page calling localhost);
+//!    no CORS header is ever sent;
+//! 3. `Authorization: Bearer <secret>`, compared in constant time, else
+//!    401, audited as `control.unauthorized` (at most one record per
+//!    [`UNAUTHORIZED_WINDOW`], the next counting those left out);
+//! 4. the route: 404 for an unknown path, 405 for a known path with
+//!    another method (state changes only on POST);
+//! 5. a body over [`MAX_BODY`] bytes: 413.
+//!
+//! Connections are not kept alive; headers must arrive within
+//! [`HEADER_TIMEOUT`] and a body within [`BODY_TIMEOUT`]; at most
+//! [`MAX_CONNECTIONS`] are served at once.
+//!
+//! # Endpoints
+//! - `GET /v1/status`: the daemon (pid, device_id, connected, running_tasks, consent, …).
+//! - `GET /v1/tasks`: `{"tasks": [TaskInfo…]}`.
+//! - `POST /v1/tasks/{id}/stop`: stops one task as the owner; `{"task_id", "result"}`.
+//! - `POST /v1/tasks/stop`: stops every task as the owner; `{"stopped": [...]}`.
+//! - `POST /v1/consent/changed`: re-read the grant now; `{"consent": …}`.
+//! - `GET /v1/events`: NDJSON, one object per line: first `{"kind":"status"}`,
+//!   then `audit`, `output` and `status` events as they happen, and
+//!   `{"kind":"ping"}` every 15 s.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ring::hmac;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::Daemon;
+use crate::audit::{Event, Record};
+use crate::protocol::StoppedBy;
+
+/// The largest request body (bytes).
+pub const MAX_BODY: u64 = 64 * 1024;
+/// How long a client has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to send its body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 32;
+/// At most one `control.unauthorized` record per window.
+pub const UNAUTHORIZED_WINDOW: Duration = Duration::from_secs(10);
+/// How often an idle `/v1/events` stream gets a `ping` line.
+const EVENTS_PING: Duration = Duration::from_secs(15);
+
+type Body = BoxBody<Bytes, Infallible>;
+
+struct Shared {
+    daemon: Daemon,
+    port: u16,
+    /// A random key for comparing the secret in constant time: the
+    /// presented token's MAC is checked against the secret's by `ring::hmac::verify`.
+    compare_key: hmac::Key,
+    secret_tag: hmac::Tag,
+    unauthorized: Mutex<RateLimit>,
+    stop: watch::Receiver<bool>,
+}
+
+struct RateLimit {
+    window_start: Option<Instant>,
+    suppressed: u64,
+}
+
+/// Serves the control API on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, daemon: Daemon, secret: String, mut stop: watch::Receiver<bool>) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut raw = [0u8; 32];
+    crate::fill_random(&mut raw);
+    let compare_key = hmac::Key::new(hmac::HMAC_SHA256, &raw);
+    let secret_tag = hmac::sign(&compare_key, secret.as_bytes());
+    let shared = Arc::new(Shared {
+        daemon,
+        port,
+        compare_key,
+        secret_tag,
+        unauthorized: Mutex::new(RateLimit { window_start: None, suppressed: 0 }),
+        stop: stop.clone(),
+    });
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control API accept failed");
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(false);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "control connection ended") },
+                _ = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                }
+            }
+        });
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn respond(status: StatusCode, body: Value) -> Response<Body> {
+    let mut text = body.to_string();
+    text.push('\n');
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .expect("static parts build")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    respond(status, json!({"error": message}))
+}
+
+impl Shared {
+    fn host_ok(&self, req: &Request<Incoming>) -> bool {
+        let Some(host) = req.headers().get(HOST).and_then(|h| h.to_str().ok()) else { return false };
+        let p = self.port;
+        host == format!("127.0.0.1:{p}") || host == format!("localhost:{p}") || host == format!("[::1]:{p}")
+    }
+
+    fn secret_ok(&self, req: &Request<Incoming>) -> bool {
+        let Some(value) = req.headers().get(AUTHORIZATION) else { return false };
+        let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
+        // Recomputes the MAC of what was presented and compares the two
+        // tags in constant time.
+        hmac::verify(&self.compare_key, token, self.secret_tag.as_ref()).is_ok()
+    }
+
+    /// Records a refused request, at most once per window.
+    async fn record_unauthorized(&self, req: &Request<Incoming>, peer: SocketAddr) {
+        let suppressed = {
+            let mut rl = self.unauthorized.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            match rl.window_start {
+                Some(start) if now.duration_since(start) < UNAUTHORIZED_WINDOW => {
+                    rl.suppressed += 1;
+                    return;
+                }
+                _ => {
+                    rl.window_start = Some(now);
+                    std::mem::take(&mut rl.suppressed)
+                }
+            }
+        };
+        let why = if req.headers().contains_key(AUTHORIZATION) { "wrong secret" } else { "no secret" };
+        let path: String = req.uri().path().chars().take(128).filter(|c| c.is_ascii_graphic()).collect();
+        let mut r = Record::new(Event::ControlUnauthorized);
+        r.reason = Some(why.into());
+        r.detail = Some(format!(
+            "{} {path} from {peer}{}",
+            req.method(),
+            if suppressed > 0 { format!("; {suppressed} more refused since the last record") } else { String::new() }
+        ));
+        if let Err(e) = self.daemon.audit(vec![r]).await {
+            tracing::error!(error = %e, "could not record control.unauthorized");
+        }
+    }
+}
+
+/// The routes: path pattern → the one method it takes.
+fn route(path: &str) -> Option<(Method, Route)> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["", "v1", "status"] => Some((Method::GET, Route::Status)),
+        ["", "v1", "tasks"] => Some((Method::GET, Route::Tasks)),
+        ["", "v1", "tasks", "stop"] => Some((Method::POST, Route::StopAll)),
+        ["", "v1", "tasks", id, "stop"] => Some((Method::POST, Route::Stop(id.to_string()))),
+        ["", "v1", "consent", "changed"] => Some((Method::POST, Route::ConsentChanged)),
+        ["", "v1", "events"] => Some((Method::GET, Route::Events)),
+        _ => None,
+    }
+}
+
+enum Route {
+    Status,
+    Tasks,
+    Stop(String),
+    StopAll,
+    ConsentChanged,
+    Events,
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if !shared.host_ok(&req) {
+        return error(StatusCode::FORBIDDEN, "Host must be 127.0.0.1:PORT, localhost:PORT or [::1]:PORT");
+    }
+    if req.headers().contains_key(ORIGIN) {
+        return error(StatusCode::FORBIDDEN, "requests with an Origin header are refused");
+    }
+    if !shared.secret_ok(&req) {
+        shared.record_unauthorized(&req, peer).await;
+        return error(StatusCode::UNAUTHORIZED, "Authorization: Bearer <the secret file's contents> is required");
+    }
+    let Some((method, route)) = route(req.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "no such endpoint");
+    };
+    if req.method() != method {
+        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, &format!("this endpoint takes {method} only"));
+        resp.headers_mut().insert(ALLOW, method.as_str().parse().expect("a method is a header value"));
+        return resp;
+    }
+    if method == Method::POST {
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY) {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("bodies are at most {MAX_BODY} bytes"));
+        }
+        let body = Limited::new(req.into_body(), MAX_BODY as usize);
+        match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
+            Ok(Err(_)) => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("bodies are at most {MAX_BODY} bytes"));
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    let daemon = &shared.daemon;
+    match route {
+        Route::Status => respond(StatusCode::OK, daemon.status_json()),
+        Route::Tasks => respond(StatusCode::OK, json!({"tasks": daemon.tasks()})),
+        Route::Stop(id) => {
+            let known = daemon.tasks().iter().any(|t| t.task_id == id);
+            if !known {
+                return error(StatusCode::NOT_FOUND, "no such running task");
+            }
+            let result = daemon.stop_task(&id, StoppedBy::Owner).await;
+            respond(StatusCode::OK, json!({"task_id": id, "result": result}))
+        }
+        Route::StopAll => {
+            let stopped = daemon.stop_all(StoppedBy::Owner).await;
+            let list: Vec<Value> = stopped.into_iter().map(|(id, r)| json!({"task_id": id, "result": r})).collect();
+            respond(StatusCode::OK, json!({"stopped": list}))
+        }
+        Route::ConsentChanged => {
+            daemon.consent_changed().await;
+            respond(StatusCode::OK, json!({"status": daemon.status_json()}))
+        }
+        Route::Events => events(daemon, shared.stop.clone()),
+    }
+}
+
+/// The `/v1/events` stream.
+fn events(daemon: &Daemon, mut stop: watch::Receiver<bool>) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let mut events = daemon.subscribe();
+    let first = json!({"kind": "status", "status": daemon.status_json()});
+    tokio::spawn(async move {
+        let line = |v: &str| Bytes::from(format!("{v}\n"));
+        if tx.send(line(&first.to_string())).await.is_err() {
+            return;
+        }
+        let mut ping = tokio::time::interval(EVENTS_PING);
+        ping.tick().await;
+        loop {
+            let item = tokio::select! {
+                _ = tx.closed() => return,
+                _ = stopped(&mut stop) => return,
+                _ = ping.tick() => line(r#"{"kind":"ping"}"#),
+                e = events.recv() => match e {
+                    Ok(text) => line(&text),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        line(&json!({"kind": "lagged", "missed": n}).to_string())
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/x-ndjson")
+        .body(EventBody { rx }.boxed())
+        .expect("static parts build")
+}
+
+struct EventBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}

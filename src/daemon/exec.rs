@@ -1,0 +1,349 @@
+//! The executor: runs one approved action's commands as real processes,
+//! streams their output, enforces its limits, and kills its whole tree.
+//!
+//! Each command runs with `process_group(0)` (setpgid(2)), stdin from
+//! /dev/null (or the agent's prompt), stdout and stderr piped, in the
+//! action's cwd, with an environment reduced to [`environment`]. Output
+//! goes out in chunks of at most [`CHUNK_BYTES`] over a bounded channel
+//! (so a slow reader slows the task, never the daemon's memory), and stops
+//! at `max_output_bytes`: the rest is read and dropped and the result is
+//! marked `truncated`.
+//!
+//! A task ends when its last command has exited and its pipes are closed.
+//! When a command exits, whatever it left running is killed: an action
+//! leaves nothing behind. On timeout the tree gets SIGTERM, then SIGKILL
+//! after [`TERM_GRACE`]. A stop (owner, operator, revoke, expiry, lower
+//! tier, shutdown) SIGKILLs the tree at once. See [`super::tree`].
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+
+use super::tree::{self, MARKER_ENV, TaskTree};
+use crate::protocol::{Status, StoppedBy, Stream, TaskResult};
+
+/// How long a tree has between SIGTERM and SIGKILL on timeout.
+pub const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// The most bytes in one output chunk.
+pub const CHUNK_BYTES: usize = 16 * 1024;
+
+/// How long the pipes may stay open after the tree was killed (a process
+/// in uninterruptible sleep) before the task is ended without them.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Variables passed through from the daemon's environment to every task.
+pub const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "USER"];
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// `t-` and 16 hex digits.
+    pub task_id: String,
+    /// argv lists, run one after another.
+    pub commands: Vec<Vec<String>>,
+    /// Bytes for the first command's stdin; otherwise stdin is /dev/null.
+    pub stdin: Option<String>,
+    /// The whole environment of the processes (see [`environment`]).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub timeout: Duration,
+    pub max_output_bytes: u64,
+}
+
+/// A piece of output.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub stream: Stream,
+    pub data: Vec<u8>,
+}
+
+/// What the executor tells the daemon while it runs.
+pub trait Hooks: Send + Sync + 'static {
+    /// A command's process started: its pid (= its process group id) and
+    /// start time in clock ticks since boot.
+    fn spawned(&self, pid: i32, start_ticks: u64);
+    /// The leaders of the daemon's other running tasks.
+    fn other_leaders(&self) -> Vec<i32>;
+}
+
+/// The environment for a task: [`BASE_ENV`] and the action's own names,
+/// taken from `from` (the daemon's environment), never a name starting
+/// with `SUPPORT_`; plus [`MARKER_ENV`] set to the task id. PATH defaults
+/// to `/usr/local/bin:/usr/bin:/bin` when the daemon has none.
+pub fn environment(
+    action_env: &[String],
+    from: impl IntoIterator<Item = (String, String)>,
+    task_id: &str,
+) -> Vec<(String, String)> {
+    let allowed = |name: &str| {
+        !name.starts_with("SUPPORT_") && (BASE_ENV.contains(&name) || action_env.iter().any(|n| n == name))
+    };
+    let mut env: Vec<(String, String)> = from.into_iter().filter(|(k, _)| allowed(k)).collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    env.push((MARKER_ENV.into(), task_id.into()));
+    env
+}
+
+/// Counts, hashes and caps what is delivered.
+struct Delivered {
+    bytes: u64,
+    max: u64,
+    truncated: bool,
+    digest: ring::digest::Context,
+}
+
+impl Delivered {
+    /// The part of `data` still within the cap.
+    fn take<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let room = self.max.saturating_sub(self.bytes);
+        let keep = &data[..data.len().min(room as usize)];
+        if keep.len() < data.len() {
+            self.truncated = true;
+        }
+        self.bytes += keep.len() as u64;
+        self.digest.update(keep);
+        keep
+    }
+}
+
+/// How one command ended.
+enum End {
+    Exited(ExitStatus),
+    Stopped(StoppedBy),
+    TimedOut,
+    NotStarted,
+}
+
+/// Runs `spec` to its end. `stop` carries who stopped the task; output
+/// goes to `out` (a closed receiver just drops it).
+pub async fn run(
+    spec: Spec,
+    out: mpsc::Sender<Chunk>,
+    mut stop: watch::Receiver<Option<StoppedBy>>,
+    hooks: Arc<dyn Hooks>,
+) -> TaskResult {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let mut delivered = Delivered {
+        bytes: 0,
+        max: spec.max_output_bytes,
+        truncated: false,
+        digest: ring::digest::Context::new(&ring::digest::SHA256),
+    };
+    let mut first_failure: Option<i32> = None;
+    let mut last_code = None;
+    let mut status = Status::Ok;
+    let mut cancelled_by = None;
+    for (i, argv) in spec.commands.iter().enumerate() {
+        let stdin = if i == 0 { spec.stdin.as_deref() } else { None };
+        let end = run_one(&spec, argv, stdin, &out, &mut stop, deadline, &mut delivered, &hooks).await;
+        match end {
+            End::Exited(st) => {
+                last_code = st.code();
+                if !st.success() && first_failure.is_none() {
+                    first_failure = Some(st.code().unwrap_or(-1));
+                    status = Status::Failed;
+                    if st.code().is_none() {
+                        last_code = None;
+                    }
+                }
+            }
+            End::NotStarted => {
+                status = Status::Failed;
+                last_code = None;
+                break;
+            }
+            End::TimedOut => {
+                status = Status::Timeout;
+                last_code = None;
+                break;
+            }
+            End::Stopped(by) => {
+                status = Status::Cancelled;
+                cancelled_by = Some(by);
+                last_code = None;
+                break;
+            }
+        }
+    }
+    let exit_code = match status {
+        Status::Ok => last_code.or(Some(0)),
+        Status::Failed => first_failure.filter(|c| *c >= 0).or(last_code),
+        Status::Timeout | Status::Cancelled => None,
+    };
+    TaskResult {
+        status,
+        exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        truncated: delivered.truncated,
+        output_bytes: delivered.bytes,
+        output_sha256: hex::encode(delivered.digest.finish()),
+        cancelled_by,
+    }
+}
+
+fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Child> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(if with_stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn()
+}
+
+async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> usize {
+    match pipe {
+        Some(p) => p.read(buf).await.unwrap_or(0),
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until someone asks the task to stop; never returns if the sender is gone.
+async fn stop_requested(stop: &mut watch::Receiver<Option<StoppedBy>>) -> StoppedBy {
+    loop {
+        if let Some(by) = *stop.borrow_and_update() {
+            return by;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    spec: &Spec,
+    argv: &[String],
+    stdin: Option<&str>,
+    out: &mpsc::Sender<Chunk>,
+    stop: &mut watch::Receiver<Option<StoppedBy>>,
+    deadline: tokio::time::Instant,
+    delivered: &mut Delivered,
+    hooks: &Arc<dyn Hooks>,
+) -> End {
+    if let Some(by) = *stop.borrow() {
+        return End::Stopped(by);
+    }
+    let mut child = match spawn(spec, argv, stdin.is_some()) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("support: could not start `{}`: {e}\n", argv[0]);
+            let keep = delivered.take(msg.as_bytes()).to_vec();
+            let _ = out.send(Chunk { stream: Stream::Stderr, data: keep }).await;
+            return End::NotStarted;
+        }
+    };
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let start_ticks = tree::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+    hooks.spawned(pid, start_ticks);
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let text = text.to_owned();
+        tokio::spawn(async move {
+            let _ = pipe.write_all(text.as_bytes()).await;
+        });
+    }
+    let task_id = spec.task_id.clone();
+    let find = move || {
+        let others = hooks_other(hooks);
+        tree::members(&TaskTree { task_id: &task_id, pgid: pid, start_ticks, other_leaders: &others })
+    };
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let mut buf_out = vec![0u8; CHUNK_BYTES];
+    let mut buf_err = vec![0u8; CHUNK_BYTES];
+    let mut exited: Option<ExitStatus> = None;
+    let mut end: Option<End> = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut give_up_at: Option<tokio::time::Instant> = None;
+    let far = deadline + Duration::from_secs(365 * 24 * 3600);
+    loop {
+        if exited.is_some() && stdout.is_none() && stderr.is_none() {
+            break;
+        }
+        let (stream, n) = tokio::select! {
+            n = read_some(&mut stdout, &mut buf_out) => (Stream::Stdout, n),
+            n = read_some(&mut stderr, &mut buf_err) => (Stream::Stderr, n),
+            st = child.wait(), if exited.is_none() => {
+                exited = Some(st.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9)));
+                // The command is over: nothing it started may outlive it.
+                tree::kill_until_gone(pid, 50, &find);
+                give_up_at.get_or_insert(tokio::time::Instant::now() + DRAIN_LIMIT);
+                continue;
+            }
+            by = stop_requested(stop), if end.is_none() => {
+                tree::kill_until_gone(pid, 50, &find);
+                end = Some(End::Stopped(by));
+                give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline), if end.is_none() => {
+                tree::signal_all(pid, &find(), Signal::SIGTERM);
+                end = Some(End::TimedOut);
+                kill_at = Some(tokio::time::Instant::now() + TERM_GRACE);
+                continue;
+            }
+            _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                tree::kill_until_gone(pid, 50, &find);
+                kill_at = None;
+                give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                continue;
+            }
+            _ = tokio::time::sleep_until(give_up_at.unwrap_or(far)), if give_up_at.is_some() => break,
+        };
+        if n == 0 {
+            match stream {
+                Stream::Stdout => stdout = None,
+                Stream::Stderr => stderr = None,
+            }
+            continue;
+        }
+        let data = match stream {
+            Stream::Stdout => &buf_out[..n],
+            Stream::Stderr => &buf_err[..n],
+        };
+        let keep = delivered.take(data);
+        if !keep.is_empty() && !out.is_closed() {
+            let chunk = Chunk { stream, data: keep.to_vec() };
+            tokio::select! {
+                _ = out.send(chunk) => {}
+                by = stop_requested(stop), if end.is_none() => {
+                    tree::kill_until_gone(pid, 50, &find);
+                    end = Some(End::Stopped(by));
+                    give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                }
+            }
+        }
+    }
+    if exited.is_none() {
+        // Pipes held by something unkillable: the leader is dead or dying.
+        tree::kill_until_gone(pid, 50, &find);
+        exited = tokio::time::timeout(Duration::from_secs(1), child.wait()).await.ok().and_then(Result::ok);
+    }
+    let leftovers: BTreeSet<i32> = find();
+    if !leftovers.is_empty() {
+        tree::kill_until_gone(pid, 50, &find);
+    }
+    match end {
+        Some(e) => e,
+        None => End::Exited(exited.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9))),
+    }
+}
+
+fn hooks_other(hooks: &Arc<dyn Hooks>) -> Vec<i32> {
+    hooks.other_leaders()
+}

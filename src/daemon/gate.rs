@@ -1,0 +1,413 @@
+//! The gate: whether one signed command may run. Pure: it reads only the
+//! snapshots it is given and does no I/O, so every branch is unit-tested.
+//!
+//! The checks run in DESIGN §1 order and the first failure decides:
+//! shape (`BAD_FRAME`), a trusted operator key (`UNTRUSTED_OPERATOR`), its
+//! signature and device (`BAD_SIGNATURE`), freshness within ±120 s
+//! (`STALE_COMMAND`), an unseen nonce (`REPLAY`, or `BUSY` when the replay
+//! cache is full), the action (`UNKNOWN_ACTION`), its parameters
+//! (`INVALID_PARAMS`), a live grant (`NO_CONSENT`) and its tier
+//! (`TIER_INSUFFICIENT`). Writing `action.started` comes after, in the daemon.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::consent::{Consent, Grant};
+use crate::identity::PublicKey;
+use crate::policy::{Action, Catalogue, PolicyError, Rendered};
+use crate::protocol::{DenyCode, FRESHNESS_S, Run};
+use crate::trust::Operator;
+
+/// What the gate reads besides the command.
+#[derive(Clone, Copy)]
+pub struct Snapshot<'a> {
+    /// This device's id.
+    pub device_id: &'a str,
+    /// The wall clock when the command arrived.
+    pub now: DateTime<Utc>,
+    /// The grant as the daemon sees it (its monotonic deadline already applied).
+    pub consent: &'a Consent,
+    pub catalogue: &'a Catalogue,
+    pub trusted: &'a [Operator],
+    pub replay: &'a ReplayCache,
+}
+
+/// A command that may run.
+#[derive(Clone, Debug)]
+pub struct Approved {
+    pub action: Action,
+    pub rendered: Rendered,
+    pub grant: Grant,
+    /// The owner's name for the operator (from `trusted_operators.toml`).
+    pub operator: String,
+}
+
+/// A refusal: the code and a message for both the owner and the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub code: DenyCode,
+    pub message: String,
+}
+
+/// The gate's answer.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    Run(Box<Approved>),
+    Deny(Denial),
+}
+
+/// The answer, and whether the nonce must go into the replay cache: true
+/// once the signature, device and freshness checks have passed, whatever
+/// comes after, so the same frame can never be tried twice.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub remember_nonce: bool,
+    /// The operator's name if trusted, else its key's fingerprint (for the record).
+    pub operator: Option<String>,
+}
+
+fn deny(code: DenyCode, message: impl Into<String>) -> Verdict {
+    Verdict::Deny(Denial { code, message: message.into() })
+}
+
+/// Decides on `run` against `snap`.
+pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
+    let mut decision = Decision { verdict: deny(DenyCode::BadFrame, ""), remember_nonce: false, operator: None };
+    if let Err(why) = run.check_shape() {
+        decision.verdict = deny(DenyCode::BadFrame, why);
+        return decision;
+    }
+    let key = match run.operator.parse::<PublicKey>() {
+        Ok(k) => k,
+        Err(e) => {
+            decision.verdict = deny(DenyCode::UntrustedOperator, format!("operator: {e}"));
+            return decision;
+        }
+    };
+    let Some(op) = snap.trusted.iter().find(|o| o.public_key.parse::<PublicKey>().is_ok_and(|k| k == key)) else {
+        decision.operator = Some(key.fingerprint());
+        decision.verdict = deny(
+            DenyCode::UntrustedOperator,
+            format!("operator key {} is not trusted on this device (support trust add)", key.fingerprint()),
+        );
+        return decision;
+    };
+    decision.operator = Some(op.name.clone());
+    let sig_ok = URL_SAFE_NO_PAD
+        .decode(&run.sig)
+        .ok()
+        .is_some_and(|sig| sig.len() == 64 && key.verify(&run.signed_bytes(), &sig).is_ok());
+    if !sig_ok {
+        decision.verdict = deny(DenyCode::BadSignature, "the signature does not verify for this command");
+        return decision;
+    }
+    if run.device_id != snap.device_id {
+        decision.verdict = deny(
+            DenyCode::BadSignature,
+            format!("signed for device {}, not this one ({})", run.device_id, snap.device_id),
+        );
+        return decision;
+    }
+    let issued = match DateTime::parse_from_rfc3339(&run.issued_at) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => {
+            decision.verdict = deny(DenyCode::StaleCommand, "issued_at is not an RFC 3339 time");
+            return decision;
+        }
+    };
+    let skew = snap.now.signed_duration_since(issued);
+    // Whole seconds, truncated: 120.9 s passes, 121 s does not.
+    if skew.num_seconds().abs() > FRESHNESS_S {
+        decision.verdict = deny(
+            DenyCode::StaleCommand,
+            format!(
+                "issued {} s {} the device's clock; the limit is {FRESHNESS_S} s",
+                skew.num_seconds().abs(),
+                if skew < TimeDelta::zero() { "ahead of" } else { "behind" }
+            ),
+        );
+        return decision;
+    }
+    if snap.replay.contains(&run.nonce) {
+        decision.verdict = deny(DenyCode::Replay, "this command's nonce was already used");
+        return decision;
+    }
+    if snap.replay.is_full() {
+        decision.verdict = deny(DenyCode::Busy, "too many commands in the last few minutes; try again shortly");
+        return decision;
+    }
+    decision.remember_nonce = true;
+    let action = match snap.catalogue.get(&run.action) {
+        Ok(a) => a,
+        Err(PolicyError::UnknownAction(_)) | Err(_) => {
+            decision.verdict =
+                deny(DenyCode::UnknownAction, format!("no action `{}` in this device's catalogue", run.action));
+            return decision;
+        }
+    };
+    let rendered = match action.render(&run.params) {
+        Ok(r) => r,
+        Err(e) => {
+            decision.verdict = deny(DenyCode::InvalidParams, e.to_string());
+            return decision;
+        }
+    };
+    let grant = match snap.consent {
+        Consent::Live(g) if g.expires_at > snap.now => g,
+        Consent::Live(_) => {
+            decision.verdict = deny(DenyCode::NoConsent, "the owner's grant has expired");
+            return decision;
+        }
+        Consent::Off(off) => {
+            decision.verdict = deny(DenyCode::NoConsent, format!("support is off on this device: {}", off.reason()));
+            return decision;
+        }
+    };
+    if grant.tier < action.tier {
+        decision.verdict = deny(
+            DenyCode::TierInsufficient,
+            format!("`{}` needs tier {}; the owner granted tier {}", action.name, action.tier, grant.tier),
+        );
+        return decision;
+    }
+    decision.verdict =
+        Verdict::Run(Box::new(Approved { action, rendered, grant: grant.clone(), operator: op.name.clone() }));
+    decision
+}
+
+/// The nonces seen recently, bounded in entries and age.
+///
+/// A nonce need only be kept while a command carrying it could still be
+/// fresh: until `issued_at + 120 s`. Entries are kept twice that long, in
+/// case the clock steps, then pruned on insert.
+#[derive(Debug)]
+pub struct ReplayCache {
+    seen: HashMap<String, DateTime<Utc>>,
+    max_entries: usize,
+}
+
+/// How long a nonce is kept after its `issued_at` (seconds).
+const REPLAY_KEEP_S: i64 = 2 * FRESHNESS_S;
+
+impl ReplayCache {
+    /// An empty cache holding at most `max_entries` nonces.
+    pub fn new(max_entries: usize) -> ReplayCache {
+        ReplayCache { seen: HashMap::new(), max_entries }
+    }
+
+    /// Whether `nonce` was seen.
+    pub fn contains(&self, nonce: &str) -> bool {
+        self.seen.contains_key(nonce)
+    }
+
+    /// Whether no further nonce fits (then commands are refused `BUSY`).
+    pub fn is_full(&self) -> bool {
+        self.seen.len() >= self.max_entries
+    }
+
+    /// Remembers `nonce` issued at `issued_at` (RFC 3339), dropping nonces
+    /// too old to matter at `now` first.
+    pub fn insert(&mut self, nonce: &str, issued_at: &str, now: DateTime<Utc>) {
+        let issued = DateTime::parse_from_rfc3339(issued_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
+        if self.seen.len() >= self.max_entries / 2 {
+            let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
+            self.seen.retain(|_, t| *t >= horizon);
+        }
+        if self.seen.len() < self.max_entries {
+            self.seen.insert(nonce.to_string(), issued);
+        }
+    }
+
+    /// How many nonces are held.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::consent::{GrantedBy, Off, Tier};
+    use crate::identity::KeyPair;
+
+    struct World {
+        key: KeyPair,
+        trusted: Vec<Operator>,
+        catalogue: Catalogue,
+        replay: ReplayCache,
+        now: DateTime<Utc>,
+        consent: Consent,
+    }
+
+    const DEVICE: &str = "d-0123456789abcdef0123";
+
+    fn grant(tier: u8, expires_in: i64, now: DateTime<Utc>) -> Consent {
+        Consent::Live(Grant {
+            grant_id: "g-0000000000000000".into(),
+            tier: Tier::new(tier).unwrap(),
+            granted_at: now - TimeDelta::seconds(10),
+            expires_at: now + TimeDelta::seconds(expires_in),
+            reason: None,
+            granted_by: GrantedBy { user: "owner".into(), uid: 1000 },
+        })
+    }
+
+    fn world() -> World {
+        let (key, _) = KeyPair::generate();
+        // Whole milliseconds, as `issued_at` carries them, so offsets are exact.
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let trusted =
+            vec![Operator { name: "alice".into(), public_key: key.public_key().to_string(), added_at: String::new() }];
+        World {
+            key,
+            trusted,
+            catalogue: Catalogue::default_only().unwrap(),
+            replay: ReplayCache::new(8),
+            now,
+            consent: grant(2, 600, now),
+        }
+    }
+
+    impl World {
+        fn run(&self, action: &str, params: &[(&str, &str)], issued_offset_s: i64) -> Run {
+            let params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+            Run::signed(&self.key, "req-1", DEVICE, action, params, self.now - TimeDelta::seconds(issued_offset_s))
+        }
+        fn decide(&self, run: &Run) -> Decision {
+            decide(
+                run,
+                Snapshot {
+                    device_id: DEVICE,
+                    now: self.now,
+                    consent: &self.consent,
+                    catalogue: &self.catalogue,
+                    trusted: &self.trusted,
+                    replay: &self.replay,
+                },
+            )
+        }
+    }
+
+    fn code(d: &Decision) -> Option<DenyCode> {
+        match &d.verdict {
+            Verdict::Run(_) => None,
+            Verdict::Deny(denial) => Some(denial.code),
+        }
+    }
+
+    #[test]
+    fn a_good_command_runs_with_its_rendered_argv() {
+        let w = world();
+        let d = w.decide(&w.run("service-status", &[("unit", "cups")], 0));
+        let Verdict::Run(ok) = &d.verdict else { panic!("{d:?}") };
+        assert_eq!(ok.operator, "alice");
+        assert!(ok.rendered.commands[0].contains(&"cups".to_string()), "{:?}", ok.rendered);
+        assert!(d.remember_nonce);
+    }
+
+    #[test]
+    fn every_code_in_order() {
+        let mut w = world();
+        let good = w.run("disk-usage", &[], 0);
+        let mut bad_shape = good.clone();
+        bad_shape.request_id = "../x".into();
+        bad_shape.sign(&w.key);
+        let mut tampered = good.clone();
+        tampered.action = "memory".into();
+        let mut garbage_sig = good.clone();
+        garbage_sig.sig = "!!".into();
+        let mut other_device = good.clone();
+        other_device.device_id = "d-ffffffffffffffffffff".into();
+        other_device.sign(&w.key);
+        let (stranger, _) = KeyPair::generate();
+        let untrusted = Run::signed(&stranger, "r", DEVICE, "disk-usage", BTreeMap::new(), w.now);
+        let mut not_a_key = good.clone();
+        not_a_key.operator = "ssh-ed25519 AAAA".into();
+        let mut bad_time = good.clone();
+        bad_time.issued_at = "yesterday".into();
+        bad_time.sign(&w.key);
+        let cases: Vec<(&str, Run, Option<DenyCode>, bool)> = vec![
+            ("good", good.clone(), None, true),
+            ("shape", bad_shape, Some(DenyCode::BadFrame), false),
+            ("untrusted", untrusted, Some(DenyCode::UntrustedOperator), false),
+            ("not a key", not_a_key, Some(DenyCode::UntrustedOperator), false),
+            ("tampered", tampered, Some(DenyCode::BadSignature), false),
+            ("garbage sig", garbage_sig, Some(DenyCode::BadSignature), false),
+            ("other device", other_device, Some(DenyCode::BadSignature), false),
+            ("bad time", bad_time, Some(DenyCode::StaleCommand), false),
+            ("stale", w.run("disk-usage", &[], 121), Some(DenyCode::StaleCommand), false),
+            ("future", w.run("disk-usage", &[], -121), Some(DenyCode::StaleCommand), false),
+            ("unknown", w.run("format-disk", &[], 0), Some(DenyCode::UnknownAction), true),
+            ("bad param", w.run("service-status", &[("unit", "; rm -rf ~")], 0), Some(DenyCode::InvalidParams), true),
+            ("extra param", w.run("disk-usage", &[("x", "1")], 0), Some(DenyCode::InvalidParams), true),
+            ("tier", w.run("agent", &[("prompt", "hi")], 0), Some(DenyCode::TierInsufficient), true),
+        ];
+        for (name, run, want, remember) in &cases {
+            let d = w.decide(run);
+            assert_eq!(code(&d), *want, "{name}: {d:?}");
+            assert_eq!(d.remember_nonce, *remember, "{name}");
+        }
+        w.replay.insert(&good.nonce, &good.issued_at, w.now);
+        assert_eq!(code(&w.decide(&good)), Some(DenyCode::Replay));
+        w.consent = Consent::Off(Off::NoGrant);
+        assert_eq!(code(&w.decide(&w.run("disk-usage", &[], 0))), Some(DenyCode::NoConsent));
+    }
+
+    #[test]
+    fn freshness_boundaries() {
+        let w = world();
+        for (offset, ok) in
+            [(0, true), (119, true), (120, true), (121, false), (-119, true), (-120, true), (-121, false)]
+        {
+            let d = w.decide(&w.run("disk-usage", &[], offset));
+            assert_eq!(code(&d).is_none(), ok, "offset {offset}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn tier_and_expiry_boundaries() {
+        let mut w = world();
+        // restart-user-service is tier 2.
+        let fix = w.run("restart-user-service", &[("unit", "pipewire.service")], 0);
+        let fix = || fix.clone();
+        w.consent = grant(2, 600, w.now);
+        assert_eq!(code(&w.decide(&fix())), None, "tier equal");
+        w.consent = grant(1, 600, w.now);
+        assert_eq!(code(&w.decide(&fix())), Some(DenyCode::TierInsufficient), "one below");
+        w.consent = grant(4, 600, w.now);
+        assert_eq!(code(&w.decide(&fix())), None, "above");
+        w.consent = grant(2, 1, w.now);
+        assert_eq!(code(&w.decide(&fix())), None, "one second left");
+        w.consent = grant(2, 0, w.now);
+        assert_eq!(code(&w.decide(&fix())), Some(DenyCode::NoConsent), "expiring this second");
+        w.consent = grant(2, -1, w.now);
+        assert_eq!(code(&w.decide(&fix())), Some(DenyCode::NoConsent), "expired");
+    }
+
+    #[test]
+    fn the_replay_cache_is_bounded_and_forgets_old_nonces() {
+        let mut w = world();
+        let now = w.now;
+        for i in 0..8 {
+            w.replay.insert(&format!("nonce-old-{i:08}"), &crate::consent::rfc3339(now), now);
+        }
+        assert!(w.replay.is_full());
+        assert_eq!(code(&w.decide(&w.run("disk-usage", &[], 0))), Some(DenyCode::Busy));
+        // Five minutes on, the old nonces are dropped at the next insert.
+        let later = now + TimeDelta::seconds(REPLAY_KEEP_S + 60);
+        w.replay.insert("nonce-new-00000000", &crate::consent::rfc3339(later), later);
+        assert_eq!(w.replay.len(), 1);
+        assert!(w.replay.contains("nonce-new-00000000"));
+    }
+}

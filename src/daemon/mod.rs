@@ -1,0 +1,886 @@
+//! The daemon: one per home. It holds the device key, the catalogue and the
+//! audit log, decides on signed commands ([`gate`]), runs what passes
+//! ([`exec`]), stops what the owner's consent no longer covers, and
+//! answers the owner on the loopback control API ([`control`]).
+//!
+//! Data flows one way: command → [`gate`] → audit (`action.started`,
+//! fsynced) → [`exec`] → frames → audit (`action.finished`). Commands reach
+//! it through [`Daemon::submit`]; the relay link (issue C) calls the same.
+//!
+//! # Files (all under the home's state directory)
+//! - `daemon.lock`: held (flock) while a daemon runs: one per home.
+//! - `daemon.json`: `pid`, `control_port`, `started_at`, `version`,
+//!   `device_id`; written once the control API is bound, removed on exit.
+//! - `tasks.json`: the running tasks, so that the next start after a crash
+//!   can kill what was left and audit `task.aborted`.
+
+pub mod control;
+pub mod exec;
+pub mod gate;
+pub mod tree;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+use crate::audit::{AuditError, AuditLog, Event, Record};
+use crate::consent::{self, Consent, Grant, Off, Tier};
+use crate::identity::{KeyError, KeyPair};
+use crate::paths::{self, FileError, Paths};
+use crate::policy::{Catalogue, PolicyError};
+use crate::protocol::{DenyCode, DeviceFrame, Run, StoppedBy, TaskResult};
+use gate::{Decision, Denial, ReplayCache, Snapshot, Verdict};
+
+/// How long an audit append waits for another writer's lock.
+pub const AUDIT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the consent file is re-read besides inotify.
+pub const CONSENT_POLL: Duration = Duration::from_secs(1);
+/// The most nonces the replay cache holds (about 2 MiB at most).
+pub const REPLAY_CAPACITY: usize = 16_384;
+/// Output chunks buffered between a task and its reader.
+pub const OUTPUT_CHANNEL: usize = 16;
+/// Events buffered for each `/v1/events` reader before it misses some.
+pub const EVENTS_CHANNEL: usize = 256;
+/// How long a shutdown waits for stopped tasks to be recorded.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// Settings for [`run`] and [`Daemon::start`].
+///
+/// # Defaults
+/// `max_tasks = 8`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The most tasks running at once; more are denied `BUSY`.
+    pub max_tasks: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { max_tasks: 8 }
+    }
+}
+
+/// Why the daemon cannot start or go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Another daemon holds this home's lock.
+    #[error("another daemon is already running for this home{}; stop it first, or use another --home", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning { pid: Option<u32> },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running task as the owner sees it (`support tasks`, `tasks.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInfo {
+    /// `t-` and 16 hex digits.
+    pub task_id: String,
+    pub request_id: String,
+    pub action: String,
+    pub tier: u8,
+    pub params: BTreeMap<String, String>,
+    /// The owner's name for the operator.
+    pub operator: String,
+    pub grant_id: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// The current command's process (and process group) id.
+    pub pid: Option<i32>,
+    /// Its start time, clock ticks since boot (proc(5)).
+    pub start_ticks: Option<u64>,
+}
+
+struct TaskEntry {
+    info: TaskInfo,
+    stop: watch::Sender<Option<StoppedBy>>,
+    done: watch::Receiver<Option<TaskResult>>,
+}
+
+/// The consent as the daemon enforces it.
+struct ConsentState {
+    /// As read, with the monotonic deadline applied.
+    effective: Consent,
+    /// Per grant id: the monotonic deadline fixed when it was first read.
+    deadlines: HashMap<String, Instant>,
+    /// Grants whose `consent.expired` is on the record.
+    expired_written: HashSet<String>,
+}
+
+struct State {
+    consent: ConsentState,
+    replay: ReplayCache,
+    tasks: BTreeMap<String, TaskEntry>,
+}
+
+struct Inner {
+    paths: Paths,
+    options: Options,
+    key: KeyPair,
+    device_id: String,
+    catalogue: Catalogue,
+    started_at: DateTime<Utc>,
+    started: Instant,
+    /// Held for the daemon's life: one daemon per home.
+    _lock: File,
+    audit: Mutex<AuditLog>,
+    state: Mutex<State>,
+    events: broadcast::Sender<Arc<str>>,
+    consent_changed: Notify,
+    control_port: Mutex<Option<u16>>,
+}
+
+/// A handle on the running daemon; clones share it.
+#[derive(Clone)]
+pub struct Daemon {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("device_id", &self.inner.device_id).finish()
+    }
+}
+
+fn lock_path(paths: &Paths) -> PathBuf {
+    paths.state_dir.join("daemon.lock")
+}
+
+fn tasks_path(paths: &Paths) -> PathBuf {
+    paths.state_dir.join("tasks.json")
+}
+
+/// The contents of `daemon.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub control_port: u16,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    pub version: String,
+    pub device_id: String,
+}
+
+/// Reads `daemon.json`, `None` when there is none (or it is unreadable).
+pub fn read_info(paths: &Paths) -> Option<DaemonInfo> {
+    let bytes = paths::read_capped(&paths.daemon_info(), 4096).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Makes the control API's secret (32 random bytes, base64url, 0600) if
+/// there is none, and returns it.
+///
+/// # Errors
+/// [`FileError`] if the file is unsafe (see [`paths`]) or unwritable.
+pub fn ensure_secret(paths: &Paths) -> Result<String, FileError> {
+    if let Some(s) = paths::read_secret(&paths.secret(), 1024)? {
+        return Ok(String::from_utf8_lossy(&s).trim().to_string());
+    }
+    let mut raw = [0u8; 32];
+    crate::fill_random(&mut raw);
+    let text = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+    paths::create_new(&paths.secret(), text.as_bytes())?;
+    Ok(String::from_utf8_lossy(&paths::read_secret(&paths.secret(), 1024)?.unwrap_or_default()).trim().to_string())
+}
+
+impl Daemon {
+    /// Takes the home's lock, loads (or makes) the device key and the
+    /// control secret, loads the catalogue, opens the audit log, kills
+    /// what a crashed daemon left (auditing `task.aborted`), makes this
+    /// process a child subreaper, and audits `daemon.started`.
+    ///
+    /// # Errors
+    /// [`DaemonError::AlreadyRunning`] when another daemon holds the
+    /// lock; file, key, policy and audit errors as they come.
+    pub fn start(paths: &Paths, options: Options) -> Result<Daemon, DaemonError> {
+        paths.ensure_dirs()?;
+        let lock = paths::open_append(&lock_path(paths))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DaemonError::AlreadyRunning { pid: read_info(paths).map(|i| i.pid) });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(DaemonError::Io { what: format!("lock {}", lock_path(paths).display()), source });
+            }
+        }
+        let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
+        ensure_secret(paths)?;
+        let catalogue = Catalogue::load(paths)?;
+        let mut audit = AuditLog::open(paths)?;
+        audit.set_lock_timeout(Some(AUDIT_LOCK_TIMEOUT));
+        // Orphans of our tasks come back to us, not to init (prctl(2)).
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| DaemonError::Io { what: "prctl(PR_SET_CHILD_SUBREAPER)".into(), source: e.into() })?;
+        let device_id = key.public_key().device_id();
+        let (events, _) = broadcast::channel(EVENTS_CHANNEL);
+        let daemon = Daemon {
+            inner: Arc::new(Inner {
+                paths: paths.clone(),
+                options,
+                key,
+                device_id,
+                catalogue,
+                started_at: Utc::now(),
+                started: Instant::now(),
+                _lock: lock,
+                audit: Mutex::new(audit),
+                state: Mutex::new(State {
+                    consent: ConsentState {
+                        effective: Consent::Off(Off::NoGrant),
+                        deadlines: HashMap::new(),
+                        expired_written: HashSet::new(),
+                    },
+                    replay: ReplayCache::new(REPLAY_CAPACITY),
+                    tasks: BTreeMap::new(),
+                }),
+                events,
+                consent_changed: Notify::new(),
+                control_port: Mutex::new(None),
+            }),
+        };
+        daemon.recover()?;
+        let mut started = Record::new(Event::DaemonStarted);
+        started.detail = Some(format!(
+            "pid {}, version {}, device {}",
+            std::process::id(),
+            env!("CARGO_PKG_VERSION"),
+            daemon.inner.device_id
+        ));
+        daemon.audit_sync(vec![started])?;
+        daemon.refresh_consent_sync();
+        Ok(daemon)
+    }
+
+    /// This device's id (from its public key).
+    pub fn device_id(&self) -> &str {
+        &self.inner.device_id
+    }
+
+    /// The device key (the link signs its hello with it).
+    pub fn device_key(&self) -> &KeyPair {
+        &self.inner.key
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends records, from synchronous code.
+    fn audit_sync(&self, records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
+        let written = self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()).append_batch(records)?;
+        for r in &written {
+            self.publish(json!({"kind": "audit", "record": r}));
+        }
+        Ok(written)
+    }
+
+    /// Appends records off the runtime's thread.
+    async fn audit(&self, records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.audit_sync(records)).await {
+            Ok(r) => r,
+            Err(e) => Err(AuditError::Write { path: self.inner.paths.audit(), source: std::io::Error::other(e) }),
+        }
+    }
+
+    /// Sends one line to every `/v1/events` reader.
+    fn publish(&self, value: Value) {
+        let _ = self.inner.events.send(Arc::from(value.to_string()));
+    }
+
+    /// A receiver of the event stream: one JSON object per item, `kind`
+    /// `audit` (a record as written), `output` (a task's chunk) or `status`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.inner.events.subscribe()
+    }
+
+    /// Kills what a daemon that died mid-task left, as `tasks.json` names it.
+    fn recover(&self) -> Result<(), DaemonError> {
+        let path = tasks_path(&self.inner.paths);
+        let left: Vec<TaskInfo> = match paths::read_capped(&path, 4 << 20) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(path = %path.display(), error = %e, "tasks.json is malformed; ignoring it");
+                Vec::new()
+            }),
+            Ok(None) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut records = Vec::new();
+        for t in &left {
+            let pgid = t.pid.unwrap_or(0);
+            let ticks = t.start_ticks.unwrap_or(0);
+            let killed = tree::kill_until_gone(pgid, 50, || tree::leftovers(&t.task_id, pgid, ticks));
+            let mut r = task_record(Event::TaskAborted, t);
+            r.detail = Some(format!(
+                "the daemon stopped without finishing this task; {killed} leftover process{} killed",
+                if killed == 1 { " was" } else { "es were" }
+            ));
+            records.push(r);
+        }
+        if !records.is_empty() {
+            self.audit_sync(records)?;
+        }
+        paths::write_atomic(&path, b"[]\n")?;
+        Ok(())
+    }
+
+    fn persist_tasks(&self, state: &State) {
+        let list: Vec<&TaskInfo> = state.tasks.values().map(|t| &t.info).collect();
+        let bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
+        if let Err(e) = paths::write_atomic(&tasks_path(&self.inner.paths), &bytes) {
+            tracing::error!(error = %e, "could not write tasks.json");
+        }
+    }
+
+    /// Re-reads the grant and stops every task above the live tier.
+    /// Call when the consent file may have changed; cheap when it did not.
+    pub async fn consent_changed(&self) {
+        let me = self.clone();
+        let work = tokio::task::spawn_blocking(move || me.refresh_consent_sync());
+        let _ = work.await;
+    }
+
+    /// Asks the watcher to re-read the grant now (`POST /v1/consent/changed`).
+    pub fn nudge_consent(&self) {
+        self.inner.consent_changed.notify_one();
+    }
+
+    fn refresh_consent_sync(&self) {
+        let now = Utc::now();
+        let read = consent::read(&self.inner.paths, now);
+        let mut records = Vec::new();
+        let mut state = self.state();
+        let (effective, by_when_off) = match read {
+            Consent::Live(g) => {
+                let left = (g.expires_at - now).to_std().unwrap_or_default();
+                let deadline =
+                    *state.consent.deadlines.entry(g.grant_id.clone()).or_insert_with(|| Instant::now() + left);
+                if Instant::now() >= deadline {
+                    (Consent::Off(Off::Expired(g)), StoppedBy::Expiry)
+                } else {
+                    (Consent::Live(g), StoppedBy::Revoke)
+                }
+            }
+            Consent::Off(Off::Expired(g)) => (Consent::Off(Off::Expired(g)), StoppedBy::Expiry),
+            off => (off, StoppedBy::Revoke),
+        };
+        if let Consent::Off(Off::Expired(g)) = &effective
+            && state.consent.expired_written.insert(g.grant_id.clone())
+        {
+            let mut r = Record::new(Event::ConsentExpired);
+            r.grant_id = Some(g.grant_id.clone());
+            r.tier = Some(g.tier.get());
+            r.detail = Some(format!("expired at {}", consent::rfc3339(g.expires_at)));
+            records.push(r);
+        }
+        let live_tier = effective.live().map(|g| g.tier.get()).unwrap_or(0);
+        let by = if effective.live().is_some() { StoppedBy::TierLowered } else { by_when_off };
+        let changed = state.consent.effective != effective;
+        state.consent.effective = effective;
+        for task in state.tasks.values() {
+            if task.info.tier > live_tier && task.stop.borrow().is_none() {
+                tracing::info!(task = %task.info.task_id, by = by.as_str(), "stopping a task the grant no longer covers");
+                let _ = task.stop.send(Some(by));
+            }
+        }
+        drop(state);
+        if changed {
+            self.publish(json!({"kind": "status", "status": self.status_json()}));
+        }
+        if !records.is_empty()
+            && let Err(e) = self.audit_sync(records)
+        {
+            tracing::error!(error = %e, "could not record consent.expired");
+        }
+    }
+
+    /// When the live grant ends, by the earlier of its two clocks.
+    fn next_expiry(&self) -> Option<tokio::time::Instant> {
+        let state = self.state();
+        let g = state.consent.effective.live()?;
+        let mono = state.consent.deadlines.get(&g.grant_id).copied()?;
+        let wall = Instant::now() + (g.expires_at - Utc::now()).to_std().unwrap_or_default();
+        Some(tokio::time::Instant::from_std(mono.min(wall)))
+    }
+
+    /// Decides on a signed command and, if it passes, starts it. Frames go
+    /// to `frames`: `denied`, or `accepted`, `output`…, `result`. Returns
+    /// the task id, or the denial (also sent as a frame and audited).
+    pub async fn submit(&self, run: Run, frames: mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
+        // Consent is checked as of now, not as of the last poll.
+        self.consent_changed().await;
+        let trusted = crate::trust::list(&self.inner.paths);
+        let now = Utc::now();
+        let decision = {
+            let mut state = self.state();
+            let decision = match &trusted {
+                Ok(trusted) => gate::decide(
+                    &run,
+                    Snapshot {
+                        device_id: &self.inner.device_id,
+                        now,
+                        consent: &state.consent.effective,
+                        catalogue: &self.inner.catalogue,
+                        trusted,
+                        replay: &state.replay,
+                    },
+                ),
+                Err(e) => Decision {
+                    verdict: Verdict::Deny(Denial {
+                        code: DenyCode::UntrustedOperator,
+                        message: format!("the owner's trusted operators cannot be read: {e}"),
+                    }),
+                    remember_nonce: false,
+                    operator: None,
+                },
+            };
+            if decision.remember_nonce {
+                state.replay.insert(&run.nonce, &run.issued_at, now);
+            }
+            decision
+        };
+        let operator = decision.operator.clone();
+        let approved = match decision.verdict {
+            Verdict::Deny(denial) => return self.deny(&run, operator, denial, &frames).await,
+            Verdict::Run(a) => a,
+        };
+        let task_id = format!("t-{}", crate::random_hex(8));
+        let info = TaskInfo {
+            task_id: task_id.clone(),
+            request_id: run.request_id.clone(),
+            action: approved.action.name.clone(),
+            tier: approved.action.tier.get(),
+            params: run.params.clone(),
+            operator: approved.operator.clone(),
+            grant_id: approved.grant.grant_id.clone(),
+            started_at: consent::rfc3339(now),
+            pid: None,
+            start_ticks: None,
+        };
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (done_tx, done_rx) = watch::channel(None);
+        let busy = {
+            let mut state = self.state();
+            let busy = state.tasks.len() >= self.inner.options.max_tasks;
+            if !busy {
+                state.tasks.insert(task_id.clone(), TaskEntry { info: info.clone(), stop: stop_tx, done: done_rx });
+                self.persist_tasks(&state);
+            }
+            busy
+        };
+        if busy {
+            let denial = Denial {
+                code: DenyCode::Busy,
+                message: format!(
+                    "{} tasks are running, the most this device runs at once",
+                    self.inner.options.max_tasks
+                ),
+            };
+            return self.deny(&run, operator, denial, &frames).await;
+        }
+        let mut started = task_record(Event::ActionStarted, &info);
+        started.detail = Some(format!("argv {}", render_argv(&approved.rendered.commands)));
+        if let Err(e) = self.audit(vec![started]).await {
+            tracing::error!(error = %e, "action.started could not be written; denying");
+            self.forget_task(&task_id);
+            let denial = Denial {
+                code: DenyCode::AuditUnavailable,
+                message: format!("the device's audit log cannot be written, so nothing runs: {e}"),
+            };
+            return self.deny(&run, operator, denial, &frames).await;
+        }
+        // The grant may have been withdrawn while the record was written.
+        if self.state().tasks.get(&task_id).is_some_and(|t| t.stop.borrow().is_some()) {
+            tracing::info!(task = %task_id, "stopped before it was spawned");
+        }
+        let _ =
+            frames.send(DeviceFrame::Accepted { request_id: run.request_id.clone(), task_id: task_id.clone() }).await;
+        let spec = exec::Spec {
+            task_id: task_id.clone(),
+            commands: approved.rendered.commands.clone(),
+            stdin: approved.rendered.stdin.clone(),
+            env: exec::environment(&approved.action.env, std::env::vars(), &task_id),
+            cwd: resolve_cwd(&approved.action.cwd),
+            timeout: Duration::from_secs(approved.action.timeout_s),
+            max_output_bytes: approved.action.max_output_bytes,
+        };
+        let me = self.clone();
+        tokio::spawn(async move { me.drive(info, spec, stop_rx, done_tx, frames).await });
+        Ok(task_id)
+    }
+
+    async fn deny(
+        &self,
+        run: &Run,
+        operator: Option<String>,
+        denial: Denial,
+        frames: &mpsc::Sender<DeviceFrame>,
+    ) -> Result<String, Denial> {
+        let mut r = Record::new(Event::ActionDenied);
+        r.request_id = Some(printable_id(&run.request_id));
+        r.action = Some(printable_id(&run.action));
+        r.operator = operator;
+        r.code = Some(denial.code.as_str().into());
+        r.reason = Some(denial.message.clone());
+        if self.catalogue().get(&run.action).is_ok() && denial.code != DenyCode::BadFrame {
+            r.params = Some(run.params.clone());
+        }
+        if let Err(e) = self.audit(vec![r]).await {
+            tracing::error!(error = %e, code = denial.code.as_str(), "could not record a denial");
+        }
+        tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
+        let _ = frames
+            .send(DeviceFrame::Denied {
+                request_id: run.request_id.clone(),
+                code: denial.code,
+                message: denial.message.clone(),
+            })
+            .await;
+        Err(denial)
+    }
+
+    fn catalogue(&self) -> &Catalogue {
+        &self.inner.catalogue
+    }
+
+    fn forget_task(&self, task_id: &str) {
+        let mut state = self.state();
+        state.tasks.remove(task_id);
+        self.persist_tasks(&state);
+    }
+
+    /// Runs an accepted task to its end and records it.
+    async fn drive(
+        self,
+        info: TaskInfo,
+        spec: exec::Spec,
+        stop: watch::Receiver<Option<StoppedBy>>,
+        done: watch::Sender<Option<TaskResult>>,
+        frames: mpsc::Sender<DeviceFrame>,
+    ) {
+        let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
+        let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
+        let forward = {
+            let frames = frames.clone();
+            let me = self.clone();
+            let request_id = info.request_id.clone();
+            let task_id = info.task_id.clone();
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while let Some(chunk) = out_rx.recv().await {
+                    let data = String::from_utf8_lossy(&chunk.data).into_owned();
+                    me.publish(json!({"kind": "output", "task_id": task_id, "stream": chunk.stream, "data": data}));
+                    let frame = DeviceFrame::Output { request_id: request_id.clone(), seq, stream: chunk.stream, data };
+                    seq += 1;
+                    let _ = frames.send(frame).await;
+                }
+            })
+        };
+        let result = exec::run(spec, out_tx, stop, hooks).await;
+        let _ = forward.await;
+        let mut records = Vec::new();
+        if let Some(by) = result.cancelled_by {
+            let mut r = task_record(Event::TaskStopped, &info);
+            r.by = Some(by.as_str().into());
+            r.duration_ms = Some(result.duration_ms);
+            records.push(r);
+        }
+        let mut r = task_record(Event::ActionFinished, &info);
+        r.status = Some(result.status.as_str().into());
+        r.exit_code = result.exit_code.map(i64::from);
+        r.duration_ms = Some(result.duration_ms);
+        r.output_bytes = Some(result.output_bytes);
+        r.output_sha256 = Some(result.output_sha256.clone());
+        r.by = result.cancelled_by.map(|b| b.as_str().into());
+        if result.truncated {
+            r.detail = Some("output truncated at the action's max_output_bytes".into());
+        }
+        records.push(r);
+        if let Err(e) = self.audit(records).await {
+            tracing::error!(task = %info.task_id, error = %e, "could not record the end of a task");
+        }
+        self.forget_task(&info.task_id);
+        let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
+        let _ = done.send(Some(result));
+        tree::reap_strays(&self.leaders());
+    }
+
+    fn leaders(&self) -> Vec<i32> {
+        self.state().tasks.values().filter_map(|t| t.info.pid).collect()
+    }
+
+    /// The running tasks.
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        self.state().tasks.values().map(|t| t.info.clone()).collect()
+    }
+
+    /// Stops one task and waits (at most 5 s) for its end. `None` when no
+    /// such task runs.
+    pub async fn stop_task(&self, task_id: &str, by: StoppedBy) -> Option<TaskResult> {
+        let mut done = {
+            let state = self.state();
+            let task = state.tasks.get(task_id)?;
+            if task.stop.borrow().is_none() {
+                let _ = task.stop.send(Some(by));
+            }
+            task.done.clone()
+        };
+        let waited = tokio::time::timeout(SHUTDOWN_WAIT, done.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(r)) => r.clone(),
+            _ => None,
+        }
+    }
+
+    /// Stops every task; returns how many ended, with their results.
+    pub async fn stop_all(&self, by: StoppedBy) -> Vec<(String, Option<TaskResult>)> {
+        let ids: Vec<String> = self.state().tasks.keys().cloned().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let r = self.stop_task(&id, by).await;
+            out.push((id, r));
+        }
+        out
+    }
+
+    /// The daemon as `GET /v1/status` shows it.
+    pub fn status_json(&self) -> Value {
+        let state = self.state();
+        let consent = match &state.consent.effective {
+            Consent::Live(g) => json!({
+                "enabled": true,
+                "tier": g.tier.get(),
+                "grant_id": g.grant_id,
+                "expires_at": consent::rfc3339(g.expires_at),
+            }),
+            Consent::Off(off) => {
+                json!({"enabled": false, "tier": null, "grant_id": null, "expires_at": null, "off_reason": off.reason()})
+            }
+        };
+        json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "device_id": self.inner.device_id,
+            "started_at": consent::rfc3339(self.inner.started_at),
+            "uptime_seconds": self.inner.started.elapsed().as_secs(),
+            "control_port": *self.inner.control_port.lock().unwrap_or_else(|p| p.into_inner()),
+            "connected": false,
+            "relay": null,
+            "running_tasks": state.tasks.len(),
+            "consent": consent,
+        })
+    }
+
+    /// The live tier as the daemon enforces it (0 when off).
+    pub fn live_tier(&self) -> Option<Tier> {
+        self.state().consent.effective.live().map(|g| g.tier)
+    }
+
+    /// The grant the daemon enforces, if live.
+    pub fn live_grant(&self) -> Option<Grant> {
+        self.state().consent.effective.live().cloned()
+    }
+
+    /// Stops every task (`cancelled_by: shutdown`), waits for them to be
+    /// recorded, and audits `daemon.stopped`.
+    pub async fn shutdown(&self) {
+        let stopped = self.stop_all(StoppedBy::Shutdown).await;
+        let mut r = Record::new(Event::DaemonStopped);
+        r.detail = Some(format!("pid {}; {} running task(s) stopped", std::process::id(), stopped.len()));
+        if let Err(e) = self.audit(vec![r]).await {
+            tracing::error!(error = %e, "could not record daemon.stopped");
+        }
+    }
+
+    /// Watches the consent file (inotify, with a 1 s poll as a fallback)
+    /// and the grant's expiry until `shutdown` resolves.
+    pub async fn watch_consent(&self, shutdown: impl Future<Output = ()>) {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let watcher = consent_watcher(&self.inner.paths, tx);
+        tokio::pin!(shutdown);
+        let mut poll = tokio::time::interval(CONSENT_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        loop {
+            let expiry = self.next_expiry();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = rx.recv() => {}
+                _ = self.inner.consent_changed.notified() => {}
+                _ = poll.tick() => {}
+                _ = async { tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)).await }, if expiry.is_some() => {}
+                _ = async { sigchld.as_mut().expect("guarded").recv().await }, if sigchld.is_some() => {
+                    tree::reap_strays(&self.leaders());
+                    continue;
+                }
+            }
+            self.consent_changed().await;
+        }
+        drop(watcher);
+    }
+
+    fn set_control_port(&self, port: u16) {
+        *self.inner.control_port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
+    }
+}
+
+/// Watches the state directory for changes to `consent.json`. `None` if
+/// inotify is unavailable (the poll still runs).
+fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let file = paths.consent();
+    let name = file.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; polling the grant every second"))
+    .ok()?;
+    let dir = file.parent()?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch {}; polling", dir.display()))
+        .ok()?;
+    Some(watcher)
+}
+
+struct TaskHooks {
+    daemon: Daemon,
+    task_id: String,
+}
+
+impl exec::Hooks for TaskHooks {
+    fn spawned(&self, pid: i32, start_ticks: u64) {
+        let mut state = self.daemon.state();
+        if let Some(t) = state.tasks.get_mut(&self.task_id) {
+            t.info.pid = Some(pid);
+            t.info.start_ticks = Some(start_ticks);
+        }
+        self.daemon.persist_tasks(&state);
+    }
+
+    fn other_leaders(&self) -> Vec<i32> {
+        self.daemon
+            .state()
+            .tasks
+            .values()
+            .filter(|t| t.info.task_id != self.task_id)
+            .filter_map(|t| t.info.pid)
+            .collect()
+    }
+}
+
+fn task_record(event: Event, t: &TaskInfo) -> Record {
+    let mut r = Record::new(event);
+    r.task_id = Some(t.task_id.clone());
+    r.request_id = Some(t.request_id.clone());
+    r.action = Some(t.action.clone());
+    r.tier = Some(t.tier);
+    r.params = Some(t.params.clone());
+    r.operator = Some(t.operator.clone());
+    r.grant_id = Some(t.grant_id.clone());
+    r
+}
+
+/// Wire ids shown in the record only when they are a safe segment.
+fn printable_id(s: &str) -> String {
+    let safe = s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if safe { s.to_string() } else { format!("(malformed, {} bytes)", s.len()) }
+}
+
+fn render_argv(commands: &[Vec<String>]) -> String {
+    commands
+        .iter()
+        .map(|argv| shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" ")))
+        .collect::<Vec<_>>()
+        .join(" ; then ")
+}
+
+/// `~` and `~/x` against the owner's home; anything else as written.
+fn resolve_cwd(cwd: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    match cwd.strip_prefix('~') {
+        Some("") => home,
+        Some(rest) => home.join(rest.trim_start_matches('/')),
+        None => PathBuf::from(cwd),
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves: serves the control API on
+/// `listener` (loopback), writes `daemon.json`, tells systemd it is ready
+/// (sd_notify `READY=1`), enforces consent, then stops every task and
+/// audits `daemon.stopped`.
+///
+/// # Errors
+/// As [`Daemon::start`]; and writing `daemon.json`.
+pub async fn run(
+    paths: &Paths,
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let daemon = Daemon::start(paths, options)?;
+    let port =
+        listener.local_addr().map_err(|source| DaemonError::Io { what: "control API address".into(), source })?.port();
+    daemon.set_control_port(port);
+    let secret = ensure_secret(paths)?;
+    let info = DaemonInfo {
+        pid: std::process::id(),
+        control_port: port,
+        started_at: consent::rfc3339(daemon.inner.started_at),
+        version: env!("CARGO_PKG_VERSION").into(),
+        device_id: daemon.device_id().into(),
+    };
+    paths::write_atomic(&paths.daemon_info(), &serde_json::to_vec_pretty(&info).unwrap_or_default())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(control::serve(listener, daemon.clone(), secret, stop_rx.clone()));
+    let watcher = {
+        let d = daemon.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            d.watch_consent(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+    }
+    tracing::info!(port, device_id = %daemon.device_id(), "daemon ready; control API on 127.0.0.1");
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    daemon.shutdown().await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = watcher.await;
+    let _ = paths::remove(&paths.daemon_info());
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Finding and killing a task's whole process tree through `/proc`.
+//!
+//! A task's tree is every process that descends from its leader, even one
+//! that left the leader's process group with `setsid` or double-forked
+//! away from its parent. The daemon is a child subreaper
+//! (`prctl(PR_SET_CHILD_SUBREAPER)`, prctl(2)), so an orphaned descendant
+//! is re-parented to the daemon rather than to init. A process belongs to
+//! task T if any of these holds:
+//!
+//! - its process group is T's (the leader runs with `process_group(0)`);
+//! - it descends, by parent links, from T's leader or from a member;
+//! - it is an orphan re-parented to the daemon and carries T's marker
+//!   ([`MARKER_ENV`]) in its environment, or, while T is the only task
+//!   running, carries no marker at all (it cleared its environment) and
+//!   started after T's leader.
+//!
+//! After a crash the daemon that starts next is no longer the parent, so
+//! it finds leftovers by process group (started no earlier than the task's
+//! leader, so a re-used pgid is not mistaken) and by marker.
+//!
+//! Killing repeats the scan until a pass finds no live member, so a
+//! process forked while the first pass ran is caught by the next.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+/// The environment variable that marks a task's processes: its task id.
+/// (Not `SUPPORT_*`: nothing of that prefix reaches a task.)
+pub const MARKER_ENV: &str = "SUPPORTD_TASK";
+
+/// The most an `environ` read takes (bytes).
+const ENVIRON_CAP: usize = 256 * 1024;
+
+/// One process as `/proc/PID/stat` shows it (proc(5)).
+#[derive(Clone, Copy, Debug)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    /// `Z`: a zombie, already dead.
+    pub state: u8,
+    /// Clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// Parses `/proc/PID/stat`; `None` if the process is gone.
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after the last `)`.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.bytes().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    let start_ticks = fields.nth(16)?.parse().ok()?;
+    Some(ProcStat { pid, ppid, pgid, state, start_ticks })
+}
+
+/// Every process visible in `/proc`.
+pub fn all() -> Vec<ProcStat> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(stat).collect()
+}
+
+/// Whether `pid` is a live process (present and not a zombie).
+pub fn alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|s| s.state != b'Z')
+}
+
+/// The value of [`MARKER_ENV`] in a process's environment: `Some(None)`
+/// when readable without the marker, `None` when unreadable.
+fn marker_of(pid: i32) -> Option<Option<String>> {
+    let bytes = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{MARKER_ENV}=");
+    Some(
+        bytes[..bytes.len().min(ENVIRON_CAP)]
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+    )
+}
+
+/// Who a task is, for finding its tree.
+#[derive(Clone, Debug)]
+pub struct TaskTree<'a> {
+    pub task_id: &'a str,
+    /// The leader's pid, which is also the process group id.
+    pub pgid: i32,
+    /// The leader's start time; members of the group started no earlier.
+    pub start_ticks: u64,
+    /// The leaders of the daemon's other running tasks (whose orphans are theirs).
+    pub other_leaders: &'a [i32],
+}
+
+/// The live members of `task`'s tree now.
+pub fn members(task: &TaskTree<'_>) -> BTreeSet<i32> {
+    let me = std::process::id() as i32;
+    let procs = all();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut roots: Vec<i32> = Vec::new();
+    for p in &procs {
+        if p.pid == me {
+            continue;
+        }
+        let in_group = p.pgid == task.pgid && p.start_ticks >= task.start_ticks;
+        let orphan_of_ours = p.ppid == me && p.pid != task.pgid && !task.other_leaders.contains(&p.pid);
+        let claimed = orphan_of_ours
+            && match marker_of(p.pid) {
+                Some(Some(id)) => id == task.task_id,
+                Some(None) | None => task.other_leaders.is_empty() && p.start_ticks >= task.start_ticks,
+            };
+        if in_group || claimed || p.pid == task.pgid {
+            roots.push(p.pid);
+        }
+    }
+    let mut found = BTreeSet::new();
+    while let Some(pid) = roots.pop() {
+        if pid != me && found.insert(pid) {
+            roots.extend(children.get(&pid).into_iter().flatten().copied());
+        }
+    }
+    let states: HashMap<i32, u8> = procs.iter().map(|p| (p.pid, p.state)).collect();
+    found.retain(|pid| states.get(pid).is_some_and(|s| *s != b'Z'));
+    found
+}
+
+/// Leftovers of a task whose daemon died: the process group (started no
+/// earlier than the leader) and every process carrying the task's marker,
+/// with their descendants.
+pub fn leftovers(task_id: &str, pgid: i32, start_ticks: u64) -> BTreeSet<i32> {
+    let me = std::process::id() as i32;
+    let procs = all();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut roots: Vec<i32> = procs
+        .iter()
+        .filter(|p| p.pid != me && p.state != b'Z')
+        .filter(|p| {
+            p.start_ticks >= start_ticks && (p.pgid == pgid || marker_of(p.pid).flatten().as_deref() == Some(task_id))
+        })
+        .map(|p| p.pid)
+        .collect();
+    let mut found = BTreeSet::new();
+    while let Some(pid) = roots.pop() {
+        if pid != me && found.insert(pid) {
+            roots.extend(children.get(&pid).into_iter().flatten().copied());
+        }
+    }
+    found
+}
+
+/// Sends `signal` to the group and to every member `find` returns.
+pub fn signal_all(pgid: i32, found: &BTreeSet<i32>, signal: Signal) {
+    if pgid > 1 {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), signal);
+    }
+    for pid in found {
+        let _ = kill(Pid::from_raw(*pid), signal);
+    }
+}
+
+/// SIGKILLs the tree `find` describes until a scan finds nothing alive
+/// (at most `passes` scans), reaping orphans re-parented to us. Returns
+/// how many processes were signalled in all.
+pub fn kill_until_gone(pgid: i32, passes: usize, find: impl Fn() -> BTreeSet<i32>) -> usize {
+    let mut signalled = BTreeSet::new();
+    for pass in 0..passes {
+        let found = find();
+        if found.is_empty() {
+            break;
+        }
+        signal_all(pgid, &found, Signal::SIGKILL);
+        signalled.extend(found.iter().copied());
+        reap_orphans(&signalled, pgid);
+        if pass > 2 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    reap_orphans(&signalled, pgid);
+    signalled.len()
+}
+
+/// Reaps (without blocking) dead children of ours among `pids`, except
+/// the leader `pgid`, whose status tokio collects.
+pub fn reap_orphans(pids: &BTreeSet<i32>, leader: i32) {
+    let me = std::process::id() as i32;
+    for pid in pids {
+        if *pid != leader && stat(*pid).is_some_and(|s| s.ppid == me && s.state == b'Z') {
+            let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+/// Reaps every zombie child of ours that is not one of `leaders`
+/// (orphans re-parented to the subreaper after their task ended).
+pub fn reap_strays(leaders: &[i32]) {
+    let me = std::process::id() as i32;
+    for p in all() {
+        if p.ppid == me && p.state == b'Z' && !leaders.contains(&p.pid) {
+            let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line_with_a_hostile_name() {
+        let me = stat(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(me.pgid, nix::unistd::getpgrp().as_raw());
+        assert!(me.start_ticks > 0);
+        assert!(stat(i32::MAX).is_none());
+    }
+}

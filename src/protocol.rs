@@ -1,0 +1,395 @@
+//! The wire frames between operator, relay and device (DESIGN §7), and the
+//! exact bytes an operator signs.
+//!
+//! This file holds the operator's signed [`Run`] command and what the
+//! device answers about it ([`DeviceFrame`]): `accepted`, `output`,
+//! `result` or `denied`. Each frame is one JSON object with a `type` tag;
+//! unknown types and unknown fields are rejected.
+//!
+//! # The signed bytes of `run`
+//!
+//! ```text
+//! "support-run-v1\n" || JSON{request_id, device_id, action, params, issued_at, nonce, operator}
+//! ```
+//!
+//! The JSON is compact (no spaces), with the fields in exactly that order
+//! and `params` keys sorted bytewise (a JSON object of strings). Every
+//! field but `sig` is covered, so a signed command cannot be replayed
+//! against another device, action, parameter or time. The context string
+//! keeps a `run` signature from ever verifying as any other message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::KeyPair;
+
+/// The context that starts the signed bytes of a [`Run`].
+pub const RUN_CONTEXT: &[u8] = b"support-run-v1\n";
+
+/// The largest frame either side accepts, in bytes (1 MiB).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// How far `issued_at` may be from the device's clock, either way (seconds).
+pub const FRESHNESS_S: i64 = 120;
+
+/// The operator's command to run one catalogued action on one device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// Chosen by the operator; 1 to 64 of `[A-Za-z0-9_-]`.
+    pub request_id: String,
+    /// The device it is for (see [`crate::PublicKey::device_id`]).
+    pub device_id: String,
+    /// A catalogue action name.
+    pub action: String,
+    /// Parameter values by name.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// When the operator signed it: RFC 3339 UTC (milliseconds when made here).
+    pub issued_at: String,
+    /// 16 to 64 of `[A-Za-z0-9_-]`, random, never reused.
+    pub nonce: String,
+    /// The operator's public key, `ed25519:<base64url>`.
+    pub operator: String,
+    /// Ed25519 signature over [`Run::signed_bytes`], base64url (64 bytes).
+    pub sig: String,
+}
+
+#[derive(Serialize)]
+struct Unsigned<'a> {
+    request_id: &'a str,
+    device_id: &'a str,
+    action: &'a str,
+    params: &'a BTreeMap<String, String>,
+    issued_at: &'a str,
+    nonce: &'a str,
+    operator: &'a str,
+}
+
+impl Run {
+    /// A command signed by `key`, issued at `issued_at`, with a fresh nonce.
+    pub fn signed(
+        key: &KeyPair,
+        request_id: &str,
+        device_id: &str,
+        action: &str,
+        params: BTreeMap<String, String>,
+        issued_at: DateTime<Utc>,
+    ) -> Run {
+        let mut run = Run {
+            request_id: request_id.into(),
+            device_id: device_id.into(),
+            action: action.into(),
+            params,
+            issued_at: issued_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            nonce: crate::random_hex(16),
+            operator: key.public_key().to_string(),
+            sig: String::new(),
+        };
+        run.sign(key);
+        run
+    }
+
+    /// (Re)computes `sig` over the current fields.
+    pub fn sign(&mut self, key: &KeyPair) {
+        self.sig = URL_SAFE_NO_PAD.encode(key.sign(&self.signed_bytes()));
+    }
+
+    /// The bytes the signature covers (see the module docs).
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = Unsigned {
+            request_id: &self.request_id,
+            device_id: &self.device_id,
+            action: &self.action,
+            params: &self.params,
+            issued_at: &self.issued_at,
+            nonce: &self.nonce,
+            operator: &self.operator,
+        };
+        let mut out = RUN_CONTEXT.to_vec();
+        serde_json::to_writer(&mut out, &unsigned).expect("strings always serialize");
+        out
+    }
+
+    /// Checks the shape of the ids: `request_id`, `device_id` and `nonce`
+    /// are each one safe segment of bounded length.
+    ///
+    /// # Errors
+    /// A message naming the field.
+    pub fn check_shape(&self) -> Result<(), String> {
+        let segment = |name: &str, v: &str, min: usize, max: usize| {
+            if (min..=max).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                Ok(())
+            } else {
+                Err(format!("{name} must be {min} to {max} of [A-Za-z0-9_-]"))
+            }
+        };
+        segment("request_id", &self.request_id, 1, 64)?;
+        segment("device_id", &self.device_id, 1, 64)?;
+        segment("nonce", &self.nonce, 16, 64)?;
+        if self.action.len() > 64 {
+            return Err("action is longer than 64 bytes".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a command was refused (DESIGN §7); the wire form is the
+/// SCREAMING_SNAKE_CASE name, e.g. `NO_CONSENT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum DenyCode {
+    /// The operator key is not in `trusted_operators.toml`.
+    UntrustedOperator,
+    /// The signature does not verify, or it was made for another device.
+    BadSignature,
+    /// `issued_at` is more than 120 s from the device's clock.
+    StaleCommand,
+    /// The nonce was seen before.
+    Replay,
+    /// No such action in the catalogue (or it is switched off).
+    UnknownAction,
+    /// A parameter is unknown, missing or fails its type.
+    InvalidParams,
+    /// No live grant.
+    NoConsent,
+    /// The grant's tier is below the action's.
+    TierInsufficient,
+    /// The device is at its limit of running tasks or recent commands.
+    Busy,
+    /// The `action.started` record could not be written durably.
+    AuditUnavailable,
+    /// The frame's ids are malformed.
+    BadFrame,
+}
+
+impl DenyCode {
+    /// The wire name, e.g. `NO_CONSENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyCode::UntrustedOperator => "UNTRUSTED_OPERATOR",
+            DenyCode::BadSignature => "BAD_SIGNATURE",
+            DenyCode::StaleCommand => "STALE_COMMAND",
+            DenyCode::Replay => "REPLAY",
+            DenyCode::UnknownAction => "UNKNOWN_ACTION",
+            DenyCode::InvalidParams => "INVALID_PARAMS",
+            DenyCode::NoConsent => "NO_CONSENT",
+            DenyCode::TierInsufficient => "TIER_INSUFFICIENT",
+            DenyCode::Busy => "BUSY",
+            DenyCode::AuditUnavailable => "AUDIT_UNAVAILABLE",
+            DenyCode::BadFrame => "BAD_FRAME",
+        }
+    }
+}
+
+impl fmt::Display for DenyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Every command exited 0.
+    Ok,
+    /// A command exited non-zero, was killed by a signal, or could not start.
+    Failed,
+    /// It ran past the action's `timeout_s`.
+    Timeout,
+    /// It was stopped; `cancelled_by` says by whom.
+    Cancelled,
+}
+
+impl Status {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Timeout => "timeout",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Who or what stopped a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoppedBy {
+    /// `support stop`.
+    Owner,
+    /// The operator's `cancel`.
+    Operator,
+    /// The grant was withdrawn (or became unsound).
+    Revoke,
+    /// The grant ran out.
+    Expiry,
+    /// A new grant at a lower tier.
+    TierLowered,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl StoppedBy {
+    /// The wire name, e.g. `tier_lowered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoppedBy::Owner => "owner",
+            StoppedBy::Operator => "operator",
+            StoppedBy::Revoke => "revoke",
+            StoppedBy::Expiry => "expiry",
+            StoppedBy::TierLowered => "tier_lowered",
+            StoppedBy::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Which pipe a chunk of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The end of a task, as sent to the operator and written to the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskResult {
+    pub status: Status,
+    /// The last command's exit code; `None` if killed by a signal or never started.
+    pub exit_code: Option<i32>,
+    /// Milliseconds from spawn to the end.
+    pub duration_ms: u64,
+    /// Whether output was cut at the action's `max_output_bytes`.
+    pub truncated: bool,
+    /// Bytes of output delivered (at most `max_output_bytes`).
+    pub output_bytes: u64,
+    /// SHA-256 of the delivered output (stdout and stderr in the order read), hex.
+    pub output_sha256: String,
+    /// Set when `status` is `cancelled`.
+    pub cancelled_by: Option<StoppedBy>,
+}
+
+/// A frame from the device about one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeviceFrame {
+    /// The command passed the gate and `action.started` is on the record.
+    Accepted { request_id: String, task_id: String },
+    /// A chunk of output; `seq` counts from 0 per request; `data` is UTF-8
+    /// (invalid sequences replaced by U+FFFD).
+    Output { request_id: String, seq: u64, stream: Stream, data: String },
+    /// The task ended; the fields are those of [`TaskResult`].
+    Result {
+        request_id: String,
+        status: Status,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        truncated: bool,
+        output_sha256: String,
+        output_bytes: u64,
+        cancelled_by: Option<StoppedBy>,
+    },
+    /// The command was refused; nothing ran.
+    Denied { request_id: String, code: DenyCode, message: String },
+}
+
+impl DeviceFrame {
+    /// The `result` frame for `result`.
+    pub fn result(request_id: &str, result: &TaskResult) -> DeviceFrame {
+        DeviceFrame::Result {
+            request_id: request_id.into(),
+            status: result.status,
+            exit_code: result.exit_code,
+            duration_ms: result.duration_ms,
+            truncated: result.truncated,
+            output_sha256: result.output_sha256.clone(),
+            output_bytes: result.output_bytes,
+            cancelled_by: result.cancelled_by,
+        }
+    }
+
+    /// The request this frame answers.
+    pub fn request_id(&self) -> &str {
+        match self {
+            DeviceFrame::Accepted { request_id, .. }
+            | DeviceFrame::Output { request_id, .. }
+            | DeviceFrame::Result { request_id, .. }
+            | DeviceFrame::Denied { request_id, .. } => request_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_covers_every_field_but_itself() {
+        let (key, _) = KeyPair::generate();
+        let params = BTreeMap::from([("unit".to_string(), "cups".to_string())]);
+        let run = Run::signed(&key, "r1", "d-00", "service-status", params, Utc::now());
+        let verifies = |r: &Run| {
+            let sig = URL_SAFE_NO_PAD.decode(&r.sig).unwrap();
+            key.public_key().verify(&r.signed_bytes(), &sig).is_ok()
+        };
+        assert!(verifies(&run));
+        let bytes = run.signed_bytes();
+        assert!(bytes.starts_with(RUN_CONTEXT));
+        assert!(!String::from_utf8_lossy(&bytes).contains(&run.sig));
+        type Change = Box<dyn Fn(&mut Run)>;
+        let changes: Vec<Change> = vec![
+            Box::new(|r| r.request_id.push('x')),
+            Box::new(|r| r.device_id.push('x')),
+            Box::new(|r| r.action.push('x')),
+            Box::new(|r| {
+                r.params.insert("unit".into(), "sshd".into());
+            }),
+            Box::new(|r| {
+                r.params.insert("lines".into(), "5".into());
+            }),
+            Box::new(|r| r.issued_at.push('x')),
+            Box::new(|r| r.nonce.push('x')),
+            Box::new(|r| r.operator.push('x')),
+        ];
+        for change in changes {
+            let mut altered = run.clone();
+            change(&mut altered);
+            assert!(!verifies(&altered), "{altered:?}");
+        }
+    }
+
+    #[test]
+    fn frames_reject_unknown_fields_and_types() {
+        let ok = r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m"}"#;
+        assert!(matches!(serde_json::from_str::<DeviceFrame>(ok), Ok(DeviceFrame::Denied { .. })));
+        let extra = r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m","x":1}"#;
+        assert!(serde_json::from_str::<DeviceFrame>(extra).is_err());
+        assert!(serde_json::from_str::<DeviceFrame>(r#"{"type":"exec","request_id":"r"}"#).is_err());
+        let result = DeviceFrame::result(
+            "r",
+            &TaskResult {
+                status: Status::Cancelled,
+                exit_code: None,
+                duration_ms: 5,
+                truncated: false,
+                output_bytes: 0,
+                output_sha256: String::new(),
+                cancelled_by: Some(StoppedBy::TierLowered),
+            },
+        );
+        let text = serde_json::to_string(&result).unwrap();
+        assert!(text.contains(r#""cancelled_by":"tier_lowered""#), "{text}");
+        assert_eq!(serde_json::from_str::<DeviceFrame>(&text).unwrap(), result);
+    }
+}
