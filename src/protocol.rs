@@ -37,6 +37,11 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// How far `issued_at` may be from the device's clock, either way (seconds).
 pub const FRESHNESS_S: i64 = 120;
 
+/// A new request id: `r-` and 16 random hex digits.
+pub fn new_request_id() -> String {
+    format!("r-{}", crate::random_hex(8))
+}
+
 /// The operator's command to run one catalogued action on one device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

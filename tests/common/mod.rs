@@ -2,6 +2,8 @@
 //! that prints stdout and stderr when an expectation fails.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,78 @@
+//! A daemon killed with SIGKILL mid-task: the next start finds the task in
+//! `tasks.json`, kills every process its tree left, and audits `task.aborted`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::lab::{Lab, alive, grant, records};
+use support::Paths;
+use support::audit::Event;
+
+/// Not a test on its own: the daemon process the test below kills. It runs
+/// only when `CRASH_HOME` is set, as a child of that test.
+#[test]
+fn crash_child() {
+    let Some(home) = std::env::var_os("CRASH_HOME") else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let paths = Paths::under(home.into());
+        let daemon = support::Daemon::start(&paths, Default::default()).unwrap();
+        let operator = support::KeyPair::load(&paths.home.join("operator.key")).unwrap();
+        let pidfile = paths.home.join("pids");
+        let params = [("pidfile".to_string(), pidfile.display().to_string())].into();
+        let run = support::Run::signed(&operator, "r-crash", daemon.device_id(), "tree", params, chrono::Utc::now());
+        let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+        daemon.submit(run, tx).await.expect("accepted");
+        loop {
+            let n = std::fs::read_to_string(&pidfile).unwrap_or_default().lines().count();
+            if n >= 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!("READY");
+        std::future::pending::<()>().await;
+    });
+}
+
+#[test]
+fn sigkill_mid_task_then_the_next_start_kills_the_leftovers() {
+    let home = common::Home::new();
+    let paths = Paths::under(home.path.clone());
+    Lab::prepare(&paths);
+    grant(&paths, 1, Duration::from_secs(600));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("CRASH_HOME", &home.path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("READY"))), "the child daemon never got its task running");
+    let pids: Vec<i32> = std::fs::read_to_string(home.path.join("pids"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 10);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert_eq!(left.len(), 10, "the tree outlives its daemon: {left:?} of {pids:?}");
+    let tasks = std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap();
+    assert!(tasks.contains("r-crash"), "{tasks}");
+
+    let daemon = support::Daemon::start(&paths, Default::default()).expect("the next start");
+    let survivors: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert_eq!(survivors, Vec::<i32>::new(), "leftovers after the next start");
+    let aborted: Vec<_> = records(&paths).into_iter().filter(|r| r.event == Event::TaskAborted).collect();
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert_eq!(aborted[0].request_id.as_deref(), Some("r-crash"));
+    assert!(aborted[0].detail.as_deref().unwrap_or("").contains("10 leftover processes"), "{:?}", aborted[0].detail);
+    assert!(daemon.tasks().is_empty());
+    let tasks = std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap();
+    assert_eq!(tasks.trim(), "[]");
+}
