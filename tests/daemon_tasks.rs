@@ -67,16 +67,7 @@ async fn timeout_terms_then_kills_the_tree() {
 async fn revoke_seen_through_inotify_kills_the_tree() {
     let _one = SERIAL.lock().await;
     let lab = Lab::start();
-    let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = {
-        let d = lab.daemon.clone();
-        tokio::spawn(async move {
-            d.watch_consent(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-        })
-    };
+    let _watching = lab.watch();
     lab.grant(1, Duration::from_secs(600));
     let (outcome, mut rx) = lab.submit(lab.tree("tree")).await;
     outcome.expect("accepted");
@@ -89,23 +80,13 @@ async fn revoke_seen_through_inotify_kills_the_tree() {
     assert_eq!(none_alive(&pids), Vec::<i32>::new());
     let by: Vec<_> = records(&lab.paths).into_iter().filter(|r| r.event == Event::TaskStopped).map(|r| r.by).collect();
     assert_eq!(by, vec![Some("revoke".to_string())]);
-    watcher.abort();
 }
 
 #[tokio::test]
 async fn expiry_kills_the_tree_and_is_recorded_once() {
     let _one = SERIAL.lock().await;
     let lab = Lab::start();
-    let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = {
-        let d = lab.daemon.clone();
-        tokio::spawn(async move {
-            d.watch_consent(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-        })
-    };
+    let _watching = lab.watch();
     let g = lab.grant(1, Duration::from_secs(2));
     lab.daemon.consent_changed().await;
     let (outcome, mut rx) = lab.submit(lab.tree("tree")).await;
@@ -120,7 +101,6 @@ async fn expiry_kills_the_tree_and_is_recorded_once() {
     let expired: Vec<_> = records(&lab.paths).into_iter().filter(|r| r.event == Event::ConsentExpired).collect();
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(expired[0].grant_id.as_deref(), Some(g.grant_id.as_str()));
-    watcher.abort();
 }
 
 #[tokio::test]

@@ -357,10 +357,11 @@ impl Daemon {
 
     /// Re-reads the grant and stops every task above the live tier.
     /// Call when the consent file may have changed; cheap when it did not.
+    /// It reads one small file on the runtime's thread (no thread is
+    /// started for it, so the idle daemon keeps two threads); only a
+    /// `consent.expired` record, once per grant, waits for an fsync here.
     pub async fn consent_changed(&self) {
-        let me = self.clone();
-        let work = tokio::task::spawn_blocking(move || me.refresh_consent_sync());
-        let _ = work.await;
+        self.refresh_consent_sync();
     }
 
     /// Asks the watcher to re-read the grant now (`POST /v1/consent/changed`).

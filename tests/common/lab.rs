@@ -18,38 +18,17 @@ use super::Home;
 /// prints 100 MB into a 1 MiB cap; `mark` touches a file.
 pub fn test_policy() -> String {
     let tree = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tree.sh");
-    let pidfile = r#"
-[action.params.pidfile]
-pattern = "^/[A-Za-z0-9_./-]+$"
-max_len = 512
-description = "where the fixture writes its pids"
-"#;
-    format!(
+    let mut text = String::new();
+    for (name, tier, kind, timeout) in
+        [("tree", 1, "diagnostic", 60), ("tree-fix", 2, "fix", 60), ("tree-slow", 1, "diagnostic", 1)]
+    {
+        text.push_str(&format!(
+            "[[action]]\nname = \"{name}\"\ntier = {tier}\nkind = \"{kind}\"\ndescription = \"the tree fixture\"\n\
+             argv = [\"{tree}\", \"{{pidfile}}\"]\ntimeout_s = {timeout}\n{PIDFILE}\n"
+        ));
+    }
+    text.push_str(
         r#"
-[[action]]
-name = "tree"
-tier = 1
-kind = "diagnostic"
-description = "the kill-resistant tree fixture"
-argv = ["{tree}", "{{pidfile}}"]
-timeout_s = 60
-{pidfile}
-[[action]]
-name = "tree-fix"
-tier = 2
-kind = "fix"
-description = "the tree fixture at tier 2"
-argv = ["{tree}", "{{pidfile}}"]
-timeout_s = 60
-{pidfile}
-[[action]]
-name = "tree-slow"
-tier = 1
-kind = "diagnostic"
-description = "the tree fixture with a 1 s timeout"
-argv = ["{tree}", "{{pidfile}}"]
-timeout_s = 1
-{pidfile}
 [[action]]
 name = "flood"
 tier = 1
@@ -64,10 +43,31 @@ name = "mark"
 tier = 1
 kind = "diagnostic"
 description = "creates a file"
-argv = ["touch", "{{pidfile}}"]
+argv = ["touch", "{pidfile}"]
 timeout_s = 10
-{pidfile}"#
-    )
+"#,
+    );
+    text.push_str(PIDFILE);
+    text
+}
+
+const PIDFILE: &str = r#"
+[action.params.pidfile]
+pattern = "^/[A-Za-z0-9_./-]+$"
+max_len = 512
+description = "where the fixture writes its pids"
+"#;
+
+/// Runs the daemon's consent watcher until dropped.
+pub struct Watching {
+    _stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 pub struct Lab {
@@ -101,6 +101,19 @@ impl Lab {
             let public = key.public_key().to_string();
             support::trust::add(paths, "alice", &public, Utc::now()).unwrap();
         }
+    }
+
+    /// Starts the consent watcher (inotify, poll, expiry timer).
+    pub fn watch(&self) -> Watching {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let d = self.daemon.clone();
+        let task = tokio::spawn(async move {
+            d.watch_consent(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        Watching { _stop: stop, task }
     }
 
     pub fn grant(&self, tier: u8, length: Duration) -> Grant {

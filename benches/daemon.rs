@@ -1,0 +1,243 @@
+//! Daemon figures, each beside its baseline in the same run:
+//!
+//! 1. owner `stop` → whole tree gone, and `revoke` → whole tree gone, p50
+//!    and p99 over SUPPORT_BENCH_RUNS (default 200) runs of the 10-process
+//!    fixture `tests/fixtures/tree.sh` (setsid, double fork, an emptied
+//!    environment, every process ignoring SIGTERM). The clock starts when
+//!    the owner acts (the stop call; the consent file's removal, seen by
+//!    inotify as after `support revoke`) and stops when no process of the
+//!    tree is alive in /proc. Baseline: `killpg(SIGKILL)` of a plain
+//!    10-process group that never tries to escape, timed the same way.
+//! 2. the idle `support daemon`: RSS, peak RSS, threads, and CPU seconds
+//!    over SUPPORT_BENCH_IDLE_S (default 60) seconds, beside `sleep` started
+//!    at the same moment (the floor of any process).
+//!
+//! Reproduce: `cargo bench --bench daemon`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use support::consent::{self, Grant, Tier};
+use support::daemon::{Daemon, Options};
+use support::{KeyPair, Paths, Run, StoppedBy};
+
+const TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tree.sh");
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn read_pids(file: &Path, n: usize) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        let pids: Vec<i32> =
+            std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the fixture wrote {} pids", pids.len());
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Spins until none of `pids` is alive; returns the time since `t0`.
+fn gone_after(pids: &[i32], t0: Instant) -> Duration {
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the tree survived 10 s");
+        std::hint::spin_loop();
+    }
+    t0.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "  {name:<34} p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms   (n={})",
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        percentile(&v, 1.0),
+        v.len()
+    );
+}
+
+fn grant(paths: &Paths) {
+    let g = Grant::new(Tier::new(1).unwrap(), Duration::from_secs(3600), None, Utc::now()).unwrap();
+    consent::write(paths, &g).unwrap();
+}
+
+fn setup(dir: &Path) -> (Paths, KeyPair) {
+    let paths = Paths::under(dir.join("home"));
+    paths.ensure_dirs().unwrap();
+    std::fs::create_dir_all(paths.policy_dir()).unwrap();
+    let policy = format!(
+        "[[action]]\nname = \"tree\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"the tree fixture\"\n\
+         argv = [\"{TREE}\", \"{{pidfile}}\"]\ntimeout_s = 60\n\n[action.params.pidfile]\n\
+         pattern = \"^/[A-Za-z0-9_./-]+$\"\nmax_len = 512\ndescription = \"pid file\"\n"
+    );
+    std::fs::write(paths.policy_dir().join("bench.toml"), policy).unwrap();
+    let (key, _) = KeyPair::generate();
+    support::trust::add(&paths, "bench", &key.public_key().to_string(), Utc::now()).unwrap();
+    (paths, key)
+}
+
+async fn start_tree(daemon: &Daemon, key: &KeyPair, pidfile: &Path) -> (String, Vec<i32>) {
+    let _ = std::fs::remove_file(pidfile);
+    let params = BTreeMap::from([("pidfile".to_string(), pidfile.display().to_string())]);
+    let run = Run::signed(key, &support::protocol::new_request_id(), daemon.device_id(), "tree", params, Utc::now());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let task_id = daemon.submit(run, tx).await.expect("accepted");
+    let pidfile = pidfile.to_path_buf();
+    let pids = tokio::task::spawn_blocking(move || read_pids(&pidfile, 10)).await.unwrap();
+    (task_id, pids)
+}
+
+async fn wait_idle(daemon: &Daemon) {
+    while !daemon.tasks().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn kill_trees(runs: usize, dir: &Path) {
+    let (paths, key) = setup(dir);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let daemon = Daemon::start(&paths, Options::default()).unwrap();
+        let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let watcher = daemon.clone();
+        tokio::spawn(async move {
+            watcher
+                .watch_consent(async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        let pidfile = dir.join("pids");
+        let (mut stops, mut revokes, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            // Owner stop.
+            grant(&paths);
+            daemon.consent_changed().await;
+            let (task_id, pids) = start_tree(&daemon, &key, &pidfile).await;
+            let t0 = Instant::now();
+            let d = daemon.clone();
+            let stopper = tokio::spawn(async move { d.stop_task(&task_id, StoppedBy::Owner).await });
+            stops.push(tokio::task::spawn_blocking(move || gone_after(&pids, t0)).await.unwrap());
+            let _ = stopper.await;
+            wait_idle(&daemon).await;
+
+            // Revoke, seen through inotify.
+            let (_, pids) = start_tree(&daemon, &key, &pidfile).await;
+            let t0 = Instant::now();
+            consent::remove(&paths).unwrap();
+            revokes.push(tokio::task::spawn_blocking(move || gone_after(&pids, t0)).await.unwrap());
+            wait_idle(&daemon).await;
+
+            // Baseline: killpg of a plain group of 10.
+            let _ = std::fs::remove_file(&pidfile);
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(r#"echo $$ >> "$0"; for i in 1 2 3 4 5 6 7 8 9; do sleep 1000 & echo $! >> "$0"; done; wait"#)
+                .arg(&pidfile)
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let pf = pidfile.clone();
+            let pids = tokio::task::spawn_blocking(move || read_pids(&pf, 10)).await.unwrap();
+            let pgid = child.id().unwrap() as i32;
+            let t0 = Instant::now();
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL).unwrap();
+            let reap = tokio::spawn(async move { child.wait().await });
+            baseline.push(tokio::task::spawn_blocking(move || gone_after(&pids, t0)).await.unwrap());
+            let _ = reap.await;
+        }
+        println!("tree of 10 processes → all gone ({runs} runs each):");
+        report("owner stop (support stop)", stops);
+        report("revoke (file removed, inotify)", revokes);
+        report("baseline: killpg of a plain group", baseline);
+        daemon.shutdown().await;
+    });
+}
+
+/// (RSS KiB, peak RSS KiB, threads, CPU ticks) of `pid`.
+fn sample(pid: u32) -> (u64, u64, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    let ticks = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    (field("VmRSS:"), field("VmHWM:"), field("Threads:"), ticks)
+}
+
+fn idle(dir: &Path, seconds: u64) {
+    let home: PathBuf = dir.join("idle-home");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_support"))
+        .arg("daemon")
+        .env("SUPPORT_HOME", &home)
+        .env("SUPPORT_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !home.join("daemon.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut sleeper = Command::new("sleep").arg((seconds + 5).to_string()).spawn().unwrap();
+    // Let start-up work (key, audit, first reads) settle before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+    let (d0, s0) = (sample(daemon.id()), sample(sleeper.id()));
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (d1, s1) = (sample(daemon.id()), sample(sleeper.id()));
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let cpu = |a: u64, b: u64| (b - a) as f64 / hz;
+    println!("idle over {seconds} s:");
+    println!(
+        "  {:<34} RSS {:>5} KiB   peak {:>5} KiB   threads {}   CPU {:.2} s ({:.2} s/hour)",
+        "support daemon",
+        d1.0,
+        d1.1,
+        d1.2,
+        cpu(d0.3, d1.3),
+        cpu(d0.3, d1.3) * 3600.0 / seconds as f64
+    );
+    println!(
+        "  {:<34} RSS {:>5} KiB   peak {:>5} KiB   threads {}   CPU {:.2} s",
+        "baseline: sleep",
+        s1.0,
+        s1.1,
+        s1.2,
+        cpu(s0.3, s1.3)
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    daemon.wait().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+fn main() {
+    let env_num = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let runs = env_num("SUPPORT_BENCH_RUNS", 200) as usize;
+    let seconds = env_num("SUPPORT_BENCH_IDLE_S", 60);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    println!("daemon benchmark (reproduce: cargo bench --bench daemon)");
+    kill_trees(runs, dir.path());
+    idle(dir.path(), seconds);
+}
