@@ -56,6 +56,8 @@ pub struct Spec {
     pub cwd: PathBuf,
     pub timeout: Duration,
     pub max_output_bytes: u64,
+    /// The task's own cgroup, when one is delegated to the daemon.
+    pub cgroup: Option<tree::TaskCgroup>,
 }
 
 /// A piece of output.
@@ -176,6 +178,10 @@ pub async fn run(
             }
         }
     }
+    if let Some(cg) = &spec.cgroup {
+        cg.kill();
+        cg.remove();
+    }
     let exit_code = match status {
         Status::Ok => last_code.or(Some(0)),
         Status::Failed => first_failure.filter(|c| *c >= 0).or(last_code),
@@ -249,6 +255,9 @@ async fn run_one(
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    if let Some(cg) = &spec.cgroup {
+        cg.add(pid);
+    }
     let start_ticks = tree::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
     hooks.spawned(pid, start_ticks);
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -258,9 +267,19 @@ async fn run_one(
         });
     }
     let task_id = spec.task_id.clone();
+    let cgroup = spec.cgroup.clone();
     let find = move || {
         let others = hooks_other(hooks);
-        tree::members(&TaskTree { task_id: &task_id, pgid: pid, start_ticks, other_leaders: &others })
+        let mut found = tree::members(&TaskTree { task_id: &task_id, pgid: pid, start_ticks, other_leaders: &others });
+        if let Some(cg) = &cgroup {
+            // Everything in the task's cgroup is the task's; what the scan
+            // found joins it, so a later escape cannot leave it.
+            for p in &found {
+                cg.add(*p);
+            }
+            found.extend(cg.members().into_iter().filter(|p| tree::alive(*p)));
+        }
+        found
     };
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -281,12 +300,12 @@ async fn run_one(
             st = child.wait(), if exited.is_none() => {
                 exited = Some(st.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9)));
                 // The command is over: nothing it started may outlive it.
-                tree::kill_until_gone(pid, 50, &find);
+                kill_all(spec.cgroup.as_ref(), pid, &find);
                 give_up_at.get_or_insert(tokio::time::Instant::now() + DRAIN_LIMIT);
                 continue;
             }
             by = stop_requested(stop), if end.is_none() => {
-                tree::kill_until_gone(pid, 50, &find);
+                kill_all(spec.cgroup.as_ref(), pid, &find);
                 end = Some(End::Stopped(by));
                 give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
                 continue;
@@ -298,7 +317,7 @@ async fn run_one(
                 continue;
             }
             _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
-                tree::kill_until_gone(pid, 50, &find);
+                kill_all(spec.cgroup.as_ref(), pid, &find);
                 kill_at = None;
                 give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
                 continue;
@@ -322,7 +341,7 @@ async fn run_one(
             tokio::select! {
                 _ = out.send(chunk) => {}
                 by = stop_requested(stop), if end.is_none() => {
-                    tree::kill_until_gone(pid, 50, &find);
+                    kill_all(spec.cgroup.as_ref(), pid, &find);
                     end = Some(End::Stopped(by));
                     give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
                 }
@@ -331,17 +350,25 @@ async fn run_one(
     }
     if exited.is_none() {
         // Pipes held by something unkillable: the leader is dead or dying.
-        tree::kill_until_gone(pid, 50, &find);
+        kill_all(spec.cgroup.as_ref(), pid, &find);
         exited = tokio::time::timeout(Duration::from_secs(1), child.wait()).await.ok().and_then(Result::ok);
     }
     let leftovers: BTreeSet<i32> = find();
     if !leftovers.is_empty() {
-        tree::kill_until_gone(pid, 50, &find);
+        kill_all(spec.cgroup.as_ref(), pid, &find);
     }
     match end {
         Some(e) => e,
         None => End::Exited(exited.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9))),
     }
+}
+
+/// SIGKILLs the tree: the cgroup at once if there is one, then by scans.
+fn kill_all(cgroup: Option<&tree::TaskCgroup>, pid: i32, find: impl Fn() -> BTreeSet<i32>) {
+    if let Some(cg) = cgroup {
+        cg.kill();
+    }
+    tree::kill_until_gone(pid, 50, find);
 }
 
 fn hooks_other(hooks: &Arc<dyn Hooks>) -> Vec<i32> {

@@ -111,6 +111,9 @@ pub struct TaskInfo {
     pub pid: Option<i32>,
     /// Its start time, clock ticks since boot (proc(5)).
     pub start_ticks: Option<u64>,
+    /// The task's own cgroup directory, when one is delegated to the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 struct TaskEntry {
@@ -150,6 +153,8 @@ struct Inner {
     events: broadcast::Sender<Arc<str>>,
     consent_changed: Notify,
     control_port: Mutex<Option<u16>>,
+    /// A cgroup v2 delegated to the daemon, if any.
+    cgroup: Option<tree::Delegated>,
 }
 
 /// A handle on the running daemon; clones share it.
@@ -259,8 +264,12 @@ impl Daemon {
                 events,
                 consent_changed: Notify::new(),
                 control_port: Mutex::new(None),
+                cgroup: tree::Delegated::detect(),
             }),
         };
+        if let Some(cg) = &daemon.inner.cgroup {
+            tracing::info!(dir = %cg.dir().display(), "a cgroup is delegated: each task gets its own");
+        }
         daemon.recover()?;
         let mut started = Record::new(Event::DaemonStarted);
         started.detail = Some(format!(
@@ -332,7 +341,20 @@ impl Daemon {
         for t in &left {
             let pgid = t.pid.unwrap_or(0);
             let ticks = t.start_ticks.unwrap_or(0);
-            let killed = tree::kill_until_gone(pgid, 50, || tree::leftovers(&t.task_id, pgid, ticks));
+            let cgroup = t.cgroup.clone().map(tree::TaskCgroup::at);
+            if let Some(cg) = &cgroup {
+                cg.kill();
+            }
+            let killed = tree::kill_until_gone(pgid, 50, || {
+                let mut found = tree::leftovers(&t.task_id, pgid, ticks);
+                if let Some(cg) = &cgroup {
+                    found.extend(cg.members().into_iter().filter(|p| tree::alive(*p)));
+                }
+                found
+            });
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
             let mut r = task_record(Event::TaskAborted, t);
             r.detail = Some(format!(
                 "the daemon stopped without finishing this task; {killed} leftover process{} killed",
@@ -469,6 +491,7 @@ impl Daemon {
             Verdict::Run(a) => a,
         };
         let task_id = format!("t-{}", crate::random_hex(8));
+        let cgroup = self.inner.cgroup.as_ref().and_then(|d| d.for_task(&task_id));
         let info = TaskInfo {
             task_id: task_id.clone(),
             request_id: run.request_id.clone(),
@@ -480,6 +503,7 @@ impl Daemon {
             started_at: consent::rfc3339(now),
             pid: None,
             start_ticks: None,
+            cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
         };
         let (stop_tx, stop_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(None);
@@ -493,6 +517,9 @@ impl Daemon {
             busy
         };
         if busy {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
             let denial = Denial {
                 code: DenyCode::Busy,
                 message: format!(
@@ -507,6 +534,9 @@ impl Daemon {
         if let Err(e) = self.audit(vec![started]).await {
             tracing::error!(error = %e, "action.started could not be written; denying");
             self.forget_task(&task_id);
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
             let denial = Denial {
                 code: DenyCode::AuditUnavailable,
                 message: format!("the device's audit log cannot be written, so nothing runs: {e}"),
@@ -527,6 +557,7 @@ impl Daemon {
             cwd: resolve_cwd(&approved.action.cwd),
             timeout: Duration::from_secs(approved.action.timeout_s),
             max_output_bytes: approved.action.max_output_bytes,
+            cgroup,
         };
         let me = self.clone();
         tokio::spawn(async move { me.drive(info, spec, stop_rx, done_tx, frames).await });

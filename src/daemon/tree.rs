@@ -20,6 +20,12 @@
 //!
 //! Killing repeats the scan until a pass finds no live member, so a
 //! process forked while the first pass ran is caught by the next.
+//!
+//! When a cgroup v2 is delegated to the daemon ([`Delegated::detect`]),
+//! each task also gets a child cgroup: its processes are moved in as they
+//! are found, a kill writes `cgroup.kill` (which reaches even a process
+//! that escaped every link above), and the cgroup's members count as the
+//! tree's.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -209,6 +215,96 @@ pub fn reap_strays(leaders: &[i32]) {
         if p.ppid == me && p.state == b'Z' && !leaders.contains(&p.pid) {
             let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
         }
+    }
+}
+
+/// A cgroup v2 directory delegated to the daemon (systemd `Delegate=yes`,
+/// or one made for it): not the root, owned by the daemon's user, with
+/// `cgroup.kill` (Linux 5.14+). Tasks get child cgroups in it.
+#[derive(Clone, Debug)]
+pub struct Delegated {
+    dir: std::path::PathBuf,
+}
+
+impl Delegated {
+    /// Finds the daemon's own cgroup through `/proc/self/cgroup` and the
+    /// cgroup2 mount in `/proc/self/mountinfo`; `None` unless it is delegated.
+    pub fn detect() -> Option<Delegated> {
+        use std::os::unix::fs::MetadataExt;
+        let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+        let path = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim().to_string();
+        if path == "/" || path.is_empty() || path.contains("..") {
+            return None;
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right.starts_with("cgroup2 ").then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })?;
+        let dir = std::path::Path::new(&mount).join(path.trim_start_matches('/'));
+        let meta = fs::metadata(dir.join("cgroup.procs")).ok()?;
+        if meta.uid() != crate::paths::current_uid() || !dir.join("cgroup.kill").exists() {
+            return None;
+        }
+        Some(Delegated { dir })
+    }
+
+    /// The daemon's cgroup directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Makes the child cgroup for a task; `None` if it cannot.
+    pub fn for_task(&self, task_id: &str) -> Option<TaskCgroup> {
+        let dir = self.dir.join(format!("support-{task_id}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => Some(TaskCgroup { dir }),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot make a task cgroup; using /proc only");
+                None
+            }
+        }
+    }
+}
+
+/// A task's own cgroup.
+#[derive(Clone, Debug)]
+pub struct TaskCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl TaskCgroup {
+    /// An existing task cgroup (from `tasks.json` after a crash).
+    pub fn at(dir: std::path::PathBuf) -> TaskCgroup {
+        TaskCgroup { dir }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Moves `pid` in (a process already gone is no error).
+    pub fn add(&self, pid: i32) {
+        let _ = fs::write(self.dir.join("cgroup.procs"), pid.to_string());
+    }
+
+    /// The processes in it.
+    pub fn members(&self) -> BTreeSet<i32> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// SIGKILLs everything in it, in the kernel, at once.
+    pub fn kill(&self) {
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+    }
+
+    /// Removes it once empty (best effort).
+    pub fn remove(&self) {
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 
