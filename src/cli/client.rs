@@ -42,6 +42,11 @@ impl Client {
     /// [`Error::DaemonUnreachable`] when there is no `daemon.json` or no
     /// secret; [`Error::File`] when the secret file is unsafe.
     pub fn find(paths: &Paths) -> Result<Client, Error> {
+        // A daemon.json left by a daemon that died is not trusted with the
+        // secret: whoever listens on that port now may not be ours.
+        if !daemon::is_running(paths) {
+            return Err(unreachable(paths, "no daemon is running for this home"));
+        }
         let info = daemon::read_info(paths).ok_or_else(|| unreachable(paths, "no daemon is running for this home"))?;
         let secret = match paths::read_secret(&paths.secret(), 1024) {
             Ok(Some(s)) => String::from_utf8_lossy(&s).trim().to_string(),

@@ -74,6 +74,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn spawned(&self, pid: i32, start_ticks: u64);
     /// The leaders of the daemon's other running tasks.
     fn other_leaders(&self) -> Vec<i32>;
+    /// The ids of the daemon's other running tasks.
+    fn other_tasks(&self) -> Vec<String>;
 }
 
 /// The environment for a task: [`BASE_ENV`] and the action's own names,
@@ -270,7 +272,14 @@ async fn run_one(
     let cgroup = spec.cgroup.clone();
     let find = move || {
         let others = hooks_other(hooks);
-        let mut found = tree::members(&TaskTree { task_id: &task_id, pgid: pid, start_ticks, other_leaders: &others });
+        let other_tasks = hooks.other_tasks();
+        let mut found = tree::members(&TaskTree {
+            task_id: &task_id,
+            pgid: pid,
+            start_ticks,
+            other_leaders: &others,
+            other_tasks: &other_tasks,
+        });
         if let Some(cg) = &cgroup {
             // Everything in the task's cgroup is the task's; what the scan
             // found joins it, so a later escape cannot leave it.
@@ -304,9 +313,11 @@ async fn run_one(
                 give_up_at.get_or_insert(tokio::time::Instant::now() + DRAIN_LIMIT);
                 continue;
             }
-            by = stop_requested(stop), if end.is_none() => {
+            // A stop also ends a timeout's grace period at once.
+            by = stop_requested(stop), if !matches!(end, Some(End::Stopped(_))) => {
                 kill_all(spec.cgroup.as_ref(), pid, &find);
                 end = Some(End::Stopped(by));
+                kill_at = None;
                 give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
                 continue;
             }
@@ -338,12 +349,23 @@ async fn run_one(
         let keep = delivered.take(data);
         if !keep.is_empty() && !out.is_closed() {
             let chunk = Chunk { stream, data: keep.to_vec() };
+            if end.is_some() {
+                // Ending: a slow reader loses the last output rather than delay the kill.
+                let _ = out.try_send(chunk);
+                continue;
+            }
+            // A slow reader slows the task, but never holds off a stop or the timeout.
             tokio::select! {
                 _ = out.send(chunk) => {}
-                by = stop_requested(stop), if end.is_none() => {
+                by = stop_requested(stop) => {
                     kill_all(spec.cgroup.as_ref(), pid, &find);
                     end = Some(End::Stopped(by));
                     give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    tree::signal_all(pid, &find(), Signal::SIGTERM);
+                    end = Some(End::TimedOut);
+                    kill_at = Some(tokio::time::Instant::now() + TERM_GRACE);
                 }
             }
         }

@@ -33,6 +33,9 @@ pub struct Snapshot<'a> {
     pub catalogue: &'a Catalogue,
     pub trusted: &'a [Operator],
     pub replay: &'a ReplayCache,
+    /// When this daemon started: a command issued earlier may have been
+    /// seen by a predecessor whose replay cache is gone, so it is stale.
+    pub not_before: DateTime<Utc>,
 }
 
 /// A command that may run.
@@ -132,6 +135,10 @@ pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
         );
         return decision;
     }
+    if issued < snap.not_before {
+        decision.verdict = deny(DenyCode::StaleCommand, "issued before the device's daemon (re)started; send it again");
+        return decision;
+    }
     if snap.replay.contains(&run.nonce) {
         decision.verdict = deny(DenyCode::Replay, "this command's nonce was already used");
         return decision;
@@ -207,6 +214,12 @@ impl ReplayCache {
     /// Whether no further nonce fits (then commands are refused `BUSY`).
     pub fn is_full(&self) -> bool {
         self.seen.len() >= self.max_entries
+    }
+
+    /// Drops the nonces too old to matter at `now`.
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
+        self.seen.retain(|_, t| *t >= horizon);
     }
 
     /// Remembers `nonce` issued at `issued_at` (RFC 3339), dropping nonces
@@ -294,6 +307,7 @@ mod tests {
                     catalogue: &self.catalogue,
                     trusted: &self.trusted,
                     replay: &self.replay,
+                    not_before: self.now - TimeDelta::seconds(3600),
                 },
             )
         }
@@ -376,6 +390,28 @@ mod tests {
     }
 
     #[test]
+    fn a_command_older_than_the_daemon_is_stale() {
+        let w = world();
+        let run = w.run("disk-usage", &[], 5);
+        let snap = |not_before| {
+            decide(
+                &run,
+                Snapshot {
+                    device_id: DEVICE,
+                    now: w.now,
+                    consent: &w.consent,
+                    catalogue: &w.catalogue,
+                    trusted: &w.trusted,
+                    replay: &w.replay,
+                    not_before,
+                },
+            )
+        };
+        assert_eq!(code(&snap(w.now - TimeDelta::seconds(6))), None);
+        assert_eq!(code(&snap(w.now - TimeDelta::seconds(4))), Some(DenyCode::StaleCommand));
+    }
+
+    #[test]
     fn tier_and_expiry_boundaries() {
         let mut w = world();
         // restart-user-service is tier 2.
@@ -404,6 +440,9 @@ mod tests {
         }
         assert!(w.replay.is_full());
         assert_eq!(code(&w.decide(&w.run("disk-usage", &[], 0))), Some(DenyCode::Busy));
+        // A prune at the same moment keeps them all: they could still be fresh.
+        w.replay.prune(now);
+        assert!(w.replay.is_full());
         // Five minutes on, the old nonces are dropped at the next insert.
         let later = now + TimeDelta::seconds(REPLAY_KEEP_S + 60);
         w.replay.insert("nonce-new-00000000", &crate::consent::rfc3339(later), later);

@@ -114,6 +114,15 @@ pub struct TaskInfo {
     /// The task's own cgroup directory, when one is delegated to the daemon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// `/proc/sys/kernel/random/boot_id` when it started: after a reboot,
+    /// its pids and process group mean nothing.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+/// This boot's id (proc(5)); empty if unreadable.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
 }
 
 struct TaskEntry {
@@ -169,6 +178,18 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// Whether a daemon holds this home's lock now (so `daemon.json` is not stale).
+pub fn is_running(paths: &Paths) -> bool {
+    let Ok(Some(file)) = paths::open_read(&lock_path(paths)) else { return false };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 fn lock_path(paths: &Paths) -> PathBuf {
     paths.state_dir.join("daemon.lock")
 }
@@ -194,20 +215,26 @@ pub fn read_info(paths: &Paths) -> Option<DaemonInfo> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Makes the control API's secret (32 random bytes, base64url, 0600) if
-/// there is none, and returns it.
+/// Makes the control API's secret (32 random bytes, base64url: 43
+/// characters, 0600, written atomically) if there is none or it is cut
+/// short, and returns it.
 ///
 /// # Errors
 /// [`FileError`] if the file is unsafe (see [`paths`]) or unwritable.
 pub fn ensure_secret(paths: &Paths) -> Result<String, FileError> {
     if let Some(s) = paths::read_secret(&paths.secret(), 1024)? {
-        return Ok(String::from_utf8_lossy(&s).trim().to_string());
+        let text = String::from_utf8_lossy(&s).trim().to_string();
+        // A secret cut short (a crash while it was written) is replaced.
+        if text.len() >= 43 {
+            return Ok(text);
+        }
+        tracing::warn!(path = %paths.secret().display(), "the control API secret is too short; making a new one");
     }
     let mut raw = [0u8; 32];
     crate::fill_random(&mut raw);
     let text = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
-    paths::create_new(&paths.secret(), text.as_bytes())?;
-    Ok(String::from_utf8_lossy(&paths::read_secret(&paths.secret(), 1024)?.unwrap_or_default()).trim().to_string())
+    paths::write_atomic(&paths.secret(), text.as_bytes())?;
+    Ok(text)
 }
 
 impl Daemon {
@@ -222,13 +249,22 @@ impl Daemon {
     pub fn start(paths: &Paths, options: Options) -> Result<Daemon, DaemonError> {
         paths.ensure_dirs()?;
         let lock = paths::open_append(&lock_path(paths))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(DaemonError::AlreadyRunning { pid: read_info(paths).map(|i| i.pid) });
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(DaemonError::Io { what: format!("lock {}", lock_path(paths).display()), source });
+        // A client checking whether a daemon runs holds a shared lock for
+        // microseconds: retry briefly before calling the home taken.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(DaemonError::AlreadyRunning { pid: read_info(paths).map(|i| i.pid) });
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(DaemonError::Io { what: format!("lock {}", lock_path(paths).display()), source });
+                }
             }
         }
         let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
@@ -338,14 +374,24 @@ impl Daemon {
             Err(e) => return Err(e.into()),
         };
         let mut records = Vec::new();
+        let this_boot = boot_id();
         for t in &left {
-            let pgid = t.pid.unwrap_or(0);
+            if t.boot_id.is_empty() || t.boot_id != this_boot {
+                let mut r = task_record(Event::TaskAborted, t);
+                r.detail = Some("the machine restarted during this task; nothing of it can be left".into());
+                records.push(r);
+                continue;
+            }
+            // Unknown pid (a crash before the spawn): find it by marker only.
+            let pgid = t.pid.unwrap_or(-1);
             let ticks = t.start_ticks.unwrap_or(0);
             let cgroup = t.cgroup.clone().map(tree::TaskCgroup::at);
             if let Some(cg) = &cgroup {
                 cg.kill();
             }
-            let killed = tree::kill_until_gone(pgid, 50, || {
+            // No killpg here: after a crash the group id may belong to
+            // someone else by now; members are checked by start time.
+            let killed = tree::kill_until_gone(-1, 50, || {
                 let mut found = tree::leftovers(&t.task_id, pgid, ticks);
                 if let Some(cg) = &cgroup {
                     found.extend(cg.members().into_iter().filter(|p| tree::alive(*p)));
@@ -459,6 +505,7 @@ impl Daemon {
         let now = Utc::now();
         let decision = {
             let mut state = self.state();
+            state.replay.prune(now);
             let decision = match &trusted {
                 Ok(trusted) => gate::decide(
                     &run,
@@ -469,6 +516,7 @@ impl Daemon {
                         catalogue: &self.inner.catalogue,
                         trusted,
                         replay: &state.replay,
+                        not_before: self.inner.started_at,
                     },
                 ),
                 Err(e) => Decision {
@@ -487,7 +535,7 @@ impl Daemon {
         };
         let operator = decision.operator.clone();
         let approved = match decision.verdict {
-            Verdict::Deny(denial) => return self.deny(&run, operator, denial, &frames).await,
+            Verdict::Deny(denial) => return self.deny(&run, operator, decision.remember_nonce, denial, &frames).await,
             Verdict::Run(a) => a,
         };
         let task_id = format!("t-{}", crate::random_hex(8));
@@ -504,6 +552,7 @@ impl Daemon {
             pid: None,
             start_ticks: None,
             cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+            boot_id: boot_id(),
         };
         let (stop_tx, stop_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(None);
@@ -527,7 +576,7 @@ impl Daemon {
                     self.inner.options.max_tasks
                 ),
             };
-            return self.deny(&run, operator, denial, &frames).await;
+            return self.deny(&run, operator, true, denial, &frames).await;
         }
         let mut started = task_record(Event::ActionStarted, &info);
         started.detail = Some(format!("argv {}", render_argv(&approved.rendered.commands)));
@@ -541,7 +590,7 @@ impl Daemon {
                 code: DenyCode::AuditUnavailable,
                 message: format!("the device's audit log cannot be written, so nothing runs: {e}"),
             };
-            return self.deny(&run, operator, denial, &frames).await;
+            return self.deny(&run, operator, true, denial, &frames).await;
         }
         // The grant may have been withdrawn while the record was written.
         if self.state().tasks.get(&task_id).is_some_and(|t| t.stop.borrow().is_some()) {
@@ -568,6 +617,7 @@ impl Daemon {
         &self,
         run: &Run,
         operator: Option<String>,
+        signed: bool,
         denial: Denial,
         frames: &mpsc::Sender<DeviceFrame>,
     ) -> Result<String, Denial> {
@@ -577,8 +627,13 @@ impl Daemon {
         r.operator = operator;
         r.code = Some(denial.code.as_str().into());
         r.reason = Some(denial.message.clone());
-        if self.catalogue().get(&run.action).is_ok() && denial.code != DenyCode::BadFrame {
+        // Parameters only from a command whose signature held: anything
+        // else is anyone's text and goes in as its size alone.
+        if signed && self.catalogue().get(&run.action).is_ok() {
             r.params = Some(run.params.clone());
+        } else if !run.params.is_empty() {
+            let bytes: usize = run.params.iter().map(|(k, v)| k.len() + v.len()).sum();
+            r.detail = Some(format!("{} parameters, {bytes} bytes, not recorded", run.params.len()));
         }
         if let Err(e) = self.audit(vec![r]).await {
             tracing::error!(error = %e, code = denial.code.as_str(), "could not record a denial");
@@ -689,11 +744,25 @@ impl Daemon {
 
     /// Stops every task; returns how many ended, with their results.
     pub async fn stop_all(&self, by: StoppedBy) -> Vec<(String, Option<TaskResult>)> {
-        let ids: Vec<String> = self.state().tasks.keys().cloned().collect();
+        // Signal every task first, then wait: none waits on another's end.
+        let waiting: Vec<(String, watch::Receiver<Option<TaskResult>>)> = {
+            let state = self.state();
+            state
+                .tasks
+                .iter()
+                .map(|(id, t)| {
+                    if t.stop.borrow().is_none() {
+                        let _ = t.stop.send(Some(by));
+                    }
+                    (id.clone(), t.done.clone())
+                })
+                .collect()
+        };
         let mut out = Vec::new();
-        for id in ids {
-            let r = self.stop_task(&id, by).await;
-            out.push((id, r));
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        for (id, mut done) in waiting {
+            let r = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
+            out.push((id, r.ok().and_then(|r| r.ok().and_then(|v| v.clone()))));
         }
         out
     }
@@ -815,6 +884,10 @@ impl exec::Hooks for TaskHooks {
             t.info.start_ticks = Some(start_ticks);
         }
         self.daemon.persist_tasks(&state);
+    }
+
+    fn other_tasks(&self) -> Vec<String> {
+        self.daemon.state().tasks.keys().filter(|id| **id != self.task_id).cloned().collect()
     }
 
     fn other_leaders(&self) -> Vec<i32> {

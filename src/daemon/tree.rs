@@ -10,9 +10,9 @@
 //! - its process group is T's (the leader runs with `process_group(0)`);
 //! - it descends, by parent links, from T's leader or from a member;
 //! - it is an orphan re-parented to the daemon and carries T's marker
-//!   ([`MARKER_ENV`]) in its environment, or, while T is the only task
-//!   running, carries no marker at all (it cleared its environment) and
-//!   started after T's leader.
+//!   ([`MARKER_ENV`]) in its environment, or any marker but another
+//!   running task's, or none at all: the daemon's only children are its
+//!   tasks, so an orphan no other running task can claim is T's to kill.
 //!
 //! After a crash the daemon that starts next is no longer the parent, so
 //! it finds leftovers by process group (started no earlier than the task's
@@ -55,10 +55,13 @@ pub struct ProcStat {
 
 /// Parses `/proc/PID/stat`; `None` if the process is gone.
 pub fn stat(pid: i32) -> Option<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Bytes, not a String: a process may give itself a name that is not
+    // UTF-8, and must not vanish from the scan by doing so.
+    let bytes = fs::read(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
     // fields after it start after the last `)`.
-    let rest = &text[text.rfind(')')? + 2..];
+    let after = memchr::memrchr(b')', &bytes)? + 2;
+    let rest = std::str::from_utf8(bytes.get(after..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.bytes().next()?;
     let ppid = fields.next()?.parse().ok()?;
@@ -99,8 +102,10 @@ pub struct TaskTree<'a> {
     pub pgid: i32,
     /// The leader's start time; members of the group started no earlier.
     pub start_ticks: u64,
-    /// The leaders of the daemon's other running tasks (whose orphans are theirs).
+    /// The leaders of the daemon's other running tasks.
     pub other_leaders: &'a [i32],
+    /// The ids of the daemon's other running tasks (whose marked orphans are theirs).
+    pub other_tasks: &'a [String],
 }
 
 /// The live members of `task`'s tree now.
@@ -120,10 +125,11 @@ pub fn members(task: &TaskTree<'_>) -> BTreeSet<i32> {
         let orphan_of_ours = p.ppid == me && p.pid != task.pgid && !task.other_leaders.contains(&p.pid);
         let claimed = orphan_of_ours
             && match marker_of(p.pid) {
-                Some(Some(id)) => id == task.task_id,
-                Some(None) | None => task.other_leaders.is_empty() && p.start_ticks >= task.start_ticks,
+                Some(Some(id)) => !task.other_tasks.contains(&id),
+                Some(None) | None => true,
             };
-        if in_group || claimed || p.pid == task.pgid {
+        let leader = p.pid == task.pgid && p.start_ticks == task.start_ticks;
+        if in_group || claimed || leader {
             roots.push(p.pid);
         }
     }
@@ -302,9 +308,18 @@ impl TaskCgroup {
         let _ = fs::write(self.dir.join("cgroup.kill"), "1");
     }
 
-    /// Removes it once empty (best effort).
+    /// Removes it once empty (best effort): the kernel empties a killed
+    /// cgroup asynchronously, so this retries for up to 100 ms.
     pub fn remove(&self) {
-        let _ = fs::remove_dir(&self.dir);
+        for _ in 0..100 {
+            match fs::remove_dir(&self.dir) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                _ => return,
+            }
+        }
+        tracing::warn!(dir = %self.dir.display(), "a task cgroup stayed busy; left in place");
     }
 }
 
