@@ -186,17 +186,22 @@ pub fn signal_all(pgid: i32, found: &BTreeSet<i32>, signal: Signal) {
 /// how many processes were signalled in all.
 pub fn kill_until_gone(pgid: i32, passes: usize, find: impl Fn() -> BTreeSet<i32>) -> usize {
     let mut signalled = BTreeSet::new();
-    for pass in 0..passes {
+    for _ in 0..passes {
         let found = find();
         if found.is_empty() {
             break;
         }
-        signal_all(pgid, &found, Signal::SIGKILL);
-        signalled.extend(found.iter().copied());
-        reap_orphans(&signalled, pgid);
-        if pass > 2 {
+        let fresh: BTreeSet<i32> = found.difference(&signalled).copied().collect();
+        if fresh.is_empty() {
+            // Only processes already SIGKILLed, still exiting: give them the
+            // CPU rather than rescanning at once.
+            reap_orphans(&signalled, pgid);
             std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
         }
+        signal_all(pgid, &fresh, Signal::SIGKILL);
+        signalled.extend(fresh);
+        reap_orphans(&signalled, pgid);
     }
     reap_orphans(&signalled, pgid);
     signalled.len()
