@@ -11,11 +11,12 @@ use common::lab::{Lab, alive, grant, records};
 use support::Paths;
 use support::audit::Event;
 
-/// Not a test on its own: the daemon process the test below kills. It runs
-/// only when `CRASH_HOME` is set, as a child of that test.
+/// Not a test on its own: the daemon process the test below kills, run by
+/// it with `--ignored` and `CRASH_HOME` set.
 #[test]
+#[ignore = "the child process of sigkill_mid_task_then_the_next_start_kills_the_leftovers"]
 fn crash_child() {
-    let Some(home) = std::env::var_os("CRASH_HOME") else { return };
+    let home = std::env::var_os("CRASH_HOME").expect("run by the crash test, with CRASH_HOME");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let paths = Paths::under(home.into());
@@ -45,7 +46,7 @@ fn sigkill_mid_task_then_the_next_start_kills_the_leftovers() {
     Lab::prepare(&paths);
     grant(&paths, 1, Duration::from_secs(600));
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("CRASH_HOME", &home.path)
         .stdout(Stdio::piped())
         .spawn()
@@ -75,4 +76,17 @@ fn sigkill_mid_task_then_the_next_start_kills_the_leftovers() {
     assert!(daemon.tasks().is_empty());
     let tasks = std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap();
     assert_eq!(tasks.trim(), "[]");
+}
+
+#[test]
+fn a_malformed_task_registry_is_put_on_the_record() {
+    let home = common::Home::new();
+    let paths = Paths::under(home.path.clone());
+    Lab::prepare(&paths);
+    std::fs::write(paths.state_dir.join("tasks.json"), b"[{not json").unwrap();
+    let _daemon = support::Daemon::start(&paths, Default::default()).expect("starts");
+    let aborted: Vec<_> = records(&paths).into_iter().filter(|r| r.event == Event::TaskAborted).collect();
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert!(aborted[0].detail.as_deref().unwrap_or("").contains("malformed"));
+    assert_eq!(std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap().trim(), "[]");
 }

@@ -271,7 +271,7 @@ async fn run_one(
     let task_id = spec.task_id.clone();
     let cgroup = spec.cgroup.clone();
     let find = move || {
-        let others = hooks_other(hooks);
+        let others = hooks.other_leaders();
         let other_tasks = hooks.other_tasks();
         let mut found = tree::members(&TaskTree {
             task_id: &task_id,
@@ -375,10 +375,8 @@ async fn run_one(
         kill_all(spec.cgroup.as_ref(), pid, &find);
         exited = tokio::time::timeout(Duration::from_secs(1), child.wait()).await.ok().and_then(Result::ok);
     }
-    let leftovers: BTreeSet<i32> = find();
-    if !leftovers.is_empty() {
-        kill_all(spec.cgroup.as_ref(), pid, &find);
-    }
+    // Nothing of this command outlives it, however it ended.
+    kill_all(spec.cgroup.as_ref(), pid, &find);
     match end {
         Some(e) => e,
         None => End::Exited(exited.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9))),
@@ -391,8 +389,4 @@ fn kill_all(cgroup: Option<&tree::TaskCgroup>, pid: i32, find: impl Fn() -> BTre
         cg.kill();
     }
     tree::kill_until_gone(pid, 50, find);
-}
-
-fn hooks_other(hooks: &Arc<dyn Hooks>) -> Vec<i32> {
-    hooks.other_leaders()
 }

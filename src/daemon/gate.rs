@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::consent::{Consent, Grant};
 use crate::identity::PublicKey;
-use crate::policy::{Action, Catalogue, PolicyError, Rendered};
+use crate::policy::{Action, Catalogue, Rendered};
 use crate::protocol::{DenyCode, FRESHNESS_S, Run};
 use crate::trust::Operator;
 
@@ -150,7 +150,7 @@ pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
     decision.remember_nonce = true;
     let action = match snap.catalogue.get(&run.action) {
         Ok(a) => a,
-        Err(PolicyError::UnknownAction(_)) | Err(_) => {
+        Err(_) => {
             decision.verdict =
                 deny(DenyCode::UnknownAction, format!("no action `{}` in this device's catalogue", run.action));
             return decision;

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::audit::{AuditError, AuditLog, Event, Record};
-use crate::consent::{self, Consent, Grant, Off, Tier};
+use crate::consent::{self, Consent, Off};
 use crate::identity::{KeyError, KeyPair};
 use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, PolicyError};
@@ -268,7 +268,6 @@ impl Daemon {
             }
         }
         let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
-        ensure_secret(paths)?;
         let catalogue = Catalogue::load(paths)?;
         let mut audit = AuditLog::open(paths)?;
         audit.set_lock_timeout(Some(AUDIT_LOCK_TIMEOUT));
@@ -367,7 +366,11 @@ impl Daemon {
         let path = tasks_path(&self.inner.paths);
         let left: Vec<TaskInfo> = match paths::read_capped(&path, 4 << 20) {
             Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(path = %path.display(), error = %e, "tasks.json is malformed; ignoring it");
+                // Nothing to go on: say so on the record rather than pass silently.
+                tracing::error!(path = %path.display(), error = %e, "tasks.json is malformed");
+                let mut r = Record::new(Event::TaskAborted);
+                r.detail = Some(format!("tasks.json was malformed ({e}); tasks it listed could not be cleaned up"));
+                let _ = self.audit_sync(vec![r]);
                 Vec::new()
             }),
             Ok(None) => Vec::new(),
@@ -592,10 +595,6 @@ impl Daemon {
             };
             return self.deny(&run, operator, true, denial, &frames).await;
         }
-        // The grant may have been withdrawn while the record was written.
-        if self.state().tasks.get(&task_id).is_some_and(|t| t.stop.borrow().is_some()) {
-            tracing::info!(task = %task_id, "stopped before it was spawned");
-        }
         let _ =
             frames.send(DeviceFrame::Accepted { request_id: run.request_id.clone(), task_id: task_id.clone() }).await;
         let spec = exec::Spec {
@@ -793,16 +792,6 @@ impl Daemon {
             "running_tasks": state.tasks.len(),
             "consent": consent,
         })
-    }
-
-    /// The live tier as the daemon enforces it (0 when off).
-    pub fn live_tier(&self) -> Option<Tier> {
-        self.state().consent.effective.live().map(|g| g.tier)
-    }
-
-    /// The grant the daemon enforces, if live.
-    pub fn live_grant(&self) -> Option<Grant> {
-        self.state().consent.effective.live().cloned()
     }
 
     /// Stops every task (`cancelled_by: shutdown`), waits for them to be

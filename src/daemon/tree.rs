@@ -84,10 +84,12 @@ pub fn alive(pid: i32) -> bool {
 /// The value of [`MARKER_ENV`] in a process's environment: `Some(None)`
 /// when readable without the marker, `None` when unreadable.
 fn marker_of(pid: i32) -> Option<Option<String>> {
-    let bytes = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    fs::File::open(format!("/proc/{pid}/environ")).ok()?.take(ENVIRON_CAP as u64).read_to_end(&mut bytes).ok()?;
     let prefix = format!("{MARKER_ENV}=");
     Some(
-        bytes[..bytes.len().min(ENVIRON_CAP)]
+        bytes
             .split(|b| *b == 0)
             .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
             .map(|v| String::from_utf8_lossy(v).into_owned()),
