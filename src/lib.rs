@@ -13,8 +13,12 @@
 //! - [`policy`]: the action catalogue: load, validate, render argv from typed params.
 //! - [`audit`]: the hash-chained audit log: append, verify, recover, list.
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
-//! - [`protocol`]: the operator's signed `run` command and the device's answers.
-//! - [`daemon`]: the gate, the executor, consent enforcement, the loopback control API.
+//! - [`protocol`]: every relay frame, both directions; the signed bytes; size limits.
+//! - [`daemon`]: the gate, the executor, consent enforcement, the loopback control API, the relay link.
+//! - [`relay`]: the relay server: TLS, WebSocket upgrade, challenge/hello, routing, registry.
+//! - [`tls`]: rustls configs: the relay's certificate, clients pinning the relay.
+//! - [`dial`]: a client's connection to the relay (daemon link and operator).
+//! - [`operator`]: the operator client: devices, run, cancel.
 //! - [`trust`]: the operators the owner trusts.
 //! - `cli`: one module per subcommand; [`cli::Cli`] is the parsed command line.
 //! - [`Error`]: what every command returns; `main` maps it to an exit code.
@@ -27,11 +31,15 @@ pub mod audit;
 pub mod cli;
 pub mod consent;
 pub mod daemon;
+pub mod dial;
 mod error;
 pub mod identity;
+pub mod operator;
 pub mod paths;
 pub mod policy;
 pub mod protocol;
+pub mod relay;
+pub mod tls;
 pub mod trust;
 
 pub use audit::{AuditError, AuditLog, Event, Record};
@@ -53,6 +61,12 @@ use ring::rand::SecureRandom;
 /// no secret, key or id could be made safely anyway.
 pub(crate) fn fill_random(buf: &mut [u8]) {
     ring::rand::SystemRandom::new().fill(buf).expect("the OS random source (getrandom) failed");
+}
+
+/// Resolves when `stop` turns true (or its sender is gone): every spawned
+/// task selects on it wherever it can block.
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// `n` random bytes as lowercase hex.

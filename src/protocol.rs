@@ -335,6 +335,232 @@ impl DeviceFrame {
     }
 }
 
+/// Which side of the relay a peer is on; it picks the `hello` context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A daemon on an owner's machine (`/v1/device`).
+    Device,
+    /// A support operator's client (`/v1/operator`).
+    Operator,
+}
+
+impl Role {
+    /// The context that starts the signed bytes of this role's `hello`.
+    pub fn hello_context(self) -> &'static [u8] {
+        match self {
+            Role::Device => b"support-hello-device-v1\n",
+            Role::Operator => b"support-hello-operator-v1\n",
+        }
+    }
+
+    /// The WebSocket path this role dials.
+    pub fn path(self) -> &'static str {
+        match self {
+            Role::Device => "/v1/device",
+            Role::Operator => "/v1/operator",
+        }
+    }
+}
+
+/// The bytes a peer signs to answer `challenge {nonce}`:
+/// `context || nonce || "\n" || id || "\n" || public_key`.
+///
+/// The nonce is fresh per connection, so a `hello` cannot be replayed on
+/// another; the role's context keeps a device's proof from passing as an
+/// operator's, and neither can pass as a `run` signature.
+pub fn hello_bytes(role: Role, nonce: &str, id: &str, public_key: &str) -> Vec<u8> {
+    let mut out = role.hello_context().to_vec();
+    for (i, part) in [nonce, id, public_key].into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
+    out
+}
+
+/// Where the device's audit chain stood when it sent a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditHead {
+    /// The last record's `seq` written by the daemon.
+    pub seq: u64,
+    /// That record's `mac` (hex).
+    pub mac: String,
+}
+
+/// What a device reports every 30 s; the relay keeps the last one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The live grant's tier, or `None` when consent is off.
+    pub tier: Option<u8>,
+    /// The live grant's end, RFC 3339 UTC, or `None`.
+    pub expires_at: Option<String>,
+    /// Tasks running now.
+    pub running_tasks: u32,
+    /// The audit chain's head as the daemon last wrote it, if any.
+    pub audit_head: Option<AuditHead>,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// One device as `list_devices` (and `support relay devices --json`) shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    pub device_id: String,
+    /// The name the device gave when it enrolled (its host name), printable.
+    pub name: String,
+    /// Whether it holds an authenticated connection now.
+    pub online: bool,
+    /// When its last heartbeat arrived (RFC 3339 UTC), if ever since the relay started.
+    pub last_heartbeat: Option<String>,
+    /// The grant it last reported: tier, or `None` for no consent.
+    pub tier: Option<u8>,
+    /// The grant it last reported: end (RFC 3339 UTC).
+    pub expires_at: Option<String>,
+}
+
+/// Relay error codes (DESIGN §7), plus `BUSY` for the relay's own limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum RelayCode {
+    /// The `hello` failed: unknown, unpinned or mis-signed key, bad or used token.
+    Unauthorized,
+    /// The device has no connection to the relay now.
+    DeviceOffline,
+    /// The frame is not valid JSON, not a known type, has unknown fields,
+    /// is binary, or breaks a rule of the protocol.
+    BadFrame,
+    /// The relay's limit for this peer is reached (in-flight requests, queue).
+    Busy,
+}
+
+impl RelayCode {
+    /// The wire name, e.g. `DEVICE_OFFLINE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayCode::Unauthorized => "UNAUTHORIZED",
+            RelayCode::DeviceOffline => "DEVICE_OFFLINE",
+            RelayCode::BadFrame => "BAD_FRAME",
+            RelayCode::Busy => "BUSY",
+        }
+    }
+}
+
+impl fmt::Display for RelayCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every frame a device or an operator sends to the relay.
+///
+/// A device sends `hello`, `heartbeat` and its answers (`accepted`,
+/// `output`, `result`, `denied`); an operator sends `hello`, `run`,
+/// `cancel` and `list_devices`. The relay refuses a frame sent by the
+/// wrong role with `BAD_FRAME`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToRelay {
+    /// The answer to `challenge`: who this is, proved by a signature over
+    /// [`hello_bytes`]. `id` is the device id (devices) or the key's
+    /// fingerprint (operators); both derive from `public_key`.
+    Hello {
+        role: Role,
+        id: String,
+        public_key: String,
+        version: String,
+        /// Ed25519 over [`hello_bytes`], base64url.
+        sig: String,
+        /// A device's one-time enrollment token, on its first connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enroll_token: Option<String>,
+        /// A device's host name, shown to operators.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// A device's state, every 30 s.
+    Heartbeat(Heartbeat),
+    /// An operator's signed command, for the device it names.
+    Run(Run),
+    /// An operator asks that its running request be stopped.
+    Cancel { device_id: String, request_id: String },
+    /// An operator asks for the device list.
+    ListDevices {},
+    /// A device's answer about a command (routed to the operator that sent it).
+    #[serde(untagged)]
+    Answer(DeviceFrame),
+}
+
+/// Every frame the relay sends to a device or an operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FromRelay {
+    /// The first frame on every connection: sign this nonce (32 random bytes, hex).
+    Challenge { nonce: String, version: String },
+    /// The `hello` passed; `name` is the device's or operator's registered name.
+    HelloAck { id: String, name: String },
+    /// Something was refused. With a `request_id` it is about that request
+    /// (e.g. `DEVICE_OFFLINE`); without one, about the connection, which
+    /// the relay then closes if the peer is not yet authenticated.
+    Error {
+        code: RelayCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    /// To a device: an operator's signed command, as the operator sent it.
+    Run(Run),
+    /// To a device: stop the task started by `request_id` (an operator's `cancel`).
+    Cancel { request_id: String },
+    /// To an operator: its `cancel` reached the device.
+    Forwarded { request_id: String },
+    /// To an operator: the answer to `list_devices`.
+    Devices { devices: Vec<DeviceEntry> },
+    /// To an operator: the device's answer about its request.
+    #[serde(untagged)]
+    Answer(DeviceFrame),
+}
+
+/// Why a text frame was not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Over [`MAX_FRAME_BYTES`].
+    #[error("frame of {0} bytes is over the 1 MiB limit")]
+    TooLarge(usize),
+    /// Not one JSON object of a known type with known fields.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Parses one text frame into `T` ([`ToRelay`] or [`FromRelay`]).
+///
+/// # Errors
+/// [`FrameError::TooLarge`] over 1 MiB; [`FrameError::Malformed`] for
+/// anything but one JSON object of a known `type` with known fields.
+pub fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FrameError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(text.len()));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let mut why = e.to_string();
+        why.truncate(200);
+        FrameError::Malformed(why)
+    })
+}
+
+/// Serializes a frame as one line of compact JSON.
+pub fn encode<T: Serialize>(frame: &T) -> String {
+    serde_json::to_string(frame).expect("frames are plain data and always serialize")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +622,46 @@ mod tests {
         let text = serde_json::to_string(&result).unwrap();
         assert!(text.contains(r#""cancelled_by":"tier_lowered""#), "{text}");
         assert_eq!(serde_json::from_str::<DeviceFrame>(&text).unwrap(), result);
+    }
+
+    #[test]
+    fn direction_enums_carry_device_answers_and_refuse_strangers() {
+        let denied = r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m"}"#;
+        assert!(matches!(decode::<ToRelay>(denied), Ok(ToRelay::Answer(DeviceFrame::Denied { .. }))));
+        assert!(matches!(decode::<FromRelay>(denied), Ok(FromRelay::Answer(DeviceFrame::Denied { .. }))));
+        let bad = [
+            r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m","x":1}"#,
+            r#"{"type":"exec","cmd":"sh"}"#,
+            r#"{"type":"list_devices","all":true}"#,
+            r#"{"type":"cancel","device_id":"d","request_id":"r","extra":1}"#,
+            r#"{"type":"run"}"#,
+            r#"not json"#,
+            r#"[1,2]"#,
+            r#"{"request_id":"r"}"#,
+        ];
+        for text in bad {
+            assert!(matches!(decode::<ToRelay>(text), Err(FrameError::Malformed(_))), "{text}");
+        }
+        let (key, _) = KeyPair::generate();
+        let run = Run::signed(&key, "r1", "d-00", "disk-usage", BTreeMap::new(), Utc::now());
+        let text = encode(&ToRelay::Run(run.clone()));
+        assert_eq!(decode::<ToRelay>(&text).unwrap(), ToRelay::Run(run.clone()));
+        let extra = text.replacen('{', r#"{"shell":"rm -rf /","#, 1);
+        assert!(decode::<ToRelay>(&extra).is_err(), "{extra}");
+        assert_eq!(decode::<FromRelay>(&encode(&FromRelay::Run(run.clone()))).unwrap(), FromRelay::Run(run));
+        let big = format!(r#"{{"type":"list_devices","pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
+        assert!(matches!(decode::<ToRelay>(&big), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn hello_signatures_are_bound_to_role_nonce_and_key() {
+        let (key, _) = KeyPair::generate();
+        let pk = key.public_key().to_string();
+        let id = key.public_key().device_id();
+        let sig = key.sign(&hello_bytes(Role::Device, "n1", &id, &pk));
+        let ok = |role, nonce: &str| key.public_key().verify(&hello_bytes(role, nonce, &id, &pk), &sig).is_ok();
+        assert!(ok(Role::Device, "n1"));
+        assert!(!ok(Role::Operator, "n1"));
+        assert!(!ok(Role::Device, "n2"));
     }
 }

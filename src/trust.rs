@@ -58,7 +58,8 @@ struct TrustFile {
     operator: Vec<Operator>,
 }
 
-fn valid_name(name: &str) -> bool {
+/// An operator name: 1 to 64 of `[A-Za-z0-9._-]`.
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 

@@ -3,9 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::Ctx;
 use crate::Error;
-use crate::daemon::{self, Options};
+use crate::daemon::{self, LinkConfig, Options};
+use crate::dial::RelayUrl;
+use crate::tls::RelayTrust;
 
 /// Run the daemon in the foreground (systemd `Type=notify` ready).
 ///
@@ -20,9 +24,60 @@ pub struct Args {
     /// The most tasks running at once; more are denied BUSY.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_tasks: u16,
+    /// The relay to keep a link to: wss://HOST:PORT (also `relay` in daemon.toml).
+    #[arg(long, value_name = "URL")]
+    relay: Option<String>,
+    /// Recognise the relay by this CA certificate (PEM), or `system` for the system roots.
+    #[arg(long, value_name = "PEM|system")]
+    relay_ca: Option<String>,
+    /// Recognise the relay by its certificate's SHA-256: sha256:HEX (as `relay serve` prints).
+    #[arg(long, value_name = "SHA256")]
+    relay_fingerprint: Option<String>,
+    /// A one-time enrollment token from `support relay enroll-token`, for the first connection.
+    #[arg(long, value_name = "TOKEN")]
+    enroll: Option<String>,
+}
+
+/// `daemon.toml` in the config directory: the same settings as the flags,
+/// which win over it. It may hold the enrollment token, so it must be 0600.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    relay: Option<String>,
+    relay_ca: Option<String>,
+    relay_fingerprint: Option<String>,
+    enroll: Option<String>,
+}
+
+/// The relay link from the flags and `daemon.toml`, or `None` when neither names a relay.
+fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
+    let path = ctx.paths.config_dir.join("daemon.toml");
+    let file: FileConfig = match crate::paths::read_secret(&path, 64 * 1024)? {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|_| Error::Usage(format!("{}: not UTF-8", path.display())))?;
+            toml::from_str(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let Some(relay) = args.relay.clone().or(file.relay) else {
+        if args.relay_ca.is_some() || args.relay_fingerprint.is_some() || args.enroll.is_some() {
+            return Err(Error::Usage("--relay-ca, --relay-fingerprint and --enroll need --relay URL".into()));
+        }
+        return Ok(None);
+    };
+    let url: RelayUrl = relay.parse().map_err(|e: crate::dial::DialError| Error::Usage(e.to_string()))?;
+    let (ca, fp) = if args.relay_ca.is_some() || args.relay_fingerprint.is_some() {
+        (args.relay_ca.clone(), args.relay_fingerprint.clone())
+    } else {
+        (file.relay_ca, file.relay_fingerprint)
+    };
+    let trust = RelayTrust::from_flags(ca.as_deref(), fp.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
+    let tls = trust.client_config().map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(Some(LinkConfig { url, tls, enroll_token: args.enroll.clone().or(file.enroll) }))
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
+    let link = link_config(ctx, &args)?;
     // One thread runs everything; audit appends go to a blocking thread
     // that ends one second after its last use, so an idle daemon keeps
     // just this thread and the inotify watcher's.
@@ -36,14 +91,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.control_port))
             .await
             .map_err(|e| Error::Failed(format!("cannot listen on 127.0.0.1:{}: {e}", args.control_port)))?;
-        let options = Options { max_tasks: args.max_tasks.into() };
+        let options = Options { max_tasks: args.max_tasks.into(), link };
         daemon::run(&ctx.paths, options, listener, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot listen for SIGTERM/SIGINT; stop the daemon with SIGKILL");

@@ -17,7 +17,9 @@ mod audit;
 mod client;
 mod daemon;
 mod demo;
+mod operator;
 mod policy;
+mod relay;
 mod revoke;
 mod status;
 mod tasks;
@@ -62,7 +64,11 @@ pub enum Command {
     Stop(tasks::StopArgs),
     /// Follow what the daemon does, live.
     Watch(tasks::WatchArgs),
-    /// Show grant, status, actions, revoke and the audit trail in a temporary home.
+    /// Run the relay, or administer its registry (enroll tokens, operators, devices).
+    Relay(relay::Args),
+    /// The support side: keys, devices, run an action, cancel.
+    Operator(operator::Args),
+    /// The whole loop on this machine: relay, daemon, operator, grant, denials, audit.
     Demo(demo::Args),
 }
 
@@ -111,6 +117,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Tasks(a) => tasks::tasks(&ctx, a),
         Command::Stop(a) => tasks::stop(&ctx, a),
         Command::Watch(a) => tasks::watch(&ctx, a),
+        Command::Relay(a) => relay::run(&ctx, a),
+        Command::Operator(a) => operator::run(a),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -49,12 +49,18 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     }
     match &daemon {
         Some(d) => {
+            let l = &d["link"];
+            let since = |key: &str| match l[key].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            {
+                Some(t) => format!(" since {}", super::local(t)),
+                None => String::new(),
+            };
             let link = if d["connected"].as_bool() == Some(true) {
-                format!("connected to {}", d["relay"].as_str().unwrap_or("?"))
+                format!("connected to {}{}", printable(d["relay"].as_str().unwrap_or("?")), since("since"))
             } else if d["relay"].is_null() {
                 "local only, no relay configured".to_string()
             } else {
-                format!("not connected to {}", d["relay"].as_str().unwrap_or("?"))
+                format!("NOT connected to {}{}", printable(d["relay"].as_str().unwrap_or("?")), since("since"))
             };
             println!(
                 "  daemon  running, pid {}, {link}, {} task(s) running",
@@ -63,6 +69,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             );
             if let Some(id) = d["device_id"].as_str() {
                 println!("  device  {id}");
+            }
+            if let Some(e) = l["last_error"].as_str() {
+                let next =
+                    match l["next_attempt_at"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+                        Some(t) => format!(" (next attempt {})", super::local(t)),
+                        None => String::new(),
+                    };
+                println!("  link    last error: {}{next}", printable(e));
             }
         }
         None => println!("  daemon  not running (start it with {})", ctx.command_line(&["daemon"])),
@@ -114,6 +128,7 @@ fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&Value>) -> Value {
             "pid": d["pid"],
             "connected": d["connected"],
             "relay": d["relay"],
+            "link": d["link"],
             "running_tasks": d["running_tasks"],
             "device_id": d["device_id"],
             "started_at": d["started_at"],

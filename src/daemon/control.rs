@@ -101,11 +101,11 @@ pub async fn serve(listener: TcpListener, daemon: Daemon, secret: String, mut st
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
-            _ = stopped(&mut stop) => break,
+            _ = crate::stopped(&mut stop) => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let (stream, peer) = tokio::select! {
-            _ = stopped(&mut stop) => break,
+            _ = crate::stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -128,18 +128,13 @@ pub async fn serve(listener: TcpListener, daemon: Daemon, secret: String, mut st
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "control connection ended") },
-                _ = stopped(&mut stop) => {
+                _ = crate::stopped(&mut stop) => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 }
             }
         });
     }
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn respond(status: StatusCode, body: Value) -> Response<Body> {
@@ -298,7 +293,7 @@ fn events(daemon: &Daemon, mut stop: watch::Receiver<bool>) -> Response<Body> {
         loop {
             let item = tokio::select! {
                 _ = tx.closed() => return,
-                _ = stopped(&mut stop) => return,
+                _ = crate::stopped(&mut stop) => return,
                 _ = ping.tick() => line(r#"{"kind":"ping"}"#),
                 e = events.recv() => match e {
                     Ok(text) => line(&text),

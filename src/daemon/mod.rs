@@ -17,6 +17,7 @@
 pub mod control;
 pub mod exec;
 pub mod gate;
+pub mod link;
 pub mod tree;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,6 +40,7 @@ use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, PolicyError};
 use crate::protocol::{DenyCode, DeviceFrame, Run, StoppedBy, TaskResult};
 use gate::{Decision, Denial, ReplayCache, Snapshot, Verdict};
+pub use link::{LinkConfig, LinkStatus};
 
 /// How long an audit append waits for another writer's lock.
 pub const AUDIT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,16 +58,18 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Settings for [`run`] and [`Daemon::start`].
 ///
 /// # Defaults
-/// `max_tasks = 8`.
+/// `max_tasks = 8`, no relay link.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The most tasks running at once; more are denied `BUSY`.
     pub max_tasks: usize,
+    /// The relay to keep a link to, if any.
+    pub link: Option<LinkConfig>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 8 }
+        Options { max_tasks: 8, link: None }
     }
 }
 
@@ -162,6 +166,7 @@ struct Inner {
     events: broadcast::Sender<Arc<str>>,
     consent_changed: Notify,
     control_port: Mutex<Option<u16>>,
+    link: Mutex<LinkStatus>,
     /// A cgroup v2 delegated to the daemon, if any.
     cgroup: Option<tree::Delegated>,
 }
@@ -299,6 +304,7 @@ impl Daemon {
                 events,
                 consent_changed: Notify::new(),
                 control_port: Mutex::new(None),
+                link: Mutex::default(),
                 cgroup: tree::Delegated::detect(),
             }),
         };
@@ -768,6 +774,7 @@ impl Daemon {
 
     /// The daemon as `GET /v1/status` shows it.
     pub fn status_json(&self) -> Value {
+        let link = self.link_status();
         let state = self.state();
         let consent = match &state.consent.effective {
             Consent::Live(g) => json!({
@@ -787,8 +794,9 @@ impl Daemon {
             "started_at": consent::rfc3339(self.inner.started_at),
             "uptime_seconds": self.inner.started.elapsed().as_secs(),
             "control_port": *self.inner.control_port.lock().unwrap_or_else(|p| p.into_inner()),
-            "connected": false,
-            "relay": null,
+            "connected": link.connected,
+            "relay": link.relay,
+            "link": link,
             "running_tasks": state.tasks.len(),
             "consent": consent,
         })
@@ -830,6 +838,40 @@ impl Daemon {
             self.consent_changed().await;
         }
         drop(watcher);
+    }
+
+    /// The relay link as it stands.
+    pub fn link_status(&self) -> LinkStatus {
+        self.inner.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_link(&self, change: impl FnOnce(&mut LinkStatus)) {
+        change(&mut self.inner.link.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// What the link reports every 30 s: the grant, running tasks, the
+    /// audit head as this daemon last wrote it, uptime and version.
+    pub fn heartbeat(&self) -> crate::protocol::Heartbeat {
+        let audit_head = self
+            .inner
+            .audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_head()
+            .map(|h| crate::protocol::AuditHead { seq: h.seq, mac: h.mac });
+        let state = self.state();
+        let (tier, expires_at) = match &state.consent.effective {
+            Consent::Live(g) => (Some(g.tier.get()), Some(consent::rfc3339(g.expires_at))),
+            Consent::Off(_) => (None, None),
+        };
+        crate::protocol::Heartbeat {
+            tier,
+            expires_at,
+            running_tasks: state.tasks.len() as u32,
+            audit_head,
+            uptime_s: self.inner.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
     }
 
     fn set_control_port(&self, port: u16) {
@@ -964,6 +1006,10 @@ pub async fn run(
             .await
         })
     };
+    let link = daemon.inner.options.link.clone().map(|config| {
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(link::run(daemon.clone(), config, rx, tx, stop_rx.clone()))
+    });
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY=1 failed");
     }
@@ -975,6 +1021,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = watcher.await;
+    if let Some(link) = link {
+        let _ = link.await;
+    }
     let _ = paths::remove(&paths.daemon_info());
     Ok(())
 }

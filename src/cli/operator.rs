@@ -1,0 +1,288 @@
+//! `support operator …`: the support side. Each subcommand but `keygen`
+//! connects to the relay with `--relay`, `--relay-ca`/`--relay-fingerprint`
+//! and `--key` (or `SUPPORT_OPERATOR_RELAY`, `SUPPORT_OPERATOR_RELAY_CA`,
+//! `SUPPORT_OPERATOR_RELAY_FINGERPRINT`, `SUPPORT_OPERATOR_KEY`).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::{print_json, printable};
+use crate::Error;
+use crate::dial::{DialError, RelayUrl};
+use crate::identity::KeyPair;
+use crate::operator::{Outcome, Session};
+use crate::protocol::{DeviceFrame, RelayCode, Status, StoppedBy, Stream};
+use crate::tls::RelayTrust;
+
+/// Where the relay is and who we are.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// The relay: wss://HOST:PORT.
+    #[arg(long, env = "SUPPORT_OPERATOR_RELAY", value_name = "URL", global = true)]
+    relay: Option<String>,
+    /// The relay's CA certificate (PEM), or `system`.
+    #[arg(long, env = "SUPPORT_OPERATOR_RELAY_CA", value_name = "PEM|system", global = true)]
+    relay_ca: Option<String>,
+    /// The relay certificate's SHA-256 (sha256:HEX), instead of --relay-ca.
+    #[arg(long, env = "SUPPORT_OPERATOR_RELAY_FINGERPRINT", value_name = "SHA256", global = true)]
+    relay_fingerprint: Option<String>,
+    /// The operator's private key (from `support operator keygen`).
+    #[arg(long, env = "SUPPORT_OPERATOR_KEY", value_name = "FILE", global = true)]
+    key: Option<PathBuf>,
+}
+
+/// `support operator`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Make an operator key pair; prints the public key to give the relay admin and the owner.
+    Keygen {
+        /// Where to write the private key (0600; refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// List the devices enrolled on the relay.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a catalogued action on a device and follow its output; exits with
+    /// the remote exit code, 4 if refused, 3 if the device is offline.
+    Run {
+        /// The device id (`d-…`, from `support operator devices`).
+        device: String,
+        /// The catalogue action, e.g. disk-usage.
+        action: String,
+        /// Parameters, NAME=VALUE.
+        params: Vec<String>,
+        /// Print every frame as one JSON line instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a device to stop one of your running requests.
+    Cancel { device: String, request_id: String },
+}
+
+fn failed(e: DialError) -> Error {
+    match e {
+        DialError::Refused { code: RelayCode::Unauthorized, message } => {
+            Error::Refused(format!("the relay refused this operator: {message}"))
+        }
+        DialError::Refused { code: RelayCode::DeviceOffline, message } => Error::DaemonUnreachable(message),
+        DialError::Url(m) => Error::Usage(format!("relay address {m}")),
+        e => Error::Failed(e.to_string()),
+    }
+}
+
+impl Conn {
+    async fn open(&self) -> Result<Session, Error> {
+        let url: RelayUrl = self
+            .relay
+            .as_deref()
+            .ok_or_else(|| Error::Usage("give --relay wss://HOST:PORT (or SUPPORT_OPERATOR_RELAY)".into()))?
+            .parse()
+            .map_err(failed)?;
+        let trust = RelayTrust::from_flags(self.relay_ca.as_deref(), self.relay_fingerprint.as_deref())
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let tls = trust.client_config().map_err(|e| Error::Usage(e.to_string()))?;
+        let path = self.key.as_ref().ok_or_else(|| Error::Usage("give --key FILE (or SUPPORT_OPERATOR_KEY)".into()))?;
+        let key = KeyPair::load(path).map_err(|e| Error::Usage(e.to_string()))?;
+        Session::connect(&url, tls, key).await.map_err(failed)
+    }
+}
+
+pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
+    if let Command::Keygen { out } = &args.command {
+        return keygen(out);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let mut session = args.conn.open().await?;
+        match args.command {
+            Command::Keygen { .. } => unreachable!("handled above"),
+            Command::Devices { json } => devices(&mut session, json).await,
+            Command::Run { device, action, params, json } => {
+                run_action(&mut session, &device, &action, &params, json).await
+            }
+            Command::Cancel { device, request_id } => {
+                session.cancel(&device, &request_id).await.map_err(failed)?;
+                eprintln!("cancel sent for {request_id} on {device}");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+fn keygen(out: &std::path::Path) -> Result<ExitCode, Error> {
+    if std::fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Usage(format!("{} exists; choose another --out or remove it first", out.display())));
+    }
+    let (key, _) = KeyPair::load_or_create(out).map_err(|e| Error::Failed(e.to_string()))?;
+    let public = key.public_key();
+    println!("{public}");
+    eprintln!("Private key written to {} (0600). Keep it secret.", out.display());
+    eprintln!("fingerprint {}", public.fingerprint());
+    eprintln!("Give the public key to the relay admin: support relay add-operator NAME {public}");
+    eprintln!("and to the owner of each device:        support trust add NAME {public}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn devices(session: &mut Session, json: bool) -> Result<ExitCode, Error> {
+    let devices = session.devices().await.map_err(failed)?;
+    if json {
+        print_json(&serde_json::to_value(&devices).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_devices(&devices);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A table of devices, as `operator devices` and `relay devices` print it.
+pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) {
+    if devices.is_empty() {
+        println!("no devices enrolled");
+        return;
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["device", "name", "online", "last heartbeat", "grant"]);
+    for d in devices {
+        let grant = match (d.tier, &d.expires_at) {
+            (Some(t), Some(e)) => format!("tier {t} until {e}"),
+            (Some(t), None) => format!("tier {t}"),
+            _ if d.last_heartbeat.is_some() => "off".into(),
+            _ => "-".into(),
+        };
+        table.add_row([
+            d.device_id.clone(),
+            printable(&d.name),
+            if d.online { "yes".into() } else { "no".into() },
+            d.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
+            grant,
+        ]);
+    }
+    println!("{table}");
+}
+
+fn parse_params(params: &[String]) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for p in params {
+        let (k, v) = p.split_once('=').ok_or_else(|| Error::Usage(format!("parameter {p:?} must be NAME=VALUE")))?;
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(Error::Usage(format!("parameter {k:?} is given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// Output from another machine, made safe for this terminal: newlines and
+/// tabs pass, other control characters (escape sequences) do not.
+fn terminal_safe(data: &str, terminal: bool) -> String {
+    if !terminal {
+        return data.to_string();
+    }
+    data.chars().map(|c| if c == '\n' || c == '\t' || !crate::policy::is_unprintable(c) { c } else { '?' }).collect()
+}
+
+async fn run_action(
+    session: &mut Session,
+    device: &str,
+    action: &str,
+    params: &[String],
+    json: bool,
+) -> Result<ExitCode, Error> {
+    let run = session.command(device, action, parse_params(params)?);
+    if !json {
+        eprintln!("request {} → {device}: {action}", run.request_id);
+    }
+    let (out_tty, err_tty) = (std::io::stdout().is_terminal(), std::io::stderr().is_terminal());
+    let on_frame = |f: &DeviceFrame| {
+        if json {
+            print_json(&serde_json::to_value(f).unwrap_or_default());
+            return;
+        }
+        match f {
+            DeviceFrame::Accepted { task_id, .. } => eprintln!("accepted as task {task_id}"),
+            DeviceFrame::Output { stream: Stream::Stdout, data, .. } => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(terminal_safe(data, out_tty).as_bytes());
+                let _ = out.flush();
+            }
+            DeviceFrame::Output { stream: Stream::Stderr, data, .. } => {
+                let _ = std::io::stderr().write_all(terminal_safe(data, err_tty).as_bytes());
+            }
+            _ => {}
+        }
+    };
+    // The first Ctrl-C asks the device to stop the task; the result still comes back.
+    let interrupted = async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: asking the device to cancel {}", run.request_id);
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let outcome = session.run(&run, on_frame, interrupted).await.map_err(failed)?;
+    match outcome {
+        Outcome::Finished(DeviceFrame::Result {
+            status,
+            exit_code,
+            duration_ms,
+            truncated,
+            output_bytes,
+            cancelled_by,
+            ..
+        }) => {
+            if !json {
+                let how = match (status, cancelled_by) {
+                    (Status::Ok, _) => "ok".to_string(),
+                    (Status::Failed, _) => {
+                        format!("failed (exit {})", exit_code.map_or("by signal".into(), |c| c.to_string()))
+                    }
+                    (Status::Timeout, _) => "timed out".into(),
+                    (Status::Cancelled, Some(StoppedBy::Revoke)) => "cancelled by revoke".into(),
+                    (Status::Cancelled, Some(StoppedBy::Owner)) => "stopped by the owner".into(),
+                    (Status::Cancelled, Some(StoppedBy::Operator)) => "cancelled by the operator".into(),
+                    (Status::Cancelled, Some(StoppedBy::Expiry)) => "cancelled: the grant expired".into(),
+                    (Status::Cancelled, Some(StoppedBy::TierLowered)) => {
+                        "cancelled: the grant's tier was lowered".into()
+                    }
+                    (Status::Cancelled, Some(StoppedBy::Shutdown)) => "cancelled: the daemon shut down".into(),
+                    (Status::Cancelled, None) => "cancelled".into(),
+                };
+                let cut = if truncated { ", output truncated" } else { "" };
+                eprintln!("{how} · {duration_ms} ms · {output_bytes} bytes{cut}");
+            }
+            let code = match status {
+                Status::Ok => 0,
+                _ => exit_code.filter(|c| (1..=255).contains(c)).unwrap_or(1),
+            };
+            Ok(ExitCode::from(code as u8))
+        }
+        Outcome::Finished(_) => Err(Error::Failed("the device ended the request without a result".into())),
+        Outcome::Denied { code, message } => {
+            let message = printable(&message);
+            let message = message.strip_prefix(&format!("{code}: ")).unwrap_or(&message);
+            Err(Error::Refused(format!("denied: {code}: {message}")))
+        }
+        Outcome::Relay { code: RelayCode::DeviceOffline, message } => {
+            Err(Error::DaemonUnreachable(format!("DEVICE_OFFLINE: {}", printable(&message))))
+        }
+        Outcome::Relay { code: RelayCode::Unauthorized, message } => {
+            Err(Error::Refused(format!("UNAUTHORIZED: {}", printable(&message))))
+        }
+        Outcome::Relay { code, message } => Err(Error::Failed(format!("{code}: {}", printable(&message)))),
+    }
+}

@@ -1,0 +1,334 @@
+//! The daemon's one outbound connection to the relay (DESIGN §7).
+//!
+//! A loop around one session: dial (TLS 1.3, relay pinned), prove the
+//! device key (`challenge` → `hello` → `hello_ack`), then serve: `run`
+//! goes to [`Daemon::submit`] (the gate, the audit record, the executor),
+//! `cancel` stops that request's task, and every frame the tasks produce
+//! goes back. A WebSocket ping every 20 s; nothing heard for 50 s is a dead
+//! link; a `heartbeat` every 30 s. When a session ends the loop waits
+//! 1, 2, 4, 8, 16, 30, 60 s (±30 % jitter), back to 1 s after a healthy
+//! session, and frames produced meanwhile wait in a bounded queue.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::Daemon;
+use crate::dial::{self, DeviceHello, RelayUrl, Ws};
+use crate::protocol::{self, DeviceFrame, FromRelay, Role, StoppedBy, ToRelay};
+
+/// Waits between attempts, in seconds, before jitter; the last repeats.
+pub const BACKOFF_S: [u64; 7] = [1, 2, 4, 8, 16, 30, 60];
+/// Each wait is scaled by a random factor in `1 ± JITTER`.
+pub const JITTER: f64 = 0.3;
+/// A WebSocket ping this often.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// Nothing heard for this long: the link is dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(50);
+/// A heartbeat this often.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// A session authenticated for this long was healthy: the backoff restarts at 1 s.
+pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Frames kept while the link is down.
+pub const OFFLINE_QUEUE: usize = 1024;
+/// Commands being admitted at once; past this the link stops reading.
+const MAX_ADMITTING: usize = 16;
+/// How long one write to the relay may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the relay is and how to recognise it.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub url: RelayUrl,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// A one-time enrollment token, sent until the relay has pinned the device.
+    pub enroll_token: Option<String>,
+}
+
+/// The link as `support status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LinkStatus {
+    /// The relay URL, or `None` when no relay is configured.
+    pub relay: Option<String>,
+    pub connected: bool,
+    /// Since when connected (or, when not, since when disconnected); RFC 3339 UTC.
+    pub since: Option<String>,
+    /// The last failure, kept after a reconnect.
+    pub last_error: Option<String>,
+    /// Connection attempts since the daemon started.
+    pub attempts: u64,
+    /// When the next attempt is due (RFC 3339 UTC), while disconnected.
+    pub next_attempt_at: Option<String>,
+}
+
+/// The wait before attempt `attempt` (0-based) of a run of failures, with
+/// `unit` a random number in [0, 1) choosing the jitter.
+pub fn backoff(attempt: usize, unit: f64) -> Duration {
+    let base = BACKOFF_S[attempt.min(BACKOFF_S.len() - 1)] as f64;
+    Duration::from_secs_f64(base * (1.0 - JITTER + 2.0 * JITTER * unit.clamp(0.0, 1.0)))
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    crate::fill_random(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Frames produced while the link is down, oldest first. When full, the
+/// oldest `output` frame goes first; `accepted`, `result` and `denied`
+/// are dropped only when nothing else is left (the audit log keeps them all).
+#[derive(Default)]
+struct OfflineQueue {
+    frames: VecDeque<DeviceFrame>,
+    dropped: u64,
+}
+
+impl OfflineQueue {
+    fn push(&mut self, frame: DeviceFrame) {
+        if self.frames.len() >= OFFLINE_QUEUE {
+            let victim = self.frames.iter().position(|f| matches!(f, DeviceFrame::Output { .. })).unwrap_or(0);
+            self.frames.remove(victim);
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(dropped = self.dropped, "the offline queue is full; dropping the oldest output");
+            }
+        }
+        self.frames.push_back(frame);
+    }
+}
+
+/// How a session ended.
+struct Ended {
+    /// When the relay accepted our hello, if it did.
+    authenticated: Option<Instant>,
+    /// `None` when the daemon is shutting down.
+    error: Option<String>,
+}
+
+/// Keeps the link up until `shutdown` turns true. Frames from tasks arrive
+/// on `frames`; `frames_tx` is what new commands are given.
+pub(crate) async fn run(
+    daemon: Daemon,
+    config: LinkConfig,
+    mut frames: mpsc::Receiver<DeviceFrame>,
+    frames_tx: mpsc::Sender<DeviceFrame>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    daemon.set_link(|s| s.relay = Some(config.url.to_string()));
+    let mut queue = OfflineQueue::default();
+    let mut failures = 0usize;
+    loop {
+        daemon.set_link(|s| {
+            s.attempts += 1;
+            s.next_attempt_at = None;
+        });
+        let ended = session(&daemon, &config, &mut frames, &frames_tx, &mut queue, &mut shutdown).await;
+        let Some(error) = ended.error else { break };
+        tracing::warn!(relay = %config.url, error = %error, "relay link down");
+        if ended.authenticated.is_some_and(|t| t.elapsed() >= HEALTHY_AFTER) {
+            failures = 0;
+        }
+        let wait = backoff(failures, random_unit());
+        failures += 1;
+        daemon.set_link(|s| {
+            s.connected = false;
+            s.since = Some(crate::consent::rfc3339(Utc::now()));
+            s.last_error = Some(error);
+            s.next_attempt_at = chrono::Duration::from_std(wait).ok().map(|w| crate::consent::rfc3339(Utc::now() + w));
+        });
+        let deadline = Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                f = frames.recv() => match f {
+                    Some(f) => queue.push(f),
+                    None => return,
+                },
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
+}
+
+async fn send(ws: &mut Ws, frame: &ToRelay) -> Result<(), String> {
+    match tokio::time::timeout(SEND_TIMEOUT, dial::send(ws, frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("a write to the relay took over 10 s".into()),
+    }
+}
+
+async fn session(
+    daemon: &Daemon,
+    config: &LinkConfig,
+    frames: &mut mpsc::Receiver<DeviceFrame>,
+    frames_tx: &mpsc::Sender<DeviceFrame>,
+    queue: &mut OfflineQueue,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let hello = DeviceHello { enroll_token: config.enroll_token.clone(), name: host_name() };
+    let dialled = tokio::select! {
+        r = dial::connect(&config.url, config.tls.clone(), Role::Device, daemon.device_key(), hello) => r,
+        _ = crate::stopped(shutdown) => return Ended { authenticated: None, error: None },
+    };
+    let mut ws = match dialled {
+        Ok((ws, _)) => ws,
+        Err(e) => return Ended { authenticated: None, error: Some(e.to_string()) },
+    };
+    let authenticated = Some(Instant::now());
+    let failed = |e: String| Ended { authenticated, error: Some(e) };
+    tracing::info!(relay = %config.url, "relay link up");
+    daemon.set_link(|s| {
+        s.connected = true;
+        s.since = Some(crate::consent::rfc3339(Utc::now()));
+    });
+    if let Err(e) = send(&mut ws, &ToRelay::Heartbeat(daemon.heartbeat())).await {
+        return failed(e);
+    }
+    while let Some(frame) = queue.frames.pop_front() {
+        if let Err(e) = send(&mut ws, &ToRelay::Answer(frame.clone())).await {
+            queue.frames.push_front(frame);
+            return failed(e);
+        }
+    }
+    let mut admitting = tokio::task::JoinSet::new();
+    let ended = serve(daemon, &mut ws, frames, frames_tx, queue, shutdown, &mut admitting).await;
+    // Admission is short and must finish (it may have written action.started).
+    admitting.detach_all();
+    match ended {
+        Ok(()) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+            Ended { authenticated, error: None }
+        }
+        Err(e) => failed(e),
+    }
+}
+
+async fn serve(
+    daemon: &Daemon,
+    ws: &mut Ws,
+    frames: &mut mpsc::Receiver<DeviceFrame>,
+    frames_tx: &mpsc::Sender<DeviceFrame>,
+    queue: &mut OfflineQueue,
+    shutdown: &mut watch::Receiver<bool>,
+    admitting: &mut tokio::task::JoinSet<()>,
+) -> Result<(), String> {
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut beat = tokio::time::interval_at(Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            msg = ws.next(), if admitting.len() < MAX_ADMITTING => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => handle(daemon, &text, frames_tx, admitting),
+                    Some(Ok(Message::Close(_))) | None => return Err("the relay closed the connection".into()),
+                    Some(Ok(Message::Binary(_))) => tracing::warn!("binary frame from the relay ignored"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(format!("WebSocket: {e}")),
+                }
+            }
+            Some(_) = admitting.join_next(), if !admitting.is_empty() => {}
+            f = frames.recv() => {
+                let Some(frame) = f else { return Ok(()) };
+                if let Err(e) = send(ws, &ToRelay::Answer(frame.clone())).await {
+                    queue.push(frame);
+                    return Err(e);
+                }
+            }
+            _ = ping.tick() => {
+                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                    return Err(format!("WebSocket: {e}"));
+                }
+            }
+            _ = beat.tick() => send(ws, &ToRelay::Heartbeat(daemon.heartbeat())).await?,
+            _ = tokio::time::sleep_until(last_heard + DEAD_AFTER) => {
+                return Err(format!("dead link: nothing heard from the relay for {} s", DEAD_AFTER.as_secs()));
+            }
+            _ = crate::stopped(shutdown) => return Ok(()),
+        }
+    }
+}
+
+fn handle(
+    daemon: &Daemon,
+    text: &str,
+    frames_tx: &mpsc::Sender<DeviceFrame>,
+    admitting: &mut tokio::task::JoinSet<()>,
+) {
+    match protocol::decode::<FromRelay>(text) {
+        Ok(FromRelay::Run(run)) => {
+            let (d, tx) = (daemon.clone(), frames_tx.clone());
+            admitting.spawn(async move {
+                let _ = d.submit(run, tx).await;
+            });
+        }
+        Ok(FromRelay::Cancel { request_id }) => {
+            let Some(task) = daemon.tasks().into_iter().find(|t| t.request_id == request_id) else {
+                tracing::info!(%request_id, "cancel for a request with no running task");
+                return;
+            };
+            let d = daemon.clone();
+            admitting.spawn(async move {
+                d.stop_task(&task.task_id, StoppedBy::Operator).await;
+            });
+        }
+        Ok(FromRelay::Error { code, message, request_id }) => {
+            tracing::warn!(%code, %message, ?request_id, "the relay reported an error");
+        }
+        Ok(other) => tracing::warn!(frame = %protocol::encode(&other), "unexpected frame from the relay ignored"),
+        Err(e) => tracing::warn!(error = %e, "malformed frame from the relay ignored"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_the_schedule_within_the_jitter() {
+        for (i, base) in BACKOFF_S.iter().enumerate() {
+            let base = *base as f64;
+            assert_eq!(backoff(i, 0.0).as_secs_f64(), base * 0.7);
+            assert!((backoff(i, 1.0).as_secs_f64() - base * 1.3).abs() < 1e-9);
+            let mid = backoff(i, random_unit()).as_secs_f64();
+            assert!((base * 0.7..=base * 1.3).contains(&mid), "{mid}");
+        }
+        assert_eq!(backoff(100, 0.5), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_full_offline_queue_drops_output_before_results() {
+        let mut q = OfflineQueue::default();
+        let denied = |i: usize| DeviceFrame::Denied {
+            request_id: format!("r{i}"),
+            code: protocol::DenyCode::Busy,
+            message: String::new(),
+        };
+        q.push(DeviceFrame::Output {
+            request_id: "o".into(),
+            seq: 0,
+            stream: protocol::Stream::Stdout,
+            data: "x".into(),
+        });
+        for i in 0..OFFLINE_QUEUE {
+            q.push(denied(i));
+        }
+        assert_eq!(q.frames.len(), OFFLINE_QUEUE);
+        assert!(q.frames.iter().all(|f| matches!(f, DeviceFrame::Denied { .. })), "the output went first");
+        q.push(denied(9999));
+        assert_eq!(q.frames.front(), Some(&denied(1)));
+        assert_eq!(q.dropped, 2);
+    }
+}

@@ -1,0 +1,169 @@
+//! The operator client: list devices, run a catalogued action on one and
+//! follow it to its end, or cancel a request, all through the relay.
+//!
+//! Commands are signed here with the operator's key ([`Run::signed`]);
+//! the relay only carries them, and the device checks the signature
+//! against the keys its owner trusts.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::SinkExt as _;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::dial::{self, DeviceHello, DialError, RelayUrl, Welcome, Ws};
+use crate::identity::KeyPair;
+use crate::protocol::{DenyCode, DeviceEntry, DeviceFrame, FromRelay, RelayCode, Role, Run, ToRelay};
+
+/// A WebSocket ping this often while waiting.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// Nothing heard from the relay for this long: give up.
+const DEAD_AFTER: Duration = Duration::from_secs(50);
+
+/// An operator's connection to the relay, authenticated.
+pub struct Session {
+    ws: Ws,
+    /// What the relay calls us.
+    pub welcome: Welcome,
+    key: KeyPair,
+}
+
+/// How a `run` ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The device ran it; the `result` frame.
+    Finished(DeviceFrame),
+    /// The device refused it; nothing ran.
+    Denied { code: DenyCode, message: String },
+    /// The relay could not deliver it.
+    Relay { code: RelayCode, message: String },
+}
+
+impl Session {
+    /// Connects to `url` and proves `key`.
+    ///
+    /// # Errors
+    /// As [`dial::connect`]; `Refused(UNAUTHORIZED)` when the relay does not know the key.
+    pub async fn connect(url: &RelayUrl, tls: Arc<rustls::ClientConfig>, key: KeyPair) -> Result<Session, DialError> {
+        let (ws, welcome) = dial::connect(url, tls, Role::Operator, &key, DeviceHello::default()).await?;
+        Ok(Session { ws, welcome, key })
+    }
+
+    /// Every device enrolled on the relay.
+    ///
+    /// # Errors
+    /// As [`dial::recv`]; [`DialError::Refused`] for a relay error.
+    pub async fn devices(&mut self) -> Result<Vec<DeviceEntry>, DialError> {
+        dial::send(&mut self.ws, &ToRelay::ListDevices {}).await?;
+        loop {
+            match dial::recv(&mut self.ws, dial::CONNECT_TIMEOUT).await? {
+                FromRelay::Devices { devices } => return Ok(devices),
+                FromRelay::Error { code, message, .. } => return Err(DialError::Refused { code, message }),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Signs a `run` of `action` with `params` for `device_id`, issued now.
+    pub fn command(&self, device_id: &str, action: &str, params: BTreeMap<String, String>) -> Run {
+        Run::signed(&self.key, &crate::protocol::new_request_id(), device_id, action, params, Utc::now())
+    }
+
+    /// Sends `run` and follows it to its end, calling `on_frame` for every
+    /// answer (`accepted`, `output`…). When `cancel` resolves first, a
+    /// `cancel` is sent once and the wait goes on for the device's result.
+    ///
+    /// # Errors
+    /// As [`dial::recv`]; [`DialError::Timeout`] after 50 s without a word from the relay.
+    pub async fn run(
+        &mut self,
+        run: &Run,
+        mut on_frame: impl FnMut(&DeviceFrame),
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Outcome, DialError> {
+        self.send_raw(&crate::protocol::encode(&ToRelay::Run(run.clone()))).await?;
+        self.follow(run, &mut on_frame, cancel).await
+    }
+
+    /// Sends a frame as given (tests use it to replay or alter frames).
+    ///
+    /// # Errors
+    /// [`DialError::WebSocket`] if the connection is gone.
+    pub async fn send_raw(&mut self, text: &str) -> Result<(), DialError> {
+        self.ws.send(Message::text(text.to_string())).await.map_err(|e| DialError::WebSocket(e.to_string()))
+    }
+
+    /// Follows the answers to `run` (already sent) to its end; see [`Session::run`].
+    ///
+    /// # Errors
+    /// As [`Session::run`].
+    pub async fn follow(
+        &mut self,
+        run: &Run,
+        on_frame: &mut impl FnMut(&DeviceFrame),
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Outcome, DialError> {
+        tokio::pin!(cancel);
+        let mut cancel_sent = false;
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        let mut last_heard = Instant::now();
+        loop {
+            let frame = tokio::select! {
+                f = dial::next(&mut self.ws) => f?,
+                _ = ping.tick() => {
+                    self.ws.send(Message::Ping(Default::default())).await.map_err(|e| DialError::WebSocket(e.to_string()))?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(last_heard + DEAD_AFTER) => return Err(DialError::Timeout("waiting for the relay (50 s without a word)")),
+                _ = &mut cancel, if !cancel_sent => {
+                    cancel_sent = true;
+                    let frame = ToRelay::Cancel { device_id: run.device_id.clone(), request_id: run.request_id.clone() };
+                    dial::send(&mut self.ws, &frame).await?;
+                    continue;
+                }
+            };
+            last_heard = Instant::now();
+            match frame {
+                FromRelay::Answer(f) if f.request_id() == run.request_id => {
+                    on_frame(&f);
+                    match f {
+                        DeviceFrame::Result { .. } => return Ok(Outcome::Finished(f)),
+                        DeviceFrame::Denied { code, message, .. } => return Ok(Outcome::Denied { code, message }),
+                        _ => {}
+                    }
+                }
+                // A refused cancel (the task already ended) is not the end.
+                FromRelay::Error { code, message, request_id }
+                    if request_id.as_deref() == Some(&run.request_id)
+                        && (!cancel_sent || code != RelayCode::BadFrame) =>
+                {
+                    return Ok(Outcome::Relay { code, message });
+                }
+                FromRelay::Error { code, message, request_id: None } => {
+                    return Err(DialError::Refused { code, message });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks the device to stop `request_id` (one of this operator key's requests).
+    ///
+    /// # Errors
+    /// [`DialError::Refused`] when the relay refuses (not ours, device offline).
+    pub async fn cancel(&mut self, device_id: &str, request_id: &str) -> Result<(), DialError> {
+        let frame = ToRelay::Cancel { device_id: device_id.into(), request_id: request_id.into() };
+        dial::send(&mut self.ws, &frame).await?;
+        loop {
+            match dial::recv(&mut self.ws, dial::CONNECT_TIMEOUT).await? {
+                FromRelay::Forwarded { request_id: r } if r == request_id => return Ok(()),
+                FromRelay::Error { code, message, .. } => return Err(DialError::Refused { code, message }),
+                _ => continue,
+            }
+        }
+    }
+}

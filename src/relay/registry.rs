@@ -1,0 +1,300 @@
+//! The relay's registry: enrolled devices (device id → public key),
+//! operators (name → public key) and one-time enrollment tokens.
+//!
+//! It lives in `registry.json` in the relay's state directory, 0600,
+//! written atomically under an exclusive lock on `registry.lock`, so the
+//! admin subcommands (`enroll-token`, `add-operator`) and a running relay
+//! can both change it. The relay re-reads it whenever the file changed
+//! (inode, size, mtime), so admin changes take effect without a restart.
+//! Tokens are stored as SHA-256 hashes: the file never holds a usable token.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::PublicKey;
+use crate::paths::{self, FileError};
+
+/// The largest registry file read (bytes): room for a few hundred thousand devices.
+const MAX_REGISTRY_BYTES: u64 = 256 << 20;
+
+/// A registry failure; the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{path}: not a valid registry ({why}); fix or move it aside")]
+    Malformed { path: PathBuf, why: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    /// An admin change that conflicts with what is there.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// An enrolled device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRecord {
+    /// `ed25519:<base64url>`, pinned at enrollment.
+    pub public_key: String,
+    /// The name it gave at enrollment (printable, ≤ 64 chars).
+    pub name: String,
+    /// RFC 3339 UTC.
+    pub enrolled_at: String,
+}
+
+/// An operator the relay admits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorRecord {
+    pub public_key: String,
+    pub added_at: String,
+}
+
+/// A one-time enrollment token, by hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// SHA-256 of the token, hex.
+    pub sha256: String,
+    /// RFC 3339 UTC; the token is refused from then on.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The whole registry file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceRecord>,
+    #[serde(default)]
+    pub operators: BTreeMap<String, OperatorRecord>,
+    #[serde(default)]
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// What identifies one version of the file on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn registry_path(dir: &Path) -> PathBuf {
+    dir.join("registry.json")
+}
+
+/// The stamp of `registry.json` now (default if missing).
+pub fn stamp(dir: &Path) -> Stamp {
+    match std::fs::symlink_metadata(registry_path(dir)) {
+        Ok(m) => Stamp {
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        },
+        Err(_) => Stamp::default(),
+    }
+}
+
+/// Hashes an enrollment token for storage and lookup.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
+}
+
+impl Registry {
+    /// Reads `registry.json` in `dir` (an empty registry if missing) and its stamp.
+    ///
+    /// # Errors
+    /// [`RegistryError::File`] for an unsafe or unreadable file;
+    /// [`RegistryError::Malformed`] for bad JSON.
+    pub fn load(dir: &Path) -> Result<(Registry, Stamp), RegistryError> {
+        let path = registry_path(dir);
+        let stamp = stamp(dir);
+        let Some(bytes) = paths::read_secret(&path, MAX_REGISTRY_BYTES)? else {
+            return Ok((Registry::default(), stamp));
+        };
+        let registry = serde_json::from_slice(&bytes)
+            .map_err(|e| RegistryError::Malformed { path: path.clone(), why: e.to_string() })?;
+        Ok((registry, stamp))
+    }
+
+    /// Changes the registry under its lock: reads it, applies `change`,
+    /// writes it atomically. Returns what `change` returned and the new state.
+    ///
+    /// # Errors
+    /// As [`Registry::load`]; [`RegistryError::Lock`]; whatever `change`
+    /// returns (nothing is written then).
+    pub fn update<T>(
+        dir: &Path,
+        change: impl FnOnce(&mut Registry) -> Result<T, RegistryError>,
+    ) -> Result<(T, Registry, Stamp), RegistryError> {
+        paths::ensure_dir(dir)?;
+        let lock_path = dir.join("registry.lock");
+        let lock = open_lock(&lock_path)?;
+        lock.lock().map_err(|source| RegistryError::Lock { path: lock_path.clone(), source })?;
+        let (mut registry, _) = Registry::load(dir)?;
+        let out = change(&mut registry)?;
+        let now = Utc::now();
+        registry.tokens.retain(|t| t.expires_at > now);
+        let bytes = serde_json::to_vec_pretty(&registry).expect("the registry always serializes");
+        paths::write_atomic(&registry_path(dir), &bytes)?;
+        let stamp = stamp(dir);
+        drop(lock);
+        Ok((out, registry, stamp))
+    }
+
+    /// The operator's name for `key`, if it is registered.
+    pub fn operator_named(&self, key: &str) -> Option<&str> {
+        self.operators.iter().find(|(_, o)| o.public_key == key).map(|(n, _)| n.as_str())
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File, RegistryError> {
+    paths::create_new(path, b"")?;
+    Ok(paths::open_read(path)?.ok_or_else(|| FileError::Io {
+        op: "open",
+        path: path.into(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?)
+}
+
+/// Makes a one-time token valid for `ttl` and records its hash. Returns
+/// the token (`et-` and 32 random bytes, base64url): shown once, never stored.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn new_token(dir: &Path, ttl: chrono::Duration) -> Result<(String, DateTime<Utc>), RegistryError> {
+    use base64::Engine as _;
+    let mut raw = [0u8; 32];
+    crate::fill_random(&mut raw);
+    let token = format!("et-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    let expires_at = Utc::now() + ttl;
+    let sha256 = token_hash(&token);
+    Registry::update(dir, |r| {
+        r.tokens.push(TokenRecord { sha256, expires_at });
+        Ok(())
+    })?;
+    Ok((token, expires_at))
+}
+
+/// Adds (or re-keys nothing: a name already used for another key is a
+/// conflict) an operator.
+///
+/// # Errors
+/// [`RegistryError::Conflict`] when the name or key is taken; as
+/// [`Registry::update`].
+pub fn add_operator(dir: &Path, name: &str, key: &PublicKey) -> Result<bool, RegistryError> {
+    let key = key.to_string();
+    let ((added, _), _, _) = Registry::update(dir, |r| {
+        if let Some(existing) = r.operators.get(name) {
+            return if existing.public_key == key {
+                Ok((false, ()))
+            } else {
+                Err(RegistryError::Conflict(format!("operator {name:?} already has another key")))
+            };
+        }
+        if let Some(other) = r.operator_named(&key) {
+            return Err(RegistryError::Conflict(format!("that key is already registered as {other:?}")));
+        }
+        r.operators.insert(
+            name.into(),
+            OperatorRecord { public_key: key.clone(), added_at: crate::consent::rfc3339(Utc::now()) },
+        );
+        Ok((true, ()))
+    })?;
+    Ok(added)
+}
+
+/// Removes an operator by name. Returns whether it was there.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn remove_operator(dir: &Path, name: &str) -> Result<bool, RegistryError> {
+    let (removed, _, _) = Registry::update(dir, |r| Ok(r.operators.remove(name).is_some()))?;
+    Ok(removed)
+}
+
+/// Why an enrollment was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enroll {
+    /// Pinned now.
+    Pinned,
+    /// Already pinned to this key.
+    Known,
+    /// No valid token: unknown, used or expired.
+    BadToken,
+    /// The id is pinned to another key.
+    OtherKey,
+}
+
+/// Pins `device_id` → `key` if `token` is valid (and consumes it); or
+/// confirms an existing pin.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn enroll(
+    dir: &Path,
+    device_id: &str,
+    key: &str,
+    name: &str,
+    token: Option<&str>,
+) -> Result<(Enroll, Registry, Stamp), RegistryError> {
+    let now = Utc::now();
+    Registry::update(dir, |r| {
+        if let Some(d) = r.devices.get(device_id) {
+            return Ok(if d.public_key == key { Enroll::Known } else { Enroll::OtherKey });
+        }
+        let Some(token) = token else { return Ok(Enroll::BadToken) };
+        let hash = token_hash(token);
+        let Some(i) = r.tokens.iter().position(|t| t.sha256 == hash && t.expires_at > now) else {
+            return Ok(Enroll::BadToken);
+        };
+        r.tokens.remove(i);
+        r.devices.insert(
+            device_id.into(),
+            DeviceRecord { public_key: key.into(), name: name.into(), enrolled_at: crate::consent::rfc3339(now) },
+        );
+        Ok(Enroll::Pinned)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_enrolls_one_device_once_and_pins_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, _) = new_token(dir.path(), chrono::Duration::hours(1)).unwrap();
+        let raw = std::fs::read_to_string(dir.path().join("registry.json")).unwrap();
+        assert!(!raw.contains(&token), "the token itself is never stored");
+        let (e, ..) = enroll(dir.path(), "d-1", "k1", "host", Some(&token)).unwrap();
+        assert_eq!(e, Enroll::Pinned);
+        assert_eq!(enroll(dir.path(), "d-2", "k2", "host", Some(&token)).unwrap().0, Enroll::BadToken);
+        assert_eq!(enroll(dir.path(), "d-1", "k1", "host", None).unwrap().0, Enroll::Known);
+        assert_eq!(enroll(dir.path(), "d-1", "k9", "host", None).unwrap().0, Enroll::OtherKey);
+        let (expired, _) = new_token(dir.path(), chrono::Duration::seconds(-1)).unwrap();
+        assert_eq!(enroll(dir.path(), "d-3", "k3", "host", Some(&expired)).unwrap().0, Enroll::BadToken);
+    }
+
+    #[test]
+    fn operator_names_and_keys_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = crate::KeyPair::generate();
+        let (b, _) = crate::KeyPair::generate();
+        assert!(add_operator(dir.path(), "alice", &a.public_key()).unwrap());
+        assert!(!add_operator(dir.path(), "alice", &a.public_key()).unwrap());
+        assert!(add_operator(dir.path(), "alice", &b.public_key()).is_err());
+        assert!(add_operator(dir.path(), "bob", &a.public_key()).is_err());
+        let (r, _) = Registry::load(dir.path()).unwrap();
+        assert_eq!(r.operator_named(&a.public_key().to_string()), Some("alice"));
+        assert!(remove_operator(dir.path(), "alice").unwrap());
+    }
+}

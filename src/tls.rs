@@ -1,0 +1,341 @@
+//! rustls configurations for the relay link: the relay's server config, and
+//! the clients' (daemon and operator) config with the relay pinned.
+//!
+//! Every config is TLS 1.3 only (RFC 8446) with the ring provider. A
+//! client trusts the relay in exactly one of three ways ([`RelayTrust`]);
+//! certificate verification is never switched off. The relay's key is
+//! read from PEM files or made once with `--self-signed` and kept in the
+//! relay's state directory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+
+use crate::paths::{self, FileError};
+
+/// The largest PEM file read (certificate chain or key), in bytes.
+const MAX_PEM_BYTES: u64 = 256 * 1024;
+
+/// A TLS setup failure; the message names the file or setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A PEM file holds nothing usable.
+    #[error("{path}: {why}")]
+    Pem { path: PathBuf, why: String },
+    /// rustls refused the certificate, key or settings.
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The self-signed certificate could not be made.
+    #[error("cannot make a self-signed certificate: {0}")]
+    Generate(String),
+    /// `--relay-fingerprint` or `--relay-ca` is malformed, or no system roots.
+    #[error("{0}")]
+    Trust(String),
+}
+
+/// The ring provider, shared by every config here.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// `sha256:` and the lowercase hex SHA-256 of a certificate's DER bytes, as
+/// `--relay-fingerprint` takes it and `support relay serve` prints it.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, cert.as_ref())))
+}
+
+/// The relay's certificate chain and private key.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity").field("leaf", &self.chain.first().map(fingerprint)).field("key", &"***").finish()
+    }
+}
+
+impl Identity {
+    /// The leaf certificate's fingerprint (see [`fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        self.chain.first().map(fingerprint).unwrap_or_default()
+    }
+
+    /// Reads a certificate chain (leaf first) and a private key (PKCS#8,
+    /// PKCS#1 or SEC1) from PEM files.
+    ///
+    /// # Errors
+    /// [`TlsError::File`] if a file is missing, unsafe (the key must not be
+    /// readable by others) or over 256 KiB; [`TlsError::Pem`] if it holds
+    /// no certificate or no key.
+    pub fn from_pem(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+        let cert_pem = read(cert, false)?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem { path: cert.into(), why: format!("not a PEM certificate chain: {e}") })?;
+        if chain.is_empty() {
+            return Err(TlsError::Pem { path: cert.into(), why: "holds no CERTIFICATE block".into() });
+        }
+        let key_pem = read(key, true)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+            .map_err(|e| TlsError::Pem { path: key.into(), why: format!("holds no usable private key: {e}") })?;
+        Ok(Identity { chain, key })
+    }
+
+    /// The relay's self-signed identity in `dir` (`cert.pem`, `key.pem`,
+    /// both 0600): made on first use for `localhost`, `127.0.0.1`, `::1`
+    /// and `sans`, then reused, so clients pinned to it stay pinned.
+    /// Returns whether it was made now.
+    ///
+    /// # Errors
+    /// As [`Identity::from_pem`]; [`TlsError::Generate`] if rcgen fails.
+    pub fn self_signed(dir: &Path, sans: &[String]) -> Result<(Identity, bool), TlsError> {
+        paths::ensure_dir(dir)?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        if paths::open_read(&cert)?.is_some() {
+            return Ok((Identity::from_pem(&cert, &key)?, false));
+        }
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        names.extend(sans.iter().filter(|s| !names.contains(s)).cloned().collect::<Vec<_>>());
+        let made = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+        // The key first: a cert.pem without its key.pem would be reused and fail.
+        paths::write_atomic(&key, made.signing_key.serialize_pem().as_bytes())?;
+        paths::write_atomic(&cert, made.cert.pem().as_bytes())?;
+        Ok((Identity::from_pem(&cert, &key)?, true))
+    }
+
+    /// The relay's server config: TLS 1.3 only, no client certificates
+    /// (peers prove their keys inside the WebSocket), ALPN `http/1.1`.
+    ///
+    /// # Errors
+    /// [`TlsError::Rustls`] if the key does not match or is unsupported.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn read(path: &Path, secret: bool) -> Result<Vec<u8>, TlsError> {
+    let bytes = if secret { paths::read_secret(path, MAX_PEM_BYTES)? } else { read_public(path)? };
+    bytes.ok_or_else(|| TlsError::Pem { path: path.into(), why: "no such file".into() })
+}
+
+/// A certificate file may live anywhere and belong to anyone (e.g. a CA
+/// bundle under /etc), but it is still read with a cap.
+fn read_public(path: &Path) -> Result<Option<Vec<u8>>, TlsError> {
+    use std::io::Read as _;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(FileError::Io { op: "open", path: path.into(), source }.into()),
+    };
+    let mut out = Vec::new();
+    file.take(MAX_PEM_BYTES + 1).read_to_end(&mut out).map_err(|source| FileError::Io {
+        op: "read",
+        path: path.into(),
+        source,
+    })?;
+    if out.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError::Pem { path: path.into(), why: "is over 256 KiB".into() });
+    }
+    Ok(Some(out))
+}
+
+/// How a client (daemon or operator) recognises the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayTrust {
+    /// `--relay-ca FILE`: certificates in this PEM file are the only roots
+    /// (a self-signed relay's own `cert.pem` works).
+    CaFile(PathBuf),
+    /// `--relay-fingerprint sha256:HEX`: exactly this leaf certificate; the
+    /// handshake signature is still verified against its key.
+    Fingerprint([u8; 32]),
+    /// `--relay-ca system`: the operating system's roots (rustls-native-certs).
+    System,
+}
+
+impl RelayTrust {
+    /// From `--relay-ca` (a file, or `system`) and `--relay-fingerprint`;
+    /// exactly one must be given.
+    ///
+    /// # Errors
+    /// [`TlsError::Trust`] for none, both, or a malformed fingerprint.
+    pub fn from_flags(ca: Option<&str>, fingerprint: Option<&str>) -> Result<RelayTrust, TlsError> {
+        match (ca, fingerprint) {
+            (Some(_), Some(_)) => Err(TlsError::Trust("give --relay-ca or --relay-fingerprint, not both".into())),
+            (None, None) => Err(TlsError::Trust(
+                "say how to recognise the relay: --relay-ca FILE, --relay-ca system, or --relay-fingerprint sha256:HEX"
+                    .into(),
+            )),
+            (Some("system"), None) => Ok(RelayTrust::System),
+            (Some(file), None) => Ok(RelayTrust::CaFile(file.into())),
+            (None, Some(fp)) => fp.parse(),
+        }
+    }
+
+    /// The client config for this trust: TLS 1.3 only, ALPN `http/1.1`.
+    ///
+    /// # Errors
+    /// [`TlsError::File`]/[`TlsError::Pem`] for an unreadable or empty CA
+    /// file; [`TlsError::Trust`] when the system has no usable roots.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let builder =
+            ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+        let mut config = match self {
+            RelayTrust::Fingerprint(pin) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedLeaf { pin: *pin, provider: provider() }))
+                .with_no_client_auth(),
+            RelayTrust::CaFile(path) => {
+                let pem = read(path, false)?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| TlsError::Pem { path: path.clone(), why: e.to_string() })?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| TlsError::Pem { path: path.clone(), why: format!("unusable certificate: {e}") })?;
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::Pem { path: path.clone(), why: "holds no CERTIFICATE block".into() });
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            RelayTrust::System => {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err(TlsError::Trust(format!(
+                        "--relay-ca system: no usable root certificates on this system ({} errors)",
+                        found.errors.len()
+                    )));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl FromStr for RelayTrust {
+    type Err = TlsError;
+
+    /// Parses `sha256:HEX` (64 hex digits; `:` between bytes allowed, case ignored).
+    fn from_str(s: &str) -> Result<RelayTrust, TlsError> {
+        let bad = || TlsError::Trust(format!("--relay-fingerprint must be sha256: and 64 hex digits, not {s:?}"));
+        let hexits: String = s.strip_prefix("sha256:").ok_or_else(bad)?.chars().filter(|c| *c != ':').collect();
+        let bytes = hex::decode(hexits.to_ascii_lowercase()).map_err(|_| bad())?;
+        Ok(RelayTrust::Fingerprint(bytes.try_into().map_err(|_| bad())?))
+    }
+}
+
+/// The server name to verify for `host` (an IP address or a DNS name).
+///
+/// # Errors
+/// [`TlsError::Trust`] if `host` is neither.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|_| TlsError::Trust(format!("{host:?} is not a valid host name")))
+}
+
+/// Accepts exactly one leaf certificate (by SHA-256), and still checks that
+/// the server's handshake signature was made by that certificate's key.
+#[derive(Debug)]
+struct PinnedLeaf {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedLeaf {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+        if got.as_ref() == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Unreachable with a TLS 1.3-only config; refuse rather than trust.
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons() {
+        let hex64 = "ab".repeat(32);
+        assert_eq!(format!("sha256:{hex64}").parse::<RelayTrust>().unwrap(), RelayTrust::Fingerprint([0xab; 32]));
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(format!("sha256:{colons}").parse::<RelayTrust>().unwrap(), RelayTrust::Fingerprint([0xab; 32]));
+        for bad in ["", "sha256:", "md5:ab", &format!("sha256:{}", "ab".repeat(31)), &format!("sha1:{hex64}")] {
+            assert!(bad.parse::<RelayTrust>().is_err(), "{bad}");
+        }
+        assert!(RelayTrust::from_flags(None, None).is_err());
+        assert!(RelayTrust::from_flags(Some("system"), Some("sha256:00")).is_err());
+        assert_eq!(RelayTrust::from_flags(Some("system"), None).unwrap(), RelayTrust::System);
+    }
+
+    #[test]
+    fn self_signed_identity_is_made_once_with_private_modes() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("relay");
+        let (first, made) = Identity::self_signed(&state, &["relay.example".into()]).unwrap();
+        assert!(made);
+        for f in ["cert.pem", "key.pem"] {
+            assert_eq!(std::fs::metadata(state.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+        }
+        let (again, made) = Identity::self_signed(&state, &[]).unwrap();
+        assert!(!made);
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        assert!(first.fingerprint().starts_with("sha256:") && first.fingerprint().len() == 71);
+        first.server_config().unwrap();
+        RelayTrust::CaFile(state.join("cert.pem")).client_config().unwrap();
+    }
+}
