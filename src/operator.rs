@@ -151,6 +151,14 @@ impl Session {
         }
     }
 
+    /// The next frame from the relay within `wait`, whatever it is.
+    ///
+    /// # Errors
+    /// As [`dial::recv`].
+    pub async fn recv(&mut self, wait: Duration) -> Result<FromRelay, DialError> {
+        dial::recv(&mut self.ws, wait).await
+    }
+
     /// Asks the device to stop `request_id` (one of this operator key's requests).
     ///
     /// # Errors

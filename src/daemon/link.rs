@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::Daemon;
 use crate::dial::{self, DeviceHello, RelayUrl, Ws};
-use crate::protocol::{self, DeviceFrame, FromRelay, Role, StoppedBy, ToRelay};
+use crate::protocol::{self, DeviceFrame, FromRelay, Heartbeat, Role, StoppedBy, ToRelay};
 
 /// Waits between attempts, in seconds, before jitter; the last repeats.
 pub const BACKOFF_S: [u64; 7] = [1, 2, 4, 8, 16, 30, 60];
@@ -227,8 +227,20 @@ async fn serve(
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut beat = tokio::time::interval_at(Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
     let mut last_heard = Instant::now();
+    // The grant and the task count also go out when they change, so
+    // operators see a new grant or a revoke at once, not 30 s later.
+    let mut events = daemon.subscribe();
+    let mut reported = daemon.heartbeat();
+    let summary = |h: &Heartbeat| (h.tier, h.expires_at.clone(), h.running_tasks);
     loop {
         tokio::select! {
+            _ = events.recv() => {
+                let now = daemon.heartbeat();
+                if summary(&now) != summary(&reported) {
+                    send(ws, &ToRelay::Heartbeat(now.clone())).await?;
+                    reported = now;
+                }
+            }
             msg = ws.next(), if admitting.len() < MAX_ADMITTING => {
                 last_heard = Instant::now();
                 match msg {
@@ -252,7 +264,10 @@ async fn serve(
                     return Err(format!("WebSocket: {e}"));
                 }
             }
-            _ = beat.tick() => send(ws, &ToRelay::Heartbeat(daemon.heartbeat())).await?,
+            _ = beat.tick() => {
+                reported = daemon.heartbeat();
+                send(ws, &ToRelay::Heartbeat(reported.clone())).await?;
+            }
             _ = tokio::time::sleep_until(last_heard + DEAD_AFTER) => {
                 return Err(format!("dead link: nothing heard from the relay for {} s", DEAD_AFTER.as_secs()));
             }
