@@ -122,6 +122,23 @@ pub async fn connect(
         .await
         .map_err(|_| DialError::Timeout("connecting"))?
         .map_err(|source| DialError::Connect { addr: addr.clone(), source })?;
+    connect_over(tcp, url, tls, role, key, device).await
+}
+
+/// As [`connect`], over a TCP connection already made (the load
+/// generator binds its own source addresses).
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_over(
+    tcp: TcpStream,
+    url: &RelayUrl,
+    tls: Arc<rustls::ClientConfig>,
+    role: Role,
+    key: &KeyPair,
+    device: DeviceHello,
+) -> Result<(Ws, Welcome), DialError> {
+    let addr = format!("{}:{}", url.host, url.port);
     let _ = tcp.set_nodelay(true);
     let name = tls::server_name(&url.host)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
@@ -193,10 +210,23 @@ pub async fn recv(ws: &mut Ws, wait: Duration) -> Result<FromRelay, DialError> {
 /// As [`recv`], without the timeout.
 pub async fn next(ws: &mut Ws) -> Result<FromRelay, DialError> {
     loop {
+        if let Some(frame) = next_heard(ws).await? {
+            return Ok(frame);
+        }
+    }
+}
+
+/// The next frame, or `None` for a ping or pong: the relay was heard.
+///
+/// # Errors
+/// As [`next`].
+pub async fn next_heard(ws: &mut Ws) -> Result<Option<FromRelay>, DialError> {
+    loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
-                return protocol::decode(&text).map_err(|e| DialError::Protocol(e.to_string()));
+                return protocol::decode(&text).map(Some).map_err(|e| DialError::Protocol(e.to_string()));
             }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
             Some(Ok(Message::Close(frame))) => {
                 let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
                 return Err(DialError::WebSocket(format!("the relay closed the connection {why}")));

@@ -113,7 +113,13 @@ impl Session {
         let mut last_heard = Instant::now();
         loop {
             let frame = tokio::select! {
-                f = dial::next(&mut self.ws) => f?,
+                f = dial::next_heard(&mut self.ws) => match f? {
+                    Some(f) => f,
+                    None => {
+                        last_heard = Instant::now();
+                        continue;
+                    }
+                },
                 _ = ping.tick() => {
                     self.ws.send(Message::Ping(Default::default())).await.map_err(|e| DialError::WebSocket(e.to_string()))?;
                     continue;

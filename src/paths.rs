@@ -381,6 +381,26 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError
     sync_parent(path)
 }
 
+/// Replaces `path` atomically for other processes (a 0600 temp file,
+/// renamed over it) but without fsync: for state that must survive the
+/// process crashing, not the machine (the page cache outlives the process).
+///
+/// # Errors
+/// [`FileError::Io`] for any step; `path` is then left as it was.
+pub(crate) fn replace_unsynced(path: &Path, contents: &[u8]) -> Result<(), FileError> {
+    let dir = parent(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    let file = tmp.as_file_mut();
+    file.set_permissions(Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
+    file.write_all(contents).map_err(io_err("write", path))?;
+    tmp.persist(path).map_err(|e| FileError::Io { op: "rename into", path: path.into(), source: e.error })?;
+    Ok(())
+}
+
 /// Removes `path` (a link is removed, never followed) and fsyncs its
 /// directory. Returns whether anything was removed.
 ///

@@ -423,6 +423,16 @@ pub struct DeviceEntry {
     pub tier: Option<u8>,
     /// The grant it last reported: end (RFC 3339 UTC).
     pub expires_at: Option<String>,
+    /// Tasks running at its last heartbeat.
+    #[serde(default)]
+    pub running_tasks: Option<u32>,
+    /// Its audit chain's head at its last heartbeat: a later head with a
+    /// lower seq means the log was cut back.
+    #[serde(default)]
+    pub audit_head: Option<AuditHead>,
+    /// Its daemon's version.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// Relay error codes (DESIGN §7), plus `BUSY` for the relay's own limits.

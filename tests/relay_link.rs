@@ -492,3 +492,24 @@ async fn operators_see_only_their_own_requests_and_revoke_cancels_a_running_fix(
         "{outcome:?}"
     );
 }
+
+/// Reads of `/proc/PID/io`'s `syscr`: read syscalls the process made so far.
+fn read_syscalls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("syscr: ")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn an_idle_linked_daemon_under_a_grant_stays_idle() {
+    // Reading the grant raises inotify access events; a watcher that took
+    // them for changes re-read the file hundreds of times a second.
+    let relay = Relay::start("127.0.0.1:0");
+    let device = Device::enrolled(&relay);
+    device.allow(1);
+    device.wait_until("granted", |s| s["daemon"]["running_tasks"] == 0);
+    let pid = device.proc.0.id();
+    let before = read_syscalls(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let reads = read_syscalls(pid) - before;
+    assert!(reads < 200, "{reads} read syscalls in 2 s of idling");
+}

@@ -108,6 +108,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    if let Command::Run { params, .. } = &args.command {
+        parse_params(params)?;
+    }
     runtime.block_on(async move {
         let mut session = args.conn.open().await?;
         match args.command {

@@ -142,8 +142,13 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
             .await
             .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Failed(e.to_string()))?;
-        println!("listening on {addr}");
-        println!("certificate fingerprint {}", identity.fingerprint());
+        // Whoever started us may stop reading stdout; that must not stop the relay.
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = writeln!(out, "certificate fingerprint {}", identity.fingerprint());
+        let _ = out.flush();
+        drop(out);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let options = relay::Options { max_connections: a.max_connections };
         relay::run(listener, tls, dir, options, super::daemon::shutdown_signal())

@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Daemon;
 use crate::dial::{self, DeviceHello, RelayUrl, Ws};
@@ -40,6 +41,8 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 pub const OFFLINE_QUEUE: usize = 1024;
 /// Commands being admitted at once; past this the link stops reading.
 const MAX_ADMITTING: usize = 16;
+/// The error of a session the relay ended with close code 1001.
+const GOING_AWAY: &str = "the relay is restarting (it closed the connection with 1001 going away)";
 /// How long one write to the relay may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -110,6 +113,8 @@ struct Ended {
     authenticated: Option<Instant>,
     /// `None` when the daemon is shutting down.
     error: Option<String>,
+    /// The relay said it was going away (close code 1001, a restart).
+    going_away: bool,
 }
 
 /// Keeps the link up until `shutdown` turns true. Frames from tasks arrive
@@ -132,7 +137,8 @@ pub(crate) async fn run(
         let ended = session(&daemon, &config, &mut frames, &frames_tx, &mut queue, &mut shutdown).await;
         let Some(error) = ended.error else { break };
         tracing::warn!(relay = %config.url, error = %error, "relay link down");
-        if ended.authenticated.is_some_and(|t| t.elapsed() >= HEALTHY_AFTER) {
+        // Healthy: up long enough, or ended by the relay announcing a restart.
+        if ended.authenticated.is_some_and(|t| ended.going_away || t.elapsed() >= HEALTHY_AFTER) {
             failures = 0;
         }
         let wait = backoff(failures, random_unit());
@@ -180,14 +186,14 @@ async fn session(
     let hello = DeviceHello { enroll_token: config.enroll_token.clone(), name: host_name() };
     let dialled = tokio::select! {
         r = dial::connect(&config.url, config.tls.clone(), Role::Device, daemon.device_key(), hello) => r,
-        _ = crate::stopped(shutdown) => return Ended { authenticated: None, error: None },
+        _ = crate::stopped(shutdown) => return Ended { authenticated: None, error: None, going_away: false },
     };
     let mut ws = match dialled {
         Ok((ws, _)) => ws,
-        Err(e) => return Ended { authenticated: None, error: Some(e.to_string()) },
+        Err(e) => return Ended { authenticated: None, error: Some(e.to_string()), going_away: false },
     };
     let authenticated = Some(Instant::now());
-    let failed = |e: String| Ended { authenticated, error: Some(e) };
+    let failed = |e: String| Ended { authenticated, going_away: e == GOING_AWAY, error: Some(e) };
     tracing::info!(relay = %config.url, "relay link up");
     daemon.set_link(|s| {
         s.connected = true;
@@ -209,7 +215,7 @@ async fn session(
     match ended {
         Ok(()) => {
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-            Ended { authenticated, error: None }
+            Ended { authenticated, error: None, going_away: false }
         }
         Err(e) => failed(e),
     }
@@ -245,6 +251,7 @@ async fn serve(
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(text))) => handle(daemon, &text, frames_tx, admitting),
+                    Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Away => return Err(GOING_AWAY.into()),
                     Some(Ok(Message::Close(_))) | None => return Err("the relay closed the connection".into()),
                     Some(Ok(Message::Binary(_))) => tracing::warn!("binary frame from the relay ignored"),
                     Some(Ok(_)) => {}

@@ -424,10 +424,13 @@ impl Daemon {
         Ok(())
     }
 
+    /// Writes `tasks.json` for the next start to clean up after a crash.
+    /// Not fsynced: it only has to outlive this process, and after a power
+    /// loss the boot id differs and every task died with the machine.
     fn persist_tasks(&self, state: &State) {
         let list: Vec<&TaskInfo> = state.tasks.values().map(|t| &t.info).collect();
         let bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
-        if let Err(e) = paths::write_atomic(&tasks_path(&self.inner.paths), &bytes) {
+        if let Err(e) = paths::replace_unsynced(&tasks_path(&self.inner.paths), &bytes) {
             tracing::error!(error = %e, "could not write tasks.json");
         }
     }
@@ -886,7 +889,10 @@ fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::Recomm
     let file = paths.consent();
     let name = file.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own reads of the file raise open/access events: only a change counts,
+        // or each read would wake the watcher to read it again.
         if let Ok(event) = event
+            && !event.kind.is_access()
             && event.paths.iter().any(|p| p.file_name() == name.as_deref())
         {
             let _ = tx.try_send(());

@@ -125,6 +125,9 @@ pub struct Live {
     pub last_heartbeat: Option<String>,
     pub tier: Option<u8>,
     pub expires_at: Option<String>,
+    /// The rest of the last heartbeat (running tasks, audit head, uptime, version).
+    #[serde(default)]
+    pub heartbeat: Option<Heartbeat>,
 }
 
 /// `live.json`.
@@ -173,6 +176,9 @@ fn entries(registry: &Registry, live: impl Fn(&str) -> Live) -> Vec<DeviceEntry>
                 last_heartbeat: l.last_heartbeat,
                 tier: l.tier,
                 expires_at: l.expires_at,
+                running_tasks: l.heartbeat.as_ref().map(|h| h.running_tasks),
+                audit_head: l.heartbeat.as_ref().and_then(|h| h.audit_head.clone()),
+                version: l.heartbeat.map(|h| h.version),
             }
         })
         .collect()
@@ -412,7 +418,8 @@ impl Hub {
         let l = live.entry(device_id.to_string()).or_default();
         l.last_heartbeat = Some(crate::consent::rfc3339(Utc::now()));
         l.tier = hb.tier;
-        l.expires_at = hb.expires_at;
+        l.expires_at = hb.expires_at.clone();
+        l.heartbeat = Some(hb);
         drop(live);
         self.live_dirty.notify_one();
     }
@@ -686,18 +693,29 @@ enum ReadError {
     Binary,
 }
 
-/// The next text frame; pings and pongs are answered by tungstenite and skipped.
-async fn next_text(ws: &mut Ws) -> Result<String, ReadError> {
+/// The next text frame, or `None` for a ping or pong (tungstenite answers
+/// pings itself); either way the peer was heard.
+async fn next_heard(ws: &mut Ws) -> Result<Option<String>, ReadError> {
     use tokio_tungstenite::tungstenite::Error;
     use tokio_tungstenite::tungstenite::error::CapacityError;
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
             Some(Ok(Message::Binary(_))) => return Err(ReadError::Binary),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
+            Some(Ok(Message::Frame(_))) => continue,
             Some(Ok(Message::Close(_))) | None => return Err(ReadError::Gone),
             Some(Err(Error::Capacity(CapacityError::MessageTooLong { .. }))) => return Err(ReadError::TooLarge),
             Some(Err(_)) => return Err(ReadError::Gone),
+        }
+    }
+}
+
+/// The next text frame, skipping pings and pongs.
+async fn next_text(ws: &mut Ws) -> Result<String, ReadError> {
+    loop {
+        if let Some(text) = next_heard(ws).await? {
+            return Ok(text);
         }
     }
 }
@@ -802,9 +820,10 @@ async fn serve_peer(
     let mut deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
     loop {
         tokio::select! {
-            read = tokio::time::timeout_at(deadline, next_text(ws)) => {
+            read = tokio::time::timeout_at(deadline, next_heard(ws)) => {
                 deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
                 let text = match read {
+                    Ok(Ok(None)) => continue,
                     Err(_) => return close(ws, CloseCode::Policy, "idle").await,
                     Ok(Err(ReadError::Gone)) => return,
                     Ok(Err(ReadError::TooLarge)) => {
@@ -816,7 +835,7 @@ async fn serve_peer(
                         if !send(ws, &refuse(RelayCode::BadFrame, "binary frames are refused")).await { return; }
                         continue;
                     }
-                    Ok(Ok(text)) => text,
+                    Ok(Ok(Some(text))) => text,
                 };
                 let frame = match protocol::decode::<ToRelay>(&text) {
                     Ok(f) => f,
@@ -838,7 +857,8 @@ async fn serve_peer(
                         hub.reject("wrong_role");
                         let kind = protocol::encode(&other);
                         let kind = kind.split('"').nth(3).unwrap_or("?").to_string();
-                        Some(refuse(RelayCode::BadFrame, &format!("a {role:?} may not send {kind:?}")))
+                        let who = match role { Role::Device => "device", Role::Operator => "operator" };
+                        Some(refuse(RelayCode::BadFrame, &format!("a {who} may not send {kind:?}")))
                     }
                 };
                 if let Some(answer) = answer && !send(ws, &answer).await {
@@ -847,7 +867,8 @@ async fn serve_peer(
             }
             out = rx.recv() => match out {
                 Some(text) => if !send_text(ws, text).await { return },
-                None => return,
+                // The hub dropped this peer: a newer connection replaced it.
+                None => return close(ws, CloseCode::Policy, "replaced by a newer connection").await,
             },
             _ = &mut kill => return close(ws, CloseCode::Policy, "replaced by a newer connection").await,
             _ = crate::stopped(&mut shutdown) => return close(ws, CloseCode::Away, "relay shutting down").await,
