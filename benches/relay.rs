@@ -137,6 +137,9 @@ fn idle_devices(runtime: &tokio::runtime::Runtime, targets: &[usize]) {
     let state = dir.path().join("relay");
     let max = *targets.iter().max().unwrap();
     let limit = raise_fd_limit();
+    for n in targets.iter().filter(|n| (**n as u64) + 1000 >= limit) {
+        println!("(skipping {n} connections: the open-file limit here is {limit})");
+    }
     let targets: Vec<usize> = targets.iter().copied().filter(|n| (*n as u64) + 1000 < limit).collect();
     if targets.is_empty() {
         println!("idle devices: the open-file limit ({limit}) is too low for this run");

@@ -367,18 +367,7 @@ pub(crate) fn create_new(path: &Path, contents: &[u8]) -> Result<bool, FileError
 /// # Errors
 /// [`FileError::Io`] for any step; `path` is then left as it was.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError> {
-    let dir = parent(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?;
-    let file = tmp.as_file_mut();
-    file.set_permissions(Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
-    file.write_all(contents).map_err(io_err("write", path))?;
-    file.sync_all().map_err(io_err("fsync", path))?;
-    tmp.persist(path).map_err(|e| FileError::Io { op: "rename into", path: path.into(), source: e.error })?;
-    sync_parent(path)
+    replace(path, contents, true)
 }
 
 /// Replaces `path` atomically for other processes (a 0600 temp file,
@@ -388,6 +377,10 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError
 /// # Errors
 /// [`FileError::Io`] for any step; `path` is then left as it was.
 pub(crate) fn replace_unsynced(path: &Path, contents: &[u8]) -> Result<(), FileError> {
+    replace(path, contents, false)
+}
+
+fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<(), FileError> {
     let dir = parent(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -397,8 +390,11 @@ pub(crate) fn replace_unsynced(path: &Path, contents: &[u8]) -> Result<(), FileE
     let file = tmp.as_file_mut();
     file.set_permissions(Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
     file.write_all(contents).map_err(io_err("write", path))?;
+    if sync {
+        file.sync_all().map_err(io_err("fsync", path))?;
+    }
     tmp.persist(path).map_err(|e| FileError::Io { op: "rename into", path: path.into(), source: e.error })?;
-    Ok(())
+    if sync { sync_parent(path) } else { Ok(()) }
 }
 
 /// Removes `path` (a link is removed, never followed) and fsyncs its

@@ -57,7 +57,12 @@ pub struct ProcStat {
 pub fn stat(pid: i32) -> Option<ProcStat> {
     // Bytes, not a String: a process may give itself a name that is not
     // UTF-8, and must not vanish from the scan by doing so.
-    let bytes = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // One read into room for the whole line: a scan opens every process's
+    // stat after each task, so the syscalls per file count (proc(5) lines
+    // are well under 1 KiB; 4 KiB caps a hostile one).
+    use std::io::Read as _;
+    let mut bytes = Vec::with_capacity(1024);
+    fs::File::open(format!("/proc/{pid}/stat")).ok()?.take(4096).read_to_end(&mut bytes).ok()?;
     // The command name (field 2) may hold spaces and parentheses: the
     // fields after it start after the last `)`.
     let after = memchr::memrchr(b')', &bytes)? + 2;
