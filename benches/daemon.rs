@@ -8,7 +8,7 @@
 //!    inotify as after `support revoke`) and stops when no process of the
 //!    tree is alive in /proc. Baseline: `killpg(SIGKILL)` of a plain
 //!    10-process group that never tries to escape, timed the same way.
-//! 2. the idle `support daemon`: RSS, peak RSS, threads, and CPU seconds
+//! 2. the idle `support daemon` under a live tier-1 grant: RSS, peak RSS, threads, and CPU seconds
 //!    over SUPPORT_BENCH_IDLE_S (default 60) seconds, beside `sleep` started
 //!    at the same moment (the floor of any process).
 //!
@@ -192,6 +192,14 @@ fn sample(pid: u32) -> (u64, u64, u64, u64) {
 
 fn idle(dir: &Path, seconds: u64) {
     let home: PathBuf = dir.join("idle-home");
+    // Under a live grant, as a daemon waiting for support is: the grant's
+    // file is then watched and re-read, which an empty home never shows.
+    let allowed = Command::new(env!("CARGO_BIN_EXE_support"))
+        .args(["allow", "--tier", "1", "--minutes", "60"])
+        .env("SUPPORT_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_support"))
         .arg("daemon")
         .env("SUPPORT_HOME", &home)

@@ -326,12 +326,6 @@ impl AuditLog {
         self.lock_timeout = timeout;
     }
 
-    /// The head after this writer's last append (`None` before its first):
-    /// what the daemon reports in its heartbeat, without touching the file.
-    pub fn last_head(&self) -> Option<Head> {
-        self.cached.as_ref().map(|(_, head)| head.clone())
-    }
-
     /// Seals and appends one record; returns it as written.
     ///
     /// # Errors

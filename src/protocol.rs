@@ -508,6 +508,23 @@ pub enum ToRelay {
     Answer(DeviceFrame),
 }
 
+impl ToRelay {
+    /// The frame's `type`, e.g. `run`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToRelay::Hello { .. } => "hello",
+            ToRelay::Heartbeat(_) => "heartbeat",
+            ToRelay::Run(_) => "run",
+            ToRelay::Cancel { .. } => "cancel",
+            ToRelay::ListDevices {} => "list_devices",
+            ToRelay::Answer(DeviceFrame::Accepted { .. }) => "accepted",
+            ToRelay::Answer(DeviceFrame::Output { .. }) => "output",
+            ToRelay::Answer(DeviceFrame::Result { .. }) => "result",
+            ToRelay::Answer(DeviceFrame::Denied { .. }) => "denied",
+        }
+    }
+}
+
 /// Every frame the relay sends to a device or an operator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -658,7 +675,10 @@ mod tests {
         assert_eq!(decode::<ToRelay>(&text).unwrap(), ToRelay::Run(run.clone()));
         let extra = text.replacen('{', r#"{"shell":"rm -rf /","#, 1);
         assert!(decode::<ToRelay>(&extra).is_err(), "{extra}");
-        assert_eq!(decode::<FromRelay>(&encode(&FromRelay::Run(run.clone()))).unwrap(), FromRelay::Run(run));
+        assert_eq!(decode::<FromRelay>(&encode(&FromRelay::Run(run.clone()))).unwrap(), FromRelay::Run(run.clone()));
+        for frame in [ToRelay::Run(run), ToRelay::ListDevices {}, decode::<ToRelay>(denied).unwrap()] {
+            assert!(encode(&frame).starts_with(&format!(r#"{{"type":"{}""#, frame.kind())), "{frame:?}");
+        }
         let big = format!(r#"{{"type":"list_devices","pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
         assert!(matches!(decode::<ToRelay>(&big), Err(FrameError::TooLarge(_))));
     }

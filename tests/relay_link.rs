@@ -17,23 +17,17 @@ use support::protocol::{self, DenyCode, DeviceFrame, FromRelay, RelayCode, Role,
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const SLOW: &str = r#"
-[[action]]
-name = "slow"
-tier = 1
-kind = "diagnostic"
-description = "sleeps"
-argv = ["sleep", "30"]
-timeout_s = 60
-
-[[action]]
-name = "slow-fix"
-tier = 2
-kind = "fix"
-description = "sleeps"
-argv = ["sleep", "30"]
-timeout_s = 60
-"#;
+/// A tier-1 diagnostic and a tier-2 fix that each sleep 30 s.
+fn slow_policy() -> String {
+    [("slow", 1, "diagnostic"), ("slow-fix", 2, "fix")]
+        .map(|(name, tier, kind)| {
+            format!(
+                "[[action]]\nname = \"{name}\"\ntier = {tier}\nkind = \"{kind}\"\ndescription = \"sleeps\"\n\
+                 argv = [\"sleep\", \"30\"]\ntimeout_s = 60\n"
+            )
+        })
+        .join("\n")
+}
 
 fn no_cancel() -> std::future::Pending<()> {
     std::future::pending()
@@ -406,7 +400,7 @@ async fn operators_see_only_their_own_requests_and_revoke_cancels_a_running_fix(
     let (b_key, b_path) = relay.operator("bob");
     let device = tokio::task::block_in_place(|| {
         let home = Home::new();
-        add_policy(&home, SLOW);
+        add_policy(&home, &slow_policy());
         let d = Device::start(
             home,
             &relay.url(),

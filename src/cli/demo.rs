@@ -170,7 +170,10 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
     let listed = d
         .step("The operator sees the device online.", &["operator", "devices", "--json"], 0, &["\"online\":true"])
         .await;
-    let device = listed.split('"').skip_while(|s| *s != "device_id").nth(2).unwrap_or("d-?").to_string();
+    let device = serde_json::from_str::<serde_json::Value>(listed.lines().next().unwrap_or_default())
+        .ok()
+        .and_then(|v| v[0]["device_id"].as_str().map(String::from))
+        .unwrap_or_else(|| "d-?".into());
 
     d.step(
         "The operator asks for diagnostics: denied, the owner has granted nothing.",

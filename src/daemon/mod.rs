@@ -167,6 +167,9 @@ struct Inner {
     consent_changed: Notify,
     control_port: Mutex<Option<u16>>,
     link: Mutex<LinkStatus>,
+    /// The last record this daemon wrote, for the heartbeat: kept apart
+    /// from `audit`, whose lock an append holds through its fsync.
+    audit_head: Mutex<Option<crate::protocol::AuditHead>>,
     /// A cgroup v2 delegated to the daemon, if any.
     cgroup: Option<tree::Delegated>,
 }
@@ -305,6 +308,7 @@ impl Daemon {
                 consent_changed: Notify::new(),
                 control_port: Mutex::new(None),
                 link: Mutex::default(),
+                audit_head: Mutex::default(),
                 cgroup: tree::Delegated::detect(),
             }),
         };
@@ -341,6 +345,10 @@ impl Daemon {
     /// Appends records, from synchronous code.
     fn audit_sync(&self, records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
         let written = self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()).append_batch(records)?;
+        if let Some(last) = written.last() {
+            let head = crate::protocol::AuditHead { seq: last.seq, mac: last.mac.clone() };
+            *self.inner.audit_head.lock().unwrap_or_else(|p| p.into_inner()) = Some(head);
+        }
         for r in &written {
             self.publish(json!({"kind": "audit", "record": r}));
         }
@@ -855,13 +863,7 @@ impl Daemon {
     /// What the link reports every 30 s: the grant, running tasks, the
     /// audit head as this daemon last wrote it, uptime and version.
     pub fn heartbeat(&self) -> crate::protocol::Heartbeat {
-        let audit_head = self
-            .inner
-            .audit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_head()
-            .map(|h| crate::protocol::AuditHead { seq: h.seq, mac: h.mac });
+        let audit_head = self.inner.audit_head.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let state = self.state();
         let (tier, expires_at) = match &state.consent.effective {
             Consent::Live(g) => (Some(g.tier.get()), Some(consent::rfc3339(g.expires_at))),

@@ -402,15 +402,23 @@ impl Hub {
         }
     }
 
+    /// What the relay knows of each device now, with `online` set. Takes
+    /// one lock at a time, so it cannot deadlock with the sessions.
+    fn live_now(&self) -> BTreeMap<String, Live> {
+        let mut all: BTreeMap<String, Live> = lock(&self.live).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let online: Vec<String> = lock(&self.devices).keys().cloned().collect();
+        for l in all.values_mut() {
+            l.online = false;
+        }
+        for id in online {
+            all.entry(id).or_default().online = true;
+        }
+        all
+    }
+
     fn list(&self) -> Vec<DeviceEntry> {
-        let registry = self.registry();
-        let live = lock(&self.live);
-        let online = lock(&self.devices);
-        entries(&registry.0, |id| {
-            let mut l = live.get(id).cloned().unwrap_or_default();
-            l.online = online.contains_key(id);
-            l
-        })
+        let live = self.live_now();
+        entries(&self.registry().0, |id| live.get(id).cloned().unwrap_or_default())
     }
 
     fn heard(&self, device_id: &str, hb: Heartbeat) {
@@ -538,21 +546,7 @@ async fn write_live(hub: Arc<Hub>) {
             _ = hub.live_dirty.notified() => {}
             _ = crate::stopped(&mut shutdown) => break,
         }
-        let snapshot = LiveFile {
-            written_at: crate::consent::rfc3339(Utc::now()),
-            devices: {
-                let online = lock(&hub.devices);
-                let mut all: BTreeMap<String, Live> =
-                    lock(&hub.live).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                for id in online.keys() {
-                    all.entry(id.clone()).or_default();
-                }
-                for (id, l) in all.iter_mut() {
-                    l.online = online.contains_key(id);
-                }
-                all
-            },
-        };
+        let snapshot = LiveFile { written_at: crate::consent::rfc3339(Utc::now()), devices: hub.live_now() };
         let path = live_path(&hub.dir);
         let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
         let wrote = tokio::task::spawn_blocking(move || paths::write_atomic(&path, &bytes)).await;
@@ -855,10 +849,8 @@ async fn serve_peer(
                     (Role::Operator, ToRelay::ListDevices {}) => Some(FromRelay::Devices { devices: hub.list() }),
                     (_, other) => {
                         hub.reject("wrong_role");
-                        let kind = protocol::encode(&other);
-                        let kind = kind.split('"').nth(3).unwrap_or("?").to_string();
                         let who = match role { Role::Device => "device", Role::Operator => "operator" };
-                        Some(refuse(RelayCode::BadFrame, &format!("a {who} may not send {kind:?}")))
+                        Some(refuse(RelayCode::BadFrame, &format!("a {who} may not send {:?}", other.kind())))
                     }
                 };
                 if let Some(answer) = answer && !send(ws, &answer).await {
