@@ -44,8 +44,12 @@ pub use link::{LinkConfig, LinkStatus};
 
 /// How long an audit append waits for another writer's lock.
 pub const AUDIT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the consent file is re-read besides inotify.
+/// How often the consent file is re-read when inotify is unavailable.
 pub const CONSENT_POLL: Duration = Duration::from_secs(1);
+/// How often it is re-read anyway while inotify watches it (a safety net:
+/// changes arrive through inotify and `POST /v1/consent/changed`, every
+/// command re-reads the grant, and expiry has its own timer).
+pub const CONSENT_POLL_WATCHED: Duration = Duration::from_secs(10);
 /// The most nonces the replay cache holds (about 2 MiB at most).
 pub const REPLAY_CAPACITY: usize = 16_384;
 /// Output chunks buffered between a task and its reader.
@@ -824,13 +828,13 @@ impl Daemon {
         }
     }
 
-    /// Watches the consent file (inotify, with a 1 s poll as a fallback)
+    /// Watches the consent file (inotify, with a 10 s poll as a safety net, 1 s without inotify)
     /// and the grant's expiry until `shutdown` resolves.
     pub async fn watch_consent(&self, shutdown: impl Future<Output = ()>) {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let watcher = consent_watcher(&self.inner.paths, tx);
         tokio::pin!(shutdown);
-        let mut poll = tokio::time::interval(CONSENT_POLL);
+        let mut poll = tokio::time::interval(if watcher.is_some() { CONSENT_POLL_WATCHED } else { CONSENT_POLL });
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
         loop {
@@ -893,10 +897,14 @@ fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::Recomm
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Our own reads of the file raise open/access events: only a change counts,
         // or each read would wake the watcher to read it again.
-        if let Ok(event) = event
-            && !event.kind.is_access()
-            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
-        {
+        // A lost or overflowed event queue (an error, or a rescan flag) means
+        // anything may have changed: re-read then too.
+        let changed = match &event {
+            Ok(e) if e.kind.is_access() => false,
+            Ok(e) => e.need_rescan() || e.paths.iter().any(|p| p.file_name() == name.as_deref()),
+            Err(_) => true,
+        };
+        if changed {
             let _ = tx.try_send(());
         }
     })
