@@ -85,6 +85,12 @@ pub enum Event {
     TrustAdded,
     #[serde(rename = "trust.removed")]
     TrustRemoved,
+    /// `support allow` refused because it ran inside a task's process tree.
+    #[serde(rename = "consent.refused")]
+    ConsentRefused,
+    /// `support trust add` refused because it ran inside a task's process tree.
+    #[serde(rename = "trust.refused")]
+    TrustRefused,
 }
 
 impl Event {
@@ -106,6 +112,8 @@ impl Event {
             Event::ControlUnauthorized => "control.unauthorized",
             Event::TrustAdded => "trust.added",
             Event::TrustRemoved => "trust.removed",
+            Event::ConsentRefused => "consent.refused",
+            Event::TrustRefused => "trust.refused",
         }
     }
 }
@@ -149,6 +157,10 @@ pub struct Record {
     pub output_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_sha256: Option<String>,
+    /// An agent task's transcript: SHA-256 over its lines, 64 hex digits
+    /// (see `daemon::transcript`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_sha256: Option<String>,
     /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
@@ -183,6 +195,7 @@ impl Record {
             duration_ms: None,
             output_bytes: None,
             output_sha256: None,
+            transcript_sha256: None,
             by: None,
             reason: None,
             detail: None,

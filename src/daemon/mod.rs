@@ -202,7 +202,8 @@ pub fn is_running(paths: &Paths) -> bool {
     }
 }
 
-fn lock_path(paths: &Paths) -> PathBuf {
+/// `daemon.lock`: a running daemon holds an exclusive flock(2) on it.
+pub(crate) fn lock_path(paths: &Paths) -> PathBuf {
     paths.state_dir.join("daemon.lock")
 }
 
