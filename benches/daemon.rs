@@ -8,6 +8,9 @@
 //!    inotify as after `support revoke`) and stops when no process of the
 //!    tree is alive in /proc. Baseline: `killpg(SIGKILL)` of a plain
 //!    10-process group that never tries to escape, timed the same way.
+//!    And owner `stop` of an agent task (tier 3): the fake agent
+//!    `tests/fixtures/agent.sh` with 10 descendants (11 processes), run
+//!    through the `[agent]` section with its prompt on stdin.
 //! 2. the idle `support daemon` under a live tier-1 grant: RSS, peak RSS, threads, and CPU seconds
 //!    over SUPPORT_BENCH_IDLE_S (default 60) seconds, beside `sleep` started
 //!    at the same moment (the floor of any process).
@@ -25,6 +28,7 @@ use support::daemon::{Daemon, Options};
 use support::{KeyPair, Paths, Run, StoppedBy};
 
 const TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tree.sh");
+const AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent.sh");
 
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -72,7 +76,7 @@ fn report(name: &str, mut v: Vec<Duration>) {
 }
 
 fn grant(paths: &Paths) {
-    let g = Grant::new(Tier::new(1).unwrap(), Duration::from_secs(3600), None, Utc::now()).unwrap();
+    let g = Grant::new(Tier::new(3).unwrap(), Duration::from_secs(3600), None, Utc::now()).unwrap();
     consent::write(paths, &g).unwrap();
 }
 
@@ -83,7 +87,9 @@ fn setup(dir: &Path) -> (Paths, KeyPair) {
     let policy = format!(
         "[[action]]\nname = \"tree\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"the tree fixture\"\n\
          argv = [\"{TREE}\", \"{{pidfile}}\"]\ntimeout_s = 60\n\n[action.params.pidfile]\n\
-         pattern = \"^/[A-Za-z0-9_./-]+$\"\nmax_len = 512\ndescription = \"pid file\"\n"
+         pattern = \"^/[A-Za-z0-9_./-]+$\"\nmax_len = 512\ndescription = \"pid file\"\n\n\
+         [agent]\nargv = [\"{AGENT}\", \"10\"]\ncwd = \"{}\"\n",
+        dir.display()
     );
     std::fs::write(paths.policy_dir().join("bench.toml"), policy).unwrap();
     let (key, _) = KeyPair::generate();
@@ -100,6 +106,19 @@ async fn start_tree(daemon: &Daemon, key: &KeyPair, pidfile: &Path) -> (String, 
     let task_id = daemon.submit(run, tx).await.expect("accepted");
     let pidfile = pidfile.to_path_buf();
     let pids = tokio::task::spawn_blocking(move || read_pids(&pidfile, 10)).await.unwrap();
+    (task_id, pids)
+}
+
+/// Starts the fake agent with 10 descendants; returns its task and the 11 pids.
+async fn start_agent(daemon: &Daemon, key: &KeyPair, dir: &Path) -> (String, Vec<i32>) {
+    let pidfile = dir.join("agent.pids");
+    let _ = std::fs::remove_file(&pidfile);
+    let params = BTreeMap::from([("prompt".to_string(), "why is the printer stuck?".to_string())]);
+    let run = Run::signed(key, &support::protocol::new_request_id(), daemon.device_id(), "agent", params, Utc::now());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let task_id = daemon.submit(run, tx).await.expect("accepted");
+    let pids = tokio::task::spawn_blocking(move || read_pids(&pidfile, 11)).await.unwrap();
     (task_id, pids)
 }
 
@@ -124,7 +143,7 @@ fn kill_trees(runs: usize, dir: &Path) {
                 .await
         });
         let pidfile = dir.join("pids");
-        let (mut stops, mut revokes, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut stops, mut revokes, mut baseline, mut agents) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             // Owner stop.
             grant(&paths);
@@ -134,6 +153,15 @@ fn kill_trees(runs: usize, dir: &Path) {
             let d = daemon.clone();
             let stopper = tokio::spawn(async move { d.stop_task(&task_id, StoppedBy::Owner).await });
             stops.push(tokio::task::spawn_blocking(move || gone_after(&pids, t0)).await.unwrap());
+            let _ = stopper.await;
+            wait_idle(&daemon).await;
+
+            // Owner stop of an agent task with 10 descendants.
+            let (task_id, pids) = start_agent(&daemon, &key, dir).await;
+            let t0 = Instant::now();
+            let d = daemon.clone();
+            let stopper = tokio::spawn(async move { d.stop_task(&task_id, StoppedBy::Owner).await });
+            agents.push(tokio::task::spawn_blocking(move || gone_after(&pids, t0)).await.unwrap());
             let _ = stopper.await;
             wait_idle(&daemon).await;
 
@@ -166,6 +194,8 @@ fn kill_trees(runs: usize, dir: &Path) {
         report("owner stop (support stop)", stops);
         report("revoke (file removed, inotify)", revokes);
         report("baseline: killpg of a plain group", baseline);
+        println!("agent task, 11 processes (the agent and 10 descendants) → all gone ({runs} runs):");
+        report("owner stop (support stop)", agents);
         daemon.shutdown().await;
     });
 }

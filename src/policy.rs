@@ -234,9 +234,10 @@ fn default_max_output() -> u64 {
 ///
 /// # Defaults
 /// `enabled = true`, `argv = ["claude", "-p", "--output-format",
-/// "stream-json", "--verbose"]`, `prompt = "stdin"`, `cwd = "~"`,
-/// `timeout_s = 1800`, `max_prompt_bytes = 65536`,
-/// `max_output_bytes = 16 MiB`, `env = []`.
+/// "stream-json", "--verbose"]`, `plan_args = ["--permission-mode", "plan"]`,
+/// `build_args = ["--permission-mode", "acceptEdits"]`, `prompt = "stdin"`,
+/// `cwd = "~"`, `timeout_s = 1800`, `max_prompt_bytes = 65536`,
+/// `max_output_bytes = 16 MiB`, `env = []`, no `endpoint`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -244,6 +245,13 @@ pub struct AgentConfig {
     pub enabled: bool,
     #[serde(default = "default_agent_argv")]
     pub argv: Vec<String>,
+    /// Arguments for the task's mode `plan` (propose only), put where
+    /// `argv` holds the element `{mode_args}`, or after the last element.
+    #[serde(default = "default_plan_args")]
+    pub plan_args: Vec<String>,
+    /// Arguments for the mode `build` (make changes), placed the same way.
+    #[serde(default = "default_build_args")]
+    pub build_args: Vec<String>,
     /// `stdin`, or `argv` (then `argv` holds a `{prompt}` element).
     #[serde(default = "default_prompt_mode")]
     pub prompt: String,
@@ -289,6 +297,12 @@ pub struct ShellConfig {
 
 fn default_agent_argv() -> Vec<String> {
     ["claude", "-p", "--output-format", "stream-json", "--verbose"].map(String::from).to_vec()
+}
+fn default_plan_args() -> Vec<String> {
+    ["--permission-mode", "plan"].map(String::from).to_vec()
+}
+fn default_build_args() -> Vec<String> {
+    ["--permission-mode", "acceptEdits"].map(String::from).to_vec()
 }
 fn default_prompt_mode() -> String {
     "stdin".into()
@@ -371,6 +385,8 @@ pub struct Action {
     pub cwd: String,
     /// Where the action was defined (`default` or a policy.d path).
     pub source: String,
+    /// The agent's extra arguments per mode (`plan`, `build`); empty for other kinds.
+    pub mode_args: BTreeMap<String, Vec<String>>,
 }
 
 /// A rendered command: argv lists ready to spawn, never through a shell.
@@ -531,6 +547,10 @@ impl Catalogue {
                 env: a.env.clone(),
                 cwd: a.cwd.clone(),
                 source: "[agent]".into(),
+                mode_args: BTreeMap::from([
+                    ("plan".to_string(), a.plan_args.clone()),
+                    ("build".to_string(), a.build_args.clone()),
+                ]),
             }
         })
     }
@@ -552,6 +572,7 @@ impl Catalogue {
                 env: s.env.clone(),
                 cwd: s.cwd.clone(),
                 source: "[shell]".into(),
+                mode_args: BTreeMap::new(),
             }
         })
     }
@@ -716,7 +737,19 @@ fn check_agent(a: &AgentConfig) -> Result<(), String> {
     }
     let mut params = BTreeMap::new();
     params.insert("prompt".to_string(), text_param_def());
+    params.insert(MODE_ARGS.to_string(), text_param_def());
     check_argv(&a.argv, &params, Kind::Agent)?;
+    if a.argv.iter().filter(|e| e.as_str() == "{mode_args}").count() > 1 {
+        return Err("argv may hold `{mode_args}` once".into());
+    }
+    for (name, args) in [("plan_args", &a.plan_args), ("build_args", &a.build_args)] {
+        if args.iter().any(|e| e.contains('\0') || placeholder_inside(e)) {
+            return Err(format!("{name}: plain arguments only, no NUL and no placeholders"));
+        }
+        let mut whole = a.argv.clone();
+        whole.extend(args.iter().cloned());
+        check_argv(&whole, &params, Kind::Agent).map_err(|m| format!("{name}: {m}"))?;
+    }
     if let Some(endpoint) = &a.endpoint {
         check_loopback_endpoint(endpoint)?;
         match &a.secret_file {
@@ -727,6 +760,9 @@ fn check_agent(a: &AgentConfig) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The argv element where the agent's mode arguments go.
+const MODE_ARGS: &str = "mode_args";
 
 /// `http://127.0.0.1:PORT/...`, `http://[::1]:PORT/...` or
 /// `http://localhost:PORT/...`: the agent host must be on this machine.
@@ -815,6 +851,7 @@ fn compile_action(def: &ActionDef, source: &str) -> Result<Action, String> {
         env: def.env.clone(),
         cwd,
         source: source.into(),
+        mode_args: BTreeMap::new(),
     })
 }
 
@@ -1006,18 +1043,24 @@ impl Action {
             (Kind::Agent, false) => values.remove("prompt").flatten(),
             _ => None,
         };
-        let commands = self
+        let mode_args =
+            values.get("mode").cloned().flatten().and_then(|m| self.mode_args.get(&m).cloned()).unwrap_or_default();
+        let mut commands: Vec<Vec<String>> = self
             .commands
             .iter()
             .map(|argv| {
                 argv.iter()
-                    .filter_map(|e| match placeholder(e) {
-                        Some(name) => values.get(name).cloned().flatten(),
-                        None => Some(e.clone()),
+                    .flat_map(|e| match placeholder(e) {
+                        Some(MODE_ARGS) if self.kind == Kind::Agent => mode_args.clone(),
+                        Some(name) => values.get(name).cloned().flatten().into_iter().collect(),
+                        None => vec![e.clone()],
                     })
                     .collect()
             })
             .collect();
+        if self.kind == Kind::Agent && !self.commands[0].iter().any(|e| placeholder(e) == Some(MODE_ARGS)) {
+            commands[0].extend(mode_args);
+        }
         Ok(Rendered { commands, stdin })
     }
 }

@@ -173,6 +173,10 @@ pub enum DenyCode {
     AuditUnavailable,
     /// The frame's ids are malformed.
     BadFrame,
+    /// The owner's agent cannot be started: its program is not installed,
+    /// or its agent host's secret file cannot be read. The message names
+    /// the program or file and the `[agent]` setting to change.
+    AgentUnavailable,
 }
 
 impl DenyCode {
@@ -190,6 +194,7 @@ impl DenyCode {
             DenyCode::Busy => "BUSY",
             DenyCode::AuditUnavailable => "AUDIT_UNAVAILABLE",
             DenyCode::BadFrame => "BAD_FRAME",
+            DenyCode::AgentUnavailable => "AGENT_UNAVAILABLE",
         }
     }
 }

@@ -68,8 +68,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put the owner's AI coding agent on a task (tier 3) and follow its
+    /// transcript; exits like `run`.
+    Agent {
+        /// The device id.
+        device: String,
+        /// The task for the agent; `-` reads it from stdin.
+        prompt: String,
+        /// plan: the agent proposes only; build: it may make changes.
+        #[arg(long, value_enum, default_value = "plan")]
+        mode: AgentMode,
+        /// Print every frame as one JSON line instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a raw shell command on a device (tier 4): `/bin/sh -c "CMD ..."`
+    /// as the owner, with the usual output cap and timeout; exits like `run`.
+    ///
+    /// The words after `--` are joined with spaces, as ssh(1) does, and the
+    /// device's shell parses them.
+    Shell {
+        /// The device id.
+        device: String,
+        /// The command line.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+        /// Print every frame as one JSON line instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a device to stop one of your running requests.
     Cancel { device: String, request_id: String },
+}
+
+/// How far the agent may go.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AgentMode {
+    Plan,
+    Build,
+}
+
+/// The most prompt bytes read from stdin (the device's own cap is usually lower).
+const MAX_STDIN_PROMPT: u64 = 1 << 20;
+
+fn prompt_text(prompt: String) -> Result<String, Error> {
+    if prompt != "-" {
+        return Ok(prompt);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), MAX_STDIN_PROMPT + 1), &mut text)
+        .map_err(|e| Error::Usage(format!("reading the prompt from stdin: {e}")))?;
+    if text.len() as u64 > MAX_STDIN_PROMPT {
+        return Err(Error::Usage(format!("the prompt on stdin is over {MAX_STDIN_PROMPT} bytes")));
+    }
+    Ok(text)
 }
 
 fn failed(e: DialError) -> Error {
@@ -108,17 +160,36 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
-    if let Command::Run { params, .. } = &args.command {
-        parse_params(params)?;
-    }
+    // Parameters are checked before connecting.
+    let Args { conn, command } = args;
+    let task = match &command {
+        Command::Run { device, action, params, json } => {
+            Some((device.clone(), action.clone(), parse_params(params)?, *json))
+        }
+        Command::Agent { device, prompt, mode, json } => {
+            let mode = match *mode {
+                AgentMode::Plan => "plan",
+                AgentMode::Build => "build",
+            };
+            let params =
+                BTreeMap::from([("prompt".to_string(), prompt_text(prompt.clone())?), ("mode".into(), mode.into())]);
+            Some((device.clone(), "agent".to_string(), params, *json))
+        }
+        Command::Shell { device, cmd, json } => {
+            Some((device.clone(), "shell".to_string(), BTreeMap::from([("cmd".to_string(), cmd.join(" "))]), *json))
+        }
+        _ => None,
+    };
     runtime.block_on(async move {
-        let mut session = args.conn.open().await?;
-        match args.command {
-            Command::Keygen { .. } => unreachable!("handled above"),
-            Command::Devices { json } => devices(&mut session, json).await,
-            Command::Run { device, action, params, json } => {
-                run_action(&mut session, &device, &action, &params, json).await
+        let mut session = conn.open().await?;
+        if let Some((device, action, params, json)) = task {
+            return run_action(&mut session, &device, &action, params, json).await;
+        }
+        match command {
+            Command::Keygen { .. } | Command::Run { .. } | Command::Agent { .. } | Command::Shell { .. } => {
+                unreachable!("handled above")
             }
+            Command::Devices { json } => devices(&mut session, json).await,
             Command::Cancel { device, request_id } => {
                 session.cancel(&device, &request_id).await.map_err(failed)?;
                 eprintln!("cancel sent for {request_id} on {device}");
@@ -203,10 +274,10 @@ async fn run_action(
     session: &mut Session,
     device: &str,
     action: &str,
-    params: &[String],
+    params: BTreeMap<String, String>,
     json: bool,
 ) -> Result<ExitCode, Error> {
-    let run = session.command(device, action, parse_params(params)?);
+    let run = session.command(device, action, params);
     if !json {
         eprintln!("request {} → {device}: {action}", run.request_id);
     }

@@ -13,7 +13,8 @@ use crate::consent::{self, Consent};
 pub struct Args {
     /// One JSON object: enabled, tier, granted_at, expires_at, remaining_seconds,
     /// reason, grant_id, granted_by, off_reason, daemon (null or {pid, connected, relay,
-    /// running_tasks, device_id, started_at, control_port, version}), device_id, paths.
+    /// running_tasks, tasks: [{task_id, action, tier, operator, started_at, agent, …}],
+    /// device_id, started_at, control_port, version}), device_id, paths.
     #[arg(long)]
     json: bool,
 }
@@ -69,6 +70,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             );
             if let Some(id) = d["device_id"].as_str() {
                 println!("  device  {id}");
+            }
+            for t in d["tasks"].as_array().into_iter().flatten() {
+                println!("  {}", super::tasks::running_line(ctx, t));
             }
             if let Some(e) = l["last_error"].as_str() {
                 let next =
@@ -130,6 +134,7 @@ fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&Value>) -> Value {
             "relay": d["relay"],
             "link": d["link"],
             "running_tasks": d["running_tasks"],
+            "tasks": d["tasks"],
             "device_id": d["device_id"],
             "started_at": d["started_at"],
             "control_port": d["control_port"],

@@ -4,24 +4,30 @@
 use std::process::ExitCode;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::client::Client;
 use super::{Ctx, paint, printable};
 use crate::Error;
 use crate::daemon::TaskInfo;
 
-/// List the tasks the daemon is running.
+/// List the tasks the daemon is running, or show one with its transcript.
 #[derive(Debug, clap::Args)]
 pub struct TasksArgs {
-    /// One JSON object: {"tasks": [{task_id, request_id, action, tier, params, operator, grant_id, started_at, pid, start_ticks}]}.
+    /// A task, running or among the last 8 ended: its details and the last
+    /// 200 lines of its transcript.
+    #[arg(value_name = "TASK_ID")]
+    task_id: Option<String>,
+    /// One JSON object: {"tasks": [{task_id, request_id, action, tier, agent, params, operator, grant_id,
+    /// started_at, pid, start_ticks}]}; with TASK_ID, {task, running, result, transcript: {total, sha256, lines}}.
     #[arg(long)]
     json: bool,
 }
 
 /// Stop a running task now: its whole process tree is killed.
 ///
-/// With no TASK_ID, stops the one task running (and refuses to guess when several run).
+/// With no TASK_ID, stops the agent task if one runs, else the one task
+/// running (and refuses to guess when several run).
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
     /// The task to stop (from `support tasks`).
@@ -45,8 +51,52 @@ fn list(client: &Client) -> Result<Vec<TaskInfo>, Error> {
     serde_json::from_value(v["tasks"].clone()).map_err(|e| Error::Failed(format!("the daemon's task list: {e}")))
 }
 
+fn task_id_arg(id: &str) -> Result<&str, Error> {
+    let safe = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if safe { Ok(id) } else { Err(Error::Usage(format!("`{}` is not a task id (see `support tasks`)", printable(id)))) }
+}
+
+fn show(ctx: &Ctx, client: &Client, id: &str, json: bool) -> Result<ExitCode, Error> {
+    let detail = match client.call("GET", &format!("/v1/tasks/{}", task_id_arg(id)?)) {
+        Ok(v) => v,
+        Err(Error::Failed(m)) if m.contains("404") => {
+            return Err(Error::Usage(format!("no task {id} is running or recently ended (see `support tasks`)")));
+        }
+        Err(e) => return Err(e),
+    };
+    if json {
+        super::print_json(&detail);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if detail["running"] == true {
+        println!("{}", running_line(ctx, &detail["task"]));
+    } else {
+        let t = &detail["task"];
+        println!(
+            "task    {id}: {} for {}, ended: {}",
+            printable(t["action"].as_str().unwrap_or("?")),
+            printable(t["operator"].as_str().unwrap_or("?")),
+            describe(&detail["result"])
+        );
+    }
+    let tr = &detail["transcript"];
+    let lines = tr["lines"].as_array().cloned().unwrap_or_default();
+    let total = tr["total"].as_u64().unwrap_or(0);
+    if total > lines.len() as u64 {
+        println!("({} earlier lines are not kept)", total - lines.len() as u64);
+    }
+    for line in &lines {
+        println!("{}", render_line(id, line));
+    }
+    println!("transcript: {total} lines, sha256 {}", tr["sha256"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
     let client = Client::find(&ctx.paths)?;
+    if let Some(id) = &args.task_id {
+        return show(ctx, &client, id, args.json);
+    }
     if args.json {
         super::print_json(&client.call("GET", "/v1/tasks")?);
         return Ok(ExitCode::SUCCESS);
@@ -77,6 +127,28 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A running task in one line for the owner: the agent stands out, with
+/// who drives it, since when, and how to stop it.
+pub(crate) fn running_line(ctx: &Ctx, t: &Value) -> String {
+    let id = printable(t["task_id"].as_str().unwrap_or("?"));
+    let who = printable(t["operator"].as_str().unwrap_or("?"));
+    let since = t["started_at"]
+        .as_str()
+        .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        .map(super::local)
+        .unwrap_or_else(|| "?".into());
+    let stop = ctx.command_line(&["stop", &id]);
+    if t["agent"].as_bool() == Some(true) {
+        format!(
+            "{} {who} since {since} (task {id}); stop it: {stop}",
+            paint("support is operating your agent:", "1;33")
+        )
+    } else {
+        let action = printable(t["action"].as_str().unwrap_or("?"));
+        format!("task    {id}: {action} (tier {}) for {who} since {since}; stop it: {stop}", t["tier"])
+    }
+}
+
 fn describe(result: &Value) -> String {
     if result.is_null() {
         return "its end is not recorded yet".into();
@@ -103,13 +175,16 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
         Some(id) => id,
         None => {
             let tasks = list(&client)?;
-            match tasks.as_slice() {
-                [] => {
+            // The agent comes first: it is what the owner most often wants stopped.
+            let agent: Vec<&TaskInfo> = tasks.iter().filter(|t| t.agent).collect();
+            match (agent.as_slice(), tasks.as_slice()) {
+                (_, []) => {
                     println!("No task is running.");
                     return Ok(ExitCode::SUCCESS);
                 }
-                [one] => one.task_id.clone(),
-                many => {
+                ([one], _) => one.task_id.clone(),
+                ([], [one]) => one.task_id.clone(),
+                (_, many) => {
                     let ids: Vec<&str> = many.iter().map(|t| t.task_id.as_str()).collect();
                     return Err(Error::Usage(format!(
                         "{} tasks are running ({}); name one, or use --all",
@@ -120,10 +195,7 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
             }
         }
     };
-    let safe = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !safe {
-        return Err(Error::Usage(format!("`{}` is not a task id (see `support tasks`)", printable(&id))));
-    }
+    task_id_arg(&id)?;
     match client.call("POST", &format!("/v1/tasks/{id}/stop")) {
         Ok(v) => {
             println!("Stopped {id}: {}.", describe(&v["result"]));
@@ -140,11 +212,21 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
     let client = Client::find(&ctx.paths)?;
     if !args.json {
         eprintln!("Watching the daemon (pid {}); Ctrl-C to stop watching.", client.info().pid);
+        // What the agent did before this watch began.
+        for t in list(&client)?.into_iter().filter(|t| t.agent) {
+            if let Ok(detail) = client.call("GET", &format!("/v1/tasks/{}", t.task_id)) {
+                println!("{}", running_line(ctx, &detail["task"]));
+                for line in detail["transcript"]["lines"].as_array().into_iter().flatten() {
+                    println!("{}", render_line(&t.task_id, line));
+                }
+            }
+        }
     }
     client.stream("/v1/events", |line| {
         if args.json {
             println!("{line}");
-        } else if let Some(text) = serde_json::from_str::<Value>(line).ok().as_ref().and_then(render_event) {
+        } else if let Some(text) = serde_json::from_str::<Value>(line).ok().as_ref().and_then(|v| render_event(ctx, v))
+        {
             println!("{text}");
         }
         true
@@ -155,8 +237,31 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One transcript line (see `daemon::transcript`) for people, its text made safe for the terminal.
+fn render_line(task_id: &str, line: &Value) -> String {
+    let at = line["ts"]
+        .as_str()
+        .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S").to_string())
+        .unwrap_or_default();
+    let label = match (line["kind"].as_str().unwrap_or("raw"), line["stream"].as_str()) {
+        ("text", _) => paint("agent:", "36"),
+        ("thinking", _) => paint("thinking:", "2"),
+        ("tool_use", _) => paint("tool:", "33"),
+        ("tool_result", _) => paint("result:", "2"),
+        ("error", _) => paint("ERROR:", "31"),
+        ("result", _) => paint("done:", "32"),
+        ("system", _) => paint("·", "2"),
+        (_, Some("stderr")) => paint("stderr:", "2"),
+        _ => String::new(),
+    };
+    let text = printable(line["text"].as_str().unwrap_or(""));
+    let sep = if label.is_empty() { "" } else { " " };
+    format!("{at} [{task_id}] {label}{sep}{text}")
+}
+
 /// One event as a line for people; `None` for keep-alive pings.
-fn render_event(v: &Value) -> Option<String> {
+fn render_event(ctx: &Ctx, v: &Value) -> Option<String> {
     let now = chrono::Local::now().format("%H:%M:%S");
     match v["kind"].as_str()? {
         "status" => {
@@ -167,7 +272,11 @@ fn render_event(v: &Value) -> Option<String> {
             } else {
                 format!("{} ({})", paint("OFF", "31"), printable(c["off_reason"].as_str().unwrap_or("no grant")))
             };
-            Some(format!("{now} support is {consent}; {} task(s) running", s["running_tasks"]))
+            let mut out = format!("{now} support is {consent}; {} task(s) running", s["running_tasks"]);
+            for t in s["tasks"].as_array().into_iter().flatten() {
+                out.push_str(&format!("\n{now} {}", running_line(ctx, t)));
+            }
+            Some(out)
         }
         "audit" => {
             let r = &v["record"];
@@ -180,14 +289,14 @@ fn render_event(v: &Value) -> Option<String> {
             if let Some(code) = r["exit_code"].as_i64() {
                 parts.push(format!("exit={code}"));
             }
+            if r["event"] == "action.started" && r["action"] == "agent" {
+                let task =
+                    json!({"agent": true, "task_id": r["task_id"], "operator": r["operator"], "started_at": r["ts"]});
+                parts.push(format!("\n{now} {}", running_line(ctx, &task)));
+            }
             Some(parts.join(" "))
         }
-        "output" => {
-            let data = v["data"].as_str().unwrap_or("");
-            let task = v["task_id"].as_str().unwrap_or("?");
-            let lines: Vec<String> = data.lines().map(|l| format!("{now} [{task}] {}", printable(l))).collect();
-            Some(lines.join("\n"))
-        }
+        "transcript" => Some(render_line(&printable(v["task_id"].as_str().unwrap_or("?")), &v["line"])),
         "lagged" => Some(format!("{now} ({} events missed: this terminal read too slowly)", v["missed"])),
         _ => None,
     }

@@ -22,11 +22,14 @@
 //! # Endpoints
 //! - `GET /v1/status`: the daemon (pid, device_id, connected, running_tasks, consent, …).
 //! - `GET /v1/tasks`: `{"tasks": [TaskInfo…]}`.
+//! - `GET /v1/tasks/{id}`: one task, running or among the last few ended,
+//!   with its transcript (the last 200 lines; see [`super::Daemon::task_detail`]).
 //! - `POST /v1/tasks/{id}/stop`: stops one task as the owner; `{"task_id", "result"}`.
 //! - `POST /v1/tasks/stop`: stops every task as the owner; `{"stopped": [...]}`.
 //! - `POST /v1/consent/changed`: re-read the grant now; `{"consent": …}`.
 //! - `GET /v1/events`: NDJSON, one object per line: first `{"kind":"status"}`,
-//!   then `audit`, `output` and `status` events as they happen, and
+//!   then `audit`, `transcript` (`{"task_id", "line": Line}`, see
+//!   [`super::transcript`]) and `status` events as they happen, and
 //!   `{"kind":"ping"}` every 15 s.
 
 use std::convert::Infallible;
@@ -205,6 +208,7 @@ fn route(path: &str) -> Option<(Method, Route)> {
         ["", "v1", "tasks"] => Some((Method::GET, Route::Tasks)),
         ["", "v1", "tasks", "stop"] => Some((Method::POST, Route::StopAll)),
         ["", "v1", "tasks", id, "stop"] => Some((Method::POST, Route::Stop(id.to_string()))),
+        ["", "v1", "tasks", id] => Some((Method::GET, Route::Task(id.to_string()))),
         ["", "v1", "consent", "changed"] => Some((Method::POST, Route::ConsentChanged)),
         ["", "v1", "events"] => Some((Method::GET, Route::Events)),
         _ => None,
@@ -214,6 +218,7 @@ fn route(path: &str) -> Option<(Method, Route)> {
 enum Route {
     Status,
     Tasks,
+    Task(String),
     Stop(String),
     StopAll,
     ConsentChanged,
@@ -257,6 +262,10 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
     match route {
         Route::Status => respond(StatusCode::OK, daemon.status_json()),
         Route::Tasks => respond(StatusCode::OK, json!({"tasks": daemon.tasks()})),
+        Route::Task(id) => match daemon.task_detail(&id) {
+            Some(detail) => respond(StatusCode::OK, detail),
+            None => error(StatusCode::NOT_FOUND, "no such task, running or recently ended"),
+        },
         Route::Stop(id) => {
             let known = daemon.tasks().iter().any(|t| t.task_id == id);
             if !known {

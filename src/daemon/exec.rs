@@ -9,6 +9,10 @@
 //! at `max_output_bytes`: the rest is read and dropped and the result is
 //! marked `truncated`.
 //!
+//! An agent host on loopback ([`HttpAgent`]) is driven instead by one
+//! HTTP/1.1 POST whose NDJSON response body is the task's output; a stop
+//! or the timeout aborts the request (the connection is closed).
+//!
 //! A task ends when its last command has exited and its pipes are closed.
 //! When a command exits, whatever it left running is killed: an action
 //! leaves nothing behind. On timeout the tree gets SIGTERM, then SIGKILL
@@ -39,6 +43,9 @@ pub const CHUNK_BYTES: usize = 16 * 1024;
 /// in uninterruptible sleep) before the task is ended without them.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long connecting to an agent host and getting its response head may take.
+pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Variables passed through from the daemon's environment to every task.
 pub const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "USER"];
 
@@ -58,6 +65,34 @@ pub struct Spec {
     pub max_output_bytes: u64,
     /// The task's own cgroup, when one is delegated to the daemon.
     pub cgroup: Option<tree::TaskCgroup>,
+    /// Post to this agent host instead of running `commands`.
+    pub http: Option<HttpAgent>,
+}
+
+/// One request to an agent host on loopback (`[agent] endpoint`).
+#[derive(Clone)]
+pub struct HttpAgent {
+    /// A loopback address (the policy refuses any other host).
+    pub addr: std::net::SocketAddr,
+    /// The `Host` header: the endpoint's authority as written.
+    pub host: String,
+    /// The path and query.
+    pub path: String,
+    /// Sent as `X-Support-Secret`.
+    pub secret: String,
+    /// The JSON body: `{"task_id", "prompt", "mode"}`.
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for HttpAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAgent")
+            .field("addr", &self.addr)
+            .field("host", &self.host)
+            .field("path", &self.path)
+            .field("secret", &"***")
+            .finish()
+    }
 }
 
 /// A piece of output.
@@ -126,6 +161,42 @@ enum End {
     Stopped(StoppedBy),
     TimedOut,
     NotStarted,
+    /// The agent host answered with an error, or the exchange broke.
+    Failed,
+}
+
+/// How the commands so far ended.
+struct Tally {
+    first_failure: Option<i32>,
+    last_code: Option<i32>,
+    status: Status,
+    cancelled_by: Option<StoppedBy>,
+}
+
+impl Tally {
+    /// Counts one command's end; false when no further command may run.
+    fn add(&mut self, end: End) -> bool {
+        match end {
+            End::Exited(st) => {
+                self.last_code = st.code();
+                if !st.success() && self.first_failure.is_none() {
+                    self.first_failure = Some(st.code().unwrap_or(-1));
+                    self.status = Status::Failed;
+                }
+                true
+            }
+            End::NotStarted | End::Failed => self.end(Status::Failed, None),
+            End::TimedOut => self.end(Status::Timeout, None),
+            End::Stopped(by) => self.end(Status::Cancelled, Some(by)),
+        }
+    }
+
+    fn end(&mut self, status: Status, by: Option<StoppedBy>) -> bool {
+        self.status = status;
+        self.cancelled_by = by;
+        self.last_code = None;
+        false
+    }
 }
 
 /// Runs `spec` to its end. `stop` carries who stopped the task; output
@@ -144,39 +215,18 @@ pub async fn run(
         truncated: false,
         digest: ring::digest::Context::new(&ring::digest::SHA256),
     };
-    let mut first_failure: Option<i32> = None;
-    let mut last_code = None;
-    let mut status = Status::Ok;
-    let mut cancelled_by = None;
-    for (i, argv) in spec.commands.iter().enumerate() {
-        let stdin = if i == 0 { spec.stdin.as_deref() } else { None };
-        let end = run_one(&spec, argv, stdin, &out, &mut stop, deadline, &mut delivered, &hooks).await;
-        match end {
-            End::Exited(st) => {
-                last_code = st.code();
-                if !st.success() && first_failure.is_none() {
-                    first_failure = Some(st.code().unwrap_or(-1));
-                    status = Status::Failed;
-                    if st.code().is_none() {
-                        last_code = None;
-                    }
+    let mut tally = Tally { first_failure: None, last_code: None, status: Status::Ok, cancelled_by: None };
+    match &spec.http {
+        Some(http) => {
+            tally.add(run_http(http, &out, &mut stop, deadline, &mut delivered).await);
+        }
+        None => {
+            for (i, argv) in spec.commands.iter().enumerate() {
+                let stdin = if i == 0 { spec.stdin.as_deref() } else { None };
+                let end = run_one(&spec, argv, stdin, &out, &mut stop, deadline, &mut delivered, &hooks).await;
+                if !tally.add(end) {
+                    break;
                 }
-            }
-            End::NotStarted => {
-                status = Status::Failed;
-                last_code = None;
-                break;
-            }
-            End::TimedOut => {
-                status = Status::Timeout;
-                last_code = None;
-                break;
-            }
-            End::Stopped(by) => {
-                status = Status::Cancelled;
-                cancelled_by = Some(by);
-                last_code = None;
-                break;
             }
         }
     }
@@ -184,6 +234,7 @@ pub async fn run(
         cg.kill();
         cg.remove();
     }
+    let Tally { first_failure, last_code, status, cancelled_by } = tally;
     let exit_code = match status {
         Status::Ok => last_code.or(Some(0)),
         Status::Failed => first_failure.filter(|c| *c >= 0).or(last_code),
@@ -389,4 +440,119 @@ fn kill_all(cgroup: Option<&tree::TaskCgroup>, pid: i32, find: impl Fn() -> BTre
         cg.kill();
     }
     tree::kill_until_gone(pid, 50, find);
+}
+
+/// Posts the task to an agent host and relays its response body as
+/// stdout. A non-2xx answer is a failure with the head of its body on
+/// stderr; a stop or the deadline drops the connection, which aborts the
+/// request on the host's side.
+async fn run_http(
+    http: &HttpAgent,
+    out: &mpsc::Sender<Chunk>,
+    stop: &mut watch::Receiver<Option<StoppedBy>>,
+    deadline: tokio::time::Instant,
+    delivered: &mut Delivered,
+) -> End {
+    use http_body_util::BodyExt as _;
+
+    if let Some(by) = *stop.borrow() {
+        return End::Stopped(by);
+    }
+    let say = |delivered: &mut Delivered, msg: String| {
+        let keep = delivered.take(format!("support: {msg}\n").as_bytes()).to_vec();
+        let _ = out.try_send(Chunk { stream: Stream::Stderr, data: keep });
+    };
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(http.addr).await.map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        // The connection is driven here and dropped with this task: a stop aborts the request.
+        let driver = tokio::spawn(conn);
+        let request = hyper::Request::post(http.path.as_str())
+            .header(hyper::header::HOST, http.host.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::ACCEPT, "application/x-ndjson")
+            .header("X-Support-Secret", http.secret.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(http.body.clone())))
+            .map_err(|e| format!("request: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+        Ok::<_, String>((response, driver))
+    };
+    let connect_by = (tokio::time::Instant::now() + HTTP_CONNECT_TIMEOUT).min(deadline);
+    let (response, driver) = tokio::select! {
+        r = exchange => match r {
+            Ok(r) => r,
+            Err(e) => {
+                say(delivered, format!("the agent host at {} failed: {e}", http.addr));
+                return End::NotStarted;
+            }
+        },
+        by = stop_requested(stop) => return End::Stopped(by),
+        _ = tokio::time::sleep_until(connect_by) => {
+            if connect_by >= deadline {
+                return End::TimedOut;
+            }
+            say(delivered, format!("the agent host at {} did not answer within {} s", http.addr, HTTP_CONNECT_TIMEOUT.as_secs()));
+            return End::NotStarted;
+        }
+    };
+    // Aborting the driver closes the socket, whichever way this ends.
+    let _abort = AbortOnDrop(driver);
+    let status = response.status();
+    let mut body = response.into_body();
+    let ok = status.is_success();
+    let mut error_head = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            by = stop_requested(stop) => return End::Stopped(by),
+            _ = tokio::time::sleep_until(deadline) => return End::TimedOut,
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                say(delivered, format!("the agent host's response broke off: {e}"));
+                return End::Failed;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        if !ok {
+            // Keep the head of an error body for the message; drop the rest.
+            let room = 1024usize.saturating_sub(error_head.len());
+            error_head.extend_from_slice(&data[..data.len().min(room)]);
+            continue;
+        }
+        for piece in data.chunks(CHUNK_BYTES) {
+            let keep = delivered.take(piece);
+            if keep.is_empty() || out.is_closed() {
+                continue;
+            }
+            let chunk = Chunk { stream: Stream::Stdout, data: keep.to_vec() };
+            tokio::select! {
+                _ = out.send(chunk) => {}
+                by = stop_requested(stop) => return End::Stopped(by),
+                _ = tokio::time::sleep_until(deadline) => return End::TimedOut,
+            }
+        }
+    }
+    if !ok {
+        let head = String::from_utf8_lossy(&error_head);
+        say(delivered, format!("the agent host answered HTTP {status}: {}", head.trim()));
+        return End::Failed;
+    }
+    End::Exited(std::os::unix::process::ExitStatusExt::from_raw(0))
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -151,8 +151,13 @@ pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
     let action = match snap.catalogue.get(&run.action) {
         Ok(a) => a,
         Err(_) => {
-            decision.verdict =
-                deny(DenyCode::UnknownAction, format!("no action `{}` in this device's catalogue", run.action));
+            let message = match run.action.as_str() {
+                section @ ("shell" | "agent") => format!(
+                    "the owner turned `{section}` off on this device ([{section}] enabled = false in its policy)"
+                ),
+                other => format!("no action `{other}` in this device's catalogue"),
+            };
+            decision.verdict = deny(DenyCode::UnknownAction, message);
             return decision;
         }
     };

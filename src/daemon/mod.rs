@@ -18,6 +18,7 @@ pub mod control;
 pub mod exec;
 pub mod gate;
 pub mod link;
+pub mod transcript;
 pub mod tree;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,10 +38,11 @@ use crate::audit::{AuditError, AuditLog, Event, Record};
 use crate::consent::{self, Consent, Off};
 use crate::identity::{KeyError, KeyPair};
 use crate::paths::{self, FileError, Paths};
-use crate::policy::{Catalogue, PolicyError};
+use crate::policy::{Catalogue, Kind, PolicyError};
 use crate::protocol::{DenyCode, DeviceFrame, Run, StoppedBy, TaskResult};
 use gate::{Decision, Denial, ReplayCache, Snapshot, Verdict};
 pub use link::{LinkConfig, LinkStatus};
+use transcript::Transcript;
 
 /// How long an audit append waits for another writer's lock.
 pub const AUDIT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,6 +58,8 @@ pub const REPLAY_CAPACITY: usize = 16_384;
 pub const OUTPUT_CHANNEL: usize = 16;
 /// Events buffered for each `/v1/events` reader before it misses some.
 pub const EVENTS_CHANNEL: usize = 256;
+/// How many ended tasks keep their transcript for `GET /v1/tasks/{id}`.
+pub const RECENT_TASKS: usize = 8;
 /// How long a shutdown waits for stopped tasks to be recorded.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -109,6 +113,9 @@ pub struct TaskInfo {
     pub request_id: String,
     pub action: String,
     pub tier: u8,
+    /// Drives the owner's agent (an action of kind `agent`): one at a time.
+    #[serde(default)]
+    pub agent: bool,
     pub params: BTreeMap<String, String>,
     /// The owner's name for the operator.
     pub operator: String,
@@ -137,6 +144,7 @@ struct TaskEntry {
     info: TaskInfo,
     stop: watch::Sender<Option<StoppedBy>>,
     done: watch::Receiver<Option<TaskResult>>,
+    transcript: Arc<Mutex<Transcript>>,
 }
 
 /// The consent as the daemon enforces it.
@@ -176,6 +184,20 @@ struct Inner {
     audit_head: Mutex<Option<crate::protocol::AuditHead>>,
     /// A cgroup v2 delegated to the daemon, if any.
     cgroup: Option<tree::Delegated>,
+    /// The last [`RECENT_TASKS`] tasks that ended, with their transcripts.
+    recent: Mutex<std::collections::VecDeque<Finished>>,
+}
+
+/// An ended task, kept for the owner to look back at.
+struct Finished {
+    info: TaskInfo,
+    result: TaskResult,
+    transcript: Arc<Mutex<Transcript>>,
+}
+
+/// Locks `m`, taking the data even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A handle on the running daemon; clones share it.
@@ -315,6 +337,7 @@ impl Daemon {
                 link: Mutex::default(),
                 audit_head: Mutex::default(),
                 cgroup: tree::Delegated::detect(),
+                recent: Mutex::new(std::collections::VecDeque::new()),
             }),
         };
         if let Some(cg) = &daemon.inner.cgroup {
@@ -564,12 +587,23 @@ impl Daemon {
             Verdict::Run(a) => a,
         };
         let task_id = format!("t-{}", crate::random_hex(8));
+        let env = exec::environment(&approved.action.env, std::env::vars(), &task_id);
+        let agent = approved.action.kind == Kind::Agent;
+        let http = if agent {
+            match self.prepare_agent(&approved.rendered, &run.params, &task_id, &env) {
+                Ok(http) => http,
+                Err(denial) => return self.deny(&run, operator, true, denial, &frames).await,
+            }
+        } else {
+            None
+        };
         let cgroup = self.inner.cgroup.as_ref().and_then(|d| d.for_task(&task_id));
         let info = TaskInfo {
             task_id: task_id.clone(),
             request_id: run.request_id.clone(),
             action: approved.action.name.clone(),
             tier: approved.action.tier.get(),
+            agent,
             params: run.params.clone(),
             operator: approved.operator.clone(),
             grant_id: approved.grant.grant_id.clone(),
@@ -581,27 +615,32 @@ impl Daemon {
         };
         let (stop_tx, stop_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(None);
+        let transcript = Arc::new(Mutex::new(Transcript::new(agent)));
         let busy = {
             let mut state = self.state();
-            let busy = state.tasks.len() >= self.inner.options.max_tasks;
-            if !busy {
-                state.tasks.insert(task_id.clone(), TaskEntry { info: info.clone(), stop: stop_tx, done: done_rx });
+            let busy = if state.tasks.len() >= self.inner.options.max_tasks {
+                Some(format!("{} tasks are running, the most this device runs at once", self.inner.options.max_tasks))
+            } else {
+                state.tasks.values().find(|t| agent && t.info.agent).map(|other| {
+                    format!(
+                        "the agent is already on a task ({}, for {}); one agent task at a time",
+                        other.info.task_id, other.info.operator
+                    )
+                })
+            };
+            if busy.is_none() {
+                let entry =
+                    TaskEntry { info: info.clone(), stop: stop_tx, done: done_rx, transcript: transcript.clone() };
+                state.tasks.insert(task_id.clone(), entry);
                 self.persist_tasks(&state);
             }
             busy
         };
-        if busy {
+        if let Some(message) = busy {
             if let Some(cg) = &cgroup {
                 cg.remove();
             }
-            let denial = Denial {
-                code: DenyCode::Busy,
-                message: format!(
-                    "{} tasks are running, the most this device runs at once",
-                    self.inner.options.max_tasks
-                ),
-            };
-            return self.deny(&run, operator, true, denial, &frames).await;
+            return self.deny(&run, operator, true, Denial { code: DenyCode::Busy, message }, &frames).await;
         }
         let mut started = task_record(Event::ActionStarted, &info);
         started.detail = Some(format!("argv {}", render_argv(&approved.rendered.commands)));
@@ -623,15 +662,77 @@ impl Daemon {
             task_id: task_id.clone(),
             commands: approved.rendered.commands.clone(),
             stdin: approved.rendered.stdin.clone(),
-            env: exec::environment(&approved.action.env, std::env::vars(), &task_id),
+            env,
             cwd: resolve_cwd(&approved.action.cwd),
             timeout: Duration::from_secs(approved.action.timeout_s),
             max_output_bytes: approved.action.max_output_bytes,
             cgroup,
+            http,
         };
         let me = self.clone();
-        tokio::spawn(async move { me.drive(info, spec, stop_rx, done_tx, frames).await });
+        tokio::spawn(async move { me.drive(info, spec, stop_rx, done_tx, frames, transcript).await });
         Ok(task_id)
+    }
+
+    /// Checks that the owner's agent can start: its program is installed,
+    /// or its agent host's secret can be read, in which case the request to
+    /// the host is returned.
+    ///
+    /// # Errors
+    /// A denial `AGENT_UNAVAILABLE` naming the program or file and the
+    /// `[agent]` setting to change.
+    fn prepare_agent(
+        &self,
+        rendered: &crate::policy::Rendered,
+        params: &BTreeMap<String, String>,
+        task_id: &str,
+        env: &[(String, String)],
+    ) -> Result<Option<exec::HttpAgent>, Denial> {
+        let unavailable = |message: String| Denial { code: DenyCode::AgentUnavailable, message };
+        let config = &self.catalogue().agent;
+        let Some(endpoint) = &config.endpoint else {
+            let program = rendered.commands.first().and_then(|c| c.first()).map(String::as_str).unwrap_or("");
+            let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("");
+            return match find_program(program, path) {
+                Some(_) => Ok(None),
+                None => Err(unavailable(format!(
+                    "the owner's agent program `{program}` is not installed here (not found on PATH {path}); \
+                     install it, or set [agent] argv (or endpoint) in a policy.d file and restart the daemon"
+                ))),
+            };
+        };
+        let target = agent_endpoint(endpoint).map_err(|m| unavailable(format!("[agent] endpoint: {m}")))?;
+        let file = config.secret_file.as_deref().unwrap_or("");
+        let path = resolve_cwd(file);
+        let secret = match paths::read_secret(&path, 4096) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).trim().to_string(),
+            Ok(None) => String::new(),
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "the agent host's secret cannot be read: {e}; fix it, or set [agent] secret_file in a policy.d file"
+                )));
+            }
+        };
+        let header_safe = secret.bytes().all(|b| b.is_ascii_graphic());
+        if secret.is_empty() || !header_safe {
+            return Err(unavailable(format!(
+                "the agent host's secret file {} is missing, empty or not printable ASCII; \
+                 fix it, or set [agent] secret_file in a policy.d file",
+                path.display()
+            )));
+        }
+        let body = json!({
+            "task_id": task_id,
+            "prompt": params.get("prompt").cloned().unwrap_or_default(),
+            "mode": params.get("mode").map(String::as_str).unwrap_or("plan"),
+        });
+        Ok(Some(exec::HttpAgent {
+            addr: target.0,
+            host: target.1,
+            path: target.2,
+            secret,
+            body: body.to_string().into_bytes(),
+        }))
     }
 
     async fn deny(
@@ -688,6 +789,7 @@ impl Daemon {
         stop: watch::Receiver<Option<StoppedBy>>,
         done: watch::Sender<Option<TaskResult>>,
         frames: mpsc::Sender<DeviceFrame>,
+        transcript: Arc<Mutex<Transcript>>,
     ) {
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
         let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
@@ -696,24 +798,31 @@ impl Daemon {
             let me = self.clone();
             let request_id = info.request_id.clone();
             let task_id = info.task_id.clone();
+            let transcript = transcript.clone();
             tokio::spawn(async move {
                 let mut seq = 0u64;
                 while let Some(chunk) = out_rx.recv().await {
+                    let lines = lock(&transcript).push(chunk.stream, &chunk.data);
+                    me.publish_lines(&task_id, lines);
                     let data = String::from_utf8_lossy(&chunk.data).into_owned();
-                    me.publish(json!({"kind": "output", "task_id": task_id, "stream": chunk.stream, "data": data}));
                     let frame = DeviceFrame::Output { request_id: request_id.clone(), seq, stream: chunk.stream, data };
                     seq += 1;
                     let _ = frames.send(frame).await;
                 }
+                let lines = lock(&transcript).finish();
+                me.publish_lines(&task_id, lines);
             })
         };
         let result = exec::run(spec, out_tx, stop, hooks).await;
         let _ = forward.await;
+        let agent = info.agent;
+        let transcript_sha256 = agent.then(|| lock(&transcript).digest());
         let mut records = Vec::new();
         if let Some(by) = result.cancelled_by {
             let mut r = task_record(Event::TaskStopped, &info);
             r.by = Some(by.as_str().into());
             r.duration_ms = Some(result.duration_ms);
+            r.transcript_sha256.clone_from(&transcript_sha256);
             records.push(r);
         }
         let mut r = task_record(Event::ActionFinished, &info);
@@ -722,6 +831,7 @@ impl Daemon {
         r.duration_ms = Some(result.duration_ms);
         r.output_bytes = Some(result.output_bytes);
         r.output_sha256 = Some(result.output_sha256.clone());
+        r.transcript_sha256 = transcript_sha256;
         r.by = result.cancelled_by.map(|b| b.as_str().into());
         if result.truncated {
             r.detail = Some("output truncated at the action's max_output_bytes".into());
@@ -729,6 +839,13 @@ impl Daemon {
         records.push(r);
         if let Err(e) = self.audit(records).await {
             tracing::error!(task = %info.task_id, error = %e, "could not record the end of a task");
+        }
+        {
+            let mut recent = lock(&self.inner.recent);
+            if recent.len() >= RECENT_TASKS {
+                recent.pop_front();
+            }
+            recent.push_back(Finished { info: info.clone(), result: result.clone(), transcript });
         }
         self.forget_task(&info.task_id);
         let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
@@ -738,6 +855,39 @@ impl Daemon {
 
     fn leaders(&self) -> Vec<i32> {
         self.state().tasks.values().filter_map(|t| t.info.pid).collect()
+    }
+
+    fn publish_lines(&self, task_id: &str, lines: Vec<transcript::Line>) {
+        for line in lines {
+            self.publish(json!({"kind": "transcript", "task_id": task_id, "line": line}));
+        }
+    }
+
+    /// One task, running or among the last [`RECENT_TASKS`] ended, as
+    /// `GET /v1/tasks/{id}` shows it: `{"task": TaskInfo, "running",
+    /// "result": TaskResult or null, "transcript": {"total",
+    /// "sha256", "lines": [Line]}}`. `None` if unknown.
+    pub fn task_detail(&self, task_id: &str) -> Option<Value> {
+        let view = |info: &TaskInfo, result: Option<&TaskResult>, t: &Mutex<Transcript>| {
+            let t = lock(t);
+            json!({
+                "task": info,
+                "running": result.is_none(),
+                "result": result,
+                "transcript": {"total": t.total(), "sha256": t.digest(), "lines": t.lines()},
+            })
+        };
+        if let Some(t) = self.state().tasks.get(task_id) {
+            return Some(view(&t.info, None, &t.transcript));
+        }
+        let recent = lock(&self.inner.recent);
+        let f = recent.iter().rev().find(|f| f.info.task_id == task_id)?;
+        Some(view(&f.info, Some(&f.result), &f.transcript))
+    }
+
+    /// The running agent tasks (at most one).
+    pub fn agent_tasks(&self) -> Vec<TaskInfo> {
+        self.state().tasks.values().filter(|t| t.info.agent).map(|t| t.info.clone()).collect()
     }
 
     /// The running tasks.
@@ -814,6 +964,7 @@ impl Daemon {
             "relay": link.relay,
             "link": link,
             "running_tasks": state.tasks.len(),
+            "tasks": state.tasks.values().map(|t| &t.info).collect::<Vec<_>>(),
             "consent": consent,
         })
     }
@@ -973,6 +1124,44 @@ fn render_argv(commands: &[Vec<String>]) -> String {
         .map(|argv| shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" ")))
         .collect::<Vec<_>>()
         .join(" ; then ")
+}
+
+/// Where `program` would be found, as execvp(3) looks for it: a name with
+/// a slash as it stands, else each directory of `path` in turn. Only a
+/// regular file with an execute bit counts.
+fn find_program(program: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let runnable =
+        |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return runnable(&p).then_some(p);
+    }
+    path.split(':').filter(|d| !d.is_empty()).map(|d| std::path::Path::new(d).join(program)).find(|p| runnable(p))
+}
+
+/// An `[agent] endpoint` (already checked to be loopback when the policy
+/// loaded) as the address to connect to, the `Host` header and the path.
+/// `localhost` is taken as 127.0.0.1, never looked up.
+fn agent_endpoint(endpoint: &str) -> Result<(std::net::SocketAddr, String, String), String> {
+    let rest = endpoint.strip_prefix("http://").ok_or("must start with http://")?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = path.split('#').next().unwrap_or("/");
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let (host, port) = authority.rsplit_once(':').ok_or("needs a port")?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port `{port}`"))?;
+    let ip: std::net::IpAddr = match host {
+        "localhost" | "127.0.0.1" => std::net::Ipv4Addr::LOCALHOST.into(),
+        "[::1]" => std::net::Ipv6Addr::LOCALHOST.into(),
+        other => return Err(format!("`{other}` is not a loopback address")),
+    };
+    Ok((std::net::SocketAddr::new(ip, port), authority.to_string(), path))
 }
 
 /// `~` and `~/x` against the owner's home; anything else as written.

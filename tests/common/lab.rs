@@ -81,9 +81,15 @@ pub struct Lab {
 impl Lab {
     /// A home with the test catalogue and a trusted operator, and its daemon.
     pub fn start() -> Lab {
+        Lab::start_with("")
+    }
+
+    /// As [`Lab::start`], with `extra` as a second policy file (`policy.d/zz-extra.toml`).
+    pub fn start_with(extra: &str) -> Lab {
         let home = Home::new();
         let paths = Paths::under(home.path.clone());
         Lab::prepare(&paths);
+        std::fs::write(paths.policy_dir().join("zz-extra.toml"), extra).unwrap();
         let daemon = Daemon::start(&paths, Options::default()).expect("daemon starts");
         let operator = KeyPair::load(&paths.home.join("operator.key")).unwrap();
         let pidfile = home.path.join("pids");
