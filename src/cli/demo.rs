@@ -2,9 +2,12 @@
 //! in a temporary directory: a relay with a self-signed certificate on an
 //! ephemeral loopback port, a daemon enrolled to it, an operator key the
 //! demo home trusts; then a command denied for want of consent, a grant,
-//! real diagnostics through the relay, a tier-2 fix denied, a revoke, and
-//! the audit trail with its verification. Every step is the real binary;
-//! the demo exits 0 only if every step behaved as shown.
+//! real diagnostics through the relay, a tier-2 fix denied; then tier 3:
+//! the operator drives the owner's AI agent (a stand-in script that speaks
+//! Claude Code's stream-json, since no real agent may be installed), the
+//! owner watches its transcript and stops it; a revoke, and the audit trail
+//! with its verification. Every step is the real binary; the demo exits 0
+//! only if every step behaved as shown.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -22,6 +25,20 @@ pub struct Args {
     #[arg(long)]
     keep: bool,
 }
+
+/// The stand-in for the owner's AI agent: Claude Code's stream-json, a
+/// tool call that starts a child process, then it waits to be stopped.
+const DEMO_AGENT: &str = r#"#!/bin/sh
+prompt=$(head -c 4096 | tr '\n"\\' '   ')
+say() { printf '%s\n' "$1"; sleep 0.2; }
+say '{"type":"system","subtype":"init","model":"demo-agent","cwd":"'"$PWD"'"}'
+say '{"type":"assistant","message":{"content":[{"type":"text","text":"Task: '"$prompt"'. I will look at the print queue first."}]}}'
+say '{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Bash","input":{"command":"lpstat -o"}}]}}'
+sleep 600 &
+say '{"type":"user","message":{"content":[{"type":"tool_result","content":"(no jobs queued)"}]}}'
+say '{"type":"assistant","message":{"content":[{"type":"text","text":"The queue is empty. Next I would read the CUPS error log."}]}}'
+wait
+"#;
 
 /// How long one step may take before the demo calls it failed.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -148,6 +165,8 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
         .await;
     let token = token.lines().next().unwrap_or_default().trim().to_string();
 
+    set_up_agent(&d.home, dir).map_err(|e| fail(format!("setting up the demo agent: {e}")))?;
+
     println!("## The owner's daemon, enrolled to the relay");
     println!("$ support daemon --relay {url} --relay-ca {ca} --enroll et-…   (in the background)\n");
     let daemon =
@@ -205,6 +224,7 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
         &["TIER_INSUFFICIENT"],
     )
     .await;
+    agent_session(&mut d, &device, dir).await?;
     d.step("The owner revokes.", &["revoke"], 0, &["Revoked"]).await;
     d.step("Diagnostics are refused again at once.", &["operator", "run", &device, "system-info"], 4, &["NO_CONSENT"])
         .await;
@@ -214,7 +234,7 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
         "Every step is on the owner's record: grants, denials, what ran and how it ended.",
         &["audit"],
         0,
-        &["action.denied", "action.started", "action.finished", "consent.revoked"],
+        &["action.denied", "action.started", "action.finished", "task.stopped", "by owner", "consent.revoked"],
     )
     .await;
     d.step("And the record's hash chain verifies.", &["audit", "--verify"], 0, &["ok: "]).await;
@@ -225,6 +245,129 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
     } else {
         Err(fail(format!("{} step(s) did not behave as shown: {}", d.failed.len(), d.failed.join("; "))))
     }
+}
+
+/// Writes the stand-in agent and a `policy.d/agent.toml` pointing `[agent]`
+/// at it, working in `DIR/workspace` (before the daemon starts: it loads
+/// the catalogue once).
+fn set_up_agent(home: &Path, dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let script = dir.join("demo-agent.sh");
+    std::fs::write(&script, DEMO_AGENT).map_err(fail)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    let workspace = dir.join("workspace");
+    std::fs::create_dir_all(&workspace).map_err(fail)?;
+    let paths = crate::Paths::under(home.to_path_buf());
+    paths.ensure_dirs()?;
+    crate::paths::ensure_dir(&paths.policy_dir())?;
+    let policy = format!(
+        "# The demo's stand-in agent; a real one is e.g.\n\
+         # argv = [\"claude\", \"-p\", \"--output-format\", \"stream-json\", \"--verbose\"]\n\
+         [agent]\nargv = [{:?}]\nplan_args = []\nbuild_args = []\ncwd = {:?}\ntimeout_s = 120\n",
+        script.display().to_string(),
+        workspace.display().to_string()
+    );
+    crate::paths::write_atomic(&paths.policy_dir().join("agent.toml"), policy.as_bytes())?;
+    Ok(())
+}
+
+/// Tier 3: the operator drives the agent, the owner watches and stops it.
+async fn agent_session(d: &mut Demo, device: &str, dir: &Path) -> Result<(), Error> {
+    println!("## Tier 3: the support desk drives the owner's AI agent; the owner watches and stops it");
+    d.step(
+        "The owner lets support operate their AI agent (tier 3), which needs --yes.",
+        &["allow", "--tier", "3", "--minutes", "30", "--yes", "--reason", "demo: printing fails"],
+        0,
+        &["Granted tier 3"],
+    )
+    .await;
+    let watch_log = dir.join("watch.log");
+    let mut watch = d.spawn(&["watch"], &dir.join("watch.err"))?;
+    let watch_out = watch_log.clone();
+    let mut watch_stdout = watch.stdout.take().ok_or_else(|| fail("no watch stdout"))?;
+    let copier = tokio::spawn(async move {
+        let mut file = tokio::fs::File::create(&watch_out).await.ok()?;
+        tokio::io::copy(&mut watch_stdout, &mut file).await.ok()
+    });
+    let prompt = "Find out why printing fails";
+    println!("$ support operator agent {device} {prompt:?} --mode plan   (the operator, in the background)\n");
+    let operator = d
+        .command(&["operator", "agent", device, prompt, "--mode", "plan"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let task_id = wait_agent(d).await;
+    let Some(task_id) = task_id else {
+        println!("!! the agent task did not start; see {}", dir.join("daemon.log").display());
+        d.failed.push("operator agent".into());
+        stop(watch).await;
+        let _ = operator.wait_with_output().await;
+        return Ok(());
+    };
+    d.step("The owner's view while it runs.", &["status"], 0, &["support is operating your agent:", "support-desk"])
+        .await;
+    d.step(
+        "The agent's transcript so far: its words, its tool calls and their results.",
+        &["tasks", &task_id],
+        0,
+        &["agent:", "tool: Bash: lpstat -o", "result:"],
+    )
+    .await;
+    d.step(
+        "The owner stops it: the agent and everything it started are killed.",
+        &["stop"],
+        0,
+        &[&format!("Stopped {task_id}: cancelled by owner")],
+    )
+    .await;
+    let out = tokio::time::timeout(STEP_TIMEOUT, operator.wait_with_output()).await;
+    println!("# What the operator saw:");
+    match out {
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            print!("{text}");
+            if out.status.code() != Some(1) || !text.contains("stopped by the owner") {
+                println!("!! expected exit 1 and \"stopped by the owner\"");
+                d.failed.push("operator agent".into());
+            }
+        }
+        _ => {
+            println!("!! the operator's command did not end");
+            d.failed.push("operator agent".into());
+        }
+    }
+    stop(watch).await;
+    let _ = copier.await;
+    let seen = std::fs::read_to_string(&watch_log).unwrap_or_default();
+    println!("\n# What `support watch` showed the owner meanwhile:");
+    print!("{seen}");
+    if !seen.contains("support is operating your agent:") || !seen.contains("tool: Bash") {
+        println!("!! expected the watch to show the agent at work");
+        d.failed.push("watch".into());
+    }
+    println!();
+    Ok(())
+}
+
+/// Polls `support tasks --json` until the agent's task has its tool
+/// result in the transcript; returns its id (30 s at most).
+async fn wait_agent(d: &Demo) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(out) = d.command(&["tasks", "--json"]).output().await
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && let Some(id) = v["tasks"][0]["task_id"].as_str()
+            && let Ok(detail) = d.command(&["tasks", id, "--json"]).output().await
+            && String::from_utf8_lossy(&detail.stdout).contains("tool_result")
+        {
+            return Some(id.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// Polls `support status --json` until the daemon reports its link up (30 s at most).

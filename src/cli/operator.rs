@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use super::{print_json, printable};
 use crate::Error;
+use crate::daemon::transcript::Transcript;
 use crate::dial::{DialError, RelayUrl};
 use crate::identity::KeyPair;
 use crate::operator::{Outcome, Session};
@@ -282,13 +283,33 @@ async fn run_action(
         eprintln!("request {} → {device}: {action}", run.request_id);
     }
     let (out_tty, err_tty) = (std::io::stdout().is_terminal(), std::io::stderr().is_terminal());
+    // The agent's stream-JSON is shown as the owner sees it; --json gives it raw.
+    let mut transcript = (action == "agent").then(|| Transcript::new(true));
+    let mut task = String::new();
     let on_frame = |f: &DeviceFrame| {
         if json {
             print_json(&serde_json::to_value(f).unwrap_or_default());
             return;
         }
+        if let Some(t) = &mut transcript {
+            let lines = match f {
+                DeviceFrame::Output { stream, data, .. } => t.push(*stream, data.as_bytes()),
+                DeviceFrame::Result { .. } => t.finish(),
+                _ => Vec::new(),
+            };
+            let mut out = std::io::stdout().lock();
+            for line in lines {
+                let text = super::tasks::render_line(&task, &serde_json::to_value(&line).unwrap_or_default());
+                let _ = writeln!(out, "{}", terminal_safe(&text, out_tty));
+            }
+            let _ = out.flush();
+        }
         match f {
-            DeviceFrame::Accepted { task_id, .. } => eprintln!("accepted as task {task_id}"),
+            DeviceFrame::Accepted { task_id, .. } => {
+                task.clone_from(task_id);
+                eprintln!("accepted as task {task_id}");
+            }
+            DeviceFrame::Output { .. } if transcript.is_some() => {}
             DeviceFrame::Output { stream: Stream::Stdout, data, .. } => {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(terminal_safe(data, out_tty).as_bytes());

@@ -238,7 +238,7 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
 }
 
 /// One transcript line (see `daemon::transcript`) for people, its text made safe for the terminal.
-fn render_line(task_id: &str, line: &Value) -> String {
+pub(crate) fn render_line(task_id: &str, line: &Value) -> String {
     let at = line["ts"]
         .as_str()
         .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
