@@ -51,6 +51,18 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         (None, Some(d)) => d,
         (None, None) => return Err(Error::Usage("give --minutes M or --duration D".into())),
     };
+    // Before any other check: a task must not extend or raise its own
+    // grant, at any tier or length, and every attempt is on the record.
+    if let Some(evidence) = super::guard::inside_task(&ctx.paths) {
+        let mut record = Record::new(Event::ConsentRefused);
+        record.tier = Some(args.tier.get());
+        record.detail = Some(format!(
+            "run inside a support task: {evidence}; asked for tier {} for {}",
+            args.tier,
+            humantime::format_duration(duration)
+        ));
+        return Err(super::guard::refuse(ctx, "allow", &evidence, record));
+    }
     if args.tier.needs_confirmation() && !args.yes {
         let tier = args.tier.get().to_string();
         let length = match args.minutes {

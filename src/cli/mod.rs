@@ -17,6 +17,7 @@ mod audit;
 mod client;
 mod daemon;
 mod demo;
+mod guard;
 mod operator;
 mod policy;
 mod relay;

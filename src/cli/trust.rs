@@ -43,6 +43,21 @@ fn record(event: Event, name: &str, key: &str) -> Record {
 pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Add { name, public_key } => {
+            // Before anything else: a task must not add an operator (its own
+            // key, say) to widen who may command, and every attempt is on the record.
+            if let Some(evidence) = super::guard::inside_task(&ctx.paths) {
+                let mut r = Record::new(Event::TrustRefused);
+                let fingerprint = public_key.trim().parse::<PublicKey>().map(|k| k.fingerprint());
+                if trust::valid_name(&name) {
+                    r.operator = Some(name.clone());
+                }
+                r.detail = Some(format!(
+                    "run inside a support task: {evidence}; asked to trust `{}` ({})",
+                    super::guard::short(&name),
+                    fingerprint.as_deref().unwrap_or("not a valid key")
+                ));
+                return Err(super::guard::refuse(ctx, "trust add", &evidence, r));
+            }
             let key = trust::check_new(&ctx.paths, &name, &public_key)?;
             ctx.audit(record(Event::TrustAdded, &name, &key.to_string()))?;
             trust::add(&ctx.paths, &name, &public_key, ctx.now)?;

@@ -229,7 +229,8 @@ pub(crate) fn lock_path(paths: &Paths) -> PathBuf {
     paths.state_dir.join("daemon.lock")
 }
 
-fn tasks_path(paths: &Paths) -> PathBuf {
+/// `tasks.json`: the running tasks (see [`TaskInfo`]).
+pub(crate) fn tasks_path(paths: &Paths) -> PathBuf {
     paths.state_dir.join("tasks.json")
 }
 
