@@ -1237,6 +1237,35 @@ params.unit = { pattern = "^[a-z]+$", max_len = 8 }
         }
     }
 
+    #[test]
+    fn agent_mode_arguments_go_where_argv_says_or_at_the_end() {
+        let params = |mode: &str| {
+            BTreeMap::from([("prompt".to_string(), "fix it".to_string()), ("mode".to_string(), mode.to_string())])
+        };
+        let codex = cat(r#"
+[agent]
+argv = ["codex", "exec", "--json", "{mode_args}", "-"]
+plan_args = ["--sandbox", "read-only"]
+build_args = ["--sandbox", "workspace-write"]
+"#)
+        .unwrap();
+        let r = codex.get("agent").unwrap().render(&params("build")).unwrap();
+        assert_eq!(r.commands[0], ["codex", "exec", "--json", "--sandbox", "workspace-write", "-"]);
+        assert_eq!(r.stdin.as_deref(), Some("fix it"));
+        let r = codex.get("agent").unwrap().render(&BTreeMap::from([("prompt".into(), "x".into())])).unwrap();
+        assert_eq!(r.commands[0], ["codex", "exec", "--json", "--sandbox", "read-only", "-"], "plan by default");
+        let claude = Catalogue::default_only().unwrap();
+        let r = claude.get("agent").unwrap().render(&params("plan")).unwrap();
+        assert_eq!(r.commands[0].last().map(String::as_str), Some("plan"));
+        assert_eq!(r.commands[0][r.commands[0].len() - 2], "--permission-mode");
+        let argv = cat("[agent]\nargv = [\"agent\", \"{prompt}\"]\nprompt = \"argv\"\nplan_args = []\n").unwrap();
+        let r = argv.get("agent").unwrap().render(&params("plan")).unwrap();
+        assert_eq!((r.commands[0].clone(), r.stdin), (vec!["agent".to_string(), "fix it".to_string()], None));
+        rejects("[agent]\nplan_args = [\"{prompt}\"]\n", "plan_args");
+        rejects("[agent]\nbuild_args = [\"-c\", \"sh\"]\n", "build_args");
+        rejects("[agent]\nargv = [\"a\", \"{mode_args}\", \"{mode_args}\"]\n", "once");
+    }
+
     fn kill(mut child: std::process::Child) {
         let _ = child.kill();
         let _ = child.wait();
