@@ -88,7 +88,7 @@ fn setup(dir: &Path) -> (Paths, KeyPair) {
         "[[action]]\nname = \"tree\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"the tree fixture\"\n\
          argv = [\"{TREE}\", \"{{pidfile}}\"]\ntimeout_s = 60\n\n[action.params.pidfile]\n\
          pattern = \"^/[A-Za-z0-9_./-]+$\"\nmax_len = 512\ndescription = \"pid file\"\n\n\
-         [agent]\nargv = [\"{AGENT}\", \"10\"]\ncwd = \"{}\"\n",
+         [agent]\nargv = [\"{AGENT}\", \"10\"]\nplan_args = []\nbuild_args = []\ncwd = \"{}\"\n",
         dir.display()
     );
     std::fs::write(paths.policy_dir().join("bench.toml"), policy).unwrap();

@@ -234,8 +234,10 @@ fn default_max_output() -> u64 {
 ///
 /// # Defaults
 /// `enabled = true`, `argv = ["claude", "-p", "--output-format",
-/// "stream-json", "--verbose"]`, `plan_args = ["--permission-mode", "plan"]`,
-/// `build_args = ["--permission-mode", "acceptEdits"]`, `prompt = "stdin"`,
+/// "stream-json", "--verbose"]`, and with that argv only,
+/// `plan_args = ["--permission-mode", "plan"]` and
+/// `build_args = ["--permission-mode", "acceptEdits"]` (another argv must
+/// set both: a mode that silently means nothing is refused), `prompt = "stdin"`,
 /// `cwd = "~"`, `timeout_s = 1800`, `max_prompt_bytes = 65536`,
 /// `max_output_bytes = 16 MiB`, `env = []`, no `endpoint`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,11 +249,11 @@ pub struct AgentConfig {
     pub argv: Vec<String>,
     /// Arguments for the task's mode `plan` (propose only), put where
     /// `argv` holds the element `{mode_args}`, or after the last element.
-    #[serde(default = "default_plan_args")]
-    pub plan_args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_args: Option<Vec<String>>,
     /// Arguments for the mode `build` (make changes), placed the same way.
-    #[serde(default = "default_build_args")]
-    pub build_args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_args: Option<Vec<String>>,
     /// `stdin`, or `argv` (then `argv` holds a `{prompt}` element).
     #[serde(default = "default_prompt_mode")]
     pub prompt: String,
@@ -548,8 +550,8 @@ impl Catalogue {
                 cwd: a.cwd.clone(),
                 source: "[agent]".into(),
                 mode_args: BTreeMap::from([
-                    ("plan".to_string(), a.plan_args.clone()),
-                    ("build".to_string(), a.build_args.clone()),
+                    ("plan".to_string(), a.plan_args.clone().unwrap_or_else(default_plan_args)),
+                    ("build".to_string(), a.build_args.clone().unwrap_or_else(default_build_args)),
                 ]),
             }
         })
@@ -732,7 +734,13 @@ fn check_agent(a: &AgentConfig) -> Result<(), String> {
         "stdin" if has_prompt => return Err("prompt = \"stdin\" but argv holds {prompt}".into()),
         "stdin" => {}
         "argv" if !has_prompt => return Err("prompt = \"argv\" needs a `{prompt}` element in argv".into()),
-        "argv" => {}
+        "argv" => {
+            // The operator writes the prompt: after `--` it can never be read as an option.
+            let at = a.argv.iter().position(|e| e == "{prompt}").unwrap_or(0);
+            if at > 0 && a.argv[at - 1] != "--" {
+                return Err("prompt = \"argv\": put \"--\" right before \"{prompt}\", so a prompt starting with - is never an option".into());
+            }
+        }
         other => return Err(format!("prompt must be \"stdin\" or \"argv\", not `{other}`")),
     }
     let mut params = BTreeMap::new();
@@ -742,7 +750,13 @@ fn check_agent(a: &AgentConfig) -> Result<(), String> {
     if a.argv.iter().filter(|e| e.as_str() == "{mode_args}").count() > 1 {
         return Err("argv may hold `{mode_args}` once".into());
     }
-    for (name, args) in [("plan_args", &a.plan_args), ("build_args", &a.build_args)] {
+    if a.argv != default_agent_argv() && (a.plan_args.is_none() || a.build_args.is_none()) {
+        return Err("with your own argv, set plan_args and build_args: the arguments that keep the agent to \
+                    proposing (plan) and let it make changes (build); [] only if it has none"
+            .into());
+    }
+    let (plan, build) = (a.plan_args.clone().unwrap_or_default(), a.build_args.clone().unwrap_or_default());
+    for (name, args) in [("plan_args", &plan), ("build_args", &build)] {
         if args.iter().any(|e| e.contains('\0') || placeholder_inside(e)) {
             return Err(format!("{name}: plain arguments only, no NUL and no placeholders"));
         }
@@ -1058,8 +1072,16 @@ impl Action {
                     .collect()
             })
             .collect();
-        if self.kind == Kind::Agent && !self.commands[0].iter().any(|e| placeholder(e) == Some(MODE_ARGS)) {
-            commands[0].extend(mode_args);
+        let template = &self.commands[0];
+        if self.kind == Kind::Agent && !template.iter().any(|e| placeholder(e) == Some(MODE_ARGS)) {
+            // At the end, or before the `--` that guards an argv prompt
+            // (the elements before it are plain, so positions match).
+            match template.iter().position(|e| e == "{prompt}") {
+                Some(at) if at > 0 && template[at - 1] == "--" => {
+                    commands[0].splice(at - 1..at - 1, mode_args);
+                }
+                _ => commands[0].extend(mode_args),
+            }
         }
         Ok(Rendered { commands, stdin })
     }
@@ -1258,9 +1280,19 @@ build_args = ["--sandbox", "workspace-write"]
         let r = claude.get("agent").unwrap().render(&params("plan")).unwrap();
         assert_eq!(r.commands[0].last().map(String::as_str), Some("plan"));
         assert_eq!(r.commands[0][r.commands[0].len() - 2], "--permission-mode");
-        let argv = cat("[agent]\nargv = [\"agent\", \"{prompt}\"]\nprompt = \"argv\"\nplan_args = []\n").unwrap();
+        let argv =
+            cat("[agent]\nargv = [\"agent\", \"--\", \"{prompt}\"]\nprompt = \"argv\"\nplan_args = [\"--plan\"]\nbuild_args = []\n")
+                .unwrap();
         let r = argv.get("agent").unwrap().render(&params("plan")).unwrap();
-        assert_eq!((r.commands[0].clone(), r.stdin), (vec!["agent".to_string(), "fix it".to_string()], None));
+        assert_eq!(
+            (r.commands[0].clone(), r.stdin),
+            (["agent", "--plan", "--", "fix it"].map(String::from).to_vec(), None)
+        );
+        rejects(
+            "[agent]\nargv = [\"agent\", \"{prompt}\"]\nprompt = \"argv\"\nplan_args = []\nbuild_args = []\n",
+            "right before",
+        );
+        rejects("[agent]\nargv = [\"my-agent\"]\nbuild_args = []\n", "set plan_args and build_args");
         rejects("[agent]\nplan_args = [\"{prompt}\"]\n", "plan_args");
         rejects("[agent]\nbuild_args = [\"-c\", \"sh\"]\n", "build_args");
         rejects("[agent]\nargv = [\"a\", \"{mode_args}\", \"{mode_args}\"]\n", "once");

@@ -24,7 +24,12 @@ fn fixture() -> &'static str {
 /// An `[agent]` section running the fake agent with `children`
 /// descendants in `workdir`.
 fn agent_policy(workdir: &Path, children: u32) -> String {
-    format!("[agent]\nargv = [\"{}\", \"{children}\"]\ncwd = \"{}\"\ntimeout_s = 120\n", fixture(), workdir.display())
+    format!(
+        "[agent]\nargv = [\"{}\", \"{children}\"]\ncwd = \"{}\"\ntimeout_s = 120\n\
+         plan_args = [\"--permission-mode\", \"plan\"]\nbuild_args = [\"--permission-mode\", \"acceptEdits\"]\n",
+        fixture(),
+        workdir.display()
+    )
 }
 
 /// Waits (at most 10 s) until `pidfile` lists `n` pids.

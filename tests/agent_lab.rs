@@ -33,7 +33,7 @@ async fn the_shell_needs_tier_4_and_runs_sh_c_at_it() {
 #[tokio::test]
 async fn a_missing_agent_program_is_denied_naming_it_and_the_setting() {
     let _one = SERIAL.lock().await;
-    let lab = Lab::start_with("[agent]\nargv = [\"no-such-agent-cli\", \"--json\"]\n");
+    let lab = Lab::start_with("[agent]\nargv = [\"no-such-agent-cli\", \"--json\"]\nplan_args = []\nbuild_args = []\n");
     lab.grant(3, Duration::from_secs(600));
     let (outcome, _) = lab.submit(lab.command("agent", &[("prompt", "hi")])).await;
     let denial = outcome.unwrap_err();
@@ -201,4 +201,32 @@ async fn an_agent_host_error_fails_the_task_with_its_answer() {
     let (result, output) = finish(&mut rx).await;
     assert_eq!(result.status, Status::Failed);
     assert!(output.contains("HTTP 500") && output.contains("model overloaded"), "{output}");
+}
+
+#[tokio::test]
+async fn a_long_prompt_runs_and_the_record_keeps_its_digest() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent.sh");
+    let lab = Lab::start_with(&format!(
+        "[agent]\nargv = [\"{fixture}\", \"0\"]\ncwd = \"{}\"\nplan_args = []\nbuild_args = []\n",
+        dir.path().display()
+    ));
+    lab.grant(3, Duration::from_secs(600));
+    // 64 KiB, the default max_prompt_bytes: more than an audit record may hold.
+    let prompt = format!("please finish {}", "é".repeat((65536 - 14) / 2));
+    assert_eq!(prompt.len(), 65536);
+    let (outcome, mut rx) = lab.submit(lab.command("agent", &[("prompt", &prompt)])).await;
+    outcome.expect("accepted");
+    let (result, output) = finish(&mut rx).await;
+    assert_eq!(result.status, Status::Ok, "{output}");
+    let recs = records(&lab.paths);
+    let started = recs.iter().find(|r| r.event == Event::ActionStarted).expect("action.started");
+    let kept = &started.params.as_ref().unwrap()["prompt"];
+    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, prompt.as_bytes()));
+    assert!(
+        kept.starts_with("please finish é") && kept.ends_with(&format!("[65536 bytes, sha256 {digest}]")),
+        "{kept}"
+    );
+    assert!(support::audit::verify(&lab.paths).is_ok());
 }

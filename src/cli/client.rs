@@ -20,7 +20,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a whole request may take (a stop waits up to 5 s for the task's end).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest response read (bytes).
-const MAX_RESPONSE: usize = 4 << 20;
+const MAX_RESPONSE: usize = 8 << 20;
 /// The longest line of the event stream (bytes).
 const MAX_EVENT_LINE: usize = 2 << 20;
 

@@ -87,7 +87,14 @@ fn from_marker() -> Option<String> {
 fn from_ancestry(paths: &Paths) -> Option<String> {
     let daemon = daemon_pid(&crate::daemon::lock_path(paths))?;
     let me = std::process::id() as i32;
-    descends_from(me, daemon, |pid| tree::stat(pid).map(|s| s.ppid))
+    // A parent started after its child is a recycled pid, not the parent:
+    // the walk stops there.
+    let parent_of = |pid: i32| {
+        let child = tree::stat(pid)?;
+        let parent = tree::stat(child.ppid)?;
+        (parent.start_ticks <= child.start_ticks).then_some(child.ppid)
+    };
+    descends_from(me, daemon, parent_of)
         .then(|| format!("this process descends from the support daemon (pid {daemon}), which runs support's tasks"))
 }
 
@@ -202,7 +209,10 @@ fn from_task_record(paths: &Paths) -> Option<String> {
     let mut found = Vec::new();
     for t in &tasks {
         let id = short(&t.task_id);
-        if let Some(leader) = t.pid.filter(|p| *p > 1) {
+        // Only a leader still alive with its recorded start time: a stale
+        // entry (a daemon that crashed) must not lock the owner out.
+        let live = |leader: &i32| tree::stat(*leader).is_some_and(|s| Some(s.start_ticks) == t.start_ticks);
+        if let Some(leader) = t.pid.filter(|p| *p > 1).filter(live) {
             // A group id re-used after the task ended belongs to a process
             // that started later than the task: only processes started no
             // earlier than the leader count (as in `tree::leftovers`).

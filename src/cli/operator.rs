@@ -299,15 +299,17 @@ async fn run_action(
             };
             let mut out = std::io::stdout().lock();
             for line in lines {
+                // render_line makes the text printable and adds only its own colours.
                 let text = super::tasks::render_line(&task, &serde_json::to_value(&line).unwrap_or_default());
-                let _ = writeln!(out, "{}", terminal_safe(&text, out_tty));
+                let _ = writeln!(out, "{text}");
             }
             let _ = out.flush();
         }
         match f {
             DeviceFrame::Accepted { task_id, .. } => {
-                task.clone_from(task_id);
-                eprintln!("accepted as task {task_id}");
+                // From the relay's side of the wire: shown only as printable text.
+                task = printable(task_id);
+                eprintln!("accepted as task {task}");
             }
             DeviceFrame::Output { .. } if transcript.is_some() => {}
             DeviceFrame::Output { stream: Stream::Stdout, data, .. } => {

@@ -464,12 +464,21 @@ async fn run_http(
     };
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(http.addr).await.map_err(|e| format!("connect: {e}"))?;
+        // Another local user may hold the port while the host is down: the
+        // secret and the prompt go only to a listener of the owner's own.
+        match listener_uids(http.addr.port()) {
+            uids if !uids.is_empty() && uids.iter().all(|u| *u == crate::paths::current_uid()) => {}
+            uids if uids.is_empty() => {
+                return Err("cannot tell who listens on that port (/proc/net/tcp); not sending the secret".into());
+            }
+            uids => return Err(format!("the port is held by another user (uid {uids:?}); not sending it the secret")),
+        }
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
-        // The connection is driven here and dropped with this task: a stop aborts the request.
-        let driver = tokio::spawn(conn);
+        // The connection is driven here and aborted with this task: a stop aborts the request.
+        let driver = AbortOnDrop(tokio::spawn(conn));
         let request = hyper::Request::post(http.path.as_str())
             .header(hyper::header::HOST, http.host.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -499,7 +508,7 @@ async fn run_http(
         }
     };
     // Aborting the driver closes the socket, whichever way this ends.
-    let _abort = AbortOnDrop(driver);
+    let _driver = driver;
     let status = response.status();
     let mut body = response.into_body();
     let ok = status.is_success();
@@ -522,9 +531,12 @@ async fn run_http(
             },
         };
         if !ok {
-            // Keep the head of an error body for the message; drop the rest.
+            // The head of an error body is enough for the message.
             let room = 1024usize.saturating_sub(error_head.len());
             error_head.extend_from_slice(&data[..data.len().min(room)]);
+            if error_head.len() >= 1024 {
+                break;
+            }
             continue;
         }
         for piece in data.chunks(CHUNK_BYTES) {
@@ -546,6 +558,45 @@ async fn run_http(
         return End::Failed;
     }
     End::Exited(std::os::unix::process::ExitStatusExt::from_raw(0))
+}
+
+/// The uids of the TCP sockets listening on `port` on a loopback or
+/// wildcard address, from `/proc/net/tcp` and `/proc/net/tcp6` (proc(5)):
+/// the address is hex in host byte order, the port hex, state `0A` is
+/// LISTEN, the uid is the eighth field.
+fn listener_uids(port: u16) -> Vec<u32> {
+    const LOCAL: [&str; 6] = [
+        "0100007F",
+        "7F000001",
+        "00000000",
+        "00000000000000000000000001000000",
+        "00000000000000000000000000000001",
+        "00000000000000000000000000000000",
+    ];
+    let mut uids = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        // Kernel files, not the owner's: a plain read, capped.
+        let mut text = Vec::new();
+        let read = std::fs::File::open(file)
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 32 << 20), &mut text));
+        if read.is_err() {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&text).lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(uid)) = (f.get(1), f.get(3), f.get(7)) else { continue };
+            let Some((addr, p)) = local.split_once(':') else { continue };
+            let v4_mapped_loopback = addr.len() == 32 && addr.starts_with("0000000000000000FFFF0000");
+            if *state == "0A"
+                && u16::from_str_radix(p, 16) == Ok(port)
+                && (LOCAL.contains(&addr) || v4_mapped_loopback)
+                && let Ok(uid) = uid.parse()
+            {
+                uids.push(uid);
+            }
+        }
+    }
+    uids
 }
 
 /// Aborts a spawned task when dropped.

@@ -623,10 +623,7 @@ impl Daemon {
                 Some(format!("{} tasks are running, the most this device runs at once", self.inner.options.max_tasks))
             } else {
                 state.tasks.values().find(|t| agent && t.info.agent).map(|other| {
-                    format!(
-                        "the agent is already on a task ({}, for {}); one agent task at a time",
-                        other.info.task_id, other.info.operator
-                    )
+                    format!("the agent is already on a task ({}); one agent task at a time", other.info.task_id)
                 })
             };
             if busy.is_none() {
@@ -644,7 +641,10 @@ impl Daemon {
             return self.deny(&run, operator, true, Denial { code: DenyCode::Busy, message }, &frames).await;
         }
         let mut started = task_record(Event::ActionStarted, &info);
-        started.detail = Some(format!("argv {}", render_argv(&approved.rendered.commands)));
+        started.detail = Some(match &http {
+            Some(h) => format!("POST http://{}{} (the agent host)", h.host, h.path),
+            None => format!("argv {}", render_argv(&approved.rendered.commands)),
+        });
         if let Err(e) = self.audit(vec![started]).await {
             tracing::error!(error = %e, "action.started could not be written; denying");
             self.forget_task(&task_id);
@@ -697,7 +697,7 @@ impl Daemon {
             return match find_program(program, path) {
                 Some(_) => Ok(None),
                 None => Err(unavailable(format!(
-                    "the owner's agent program `{program}` is not installed here (not found on PATH {path}); \
+                    "the owner's agent program `{program}` is not installed on this device (not found on the daemon's PATH); \
                      install it, or set [agent] argv (or endpoint) in a policy.d file and restart the daemon"
                 ))),
             };
@@ -753,7 +753,7 @@ impl Daemon {
         // Parameters only from a command whose signature held: anything
         // else is anyone's text and goes in as its size alone.
         if signed && self.catalogue().get(&run.action).is_ok() {
-            r.params = Some(run.params.clone());
+            r.params = Some(recorded_params(&run.params));
         } else if !run.params.is_empty() {
             let bytes: usize = run.params.iter().map(|(k, v)| k.len() + v.len()).sum();
             r.detail = Some(format!("{} parameters, {bytes} bytes, not recorded", run.params.len()));
@@ -1107,10 +1107,34 @@ fn task_record(event: Event, t: &TaskInfo) -> Record {
     r.request_id = Some(t.request_id.clone());
     r.action = Some(t.action.clone());
     r.tier = Some(t.tier);
-    r.params = Some(t.params.clone());
+    r.params = Some(recorded_params(&t.params));
     r.operator = Some(t.operator.clone());
     r.grant_id = Some(t.grant_id.clone());
     r
+}
+
+/// The longest parameter value an audit record holds as it is; a longer
+/// one (an agent's prompt, up to 512 KiB) would break the record's 64 KiB
+/// cap, so the record keeps its head, its length and its SHA-256.
+pub const RECORDED_VALUE_BYTES: usize = 4096;
+
+/// Parameters as an audit record holds them (see [`RECORDED_VALUE_BYTES`]).
+fn recorded_params(params: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    params.iter().map(|(k, v)| (k.clone(), recorded_value(v))).collect()
+}
+
+/// `v`, or its first KiB, its length and its SHA-256 when it is longer
+/// than [`RECORDED_VALUE_BYTES`].
+fn recorded_value(v: &str) -> String {
+    if v.len() <= RECORDED_VALUE_BYTES {
+        return v.to_string();
+    }
+    let mut cut = 1024;
+    while !v.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, v.as_bytes()));
+    format!("{}… [{} bytes, sha256 {digest}]", &v[..cut], v.len())
 }
 
 /// Wire ids shown in the record only when they are a safe segment.
@@ -1119,10 +1143,15 @@ fn printable_id(s: &str) -> String {
     if safe { s.to_string() } else { format!("(malformed, {} bytes)", s.len()) }
 }
 
+/// The commands for the record; an element over [`RECORDED_VALUE_BYTES`]
+/// (an argv prompt) is cut as [`recorded_params`] cuts a value.
 fn render_argv(commands: &[Vec<String>]) -> String {
     commands
         .iter()
-        .map(|argv| shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" ")))
+        .map(|argv| {
+            let argv: Vec<String> = argv.iter().map(|e| recorded_value(e)).collect();
+            shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_else(|_| argv.join(" "))
+        })
         .collect::<Vec<_>>()
         .join(" ; then ")
 }
