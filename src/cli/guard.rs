@@ -24,7 +24,6 @@
 //! SECURITY.md, "What a task at tiers 3 and 4 can still do".
 
 use std::fs;
-use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -38,8 +37,6 @@ const LOCKS_CAP: u64 = 4 << 20;
 /// `tasks.json`, as the daemon reads it.
 const TASKS_CAP: u64 = 4 << 20;
 /// `/proc/self/cgroup` and `/proc/self/mountinfo`.
-const CGROUP_CAP: u64 = 64 << 10;
-const MOUNTINFO_CAP: u64 = 1 << 20;
 /// More parent links than any real process tree has; ends a cycle seen
 /// through pid reuse mid-walk.
 const MAX_HOPS: usize = 4096;
@@ -105,7 +102,7 @@ fn from_ancestry(paths: &Paths) -> Option<String> {
 fn daemon_pid(lock: &Path) -> Option<i32> {
     let meta = fs::metadata(lock).ok()?;
     let dev = (nix::sys::stat::major(meta.dev()), nix::sys::stat::minor(meta.dev()));
-    let text = read_capped(Path::new("/proc/locks"), LOCKS_CAP)?;
+    let text = tree::read_proc(Path::new("/proc/locks"), LOCKS_CAP)?;
     let holders = flock_holders(&String::from_utf8_lossy(&text), meta.ino());
     holders
         .iter()
@@ -205,7 +202,7 @@ fn from_task_record(paths: &Paths) -> Option<String> {
     let me = tree::stat(std::process::id() as i32);
     let pgid = nix::unistd::getpgrp().as_raw();
     let sid = nix::unistd::getsid(None).ok().map(|p| p.as_raw());
-    let cgroup = own_cgroup();
+    let cgroup = tree::own_cgroup();
     let mut found = Vec::new();
     for t in &tasks {
         let id = short(&t.task_id);
@@ -240,43 +237,6 @@ fn from_task_record(paths: &Paths) -> Option<String> {
         found.push(format!("its cgroup ({}) is a support task's", short(path)));
     }
     (!found.is_empty()).then(|| found.join("; "))
-}
-
-/// This process's cgroup v2 path (`/proc/self/cgroup`, the `0::` line) and,
-/// when the cgroup2 mount is found, its directory.
-fn own_cgroup() -> Option<(String, Option<PathBuf>)> {
-    let text = read_capped(Path::new("/proc/self/cgroup"), CGROUP_CAP)?;
-    let path = cgroup_v2_path(&String::from_utf8_lossy(&text))?;
-    let mountinfo = read_capped(Path::new("/proc/self/mountinfo"), MOUNTINFO_CAP);
-    let dir = mountinfo
-        .and_then(|m| cgroup2_mount(&String::from_utf8_lossy(&m)))
-        .map(|mount| mount.join(path.trim_start_matches('/')));
-    Some((path, dir))
-}
-
-/// The path on the `0::PATH` line of `/proc/PID/cgroup` (cgroups(7)).
-fn cgroup_v2_path(text: &str) -> Option<String> {
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
-    (path.starts_with('/') && !path.contains("..")).then(|| path.to_string())
-}
-
-/// Where cgroup2 is mounted, from the text of `/proc/PID/mountinfo` (proc(5)).
-fn cgroup2_mount(text: &str) -> Option<PathBuf> {
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        right.starts_with("cgroup2 ").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    })
-}
-
-/// Reads at most `cap` bytes; when the cap cut the text, only whole lines.
-fn read_capped(path: &Path, cap: u64) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
-    fs::File::open(path).ok()?.take(cap).read_to_end(&mut bytes).ok()?;
-    if bytes.len() as u64 >= cap {
-        let end = memchr::memrchr(b'\n', &bytes).map_or(0, |i| i + 1);
-        bytes.truncate(end);
-    }
-    Some(bytes)
 }
 
 /// Text from a task, printable and at most 64 characters, for a message.
@@ -340,18 +300,6 @@ mod tests {
         ] {
             assert_eq!(descends_from(pid, target, parent), expect, "{pid} from {target}");
         }
-    }
-
-    #[test]
-    fn reads_the_v2_cgroup_and_its_mount() {
-        let cgroup = "9:name=systemd:/\n4:memory:/x\n0::/user.slice/support.service/support-t-0123456789abcdef\n";
-        assert_eq!(cgroup_v2_path(cgroup).as_deref(), Some("/user.slice/support.service/support-t-0123456789abcdef"));
-        assert_eq!(cgroup_v2_path("4:memory:/x\n"), None);
-        assert_eq!(cgroup_v2_path("0::/a/../b\n"), None);
-        let mountinfo = "22 1 0:21 / /proc rw - proc proc rw\n\
-                         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(cgroup2_mount("22 1 0:21 / /proc rw - proc proc rw\n"), None);
     }
 
     #[test]

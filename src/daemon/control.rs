@@ -172,7 +172,7 @@ impl Shared {
     /// Records a refused request, at most once per window.
     async fn record_unauthorized(&self, req: &Request<Incoming>, peer: SocketAddr) {
         let suppressed = {
-            let mut rl = self.unauthorized.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rl = crate::lock(&self.unauthorized);
             let now = Instant::now();
             match rl.window_start {
                 Some(start) if now.duration_since(start) < UNAUTHORIZED_WINDOW => {

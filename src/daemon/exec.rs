@@ -575,13 +575,7 @@ fn listener_uids(port: u16) -> Vec<u32> {
     ];
     let mut uids = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        // Kernel files, not the owner's: a plain read, capped.
-        let mut text = Vec::new();
-        let read = std::fs::File::open(file)
-            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 32 << 20), &mut text));
-        if read.is_err() {
-            continue;
-        }
+        let Some(text) = tree::read_proc(std::path::Path::new(file), 32 << 20) else { continue };
         for line in String::from_utf8_lossy(&text).lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (Some(local), Some(state), Some(uid)) = (f.get(1), f.get(3), f.get(7)) else { continue };

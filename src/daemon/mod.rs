@@ -34,6 +34,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
+use crate::lock;
+
 use crate::audit::{AuditError, AuditLog, Event, Record};
 use crate::consent::{self, Consent, Off};
 use crate::identity::{KeyError, KeyPair};
@@ -193,11 +195,6 @@ struct Finished {
     info: TaskInfo,
     result: TaskResult,
     transcript: Arc<Mutex<Transcript>>,
-}
-
-/// Locks `m`, taking the data even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A handle on the running daemon; clones share it.
@@ -368,15 +365,15 @@ impl Daemon {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.state)
     }
 
     /// Appends records, from synchronous code.
     fn audit_sync(&self, records: Vec<Record>) -> Result<Vec<Record>, AuditError> {
-        let written = self.inner.audit.lock().unwrap_or_else(|p| p.into_inner()).append_batch(records)?;
+        let written = lock(&self.inner.audit).append_batch(records)?;
         if let Some(last) = written.last() {
             let head = crate::protocol::AuditHead { seq: last.seq, mac: last.mac.clone() };
-            *self.inner.audit_head.lock().unwrap_or_else(|p| p.into_inner()) = Some(head);
+            *lock(&self.inner.audit_head) = Some(head);
         }
         for r in &written {
             self.publish(json!({"kind": "audit", "record": r}));
@@ -886,11 +883,6 @@ impl Daemon {
         Some(view(&f.info, Some(&f.result), &f.transcript))
     }
 
-    /// The running agent tasks (at most one).
-    pub fn agent_tasks(&self) -> Vec<TaskInfo> {
-        self.state().tasks.values().filter(|t| t.info.agent).map(|t| t.info.clone()).collect()
-    }
-
     /// The running tasks.
     pub fn tasks(&self) -> Vec<TaskInfo> {
         self.state().tasks.values().map(|t| t.info.clone()).collect()
@@ -960,7 +952,7 @@ impl Daemon {
             "device_id": self.inner.device_id,
             "started_at": consent::rfc3339(self.inner.started_at),
             "uptime_seconds": self.inner.started.elapsed().as_secs(),
-            "control_port": *self.inner.control_port.lock().unwrap_or_else(|p| p.into_inner()),
+            "control_port": *lock(&self.inner.control_port),
             "connected": link.connected,
             "relay": link.relay,
             "link": link,
@@ -1010,17 +1002,17 @@ impl Daemon {
 
     /// The relay link as it stands.
     pub fn link_status(&self) -> LinkStatus {
-        self.inner.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.inner.link).clone()
     }
 
     pub(crate) fn set_link(&self, change: impl FnOnce(&mut LinkStatus)) {
-        change(&mut self.inner.link.lock().unwrap_or_else(|p| p.into_inner()));
+        change(&mut lock(&self.inner.link));
     }
 
     /// What the link reports every 30 s: the grant, running tasks, the
     /// audit head as this daemon last wrote it, uptime and version.
     pub fn heartbeat(&self) -> crate::protocol::Heartbeat {
-        let audit_head = self.inner.audit_head.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let audit_head = lock(&self.inner.audit_head).clone();
         let state = self.state();
         let (tier, expires_at) = match &state.consent.effective {
             Consent::Live(g) => (Some(g.tier.get()), Some(consent::rfc3339(g.expires_at))),
@@ -1037,7 +1029,7 @@ impl Daemon {
     }
 
     fn set_control_port(&self, port: u16) {
-        *self.inner.control_port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
+        *lock(&self.inner.control_port) = Some(port);
     }
 }
 

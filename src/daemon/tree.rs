@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -236,6 +237,46 @@ pub fn reap_strays(leaders: &[i32]) {
     }
 }
 
+/// This process's cgroup v2 path (`/proc/self/cgroup`, the `0::` line) and,
+/// when the cgroup2 mount is found, its directory.
+pub fn own_cgroup() -> Option<(String, Option<PathBuf>)> {
+    let text = read_proc(Path::new("/proc/self/cgroup"), 64 << 10)?;
+    let path = cgroup_v2_path(&String::from_utf8_lossy(&text))?;
+    let mountinfo = read_proc(Path::new("/proc/self/mountinfo"), 1 << 20);
+    let dir = mountinfo
+        .and_then(|m| cgroup2_mount(&String::from_utf8_lossy(&m)))
+        .map(|mount| mount.join(path.trim_start_matches('/')));
+    Some((path, dir))
+}
+
+/// The path on the `0::PATH` line of `/proc/PID/cgroup` (cgroups(7)).
+fn cgroup_v2_path(text: &str) -> Option<String> {
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    (path.starts_with('/') && !path.contains("..")).then(|| path.to_string())
+}
+
+/// Where cgroup2 is mounted, from the text of `/proc/PID/mountinfo` (proc(5)).
+fn cgroup2_mount(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right.starts_with("cgroup2 ").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// Reads a kernel file (`/proc`, not the owner's, so no owner check) of
+/// at most `cap` bytes; when the cap cut the text, only whole lines.
+/// `None` when it cannot be read.
+pub fn read_proc(path: &Path, cap: u64) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    fs::File::open(path).ok()?.take(cap).read_to_end(&mut bytes).ok()?;
+    if bytes.len() as u64 >= cap {
+        let end = memchr::memrchr(b'\n', &bytes).map_or(0, |i| i + 1);
+        bytes.truncate(end);
+    }
+    Some(bytes)
+}
+
 /// A cgroup v2 directory delegated to the daemon (systemd `Delegate=yes`,
 /// or one made for it): not the root, owned by the daemon's user, with
 /// `cgroup.kill` (Linux 5.14+). Tasks get child cgroups in it.
@@ -249,17 +290,11 @@ impl Delegated {
     /// cgroup2 mount in `/proc/self/mountinfo`; `None` unless it is delegated.
     pub fn detect() -> Option<Delegated> {
         use std::os::unix::fs::MetadataExt;
-        let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-        let path = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim().to_string();
-        if path == "/" || path.is_empty() || path.contains("..") {
+        let (path, dir) = own_cgroup()?;
+        if path == "/" {
             return None;
         }
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let mount = mountinfo.lines().find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            right.starts_with("cgroup2 ").then(|| left.split_whitespace().nth(4).map(str::to_string))?
-        })?;
-        let dir = std::path::Path::new(&mount).join(path.trim_start_matches('/'));
+        let dir = dir?;
         let meta = fs::metadata(dir.join("cgroup.procs")).ok()?;
         if meta.uid() != crate::paths::current_uid() || !dir.join("cgroup.kill").exists() {
             return None;
@@ -347,5 +382,17 @@ mod tests {
         assert_eq!(me.pgid, nix::unistd::getpgrp().as_raw());
         assert!(me.start_ticks > 0);
         assert!(stat(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn reads_the_v2_cgroup_and_its_mount() {
+        let cgroup = "9:name=systemd:/\n4:memory:/x\n0::/user.slice/support.service/support-t-0123456789abcdef\n";
+        assert_eq!(cgroup_v2_path(cgroup).as_deref(), Some("/user.slice/support.service/support-t-0123456789abcdef"));
+        assert_eq!(cgroup_v2_path("4:memory:/x\n"), None);
+        assert_eq!(cgroup_v2_path("0::/a/../b\n"), None);
+        let mountinfo = "22 1 0:21 / /proc rw - proc proc rw\n\
+                         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(cgroup2_mount("22 1 0:21 / /proc rw - proc proc rw\n"), None);
     }
 }

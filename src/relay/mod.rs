@@ -16,6 +16,7 @@
 
 pub mod registry;
 
+use crate::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -193,10 +194,6 @@ struct Metrics {
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, reason: &'static str) {
     *lock(map).entry(reason).or_default() += 1;
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Peer {
