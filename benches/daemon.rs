@@ -191,19 +191,20 @@ fn kill_trees(runs: usize, dir: &Path) {
             let _ = reap.await;
         }
         println!("tree of 10 processes → all gone ({runs} runs each):");
-        report("owner stop (support stop)", stops);
+        report("owner stop (Daemon::stop_task)", stops);
         report("revoke (file removed, inotify)", revokes);
         report("baseline: killpg of a plain group", baseline);
         println!("agent task, 11 processes (the agent and 10 descendants) → all gone ({runs} runs):");
-        report("owner stop (support stop)", agents);
+        report("owner stop (Daemon::stop_task)", agents);
         daemon.shutdown().await;
     });
 }
 
-/// (RSS KiB, peak RSS KiB, threads, CPU nanoseconds) of `pid`; the CPU
+/// (RSS KiB, peak RSS KiB, threads, CPU nanoseconds, anonymous RSS KiB,
+/// file-backed RSS KiB) of `pid`; the CPU
 /// time is the sum over its threads of `/proc/PID/task/TID/schedstat`'s
 /// first field (ns on CPU), finer than the 10 ms ticks of `stat`.
-fn sample(pid: u32) -> (u64, u64, u64, u64) {
+fn sample(pid: u32) -> (u64, u64, u64, u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| -> u64 {
         status
@@ -217,7 +218,7 @@ fn sample(pid: u32) -> (u64, u64, u64, u64) {
         let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
         ns += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
-    (field("VmRSS:"), field("VmHWM:"), field("Threads:"), ns)
+    (field("VmRSS:"), field("VmHWM:"), field("Threads:"), ns, field("RssAnon:"), field("RssFile:"))
 }
 
 fn idle(dir: &Path, seconds: u64) {
@@ -258,6 +259,14 @@ fn idle(dir: &Path, seconds: u64) {
         d1.2,
         cpu(d0.3, d1.3),
         cpu(d0.3, d1.3) * 3600.0 / seconds as f64
+    );
+    let exe = std::fs::metadata(env!("CARGO_BIN_EXE_support")).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "  {:<34} anonymous {:>5} KiB   file-backed {:>5} KiB (the executable is {} KiB)",
+        "  of which",
+        d1.4,
+        d1.5,
+        exe / 1024
     );
     println!(
         "  {:<34} RSS {:>5} KiB   peak {:>5} KiB   threads {}   CPU {:.4} s",

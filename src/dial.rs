@@ -149,7 +149,7 @@ pub async fn connect_over(
         format!("{}{}", url.url, role.path()).into_client_request().map_err(|e| DialError::WebSocket(e.to_string()))?;
     let (mut ws, _) = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::client_async_with_config(request, stream, Some(crate::relay::ws_config())),
+        tokio_tungstenite::client_async_with_config(request, stream, Some(crate::protocol::ws_config())),
     )
     .await
     .map_err(|_| DialError::Timeout("in the WebSocket upgrade"))?

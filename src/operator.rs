@@ -121,7 +121,11 @@ impl Session {
                     }
                 },
                 _ = ping.tick() => {
-                    self.ws.send(Message::Ping(Default::default())).await.map_err(|e| DialError::WebSocket(e.to_string()))?;
+                    // A stalled socket must not hold off the dead-link timer.
+                    tokio::time::timeout(DEAD_AFTER, self.ws.send(Message::Ping(Default::default())))
+                        .await
+                        .map_err(|_| DialError::Timeout("sending to the relay"))?
+                        .map_err(|e| DialError::WebSocket(e.to_string()))?;
                     continue;
                 }
                 _ = tokio::time::sleep_until(last_heard + DEAD_AFTER) => return Err(DialError::Timeout("waiting for the relay (50 s without a word)")),

@@ -33,6 +33,19 @@ pub const RUN_CONTEXT: &[u8] = b"support-run-v1\n";
 
 /// The largest frame either side accepts, in bytes (1 MiB).
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// WebSocket read buffer per connection (bytes); small, for many idle devices.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// The WebSocket limits both sides use (relay, daemon link, operator):
+/// 1 MiB per message and frame, a 4 KiB read buffer, writes sent at once.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * MAX_FRAME_BYTES)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
 
 /// How far `issued_at` may be from the device's clock, either way (seconds).
 pub const FRESHNESS_S: i64 = 120;

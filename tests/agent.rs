@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::lab::alive;
+use common::lab::survivors;
 use common::net::{Device, Relay, add_policy};
+use common::wait_pids;
 use common::{Home, Run};
 use support::operator::Outcome;
 use support::protocol::{DenyCode, DeviceFrame, Status, StoppedBy};
@@ -30,24 +31,6 @@ fn agent_policy(workdir: &Path, children: u32) -> String {
         fixture(),
         workdir.display()
     )
-}
-
-/// Waits (at most 10 s) until `pidfile` lists `n` pids.
-fn wait_pids(pidfile: &Path, n: usize) -> Vec<i32> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(pidfile).unwrap_or_default();
-        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        if pids.len() >= n {
-            return pids;
-        }
-        assert!(Instant::now() < deadline, "the fake agent wrote only {} pids", pids.len());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn survivors(pids: &[i32]) -> Vec<i32> {
-    pids.iter().copied().filter(|p| alive(*p)).collect()
 }
 
 fn operator(relay: &Relay, key: &Path, args: &[&str]) -> std::process::Command {

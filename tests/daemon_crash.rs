@@ -27,13 +27,7 @@ fn crash_child() {
         let run = support::Run::signed(&operator, "r-crash", daemon.device_id(), "tree", params, chrono::Utc::now());
         let (tx, _rx) = tokio::sync::mpsc::channel(1024);
         daemon.submit(run, tx).await.expect("accepted");
-        loop {
-            let n = std::fs::read_to_string(&pidfile).unwrap_or_default().lines().count();
-            if n >= 10 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        tokio::task::spawn_blocking(move || common::wait_pids(&pidfile, 10)).await.unwrap();
         println!("READY");
         std::future::pending::<()>().await;
     });

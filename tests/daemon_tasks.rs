@@ -6,17 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::lab::{Lab, alive, finish, records};
+use common::lab::{Lab, finish, records, survivors};
 use support::audit::Event;
 use support::{DenyCode, Status, StoppedBy};
 
 /// Every test here runs fixtures that re-parent to this process, which is
 /// the subreaper: one at a time, so a sweep never meets another test's tree.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn none_alive(pids: &[i32]) -> Vec<i32> {
-    pids.iter().copied().filter(|p| alive(*p)).collect()
-}
 
 #[tokio::test]
 async fn owner_stop_kills_the_whole_tree_and_is_recorded() {
@@ -26,12 +22,12 @@ async fn owner_stop_kills_the_whole_tree_and_is_recorded() {
     let (outcome, mut rx) = lab.submit(lab.tree("tree")).await;
     let task_id = outcome.expect("accepted");
     let pids = lab.pids(10).await;
-    assert_eq!(none_alive(&pids).len(), 10, "the whole fixture runs");
+    assert_eq!(survivors(&pids).len(), 10, "the whole fixture runs");
     assert_eq!(lab.daemon.tasks().len(), 1);
     let result = lab.daemon.stop_task(&task_id, StoppedBy::Owner).await.expect("stopped");
     assert_eq!(result.status, Status::Cancelled);
     assert_eq!(result.cancelled_by, Some(StoppedBy::Owner));
-    assert_eq!(none_alive(&pids), Vec::<i32>::new(), "survivors of the tree");
+    assert_eq!(survivors(&pids), Vec::<i32>::new(), "survivors of the tree");
     let (frame, output) = finish(&mut rx).await;
     assert_eq!(frame.cancelled_by, Some(StoppedBy::Owner));
     assert!(output.contains("ready"), "{output}");
@@ -60,7 +56,7 @@ async fn timeout_terms_then_kills_the_tree() {
     assert_eq!(result.exit_code, None);
     // 1 s timeout, then SIGTERM, which every process ignores, then SIGKILL 3 s later.
     assert!(result.duration_ms >= 4000, "{}", result.duration_ms);
-    assert_eq!(none_alive(&pids), Vec::<i32>::new());
+    assert_eq!(survivors(&pids), Vec::<i32>::new());
 }
 
 #[tokio::test]
@@ -77,7 +73,7 @@ async fn revoke_seen_through_inotify_kills_the_tree() {
     let (result, _) = finish(&mut rx).await;
     assert_eq!(result.status, Status::Cancelled);
     assert_eq!(result.cancelled_by, Some(StoppedBy::Revoke));
-    assert_eq!(none_alive(&pids), Vec::<i32>::new());
+    assert_eq!(survivors(&pids), Vec::<i32>::new());
     let by: Vec<_> = records(&lab.paths).into_iter().filter(|r| r.event == Event::TaskStopped).map(|r| r.by).collect();
     assert_eq!(by, vec![Some("revoke".to_string())]);
 }
@@ -94,7 +90,7 @@ async fn expiry_kills_the_tree_and_is_recorded_once() {
     let pids = lab.pids(10).await;
     let (result, _) = finish(&mut rx).await;
     assert_eq!(result.cancelled_by, Some(StoppedBy::Expiry));
-    assert_eq!(none_alive(&pids), Vec::<i32>::new());
+    assert_eq!(survivors(&pids), Vec::<i32>::new());
     // Later looks at the same expired grant write nothing more.
     lab.daemon.consent_changed().await;
     lab.daemon.consent_changed().await;
@@ -111,16 +107,24 @@ async fn a_lower_grant_stops_the_tasks_above_it_only() {
     let (outcome, mut fix_rx) = lab.submit(lab.tree("tree-fix")).await;
     outcome.expect("tier 2 accepted");
     let pids = lab.pids(10).await;
-    let mark = lab.home.path.join("marked");
-    let (outcome, mut mark_rx) = lab.submit(lab.command("mark", &[("pidfile", mark.to_str().unwrap())])).await;
-    outcome.expect("tier 1 accepted");
-    let (marked, _) = finish(&mut mark_rx).await;
-    assert_eq!(marked.status, Status::Ok);
+    // A tier-1 tree runs beside it, and must outlive the lowering.
+    let low_file = lab.home.path.join("low-pids");
+    let (outcome, mut low_rx) = lab.submit(lab.command("tree", &[("pidfile", low_file.to_str().unwrap())])).await;
+    let low_task = outcome.expect("tier 1 accepted");
+    let low = tokio::task::spawn_blocking(move || common::wait_pids(&low_file, 10)).await.unwrap();
     lab.grant(1, Duration::from_secs(600));
     lab.daemon.consent_changed().await;
     let (result, _) = finish(&mut fix_rx).await;
     assert_eq!(result.cancelled_by, Some(StoppedBy::TierLowered));
-    assert_eq!(none_alive(&pids), Vec::<i32>::new());
+    assert_eq!(survivors(&pids), Vec::<i32>::new());
+    assert_eq!(survivors(&low).len(), 10, "the tier-1 tree still runs");
+    assert_eq!(
+        lab.daemon.tasks().iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(),
+        std::slice::from_ref(&low_task)
+    );
+    lab.daemon.stop_task(&low_task, StoppedBy::Owner).await.expect("stopped");
+    let (low_result, _) = finish(&mut low_rx).await;
+    assert_eq!(low_result.cancelled_by, Some(StoppedBy::Owner));
 }
 
 #[tokio::test]

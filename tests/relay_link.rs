@@ -33,6 +33,20 @@ fn no_cancel() -> std::future::Pending<()> {
     std::future::pending()
 }
 
+/// Waits (at most 10 s) until the relay lists its one device at `tier`,
+/// as the device's heartbeat reported it; returns the entry.
+fn wait_relay_tier(relay: &Relay, tier: u8) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = relay.admin(&["devices", "--json"]).code(0).json();
+        if list[0]["tier"] == tier {
+            return list[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the grant never reached the relay: {list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn operator_run(relay: &Relay, key: &std::path::Path, args: &[&str]) -> Run {
     let out = std::process::Command::new(common::bin())
         .arg("operator")
@@ -58,19 +72,10 @@ fn diagnostics_round_trip_through_the_relay_with_real_output() {
     run.code(0).says("ok ·");
     assert!(run.stdout.starts_with(host.trim()), "stdout starts with this machine's host name: {}", run.stdout);
     // The relay lists it online with the grant it reported.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let list = relay.admin(&["devices", "--json"]).code(0).json();
-        let d = &list[0];
-        if d["tier"] == 1 {
-            assert_eq!(d["device_id"], device.device_id.as_str());
-            assert_eq!(d["online"], true);
-            assert!(d["last_heartbeat"].is_string() && d["expires_at"].is_string(), "{d}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the grant never reached the relay: {list}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let d = wait_relay_tier(&relay, 1);
+    assert_eq!(d["device_id"], device.device_id.as_str());
+    assert_eq!(d["online"], true);
+    assert!(d["last_heartbeat"].is_string() && d["expires_at"].is_string(), "{d}");
     let listed = operator_run(&relay, &key_path, &["devices", "--json"]).code(0).json();
     assert_eq!(listed[0]["device_id"], device.device_id.as_str());
     assert!(relay.metric("commands_routed_total") >= 1);
@@ -500,7 +505,8 @@ fn an_idle_linked_daemon_under_a_grant_stays_idle() {
     let relay = Relay::start("127.0.0.1:0");
     let device = Device::enrolled(&relay);
     device.allow(1);
-    device.wait_until("granted", |s| s["daemon"]["running_tasks"] == 0);
+    // The daemon has seen the grant: its heartbeat carried it to the relay.
+    wait_relay_tier(&relay, 1);
     let pid = device.proc.0.id();
     let before = read_syscalls(pid);
     std::thread::sleep(Duration::from_secs(2));

@@ -21,6 +21,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest response read (bytes).
 const MAX_RESPONSE: usize = 8 << 20;
+/// The longest an event stream may stay silent (it pings every 15 s).
+const STREAM_SILENCE: Duration = Duration::from_secs(60);
 /// The longest line of the event stream (bytes).
 const MAX_EVENT_LINE: usize = 2 << 20;
 
@@ -134,13 +136,19 @@ impl Client {
     /// As [`Client::call`].
     pub fn stream(&self, path: &str, mut each: impl FnMut(&str) -> bool) -> Result<(), Error> {
         Self::runtime()?.block_on(async {
-            let resp = self.send("GET", path).await?;
+            let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.send("GET", path))
+                .await
+                .map_err(|_| Error::Failed("the daemon did not answer in time".into()))??;
             if !resp.status().is_success() {
                 return Err(Error::Failed(format!("the daemon answered {}", resp.status())));
             }
             let mut body = resp.into_body();
             let mut pending: Vec<u8> = Vec::new();
-            while let Some(frame) = body.frame().await {
+            // The daemon sends a ping every 15 s: a minute of silence is a hung daemon.
+            while let Some(frame) = tokio::time::timeout(STREAM_SILENCE, body.frame())
+                .await
+                .map_err(|_| Error::Failed("the daemon went silent for a minute".into()))?
+            {
                 let Ok(frame) = frame else { break };
                 let Some(data) = frame.data_ref() else { continue };
                 pending.extend_from_slice(data);

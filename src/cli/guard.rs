@@ -193,7 +193,7 @@ fn from_task_record(paths: &Paths) -> Option<String> {
     // mode checked, capped).
     let bytes = crate::paths::read_capped(&crate::daemon::tasks_path(paths), TASKS_CAP).ok()??;
     let tasks: Vec<TaskEntry> = serde_json::from_slice(&bytes).ok()?;
-    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
+    let boot = crate::daemon::boot_id();
     // A stale entry (from before a reboot) means nothing now.
     let tasks: Vec<TaskEntry> = tasks.into_iter().filter(|t| t.boot_id.is_empty() || t.boot_id == boot).collect();
     if tasks.is_empty() {

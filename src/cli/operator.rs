@@ -128,11 +128,11 @@ fn prompt_text(prompt: String) -> Result<String, Error> {
 fn failed(e: DialError) -> Error {
     match e {
         DialError::Refused { code: RelayCode::Unauthorized, message } => {
-            Error::Refused(format!("the relay refused this operator: {message}"))
+            Error::Refused(format!("the relay refused this operator: {}", printable(&message)))
         }
-        DialError::Refused { code: RelayCode::DeviceOffline, message } => Error::DaemonUnreachable(message),
+        DialError::Refused { code: RelayCode::DeviceOffline, message } => Error::DaemonUnreachable(printable(&message)),
         DialError::Url(m) => Error::Usage(format!("relay address {m}")),
-        e => Error::Failed(e.to_string()),
+        e => Error::Failed(printable(&e.to_string())),
     }
 }
 
@@ -235,7 +235,7 @@ pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) {
     table.set_header(["device", "name", "online", "last heartbeat", "grant"]);
     for d in devices {
         let grant = match (d.tier, &d.expires_at) {
-            (Some(t), Some(e)) => format!("tier {t} until {e}"),
+            (Some(t), Some(e)) => format!("tier {t} until {}", printable(e)),
             (Some(t), None) => format!("tier {t}"),
             _ if d.last_heartbeat.is_some() => "off".into(),
             _ => "-".into(),

@@ -307,7 +307,10 @@ async fn run_one(
             return End::NotStarted;
         }
     };
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    // No pid means it has already been reaped; 0 would name the daemon's own group.
+    let Some(pid) = child.id().map(|p| p as i32) else {
+        return End::Exited(child.wait().await.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9)));
+    };
     if let Some(cg) = &spec.cgroup {
         cg.add(pid);
     }

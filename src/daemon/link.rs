@@ -267,8 +267,11 @@ async fn serve(
                 }
             }
             _ = ping.tick() => {
-                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                    return Err(format!("WebSocket: {e}"));
+                // A stalled socket must not hold off the dead-link timer.
+                match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("WebSocket: {e}")),
+                    Err(_) => return Err("the relay took no data for 10 s".into()),
                 }
             }
             _ = beat.tick() => {

@@ -41,7 +41,7 @@ use crate::consent::{self, Consent, Off};
 use crate::identity::{KeyError, KeyPair};
 use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, Kind, PolicyError};
-use crate::protocol::{DenyCode, DeviceFrame, Run, StoppedBy, TaskResult};
+use crate::protocol::{DenyCode, DeviceFrame, Run, StoppedBy, Stream, TaskResult};
 use gate::{Decision, Denial, ReplayCache, Snapshot, Verdict};
 pub use link::{LinkConfig, LinkStatus};
 use transcript::Transcript;
@@ -138,7 +138,7 @@ pub struct TaskInfo {
 }
 
 /// This boot's id (proc(5)); empty if unreadable.
-fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
 }
 
@@ -585,7 +585,9 @@ impl Daemon {
             Verdict::Run(a) => a,
         };
         let task_id = format!("t-{}", crate::random_hex(8));
-        let env = exec::environment(&approved.action.env, std::env::vars(), &task_id);
+        // vars() would panic on a name or value that is not UTF-8: such a variable is left out.
+        let daemon_env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let env = exec::environment(&approved.action.env, daemon_env, &task_id);
         let agent = approved.action.kind == Kind::Agent;
         let http = if agent {
             match self.prepare_agent(&approved.rendered, &run.params, &task_id, &env) {
@@ -614,28 +616,41 @@ impl Daemon {
         let (stop_tx, stop_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(None);
         let transcript = Arc::new(Mutex::new(Transcript::new(agent)));
-        let busy = {
+        let refused = {
             let mut state = self.state();
-            let busy = if state.tasks.len() >= self.inner.options.max_tasks {
-                Some(format!("{} tasks are running, the most this device runs at once", self.inner.options.max_tasks))
-            } else {
-                state.tasks.values().find(|t| agent && t.info.agent).map(|other| {
-                    format!("the agent is already on a task ({}); one agent task at a time", other.info.task_id)
+            let busy = |message: String| Some(Denial { code: DenyCode::Busy, message });
+            // The grant is checked again where the task is registered: a
+            // revoke or expiry between the gate and here finds no task to stop.
+            let still = state
+                .consent
+                .effective
+                .live()
+                .is_some_and(|g| g.grant_id == approved.grant.grant_id && g.tier >= approved.action.tier);
+            let refused = if !still {
+                Some(Denial {
+                    code: DenyCode::NoConsent,
+                    message: "the owner's grant ended or changed while the command was being checked".into(),
                 })
+            } else if state.tasks.len() >= self.inner.options.max_tasks {
+                busy(format!("{} tasks are running, the most this device runs at once", self.inner.options.max_tasks))
+            } else if let Some(other) = state.tasks.values().find(|t| agent && t.info.agent) {
+                busy(format!("the agent is already on a task ({}); one agent task at a time", other.info.task_id))
+            } else {
+                None
             };
-            if busy.is_none() {
+            if refused.is_none() {
                 let entry =
                     TaskEntry { info: info.clone(), stop: stop_tx, done: done_rx, transcript: transcript.clone() };
                 state.tasks.insert(task_id.clone(), entry);
                 self.persist_tasks(&state);
             }
-            busy
+            refused
         };
-        if let Some(message) = busy {
+        if let Some(denial) = refused {
             if let Some(cg) = &cgroup {
                 cg.remove();
             }
-            return self.deny(&run, operator, true, Denial { code: DenyCode::Busy, message }, &frames).await;
+            return self.deny(&run, operator, true, denial, &frames).await;
         }
         let mut started = task_record(Event::ActionStarted, &info);
         started.detail = Some(match &http {
@@ -746,10 +761,14 @@ impl Daemon {
         r.action = Some(printable_id(&run.action));
         r.operator = operator;
         r.code = Some(denial.code.as_str().into());
-        r.reason = Some(denial.message.clone());
-        // Parameters only from a command whose signature held: anything
-        // else is anyone's text and goes in as its size alone.
-        if signed && self.catalogue().get(&run.action).is_ok() {
+        // The reason may quote the command's text: capped like a value.
+        r.reason = Some(recorded_value(&denial.message));
+        // Parameters only from a command whose signature held, naming a
+        // known action, with plain names and a size a record can hold:
+        // anything else is anyone's text and goes in as its size alone.
+        let bytes: usize = run.params.iter().map(|(k, v)| k.len() + v.len().min(RECORDED_VALUE_BYTES)).sum();
+        let plain_names = run.params.keys().all(|k| printable_id(k) == *k);
+        if signed && self.catalogue().get(&run.action).is_ok() && plain_names && bytes <= 4 * RECORDED_VALUE_BYTES {
             r.params = Some(recorded_params(&run.params));
         } else if !run.params.is_empty() {
             let bytes: usize = run.params.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -799,13 +818,24 @@ impl Daemon {
             let transcript = transcript.clone();
             tokio::spawn(async move {
                 let mut seq = 0u64;
-                while let Some(chunk) = out_rx.recv().await {
-                    let lines = lock(&transcript).push(chunk.stream, &chunk.data);
+                let mut decode = Utf8Carry::default();
+                let mut send = async |stream: Stream, data: String| {
+                    if data.is_empty() {
+                        return;
+                    }
+                    // The transcript reads exactly the text the operator gets,
+                    // so both sides' digests agree.
+                    let lines = lock(&transcript).push(stream, data.as_bytes());
                     me.publish_lines(&task_id, lines);
-                    let data = String::from_utf8_lossy(&chunk.data).into_owned();
-                    let frame = DeviceFrame::Output { request_id: request_id.clone(), seq, stream: chunk.stream, data };
+                    let frame = DeviceFrame::Output { request_id: request_id.clone(), seq, stream, data };
                     seq += 1;
                     let _ = frames.send(frame).await;
+                };
+                while let Some(chunk) = out_rx.recv().await {
+                    send(chunk.stream, decode.text(chunk.stream, &chunk.data)).await;
+                }
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    send(stream, decode.rest(stream)).await;
                 }
                 let lines = lock(&transcript).finish();
                 me.publish_lines(&task_id, lines);
@@ -1129,6 +1159,46 @@ fn recorded_value(v: &str) -> String {
     format!("{}… [{} bytes, sha256 {digest}]", &v[..cut], v.len())
 }
 
+/// Decodes output chunks as UTF-8, holding back a character split across
+/// two chunks until its end arrives (invalid bytes become U+FFFD), so a
+/// split never turns one character into two replacement characters.
+#[derive(Default)]
+struct Utf8Carry {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Utf8Carry {
+    fn held(&mut self, stream: Stream) -> &mut Vec<u8> {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
+    }
+
+    /// The text of `data` after what was held back, minus an incomplete character at its end.
+    fn text(&mut self, stream: Stream, data: &[u8]) -> String {
+        let held = self.held(stream);
+        held.extend_from_slice(data);
+        // An incomplete sequence at the very end (at most 3 bytes) waits for the next chunk.
+        let keep = (1..=held.len().min(3))
+            .find(|back| {
+                let tail = &held[held.len() - back..];
+                tail[0] & 0xC0 != 0x80 && std::str::from_utf8(tail).is_err_and(|e| e.error_len().is_none())
+            })
+            .unwrap_or(0);
+        let tail = held.split_off(held.len() - keep);
+        let text = String::from_utf8_lossy(held).into_owned();
+        *held = tail;
+        text
+    }
+
+    /// What is still held back (the output ended inside a character).
+    fn rest(&mut self, stream: Stream) -> String {
+        String::from_utf8_lossy(&std::mem::take(self.held(stream))).into_owned()
+    }
+}
+
 /// Wire ids shown in the record only when they are a safe segment.
 fn printable_id(s: &str) -> String {
     let safe = s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
@@ -1170,7 +1240,7 @@ fn find_program(program: &str, path: &str) -> Option<PathBuf> {
 /// `localhost` is taken as 127.0.0.1, never looked up.
 fn agent_endpoint(endpoint: &str) -> Result<(std::net::SocketAddr, String, String), String> {
     let rest = endpoint.strip_prefix("http://").ok_or("must start with http://")?;
-    let (authority, path) = match rest.find(['/', '?']) {
+    let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
@@ -1254,4 +1324,38 @@ pub async fn run(
     }
     let _ = paths::remove(&paths.daemon_info());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_split_across_chunks_arrives_whole() {
+        let text = "añ€😀z".as_bytes();
+        for cut in 0..=text.len() {
+            for second in cut..=text.len() {
+                let mut d = Utf8Carry::default();
+                let mut out = d.text(Stream::Stdout, &text[..cut]);
+                out += &d.text(Stream::Stdout, &text[cut..second]);
+                out += &d.text(Stream::Stdout, &text[second..]);
+                out += &d.rest(Stream::Stdout);
+                assert_eq!(out, "añ€😀z", "cut at {cut} and {second}");
+            }
+        }
+        // Invalid bytes still become U+FFFD; an output ending mid-character too.
+        let mut d = Utf8Carry::default();
+        assert_eq!(d.text(Stream::Stderr, b"a\xffb\xe2\x82"), "a\u{fffd}b");
+        assert_eq!(d.text(Stream::Stdout, b"x"), "x", "streams are held apart");
+        assert_eq!(d.rest(Stream::Stderr), "\u{fffd}");
+    }
+
+    #[test]
+    fn long_values_are_recorded_as_head_length_and_digest() {
+        assert_eq!(recorded_value("short"), "short");
+        let long = "é".repeat(RECORDED_VALUE_BYTES);
+        let kept = recorded_value(&long);
+        assert!(kept.len() < 1200 && kept.contains(&format!("… [{} bytes, sha256 ", long.len())), "{kept}");
+        assert!(kept.starts_with("éé"));
+    }
 }

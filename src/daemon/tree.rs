@@ -343,11 +343,9 @@ impl TaskCgroup {
 
     /// The processes in it.
     pub fn members(&self) -> BTreeSet<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        // A task can fill its cgroup: read at most 4 MiB (some 500 000 pids).
+        let text = read_proc(&self.dir.join("cgroup.procs"), 4 << 20).unwrap_or_default();
+        String::from_utf8_lossy(&text).lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     /// SIGKILLs everything in it, in the kernel, at once.

@@ -41,15 +41,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 
 use crate::identity::PublicKey;
 use crate::paths;
-use crate::protocol::{
-    self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, MAX_FRAME_BYTES, RelayCode, Role, Run, ToRelay,
-};
+use crate::protocol::{self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, RelayCode, Role, Run, ToRelay};
 use registry::{Enroll, Registry, RegistryError, Stamp};
 
 /// How long a TLS handshake may take.
@@ -64,8 +62,6 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_INFLIGHT_PER_OPERATOR: usize = 256;
 /// Frames queued for one peer.
 const PEER_QUEUE: usize = 64;
-/// WebSocket read buffer per connection (bytes); small, for many idle devices.
-const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// What can stop the relay from starting.
 #[derive(Debug, thiserror::Error)]
@@ -96,17 +92,6 @@ impl Default for Options {
     fn default() -> Options {
         Options { max_connections: 100_000 }
     }
-}
-
-/// The WebSocket limits both sides use: 1 MiB per message and frame, a
-/// 4 KiB read buffer, writes sent at once.
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(2 * MAX_FRAME_BYTES)
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
 }
 
 /// `relay.lock` in the state directory, held by the running relay.
@@ -288,6 +273,19 @@ impl Hub {
                     } else {
                         Err(unauthorized("this device id is pinned to another key"))
                     };
+                }
+                // Only a live token may touch the registry on disk: a stranger's
+                // hello is refused from the cached copy (re-read when the file changes).
+                let now = Utc::now();
+                let live = enroll_token.as_deref().map(registry::token_hash).is_some_and(|hash| {
+                    self.registry().0.tokens.iter().any(|t| t.sha256 == hash && t.expires_at > now)
+                });
+                if !live {
+                    return Err(unauthorized(if enroll_token.is_none() {
+                        "this device is not enrolled: start the daemon with --enroll TOKEN"
+                    } else {
+                        "the enrollment token is unknown, used or expired"
+                    }));
                 }
                 let name = clean_name(name.as_deref());
                 let dir = self.dir.clone();
@@ -655,8 +653,12 @@ fn route(
         let _permit = permit;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config())).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    WsRole::Server,
+                    Some(protocol::ws_config()),
+                )
+                .await;
                 session(hub, ws, role, addr).await;
             }
             Err(e) => tracing::debug!(%addr, error = %e, "WebSocket upgrade failed"),

@@ -125,8 +125,9 @@ impl Registry {
         Ok((registry, stamp))
     }
 
-    /// Changes the registry under its lock: reads it, applies `change`,
-    /// writes it atomically. Returns what `change` returned and the new state.
+    /// Changes the registry under its lock: reads it, applies `change`, and
+    /// writes it atomically if anything changed (expired tokens are dropped
+    /// then too). Returns what `change` returned and the new state.
     ///
     /// # Errors
     /// As [`Registry::load`]; [`RegistryError::Lock`]; whatever `change`
@@ -140,11 +141,14 @@ impl Registry {
         let lock = open_lock(&lock_path)?;
         lock.lock().map_err(|source| RegistryError::Lock { path: lock_path.clone(), source })?;
         let (mut registry, _) = Registry::load(dir)?;
+        let before = serde_json::to_vec_pretty(&registry).expect("the registry always serializes");
         let out = change(&mut registry)?;
         let now = Utc::now();
         registry.tokens.retain(|t| t.expires_at > now);
         let bytes = serde_json::to_vec_pretty(&registry).expect("the registry always serializes");
-        paths::write_atomic(&registry_path(dir), &bytes)?;
+        if bytes != before {
+            paths::write_atomic(&registry_path(dir), &bytes)?;
+        }
         let stamp = stamp(dir);
         drop(lock);
         Ok((out, registry, stamp))

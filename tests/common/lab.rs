@@ -156,16 +156,8 @@ impl Lab {
 
     /// Waits (at most 10 s) until the fixture has written `n` pids.
     pub async fn pids(&self, n: usize) -> Vec<i32> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&self.pidfile).unwrap_or_default();
-            let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            if pids.len() >= n {
-                return pids;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the fixture wrote only {} pids", pids.len());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let pidfile = self.pidfile.clone();
+        tokio::task::spawn_blocking(move || super::wait_pids(&pidfile, n)).await.unwrap()
     }
 }
 
@@ -174,6 +166,11 @@ pub fn grant(paths: &Paths, tier: u8, length: Duration) -> Grant {
     let g = Grant::new(Tier::new(tier).unwrap(), length, None, Utc::now()).unwrap();
     consent::write(paths, &g).unwrap();
     g
+}
+
+/// Those of `pids` still alive.
+pub fn survivors(pids: &[i32]) -> Vec<i32> {
+    pids.iter().copied().filter(|p| alive(*p)).collect()
 }
 
 /// Whether `pid` is a live process (present in /proc and not a zombie).

@@ -53,6 +53,20 @@ impl Run {
     }
 }
 
+/// Waits (at most 10 s) until `pidfile` lists `n` pids; returns them.
+pub fn wait_pids(pidfile: &Path, n: usize) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(pidfile).unwrap_or_default();
+        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} lists only {} pids", pidfile.display(), pids.len());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_support"))
 }

@@ -220,7 +220,7 @@ pub async fn raw_ws(relay: &Relay, path: &str) -> dial::Ws {
         .await
         .unwrap();
     let url = format!("wss://{}{path}", relay.addr);
-    tokio_tungstenite::client_async_with_config(url, tls, Some(support::relay::ws_config())).await.unwrap().0
+    tokio_tungstenite::client_async_with_config(url, tls, Some(support::protocol::ws_config())).await.unwrap().0
 }
 
 /// Writes a catalogue addition into `home` (`policy.d/test.toml`) before the daemon starts.
