@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
@@ -576,7 +576,7 @@ fn compute_mac(key: &hmac::Key, prev: &[u8], canonical_open: &[u8]) -> [u8; 64] 
 /// Fills seq/ts/prev/mac of `record` after `head` and appends its line to `out`.
 fn seal(key: &hmac::Key, record: &mut Record, head: &Head, now: DateTime<Utc>, out: &mut Vec<u8>) {
     record.seq = head.seq + 1;
-    record.ts = now.to_rfc3339_opts(SecondsFormat::Micros, true);
+    record.ts = crate::time::rfc3339_micros(now);
     record.prev.clone_from(&head.mac);
     record.mac.clear();
     let start = out.len();

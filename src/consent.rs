@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::paths::{self, FileError, Paths};
@@ -153,7 +153,10 @@ impl Grant {
             return Err("the grant does not last between 1 second and 8 hours".into());
         }
         if self.granted_at > now + CLOCK_SKEW {
-            return Err(format!("granted_at {} is in the future (was the clock set back?)", rfc3339(self.granted_at)));
+            return Err(format!(
+                "granted_at {} is in the future (was the clock set back?)",
+                crate::time::rfc3339(self.granted_at)
+            ));
         }
         if let Some(r) = &self.reason {
             check_reason(r)?;
@@ -213,7 +216,7 @@ impl Off {
     pub fn reason(&self) -> String {
         match self {
             Off::NoGrant => "no grant".into(),
-            Off::Expired(g) => format!("expired at {}", rfc3339(g.expires_at)),
+            Off::Expired(g) => format!("expired at {}", crate::time::rfc3339(g.expires_at)),
             Off::Malformed(why) => format!("consent file malformed: {why}"),
             Off::Unsafe(why) => format!("consent file unsafe: {why}"),
         }
@@ -274,11 +277,6 @@ pub fn write(paths: &Paths, grant: &Grant) -> Result<(), FileError> {
 /// [`FileError::Io`] when it exists but cannot be removed.
 pub fn remove(paths: &Paths) -> Result<bool, FileError> {
     paths::remove(&paths.consent())
-}
-
-/// RFC 3339 UTC with second precision, as shown to people.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]

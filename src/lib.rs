@@ -39,6 +39,8 @@ pub mod paths;
 pub mod policy;
 pub mod protocol;
 pub mod relay;
+pub mod text;
+pub mod time;
 pub mod tls;
 pub mod trust;
 

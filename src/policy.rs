@@ -954,7 +954,7 @@ impl Param {
         }
         match &self.ty {
             ParamType::Text => Ok(value.to_string()),
-            _ if value.chars().any(is_unprintable) => {
+            _ if value.chars().any(crate::text::is_unprintable) => {
                 fail("holds control or invisible formatting characters (newline, tab, escape, bidi)".into())
             }
             ParamType::Pattern(re, src) => {
@@ -998,14 +998,6 @@ impl Param {
             ParamType::Text => format!("text, at most {} bytes", self.max_len),
         }
     }
-}
-
-/// Control characters, and the invisible ones that can make text read
-/// other than it is: zero-width and bidirectional marks, line and
-/// paragraph separators, the byte-order mark.
-pub fn is_unprintable(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// The pid must be a live process of the current user, other than this one.

@@ -104,7 +104,7 @@ impl Run {
             device_id: device_id.into(),
             action: action.into(),
             params,
-            issued_at: issued_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            issued_at: crate::time::rfc3339_millis(issued_at),
             nonce: crate::random_hex(16),
             operator: key.public_key().to_string(),
             sig: String::new(),

@@ -118,7 +118,7 @@ pub fn add(
 ) -> Result<Operator, TrustError> {
     let key = check_new(paths, name, public_key)?;
     let mut operators = list(paths)?;
-    let op = Operator { name: name.into(), public_key: key.to_string(), added_at: crate::consent::rfc3339(now) };
+    let op = Operator { name: name.into(), public_key: key.to_string(), added_at: crate::time::rfc3339(now) };
     operators.push(op.clone());
     save(paths, operators)?;
     Ok(op)

@@ -88,7 +88,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     record.grant_id = Some(grant.grant_id.clone());
     record.tier = Some(grant.tier.get());
     record.reason.clone_from(&grant.reason);
-    record.detail = Some(format!("expires_at {}", consent::rfc3339(grant.expires_at)));
+    record.detail = Some(format!("expires_at {}", crate::time::rfc3339(grant.expires_at)));
     ctx.audit(record)?;
     if let Err(e) = consent::write(&ctx.paths, &grant) {
         // The rename may have landed before a later step failed: make sure no grant stands.

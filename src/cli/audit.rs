@@ -79,9 +79,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
 }
 
 fn time(r: &Record) -> String {
-    chrono::DateTime::parse_from_rfc3339(&r.ts)
-        .map(|t| super::local(t.with_timezone(&chrono::Utc)))
-        .unwrap_or_else(|_| printable(&r.ts))
+    crate::time::parse_rfc3339(&r.ts).map(super::local).unwrap_or_else(|| printable(&r.ts))
 }
 
 /// The one-cell summary of how a record ended.

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, Local, Utc};
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::audit::{AuditLog, Record};
@@ -134,15 +134,8 @@ pub(crate) fn paint(text: &str, code: &str) -> String {
     if color() { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
 }
 
-/// Local time, to the second, as people read it.
-pub(crate) fn local(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %Z").to_string()
-}
-
-/// Text from files or operators, made safe to print on a terminal.
-pub(crate) fn printable(text: &str) -> String {
-    text.chars().map(|c| if crate::policy::is_unprintable(c) { '?' } else { c }).collect()
-}
+pub(crate) use crate::text::printable;
+pub(crate) use crate::time::local;
 
 /// Prints a JSON value on one line of stdout.
 pub(crate) fn print_json(value: &serde_json::Value) {

@@ -268,7 +268,7 @@ fn terminal_safe(data: &str, terminal: bool) -> String {
     if !terminal {
         return data.to_string();
     }
-    data.chars().map(|c| if c == '\n' || c == '\t' || !crate::policy::is_unprintable(c) { c } else { '?' }).collect()
+    crate::text::printable_lines(data)
 }
 
 async fn run_action(

@@ -110,9 +110,8 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
     table.load_style(UTF8_FULL_CONDENSED);
     table.set_header(["task", "action", "tier", "operator", "started", "pid"]);
     for t in &tasks {
-        let started = chrono::DateTime::parse_from_rfc3339(&t.started_at)
-            .map(|d| super::local(d.with_timezone(&chrono::Utc)))
-            .unwrap_or_else(|_| t.started_at.clone());
+        let started =
+            crate::time::parse_rfc3339(&t.started_at).map(super::local).unwrap_or_else(|| printable(&t.started_at));
         table.add_row([
             t.task_id.clone(),
             printable(&t.action),

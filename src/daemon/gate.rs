@@ -115,9 +115,9 @@ pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
         );
         return decision;
     }
-    let issued = match DateTime::parse_from_rfc3339(&run.issued_at) {
-        Ok(t) => t.with_timezone(&Utc),
-        Err(_) => {
+    let issued = match crate::time::parse_rfc3339(&run.issued_at) {
+        Some(t) => t,
+        None => {
             decision.verdict = deny(DenyCode::StaleCommand, "issued_at is not an RFC 3339 time");
             return decision;
         }
@@ -230,7 +230,7 @@ impl ReplayCache {
     /// Remembers `nonce` issued at `issued_at` (RFC 3339), dropping nonces
     /// too old to matter at `now` first.
     pub fn insert(&mut self, nonce: &str, issued_at: &str, now: DateTime<Utc>) {
-        let issued = DateTime::parse_from_rfc3339(issued_at).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
+        let issued = crate::time::parse_rfc3339(issued_at).unwrap_or(now);
         if self.seen.len() >= self.max_entries / 2 {
             let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
             self.seen.retain(|_, t| *t >= horizon);
@@ -441,7 +441,7 @@ mod tests {
         let mut w = world();
         let now = w.now;
         for i in 0..8 {
-            w.replay.insert(&format!("nonce-old-{i:08}"), &crate::consent::rfc3339(now), now);
+            w.replay.insert(&format!("nonce-old-{i:08}"), &crate::time::rfc3339(now), now);
         }
         assert!(w.replay.is_full());
         assert_eq!(code(&w.decide(&w.run("disk-usage", &[], 0))), Some(DenyCode::Busy));
@@ -450,7 +450,7 @@ mod tests {
         assert!(w.replay.is_full());
         // Five minutes on, the old nonces are dropped at the next insert.
         let later = now + TimeDelta::seconds(REPLAY_KEEP_S + 60);
-        w.replay.insert("nonce-new-00000000", &crate::consent::rfc3339(later), later);
+        w.replay.insert("nonce-new-00000000", &crate::time::rfc3339(later), later);
         assert_eq!(w.replay.len(), 1);
         assert!(w.replay.contains("nonce-new-00000000"));
     }

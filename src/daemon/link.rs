@@ -145,9 +145,9 @@ pub(crate) async fn run(
         failures += 1;
         daemon.set_link(|s| {
             s.connected = false;
-            s.since = Some(crate::consent::rfc3339(Utc::now()));
+            s.since = Some(crate::time::rfc3339(Utc::now()));
             s.last_error = Some(error);
-            s.next_attempt_at = chrono::Duration::from_std(wait).ok().map(|w| crate::consent::rfc3339(Utc::now() + w));
+            s.next_attempt_at = chrono::Duration::from_std(wait).ok().map(|w| crate::time::rfc3339(Utc::now() + w));
         });
         let deadline = Instant::now() + wait;
         loop {
@@ -197,7 +197,7 @@ async fn session(
     tracing::info!(relay = %config.url, "relay link up");
     daemon.set_link(|s| {
         s.connected = true;
-        s.since = Some(crate::consent::rfc3339(Utc::now()));
+        s.since = Some(crate::time::rfc3339(Utc::now()));
     });
     if let Err(e) = send(&mut ws, &ToRelay::Heartbeat(daemon.heartbeat())).await {
         return failed(e);

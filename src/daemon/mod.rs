@@ -508,7 +508,7 @@ impl Daemon {
             let mut r = Record::new(Event::ConsentExpired);
             r.grant_id = Some(g.grant_id.clone());
             r.tier = Some(g.tier.get());
-            r.detail = Some(format!("expired at {}", consent::rfc3339(g.expires_at)));
+            r.detail = Some(format!("expired at {}", crate::time::rfc3339(g.expires_at)));
             records.push(r);
         }
         let live_tier = effective.live().map(|g| g.tier.get()).unwrap_or(0);
@@ -607,7 +607,7 @@ impl Daemon {
             params: run.params.clone(),
             operator: approved.operator.clone(),
             grant_id: approved.grant.grant_id.clone(),
-            started_at: consent::rfc3339(now),
+            started_at: crate::time::rfc3339(now),
             pid: None,
             start_ticks: None,
             cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
@@ -757,8 +757,8 @@ impl Daemon {
         frames: &mpsc::Sender<DeviceFrame>,
     ) -> Result<String, Denial> {
         let mut r = Record::new(Event::ActionDenied);
-        r.request_id = Some(printable_id(&run.request_id));
-        r.action = Some(printable_id(&run.action));
+        r.request_id = Some(crate::text::safe_id(&run.request_id));
+        r.action = Some(crate::text::safe_id(&run.action));
         r.operator = operator;
         r.code = Some(denial.code.as_str().into());
         // The reason may quote the command's text: capped like a value.
@@ -767,7 +767,7 @@ impl Daemon {
         // known action, with plain names and a size a record can hold:
         // anything else is anyone's text and goes in as its size alone.
         let bytes: usize = run.params.iter().map(|(k, v)| k.len() + v.len().min(RECORDED_VALUE_BYTES)).sum();
-        let plain_names = run.params.keys().all(|k| printable_id(k) == *k);
+        let plain_names = run.params.keys().all(|k| crate::text::safe_id(k) == *k);
         if signed && self.catalogue().get(&run.action).is_ok() && plain_names && bytes <= 4 * RECORDED_VALUE_BYTES {
             r.params = Some(recorded_params(&run.params));
         } else if !run.params.is_empty() {
@@ -970,7 +970,7 @@ impl Daemon {
                 "enabled": true,
                 "tier": g.tier.get(),
                 "grant_id": g.grant_id,
-                "expires_at": consent::rfc3339(g.expires_at),
+                "expires_at": crate::time::rfc3339(g.expires_at),
             }),
             Consent::Off(off) => {
                 json!({"enabled": false, "tier": null, "grant_id": null, "expires_at": null, "off_reason": off.reason()})
@@ -980,7 +980,7 @@ impl Daemon {
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
             "device_id": self.inner.device_id,
-            "started_at": consent::rfc3339(self.inner.started_at),
+            "started_at": crate::time::rfc3339(self.inner.started_at),
             "uptime_seconds": self.inner.started.elapsed().as_secs(),
             "control_port": *lock(&self.inner.control_port),
             "connected": link.connected,
@@ -1045,7 +1045,7 @@ impl Daemon {
         let audit_head = lock(&self.inner.audit_head).clone();
         let state = self.state();
         let (tier, expires_at) = match &state.consent.effective {
-            Consent::Live(g) => (Some(g.tier.get()), Some(consent::rfc3339(g.expires_at))),
+            Consent::Live(g) => (Some(g.tier.get()), Some(crate::time::rfc3339(g.expires_at))),
             Consent::Off(_) => (None, None),
         };
         crate::protocol::Heartbeat {
@@ -1151,12 +1151,8 @@ fn recorded_value(v: &str) -> String {
     if v.len() <= RECORDED_VALUE_BYTES {
         return v.to_string();
     }
-    let mut cut = 1024;
-    while !v.is_char_boundary(cut) {
-        cut -= 1;
-    }
     let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, v.as_bytes()));
-    format!("{}… [{} bytes, sha256 {digest}]", &v[..cut], v.len())
+    format!("{}… [{} bytes, sha256 {digest}]", crate::text::head(v, 1024), v.len())
 }
 
 /// Decodes output chunks as UTF-8, holding back a character split across
@@ -1197,12 +1193,6 @@ impl Utf8Carry {
     fn rest(&mut self, stream: Stream) -> String {
         String::from_utf8_lossy(&std::mem::take(self.held(stream))).into_owned()
     }
-}
-
-/// Wire ids shown in the record only when they are a safe segment.
-fn printable_id(s: &str) -> String {
-    let safe = s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if safe { s.to_string() } else { format!("(malformed, {} bytes)", s.len()) }
 }
 
 /// The commands for the record; an element over [`RECORDED_VALUE_BYTES`]
@@ -1287,7 +1277,7 @@ pub async fn run(
     let info = DaemonInfo {
         pid: std::process::id(),
         control_port: port,
-        started_at: consent::rfc3339(daemon.inner.started_at),
+        started_at: crate::time::rfc3339(daemon.inner.started_at),
         version: env!("CARGO_PKG_VERSION").into(),
         device_id: daemon.device_id().into(),
     };

@@ -45,7 +45,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -300,7 +300,7 @@ impl Transcript {
 }
 
 fn timestamp(now: DateTime<Utc>) -> String {
-    now.to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::time::rfc3339_millis(now)
 }
 
 fn is_break(c: char) -> bool {
@@ -330,11 +330,7 @@ fn one_line(s: &str) -> String {
 /// `s` cut to [`MAX_TEXT_BYTES`] on a character boundary, "…" appended when cut.
 fn cut(mut s: String) -> String {
     if s.len() > MAX_TEXT_BYTES {
-        let mut end = MAX_TEXT_BYTES;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+        s.truncate(crate::text::head(&s, MAX_TEXT_BYTES).len());
         s.push('…');
     }
     s

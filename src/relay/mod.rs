@@ -419,7 +419,7 @@ impl Hub {
     fn heard(&self, device_id: &str, hb: Heartbeat) {
         let mut live = lock(&self.live);
         let l = live.entry(device_id.to_string()).or_default();
-        l.last_heartbeat = Some(crate::consent::rfc3339(Utc::now()));
+        l.last_heartbeat = Some(crate::time::rfc3339(Utc::now()));
         l.tier = hb.tier;
         l.expires_at = hb.expires_at.clone();
         l.heartbeat = Some(hb);
@@ -457,8 +457,7 @@ impl Hub {
 }
 
 fn clean_name(name: Option<&str>) -> String {
-    let name: String = name.unwrap_or("").chars().filter(|c| !crate::policy::is_unprintable(*c)).take(64).collect();
-    if name.trim().is_empty() { "unnamed".into() } else { name }
+    crate::text::display_name(name.unwrap_or(""), 64, "unnamed")
 }
 
 /// Runs the relay on `listener` until `shutdown` resolves, with `tls` and
@@ -541,7 +540,7 @@ async fn write_live(hub: Arc<Hub>) {
             _ = hub.live_dirty.notified() => {}
             _ = crate::stopped(&mut shutdown) => break,
         }
-        let snapshot = LiveFile { written_at: crate::consent::rfc3339(Utc::now()), devices: hub.live_now() };
+        let snapshot = LiveFile { written_at: crate::time::rfc3339(Utc::now()), devices: hub.live_now() };
         let path = live_path(&hub.dir);
         let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
         let wrote = tokio::task::spawn_blocking(move || paths::write_atomic(&path, &bytes)).await;

@@ -209,7 +209,7 @@ pub fn add_operator(dir: &Path, name: &str, key: &PublicKey) -> Result<bool, Reg
         }
         r.operators.insert(
             name.into(),
-            OperatorRecord { public_key: key.clone(), added_at: crate::consent::rfc3339(Utc::now()) },
+            OperatorRecord { public_key: key.clone(), added_at: crate::time::rfc3339(Utc::now()) },
         );
         Ok((true, ()))
     })?;
@@ -263,7 +263,7 @@ pub fn enroll(
         r.tokens.remove(i);
         r.devices.insert(
             device_id.into(),
-            DeviceRecord { public_key: key.into(), name: name.into(), enrolled_at: crate::consent::rfc3339(now) },
+            DeviceRecord { public_key: key.into(), name: name.into(), enrolled_at: crate::time::rfc3339(now) },
         );
         Ok(Enroll::Pinned)
     })
