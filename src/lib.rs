@@ -30,6 +30,7 @@
 pub mod audit;
 pub mod cli;
 pub mod consent;
+pub mod control_api;
 pub mod daemon;
 pub mod dial;
 mod error;
@@ -46,6 +47,7 @@ pub mod trust;
 
 pub use audit::{AuditError, AuditLog, Event, Record};
 pub use consent::{Consent, Grant, Off, Tier};
+pub use daemon::transcript;
 pub use daemon::{Daemon, DaemonError};
 pub use error::Error;
 pub use identity::{KeyPair, PublicKey};

@@ -151,6 +151,19 @@ impl Paths {
     pub fn daemon_info(&self) -> PathBuf {
         self.state_dir.join("daemon.json")
     }
+    /// `daemon.lock`: a running daemon holds an exclusive flock(2) on it,
+    /// so there is one daemon per home.
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.state_dir.join("daemon.lock")
+    }
+    /// `tasks.json`: the daemon's running tasks, for the next start after a crash.
+    pub fn tasks(&self) -> PathBuf {
+        self.state_dir.join("tasks.json")
+    }
+    /// `daemon.toml`: the daemon's settings (relay, trust, enrolment).
+    pub fn daemon_config(&self) -> PathBuf {
+        self.config_dir.join("daemon.toml")
+    }
     /// `trusted_operators.toml`: operators the owner trusts.
     pub fn trusted_operators(&self) -> PathBuf {
         self.config_dir.join("trusted_operators.toml")
@@ -172,6 +185,54 @@ impl Paths {
             ensure_dir(&self.config_dir)?;
         }
         Ok(())
+    }
+}
+
+/// Where a relay keeps its files: its state directory (`--state`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayPaths {
+    /// The state directory (0700).
+    pub dir: PathBuf,
+}
+
+impl RelayPaths {
+    /// The files of the relay whose state directory is `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> RelayPaths {
+        RelayPaths { dir: dir.into() }
+    }
+    /// `relay.lock`: the running relay holds an exclusive flock(2) on it.
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("relay.lock")
+    }
+    /// `live.json`: what the running relay knows of each device now.
+    pub fn live(&self) -> PathBuf {
+        self.dir.join("live.json")
+    }
+    /// `registry.json`: enrolled devices, operators, enrolment tokens.
+    pub fn registry(&self) -> PathBuf {
+        self.dir.join("registry.json")
+    }
+    /// `registry.lock`: held while the registry is changed.
+    pub fn registry_lock(&self) -> PathBuf {
+        self.dir.join("registry.lock")
+    }
+    /// `cert.pem`: the relay's certificate chain.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    /// `key.pem`: the relay's private key.
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+}
+
+/// `~` and `~/x` against `$HOME` (`/` when unset); any other path as written.
+pub fn expand_home(path: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    match path.strip_prefix('~') {
+        Some("") => home,
+        Some(rest) => home.join(rest.trim_start_matches('/')),
+        None => PathBuf::from(path),
     }
 }
 

@@ -30,6 +30,16 @@ pub fn display_name(text: &str, max_chars: usize, fallback: &str) -> String {
     if name.trim().is_empty() { fallback.into() } else { name }
 }
 
+/// `text` for a message: [`printable`], at most 64 characters, `...`
+/// appended when it was longer.
+pub fn brief(text: &str) -> String {
+    let mut s: String = printable(text).chars().take(64).collect();
+    if text.chars().count() > 64 {
+        s.push_str("...");
+    }
+    s
+}
+
 /// A wire id as it may be shown or recorded: itself when it is one safe
 /// segment (at most 64 of `A-Z a-z 0-9 _ - .`), else only its size,
 /// `(malformed, N bytes)`: anyone's text never reaches a record as it is.
@@ -61,6 +71,13 @@ mod tests {
         assert_eq!(printable_lines("a\n\tb\x1b]0;x\x07"), "a\n\tb?]0;x?");
         assert_eq!(display_name("\u{200B}\n", 64, "unnamed"), "unnamed");
         assert_eq!(display_name("laptop\x1b", 3, "unnamed"), "lap");
+    }
+
+    #[test]
+    fn brief_caps_and_cleans_text() {
+        assert_eq!(brief("t-0123"), "t-0123");
+        assert_eq!(brief("a\u{1b}[31mb"), "a?[31mb");
+        assert_eq!(brief(&"x".repeat(100)), format!("{}...", "x".repeat(64)));
     }
 
     #[test]

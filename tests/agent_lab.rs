@@ -168,7 +168,7 @@ async fn the_agent_host_gets_the_secret_streams_ndjson_and_a_stop_aborts_it() {
         assert_eq!(body["mode"], "build");
     }
     let detail = lab.daemon.task_detail(&task_id).unwrap();
-    let lines = detail["transcript"]["lines"].to_string();
+    let lines = serde_json::to_string(&detail.transcript.lines).unwrap();
     assert!(lines.contains("Read: /var/log/cups/error_log"), "{lines}");
 
     let result = lab.daemon.stop_task(&task_id, StoppedBy::Owner).await.expect("stopped");
@@ -186,7 +186,7 @@ async fn the_agent_host_gets_the_secret_streams_ndjson_and_a_stop_aborts_it() {
 }
 
 fn detail_digest(lab: &Lab, task_id: &str) -> Option<String> {
-    lab.daemon.task_detail(task_id)?["transcript"]["sha256"].as_str().map(String::from)
+    Some(lab.daemon.task_detail(task_id)?.transcript.sha256)
 }
 
 #[tokio::test]

@@ -9,8 +9,9 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Request;
 use hyper::header::{AUTHORIZATION, HOST};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
+use crate::control_api::ApiError;
 use crate::daemon::{self, DaemonInfo};
 use crate::paths::{self, Paths};
 use crate::{Error, paths::FileError};
@@ -101,12 +102,22 @@ impl Client {
         Ok(resp)
     }
 
-    /// Sends a request and returns the JSON body of a 2xx answer.
+    /// Sends a request and returns the body of a 2xx answer as `T` (one
+    /// of the [`crate::control_api`] types).
     ///
     /// # Errors
     /// [`Error::DaemonUnreachable`] when it does not answer in time;
-    /// [`Error::Failed`] with the daemon's message for any other status.
-    pub fn call(&self, method: &str, path: &str) -> Result<Value, Error> {
+    /// [`Error::Failed`] with the daemon's message for any other status,
+    /// or when the answer is not a `T`.
+    pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str) -> Result<T, Error> {
+        self.call_found(method, path)?.ok_or_else(|| Error::Failed(format!("the daemon has no {path}")))
+    }
+
+    /// As [`Client::call`], but a 404 answer is `Ok(None)`.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn call_found<T: DeserializeOwned>(&self, method: &str, path: &str) -> Result<Option<T>, Error> {
         Self::runtime()?.block_on(async {
             let work = async {
                 let resp = self.send(method, path).await?;
@@ -116,11 +127,16 @@ impl Client {
                     .await
                     .map_err(|e| Error::Failed(format!("reading the daemon's answer: {e}")))?
                     .to_bytes();
-                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 if status.is_success() {
-                    return Ok(value);
+                    return serde_json::from_slice(&body)
+                        .map(Some)
+                        .map_err(|e| Error::Failed(format!("the daemon's answer to {method} {path}: {e}")));
                 }
-                let message = value["error"].as_str().unwrap_or("no message").to_string();
+                if status == hyper::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                let message = serde_json::from_slice::<ApiError>(&body).map(|e| e.error);
+                let message = crate::text::printable(message.as_deref().unwrap_or("no message"));
                 Err(Error::Failed(format!("the daemon answered {status}: {message}")))
             };
             tokio::time::timeout(REQUEST_TIMEOUT, work)
@@ -172,7 +188,7 @@ impl Client {
 /// the grant when it starts).
 pub(crate) fn tell_consent_changed(paths: &Paths) -> bool {
     match Client::find(paths) {
-        Ok(client) => match client.call("POST", "/v1/consent/changed") {
+        Ok(client) => match client.call::<crate::control_api::ConsentChanged>("POST", "/v1/consent/changed") {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "could not tell the daemon; it will see the change within a second");

@@ -300,7 +300,7 @@ async fn run_action(
             let mut out = std::io::stdout().lock();
             for line in lines {
                 // render_line makes the text printable and adds only its own colours.
-                let text = super::tasks::render_line(&task, &serde_json::to_value(&line).unwrap_or_default());
+                let text = super::tasks::render_line(&task, &line);
                 let _ = writeln!(out, "{text}");
             }
             let _ = out.flush();

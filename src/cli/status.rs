@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::{Ctx, paint, printable};
 use crate::Error;
 use crate::consent::{self, Consent};
+use crate::control_api::StatusView;
 
 /// Show the grant in force, the daemon, and where files live.
 #[derive(Debug, clap::Args)]
@@ -20,7 +21,7 @@ pub struct Args {
 }
 
 /// The daemon's own status, `None` when none answers.
-fn daemon_status(ctx: &Ctx) -> Option<Value> {
+fn daemon_status(ctx: &Ctx) -> Option<StatusView> {
     let client = super::client::Client::find(&ctx.paths).ok()?;
     client.call("GET", "/v1/status").ok()
 }
@@ -50,36 +51,29 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     }
     match &daemon {
         Some(d) => {
-            let l = &d["link"];
-            let since = |key: &str| match l[key].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-            {
+            let l = &d.link;
+            let since = |at: &Option<String>| match at.as_deref().and_then(crate::time::parse_rfc3339) {
                 Some(t) => format!(" since {}", super::local(t)),
                 None => String::new(),
             };
-            let link = if d["connected"].as_bool() == Some(true) {
-                format!("connected to {}{}", printable(d["relay"].as_str().unwrap_or("?")), since("since"))
-            } else if d["relay"].is_null() {
+            let relay = printable(d.relay.as_deref().unwrap_or("?"));
+            let link = if d.connected {
+                format!("connected to {relay}{}", since(&l.since))
+            } else if d.relay.is_none() {
                 "local only, no relay configured".to_string()
             } else {
-                format!("NOT connected to {}{}", printable(d["relay"].as_str().unwrap_or("?")), since("since"))
+                format!("NOT connected to {relay}{}", since(&l.since))
             };
-            println!(
-                "  daemon  running, pid {}, {link}, {} task(s) running",
-                d["pid"],
-                d["running_tasks"].as_u64().unwrap_or(0)
-            );
-            if let Some(id) = d["device_id"].as_str() {
-                println!("  device  {id}");
-            }
-            for t in d["tasks"].as_array().into_iter().flatten() {
+            println!("  daemon  running, pid {}, {link}, {} task(s) running", d.pid, d.running_tasks);
+            println!("  device  {}", printable(&d.device_id));
+            for t in &d.tasks {
                 println!("  {}", super::tasks::running_line(ctx, t));
             }
-            if let Some(e) = l["last_error"].as_str() {
-                let next =
-                    match l["next_attempt_at"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
-                        Some(t) => format!(" (next attempt {})", super::local(t)),
-                        None => String::new(),
-                    };
+            if let Some(e) = &l.last_error {
+                let next = match l.next_attempt_at.as_deref().and_then(crate::time::parse_rfc3339) {
+                    Some(t) => format!(" (next attempt {})", super::local(t)),
+                    None => String::new(),
+                };
                 println!("  link    last error: {}{next}", printable(e));
             }
         }
@@ -89,7 +83,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&Value>) -> Value {
+fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&StatusView>) -> Value {
     let p = &ctx.paths;
     let paths = json!({
         "home": p.home,
@@ -129,21 +123,21 @@ fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&Value>) -> Value {
     };
     v["daemon"] = match daemon {
         Some(d) => json!({
-            "pid": d["pid"],
-            "connected": d["connected"],
-            "relay": d["relay"],
-            "link": d["link"],
-            "running_tasks": d["running_tasks"],
-            "tasks": d["tasks"],
-            "device_id": d["device_id"],
-            "started_at": d["started_at"],
-            "control_port": d["control_port"],
-            "version": d["version"],
+            "pid": d.pid,
+            "connected": d.connected,
+            "relay": d.relay,
+            "link": d.link,
+            "running_tasks": d.running_tasks,
+            "tasks": d.tasks,
+            "device_id": d.device_id,
+            "started_at": d.started_at,
+            "control_port": d.control_port,
+            "version": d.version,
         }),
         None => Value::Null,
     };
-    v["device_id"] = match daemon.and_then(|d| d["device_id"].as_str()) {
-        Some(id) => json!(id),
+    v["device_id"] = match daemon {
+        Some(d) => json!(d.device_id),
         None => device_id(ctx).map_or(Value::Null, Value::from),
     };
     v["paths"] = paths;

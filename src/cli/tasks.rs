@@ -4,12 +4,14 @@
 use std::process::ExitCode;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use serde_json::{Value, json};
 
 use super::client::Client;
 use super::{Ctx, paint, printable};
 use crate::Error;
-use crate::daemon::TaskInfo;
+use crate::audit::Record;
+use crate::control_api::{StatusView, Stopped, StoppedAll, TaskDetail, TaskList, TaskView, WatchEvent};
+use crate::protocol::TaskResult;
+use crate::transcript::{Line, LineKind};
 
 /// List the tasks the daemon is running, or show one with its transcript.
 #[derive(Debug, clap::Args)]
@@ -46,9 +48,8 @@ pub struct WatchArgs {
     json: bool,
 }
 
-fn list(client: &Client) -> Result<Vec<TaskInfo>, Error> {
-    let v = client.call("GET", "/v1/tasks")?;
-    serde_json::from_value(v["tasks"].clone()).map_err(|e| Error::Failed(format!("the daemon's task list: {e}")))
+fn list(client: &Client) -> Result<Vec<TaskView>, Error> {
+    Ok(client.call::<TaskList>("GET", "/v1/tasks")?.tasks)
 }
 
 fn task_id_arg(id: &str) -> Result<&str, Error> {
@@ -57,38 +58,34 @@ fn task_id_arg(id: &str) -> Result<&str, Error> {
 }
 
 fn show(ctx: &Ctx, client: &Client, id: &str, json: bool) -> Result<ExitCode, Error> {
-    let detail = match client.call("GET", &format!("/v1/tasks/{}", task_id_arg(id)?)) {
-        Ok(v) => v,
-        Err(Error::Failed(m)) if m.contains("404") => {
-            return Err(Error::Usage(format!("no task {id} is running or recently ended (see `support tasks`)")));
-        }
-        Err(e) => return Err(e),
+    let path = format!("/v1/tasks/{}", task_id_arg(id)?);
+    let Some(detail) = client.call_found::<TaskDetail>("GET", &path)? else {
+        return Err(Error::Usage(format!("no task {id} is running or recently ended (see `support tasks`)")));
     };
     if json {
-        super::print_json(&detail);
+        super::print_json(&serde_json::to_value(&detail).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    if detail["running"] == true {
-        println!("{}", running_line(ctx, &detail["task"]));
+    if detail.running {
+        println!("{}", running_line(ctx, &detail.task));
     } else {
-        let t = &detail["task"];
+        let t = &detail.task;
         println!(
             "task    {id}: {} for {}, ended: {}",
-            printable(t["action"].as_str().unwrap_or("?")),
-            printable(t["operator"].as_str().unwrap_or("?")),
-            describe(&detail["result"])
+            printable(&t.action),
+            printable(&t.operator),
+            describe(detail.result.as_ref())
         );
     }
-    let tr = &detail["transcript"];
-    let lines = tr["lines"].as_array().cloned().unwrap_or_default();
-    let total = tr["total"].as_u64().unwrap_or(0);
-    if total > lines.len() as u64 {
-        println!("({} earlier lines are not kept)", total - lines.len() as u64);
+    let tr = &detail.transcript;
+    let kept = tr.lines.len() as u64;
+    if tr.total > kept {
+        println!("({} earlier lines are not kept)", tr.total - kept);
     }
-    for line in &lines {
+    for line in &tr.lines {
         println!("{}", render_line(id, line));
     }
-    println!("transcript: {total} lines, sha256 {}", tr["sha256"].as_str().unwrap_or("?"));
+    println!("transcript: {} lines, sha256 {}", tr.total, printable(&tr.sha256));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -98,7 +95,8 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
         return show(ctx, &client, id, args.json);
     }
     if args.json {
-        super::print_json(&client.call("GET", "/v1/tasks")?);
+        let tasks: TaskList = client.call("GET", "/v1/tasks")?;
+        super::print_json(&serde_json::to_value(&tasks).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     let tasks = list(&client)?;
@@ -128,45 +126,53 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
 
 /// A running task in one line for the owner: the agent stands out, with
 /// who drives it, since when, and how to stop it.
-pub(crate) fn running_line(ctx: &Ctx, t: &Value) -> String {
-    let id = printable(t["task_id"].as_str().unwrap_or("?"));
-    let who = printable(t["operator"].as_str().unwrap_or("?"));
-    let since = t["started_at"]
-        .as_str()
-        .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
-        .map(super::local)
-        .unwrap_or_else(|| "?".into());
-    let stop = ctx.command_line(&["stop", &id]);
-    if t["agent"].as_bool() == Some(true) {
-        format!(
-            "{} {who} since {since} (task {id}); stop it: {stop}",
-            paint("support is operating your agent:", "1;33")
-        )
-    } else {
-        let action = printable(t["action"].as_str().unwrap_or("?"));
-        format!("task    {id}: {action} (tier {}) for {who} since {since}; stop it: {stop}", t["tier"])
+pub(crate) fn running_line(ctx: &Ctx, t: &TaskView) -> String {
+    if t.agent {
+        return agent_line(ctx, &t.task_id, &t.operator, &t.started_at);
     }
+    let id = printable(&t.task_id);
+    let stop = ctx.command_line(&["stop", &id]);
+    format!(
+        "task    {id}: {} (tier {}) for {} since {}; stop it: {stop}",
+        printable(&t.action),
+        t.tier,
+        printable(&t.operator),
+        since(&t.started_at)
+    )
 }
 
-fn describe(result: &Value) -> String {
-    if result.is_null() {
-        return "its end is not recorded yet".into();
-    }
-    let status = result["status"].as_str().unwrap_or("?");
-    let by = result["cancelled_by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default();
-    format!("{status}{by} after {} ms", result["duration_ms"].as_u64().unwrap_or(0))
+/// The agent task's line: "support is operating your agent: WHO since WHEN".
+fn agent_line(ctx: &Ctx, task_id: &str, operator: &str, started_at: &str) -> String {
+    let id = printable(task_id);
+    let stop = ctx.command_line(&["stop", &id]);
+    format!(
+        "{} {} since {} (task {id}); stop it: {stop}",
+        paint("support is operating your agent:", "1;33"),
+        printable(operator),
+        since(started_at)
+    )
+}
+
+/// An RFC 3339 time as local time, `?` when it is not one.
+fn since(at: &str) -> String {
+    crate::time::parse_rfc3339(at).map(super::local).unwrap_or_else(|| "?".into())
+}
+
+fn describe(result: Option<&TaskResult>) -> String {
+    let Some(result) = result else { return "its end is not recorded yet".into() };
+    let by = result.cancelled_by.map(|b| format!(" by {}", b.as_str())).unwrap_or_default();
+    format!("{}{by} after {} ms", result.status.as_str(), result.duration_ms)
 }
 
 pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
     let client = Client::find(&ctx.paths)?;
     if args.all {
-        let v = client.call("POST", "/v1/tasks/stop")?;
-        let stopped = v["stopped"].as_array().cloned().unwrap_or_default();
-        if stopped.is_empty() {
+        let all: StoppedAll = client.call("POST", "/v1/tasks/stop")?;
+        if all.stopped.is_empty() {
             println!("No task was running.");
         }
-        for s in stopped {
-            println!("Stopped {}: {}.", s["task_id"].as_str().unwrap_or("?"), describe(&s["result"]));
+        for s in all.stopped {
+            println!("Stopped {}: {}.", printable(&s.task_id), describe(s.result.as_ref()));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -175,7 +181,7 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
         None => {
             let tasks = list(&client)?;
             // The agent comes first: it is what the owner most often wants stopped.
-            let agent: Vec<&TaskInfo> = tasks.iter().filter(|t| t.agent).collect();
+            let agent: Vec<&TaskView> = tasks.iter().filter(|t| t.agent).collect();
             match (agent.as_slice(), tasks.as_slice()) {
                 (_, []) => {
                     println!("No task is running.");
@@ -195,15 +201,12 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
         }
     };
     task_id_arg(&id)?;
-    match client.call("POST", &format!("/v1/tasks/{id}/stop")) {
-        Ok(v) => {
-            println!("Stopped {id}: {}.", describe(&v["result"]));
+    match client.call_found::<Stopped>("POST", &format!("/v1/tasks/{id}/stop"))? {
+        Some(s) => {
+            println!("Stopped {id}: {}.", describe(s.result.as_ref()));
             Ok(ExitCode::SUCCESS)
         }
-        Err(Error::Failed(m)) if m.contains("404") => {
-            Err(Error::Usage(format!("no task {id} is running (see `support tasks`)")))
-        }
-        Err(e) => Err(e),
+        None => Err(Error::Usage(format!("no task {id} is running (see `support tasks`)"))),
     }
 }
 
@@ -213,9 +216,9 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
         eprintln!("Watching the daemon (pid {}); Ctrl-C to stop watching.", client.info().pid);
         // What the agent did before this watch began.
         for t in list(&client)?.into_iter().filter(|t| t.agent) {
-            if let Ok(detail) = client.call("GET", &format!("/v1/tasks/{}", t.task_id)) {
-                println!("{}", running_line(ctx, &detail["task"]));
-                for line in detail["transcript"]["lines"].as_array().into_iter().flatten() {
+            if let Ok(Some(detail)) = client.call_found::<TaskDetail>("GET", &format!("/v1/tasks/{}", t.task_id)) {
+                println!("{}", running_line(ctx, &detail.task));
+                for line in &detail.transcript.lines {
                     println!("{}", render_line(&t.task_id, line));
                 }
             }
@@ -224,8 +227,7 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
     client.stream("/v1/events", |line| {
         if args.json {
             println!("{line}");
-        } else if let Some(text) = serde_json::from_str::<Value>(line).ok().as_ref().and_then(|v| render_event(ctx, v))
-        {
+        } else if let Some(text) = serde_json::from_str::<WatchEvent>(line).ok().and_then(|e| render_event(ctx, &e)) {
             println!("{text}");
         }
         true
@@ -236,67 +238,77 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One transcript line (see `daemon::transcript`) for people, its text made safe for the terminal.
-pub(crate) fn render_line(task_id: &str, line: &Value) -> String {
-    let at = line["ts"]
-        .as_str()
-        .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
+/// One transcript line (see [`crate::transcript`]) for people, its text made safe for the terminal.
+pub(crate) fn render_line(task_id: &str, line: &Line) -> String {
+    let at = crate::time::parse_rfc3339(&line.ts)
         .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S").to_string())
         .unwrap_or_default();
-    let label = match (line["kind"].as_str().unwrap_or("raw"), line["stream"].as_str()) {
-        ("text", _) => paint("agent:", "36"),
-        ("thinking", _) => paint("thinking:", "2"),
-        ("tool_use", _) => paint("tool:", "33"),
-        ("tool_result", _) => paint("result:", "2"),
-        ("error", _) => paint("ERROR:", "31"),
-        ("result", _) => paint("done:", "32"),
-        ("system", _) => paint("·", "2"),
-        (_, Some("stderr")) => paint("stderr:", "2"),
-        _ => String::new(),
+    let label = match (&line.kind, line.stream) {
+        (LineKind::Text, _) => paint("agent:", "36"),
+        (LineKind::Thinking, _) => paint("thinking:", "2"),
+        (LineKind::ToolUse, _) => paint("tool:", "33"),
+        (LineKind::ToolResult, _) => paint("result:", "2"),
+        (LineKind::Error, _) => paint("ERROR:", "31"),
+        (LineKind::Result, _) => paint("done:", "32"),
+        (LineKind::System, _) => paint("·", "2"),
+        (LineKind::Raw, crate::protocol::Stream::Stderr) => paint("stderr:", "2"),
+        (LineKind::Raw, crate::protocol::Stream::Stdout) => String::new(),
     };
-    let text = printable(line["text"].as_str().unwrap_or(""));
+    let text = printable(&line.text);
     let sep = if label.is_empty() { "" } else { " " };
     format!("{at} [{task_id}] {label}{sep}{text}")
 }
 
 /// One event as a line for people; `None` for keep-alive pings.
-fn render_event(ctx: &Ctx, v: &Value) -> Option<String> {
+fn render_event(ctx: &Ctx, event: &WatchEvent) -> Option<String> {
     let now = chrono::Local::now().format("%H:%M:%S");
-    match v["kind"].as_str()? {
-        "status" => {
-            let s = &v["status"];
-            let c = &s["consent"];
-            let consent = if c["enabled"].as_bool() == Some(true) {
-                format!("{} at tier {} until {}", paint("ON", "32"), c["tier"], c["expires_at"].as_str().unwrap_or("?"))
-            } else {
-                format!("{} ({})", paint("OFF", "31"), printable(c["off_reason"].as_str().unwrap_or("no grant")))
-            };
-            let mut out = format!("{now} support is {consent}; {} task(s) running", s["running_tasks"]);
-            for t in s["tasks"].as_array().into_iter().flatten() {
-                out.push_str(&format!("\n{now} {}", running_line(ctx, t)));
-            }
-            Some(out)
-        }
-        "audit" => {
-            let r = &v["record"];
-            let mut parts = vec![format!("{now} #{} {}", r["seq"], r["event"].as_str().unwrap_or("?"))];
-            for key in ["action", "task_id", "operator", "code", "status", "by", "reason", "detail"] {
-                if let Some(s) = r[key].as_str() {
-                    parts.push(format!("{key}={}", printable(s)));
-                }
-            }
-            if let Some(code) = r["exit_code"].as_i64() {
-                parts.push(format!("exit={code}"));
-            }
-            if r["event"] == "action.started" && r["action"] == "agent" {
-                let task =
-                    json!({"agent": true, "task_id": r["task_id"], "operator": r["operator"], "started_at": r["ts"]});
-                parts.push(format!("\n{now} {}", running_line(ctx, &task)));
-            }
-            Some(parts.join(" "))
-        }
-        "transcript" => Some(render_line(&printable(v["task_id"].as_str().unwrap_or("?")), &v["line"])),
-        "lagged" => Some(format!("{now} ({} events missed: this terminal read too slowly)", v["missed"])),
-        _ => None,
+    match event {
+        WatchEvent::Status { status } => Some(status_line(ctx, status, &now.to_string())),
+        WatchEvent::Audit { record } => Some(audit_line(ctx, record, &now.to_string())),
+        WatchEvent::Transcript { task_id, line } => Some(render_line(&printable(task_id), line)),
+        WatchEvent::Lagged { missed } => Some(format!("{now} ({missed} events missed: this terminal read too slowly)")),
+        WatchEvent::Ping => None,
     }
+}
+
+fn status_line(ctx: &Ctx, s: &StatusView, now: &str) -> String {
+    let c = &s.consent;
+    let consent = match (c.enabled, c.tier) {
+        (true, Some(tier)) => {
+            format!("{} at tier {tier} until {}", paint("ON", "32"), printable(c.expires_at.as_deref().unwrap_or("?")))
+        }
+        _ => format!("{} ({})", paint("OFF", "31"), printable(c.off_reason.as_deref().unwrap_or("no grant"))),
+    };
+    let mut out = format!("{now} support is {consent}; {} task(s) running", s.running_tasks);
+    for t in &s.tasks {
+        out.push_str(&format!("\n{now} {}", running_line(ctx, t)));
+    }
+    out
+}
+
+fn audit_line(ctx: &Ctx, r: &Record, now: &str) -> String {
+    let mut parts = vec![format!("{now} #{} {}", r.seq, r.event.as_str())];
+    let fields = [
+        ("action", &r.action),
+        ("task_id", &r.task_id),
+        ("operator", &r.operator),
+        ("code", &r.code),
+        ("status", &r.status),
+        ("by", &r.by),
+        ("reason", &r.reason),
+        ("detail", &r.detail),
+    ];
+    for (key, value) in fields {
+        if let Some(s) = value {
+            parts.push(format!("{key}={}", printable(s)));
+        }
+    }
+    if let Some(code) = r.exit_code {
+        parts.push(format!("exit={code}"));
+    }
+    if r.event == crate::audit::Event::ActionStarted && r.action.as_deref() == Some("agent") {
+        let (id, who) = (r.task_id.as_deref().unwrap_or("?"), r.operator.as_deref().unwrap_or("?"));
+        parts.push(format!("\n{now} {}", agent_line(ctx, id, who, &r.ts)));
+    }
+    parts.join(" ")
 }

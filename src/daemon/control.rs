@@ -20,17 +20,8 @@
 //! [`MAX_CONNECTIONS`] are served at once.
 //!
 //! # Endpoints
-//! - `GET /v1/status`: the daemon (pid, device_id, connected, running_tasks, consent, …).
-//! - `GET /v1/tasks`: `{"tasks": [TaskInfo…]}`.
-//! - `GET /v1/tasks/{id}`: one task, running or among the last few ended,
-//!   with its transcript (the last 200 lines; see [`super::Daemon::task_detail`]).
-//! - `POST /v1/tasks/{id}/stop`: stops one task as the owner; `{"task_id", "result"}`.
-//! - `POST /v1/tasks/stop`: stops every task as the owner; `{"stopped": [...]}`.
-//! - `POST /v1/consent/changed`: re-read the grant now; `{"consent": …}`.
-//! - `GET /v1/events`: NDJSON, one object per line: first `{"kind":"status"}`,
-//!   then `audit`, `transcript` (`{"task_id", "line": Line}`, see
-//!   [`super::transcript`]) and `status` events as they happen, and
-//!   `{"kind":"ping"}` every 15 s.
+//! The requests and their answers are the types of [`crate::control_api`],
+//! which the CLI deserialises: its module docs list them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,12 +38,13 @@ use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, OR
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ring::hmac;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::Daemon;
 use crate::audit::{Event, Record};
+use crate::control_api::{ApiError, ConsentChanged, Stopped, StoppedAll, TaskList, WatchEvent};
 use crate::protocol::StoppedBy;
 
 /// The largest request body (bytes).
@@ -140,8 +132,8 @@ pub async fn serve(listener: TcpListener, daemon: Daemon, secret: String, mut st
     }
 }
 
-fn respond(status: StatusCode, body: Value) -> Response<Body> {
-    let mut text = body.to_string();
+fn respond(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let mut text = serde_json::to_string(body).unwrap_or_default();
     text.push('\n');
     Response::builder()
         .status(status)
@@ -151,7 +143,7 @@ fn respond(status: StatusCode, body: Value) -> Response<Body> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
-    respond(status, json!({"error": message}))
+    respond(status, &ApiError { error: message.into() })
 }
 
 impl Shared {
@@ -260,10 +252,10 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
     }
     let daemon = &shared.daemon;
     match route {
-        Route::Status => respond(StatusCode::OK, daemon.status_json()),
-        Route::Tasks => respond(StatusCode::OK, json!({"tasks": daemon.tasks()})),
+        Route::Status => respond(StatusCode::OK, &daemon.status_view()),
+        Route::Tasks => respond(StatusCode::OK, &TaskList { tasks: daemon.tasks() }),
         Route::Task(id) => match daemon.task_detail(&id) {
-            Some(detail) => respond(StatusCode::OK, detail),
+            Some(detail) => respond(StatusCode::OK, &detail),
             None => error(StatusCode::NOT_FOUND, "no such task, running or recently ended"),
         },
         Route::Stop(id) => {
@@ -272,16 +264,16 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
                 return error(StatusCode::NOT_FOUND, "no such running task");
             }
             let result = daemon.stop_task(&id, StoppedBy::Owner).await;
-            respond(StatusCode::OK, json!({"task_id": id, "result": result}))
+            respond(StatusCode::OK, &Stopped { task_id: id, result })
         }
         Route::StopAll => {
             let stopped = daemon.stop_all(StoppedBy::Owner).await;
-            let list: Vec<Value> = stopped.into_iter().map(|(id, r)| json!({"task_id": id, "result": r})).collect();
-            respond(StatusCode::OK, json!({"stopped": list}))
+            let stopped = stopped.into_iter().map(|(task_id, result)| Stopped { task_id, result }).collect();
+            respond(StatusCode::OK, &StoppedAll { stopped })
         }
         Route::ConsentChanged => {
             daemon.consent_changed().await;
-            respond(StatusCode::OK, json!({"status": daemon.status_json()}))
+            respond(StatusCode::OK, &ConsentChanged { status: daemon.status_view() })
         }
         Route::Events => events(daemon, shared.stop.clone()),
     }
@@ -291,10 +283,10 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
 fn events(daemon: &Daemon, mut stop: watch::Receiver<bool>) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let mut events = daemon.subscribe();
-    let first = json!({"kind": "status", "status": daemon.status_json()});
+    let line = |e: &WatchEvent| Bytes::from(serde_json::to_string(e).unwrap_or_default() + "\n");
+    let first = line(&WatchEvent::Status { status: Box::new(daemon.status_view()) });
     tokio::spawn(async move {
-        let line = |v: &str| Bytes::from(format!("{v}\n"));
-        if tx.send(line(&first.to_string())).await.is_err() {
+        if tx.send(first).await.is_err() {
             return;
         }
         let mut ping = tokio::time::interval(EVENTS_PING);
@@ -303,12 +295,10 @@ fn events(daemon: &Daemon, mut stop: watch::Receiver<bool>) -> Response<Body> {
             let item = tokio::select! {
                 _ = tx.closed() => return,
                 _ = crate::stopped(&mut stop) => return,
-                _ = ping.tick() => line(r#"{"kind":"ping"}"#),
+                _ = ping.tick() => line(&WatchEvent::Ping),
                 e = events.recv() => match e {
-                    Ok(text) => line(&text),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        line(&json!({"kind": "lagged", "missed": n}).to_string())
-                    }
+                    Ok(text) => Bytes::from(format!("{text}\n")),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => line(&WatchEvent::Lagged { missed }),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             };

@@ -191,6 +191,24 @@ pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
     decision
 }
 
+/// Whether one more task may start beside the `running` ones: at most
+/// `max_tasks` at once, and one agent task at a time (`agent_task` names
+/// the one running, if any). Checked where the task is registered, under
+/// the same lock as the insert, so two commands cannot both pass.
+///
+/// # Errors
+/// `BUSY`, saying which limit was hit.
+pub fn room_for(agent: bool, running: usize, max_tasks: usize, agent_task: Option<&str>) -> Result<(), Denial> {
+    let busy = |message: String| Err(Denial { code: DenyCode::Busy, message });
+    if running >= max_tasks {
+        return busy(format!("{max_tasks} tasks are running, the most this device runs at once"));
+    }
+    match agent_task {
+        Some(other) if agent => busy(format!("the agent is already on a task ({other}); one agent task at a time")),
+        _ => Ok(()),
+    }
+}
+
 /// The nonces seen recently, bounded in entries and age.
 ///
 /// A nonce need only be kept while a command carrying it could still be
@@ -434,6 +452,19 @@ mod tests {
         assert_eq!(code(&w.decide(&fix())), Some(DenyCode::NoConsent), "expiring this second");
         w.consent = grant(2, -1, w.now);
         assert_eq!(code(&w.decide(&fix())), Some(DenyCode::NoConsent), "expired");
+    }
+
+    #[test]
+    fn room_is_bounded_in_tasks_and_one_agent_at_a_time() {
+        assert_eq!(room_for(false, 7, 8, None), Ok(()));
+        assert_eq!(room_for(false, 7, 8, Some("t-1")), Ok(()), "an action beside the agent");
+        assert_eq!(room_for(true, 7, 8, None), Ok(()));
+        let full = room_for(false, 8, 8, None).unwrap_err();
+        assert_eq!(full.code, DenyCode::Busy);
+        assert!(full.message.contains("8 tasks are running"), "{}", full.message);
+        let second = room_for(true, 1, 8, Some("t-1")).unwrap_err();
+        assert_eq!(second.code, DenyCode::Busy);
+        assert!(second.message.contains("already on a task (t-1)"), "{}", second.message);
     }
 
     #[test]

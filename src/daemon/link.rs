@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -56,7 +56,7 @@ pub struct LinkConfig {
 }
 
 /// The link as `support status` shows it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LinkStatus {
     /// The relay URL, or `None` when no relay is configured.
     pub relay: Option<String>,

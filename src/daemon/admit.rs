@@ -1,0 +1,259 @@
+//! Admitting a command, in three steps:
+//!
+//! 1. **admit**: the gate's decision ([`gate::decide`]) on the command,
+//!    the grant as of now and the trusted keys; the nonce is remembered;
+//!    the owner's agent is checked ready to start;
+//! 2. **register**: under the daemon's lock, the grant is checked again
+//!    (a revoke between the gate and here must find a task to stop, or
+//!    none), then the room for it ([`gate::room_for`]: `BUSY`, one agent
+//!    task at a time), and the task's entry goes into the table;
+//! 3. **launch**: the `action.started` record is made durable, and only
+//!    then does anything run.
+//!
+//! A refusal at any step is audited (`action.denied`) and answered with a
+//! `denied` frame; nothing of the command is left behind.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+
+use super::gate::{self, Approved, Decision, Denial, Snapshot, Verdict};
+use super::records::{denial_record, render_argv, task_record};
+use super::task::TaskEntry;
+use super::{Daemon, exec};
+use crate::audit::Event;
+use crate::control_api::TaskView;
+use crate::policy::Kind;
+use crate::protocol::{DenyCode, DeviceFrame, Run};
+use crate::transcript::Transcript;
+
+/// A command refused at one of the steps, with what its record needs.
+struct Refusal {
+    /// The operator's name if trusted, else its key's fingerprint.
+    operator: Option<String>,
+    /// Whether the command's signature held (then its parameters may be recorded).
+    signed: bool,
+    denial: Denial,
+}
+
+/// A command the gate let through, ready to register.
+struct Admitted {
+    approved: Approved,
+    task_id: String,
+    env: Vec<(String, String)>,
+    /// The agent host to post to, for an agent task with `[agent] endpoint`.
+    http: Option<exec::HttpAgent>,
+}
+
+/// A task in the table, not started yet.
+struct Registered {
+    spec: exec::Spec,
+    info: TaskView,
+    stop: watch::Receiver<Option<crate::protocol::StoppedBy>>,
+    done: watch::Sender<Option<crate::protocol::TaskResult>>,
+    transcript: Arc<Mutex<Transcript>>,
+}
+
+impl Daemon {
+    /// Decides on a signed command and, if it passes, starts it. Frames go
+    /// to `frames`: `denied`, or `accepted`, `output`…, `result`. Returns
+    /// the task id, or the denial (also sent as a frame and audited).
+    pub async fn submit(&self, run: Run, frames: mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
+        let admitted = match self.admit(&run).await {
+            Ok(a) => a,
+            Err(refusal) => return self.deny(&run, refusal, &frames).await,
+        };
+        let operator = Some(admitted.approved.operator.clone());
+        let registered = match self.register(&run, admitted) {
+            Ok(r) => r,
+            Err(denial) => return self.deny(&run, Refusal { operator, signed: true, denial }, &frames).await,
+        };
+        match self.launch(registered, frames.clone()).await {
+            Ok(task_id) => Ok(task_id),
+            Err(denial) => self.deny(&run, Refusal { operator, signed: true, denial }, &frames).await,
+        }
+    }
+
+    /// Step 1: the gate, with consent as of now (not as of the last poll).
+    async fn admit(&self, run: &Run) -> Result<Admitted, Refusal> {
+        self.consent_changed().await;
+        let trusted = crate::trust::list(&self.inner.paths);
+        let now = Utc::now();
+        let decision = {
+            let mut state = self.state();
+            state.replay.prune(now);
+            let decision = match &trusted {
+                Ok(trusted) => gate::decide(
+                    run,
+                    Snapshot {
+                        device_id: &self.inner.device_id,
+                        now,
+                        consent: &state.consent.effective,
+                        catalogue: &self.inner.catalogue,
+                        trusted,
+                        replay: &state.replay,
+                        not_before: self.inner.started_at,
+                    },
+                ),
+                Err(e) => Decision {
+                    verdict: Verdict::Deny(Denial {
+                        code: DenyCode::UntrustedOperator,
+                        message: format!("the owner's trusted operators cannot be read: {e}"),
+                    }),
+                    remember_nonce: false,
+                    operator: None,
+                },
+            };
+            if decision.remember_nonce {
+                state.replay.insert(&run.nonce, &run.issued_at, now);
+            }
+            decision
+        };
+        let approved = match decision.verdict {
+            Verdict::Deny(denial) => {
+                return Err(Refusal { operator: decision.operator, signed: decision.remember_nonce, denial });
+            }
+            Verdict::Run(a) => *a,
+        };
+        let task_id = format!("t-{}", crate::random_hex(8));
+        // vars() would panic on a name or value that is not UTF-8: such a variable is left out.
+        let daemon_env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        let env = exec::environment(&approved.action.env, daemon_env, &task_id);
+        let http = if approved.action.kind == Kind::Agent {
+            self.prepare_agent(&approved.rendered, &run.params, &task_id, &env).map_err(|denial| Refusal {
+                operator: Some(approved.operator.clone()),
+                signed: true,
+                denial,
+            })?
+        } else {
+            None
+        };
+        Ok(Admitted { approved, task_id, env, http })
+    }
+
+    /// Step 2: the task's entry goes into the table if the grant still
+    /// covers it and there is room ([`gate::room_for`]).
+    fn register(&self, run: &Run, admitted: Admitted) -> Result<Registered, Denial> {
+        let Admitted { approved, task_id, env, http } = admitted;
+        let agent = approved.action.kind == Kind::Agent;
+        let cgroup = self.inner.cgroup.as_ref().and_then(|d| d.for_task(&task_id));
+        let info = TaskView {
+            task_id: task_id.clone(),
+            request_id: run.request_id.clone(),
+            action: approved.action.name.clone(),
+            tier: approved.action.tier.get(),
+            agent,
+            params: run.params.clone(),
+            operator: approved.operator.clone(),
+            grant_id: approved.grant.grant_id.clone(),
+            started_at: crate::time::rfc3339(Utc::now()),
+            pid: None,
+            start_ticks: None,
+            cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),
+            boot_id: super::files::boot_id(),
+        };
+        let (stop_tx, stop) = watch::channel(None);
+        let (done, done_rx) = watch::channel(None);
+        let transcript = Arc::new(Mutex::new(Transcript::new(agent)));
+        let refused = {
+            let mut state = self.state();
+            // The grant is checked again where the task is registered: a
+            // revoke or expiry between the gate and here finds no task to stop.
+            let still = state
+                .consent
+                .effective
+                .live()
+                .is_some_and(|g| g.grant_id == approved.grant.grant_id && g.tier >= approved.action.tier);
+            let refused = if still {
+                let agent_task = state.tasks.values().find(|t| t.info.agent).map(|t| t.info.task_id.as_str());
+                gate::room_for(agent, state.tasks.len(), self.inner.options.max_tasks, agent_task).err()
+            } else {
+                Some(Denial {
+                    code: DenyCode::NoConsent,
+                    message: "the owner's grant ended or changed while the command was being checked".into(),
+                })
+            };
+            if refused.is_none() {
+                let entry = TaskEntry::new(info.clone(), stop_tx, done_rx, transcript.clone());
+                state.tasks.insert(task_id.clone(), entry);
+                self.persist_tasks(&state);
+            }
+            refused
+        };
+        if let Some(denial) = refused {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
+            return Err(denial);
+        }
+        let spec = exec::Spec {
+            task_id,
+            commands: approved.rendered.commands,
+            stdin: approved.rendered.stdin,
+            env,
+            cwd: crate::paths::expand_home(&approved.action.cwd),
+            timeout: Duration::from_secs(approved.action.timeout_s),
+            max_output_bytes: approved.action.max_output_bytes,
+            cgroup,
+            http,
+        };
+        Ok(Registered { spec, info, stop, done, transcript })
+    }
+
+    /// Step 3: `action.started` is made durable, then the task starts.
+    /// Returns its id.
+    ///
+    /// # Errors
+    /// `AUDIT_UNAVAILABLE` when the record cannot be written: the entry is
+    /// taken out again and nothing runs.
+    async fn launch(&self, registered: Registered, frames: mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
+        let Registered { spec, info, stop, done, transcript } = registered;
+        let mut started = task_record(Event::ActionStarted, &info);
+        started.detail = Some(match &spec.http {
+            Some(h) => format!("POST http://{}{} (the agent host)", h.host, h.path),
+            None => format!("argv {}", render_argv(&spec.commands)),
+        });
+        if let Err(e) = self.audit(vec![started]).await {
+            tracing::error!(task = %info.task_id, error = %e, "action.started could not be written; denying");
+            self.forget_task(&info.task_id);
+            if let Some(cg) = &spec.cgroup {
+                cg.remove();
+            }
+            return Err(Denial {
+                code: DenyCode::AuditUnavailable,
+                message: format!("the device's audit log cannot be written, so nothing runs: {e}"),
+            });
+        }
+        let accepted = DeviceFrame::Accepted { request_id: info.request_id.clone(), task_id: info.task_id.clone() };
+        let _ = frames.send(accepted).await;
+        let task_id = info.task_id.clone();
+        let me = self.clone();
+        let span = tracing::info_span!("task", id = %info.task_id, action = %info.action);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { me.drive(info, spec, stop, done, frames, transcript).await },
+            span,
+        ));
+        Ok(task_id)
+    }
+
+    /// Audits a refusal and answers it with a `denied` frame.
+    async fn deny(&self, run: &Run, refusal: Refusal, frames: &mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
+        let Refusal { operator, signed, denial } = refusal;
+        let known_action = self.inner.catalogue.get(&run.action).is_ok();
+        let record = denial_record(run, operator, signed && known_action, &denial);
+        if let Err(e) = self.audit(vec![record]).await {
+            tracing::error!(error = %e, code = denial.code.as_str(), "could not record a denial");
+        }
+        tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
+        let _ = frames
+            .send(DeviceFrame::Denied {
+                request_id: run.request_id.clone(),
+                code: denial.code,
+                message: denial.message.clone(),
+            })
+            .await;
+        Err(denial)
+    }
+}

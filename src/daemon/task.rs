@@ -1,0 +1,301 @@
+//! A running task: its entry in the daemon's table, the run loop that
+//! drives it to its end and records it, the owner's and operator's stop,
+//! and the output decoder. Dropping an entry stops its task.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+use super::records::end_records;
+use super::{Daemon, OUTPUT_CHANNEL, RECENT_TASKS, SHUTDOWN_WAIT, exec, tree};
+use crate::control_api::{TaskDetail, TaskView, TranscriptView, WatchEvent};
+use crate::lock;
+use crate::protocol::{DeviceFrame, StoppedBy, Stream, TaskResult};
+use crate::transcript::{self, Transcript};
+
+/// A task in the daemon's table. Dropping it stops the task (as a
+/// shutdown), so no path that loses an entry can leave its task running.
+pub(super) struct TaskEntry {
+    pub(super) info: TaskView,
+    stop: watch::Sender<Option<StoppedBy>>,
+    done: watch::Receiver<Option<TaskResult>>,
+    transcript: Arc<Mutex<Transcript>>,
+}
+
+impl TaskEntry {
+    /// The entry of a task that `stop` stops and whose end arrives on `done`.
+    pub(super) fn new(
+        info: TaskView,
+        stop: watch::Sender<Option<StoppedBy>>,
+        done: watch::Receiver<Option<TaskResult>>,
+        transcript: Arc<Mutex<Transcript>>,
+    ) -> TaskEntry {
+        TaskEntry { info, stop, done, transcript }
+    }
+
+    /// Asks the task to stop, `by` whom, unless a stop was asked already.
+    /// Returns whether this call asked.
+    pub(super) fn stop(&self, by: StoppedBy) -> bool {
+        let first = self.stop.borrow().is_none();
+        if first {
+            let _ = self.stop.send(Some(by));
+        }
+        first
+    }
+}
+
+impl Drop for TaskEntry {
+    fn drop(&mut self) {
+        self.stop(StoppedBy::Shutdown);
+    }
+}
+
+/// An ended task, kept for the owner to look back at.
+pub(super) struct Finished {
+    info: TaskView,
+    result: TaskResult,
+    transcript: Arc<Mutex<Transcript>>,
+}
+
+impl Daemon {
+    /// Takes a task out of the table (and `tasks.json`).
+    pub(super) fn forget_task(&self, task_id: &str) {
+        let mut state = self.state();
+        state.tasks.remove(task_id);
+        self.persist_tasks(&state);
+    }
+
+    /// Runs an accepted task to its end and records it.
+    pub(super) async fn drive(
+        self,
+        info: TaskView,
+        spec: exec::Spec,
+        stop: watch::Receiver<Option<StoppedBy>>,
+        done: watch::Sender<Option<TaskResult>>,
+        frames: mpsc::Sender<DeviceFrame>,
+        transcript: Arc<Mutex<Transcript>>,
+    ) {
+        let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
+        let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
+        let forward = {
+            let frames = frames.clone();
+            let me = self.clone();
+            let request_id = info.request_id.clone();
+            let task_id = info.task_id.clone();
+            let transcript = transcript.clone();
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                let mut decode = Utf8Carry::default();
+                let mut send = async |stream: Stream, data: String| {
+                    if data.is_empty() {
+                        return;
+                    }
+                    // The transcript reads exactly the text the operator gets,
+                    // so both sides' digests agree.
+                    let lines = lock(&transcript).push(stream, data.as_bytes());
+                    me.publish_lines(&task_id, lines);
+                    let frame = DeviceFrame::Output { request_id: request_id.clone(), seq, stream, data };
+                    seq += 1;
+                    let _ = frames.send(frame).await;
+                };
+                while let Some(chunk) = out_rx.recv().await {
+                    send(chunk.stream, decode.text(chunk.stream, &chunk.data)).await;
+                }
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    send(stream, decode.rest(stream)).await;
+                }
+                let lines = lock(&transcript).finish();
+                me.publish_lines(&task_id, lines);
+            })
+        };
+        let result = exec::run(spec, out_tx, stop, hooks).await;
+        let _ = forward.await;
+        let transcript_sha256 = info.agent.then(|| lock(&transcript).digest());
+        let records = end_records(&info, &result, transcript_sha256);
+        if let Err(e) = self.audit(records).await {
+            tracing::error!(task = %info.task_id, error = %e, "could not record the end of a task");
+        }
+        {
+            let mut recent = lock(&self.inner.recent);
+            if recent.len() >= RECENT_TASKS {
+                recent.pop_front();
+            }
+            recent.push_back(Finished { info: info.clone(), result: result.clone(), transcript });
+        }
+        self.forget_task(&info.task_id);
+        let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
+        let _ = done.send(Some(result));
+        tree::reap_strays(&self.leaders());
+    }
+
+    /// The process group leaders of the running tasks.
+    pub(super) fn leaders(&self) -> Vec<i32> {
+        self.state().tasks.values().filter_map(|t| t.info.pid).collect()
+    }
+
+    fn publish_lines(&self, task_id: &str, lines: Vec<transcript::Line>) {
+        for line in lines {
+            self.publish(&WatchEvent::Transcript { task_id: task_id.to_string(), line });
+        }
+    }
+
+    /// One task, running or among the last [`RECENT_TASKS`] ended, as
+    /// `GET /v1/tasks/{id}` shows it. `None` if unknown.
+    pub fn task_detail(&self, task_id: &str) -> Option<TaskDetail> {
+        let view = |info: &TaskView, result: Option<&TaskResult>, t: &Mutex<Transcript>| {
+            let t = lock(t);
+            TaskDetail {
+                task: info.clone(),
+                running: result.is_none(),
+                result: result.cloned(),
+                transcript: TranscriptView { total: t.total(), sha256: t.digest(), lines: t.lines() },
+            }
+        };
+        if let Some(t) = self.state().tasks.get(task_id) {
+            return Some(view(&t.info, None, &t.transcript));
+        }
+        let recent = lock(&self.inner.recent);
+        let f = recent.iter().rev().find(|f| f.info.task_id == task_id)?;
+        Some(view(&f.info, Some(&f.result), &f.transcript))
+    }
+
+    /// The running tasks.
+    pub fn tasks(&self) -> Vec<TaskView> {
+        self.state().tasks.values().map(|t| t.info.clone()).collect()
+    }
+
+    /// Stops one task and waits (at most 5 s) for its end. `None` when no
+    /// such task runs.
+    pub async fn stop_task(&self, task_id: &str, by: StoppedBy) -> Option<TaskResult> {
+        let mut done = {
+            let state = self.state();
+            let task = state.tasks.get(task_id)?;
+            task.stop(by);
+            task.done.clone()
+        };
+        let waited = tokio::time::timeout(SHUTDOWN_WAIT, done.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(r)) => r.clone(),
+            _ => None,
+        }
+    }
+
+    /// Stops every task; returns how many ended, with their results.
+    pub async fn stop_all(&self, by: StoppedBy) -> Vec<(String, Option<TaskResult>)> {
+        // Signal every task first, then wait: none waits on another's end.
+        let waiting: Vec<(String, watch::Receiver<Option<TaskResult>>)> = {
+            let state = self.state();
+            state
+                .tasks
+                .iter()
+                .map(|(id, t)| {
+                    t.stop(by);
+                    (id.clone(), t.done.clone())
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        for (id, mut done) in waiting {
+            let r = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
+            out.push((id, r.ok().and_then(|r| r.ok().and_then(|v| v.clone()))));
+        }
+        out
+    }
+}
+
+/// What the executor tells the daemon of one task (see [`exec::Hooks`]).
+struct TaskHooks {
+    daemon: Daemon,
+    task_id: String,
+}
+
+impl exec::Hooks for TaskHooks {
+    fn spawned(&self, pid: i32, start_ticks: u64) {
+        let mut state = self.daemon.state();
+        if let Some(t) = state.tasks.get_mut(&self.task_id) {
+            t.info.pid = Some(pid);
+            t.info.start_ticks = Some(start_ticks);
+        }
+        self.daemon.persist_tasks(&state);
+    }
+
+    fn other_tasks(&self) -> Vec<String> {
+        self.daemon.state().tasks.keys().filter(|id| **id != self.task_id).cloned().collect()
+    }
+
+    fn other_leaders(&self) -> Vec<i32> {
+        self.daemon
+            .state()
+            .tasks
+            .values()
+            .filter(|t| t.info.task_id != self.task_id)
+            .filter_map(|t| t.info.pid)
+            .collect()
+    }
+}
+
+/// Decodes output chunks as UTF-8, holding back a character split across
+/// two chunks until its end arrives (invalid bytes become U+FFFD), so a
+/// split never turns one character into two replacement characters.
+#[derive(Default)]
+struct Utf8Carry {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Utf8Carry {
+    fn held(&mut self, stream: Stream) -> &mut Vec<u8> {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
+    }
+
+    /// The text of `data` after what was held back, minus an incomplete character at its end.
+    fn text(&mut self, stream: Stream, data: &[u8]) -> String {
+        let held = self.held(stream);
+        held.extend_from_slice(data);
+        // An incomplete sequence at the very end (at most 3 bytes) waits for the next chunk.
+        let keep = (1..=held.len().min(3))
+            .find(|back| {
+                let tail = &held[held.len() - back..];
+                tail[0] & 0xC0 != 0x80 && std::str::from_utf8(tail).is_err_and(|e| e.error_len().is_none())
+            })
+            .unwrap_or(0);
+        let tail = held.split_off(held.len() - keep);
+        let text = String::from_utf8_lossy(held).into_owned();
+        *held = tail;
+        text
+    }
+
+    /// What is still held back (the output ended inside a character).
+    fn rest(&mut self, stream: Stream) -> String {
+        String::from_utf8_lossy(&std::mem::take(self.held(stream))).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_split_across_chunks_arrives_whole() {
+        let text = "añ€😀z".as_bytes();
+        for cut in 0..=text.len() {
+            for second in cut..=text.len() {
+                let mut d = Utf8Carry::default();
+                let mut out = d.text(Stream::Stdout, &text[..cut]);
+                out += &d.text(Stream::Stdout, &text[cut..second]);
+                out += &d.text(Stream::Stdout, &text[second..]);
+                out += &d.rest(Stream::Stdout);
+                assert_eq!(out, "añ€😀z", "cut at {cut} and {second}");
+            }
+        }
+        // Invalid bytes still become U+FFFD; an output ending mid-character too.
+        let mut d = Utf8Carry::default();
+        assert_eq!(d.text(Stream::Stderr, b"a\xffb\xe2\x82"), "a\u{fffd}b");
+        assert_eq!(d.text(Stream::Stdout, b"x"), "x", "streams are held apart");
+        assert_eq!(d.rest(Stream::Stderr), "\u{fffd}");
+    }
+}
