@@ -17,12 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::dial::{self, DeviceHello, DialError, RelayUrl, Welcome, Ws};
 use crate::identity::KeyPair;
-use crate::protocol::{DenyCode, DeviceEntry, DeviceFrame, FromRelay, RelayCode, Role, Run, ToRelay};
-
-/// A WebSocket ping this often while waiting.
-const PING_EVERY: Duration = Duration::from_secs(20);
-/// Nothing heard from the relay for this long: give up.
-const DEAD_AFTER: Duration = Duration::from_secs(50);
+use crate::protocol::{
+    DEAD_AFTER, DenyCode, DeviceEntry, DeviceFrame, FromRelay, PING_EVERY, RelayCode, Role, Run, ToRelay,
+};
 
 /// An operator's connection to the relay, authenticated.
 pub struct Session {

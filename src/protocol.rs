@@ -49,6 +49,12 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
 
 /// How far `issued_at` may be from the device's clock, either way (seconds).
 pub const FRESHNESS_S: i64 = 120;
+/// Every peer sends a WebSocket ping this often (DESIGN §7).
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+/// Nothing heard for this long: the link is dead (DESIGN §7).
+pub const DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(50);
+/// How long one write to a peer may take before the peer is dropped as stuck.
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A new request id: `r-` and 16 random hex digits.
 pub fn new_request_id() -> String {

@@ -16,23 +16,23 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Daemon;
-use crate::dial::{self, DeviceHello, RelayUrl, Ws};
-use crate::protocol::{self, DeviceFrame, FromRelay, Heartbeat, Role, StoppedBy, ToRelay};
+use crate::dial::{self, DeviceHello, RelayUrl};
+use crate::protocol::{
+    self, DEAD_AFTER, DeviceFrame, FromRelay, Heartbeat, PING_EVERY, Role, SEND_TIMEOUT, StoppedBy, ToRelay,
+};
 
 /// Waits between attempts, in seconds, before jitter; the last repeats.
 pub const BACKOFF_S: [u64; 7] = [1, 2, 4, 8, 16, 30, 60];
 /// Each wait is scaled by a random factor in `1 ± JITTER`.
 pub const JITTER: f64 = 0.3;
-/// A WebSocket ping this often.
-pub const PING_EVERY: Duration = Duration::from_secs(20);
-/// Nothing heard for this long: the link is dead.
-pub const DEAD_AFTER: Duration = Duration::from_secs(50);
 /// A heartbeat this often.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// A session authenticated for this long was healthy: the backoff restarts at 1 s.
@@ -43,8 +43,6 @@ pub const OFFLINE_QUEUE: usize = 1024;
 const MAX_ADMITTING: usize = 16;
 /// The error of a session the relay ended with close code 1001.
 const GOING_AWAY: &str = "the relay is restarting (it closed the connection with 1001 going away)";
-/// How long one write to the relay may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the relay is and how to recognise it.
 #[derive(Clone, Debug)]
@@ -167,11 +165,13 @@ fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
 }
 
-async fn send(ws: &mut Ws, frame: &ToRelay) -> Result<(), String> {
-    match tokio::time::timeout(SEND_TIMEOUT, dial::send(ws, frame)).await {
+/// Sends one frame, within [`SEND_TIMEOUT`].
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, frame: &ToRelay) -> Result<(), String> {
+    let text = Message::text(protocol::encode(frame));
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(text)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("a write to the relay took over 10 s".into()),
+        Ok(Err(e)) => Err(format!("WebSocket: {e}")),
+        Err(_) => Err(format!("a write to the relay took over {} s", SEND_TIMEOUT.as_secs())),
     }
 }
 
@@ -221,9 +221,12 @@ async fn session(
     }
 }
 
-async fn serve(
+/// Serves an authenticated session until it fails (`Err`, why) or the
+/// daemon shuts down or its frames end (`Ok`). Generic over the stream so
+/// that its timers are tested over `tokio::io::duplex` in paused time.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     daemon: &Daemon,
-    ws: &mut Ws,
+    ws: &mut WebSocketStream<S>,
     frames: &mut mpsc::Receiver<DeviceFrame>,
     frames_tx: &mpsc::Sender<DeviceFrame>,
     queue: &mut OfflineQueue,
@@ -271,7 +274,7 @@ async fn serve(
                 match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Ping(Default::default()))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(format!("WebSocket: {e}")),
-                    Err(_) => return Err("the relay took no data for 10 s".into()),
+                    Err(_) => return Err(format!("the relay took no data for {} s", SEND_TIMEOUT.as_secs())),
                 }
             }
             _ = beat.tick() => {
@@ -320,6 +323,109 @@ fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+
+    /// A daemon in a throwaway home, for the link's timers.
+    fn daemon() -> (tempfile::TempDir, Daemon) {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start(&crate::Paths::under(dir.path().join("home")), Default::default()).unwrap();
+        (dir, daemon)
+    }
+
+    /// A WebSocket over an in-memory pipe: the daemon's end and the relay's.
+    async fn pipe() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let config = Some(protocol::ws_config());
+        let device = WebSocketStream::from_raw_socket(a, WsRole::Client, config).await;
+        let relay = WebSocketStream::from_raw_socket(b, WsRole::Server, config).await;
+        (device, relay)
+    }
+
+    /// Runs [`serve`] on `ws` until it ends or `stop_after` (virtual time) passes.
+    async fn serve_for(
+        daemon: &Daemon,
+        ws: &mut WebSocketStream<DuplexStream>,
+        stop_after: Duration,
+    ) -> Result<(), String> {
+        let (frames_tx, mut frames) = mpsc::channel(4);
+        let (stop_tx, mut stop) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(stop_after).await;
+            let _ = stop_tx.send(true);
+        });
+        let mut queue = OfflineQueue::default();
+        let mut admitting = tokio::task::JoinSet::new();
+        serve(daemon, ws, &mut frames, &frames_tx, &mut queue, &mut stop, &mut admitting).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_relay_is_a_dead_link_after_50_s() {
+        let (_home, daemon) = daemon();
+        let (mut ws, _relay) = pipe().await;
+        let start = Instant::now();
+        let err = serve_for(&daemon, &mut ws, Duration::from_secs(3600)).await.unwrap_err();
+        assert!(err.starts_with("dead link: nothing heard from the relay for 50 s"), "{err}");
+        let took = start.elapsed();
+        assert!(took >= DEAD_AFTER && took < DEAD_AFTER + Duration::from_millis(100), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_that_answers_pings_keeps_the_link_and_gets_a_heartbeat_every_30_s() {
+        let (_home, daemon) = daemon();
+        let (mut ws, mut relay) = pipe().await;
+        let start = Instant::now();
+        let heard = tokio::spawn(async move {
+            let (mut pings, mut beats) = (Vec::new(), Vec::new());
+            while let Some(Ok(msg)) = relay.next().await {
+                match msg {
+                    Message::Ping(payload) => {
+                        pings.push(start.elapsed().as_secs());
+                        relay.send(Message::Pong(payload)).await.unwrap();
+                    }
+                    Message::Text(t) if t.contains("\"heartbeat\"") => beats.push(start.elapsed().as_secs()),
+                    _ => {}
+                }
+            }
+            (pings, beats)
+        });
+        // Five minutes: six dead-link bounds, so only the pongs keep it up.
+        assert_eq!(serve_for(&daemon, &mut ws, Duration::from_secs(300)).await, Ok(()));
+        drop(ws);
+        let (pings, beats) = heard.await.unwrap();
+        assert_eq!(pings, (1..=15).map(|i| i * PING_EVERY.as_secs()).collect::<Vec<_>>());
+        assert_eq!(beats, (1..=10).map(|i| i * HEARTBEAT_EVERY.as_secs()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_against_a_closed_port_follow_the_backoff_schedule() {
+        let (_home, daemon) = daemon();
+        // A port that refuses: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url: RelayUrl = format!("wss://127.0.0.1:{port}").parse().unwrap();
+        let tls = crate::tls::RelayTrust::Fingerprint([0; 32]).client_config().unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let (stop_tx, stop) = watch::channel(false);
+        let link = tokio::spawn(run(daemon.clone(), LinkConfig { url, tls, enroll_token: None }, rx, tx, stop));
+        let start = Instant::now();
+        let mut attempts_at = Vec::new();
+        while attempts_at.len() < BACKOFF_S.len() + 1 {
+            let attempts = daemon.link_status().attempts as usize;
+            if attempts > attempts_at.len() {
+                attempts_at.push(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stop_tx.send(true);
+        link.await.unwrap();
+        let status = daemon.link_status();
+        assert!(!status.connected && status.last_error.is_some(), "{status:?}");
+        for (i, gap) in attempts_at.windows(2).map(|w| w[1] - w[0]).enumerate() {
+            let base = Duration::from_secs(BACKOFF_S[i]);
+            let (low, high) = (base.mul_f64(1.0 - JITTER), base.mul_f64(1.0 + JITTER) + Duration::from_millis(20));
+            assert!(gap >= low && gap <= high, "wait {i} was {gap:?}, not within {low:?}..{high:?}");
+        }
+    }
 
     #[test]
     fn backoff_follows_the_schedule_within_the_jitter() {
