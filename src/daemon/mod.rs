@@ -18,7 +18,6 @@ pub mod control;
 pub mod exec;
 pub mod gate;
 pub mod link;
-pub mod transcript;
 pub mod tree;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -42,9 +41,9 @@ use crate::identity::{KeyError, KeyPair};
 use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, Kind, PolicyError};
 use crate::protocol::{DenyCode, DeviceFrame, Run, StoppedBy, Stream, TaskResult};
+use crate::transcript::{self, Transcript};
 use gate::{Decision, Denial, ReplayCache, Snapshot, Verdict};
 pub use link::{LinkConfig, LinkStatus};
-use transcript::Transcript;
 
 /// How long an audit append waits for another writer's lock.
 pub const AUDIT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
