@@ -150,10 +150,12 @@ pub(super) fn check_file(
     Ok(compiled)
 }
 
+/// An action name: `[a-z0-9-]{1,64}`.
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// A program's file name, which the interpreter and wrapper lists are matched against.
 fn basename(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }
@@ -205,6 +207,7 @@ fn check_argv(argv: &[String], declared: impl Fn(&str) -> bool, kind: Kind) -> R
     Ok(())
 }
 
+/// `env`: variable names only; `SUPPORT_*` (support's own settings and secrets) never reaches an action.
 fn check_env(env: &[String]) -> Result<(), String> {
     for name in env {
         let ok = !name.is_empty()
@@ -220,6 +223,7 @@ fn check_env(env: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// `cwd`: absolute or in the owner's home, never climbing out with `..`.
 fn check_cwd(cwd: &str) -> Result<(), String> {
     if cwd == "~" || cwd.starts_with("~/") || cwd.starts_with('/') {
         if cwd.split('/').any(|c| c == "..") {
@@ -230,6 +234,7 @@ fn check_cwd(cwd: &str) -> Result<(), String> {
     Err(format!("cwd `{cwd}` must be absolute, `~` or `~/...`"))
 }
 
+/// `timeout_s` and `max_output_bytes` within their caps.
 fn check_limits(timeout_s: u64, max_output_bytes: u64) -> Result<(), String> {
     if !(1..=MAX_TIMEOUT_S).contains(&timeout_s) {
         return Err(format!("timeout_s must be 1 to {MAX_TIMEOUT_S} seconds"));
@@ -240,6 +245,8 @@ fn check_limits(timeout_s: u64, max_output_bytes: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The `[agent]` section: its limits, env and cwd, where the prompt goes,
+/// the mode arguments, and an endpoint only on loopback.
 fn check_agent(a: &AgentConfig) -> Result<(), String> {
     check_limits(a.timeout_s, a.max_output_bytes)?;
     check_env(&a.env)?;
@@ -311,6 +318,7 @@ fn check_loopback_endpoint(endpoint: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The `[shell]` section: its limits, env, cwd and argv (which may name a shell).
 fn check_shell(s: &ShellConfig) -> Result<(), String> {
     check_limits(s.timeout_s, s.max_output_bytes)?;
     check_env(&s.env)?;
@@ -318,6 +326,7 @@ fn check_shell(s: &ShellConfig) -> Result<(), String> {
     check_argv(&s.argv, |_| false, Kind::Shell)
 }
 
+/// One `[[action]]`: every rule, then the [`Action`] it defines.
 fn compile_action(def: &ActionDef, source: &str) -> Result<Action, String> {
     if !valid_name(&def.name) {
         return Err("the name must match [a-z0-9-]{1,64}".into());
@@ -368,6 +377,7 @@ fn compile_action(def: &ActionDef, source: &str) -> Result<Action, String> {
     })
 }
 
+/// One parameter: its name, exactly one type, a default valid under that type.
 fn compile_param(name: &str, def: &ParamDef) -> Result<Param, String> {
     if !is_param_name(name) {
         return Err(format!("parameter `{name}`: the name must match [a-z][a-z0-9_]{{0,31}}"));
