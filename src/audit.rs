@@ -158,7 +158,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_sha256: Option<String>,
     /// An agent task's transcript: SHA-256 over its lines, 64 hex digits
-    /// (see `daemon::transcript`).
+    /// (see `crate::transcript`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript_sha256: Option<String>,
     /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown.

@@ -19,6 +19,7 @@
 //! - [`tls`]: rustls configs: the relay's certificate, clients pinning the relay.
 //! - [`dial`]: a client's connection to the relay (daemon link and operator).
 //! - [`operator`]: the operator client: devices, run, cancel.
+//! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
 //! - `cli`: one module per subcommand; [`cli::Cli`] is the parsed command line.
 //! - [`Error`]: what every command returns; `main` maps it to an exit code.
@@ -43,11 +44,11 @@ pub mod relay;
 pub mod text;
 pub mod time;
 pub mod tls;
+pub mod transcript;
 pub mod trust;
 
 pub use audit::{AuditError, AuditLog, Event, Record};
 pub use consent::{Consent, Grant, Off, Tier};
-pub use daemon::transcript;
 pub use daemon::{Daemon, DaemonError};
 pub use error::Error;
 pub use identity::{KeyPair, PublicKey};

@@ -10,12 +10,12 @@ use std::process::ExitCode;
 
 use super::{print_json, printable};
 use crate::Error;
-use crate::daemon::transcript::Transcript;
 use crate::dial::{DialError, RelayUrl};
 use crate::identity::KeyPair;
 use crate::operator::{Outcome, Session};
 use crate::protocol::{DeviceFrame, RelayCode, Status, StoppedBy, Stream};
 use crate::tls::RelayTrust;
+use crate::transcript::Transcript;
 
 /// Where the relay is and who we are.
 #[derive(Debug, clap::Args)]

@@ -25,7 +25,6 @@ pub mod guard;
 pub mod link;
 mod records;
 mod task;
-pub mod transcript;
 pub mod tree;
 
 use std::collections::{BTreeMap, VecDeque};

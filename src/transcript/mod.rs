@@ -1,0 +1,66 @@
+//! The live transcript of a task: its raw output bytes turned into lines
+//! for the owner to read, the last [`KEEP_LINES`] of them kept in memory.
+//!
+//! Output arrives in chunks cut anywhere ([`crate::daemon::exec::Chunk`]); each
+//! stream keeps its partial line until the newline arrives, so a UTF-8
+//! character or a JSON object split across chunks comes out whole. This
+//! module does no I/O: the daemon feeds it and serves [`Transcript::lines`];
+//! the operator feeds it the same `output` frames and checks the digest.
+//!
+//! # Summaries
+//!
+//! An agent task (tier 3) prints one JSON object per line on stdout. With
+//! `summarise` set, each such line becomes one or more lines for people:
+//!
+//! - Claude Code `claude -p --output-format stream-json --verbose`: the
+//!   `system` (`init`), `assistant` and `user` messages (their `content`
+//!   items `text`, `thinking`, `tool_use`, `tool_result`) and the final
+//!   `result`. `stream_event` lines (`--include-partial-messages`) are
+//!   dropped: the whole message follows them.
+//! - Codex CLI `codex exec --json`: `thread.started`, `turn.*`, `error`
+//!   and the `item.started` / `item.updated` / `item.completed` events of
+//!   `agent_message`, `reasoning`, `command_execution`, `file_change`,
+//!   `mcp_tool_call`, `web_search`, `todo_list` and `error` items.
+//! - A loopback agent host's NDJSON: the content items above at top level
+//!   (`{"type":"text","text":..}`, `tool_use`, `tool_result`, `error`,
+//!   `result`).
+//! - Any other object with an `error` string, or an `error` object with a
+//!   `message`.
+//!
+//! Anything else (not JSON, not an object, a shape not listed) stays a
+//! [`LineKind::Raw`] line holding the text as printed. stderr is never
+//! parsed.
+//!
+//! # Text
+//!
+//! A line's text never holds a line break: each run of breaks (`\n`, `\r`,
+//! VT, FF, NEL, U+2028, U+2029) with any blank lines between becomes
+//! [`BREAK`] (" ⏎ "), and trailing whitespace before a break is dropped.
+//! That holds for raw lines too, where a lone `\r` (a progress bar) would
+//! otherwise rewrite the line on a terminal. Other control characters
+//! (ANSI escapes) are kept: whoever prints a line to a terminal escapes
+//! them. Then the text is cut to [`MAX_TEXT_BYTES`] on a character
+//! boundary, with "…" appended. Lines that are empty or whitespace only
+//! are skipped.
+//!
+//! # Layout
+//!
+//! - `line`: the line model ([`Line`], [`LineKind`]), the [`Transcript`]
+//!   that cuts output into lines, and its digest over their canonical bytes.
+//! - `summary`: which shape a stdout line has, and the JSON helpers the shapes share.
+//! - `claude`: Claude Code stream-json.
+//! - `codex`: Codex `exec --json` events.
+//! - `host`: a loopback agent host's NDJSON.
+
+#![warn(missing_docs)]
+
+mod claude;
+mod codex;
+mod host;
+mod line;
+mod summary;
+
+pub use line::{BREAK, KEEP_LINES, Line, LineKind, MAX_PENDING_BYTES, MAX_TEXT_BYTES, Transcript};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,90 @@
+//! A stdout line's summary: which shape it has (Claude Code, Codex, an
+//! agent host), and the JSON helpers those shapes share.
+
+use serde_json::{Map, Value};
+
+use super::line::LineKind;
+use super::{claude, codex, host};
+
+/// The preferred keys of a tool's input, for its one-line summary.
+const TOOL_INPUT_KEYS: [&str; 7] = ["command", "file_path", "path", "pattern", "url", "query", "description"];
+
+/// The lines one stdout line stands for, in order (possibly none).
+pub(super) type Summary = Vec<(LineKind, String)>;
+
+/// The lines a stdout line stands for, or `None` to keep it raw.
+pub(super) fn summarise(line: &str) -> Option<Summary> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    let obj = value.as_object()?;
+    match str_of(obj, "type") {
+        Some(kind) if claude::TYPES.contains(&kind) => claude::summarise(kind, obj),
+        Some(kind) if codex::TYPES.contains(&kind) => codex::summarise(kind, obj),
+        _ => host::summarise(obj),
+    }
+}
+
+/// `obj[key]` if it is a string.
+pub(super) fn str_of<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    obj.get(key).and_then(Value::as_str)
+}
+
+/// An error event's text: its `message`, else its [`error_field`].
+pub(super) fn error_message(obj: &Map<String, Value>) -> Option<String> {
+    str_of(obj, "message").map(Into::into).or_else(|| error_field(obj))
+}
+
+/// `error` as a string, or as an object with a `message`.
+pub(super) fn error_field(obj: &Map<String, Value>) -> Option<String> {
+    match obj.get("error")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(error) => str_of(error, "message").map(Into::into),
+        _ => None,
+    }
+}
+
+/// A value as text: strings as they are, anything else as compact JSON.
+pub(super) fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The first `n` non-blank lines of `s`, and how many more there are.
+pub(super) fn first_lines(s: &str, n: usize) -> String {
+    let mut lines = s.lines().filter(|l| !l.trim().is_empty());
+    let head: Vec<&str> = lines.by_ref().take(n).collect();
+    let more = lines.count();
+    let mut out = head.join("\n");
+    if more > 0 {
+        out.push_str(&format!("\n… (+{more} lines)"));
+    }
+    out
+}
+
+/// `NAME: ARGUMENT`, the argument the first of [`TOOL_INPUT_KEYS`] present,
+/// else the whole input as compact JSON.
+pub(super) fn tool_summary(name: &str, input: Option<&Value>) -> String {
+    let Some(input) = input.filter(|i| !i.is_null() && i.as_object().is_none_or(|o| !o.is_empty())) else {
+        return name.into();
+    };
+    let argument = TOOL_INPUT_KEYS.iter().find_map(|key| input.get(key)).map_or_else(|| input.to_string(), text_of);
+    format!("{name}: {argument}")
+}
+
+/// A tool result's `content`: a string, or blocks of which the text ones count.
+pub(super) fn tool_output(content: &Value) -> String {
+    match content {
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|block| match str_of(block.as_object()?, "type")? {
+                "text" => block.get("text").and_then(Value::as_str).map(Into::into),
+                "image" => Some("[image]".to_owned()),
+                _ => None,
+            })
+            .collect::<Vec<String>>()
+            .join("\n"),
+        Value::Null => String::new(),
+        other => text_of(other),
+    }
+}
