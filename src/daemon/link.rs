@@ -134,7 +134,7 @@ pub(crate) async fn run(
         });
         let ended = session(&daemon, &config, &mut frames, &frames_tx, &mut queue, &mut shutdown).await;
         let Some(error) = ended.error else { break };
-        tracing::warn!(relay = %config.url, error = %error, "relay link down");
+        tracing::warn!(error = %error, "relay link down");
         // Healthy: up long enough, or ended by the relay announcing a restart.
         if ended.authenticated.is_some_and(|t| ended.going_away || t.elapsed() >= HEALTHY_AFTER) {
             failures = 0;
@@ -194,7 +194,7 @@ async fn session(
     };
     let authenticated = Some(Instant::now());
     let failed = |e: String| Ended { authenticated, going_away: e == GOING_AWAY, error: Some(e) };
-    tracing::info!(relay = %config.url, "relay link up");
+    tracing::info!("relay link up");
     daemon.set_link(|s| {
         s.connected = true;
         s.since = Some(crate::time::rfc3339(Utc::now()));
@@ -298,9 +298,13 @@ fn handle(
     match protocol::decode::<FromRelay>(text) {
         Ok(FromRelay::Run(run)) => {
             let (d, tx) = (daemon.clone(), frames_tx.clone());
-            admitting.spawn(async move {
-                let _ = d.submit(run, tx).await;
-            });
+            let span = tracing::info_span!("command", request_id = %crate::text::safe_id(&run.request_id));
+            admitting.spawn(tracing::Instrument::instrument(
+                async move {
+                    let _ = d.submit(run, tx).await;
+                },
+                span,
+            ));
         }
         Ok(FromRelay::Cancel { request_id }) => {
             let Some(task) = daemon.tasks().into_iter().find(|t| t.request_id == request_id) else {

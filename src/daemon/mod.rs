@@ -409,7 +409,8 @@ pub async fn run(
     };
     let link = daemon.inner.options.link.clone().map(|config| {
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(link::run(daemon.clone(), config, rx, tx, stop_rx.clone()))
+        let span = tracing::info_span!("link", relay = %config.url);
+        tokio::spawn(tracing::Instrument::instrument(link::run(daemon.clone(), config, rx, tx, stop_rx.clone()), span))
     });
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY=1 failed");

@@ -1,0 +1,261 @@
+//! The append-only, hash-chained audit log (DESIGN §5).
+//!
+//! `audit.jsonl` holds one JSON record per line. Each record carries the
+//! MAC of the one before it (`prev`) and its own
+//! `mac = HMAC-SHA256(audit.key, prev || canonical)`, where `prev` is the
+//! previous record's MAC as 64 lowercase hex digits (64 zeros for the first
+//! record) and `canonical` is the line up to the `mac` field, closed with
+//! `}` (the record serialised without `mac`). Fields appear in the fixed
+//! order of [`Record`], absent ones omitted, so a line is
+//! `{"seq":N,...,"prev":"<hex>","mac":"<hex>"}`.
+//!
+//! Every writer (CLI and daemon) takes an exclusive `flock` on the log,
+//! appends with one `O_APPEND` write and `fdatasync`s before returning, so
+//! the chain stays linear across processes and a record returned as written
+//! is on disk. A torn last line (a crash mid-write) is cut back by the next
+//! writer, which first appends an `audit.recovered` record.
+//!
+//! The files: `log.rs` the writer (append, lock, recover), `chain.rs`
+//! how a record is sealed and one line checked, `read.rs` `verify` and `list`.
+//!
+//! What this does not catch: someone holding `audit.key` (any process of
+//! the owner's user) can rewrite the whole chain, and cutting records off
+//! the end leaves a shorter chain that still verifies. SECURITY.md says
+//! how the head is anchored off the machine.
+
+mod chain;
+mod log;
+mod read;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::FileError;
+pub use log::AuditLog;
+pub use read::{Listed, Listing, Verified, list, verify};
+
+/// `prev` of the first record: 64 zeros.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The longest record a reader accepts, in bytes (writers stay far below).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// The most one `append_batch` writes at once, in bytes; a torn batch is
+/// at most this long, so recovery never has to look further back.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// `,"mac":"` + 64 hex + `"}`.
+const MAC_SUFFIX: usize = 74;
+/// `,"prev":"` + 64 hex + `"`.
+const PREV_SUFFIX: usize = 74;
+/// What readers hold in memory at once: well above two records.
+const READ_CHUNK: usize = 4 << 20;
+
+/// An audit event name, as written in the `event` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Event {
+    #[serde(rename = "consent.granted")]
+    ConsentGranted,
+    #[serde(rename = "consent.revoked")]
+    ConsentRevoked,
+    #[serde(rename = "consent.expired")]
+    ConsentExpired,
+    #[serde(rename = "action.denied")]
+    ActionDenied,
+    #[serde(rename = "action.started")]
+    ActionStarted,
+    #[serde(rename = "action.finished")]
+    ActionFinished,
+    #[serde(rename = "task.stopped")]
+    TaskStopped,
+    #[serde(rename = "task.aborted")]
+    TaskAborted,
+    #[serde(rename = "audit.recovered")]
+    AuditRecovered,
+    /// The first record of a chain begun while `audit.key` already existed:
+    /// an earlier log was removed or moved aside.
+    #[serde(rename = "audit.restarted")]
+    AuditRestarted,
+    #[serde(rename = "daemon.started")]
+    DaemonStarted,
+    #[serde(rename = "daemon.stopped")]
+    DaemonStopped,
+    #[serde(rename = "control.unauthorized")]
+    ControlUnauthorized,
+    #[serde(rename = "trust.added")]
+    TrustAdded,
+    #[serde(rename = "trust.removed")]
+    TrustRemoved,
+    /// `support allow` refused because it ran inside a task's process tree.
+    #[serde(rename = "consent.refused")]
+    ConsentRefused,
+    /// `support trust add` refused because it ran inside a task's process tree.
+    #[serde(rename = "trust.refused")]
+    TrustRefused,
+}
+
+impl Event {
+    /// The wire name, e.g. `consent.granted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::ConsentGranted => "consent.granted",
+            Event::ConsentRevoked => "consent.revoked",
+            Event::ConsentExpired => "consent.expired",
+            Event::ActionDenied => "action.denied",
+            Event::ActionStarted => "action.started",
+            Event::ActionFinished => "action.finished",
+            Event::TaskStopped => "task.stopped",
+            Event::TaskAborted => "task.aborted",
+            Event::AuditRecovered => "audit.recovered",
+            Event::AuditRestarted => "audit.restarted",
+            Event::DaemonStarted => "daemon.started",
+            Event::DaemonStopped => "daemon.stopped",
+            Event::ControlUnauthorized => "control.unauthorized",
+            Event::TrustAdded => "trust.added",
+            Event::TrustRemoved => "trust.removed",
+            Event::ConsentRefused => "consent.refused",
+            Event::TrustRefused => "trust.refused",
+        }
+    }
+}
+
+/// One audit record. `seq`, `ts`, `prev` and `mac` are set by
+/// [`AuditLog::append`]; callers fill the event and what applies.
+/// The field order is part of the format (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// 1, 2, ... with no gap.
+    pub seq: u64,
+    /// RFC 3339 UTC, microseconds.
+    pub ts: String,
+    pub event: Event,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// A denial code (DESIGN §7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// A task's end: ok, failed, timeout, cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+    /// An agent task's transcript: SHA-256 over its lines, 64 hex digits
+    /// (see `crate::transcript`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_sha256: Option<String>,
+    /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The previous record's `mac`, 64 hex digits.
+    pub prev: String,
+    /// HMAC-SHA256 as 64 hex digits; empty until sealed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+}
+
+impl Record {
+    /// A record of `event` with every optional field empty.
+    pub fn new(event: Event) -> Record {
+        Record {
+            seq: 0,
+            ts: String::new(),
+            event,
+            grant_id: None,
+            tier: None,
+            action: None,
+            params: None,
+            request_id: None,
+            task_id: None,
+            operator: None,
+            code: None,
+            status: None,
+            exit_code: None,
+            duration_ms: None,
+            output_bytes: None,
+            output_sha256: None,
+            transcript_sha256: None,
+            by: None,
+            reason: None,
+            detail: None,
+            prev: String::new(),
+            mac: String::new(),
+        }
+    }
+}
+
+/// A failure of the audit log. While any of these stands, nothing runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Writing or syncing failed (disk full, read-only, I/O error).
+    #[error("cannot write the audit log {path}: {source}; nothing was done. Check free space and permissions", path = path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another writer held the lock past the deadline set with
+    /// [`AuditLog::set_lock_timeout`].
+    #[error("the audit log {path} stayed locked by another writer for {waited_ms} ms; nothing was done", path = path.display())]
+    LockTimeout { path: PathBuf, waited_ms: u64 },
+    /// The log has records but its key is gone.
+    #[error("the audit key {path} is missing but the log has records; restore the key, or move the log aside to start a new one", path = path.display())]
+    KeyMissing { path: PathBuf },
+    /// The key file is not 32 bytes of base64url.
+    #[error("the audit key {path} is malformed; restore it from a backup, or move the log and key aside to start anew", path = path.display())]
+    KeyMalformed { path: PathBuf },
+    /// The last record cannot be chained onto.
+    #[error("the last record of {path} is not sound ({why}); run `support audit --verify`, then move the log aside to start a new one", path = path.display())]
+    BadTail { path: PathBuf, why: String },
+    /// A record, or a batch, larger than a reader accepts; nothing was written.
+    #[error("audit record too large ({bytes} bytes, at most {limit}); nothing was written")]
+    TooLarge { bytes: usize, limit: usize },
+    /// Verification found the chain broken at `seq`.
+    #[error(
+        "audit chain broken at seq {seq}: {why}. Records from there on cannot be trusted; keep a copy of the log as evidence"
+    )]
+    Broken { seq: u64, why: String },
+}
+
+/// The position the next record chains from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The last record's seq (0 for an empty log).
+    pub seq: u64,
+    /// The last record's mac ([`GENESIS_PREV`] for an empty log).
+    pub mac: String,
+}
+
+impl Head {
+    pub(crate) fn genesis() -> Head {
+        Head { seq: 0, mac: GENESIS_PREV.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests;
