@@ -95,7 +95,9 @@ impl fmt::Display for Tier {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantedBy {
+    /// The login name.
     pub user: String,
+    /// The real user id.
     pub uid: u32,
 }
 
@@ -105,11 +107,16 @@ pub struct GrantedBy {
 pub struct Grant {
     /// `g-` and 16 hex digits, random.
     pub grant_id: String,
+    /// What it allows (cumulative tiers, DESIGN §1).
     pub tier: Tier,
+    /// When it was granted.
     pub granted_at: DateTime<Utc>,
+    /// When it ends: 1 s to 8 h after `granted_at`.
     pub expires_at: DateTime<Utc>,
+    /// The owner's reason, if given (`--reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Who granted it.
     pub granted_by: GrantedBy,
 }
 

@@ -93,11 +93,15 @@ impl fmt::Debug for KeyPair {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
+    /// The key file is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
     /// The file is not a PKCS#8 v1/v2 Ed25519 key.
     #[error("{path}: not an Ed25519 PKCS#8 key file; move it aside to make a new one")]
-    Malformed { path: std::path::PathBuf },
+    Malformed {
+        /// The key file.
+        path: std::path::PathBuf,
+    },
 }
 
 impl KeyPair {

@@ -35,9 +35,19 @@ pub enum Outcome {
     /// The device ran it; the `result` frame.
     Finished(DeviceFrame),
     /// The device refused it; nothing ran.
-    Denied { code: DenyCode, message: String },
+    Denied {
+        /// The denial code.
+        code: DenyCode,
+        /// The device's reason.
+        message: String,
+    },
     /// The relay could not deliver it.
-    Relay { code: RelayCode, message: String },
+    Relay {
+        /// The relay's error code.
+        code: RelayCode,
+        /// The relay's reason.
+        message: String,
+    },
 }
 
 impl Session {

@@ -22,15 +22,28 @@ use etcetera::BaseStrategy;
 pub enum FileError {
     /// The file or directory exists but may not be trusted (DESIGN §3).
     #[error("{path} is unsafe: {why}; fix: {fix}", path = path.display(), fix = why.fix(path))]
-    Unsafe { path: PathBuf, why: Unsafe },
+    Unsafe {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: Unsafe,
+    },
     /// The file is larger than the cap for its kind.
     #[error("{path} is larger than {limit} bytes; it is not a file support wrote. Remove or shorten it", path = path.display())]
-    TooLarge { path: PathBuf, limit: u64 },
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap, bytes.
+        limit: u64,
+    },
     /// An operating-system error; `op` says what was being done.
     #[error("cannot {op} {path}: {source}", path = path.display())]
     Io {
+        /// What was being done: `read`, `create`, `rename`, ...
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },
@@ -47,11 +60,24 @@ pub enum Unsafe {
     /// The path is neither a regular file nor a directory as expected.
     WrongType,
     /// Owned by `uid`, not by the current user `expected`.
-    ForeignOwner { uid: u32, expected: u32 },
+    ForeignOwner {
+        /// The owner's uid.
+        uid: u32,
+        /// Ours.
+        expected: u32,
+    },
     /// Group- or other-writable; `mode` is the permission bits.
-    Writable { mode: u32, dir: bool },
+    Writable {
+        /// The permission bits.
+        mode: u32,
+        /// Whether it is a directory.
+        dir: bool,
+    },
     /// A secret (key) readable by group or others.
-    Readable { mode: u32 },
+    Readable {
+        /// The permission bits.
+        mode: u32,
+    },
 }
 
 impl Unsafe {

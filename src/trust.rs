@@ -22,14 +22,21 @@ const MAX_TRUST_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrustError {
+    /// `trusted_operators.toml` is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
     /// The file does not parse, or holds an invalid entry.
     #[error("{path}: {message}; fix or remove the file", path = path.display())]
-    Malformed { path: std::path::PathBuf, message: String },
+    Malformed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A name that is not `[A-Za-z0-9._-]{1,64}`.
     #[error("operator name `{0}` is not valid: use 1 to 64 letters, digits, `.`, `_` or `-`")]
     BadName(String),
+    /// A public key that is not `ed25519:<base64url of 32 bytes>`.
     #[error(transparent)]
     BadKey(#[from] KeyParseError),
     /// The name or key is already trusted.
@@ -44,6 +51,7 @@ pub enum TrustError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Operator {
+    /// The owner's name for the operator (`[A-Za-z0-9._-]{1,64}`).
     pub name: String,
     /// `ed25519:<base64url>`.
     pub public_key: String,

@@ -54,36 +54,50 @@ const READ_CHUNK: usize = 4 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Event {
+    /// The owner granted a tier (`support allow`).
     #[serde(rename = "consent.granted")]
     ConsentGranted,
+    /// The owner withdrew the grant (`support revoke`).
     #[serde(rename = "consent.revoked")]
     ConsentRevoked,
+    /// A grant ran out (written once per grant, by the daemon).
     #[serde(rename = "consent.expired")]
     ConsentExpired,
+    /// A command was refused; `code` says why.
     #[serde(rename = "action.denied")]
     ActionDenied,
+    /// A command passed the gate; written (fsynced) before it runs.
     #[serde(rename = "action.started")]
     ActionStarted,
+    /// A task ended: status, exit code, duration, output size and digest.
     #[serde(rename = "action.finished")]
     ActionFinished,
+    /// A running task was stopped; `by` says who or what.
     #[serde(rename = "task.stopped")]
     TaskStopped,
+    /// A task a crashed daemon left was cleaned up at the next start.
     #[serde(rename = "task.aborted")]
     TaskAborted,
+    /// A torn last record (a crash mid-write) was cut back; `detail` says how many bytes.
     #[serde(rename = "audit.recovered")]
     AuditRecovered,
     /// The first record of a chain begun while `audit.key` already existed:
     /// an earlier log was removed or moved aside.
     #[serde(rename = "audit.restarted")]
     AuditRestarted,
+    /// The daemon started.
     #[serde(rename = "daemon.started")]
     DaemonStarted,
+    /// The daemon stopped, after stopping its tasks.
     #[serde(rename = "daemon.stopped")]
     DaemonStopped,
+    /// Requests to the control API without the secret (one record per window, with a count).
     #[serde(rename = "control.unauthorized")]
     ControlUnauthorized,
+    /// The owner trusted an operator key (`support trust add`).
     #[serde(rename = "trust.added")]
     TrustAdded,
+    /// The owner stopped trusting an operator (`support trust remove`).
     #[serde(rename = "trust.removed")]
     TrustRemoved,
     /// `support allow` refused because it ran inside a task's process tree.
@@ -129,19 +143,27 @@ pub struct Record {
     pub seq: u64,
     /// RFC 3339 UTC, microseconds.
     pub ts: String,
+    /// What happened.
     pub event: Event,
+    /// The grant in force (`g-` and hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
+    /// A grant's or an action's tier, 1 to 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<u8>,
+    /// The catalogue action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The command's parameters (long values as head, length and SHA-256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<BTreeMap<String, String>>,
+    /// The operator's request id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The task (`t-` and 16 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// The owner's name for the operator, or an untrusted key's fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
     /// A denial code (DESIGN §7).
@@ -150,12 +172,16 @@ pub struct Record {
     /// A task's end: ok, failed, timeout, cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The last command's exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// Milliseconds from the start to the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Bytes of output delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
+    /// SHA-256 of the delivered output, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_sha256: Option<String>,
     /// An agent task's transcript: SHA-256 over its lines, 64 hex digits
@@ -165,8 +191,10 @@ pub struct Record {
     /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Why, in words (a grant's reason, a denial's message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Anything else worth keeping, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// The previous record's `mac`, 64 hex digits.
@@ -210,36 +238,65 @@ impl Record {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
+    /// The log, its key or its directory is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
     /// Writing or syncing failed (disk full, read-only, I/O error).
     #[error("cannot write the audit log {path}: {source}; nothing was done. Check free space and permissions", path = path.display())]
     Write {
+        /// The log.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
     /// Another writer held the lock past the deadline set with
     /// [`AuditLog::set_lock_timeout`].
     #[error("the audit log {path} stayed locked by another writer for {waited_ms} ms; nothing was done", path = path.display())]
-    LockTimeout { path: PathBuf, waited_ms: u64 },
+    LockTimeout {
+        /// The log.
+        path: PathBuf,
+        /// How long it waited, milliseconds.
+        waited_ms: u64,
+    },
     /// The log has records but its key is gone.
     #[error("the audit key {path} is missing but the log has records; restore the key, or move the log aside to start a new one", path = path.display())]
-    KeyMissing { path: PathBuf },
+    KeyMissing {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The key file is not 32 bytes of base64url.
     #[error("the audit key {path} is malformed; restore it from a backup, or move the log and key aside to start anew", path = path.display())]
-    KeyMalformed { path: PathBuf },
+    KeyMalformed {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The last record cannot be chained onto.
     #[error("the last record of {path} is not sound ({why}); run `support audit --verify`, then move the log aside to start a new one", path = path.display())]
-    BadTail { path: PathBuf, why: String },
+    BadTail {
+        /// The log.
+        path: PathBuf,
+        /// What is wrong with the last record.
+        why: String,
+    },
     /// A record, or a batch, larger than a reader accepts; nothing was written.
     #[error("audit record too large ({bytes} bytes, at most {limit}); nothing was written")]
-    TooLarge { bytes: usize, limit: usize },
+    TooLarge {
+        /// The record's or batch's size.
+        bytes: usize,
+        /// The most allowed.
+        limit: usize,
+    },
     /// Verification found the chain broken at `seq`.
     #[error(
         "audit chain broken at seq {seq}: {why}. Records from there on cannot be trusted; keep a copy of the log as evidence"
     )]
-    Broken { seq: u64, why: String },
+    Broken {
+        /// Where the first bad record is (or should be).
+        seq: u64,
+        /// What is wrong there.
+        why: String,
+    },
 }
 
 /// The position the next record chains from.

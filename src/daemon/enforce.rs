@@ -111,6 +111,8 @@ impl Daemon {
         Some(tokio::time::Instant::from_std(mono.min(wall)))
     }
 
+    /// Watches the consent file (inotify, with a 10 s poll as a safety net,
+    /// 1 s without inotify) and the grant's expiry until `shutdown` resolves.
     pub async fn watch_consent(&self, shutdown: impl Future<Output = ()>) {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let watcher = consent_watcher(&self.inner.paths, tx);

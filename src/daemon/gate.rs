@@ -30,8 +30,11 @@ pub struct Snapshot<'a> {
     pub now: DateTime<Utc>,
     /// The grant as the daemon sees it (its monotonic deadline already applied).
     pub consent: &'a Consent,
+    /// The action catalogue.
     pub catalogue: &'a Catalogue,
+    /// The operators the owner trusts (`trusted_operators.toml`).
     pub trusted: &'a [Operator],
+    /// The nonces seen recently.
     pub replay: &'a ReplayCache,
     /// When this daemon started: a command issued earlier may have been
     /// seen by a predecessor whose replay cache is gone, so it is stale.
@@ -41,8 +44,11 @@ pub struct Snapshot<'a> {
 /// A command that may run.
 #[derive(Clone, Debug)]
 pub struct Approved {
+    /// The catalogued action.
     pub action: Action,
+    /// Its argv (and stdin) rendered from the command's parameters.
     pub rendered: Rendered,
+    /// The grant it runs under.
     pub grant: Grant,
     /// The owner's name for the operator (from `trusted_operators.toml`).
     pub operator: String,
@@ -51,14 +57,18 @@ pub struct Approved {
 /// A refusal: the code and a message for both the owner and the operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
+    /// The denial code (DESIGN §7).
     pub code: DenyCode,
+    /// What is wrong, for people.
     pub message: String,
 }
 
 /// The gate's answer.
 #[derive(Clone, Debug)]
 pub enum Verdict {
+    /// It may run.
     Run(Box<Approved>),
+    /// It may not.
     Deny(Denial),
 }
 
@@ -67,7 +77,9 @@ pub enum Verdict {
 /// comes after, so the same frame can never be tried twice.
 #[derive(Clone, Debug)]
 pub struct Decision {
+    /// Run or deny.
     pub verdict: Verdict,
+    /// Whether the nonce goes into the replay cache (see above).
     pub remember_nonce: bool,
     /// The operator's name if trusted, else its key's fingerprint (for the record).
     pub operator: Option<String>,

@@ -47,7 +47,9 @@ const GOING_AWAY: &str = "the relay is restarting (it closed the connection with
 /// Where the relay is and how to recognise it.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
+    /// The relay's `wss://` URL.
     pub url: RelayUrl,
+    /// TLS 1.3 with the relay pinned (its CA or its certificate's fingerprint).
     pub tls: Arc<rustls::ClientConfig>,
     /// A one-time enrollment token, sent until the relay has pinned the device.
     pub enroll_token: Option<String>,
@@ -58,6 +60,7 @@ pub struct LinkConfig {
 pub struct LinkStatus {
     /// The relay URL, or `None` when no relay is configured.
     pub relay: Option<String>,
+    /// Whether the relay accepted our hello and the session is up.
     pub connected: bool,
     /// Since when connected (or, when not, since when disconnected); RFC 3339 UTC.
     pub since: Option<String>,

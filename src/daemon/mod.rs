@@ -95,18 +95,28 @@ impl Default for Options {
 pub enum DaemonError {
     /// Another daemon holds this home's lock.
     #[error("another daemon is already running for this home{}; stop it first, or use another --home", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    AlreadyRunning { pid: Option<u32> },
+    AlreadyRunning {
+        /// Its pid, from `daemon.json`, when readable.
+        pid: Option<u32>,
+    },
+    /// A file of the home is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The device key cannot be loaded or made.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The catalogue does not load.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The audit log cannot be opened or written.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// A system call failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done.
         what: String,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
