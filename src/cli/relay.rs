@@ -165,9 +165,10 @@ fn file_error(dir: &std::path::Path, e: crate::paths::FileError) -> Error {
 fn run_as_advice(path: &str, user: &str, args: &[String]) -> String {
     let quoted: Vec<String> =
         args.iter().map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned())).collect();
+    let sudo_user = shlex::try_quote(user).map_or_else(|_| user.into(), |q| q.into_owned());
     format!(
-        "{path} belongs to {user}, who runs the relay on it; changing its owner would break that relay. \
-         Run the command as {user} instead:\n  sudo -u {user} support {}",
+        "{path} belongs to {user}, the relay's user (the owner of its state directory); changing its owner \
+         would lock the relay out of it. Run the command as {user} instead:\n  sudo -u {sudo_user} support {}",
         quoted.join(" ")
     )
 }
@@ -218,4 +219,24 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
             .map_err(|e| Error::Failed(e.to_string()))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advice_names_the_relays_user_and_quotes_the_command() {
+        let args: Vec<String> = ["relay", "--state", "/var/lib/a b", "enroll-token"].map(String::from).into();
+        let advice = run_as_advice("/var/lib/a b", "#998", &args);
+        assert!(advice.ends_with("sudo -u '#998' support relay --state '/var/lib/a b' enroll-token"), "{advice}");
+        assert!(!advice.contains("chown "), "{advice}");
+    }
+
+    #[test]
+    fn the_snapshot_note_says_its_age() {
+        let now = chrono::Utc::now();
+        assert!(snapshot_note(Some(now - chrono::Duration::seconds(3)), now).contains("from 3 s ago"));
+        assert!(snapshot_note(None, now).contains("no readable snapshot"));
+    }
 }

@@ -112,6 +112,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%listen, state = %state.dir.display(), "relay running");
     let hub = Arc::new(hub::Hub::new(state.dir.clone(), state.registry.clone(), shutdown_rx.clone()));
     let writer = tokio::spawn(presence::keep_snapshot(state.dir.clone(), hub.presence.clone(), shutdown_rx.clone()));
     let admin = state
