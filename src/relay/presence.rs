@@ -187,3 +187,57 @@ pub(crate) async fn keep_snapshot(
     }
     let _ = paths::remove(&state::live_path(&dir));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::registry::DeviceRecord;
+
+    fn heartbeat(tier: Option<u8>) -> Heartbeat {
+        Heartbeat { tier, expires_at: None, running_tasks: 2, audit_head: None, uptime_s: 9, version: "9.9.9".into() }
+    }
+
+    #[test]
+    fn the_listing_is_the_registry_joined_with_what_the_relay_heard() {
+        let mut registry = Registry::default();
+        for (id, name) in [("d-1", "laptop"), ("d-2", "desktop")] {
+            let record = DeviceRecord { public_key: "k".into(), name: name.into(), enrolled_at: "t".into() };
+            registry.devices.insert(id.into(), record);
+        }
+        let presence = Presence::default();
+        presence.online("d-1");
+        presence.heard("d-1", heartbeat(Some(2)));
+        presence.online("d-9");
+        presence.offline("d-1");
+        let listed = presence.listing(&registry);
+        assert_eq!(listed.len(), 2, "only enrolled devices: {listed:?}");
+        let d1 = &listed[0];
+        assert_eq!((d1.device_id.as_str(), d1.name.as_str(), d1.online), ("d-1", "laptop", false));
+        assert_eq!((d1.tier, d1.running_tasks, d1.version.as_deref()), (Some(2), Some(2), Some("9.9.9")));
+        assert!(d1.last_heartbeat.is_some(), "the last heartbeat outlives the connection");
+        assert_eq!(listed[1], DeviceEntry { name: "desktop".into(), ..offline("d-2") });
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_keeps_the_wire_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let presence = Presence::default();
+        presence.online("d-1");
+        write_snapshot(dir.path(), presence.snapshot()).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state::live_path(dir.path())).unwrap()).unwrap();
+        let keys: Vec<&str> = raw["devices"][0].as_object().unwrap().keys().map(String::as_str).collect();
+        let want = [
+            "audit_head",
+            "device_id",
+            "expires_at",
+            "last_heartbeat",
+            "name",
+            "online",
+            "running_tasks",
+            "tier",
+            "version",
+        ];
+        assert_eq!(keys, want);
+    }
+}

@@ -31,11 +31,11 @@ enum ReadError {
 }
 
 /// A WebSocket to one peer, over any byte stream.
-struct Peer<S> {
+struct Ws<S> {
     ws: WebSocketStream<S>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
     /// The next text frame, or `None` for a ping or pong (tungstenite
     /// answers pings itself); either way the peer was heard.
     async fn next_heard(&mut self) -> Result<Option<String>, ReadError> {
@@ -101,7 +101,7 @@ pub(crate) async fn session<S>(hub: Arc<Hub>, ws: WebSocketStream<S>, role: Role
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut peer = Peer { ws };
+    let mut peer = Ws { ws };
     let Some(who) = greet(&hub, &mut peer, role).await else { return };
     tracing::Span::current().record("id", who.id.as_str());
     // Reachable before hello_ack, so whoever sees the ack sees the peer online.
@@ -116,7 +116,7 @@ where
 }
 
 /// The challenge and hello; `None` when the peer was refused or left.
-async fn greet<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Peer<S>, role: Role) -> Option<Who> {
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, role: Role) -> Option<Who> {
     let (nonce, challenge) = hello::challenge();
     if !peer.send(&challenge).await {
         return None;
@@ -160,13 +160,7 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Peer<S>,
 }
 
 /// An authenticated peer's frames, and the frames the hub routes to it.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    hub: &Hub,
-    peer: &mut Peer<S>,
-    role: Role,
-    who: &Who,
-    joined: Joined,
-) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, role: Role, who: &Who, joined: Joined) {
     let Joined { conn, mut rx, mut kill } = joined;
     let mut shutdown = hub.shutdown.clone();
     let mut deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
