@@ -44,6 +44,7 @@ enum Command {
     /// Stop admitting an operator (its open connections end when they next reconnect).
     RemoveOperator { name: String },
     /// List enrolled devices: online, last heartbeat, the grant each reported.
+    ///
     /// Asks the running relay (over `admin.sock` in the state directory);
     /// without an answer, shows its `live.json` snapshot and its age.
     Devices {
@@ -158,7 +159,7 @@ fn file_error(dir: &std::path::Path, e: crate::paths::FileError) -> Error {
         crate::paths::FileError::Unsafe { path, .. } => path.display().to_string(),
         _ => dir.display().to_string(),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     Error::Failed(run_as_advice(&path, &user, &args))
 }
 
