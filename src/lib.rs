@@ -15,7 +15,7 @@
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
 //! - [`protocol`]: every relay frame, both directions; the signed bytes; size limits.
 //! - [`daemon`]: the gate, the executor, consent enforcement, the loopback control API, the relay link.
-//! - [`relay`]: the relay server: TLS, WebSocket upgrade, challenge/hello, routing, registry.
+//! - [`relay`]: the relay server: HTTP and upgrade, hello, the hub, sessions, presence, admin socket, metrics, registry.
 //! - [`tls`]: rustls configs: the relay's certificate, clients pinning the relay.
 //! - [`dial`]: a client's connection to the relay (daemon link and operator).
 //! - [`operator`]: the operator client: devices, run, cancel.

@@ -8,7 +8,10 @@ use support::{Error, PolicyError, TrustError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, support::cli::Command::Daemon(_)));
+    init_tracing(
+        matches!(&cli.command, support::cli::Command::Daemon(_))
+            || matches!(&cli.command, support::cli::Command::Relay(a) if a.is_serve()),
+    );
     match support::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -28,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr, filtered by `SUPPORT_LOG` (default `warn`, `info`
-/// for the daemon). Under systemd, when `JOURNAL_STREAM` names the device
+/// for the daemon and `relay serve`). Under systemd, when `JOURNAL_STREAM` names the device
 /// and inode of our stderr (systemd.exec(5)), they go to journald natively,
 /// with priorities and fields.
 fn init_tracing(daemon: bool) {

@@ -183,7 +183,11 @@ fn a_wrong_relay_certificate_is_refused_and_retried_with_backoff() {
         &["--relay-ca", wrong_ca.to_str().unwrap(), "--enroll", &relay.token()],
         false,
     );
-    let status = device.wait_until("retried", |s| s["daemon"]["link"]["attempts"].as_u64() >= Some(2));
+    // Between two attempts: while one is under way, no next attempt is scheduled yet.
+    let status = device.wait_until("retried", |s| {
+        let link = &s["daemon"]["link"];
+        link["attempts"].as_u64() >= Some(2) && link["next_attempt_at"].is_string()
+    });
     let link = &status["daemon"]["link"];
     assert_eq!(status["daemon"]["connected"], false);
     assert!(link["last_error"].as_str().unwrap().contains("certificate"), "{link}");
@@ -512,4 +516,106 @@ fn an_idle_linked_daemon_under_a_grant_stays_idle() {
     std::thread::sleep(Duration::from_secs(2));
     let reads = read_syscalls(pid) - before;
     assert!(reads < 200, "{reads} read syscalls in 2 s of idling");
+}
+
+#[test]
+fn a_second_relay_on_the_same_state_exits_1_before_saying_it_is_ready() {
+    let relay = Relay::start("127.0.0.1:0");
+    let out = std::process::Command::new(common::bin())
+        .args(["relay", "--state"])
+        .arg(&relay.state)
+        .args(["serve", "--self-signed", "--listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", relay.dir.path().join("no-such-notify-socket"))
+        .output()
+        .unwrap();
+    let run = Run::from(out);
+    run.code(1).says("another relay is running");
+    assert!(!run.stdout.contains("listening on"), "{}", run.stdout);
+}
+
+/// `devices` asks the running relay, so a device acked a moment ago is online
+/// (no wait for `live.json`); without the admin socket it says the snapshot's age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_devices_sees_a_device_the_moment_it_is_acked() {
+    let relay = Relay::start("127.0.0.1:0");
+    let token = tokio::task::block_in_place(|| relay.token());
+    let (key, _) = KeyPair::generate();
+    let url: RelayUrl = relay.url().parse().unwrap();
+    let hello = DeviceHello { enroll_token: Some(token), name: Some("test".into()) };
+    let (_ws, _) = dial::connect(&url, relay.client_tls(), Role::Device, &key, hello).await.unwrap();
+    let listed = tokio::task::block_in_place(|| relay.admin(&["devices", "--json"]).code(0).json());
+    assert_eq!(listed[0]["device_id"], key.public_key().device_id(), "{listed}");
+    assert_eq!(listed[0]["online"], true, "{listed}");
+    std::fs::remove_file(support::relay::admin_socket_path(&relay.state)).unwrap();
+    tokio::task::block_in_place(|| {
+        relay.admin(&["devices"]).code(0).says("snapshot from");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_serve_logs_enrolments_peers_and_refusals_at_info_by_default() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("relay");
+    let log = dir.path().join("relay.log");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["relay", "--state"])
+        .arg(&state)
+        .args(["serve", "--self-signed", "--listen", "127.0.0.1:0"])
+        .env_remove("SUPPORT_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines.next().unwrap().unwrap().strip_prefix("listening on ").unwrap().to_string();
+    let fingerprint = lines.next().unwrap().unwrap();
+    let relay = Relay { dir, state, addr, fingerprint, proc: common::net::Proc(child) };
+    let token = tokio::task::block_in_place(|| relay.token());
+    let (key, _) = KeyPair::generate();
+    device_hello(&relay, &key, Some(token)).await.unwrap();
+    let (stranger, _) = KeyPair::generate();
+    assert!(device_hello(&relay, &stranger, None).await.is_err());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.matches("peer left").count() >= 1 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for needle in
+        ["device enrolled", "peer authenticated", "peer left", "hello refused", "not enrolled", "conn{peer=127.0.0.1:"]
+    {
+        assert!(text.contains(needle), "{needle:?} missing from the relay's log:\n{text}");
+    }
+    assert!(!text.contains("DEBUG"), "the default level is info:\n{text}");
+}
+
+/// Run as root on a state directory another user owns (the relay's), the
+/// admin commands name that user instead of advising a `chown` that would
+/// lock the running relay out of its own files.
+#[test]
+fn an_admin_command_run_as_another_user_names_the_relays_user() {
+    if !common::is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("relay");
+    std::fs::create_dir(&state).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("a nobody user");
+    nix::unistd::chown(&state, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["relay", "--state"])
+        .arg(&state)
+        .args(["enroll-token", "--ttl", "10m"])
+        .output()
+        .unwrap();
+    let run = Run::from(out);
+    run.code(1).says("sudo -u nobody support relay --state").says("enroll-token --ttl 10m");
+    assert!(!run.stderr.contains("chown"), "{}", run.stderr);
+    assert!(!state.join("registry.json").exists());
 }

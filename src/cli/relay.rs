@@ -22,6 +22,13 @@ pub struct Args {
     command: Command,
 }
 
+impl Args {
+    /// Whether this is `support relay serve` (which logs at `info` by default, like the daemon).
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run the relay in the foreground (systemd Type=notify ready).
@@ -37,7 +44,11 @@ enum Command {
     /// Stop admitting an operator (its open connections end when they next reconnect).
     RemoveOperator { name: String },
     /// List enrolled devices: online, last heartbeat, the grant each reported.
+    ///
+    /// Asks the running relay (over `admin.sock` in the state directory);
+    /// without an answer, shows its `live.json` snapshot and its age.
     Devices {
+        /// One JSON array of devices on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -68,7 +79,10 @@ struct ServeArgs {
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let dir = args.state.clone().unwrap_or_else(|| ctx.paths.state_dir.join("relay"));
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    let reg = |e: registry::RegistryError| Error::Failed(e.to_string());
+    let reg = |e: registry::RegistryError| match e {
+        registry::RegistryError::File(f) => file_error(&dir, f),
+        e => Error::Failed(e.to_string()),
+    };
     match args.command {
         Command::Serve(a) => serve(dir, a),
         Command::EnrollToken { ttl } => {
@@ -107,21 +121,71 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices { json } => {
-            let devices = relay::devices(&dir).map_err(reg)?;
-            if json {
-                print_json(&serde_json::to_value(&devices).unwrap_or_default());
-            } else {
-                if !relay::is_running(&dir) {
+            let listing = relay::devices(&dir).map_err(reg)?;
+            match listing.source {
+                relay::Source::NotRunning if !json => {
                     eprintln!("(no relay is running with {}; every device shows offline)", dir.display());
                 }
-                super::operator::print_devices(&devices);
+                relay::Source::Snapshot(at) => eprintln!("{}", snapshot_note(at, chrono::Utc::now())),
+                _ => {}
+            }
+            if json {
+                print_json(&serde_json::to_value(&listing.devices).unwrap_or_default());
+            } else {
+                super::operator::print_devices(&listing.devices);
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
+/// Why `devices` shows a snapshot, and how old it is.
+fn snapshot_note(written_at: Option<chrono::DateTime<chrono::Utc>>, now: chrono::DateTime<chrono::Utc>) -> String {
+    match written_at {
+        Some(t) => format!(
+            "(the running relay did not answer on its admin socket; showing its snapshot from {} s ago)",
+            (now - t).num_seconds().max(0)
+        ),
+        None => "(the running relay did not answer on its admin socket, and has no readable snapshot)".into(),
+    }
+}
+
+/// A refused file in the state directory: when it belongs to the user who
+/// runs the relay, the fix is to run this command as that user, not to
+/// `chown` the relay's files away from it.
+fn file_error(dir: &std::path::Path, e: crate::paths::FileError) -> Error {
+    let Some(user) = relay::owner_to_run_as(dir, &e) else { return Error::Failed(e.to_string()) };
+    let path = match &e {
+        crate::paths::FileError::Unsafe { path, .. } => path.display().to_string(),
+        _ => dir.display().to_string(),
+    };
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    Error::Failed(run_as_advice(&path, &user, &args))
+}
+
+fn run_as_advice(path: &str, user: &str, args: &[String]) -> String {
+    let quoted: Vec<String> =
+        args.iter().map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned())).collect();
+    let sudo_user = shlex::try_quote(user).map_or_else(|_| user.into(), |q| q.into_owned());
+    format!(
+        "{path} belongs to {user}, the relay's user (the owner of its state directory); changing its owner \
+         would lock the relay out of it. Run the command as {user} instead:\n  sudo -u {sudo_user} support {}",
+        quoted.join(" ")
+    )
+}
+
+fn relay_error(dir: &std::path::Path, e: relay::RelayError) -> Error {
+    match e {
+        relay::RelayError::File(f) | relay::RelayError::Registry(registry::RegistryError::File(f)) => {
+            file_error(dir, f)
+        }
+        e => Error::Failed(e.to_string()),
+    }
+}
+
 fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
+    // Before READY=1 and `listening on`: a relay that says it is ready must be able to run.
+    let state = relay::State::open(dir.clone()).map_err(|e| relay_error(&dir, e))?;
     let identity = match (&a.cert, &a.key, a.self_signed) {
         (Some(cert), Some(key), false) => Identity::from_pem(cert, key).map_err(|e| Error::Usage(e.to_string()))?,
         (None, None, true) => {
@@ -151,9 +215,29 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         drop(out);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let options = relay::Options { max_connections: a.max_connections };
-        relay::run(listener, tls, dir, options, super::daemon::shutdown_signal())
+        relay::run(listener, tls, state, options, super::daemon::shutdown_signal())
             .await
             .map_err(|e| Error::Failed(e.to_string()))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advice_names_the_relays_user_and_quotes_the_command() {
+        let args: Vec<String> = ["relay", "--state", "/var/lib/a b", "enroll-token"].map(String::from).into();
+        let advice = run_as_advice("/var/lib/a b", "#998", &args);
+        assert!(advice.ends_with("sudo -u '#998' support relay --state '/var/lib/a b' enroll-token"), "{advice}");
+        assert!(!advice.contains("chown "), "{advice}");
+    }
+
+    #[test]
+    fn the_snapshot_note_says_its_age() {
+        let now = chrono::Utc::now();
+        assert!(snapshot_note(Some(now - chrono::Duration::seconds(3)), now).contains("from 3 s ago"));
+        assert!(snapshot_note(None, now).contains("no readable snapshot"));
+    }
 }

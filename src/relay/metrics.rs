@@ -1,0 +1,68 @@
+//! The relay's counters and their Prometheus text (`GET /metrics`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::lock;
+
+/// What `/metrics` counts besides the connected peers (which the hub knows).
+#[derive(Default)]
+pub(crate) struct Metrics {
+    commands_routed: AtomicU64,
+    frames_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    handshakes_failed: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    /// An operator's command reached a device's queue.
+    pub(crate) fn routed(&self) {
+        self.commands_routed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A frame after `hello` was refused, for `reason` (`malformed`, `bad_run`, …).
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        bump(&self.frames_rejected, reason);
+    }
+
+    /// A TLS handshake, upgrade or `hello` failed, for `reason` (`timeout`, `origin`, …).
+    pub(crate) fn handshake_failed(&self, reason: &'static str) {
+        bump(&self.handshakes_failed, reason);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), with the hub's gauges.
+    pub(crate) fn text(&self, devices_connected: usize, operators_connected: usize) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(&mut out, "devices_connected", "Devices with an authenticated connection.", devices_connected);
+        gauge(&mut out, "operators_connected", "Operator connections.", operators_connected);
+        let routed = self.commands_routed.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP commands_routed_total Operator commands delivered to a device.\n# TYPE commands_routed_total counter\ncommands_routed_total {routed}"
+        );
+        for (name, help, map) in [
+            ("frames_rejected_total", "Frames refused, by reason.", &self.frames_rejected),
+            ("handshakes_failed_total", "TLS handshakes and hellos that failed, by reason.", &self.handshakes_failed),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (reason, n) in lock(map).iter() {
+                let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
+            }
+        }
+        out
+    }
+
+    /// How often `reason` was counted as a failed handshake (for tests).
+    #[cfg(test)]
+    pub(crate) fn handshakes_failed(&self, reason: &str) -> u64 {
+        lock(&self.handshakes_failed).get(reason).copied().unwrap_or(0)
+    }
+}
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, reason: &'static str) {
+    *lock(map).entry(reason).or_default() += 1;
+}

@@ -1,0 +1,117 @@
+//! The relay's state directory: the files in it, the lock that lets one
+//! relay at a time use it, and the checks made before the relay says it is
+//! ready (systemd `READY=1`, `listening on`).
+
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use super::RelayError;
+use super::presence;
+use super::registry::{Registry, Stamp};
+use crate::paths::{self, FileError, Unsafe};
+
+/// `relay.lock` in the state directory, held by the running relay.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("relay.lock")
+}
+
+/// `live.json`: the running relay's snapshot of each device it has heard
+/// from, written at most once a second.
+pub fn live_path(dir: &Path) -> PathBuf {
+    dir.join("live.json")
+}
+
+/// `admin.sock`: the running relay's answer to `support relay devices`
+/// (see [`super::admin`]).
+pub fn admin_socket_path(dir: &Path) -> PathBuf {
+    dir.join("admin.sock")
+}
+
+/// A state directory checked usable and locked by this process: made
+/// 0700 if missing, safe (ours, not group/other-writable, no links), its
+/// registry readable, a file written in it, and no other relay holding
+/// it. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct State {
+    pub(crate) dir: PathBuf,
+    pub(crate) registry: (Registry, Stamp),
+    pub(crate) admin: Option<UnixListener>,
+    _lock: File,
+}
+
+impl State {
+    /// Checks and locks `dir` (see [`State`]), and binds its admin socket
+    /// (a relay that cannot bind it still runs; `devices` then falls back
+    /// to `live.json`).
+    ///
+    /// # Errors
+    /// [`RelayError::File`] for an unsafe or unwritable directory or file;
+    /// [`RelayError::AlreadyRunning`] when another relay holds the lock;
+    /// [`RelayError::Registry`] for an unreadable or malformed registry.
+    pub fn open(dir: PathBuf) -> Result<State, RelayError> {
+        paths::ensure_dir(&dir)?;
+        paths::create_new(&lock_path(&dir), b"")?;
+        let lock = paths::open_read(&lock_path(&dir))?.ok_or_else(|| RelayError::AlreadyRunning(dir.clone()))?;
+        if lock.try_lock().is_err() {
+            return Err(RelayError::AlreadyRunning(dir));
+        }
+        let registry = Registry::load(&dir)?;
+        // Proves the directory writable now rather than at the first device.
+        presence::write_snapshot(&dir, Vec::new())?;
+        let admin = bind_admin(&dir);
+        Ok(State { dir, registry, admin, _lock: lock })
+    }
+
+    /// The directory, as given to [`State::open`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Binds `admin.sock` 0600; an old socket is a leftover, since we hold the lock.
+fn bind_admin(dir: &Path) -> Option<UnixListener> {
+    let path = admin_socket_path(dir);
+    if let Ok(m) = std::fs::symlink_metadata(&path)
+        && (m.file_type().is_socket() || m.file_type().is_symlink())
+    {
+        let _ = std::fs::remove_file(&path);
+    }
+    let bound = UnixListener::bind(&path).and_then(|l| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    });
+    match bound {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot bind the admin socket; `relay devices` will read live.json");
+            None
+        }
+    }
+}
+
+/// Whether a relay holds the lock on `dir` now.
+pub fn is_running(dir: &Path) -> bool {
+    let Ok(Some(file)) = paths::open_read(&lock_path(dir)) else { return false };
+    file.try_lock_shared().is_err()
+}
+
+/// The user to run an admin command as, when `err` refused a file in the
+/// state directory `dir` for belonging to another user: the directory's
+/// owner, who runs the relay. `None` when the directory is ours (then a
+/// file in it was left by someone else, and `chown` is the right fix).
+pub fn owner_to_run_as(dir: &Path, err: &FileError) -> Option<String> {
+    let FileError::Unsafe { path, why: Unsafe::ForeignOwner { uid, .. } } = err else { return None };
+    if !path.starts_with(dir) {
+        return None;
+    }
+    let owner = std::fs::symlink_metadata(dir).map(|m| m.uid()).unwrap_or(*uid);
+    if owner == paths::current_uid() {
+        return None;
+    }
+    Some(match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(owner)) {
+        Ok(Some(user)) => user.name,
+        _ => format!("#{owner}"),
+    })
+}
