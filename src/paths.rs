@@ -234,6 +234,10 @@ impl RelayPaths {
     pub fn live(&self) -> PathBuf {
         self.dir.join("live.json")
     }
+    /// `admin.sock`: the running relay's answer to `support relay devices`.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
     /// `registry.json`: enrolled devices, operators, enrolment tokens.
     pub fn registry(&self) -> PathBuf {
         self.dir.join("registry.json")

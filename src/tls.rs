@@ -102,7 +102,8 @@ impl Identity {
     /// As [`Identity::from_pem`]; [`TlsError::Generate`] if rcgen fails.
     pub fn self_signed(dir: &Path, sans: &[String]) -> Result<(Identity, bool), TlsError> {
         paths::ensure_dir(dir)?;
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let files = paths::RelayPaths::new(dir);
+        let (cert, key) = (files.cert(), files.key());
         if paths::open_read(&cert)?.is_some() {
             return Ok((Identity::from_pem(&cert, &key)?, false));
         }

@@ -144,7 +144,7 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
     .flatten()
     .ok_or_else(|| fail(format!("the relay did not start; see {}", dir.join("relay.log").display())))?;
     let url = format!("wss://{addr}");
-    let ca = d.relay_state.join("cert.pem").display().to_string();
+    let ca = crate::paths::RelayPaths::new(&d.relay_state).cert().display().to_string();
     let key = dir.join("operator.key").display().to_string();
     println!();
 

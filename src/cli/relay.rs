@@ -191,7 +191,7 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         (None, None, true) => {
             let (identity, made) = Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(e.to_string()))?;
             let verb = if made { "made" } else { "reusing" };
-            eprintln!("{verb} the self-signed certificate {}", dir.join("cert.pem").display());
+            eprintln!("{verb} the self-signed certificate {}", crate::paths::RelayPaths::new(&dir).cert().display());
             identity
         }
         _ => return Err(Error::Usage("give --cert PEM --key PEM, or --self-signed".into())),

@@ -52,8 +52,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a peer may stay silent (no frame, no ping) before it is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-/// How long a write to a peer may wait before the peer is dropped as stuck.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::protocol::SEND_TIMEOUT;
 /// Requests one operator connection may have in flight.
 pub const MAX_INFLIGHT_PER_OPERATOR: usize = 256;
 /// Frames queued for one peer.

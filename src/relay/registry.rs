@@ -88,7 +88,7 @@ pub struct Stamp {
 }
 
 fn registry_path(dir: &Path) -> PathBuf {
-    dir.join("registry.json")
+    crate::paths::RelayPaths::new(dir).registry()
 }
 
 /// The stamp of `registry.json` now (default if missing).
@@ -137,7 +137,7 @@ impl Registry {
         change: impl FnOnce(&mut Registry) -> Result<T, RegistryError>,
     ) -> Result<(T, Registry, Stamp), RegistryError> {
         paths::ensure_dir(dir)?;
-        let lock_path = dir.join("registry.lock");
+        let lock_path = crate::paths::RelayPaths::new(dir).registry_lock();
         let lock = open_lock(&lock_path)?;
         lock.lock().map_err(|source| RegistryError::Lock { path: lock_path.clone(), source })?;
         let (mut registry, _) = Registry::load(dir)?;

@@ -10,23 +10,23 @@ use std::path::{Path, PathBuf};
 use super::RelayError;
 use super::presence;
 use super::registry::{Registry, Stamp};
-use crate::paths::{self, FileError, Unsafe};
+use crate::paths::{self, FileError, RelayPaths, Unsafe};
 
 /// `relay.lock` in the state directory, held by the running relay.
 pub fn lock_path(dir: &Path) -> PathBuf {
-    dir.join("relay.lock")
+    RelayPaths::new(dir).lock()
 }
 
 /// `live.json`: the running relay's snapshot of each device it has heard
 /// from, written at most once a second.
 pub fn live_path(dir: &Path) -> PathBuf {
-    dir.join("live.json")
+    RelayPaths::new(dir).live()
 }
 
 /// `admin.sock`: the running relay's answer to `support relay devices`
 /// (see [`super::admin`]).
 pub fn admin_socket_path(dir: &Path) -> PathBuf {
-    dir.join("admin.sock")
+    RelayPaths::new(dir).admin_socket()
 }
 
 /// A state directory checked usable and locked by this process: made
