@@ -211,8 +211,8 @@ impl Record {
 pub enum AuditError {
     #[error(transparent)]
     File(#[from] FileError),
-    /// Writing or syncing failed (disk full, read-only, I/O error).
-    #[error("cannot write the audit log {path}: {source}; nothing was done. Check free space and permissions", path = path.display())]
+    /// Writing or syncing failed (disk full, read-only, I/O error); `source` says which.
+    #[error("cannot write the audit log {path} (nothing was done; check free space and permissions)", path = path.display())]
     Write {
         path: PathBuf,
         #[source]

@@ -1,8 +1,10 @@
 //! The `support` binary: parse, set up tracing, run, map errors to exit codes.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
+use support::ErrorChain;
 use support::cli::Cli;
 use support::{Error, PolicyError, TrustError};
 
@@ -11,24 +13,19 @@ fn main() -> ExitCode {
     init_tracing(matches!(cli.command, support::cli::Command::Daemon(_)));
     match support::cli::run(cli) {
         Ok(code) => code,
+        // The reader of our stdout went away (`| head -1`): it has what it wanted.
+        Err(err) if err.is_closed_stdout() => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = format!("support: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !message.contains(&text) {
-                    message.push_str(&format!(": {text}"));
-                }
-                source = s.source();
-            }
-            eprintln!("{message}");
+            // A closed stderr leaves nowhere to say it; the exit code still does.
+            let _ = writeln!(std::io::stderr(), "support: {}", ErrorChain(&err));
             ExitCode::from(exit_code(&err))
         }
     }
 }
 
 /// Logs go to stderr, filtered by `SUPPORT_LOG` (default `warn`, `info`
-/// for the daemon). Under systemd, when `JOURNAL_STREAM` names the device
+/// for the daemon), coloured only when stderr is a terminal and `NO_COLOR`
+/// is unset or empty (no-color.org), so files and pipes get plain text. Under systemd, when `JOURNAL_STREAM` names the device
 /// and inode of our stderr (systemd.exec(5)), they go to journald natively,
 /// with priorities and fields.
 fn init_tracing(daemon: bool) {
@@ -44,7 +41,16 @@ fn init_tracing(daemon: bool) {
         tracing_subscriber::registry().with(filter()).with(journald.with_syslog_identifier("support".into())).init();
         return;
     }
-    tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(color_allowed(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
+        .init();
+}
+
+/// Colour for a terminal, unless `NO_COLOR` is set to a non-empty value (no-color.org).
+fn color_allowed(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Whether stderr is the journal stream systemd set up (`JOURNAL_STREAM=DEV:INODE`).
@@ -67,7 +73,6 @@ fn exit_code(err: &Error) -> u8 {
         ) => 2,
         Error::DaemonUnreachable(_) => 3,
         Error::Refused(_) => 4,
-        Error::Daemon(support::DaemonError::AlreadyRunning { .. }) => 1,
         _ => 1,
     }
 }

@@ -26,8 +26,9 @@ pub enum FileError {
     /// The file is larger than the cap for its kind.
     #[error("{path} is larger than {limit} bytes; it is not a file support wrote. Remove or shorten it", path = path.display())]
     TooLarge { path: PathBuf, limit: u64 },
-    /// An operating-system error; `op` says what was being done.
-    #[error("cannot {op} {path}: {source}", path = path.display())]
+    /// An operating-system error; `op` says what was being done, `source` why
+    /// (not repeated in this variant's text: [`crate::ErrorChain`] adds it).
+    #[error("cannot {op} {path}", path = path.display())]
     Io {
         op: &'static str,
         path: PathBuf,

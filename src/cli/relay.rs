@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::out::outln;
 use super::{Ctx, print_json};
-use crate::Error;
 use crate::identity::PublicKey;
 use crate::relay::{self, registry};
 use crate::tls::Identity;
+use crate::{Error, ErrorChain, Secret};
 
 /// `support relay`.
 #[derive(Debug, clap::Args)]
@@ -68,7 +69,7 @@ struct ServeArgs {
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let dir = args.state.clone().unwrap_or_else(|| ctx.paths.state_dir.join("relay"));
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    let reg = |e: registry::RegistryError| Error::Failed(e.to_string());
+    let reg = |e: registry::RegistryError| Error::Failed(ErrorChain(&e).to_string());
     match args.command {
         Command::Serve(a) => serve(dir, a),
         Command::EnrollToken { ttl } => {
@@ -78,10 +79,13 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             }
             let ttl = chrono::Duration::from_std(ttl).map_err(|e| Error::Usage(e.to_string()))?;
             let (token, expires_at) = registry::new_token(&dir, ttl).map_err(reg)?;
-            println!("{token}");
+            // Printing it is this command's job; nothing else here may show it.
+            let token = Secret::new(token);
+            outln!("{}", token.expose())?;
             eprintln!(
-                "One device may enroll with it until {} (it is stored only as a hash):\n  support daemon --relay wss://RELAY:PORT --relay-ca cert.pem --enroll {token}",
-                super::local(expires_at)
+                "One device may enroll with it until {} (it is stored only as a hash):\n  support daemon --relay wss://RELAY:PORT --relay-ca cert.pem --enroll {}",
+                super::local(expires_at),
+                token.expose()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -109,12 +113,12 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         Command::Devices { json } => {
             let devices = relay::devices(&dir).map_err(reg)?;
             if json {
-                print_json(&serde_json::to_value(&devices).unwrap_or_default());
+                print_json(&serde_json::to_value(&devices).unwrap_or_default())?;
             } else {
                 if !relay::is_running(&dir) {
                     eprintln!("(no relay is running with {}; every device shows offline)", dir.display());
                 }
-                super::operator::print_devices(&devices);
+                super::operator::print_devices(&devices)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -123,16 +127,19 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
 
 fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
     let identity = match (&a.cert, &a.key, a.self_signed) {
-        (Some(cert), Some(key), false) => Identity::from_pem(cert, key).map_err(|e| Error::Usage(e.to_string()))?,
+        (Some(cert), Some(key), false) => {
+            Identity::from_pem(cert, key).map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?
+        }
         (None, None, true) => {
-            let (identity, made) = Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(e.to_string()))?;
+            let (identity, made) =
+                Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
             let verb = if made { "made" } else { "reusing" };
             eprintln!("{verb} the self-signed certificate {}", dir.join("cert.pem").display());
             identity
         }
         _ => return Err(Error::Usage("give --cert PEM --key PEM, or --self-signed".into())),
     };
-    let tls = identity.server_config().map_err(|e| Error::Usage(e.to_string()))?;
+    let tls = identity.server_config().map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,7 +160,7 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         let options = relay::Options { max_connections: a.max_connections };
         relay::run(listener, tls, dir, options, super::daemon::shutdown_signal())
             .await
-            .map_err(|e| Error::Failed(e.to_string()))?;
+            .map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
         Ok(ExitCode::SUCCESS)
     })
 }

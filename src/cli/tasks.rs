@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::{Value, json};
 
 use super::client::Client;
+use super::out::outln;
+use super::table::{Listing, Wrap};
 use super::{Ctx, paint, printable};
 use crate::Error;
 use crate::daemon::TaskInfo;
@@ -65,7 +66,7 @@ fn show(ctx: &Ctx, client: &Client, id: &str, json: bool) -> Result<ExitCode, Er
         Err(e) => return Err(e),
     };
     if json {
-        super::print_json(&detail);
+        super::print_json(&detail)?;
         return Ok(ExitCode::SUCCESS);
     }
     if detail["running"] == true {
@@ -98,21 +99,26 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
         return show(ctx, &client, id, args.json);
     }
     if args.json {
-        super::print_json(&client.call("GET", "/v1/tasks")?);
+        super::print_json(&client.call("GET", "/v1/tasks")?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let tasks = list(&client)?;
     if tasks.is_empty() {
-        println!("No task is running.");
+        outln!("No task is running.")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new();
-    table.load_style(UTF8_FULL_CONDENSED);
-    table.set_header(["task", "action", "tier", "operator", "started", "pid"]);
+    let mut table = Listing::new(&[
+        ("task", Wrap::Words),
+        ("action", Wrap::Words),
+        ("tier", Wrap::Words),
+        ("operator", Wrap::Words),
+        ("started", Wrap::Words),
+        ("pid", Wrap::Words),
+    ]);
     for t in &tasks {
         let started =
             crate::time::parse_rfc3339(&t.started_at).map(super::local).unwrap_or_else(|| printable(&t.started_at));
-        table.add_row([
+        table.row([
             t.task_id.clone(),
             printable(&t.action),
             t.tier.to_string(),
@@ -121,8 +127,8 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
             t.pid.map(|p| p.to_string()).unwrap_or_default(),
         ]);
     }
-    println!("{table}");
-    println!("Stop one with: {}", ctx.command_line(&["stop", "TASK_ID"]));
+    table.print()?;
+    outln!("Stop one with: {}", ctx.command_line(&["stop", "TASK_ID"]))?;
     Ok(ExitCode::SUCCESS)
 }
 
