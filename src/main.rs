@@ -76,3 +76,16 @@ fn exit_code(err: &Error) -> u8 {
         _ => 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::color_allowed;
+
+    #[test]
+    fn colour_only_for_a_terminal_without_no_color() {
+        assert!(color_allowed(true, None));
+        assert!(color_allowed(true, Some("".into())), "an empty NO_COLOR does not count (no-color.org)");
+        assert!(!color_allowed(true, Some("1".into())));
+        assert!(!color_allowed(false, None));
+    }
+}
