@@ -170,7 +170,7 @@ fn host_name() -> Option<String> {
 async fn send(ws: &mut Ws, frame: &ToRelay) -> Result<(), String> {
     match tokio::time::timeout(SEND_TIMEOUT, dial::send(ws, frame)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(crate::ErrorChain(&e).to_string()),
         Err(_) => Err("a write to the relay took over 10 s".into()),
     }
 }
@@ -190,7 +190,9 @@ async fn session(
     };
     let mut ws = match dialled {
         Ok((ws, _)) => ws,
-        Err(e) => return Ended { authenticated: None, error: Some(e.to_string()), going_away: false },
+        Err(e) => {
+            return Ended { authenticated: None, error: Some(crate::ErrorChain(&e).to_string()), going_away: false };
+        }
     };
     let authenticated = Some(Instant::now());
     let failed = |e: String| Ended { authenticated, going_away: e == GOING_AWAY, error: Some(e) };

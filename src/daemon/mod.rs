@@ -528,7 +528,7 @@ impl Daemon {
         if !records.is_empty()
             && let Err(e) = self.audit_sync(records)
         {
-            tracing::error!(error = %e, "could not record consent.expired");
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record consent.expired");
         }
     }
 
@@ -568,7 +568,7 @@ impl Daemon {
                 Err(e) => Decision {
                     verdict: Verdict::Deny(Denial {
                         code: DenyCode::UntrustedOperator,
-                        message: format!("the owner's trusted operators cannot be read: {e}"),
+                        message: format!("the owner's trusted operators cannot be read: {}", crate::ErrorChain(e)),
                     }),
                     remember_nonce: false,
                     operator: None,
@@ -658,14 +658,17 @@ impl Daemon {
             None => format!("argv {}", render_argv(&approved.rendered.commands)),
         });
         if let Err(e) = self.audit(vec![started]).await {
-            tracing::error!(error = %e, "action.started could not be written; denying");
+            tracing::error!(error = %crate::ErrorChain(&e), "action.started could not be written; denying");
             self.forget_task(&task_id);
             if let Some(cg) = &cgroup {
                 cg.remove();
             }
             let denial = Denial {
                 code: DenyCode::AuditUnavailable,
-                message: format!("the device's audit log cannot be written, so nothing runs: {e}"),
+                message: format!(
+                    "the device's audit log cannot be written, so nothing runs: {}",
+                    crate::ErrorChain(&e)
+                ),
             };
             return self.deny(&run, operator, true, denial, &frames).await;
         }
@@ -722,7 +725,8 @@ impl Daemon {
             Ok(None) => String::new(),
             Err(e) => {
                 return Err(unavailable(format!(
-                    "the agent host's secret cannot be read: {e}; fix it, or set [agent] secret_file in a policy.d file"
+                    "the agent host's secret cannot be read: {}; fix it, or set [agent] secret_file in a policy.d file",
+                    crate::ErrorChain(&e)
                 )));
             }
         };
@@ -775,7 +779,7 @@ impl Daemon {
             r.detail = Some(format!("{} parameters, {bytes} bytes, not recorded", run.params.len()));
         }
         if let Err(e) = self.audit(vec![r]).await {
-            tracing::error!(error = %e, code = denial.code.as_str(), "could not record a denial");
+            tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
         }
         tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
         let _ = frames
@@ -866,7 +870,7 @@ impl Daemon {
         }
         records.push(r);
         if let Err(e) = self.audit(records).await {
-            tracing::error!(task = %info.task_id, error = %e, "could not record the end of a task");
+            tracing::error!(task = %info.task_id, error = %crate::ErrorChain(&e), "could not record the end of a task");
         }
         {
             let mut recent = lock(&self.inner.recent);
@@ -999,7 +1003,7 @@ impl Daemon {
         let mut r = Record::new(Event::DaemonStopped);
         r.detail = Some(format!("pid {}; {} running task(s) stopped", std::process::id(), stopped.len()));
         if let Err(e) = self.audit(vec![r]).await {
-            tracing::error!(error = %e, "could not record daemon.stopped");
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record daemon.stopped");
         }
     }
 

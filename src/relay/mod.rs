@@ -74,7 +74,7 @@ pub enum RelayError {
     /// Another relay holds this state directory.
     #[error("another relay is running with the state directory {0}")]
     AlreadyRunning(PathBuf),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io { what: String, source: std::io::Error },
 }
 
@@ -223,7 +223,9 @@ impl Hub {
         if registry::stamp(&self.dir) != cached.1 {
             match Registry::load(&self.dir) {
                 Ok(fresh) => *cached = fresh,
-                Err(e) => tracing::error!(error = %e, "cannot re-read the registry; keeping the last good copy"),
+                Err(e) => {
+                    tracing::error!(error = %crate::ErrorChain(&e), "cannot re-read the registry; keeping the last good copy")
+                }
             }
         }
         cached
@@ -294,7 +296,7 @@ impl Hub {
                 let (outcome, fresh, stamp) = match done {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "cannot enroll");
+                        tracing::error!(error = %crate::ErrorChain(&e), "cannot enroll");
                         return Err(unauthorized("the relay cannot write its registry"));
                     }
                     Err(_) => return Err(unauthorized("the relay cannot write its registry")),
