@@ -13,21 +13,23 @@ fn main() -> ExitCode {
     init_tracing(matches!(cli.command, support::cli::Command::Daemon(_)));
     match support::cli::run(cli) {
         Ok(code) => code,
-        // The reader of our stdout went away (`| head -1`): it has what it wanted.
-        Err(err) if err.is_closed_stdout() => ExitCode::SUCCESS,
         Err(err) => {
-            // A closed stderr leaves nowhere to say it; the exit code still does.
-            let _ = writeln!(std::io::stderr(), "support: {}", ErrorChain(&err));
-            ExitCode::from(exit_code(&err))
+            let code = exit_code(&err);
+            if code != 0 {
+                // A closed stderr leaves nowhere to say it; the exit code still does.
+                let _ = writeln!(std::io::stderr(), "support: {}", ErrorChain(&err));
+            }
+            ExitCode::from(code)
         }
     }
 }
 
 /// Logs go to stderr, filtered by `SUPPORT_LOG` (default `warn`, `info`
 /// for the daemon), coloured only when stderr is a terminal and `NO_COLOR`
-/// is unset or empty (no-color.org), so files and pipes get plain text. Under systemd, when `JOURNAL_STREAM` names the device
-/// and inode of our stderr (systemd.exec(5)), they go to journald natively,
-/// with priorities and fields.
+/// is unset or empty (no-color.org), so files and pipes get plain text.
+/// Under systemd, when `JOURNAL_STREAM` names the device and inode of our
+/// stderr (systemd.exec(5)), they go to journald natively, with priorities
+/// and fields.
 fn init_tracing(daemon: bool) {
     use tracing_subscriber::prelude::*;
     let default = if daemon { "info" } else { "warn" };
@@ -62,9 +64,11 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// DESIGN §4: 1 error, 2 usage or invalid input, 3 daemon unreachable, 4 refused.
+/// DESIGN §4: 1 error, 2 usage or invalid input, 3 daemon unreachable, 4 refused;
+/// 0, said nowhere, when stdout's reader went away (`| head -1` has what it wanted).
 fn exit_code(err: &Error) -> u8 {
     match err {
+        e if e.is_closed_stdout() => 0,
         Error::Usage(_) => 2,
         Error::Policy(PolicyError::File(_)) => 1,
         Error::Policy(_) => 2,

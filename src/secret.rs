@@ -5,7 +5,8 @@
 
 use std::fmt;
 
-/// A secret string; see the [module docs](self).
+/// A secret string (an enrolment token, a shared secret): `Debug` and
+/// `Display` print `***`; [`Secret::expose`] gives the text.
 ///
 /// ```
 /// let token = support::Secret::new("et-abc");
