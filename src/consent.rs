@@ -245,14 +245,14 @@ impl Consent {
 pub fn read(paths: &Paths, now: DateTime<Utc>) -> Consent {
     // Whoever can write the directory can swap the file: check it too.
     if let Err(e) = paths::check_dir(&paths.state_dir) {
-        return Consent::Off(Off::Unsafe(e.to_string()));
+        return Consent::Off(Off::Unsafe(crate::ErrorChain(&e).to_string()));
     }
     let path = paths.consent();
     let bytes = match paths::read_capped(&path, MAX_CONSENT_BYTES) {
         Ok(Some(b)) => b,
         Ok(None) => return Consent::Off(Off::NoGrant),
         // Unsafe, oversized or unreadable: all mean no consent.
-        Err(e) => return Consent::Off(Off::Unsafe(e.to_string())),
+        Err(e) => return Consent::Off(Off::Unsafe(crate::ErrorChain(&e).to_string())),
     };
     let grant: Grant = match serde_json::from_slice(&bytes) {
         Ok(g) => g,

@@ -38,10 +38,10 @@ pub enum DialError {
     Url(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect { addr: String, source: std::io::Error },
     /// The TLS handshake failed (wrong certificate, old TLS, not TLS).
-    #[error("TLS handshake with {addr} failed: {source}")]
+    #[error("TLS handshake with {addr} failed")]
     Handshake { addr: String, source: std::io::Error },
     #[error("WebSocket: {0}")]
     WebSocket(String),

@@ -21,8 +21,10 @@
 //! - [`operator`]: the operator client: devices, run, cancel.
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
+//! - [`Secret`]: a secret string whose `Debug` and `Display` print `***`.
 //! - `cli`: one module per subcommand; [`cli::Cli`] is the parsed command line.
-//! - [`Error`]: what every command returns; `main` maps it to an exit code.
+//! - [`Error`]: what every command returns; `main` maps it to an exit code
+//!   and prints it with [`ErrorChain`], each cause once.
 //!
 //! `consent`, `policy`, `audit`, `identity`, `trust` and `daemon::gate` do no network I/O.
 
@@ -41,6 +43,7 @@ pub mod paths;
 pub mod policy;
 pub mod protocol;
 pub mod relay;
+mod secret;
 pub mod text;
 pub mod time;
 pub mod tls;
@@ -50,11 +53,12 @@ pub mod trust;
 pub use audit::{AuditError, AuditLog, Event, Record};
 pub use consent::{Consent, Grant, Off, Tier};
 pub use daemon::{Daemon, DaemonError};
-pub use error::Error;
+pub use error::{Error, ErrorChain};
 pub use identity::{KeyPair, PublicKey};
 pub use paths::{FileError, Paths};
 pub use policy::{Action, Catalogue, ParamError, PolicyError};
 pub use protocol::{DenyCode, DeviceFrame, Run, Status, StoppedBy, TaskResult};
+pub use secret::Secret;
 pub use trust::TrustError;
 
 use ring::rand::SecureRandom;

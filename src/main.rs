@@ -1,8 +1,10 @@
 //! The `support` binary: parse, set up tracing, run, map errors to exit codes.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
+use support::ErrorChain;
 use support::cli::Cli;
 use support::{Error, PolicyError, TrustError};
 
@@ -15,25 +17,22 @@ fn main() -> ExitCode {
     match support::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            let mut message = format!("support: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !message.contains(&text) {
-                    message.push_str(&format!(": {text}"));
-                }
-                source = s.source();
+            let code = exit_code(&err);
+            if code != 0 {
+                // A closed stderr leaves nowhere to say it; the exit code still does.
+                let _ = writeln!(std::io::stderr(), "support: {}", ErrorChain(&err));
             }
-            eprintln!("{message}");
-            ExitCode::from(exit_code(&err))
+            ExitCode::from(code)
         }
     }
 }
 
 /// Logs go to stderr, filtered by `SUPPORT_LOG` (default `warn`, `info`
-/// for the daemon and `relay serve`). Under systemd, when `JOURNAL_STREAM` names the device
-/// and inode of our stderr (systemd.exec(5)), they go to journald natively,
-/// with priorities and fields.
+/// for the daemon and `relay serve`), coloured only when stderr is a terminal and `NO_COLOR`
+/// is unset or empty (no-color.org), so files and pipes get plain text.
+/// Under systemd, when `JOURNAL_STREAM` names the device and inode of our
+/// stderr (systemd.exec(5)), they go to journald natively, with priorities
+/// and fields.
 fn init_tracing(daemon: bool) {
     use tracing_subscriber::prelude::*;
     let default = if daemon { "info" } else { "warn" };
@@ -47,7 +46,16 @@ fn init_tracing(daemon: bool) {
         tracing_subscriber::registry().with(filter()).with(journald.with_syslog_identifier("support".into())).init();
         return;
     }
-    tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(color_allowed(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
+        .init();
+}
+
+/// Colour for a terminal, unless `NO_COLOR` is set to a non-empty value (no-color.org).
+fn color_allowed(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Whether stderr is the journal stream systemd set up (`JOURNAL_STREAM=DEV:INODE`).
@@ -59,9 +67,11 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// DESIGN §4: 1 error, 2 usage or invalid input, 3 daemon unreachable, 4 refused.
+/// DESIGN §4: 1 error, 2 usage or invalid input, 3 daemon unreachable, 4 refused;
+/// 0, said nowhere, when stdout's reader went away (`| head -1` has what it wanted).
 fn exit_code(err: &Error) -> u8 {
     match err {
+        e if e.is_closed_stdout() => 0,
         Error::Usage(_) => 2,
         Error::Policy(PolicyError::File(_)) => 1,
         Error::Policy(_) => 2,
@@ -70,7 +80,19 @@ fn exit_code(err: &Error) -> u8 {
         ) => 2,
         Error::DaemonUnreachable(_) => 3,
         Error::Refused(_) => 4,
-        Error::Daemon(support::DaemonError::AlreadyRunning { .. }) => 1,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::color_allowed;
+
+    #[test]
+    fn colour_only_for_a_terminal_without_no_color() {
+        assert!(color_allowed(true, None));
+        assert!(color_allowed(true, Some("".into())), "an empty NO_COLOR does not count (no-color.org)");
+        assert!(!color_allowed(true, Some("1".into())));
+        assert!(!color_allowed(false, None));
     }
 }

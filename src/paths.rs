@@ -36,8 +36,9 @@ pub enum FileError {
         /// The cap, bytes.
         limit: u64,
     },
-    /// An operating-system error; `op` says what was being done.
-    #[error("cannot {op} {path}: {source}", path = path.display())]
+    /// An operating-system error; `op` says what was being done, `source` why
+    /// (not repeated in this variant's text: [`crate::ErrorChain`] adds it).
+    #[error("cannot {op} {path}", path = path.display())]
     Io {
         /// What was being done: `read`, `create`, `rename`, ...
         op: &'static str,

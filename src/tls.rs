@@ -33,7 +33,7 @@ pub enum TlsError {
     #[error("{path}: {why}")]
     Pem { path: PathBuf, why: String },
     /// rustls refused the certificate, key or settings.
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     Rustls(#[from] rustls::Error),
     /// The self-signed certificate could not be made.
     #[error("cannot make a self-signed certificate: {0}")]

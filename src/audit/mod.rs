@@ -241,8 +241,8 @@ pub enum AuditError {
     /// The log, its key or its directory is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
-    /// Writing or syncing failed (disk full, read-only, I/O error).
-    #[error("cannot write the audit log {path}: {source}; nothing was done. Check free space and permissions", path = path.display())]
+    /// Writing or syncing failed (disk full, read-only, I/O error); `source` says which.
+    #[error("cannot write the audit log {path} (nothing was done; check free space and permissions)", path = path.display())]
     Write {
         /// The log.
         path: PathBuf,

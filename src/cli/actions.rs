@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::{Value, json};
 
 use super::Ctx;
+use super::out::outln;
+use super::table::{Listing, Wrap};
 use crate::Error;
 use crate::consent::{self, Consent};
 use crate::policy::{Action, Catalogue};
@@ -29,25 +30,27 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         catalogue.actions().into_iter().filter(|a| args.all || live_tier.is_some_and(|t| a.tier <= t)).collect();
     if args.json {
         let list: Vec<Value> = shown.iter().map(|a| action_json(a, live_tier.is_some_and(|t| a.tier <= t))).collect();
-        super::print_json(&Value::Array(list));
+        super::print_json(&Value::Array(list))?;
         return Ok(ExitCode::SUCCESS);
     }
     match (&consent, args.all) {
         (Consent::Off(off), false) => {
-            println!("support is off ({}): nothing may run.", off.reason());
-            println!("`{}` shows the whole catalogue.", ctx.command_line(&["actions", "--all"]));
+            outln!("support is off ({}): nothing may run.", off.reason())?;
+            outln!("`{}` shows the whole catalogue.", ctx.command_line(&["actions", "--all"]))?;
             return Ok(ExitCode::SUCCESS);
         }
         (Consent::Live(g), false) => {
-            println!("Under the grant in force (tier {}, {}), support may run:", g.tier.get(), g.tier.name())
+            outln!("Under the grant in force (tier {}, {}), support may run:", g.tier.get(), g.tier.name())?
         }
-        (_, true) => println!("The whole catalogue{}:", if live_tier.is_some() { " (* = allowed now)" } else { "" }),
+        (_, true) => outln!("The whole catalogue{}:", if live_tier.is_some() { " (* = allowed now)" } else { "" })?,
     }
-    let mut table = Table::new();
-    table
-        .load_style(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-        .set_header(["action", "tier", "kind", "parameters", "description"]);
+    let mut table = Listing::new(&[
+        ("action", Wrap::Words),
+        ("tier", Wrap::Words),
+        ("kind", Wrap::Words),
+        ("parameters", Wrap::Text),
+        ("description", Wrap::Text),
+    ]);
     for a in &shown {
         let allowed = live_tier.is_some_and(|t| a.tier <= t);
         let name = if args.all && allowed { format!("{} *", a.name) } else { a.name.clone() };
@@ -59,7 +62,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 format!("{}{optional}: {}", p.name, p.type_label())
             })
             .collect();
-        table.add_row([
+        table.row([
             name,
             a.tier.get().to_string(),
             a.kind.to_string(),
@@ -67,7 +70,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             super::printable(&a.description),
         ]);
     }
-    println!("{table}");
+    table.print()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::Ctx;
-use crate::Error;
+use super::out::outln;
 use crate::audit::{Event, Record};
 use crate::consent::{self, Grant, Tier};
+use crate::{Error, ErrorChain};
 
 /// Grant support a tier of actions for a while.
 #[derive(Debug, clap::Args)]
@@ -97,28 +98,30 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         undo.grant_id = Some(grant.grant_id.clone());
         undo.detail = Some(match &removed {
             Ok(_) => "the grant could not be written and was withdrawn; no grant is in force".into(),
-            Err(r) => format!("the grant could not be written, nor the consent file removed: {r}"),
+            Err(r) => format!("the grant could not be written, nor the consent file removed: {}", ErrorChain(r)),
         });
         let _ = ctx.audit(undo);
         return Err(match removed {
             Ok(_) => e.into(),
             Err(r) => Error::Failed(format!(
-                "{e}; and the consent file could not be removed ({r}), so a grant may stand: remove {} by hand",
+                "{}; and the consent file could not be removed ({}), so a grant may stand: remove {} by hand",
+                ErrorChain(&e),
+                ErrorChain(&r),
                 ctx.paths.consent().display()
             )),
         });
     }
     // A lower tier than before stops the tasks above it now.
     let told = super::client::tell_consent_changed(&ctx.paths);
-    println!("Granted tier {}: {}.", grant.tier, grant.tier.allows());
-    println!(
+    outln!("Granted tier {}: {}.", grant.tier, grant.tier.allows())?;
+    outln!(
         "Ends {} (in {}). Revoke any time: {}",
         super::local(grant.expires_at),
         humantime::format_duration(duration),
         ctx.command_line(&["revoke"])
-    );
+    )?;
     if told {
-        println!("The daemon was told.");
+        outln!("The daemon was told.")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-
+use super::out::outln;
+use super::table::{Listing, Wrap};
 use super::{Ctx, printable};
 use crate::Error;
 use crate::audit::{self, Record};
@@ -25,9 +25,9 @@ pub struct Args {
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     if args.verify {
         let v = audit::verify(&ctx.paths)?;
-        println!("ok: {} records", v.records);
+        outln!("ok: {} records", v.records)?;
         if v.records > 0 {
-            println!("head: seq {} mac {}", v.head.seq, v.head.mac);
+            outln!("head: seq {} mac {}", v.head.seq, v.head.mac)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -36,21 +36,26 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     if args.json {
         for listed in newest {
             match &listed.record {
-                Some(r) => println!("{}", serde_json::to_string(r).expect("records serialise")),
-                None => println!("{}", serde_json::json!({ "unreadable": true, "verified": false })),
+                Some(r) => outln!("{}", serde_json::to_string(r).expect("records serialise"))?,
+                None => outln!("{}", serde_json::json!({ "unreadable": true, "verified": false }))?,
             }
         }
         return Ok(ExitCode::SUCCESS);
     }
     if listing.total == 0 {
-        println!("No audit records yet ({}).", ctx.paths.audit().display());
+        outln!("No audit records yet ({}).", ctx.paths.audit().display())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new();
-    table
-        .load_style(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-        .set_header(["time", "ok", "seq", "event", "action", "tier", "operator", "outcome"]);
+    // Six columns, not eight: the mark rides with the seq and the action
+    // with its event, so an 80-column terminal keeps every name whole.
+    let mut table = Listing::new(&[
+        ("time", Wrap::Words),
+        ("seq", Wrap::Words),
+        ("event", Wrap::Words),
+        ("tier", Wrap::Words),
+        ("operator", Wrap::Words),
+        ("outcome", Wrap::Text),
+    ]);
     let mut broken = 0;
     for listed in &newest {
         let mark = if listed.verified { "✓" } else { "✗" };
@@ -58,22 +63,23 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         let row = match &listed.record {
             Some(r) => vec![
                 time(r),
-                mark.into(),
-                r.seq.to_string(),
-                r.event.as_str().into(),
-                printable(r.action.as_deref().unwrap_or("")),
+                format!("{mark} {}", r.seq),
+                match &r.action {
+                    Some(action) => format!("{} {}", r.event.as_str(), printable(action)),
+                    None => r.event.as_str().into(),
+                },
                 r.tier.map(|t| t.to_string()).unwrap_or_default(),
                 printable(r.operator.as_deref().unwrap_or("")),
                 printable(&outcome(r)),
             ],
-            None => vec!["?".into(), mark.into(), "?".into(), "(unreadable record)".into()],
+            None => vec!["?".into(), format!("{mark} ?"), "(unreadable record)".into()],
         };
-        table.add_row(row);
+        table.row(row);
     }
-    println!("{table}");
-    println!("{} of {} records, newest first.", newest.len(), listing.total);
+    table.print()?;
+    outln!("{} of {} records, newest first.", newest.len(), listing.total)?;
     if broken > 0 {
-        println!("{broken} shown do not verify (✗); run `support audit --verify` for the first break.");
+        outln!("{broken} shown do not verify (✗); run `support audit --verify` for the first break.")?;
     }
     Ok(ExitCode::SUCCESS)
 }

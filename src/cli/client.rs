@@ -55,7 +55,12 @@ impl Client {
             Ok(Some(s)) => String::from_utf8_lossy(&s).trim().to_string(),
             Ok(None) => return Err(unreachable(paths, "the control API secret is missing")),
             Err(e @ FileError::Unsafe { .. }) => return Err(e.into()),
-            Err(e) => return Err(unreachable(paths, &format!("the control API secret cannot be read: {e}"))),
+            Err(e) => {
+                return Err(unreachable(
+                    paths,
+                    &format!("the control API secret cannot be read: {}", crate::ErrorChain(&e)),
+                ));
+            }
         };
         Ok(Client { info, secret })
     }

@@ -71,8 +71,9 @@ fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
     } else {
         (file.relay_ca, file.relay_fingerprint)
     };
-    let trust = RelayTrust::from_flags(ca.as_deref(), fp.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
-    let tls = trust.client_config().map_err(|e| Error::Usage(e.to_string()))?;
+    let usage = |e: crate::tls::TlsError| Error::Usage(crate::ErrorChain(&e).to_string());
+    let trust = RelayTrust::from_flags(ca.as_deref(), fp.as_deref()).map_err(usage)?;
+    let tls = trust.client_config().map_err(usage)?;
     Ok(Some(LinkConfig { url, tls, enroll_token: args.enroll.clone().or(file.enroll) }))
 }
 

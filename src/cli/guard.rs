@@ -17,7 +17,7 @@ pub(crate) fn refuse(ctx: &Ctx, command: &str, evidence: &str, record: Record) -
          Only the owner, outside support's tasks, may grant or widen access."
     );
     if let Err(e) = ctx.audit(record) {
-        message.push_str(&format!(" The refusal could not be recorded: {e}"));
+        message.push_str(&format!(" The refusal could not be recorded: {}", crate::ErrorChain(&e)));
     }
     Error::Refused(message)
 }

@@ -19,10 +19,12 @@ mod daemon;
 mod demo;
 mod guard;
 mod operator;
+mod out;
 mod policy;
 mod relay;
 mod revoke;
 mod status;
+mod table;
 mod tasks;
 mod trust;
 
@@ -138,6 +140,9 @@ pub(crate) use crate::text::printable;
 pub(crate) use crate::time::local;
 
 /// Prints a JSON value on one line of stdout.
-pub(crate) fn print_json(value: &serde_json::Value) {
-    println!("{value}");
+///
+/// # Errors
+/// [`Error::Stdout`] when stdout cannot be written (see [`out`]).
+pub(crate) fn print_json(value: &serde_json::Value) -> Result<(), Error> {
+    out::line(format_args!("{value}"))
 }

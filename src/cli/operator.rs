@@ -8,6 +8,8 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::out::outln;
+use super::table::{Listing, Wrap};
 use super::{print_json, printable};
 use crate::Error;
 use crate::dial::{DialError, RelayUrl};
@@ -132,8 +134,13 @@ fn failed(e: DialError) -> Error {
         }
         DialError::Refused { code: RelayCode::DeviceOffline, message } => Error::DaemonUnreachable(printable(&message)),
         DialError::Url(m) => Error::Usage(format!("relay address {m}")),
-        e => Error::Failed(printable(&e.to_string())),
+        e => Error::Failed(printable(&crate::ErrorChain(&e).to_string())),
     }
+}
+
+/// A bad flag's error, with its cause (a missing key file says why).
+fn usage(e: &(dyn std::error::Error + 'static)) -> Error {
+    Error::Usage(crate::ErrorChain(e).to_string())
 }
 
 impl Conn {
@@ -145,10 +152,10 @@ impl Conn {
             .parse()
             .map_err(failed)?;
         let trust = RelayTrust::from_flags(self.relay_ca.as_deref(), self.relay_fingerprint.as_deref())
-            .map_err(|e| Error::Usage(e.to_string()))?;
-        let tls = trust.client_config().map_err(|e| Error::Usage(e.to_string()))?;
+            .map_err(|e| usage(&e))?;
+        let tls = trust.client_config().map_err(|e| usage(&e))?;
         let path = self.key.as_ref().ok_or_else(|| Error::Usage("give --key FILE (or SUPPORT_OPERATOR_KEY)".into()))?;
-        let key = KeyPair::load(path).map_err(|e| Error::Usage(e.to_string()))?;
+        let key = KeyPair::load(path).map_err(|e| usage(&e))?;
         Session::connect(&url, tls, key).await.map_err(failed)
     }
 }
@@ -200,13 +207,20 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
     })
 }
 
+/// `support operator keygen --out FILE`: missing directories on the way to
+/// FILE are made 0700, as the home's own are; an existing one is used as it is.
 fn keygen(out: &std::path::Path) -> Result<ExitCode, Error> {
     if std::fs::symlink_metadata(out).is_ok() {
         return Err(Error::Usage(format!("{} exists; choose another --out or remove it first", out.display())));
     }
-    let (key, _) = KeyPair::load_or_create(out).map_err(|e| Error::Failed(e.to_string()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && std::fs::symlink_metadata(dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        crate::paths::ensure_dir(dir)?;
+    }
+    let (key, _) = KeyPair::load_or_create(out).map_err(|e| Error::Failed(crate::ErrorChain(&e).to_string()))?;
     let public = key.public_key();
-    println!("{public}");
+    outln!("{public}")?;
     eprintln!("Private key written to {} (0600). Keep it secret.", out.display());
     eprintln!("fingerprint {}", public.fingerprint());
     eprintln!("Give the public key to the relay admin: support relay add-operator NAME {public}");
@@ -217,38 +231,47 @@ fn keygen(out: &std::path::Path) -> Result<ExitCode, Error> {
 async fn devices(session: &mut Session, json: bool) -> Result<ExitCode, Error> {
     let devices = session.devices().await.map_err(failed)?;
     if json {
-        print_json(&serde_json::to_value(&devices).unwrap_or_default());
+        print_json(&serde_json::to_value(&devices).unwrap_or_default())?;
         return Ok(ExitCode::SUCCESS);
     }
-    print_devices(&devices);
+    print_devices(&devices)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// A table of devices, as `operator devices` and `relay devices` print it.
-pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) {
+/// A table of devices, as `operator devices` and `relay devices` print it;
+/// times in local time, so they wrap at spaces in a narrow terminal.
+///
+/// # Errors
+/// [`Error::Stdout`] when stdout cannot be written.
+pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) -> Result<(), Error> {
     if devices.is_empty() {
-        println!("no devices enrolled");
-        return;
+        return outln!("no devices enrolled");
     }
-    let mut table = comfy_table::Table::new();
-    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(["device", "name", "online", "last heartbeat", "grant"]);
+    // From the relay's side of the wire: shown only as printable text.
+    let when = |t: &str| crate::time::parse_rfc3339(t).map(super::local).unwrap_or_else(|| printable(t));
+    let mut table = Listing::new(&[
+        ("device", Wrap::Words),
+        ("name", Wrap::Words),
+        ("online", Wrap::Words),
+        ("last heartbeat", Wrap::Words),
+        ("grant", Wrap::Text),
+    ]);
     for d in devices {
         let grant = match (d.tier, &d.expires_at) {
-            (Some(t), Some(e)) => format!("tier {t} until {}", printable(e)),
+            (Some(t), Some(e)) => format!("tier {t} until {}", when(e)),
             (Some(t), None) => format!("tier {t}"),
             _ if d.last_heartbeat.is_some() => "off".into(),
             _ => "-".into(),
         };
-        table.add_row([
-            d.device_id.clone(),
+        table.row([
+            printable(&d.device_id),
             printable(&d.name),
             if d.online { "yes".into() } else { "no".into() },
-            d.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
+            d.last_heartbeat.as_deref().map(when).unwrap_or_else(|| "-".into()),
             grant,
         ]);
     }
-    println!("{table}");
+    table.print()
 }
 
 fn parse_params(params: &[String]) -> Result<BTreeMap<String, String>, Error> {
@@ -288,7 +311,8 @@ async fn run_action(
     let mut task = String::new();
     let on_frame = |f: &DeviceFrame| {
         if json {
-            print_json(&serde_json::to_value(f).unwrap_or_default());
+            // Like the other writes here: a closed stdout does not stop the task.
+            let _ = print_json(&serde_json::to_value(f).unwrap_or_default());
             return;
         }
         if let Some(t) = &mut transcript {

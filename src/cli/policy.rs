@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::Ctx;
+use super::out::outln;
 use crate::Error;
 use crate::policy::Catalogue;
 
@@ -30,19 +31,19 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
         Command::Check { path: Some(path) } => {
             let mut cat = Catalogue::default_only()?;
             cat.merge_file(&path)?;
-            println!(
+            outln!(
                 "ok: {} is valid; with the default catalogue it makes {} actions",
                 path.display(),
                 cat.actions().len()
-            );
+            )?;
         }
         Command::Check { path: None } => {
             let cat = Catalogue::load(&ctx.paths)?;
-            println!(
+            outln!(
                 "ok: the catalogue in force has {} actions (default + {})",
                 cat.actions().len(),
                 ctx.paths.policy_dir().join("*.toml").display()
-            );
+            )?;
         }
         Command::Render { action, params } => {
             let cat = Catalogue::load(&ctx.paths)?;
@@ -50,10 +51,10 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
             let params = parse_params(&params)?;
             let rendered = action.render(&params).map_err(crate::PolicyError::from)?;
             for argv in &rendered.commands {
-                println!("{}", serde_json::to_string(argv).expect("strings serialise"));
+                outln!("{}", serde_json::to_string(argv).expect("strings serialise"))?;
             }
             if let Some(stdin) = &rendered.stdin {
-                println!("stdin: {} bytes", stdin.len());
+                outln!("stdin: {} bytes", stdin.len())?;
             }
         }
     }

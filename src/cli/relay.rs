@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::out::outln;
 use super::{Ctx, print_json};
-use crate::Error;
 use crate::identity::PublicKey;
 use crate::relay::{self, registry};
 use crate::tls::Identity;
+use crate::{Error, ErrorChain, Secret};
 
 /// `support relay`.
 #[derive(Debug, clap::Args)]
@@ -81,7 +82,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let dir = std::path::absolute(&dir).unwrap_or(dir);
     let reg = |e: registry::RegistryError| match e {
         registry::RegistryError::File(f) => file_error(&dir, f),
-        e => Error::Failed(e.to_string()),
+        e => Error::Failed(ErrorChain(&e).to_string()),
     };
     match args.command {
         Command::Serve(a) => serve(dir, a),
@@ -90,12 +91,15 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             if !(60..=30 * 86_400).contains(&ttl.as_secs()) {
                 return Err(Error::Usage("--ttl must be between 1m and 30d".into()));
             }
-            let ttl = chrono::Duration::from_std(ttl).map_err(|e| Error::Usage(e.to_string()))?;
+            let ttl = chrono::Duration::from_std(ttl).map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?;
             let (token, expires_at) = registry::new_token(&dir, ttl).map_err(reg)?;
-            println!("{token}");
+            // Printing it is this command's job; nothing else here may show it.
+            let token = Secret::new(token);
+            outln!("{}", token.expose())?;
             eprintln!(
-                "One device may enroll with it until {} (it is stored only as a hash):\n  support daemon --relay wss://RELAY:PORT --relay-ca cert.pem --enroll {token}",
-                super::local(expires_at)
+                "One device may enroll with it until {} (it is stored only as a hash):\n  support daemon --relay wss://RELAY:PORT --relay-ca cert.pem --enroll {}",
+                super::local(expires_at),
+                token.expose()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -130,9 +134,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 _ => {}
             }
             if json {
-                print_json(&serde_json::to_value(&listing.devices).unwrap_or_default());
+                print_json(&serde_json::to_value(&listing.devices).unwrap_or_default())?;
             } else {
-                super::operator::print_devices(&listing.devices);
+                super::operator::print_devices(&listing.devices)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -154,7 +158,7 @@ fn snapshot_note(written_at: Option<chrono::DateTime<chrono::Utc>>, now: chrono:
 /// runs the relay, the fix is to run this command as that user, not to
 /// `chown` the relay's files away from it.
 fn file_error(dir: &std::path::Path, e: crate::paths::FileError) -> Error {
-    let Some(user) = relay::owner_to_run_as(dir, &e) else { return Error::Failed(e.to_string()) };
+    let Some(user) = relay::owner_to_run_as(dir, &e) else { return Error::Failed(ErrorChain(&e).to_string()) };
     let path = match &e {
         crate::paths::FileError::Unsafe { path, .. } => path.display().to_string(),
         _ => dir.display().to_string(),
@@ -179,7 +183,7 @@ fn relay_error(dir: &std::path::Path, e: relay::RelayError) -> Error {
         relay::RelayError::File(f) | relay::RelayError::Registry(registry::RegistryError::File(f)) => {
             file_error(dir, f)
         }
-        e => Error::Failed(e.to_string()),
+        e => Error::Failed(ErrorChain(&e).to_string()),
     }
 }
 
@@ -187,16 +191,16 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
     // Before READY=1 and `listening on`: a relay that says it is ready must be able to run.
     let state = relay::State::open(dir.clone()).map_err(|e| relay_error(&dir, e))?;
     let identity = match (&a.cert, &a.key, a.self_signed) {
-        (Some(cert), Some(key), false) => Identity::from_pem(cert, key).map_err(|e| Error::Usage(e.to_string()))?,
+        (Some(cert), Some(key), false) => Identity::from_pem(cert, key).map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?,
         (None, None, true) => {
-            let (identity, made) = Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(e.to_string()))?;
+            let (identity, made) = Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
             let verb = if made { "made" } else { "reusing" };
             eprintln!("{verb} the self-signed certificate {}", crate::paths::RelayPaths::new(&dir).cert().display());
             identity
         }
         _ => return Err(Error::Usage("give --cert PEM --key PEM, or --self-signed".into())),
     };
-    let tls = identity.server_config().map_err(|e| Error::Usage(e.to_string()))?;
+    let tls = identity.server_config().map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -205,7 +209,7 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
             .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
-        let addr = listener.local_addr().map_err(|e| Error::Failed(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
         // Whoever started us may stop reading stdout; that must not stop the relay.
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -217,7 +221,7 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         let options = relay::Options { max_connections: a.max_connections };
         relay::run(listener, tls, state, options, super::daemon::shutdown_signal())
             .await
-            .map_err(|e| Error::Failed(e.to_string()))?;
+            .map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
         Ok(ExitCode::SUCCESS)
     })
 }

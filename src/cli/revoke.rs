@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use super::Ctx;
-use crate::Error;
+use super::out::outln;
 use crate::audit::{Event, Record};
 use crate::consent::{self, Consent, Off};
+use crate::{Error, ErrorChain};
 
 /// Withdraw the grant now. Exits 0 whether or not one was in force.
 #[derive(Debug, clap::Args)]
@@ -43,11 +44,12 @@ pub(crate) fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode, Error> {
             "No grant was in force; nothing to revoke.".to_string()
         }
     };
-    ctx.audit(record)
-        .map_err(|e| Error::Failed(format!("the grant is revoked, but the audit record could not be written: {e}")))?;
-    println!("{message}");
+    ctx.audit(record).map_err(|e| {
+        Error::Failed(format!("the grant is revoked, but the audit record could not be written: {}", ErrorChain(&e)))
+    })?;
+    outln!("{message}")?;
     if told {
-        println!("The daemon was told; it stops any running task.");
+        outln!("The daemon was told; it stops any running task.")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,7 +30,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let consent = consent::read(&ctx.paths, ctx.now);
     let daemon = daemon_status(ctx);
     if args.json {
-        super::print_json(&status_json(ctx, &consent, daemon.as_ref()));
+        super::print_json(&status_json(ctx, &consent, daemon.as_ref()))?;
         return Ok(ExitCode::SUCCESS);
     }
     match &consent {

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-
 use super::client::Client;
+use super::out::outln;
+use super::table::{Listing, Wrap};
 use super::{Ctx, paint, printable};
 use crate::Error;
 use crate::audit::Record;
@@ -63,7 +63,7 @@ fn show(ctx: &Ctx, client: &Client, id: &str, json: bool) -> Result<ExitCode, Er
         return Err(Error::Usage(format!("no task {id} is running or recently ended (see `support tasks`)")));
     };
     if json {
-        super::print_json(&serde_json::to_value(&detail).unwrap_or_default());
+        super::print_json(&serde_json::to_value(&detail).unwrap_or_default())?;
         return Ok(ExitCode::SUCCESS);
     }
     if detail.running {
@@ -96,21 +96,26 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
     }
     if args.json {
         let tasks: TaskList = client.call("GET", "/v1/tasks")?;
-        super::print_json(&serde_json::to_value(&tasks).unwrap_or_default());
+        super::print_json(&serde_json::to_value(&tasks).unwrap_or_default())?;
         return Ok(ExitCode::SUCCESS);
     }
     let tasks = list(&client)?;
     if tasks.is_empty() {
-        println!("No task is running.");
+        outln!("No task is running.")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new();
-    table.load_style(UTF8_FULL_CONDENSED);
-    table.set_header(["task", "action", "tier", "operator", "started", "pid"]);
+    let mut table = Listing::new(&[
+        ("task", Wrap::Words),
+        ("action", Wrap::Words),
+        ("tier", Wrap::Words),
+        ("operator", Wrap::Words),
+        ("started", Wrap::Words),
+        ("pid", Wrap::Words),
+    ]);
     for t in &tasks {
         let started =
             crate::time::parse_rfc3339(&t.started_at).map(super::local).unwrap_or_else(|| printable(&t.started_at));
-        table.add_row([
+        table.row([
             t.task_id.clone(),
             printable(&t.action),
             t.tier.to_string(),
@@ -119,8 +124,8 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
             t.pid.map(|p| p.to_string()).unwrap_or_default(),
         ]);
     }
-    println!("{table}");
-    println!("Stop one with: {}", ctx.command_line(&["stop", "TASK_ID"]));
+    table.print()?;
+    outln!("Stop one with: {}", ctx.command_line(&["stop", "TASK_ID"]))?;
     Ok(ExitCode::SUCCESS)
 }
 

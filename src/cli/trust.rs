@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-
+use super::out::outln;
+use super::table::{Listing, Wrap};
 use super::{Ctx, printable};
 use crate::Error;
 use crate::audit::{Event, Record};
@@ -61,16 +61,19 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
             let key = trust::check_new(&ctx.paths, &name, &public_key)?;
             ctx.audit(record(Event::TrustAdded, &name, &key.to_string()))?;
             trust::add(&ctx.paths, &name, &public_key, ctx.now)?;
-            println!("Trusted `{name}` ({}).", key.fingerprint());
-            println!("Their signed commands run only within your grant: {}", ctx.command_line(&["status"]));
+            outln!("Trusted `{name}` ({}).", key.fingerprint())?;
+            outln!("Their signed commands run only within your grant: {}", ctx.command_line(&["status"]))?;
         }
         Command::Remove { name } => {
             // Withdrawing trust must work even when the audit log cannot be written.
             let op = trust::remove(&ctx.paths, &name)?;
             ctx.audit(record(Event::TrustRemoved, &op.name, &op.public_key)).map_err(|e| {
-                Error::Failed(format!("`{name}` is no longer trusted, but the audit record could not be written: {e}"))
+                Error::Failed(format!(
+                    "`{name}` is no longer trusted, but the audit record could not be written: {}",
+                    crate::ErrorChain(&e)
+                ))
             })?;
-            println!("`{name}` is no longer trusted.");
+            outln!("`{name}` is no longer trusted.")?;
         }
         Command::List { json } => {
             let ops = trust::list(&ctx.paths)?;
@@ -82,23 +85,17 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
                         serde_json::json!({"name": o.name, "public_key": o.public_key, "fingerprint": fp, "added_at": o.added_at})
                     })
                     .collect();
-                super::print_json(&serde_json::Value::Array(list));
+                super::print_json(&serde_json::Value::Array(list))?;
             } else if ops.is_empty() {
-                println!(
-                    "No operators are trusted. Add one: {}",
-                    ctx.command_line(&["trust", "add", "NAME", "PUBKEY"])
-                );
+                outln!("No operators are trusted. Add one: {}", ctx.command_line(&["trust", "add", "NAME", "PUBKEY"]))?;
             } else {
-                let mut table = Table::new();
-                table
-                    .load_style(UTF8_FULL_CONDENSED)
-                    .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-                    .set_header(["operator", "fingerprint", "added"]);
+                let mut table =
+                    Listing::new(&[("operator", Wrap::Words), ("fingerprint", Wrap::Text), ("added", Wrap::Words)]);
                 for o in &ops {
                     let fp = o.public_key.parse::<PublicKey>().map(|k| k.fingerprint()).unwrap_or_default();
-                    table.add_row([printable(&o.name), fp, o.added_at.clone()]);
+                    table.row([printable(&o.name), fp, o.added_at.clone()]);
                 }
-                println!("{table}");
+                table.print()?;
             }
         }
     }

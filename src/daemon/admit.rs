@@ -100,7 +100,7 @@ impl Daemon {
                 Err(e) => Decision {
                     verdict: Verdict::Deny(Denial {
                         code: DenyCode::UntrustedOperator,
-                        message: format!("the owner's trusted operators cannot be read: {e}"),
+                        message: format!("the owner's trusted operators cannot be read: {}", crate::ErrorChain(e)),
                     }),
                     remember_nonce: false,
                     operator: None,
@@ -216,14 +216,14 @@ impl Daemon {
             None => format!("argv {}", render_argv(&spec.commands)),
         });
         if let Err(e) = self.audit(vec![started]).await {
-            tracing::error!(task = %info.task_id, error = %e, "action.started could not be written; denying");
+            tracing::error!(task = %info.task_id, error = %crate::ErrorChain(&e), "action.started could not be written; denying");
             self.forget_task(&info.task_id);
             if let Some(cg) = &spec.cgroup {
                 cg.remove();
             }
             return Err(Denial {
                 code: DenyCode::AuditUnavailable,
-                message: format!("the device's audit log cannot be written, so nothing runs: {e}"),
+                message: format!("the device's audit log cannot be written, so nothing runs: {}", crate::ErrorChain(&e)),
             });
         }
         let accepted = DeviceFrame::Accepted { request_id: info.request_id.clone(), task_id: info.task_id.clone() };
@@ -244,7 +244,7 @@ impl Daemon {
         let known_action = self.inner.catalogue.get(&run.action).is_ok();
         let record = denial_record(run, operator, signed && known_action, &denial);
         if let Err(e) = self.audit(vec![record]).await {
-            tracing::error!(error = %e, code = denial.code.as_str(), "could not record a denial");
+            tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
         }
         tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
         let _ = frames

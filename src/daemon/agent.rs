@@ -54,7 +54,8 @@ impl Daemon {
             Ok(None) => String::new(),
             Err(e) => {
                 return Err(unavailable(format!(
-                    "the agent host's secret cannot be read: {e}; fix it, or set [agent] secret_file in a policy.d file"
+                    "the agent host's secret cannot be read: {}; fix it, or set [agent] secret_file in a policy.d file",
+                    crate::ErrorChain(&e)
                 )));
             }
         };

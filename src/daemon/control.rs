@@ -191,7 +191,7 @@ impl Shared {
             if suppressed > 0 { format!("; {suppressed} more refused since the last record") } else { String::new() }
         ));
         if let Err(e) = self.daemon.audit(vec![r]).await {
-            tracing::error!(error = %e, "could not record control.unauthorized");
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record control.unauthorized");
         }
     }
 }

@@ -98,7 +98,7 @@ impl Daemon {
         if !records.is_empty()
             && let Err(e) = self.audit_sync(records)
         {
-            tracing::error!(error = %e, "could not record consent.expired");
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record consent.expired");
         }
     }
 

@@ -193,7 +193,9 @@ async fn session(
     };
     let mut ws = match dialled {
         Ok((ws, _)) => ws,
-        Err(e) => return Ended { authenticated: None, error: Some(e.to_string()), going_away: false },
+        Err(e) => {
+            return Ended { authenticated: None, error: Some(crate::ErrorChain(&e).to_string()), going_away: false };
+        }
     };
     let authenticated = Some(Instant::now());
     let failed = |e: String| Ended { authenticated, going_away: e == GOING_AWAY, error: Some(e) };

@@ -112,7 +112,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -343,7 +343,7 @@ impl Daemon {
         let mut r = Record::new(Event::DaemonStopped);
         r.detail = Some(format!("pid {}; {} running task(s) stopped", std::process::id(), stopped.len()));
         if let Err(e) = self.audit(vec![r]).await {
-            tracing::error!(error = %e, "could not record daemon.stopped");
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record daemon.stopped");
         }
     }
 

@@ -113,7 +113,7 @@ impl Daemon {
         let transcript_sha256 = info.agent.then(|| lock(&transcript).digest());
         let records = end_records(&info, &result, transcript_sha256);
         if let Err(e) = self.audit(records).await {
-            tracing::error!(error = %e, "could not record the end of a task");
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record the end of a task");
         }
         {
             let mut recent = lock(&self.inner.recent);

@@ -114,7 +114,7 @@ async fn enroll(
     let (outcome, fresh, stamp) = match done {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot enroll");
+            tracing::error!(error = %crate::ErrorChain(&e), "cannot enroll");
             return Err(unauthorized(CANNOT_WRITE));
         }
         Err(_) => return Err(unauthorized(CANNOT_WRITE)),

@@ -72,7 +72,7 @@ pub enum RelayError {
     #[error("another relay is running with the state directory {0}")]
     AlreadyRunning(PathBuf),
     /// An operating-system error; `what` says what was being done.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

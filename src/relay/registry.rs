@@ -30,7 +30,7 @@ pub enum RegistryError {
     File(#[from] FileError),
     #[error("{path}: not a valid registry ({why}); fix or move it aside")]
     Malformed { path: PathBuf, why: String },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Lock { path: PathBuf, source: std::io::Error },
     /// An admin change that conflicts with what is there.
     #[error("{0}")]

@@ -1,0 +1,173 @@
+//! The one table every listing prints (`actions`, `audit`, `tasks`,
+//! `relay devices`, `operator devices`, `trust list`): columns two spaces
+//! apart under a ruled header, fitted to the width and wrapped only at spaces.
+//!
+//! # Width
+//! `COLUMNS` when it is a positive number (so `COLUMNS=100 support audit | less`
+//! works), else the terminal's width when stdout is one. Into a pipe or a file
+//! with no `COLUMNS`, rows are not wrapped at all: each stays on its line for
+//! `grep` and `less -S`, as `ps` and `ls -l` do.
+//!
+//! # Wrapping
+//! A cell wraps only at spaces. In a [`Wrap::Words`] column (ids, names,
+//! actions, events, times) no word is ever cut: the column is at least as
+//! wide as its longest word, even if the table then overflows a very narrow
+//! terminal. In a [`Wrap::Text`] column (descriptions, outcomes) a word is
+//! cut only when it is longer than the column's share of what is left (a
+//! fingerprint or a pattern in an 80-column terminal).
+
+use comfy_table::{ColumnConstraint, ContentArrangement, ContentLineStyle, LineStyle, Table, TableStyle, Width};
+
+use super::out::outln;
+use crate::Error;
+
+/// How a column's cells may wrap; see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wrap {
+    /// At spaces only, never inside a word.
+    Words,
+    /// At spaces; inside a word only when that word cannot fit.
+    Text,
+}
+
+/// Spaces between two columns: each column's padding on its right, then the junction's.
+const GAP: usize = PAD + 1;
+
+/// Each column's padding on its right (none on its left, so rows start at the margin).
+const PAD: usize = 1;
+
+/// A table being filled: a header, rows of cells, then [`Listing::print`].
+pub(crate) struct Listing {
+    header: Vec<String>,
+    wraps: Vec<Wrap>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Listing {
+    /// A table with these columns: (header, how its cells wrap).
+    pub fn new(columns: &[(&str, Wrap)]) -> Listing {
+        Listing {
+            header: columns.iter().map(|(h, _)| h.to_string()).collect(),
+            wraps: columns.iter().map(|(_, w)| *w).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; its cells are already printable text (`\n` starts a new line in a cell).
+    pub fn row(&mut self, cells: impl IntoIterator<Item = String>) {
+        self.rows.push(cells.into_iter().collect());
+    }
+
+    /// Prints the table to stdout, fitted to the width (see the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`Error::Stdout`] when stdout cannot be written.
+    pub fn print(self) -> Result<(), Error> {
+        for line in self.render(width()) {
+            outln!("{line}")?;
+        }
+        Ok(())
+    }
+
+    /// The table's lines for a width in columns (`None`: no wrapping), with no trailing spaces.
+    fn render(self, width: Option<u16>) -> Vec<String> {
+        let mut table = Table::new();
+        let style = TableStyle::new()
+            .header_lines(ContentLineStyle::none().junction(' '))
+            .header_separator(LineStyle::none().fill('─').junction(' '))
+            .content_lines(ContentLineStyle::none().junction(' '));
+        table.load_style(style).set_header(&self.header);
+        for row in &self.rows {
+            table.add_row(row);
+        }
+        for column in table.column_iter_mut() {
+            column.set_padding((0, PAD as u16));
+        }
+        if let Some(width) = width {
+            table.set_content_arrangement(ContentArrangement::Dynamic).set_width(width);
+            // comfy-table's boundaries count the padding.
+            table.set_constraints(
+                self.lower_bounds(width.into())
+                    .into_iter()
+                    .map(|w| ColumnConstraint::LowerBoundary(Width::Fixed(u16::try_from(w + PAD).unwrap_or(u16::MAX)))),
+            );
+        } else {
+            table.set_content_arrangement(ContentArrangement::Disabled);
+        }
+        table.lines().map(|l| l.trim_end().to_string()).collect()
+    }
+
+    /// Each column's narrowest width: its longest word in a `Words` column;
+    /// in a `Text` column, that or its share of the width the `Words` columns leave.
+    fn lower_bounds(&self, width: usize) -> Vec<usize> {
+        let longest: Vec<usize> = (0..self.header.len())
+            .map(|i| {
+                let cells = std::iter::once(&self.header[i]).chain(self.rows.iter().filter_map(|r| r.get(i)));
+                cells.flat_map(|c| c.split_whitespace()).map(|w| w.chars().count()).max().unwrap_or(0)
+            })
+            .collect();
+        let gaps = GAP * self.header.len();
+        let words: usize = longest.iter().zip(&self.wraps).filter(|(_, w)| **w == Wrap::Words).map(|(l, _)| *l).sum();
+        let texts = self.wraps.iter().filter(|w| **w == Wrap::Text).count();
+        let share = width.saturating_sub(gaps + words) / texts.max(1);
+        longest
+            .iter()
+            .zip(&self.wraps)
+            .map(|(l, w)| if *w == Wrap::Words { *l } else { (*l).min(share).max(1) })
+            .collect()
+    }
+}
+
+/// The width to fit: `COLUMNS` if a positive number, else the terminal's (when stdout is one).
+fn width() -> Option<u16> {
+    let columns = std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse::<u16>().ok()).filter(|c| *c > 0);
+    columns.or_else(|| Table::new().width())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actions() -> Listing {
+        let mut l = Listing::new(&[("action", Wrap::Words), ("tier", Wrap::Words), ("description", Wrap::Text)]);
+        l.row(["restart-user-service *".into(), "2".into(), "Restart one of your own systemd user services (e.g. pipewire.service) now and again, with a long description".into()]);
+        l.row(["memory".into(), "1".into(), "Memory and swap in use".into()]);
+        l
+    }
+
+    #[test]
+    fn a_narrow_width_wraps_at_spaces_only() {
+        for width in [40u16, 60, 80] {
+            let lines = actions().render(Some(width));
+            let text = lines.join("\n");
+            assert!(lines.iter().all(|l| l.chars().count() <= usize::from(width)), "width {width}:\n{text}");
+            assert!(lines.len() > 4, "width {width}: nothing wrapped:\n{text}");
+            // A Words column never cuts; a Text column only a word over its share.
+            let whole: &[&str] = if width >= 60 {
+                &["restart-user-service", "pipewire.service)", "description"]
+            } else {
+                &["restart-user-service"]
+            };
+            for word in whole {
+                assert!(text.contains(word), "width {width}: `{word}` is split:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_width_keeps_each_row_on_its_line() {
+        let lines = actions().render(None);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].starts_with("action") && lines[1].starts_with('─'));
+        assert!(lines.iter().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn a_word_too_long_for_any_width_is_cut_only_in_a_text_column() {
+        let mut l = Listing::new(&[("operator", Wrap::Words), ("detail", Wrap::Text)]);
+        l.row(["alice".into(), format!("SHA256:{}", "A".repeat(60))]);
+        let lines = l.render(Some(40));
+        assert!(lines.iter().all(|l| l.chars().count() <= 40), "{lines:#?}");
+        assert!(lines[2].starts_with("alice"));
+    }
+}
