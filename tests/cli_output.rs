@@ -58,6 +58,7 @@ fn a_closed_stdout_exits_0_quietly() {
         &["trust", "list", "--json"],
         &["policy", "check"],
         &["status", "--json"],
+        &["status"],
     ] {
         let run = with_closed_stdout(h.cmd(args));
         assert_eq!(run.code, 0, "{args:?}: exit {}; stderr:\n{}", run.code, run.stderr);

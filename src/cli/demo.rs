@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
+use super::out::outln;
+
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
@@ -69,7 +71,8 @@ impl Demo {
     /// Runs `support ARGS`, prints it with its output, and checks the exit
     /// code and that the output holds every string in `expect`.
     async fn step(&mut self, why: &str, args: &[&str], exit: i32, expect: &[&str]) -> String {
-        println!("# {why}\n$ support {}", shlex::try_join(args.iter().copied()).unwrap_or_else(|_| args.join(" ")));
+        let _ =
+            outln!("# {why}\n$ support {}", shlex::try_join(args.iter().copied()).unwrap_or_else(|_| args.join(" ")));
         let out = self.command(args).stdin(Stdio::null()).output();
         let (code, text) = match tokio::time::timeout(STEP_TIMEOUT, out).await {
             Ok(Ok(out)) => {
@@ -83,10 +86,10 @@ impl Demo {
         print!("{text}");
         let missing: Vec<_> = expect.iter().filter(|e| !text.contains(**e)).collect();
         if code != exit || !missing.is_empty() {
-            println!("!! expected exit {exit} and output containing {missing:?}; got exit {code}");
+            let _ = outln!("!! expected exit {exit} and output containing {missing:?}; got exit {code}");
             self.failed.push(args.join(" "));
         }
-        println!();
+        let _ = outln!("");
         text
     }
 
@@ -113,7 +116,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fail)?;
     let result = runtime.block_on(demo(exe, tmp.path()));
     if args.keep {
-        println!("The demo directory is kept at {}", tmp.keep().display());
+        outln!("The demo directory is kept at {}", tmp.keep().display())?;
     }
     result
 }
@@ -122,9 +125,9 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
     let mut d =
         Demo { exe, home: dir.join("owner"), relay_state: dir.join("relay"), env: Vec::new(), failed: Vec::new() };
     let state = d.relay_state.display().to_string();
-    println!("support demo: everything lives in {} and ends with the demo.\n", dir.display());
+    outln!("support demo: everything lives in {} and ends with the demo.\n", dir.display())?;
 
-    println!("## The relay: a self-signed certificate on an ephemeral loopback port");
+    outln!("## The relay: a self-signed certificate on an ephemeral loopback port")?;
     let mut relay = d.spawn(
         &["relay", "--state", &state, "serve", "--listen", "127.0.0.1:0", "--self-signed"],
         &dir.join("relay.log"),
@@ -132,7 +135,7 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
     let mut lines = BufReader::new(relay.stdout.take().ok_or_else(|| fail("no relay stdout"))?).lines();
     let addr = tokio::time::timeout(STEP_TIMEOUT, async {
         while let Ok(Some(line)) = lines.next_line().await {
-            println!("  relay: {line}");
+            let _ = outln!("  relay: {line}");
             if let Some(addr) = line.strip_prefix("listening on ") {
                 return Some(addr.to_string());
             }
@@ -146,9 +149,9 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
     let url = format!("wss://{addr}");
     let ca = crate::paths::RelayPaths::new(&d.relay_state).cert().display().to_string();
     let key = dir.join("operator.key").display().to_string();
-    println!();
+    outln!("")?;
 
-    println!("## An operator key, admitted by the relay and trusted by the owner");
+    outln!("## An operator key, admitted by the relay and trusted by the owner")?;
     let public =
         d.step("The support desk makes its key.", &["operator", "keygen", "--out", &key], 0, &["ed25519:"]).await;
     let public = public.lines().next().unwrap_or_default().trim().to_string();
@@ -167,13 +170,13 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
 
     set_up_agent(&d.home, dir).map_err(|e| fail(format!("setting up the demo agent: {e}")))?;
 
-    println!("## The owner's daemon, enrolled to the relay");
-    println!("$ support daemon --relay {url} --relay-ca {ca} --enroll et-…   (in the background)\n");
+    outln!("## The owner's daemon, enrolled to the relay")?;
+    outln!("$ support daemon --relay {url} --relay-ca {ca} --enroll et-…   (in the background)\n")?;
     let daemon =
         d.spawn(&["daemon", "--relay", &url, "--relay-ca", &ca, "--enroll", &token], &dir.join("daemon.log"))?;
     let connected = wait_connected(&d).await;
     if !connected {
-        println!("!! the daemon did not connect; see {}", dir.join("daemon.log").display());
+        outln!("!! the daemon did not connect; see {}", dir.join("daemon.log").display())?;
         d.failed.push("daemon connect".into());
     }
     d.env = vec![
@@ -181,8 +184,8 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
         ("SUPPORT_OPERATOR_RELAY_CA".into(), ca.clone()),
         ("SUPPORT_OPERATOR_KEY".into(), key.clone()),
     ];
-    println!("The operator's commands below use SUPPORT_OPERATOR_RELAY={url},");
-    println!("SUPPORT_OPERATOR_RELAY_CA={ca} and SUPPORT_OPERATOR_KEY={key}.\n");
+    outln!("The operator's commands below use SUPPORT_OPERATOR_RELAY={url},")?;
+    outln!("SUPPORT_OPERATOR_RELAY_CA={ca} and SUPPORT_OPERATOR_KEY={key}.\n")?;
 
     d.step("The owner's view: support is off, the daemon is connected.", &["status"], 0, &["OFF", "connected to"])
         .await;
@@ -240,7 +243,7 @@ async fn demo(exe: PathBuf, dir: &Path) -> Result<ExitCode, Error> {
     d.step("And the record's hash chain verifies.", &["audit", "--verify"], 0, &["ok: "]).await;
 
     if d.failed.is_empty() {
-        println!("demo: every step behaved as shown.");
+        outln!("demo: every step behaved as shown.")?;
         Ok(ExitCode::SUCCESS)
     } else {
         Err(fail(format!("{} step(s) did not behave as shown: {}", d.failed.len(), d.failed.join("; "))))
@@ -273,7 +276,7 @@ fn set_up_agent(home: &Path, dir: &Path) -> Result<(), Error> {
 
 /// Tier 3: the operator drives the agent, the owner watches and stops it.
 async fn agent_session(d: &mut Demo, device: &str, dir: &Path) -> Result<(), Error> {
-    println!("## Tier 3: the support desk drives the owner's AI agent; the owner watches and stops it");
+    outln!("## Tier 3: the support desk drives the owner's AI agent; the owner watches and stops it")?;
     d.step(
         "The owner lets support operate their AI agent (tier 3), which needs --yes.",
         &["allow", "--tier", "3", "--minutes", "30", "--yes", "--reason", "demo: printing fails"],
@@ -290,7 +293,7 @@ async fn agent_session(d: &mut Demo, device: &str, dir: &Path) -> Result<(), Err
         tokio::io::copy(&mut watch_stdout, &mut file).await.ok()
     });
     let prompt = "Find out why printing fails";
-    println!("$ support operator agent {device} {prompt:?} --mode plan   (the operator, in the background)\n");
+    outln!("$ support operator agent {device} {prompt:?} --mode plan   (the operator, in the background)\n")?;
     let operator = d
         .command(&["operator", "agent", device, prompt, "--mode", "plan"])
         .stdin(Stdio::null())
@@ -300,7 +303,7 @@ async fn agent_session(d: &mut Demo, device: &str, dir: &Path) -> Result<(), Err
         .map_err(fail)?;
     let task_id = wait_agent(d).await;
     let Some(task_id) = task_id else {
-        println!("!! the agent task did not start; see {}", dir.join("daemon.log").display());
+        outln!("!! the agent task did not start; see {}", dir.join("daemon.log").display())?;
         d.failed.push("operator agent".into());
         stop(watch).await;
         let _ = operator.wait_with_output().await;
@@ -323,32 +326,32 @@ async fn agent_session(d: &mut Demo, device: &str, dir: &Path) -> Result<(), Err
     )
     .await;
     let out = tokio::time::timeout(STEP_TIMEOUT, operator.wait_with_output()).await;
-    println!("# What the operator saw:");
+    outln!("# What the operator saw:")?;
     match out {
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));
             print!("{text}");
             if out.status.code() != Some(1) || !text.contains("stopped by the owner") {
-                println!("!! expected exit 1 and \"stopped by the owner\"");
+                outln!("!! expected exit 1 and \"stopped by the owner\"")?;
                 d.failed.push("operator agent".into());
             }
         }
         _ => {
-            println!("!! the operator's command did not end");
+            outln!("!! the operator's command did not end")?;
             d.failed.push("operator agent".into());
         }
     }
     stop(watch).await;
     let _ = copier.await;
     let seen = std::fs::read_to_string(&watch_log).unwrap_or_default();
-    println!("\n# What `support watch` showed the owner meanwhile:");
+    outln!("\n# What `support watch` showed the owner meanwhile:")?;
     print!("{seen}");
     if !seen.contains("support is operating your agent:") || !seen.contains("tool: Bash") {
-        println!("!! expected the watch to show the agent at work");
+        outln!("!! expected the watch to show the agent at work")?;
         d.failed.push("watch".into());
     }
-    println!();
+    outln!("")?;
     Ok(())
 }
 

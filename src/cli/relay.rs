@@ -191,9 +191,12 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
     // Before READY=1 and `listening on`: a relay that says it is ready must be able to run.
     let state = relay::State::open(dir.clone()).map_err(|e| relay_error(&dir, e))?;
     let identity = match (&a.cert, &a.key, a.self_signed) {
-        (Some(cert), Some(key), false) => Identity::from_pem(cert, key).map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?,
+        (Some(cert), Some(key), false) => {
+            Identity::from_pem(cert, key).map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?
+        }
         (None, None, true) => {
-            let (identity, made) = Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
+            let (identity, made) =
+                Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
             let verb = if made { "made" } else { "reusing" };
             eprintln!("{verb} the self-signed certificate {}", crate::paths::RelayPaths::new(&dir).cert().display());
             identity

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value, json};
 
+use super::out::outln;
 use super::{Ctx, paint, printable};
 use crate::Error;
 use crate::consent::{self, Consent};
@@ -36,17 +37,17 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     match &consent {
         Consent::Live(g) => {
             let left = humantime::format_duration(std::time::Duration::from_secs(g.remaining(ctx.now).as_secs()));
-            println!("support is {} at tier {}: {}.", paint("ON", "32"), g.tier, g.tier.allows());
-            println!("  until   {} ({left} left)", super::local(g.expires_at));
-            println!("  grant   {} by {} at {}", g.grant_id, printable(&g.granted_by.user), super::local(g.granted_at));
+            outln!("support is {} at tier {}: {}.", paint("ON", "32"), g.tier, g.tier.allows())?;
+            outln!("  until   {} ({left} left)", super::local(g.expires_at))?;
+            outln!("  grant   {} by {} at {}", g.grant_id, printable(&g.granted_by.user), super::local(g.granted_at))?;
             if let Some(r) = &g.reason {
-                println!("  reason  {}", printable(r));
+                outln!("  reason  {}", printable(r))?;
             }
-            println!("  revoke  {}", ctx.command_line(&["revoke"]));
+            outln!("  revoke  {}", ctx.command_line(&["revoke"]))?;
         }
         Consent::Off(off) => {
-            println!("support is {}: {}. Nothing may run.", paint("OFF", "31"), printable(&off.reason()));
-            println!("  grant   {}", ctx.command_line(&["allow", "--tier", "1", "--minutes", "30"]));
+            outln!("support is {}: {}. Nothing may run.", paint("OFF", "31"), printable(&off.reason()))?;
+            outln!("  grant   {}", ctx.command_line(&["allow", "--tier", "1", "--minutes", "30"]))?;
         }
     }
     match &daemon {
@@ -64,22 +65,22 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             } else {
                 format!("NOT connected to {relay}{}", since(&l.since))
             };
-            println!("  daemon  running, pid {}, {link}, {} task(s) running", d.pid, d.running_tasks);
-            println!("  device  {}", printable(&d.device_id));
+            outln!("  daemon  running, pid {}, {link}, {} task(s) running", d.pid, d.running_tasks)?;
+            outln!("  device  {}", printable(&d.device_id))?;
             for t in &d.tasks {
-                println!("  {}", super::tasks::running_line(ctx, t));
+                outln!("  {}", super::tasks::running_line(ctx, t))?;
             }
             if let Some(e) = &l.last_error {
                 let next = match l.next_attempt_at.as_deref().and_then(crate::time::parse_rfc3339) {
                     Some(t) => format!(" (next attempt {})", super::local(t)),
                     None => String::new(),
                 };
-                println!("  link    last error: {}{next}", printable(e));
+                outln!("  link    last error: {}{next}", printable(e))?;
             }
         }
-        None => println!("  daemon  not running (start it with {})", ctx.command_line(&["daemon"])),
+        None => outln!("  daemon  not running (start it with {})", ctx.command_line(&["daemon"]))?,
     }
-    println!("  home    {}", ctx.paths.home.display());
+    outln!("  home    {}", ctx.paths.home.display())?;
     Ok(ExitCode::SUCCESS)
 }
 

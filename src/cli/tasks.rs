@@ -67,25 +67,25 @@ fn show(ctx: &Ctx, client: &Client, id: &str, json: bool) -> Result<ExitCode, Er
         return Ok(ExitCode::SUCCESS);
     }
     if detail.running {
-        println!("{}", running_line(ctx, &detail.task));
+        outln!("{}", running_line(ctx, &detail.task))?;
     } else {
         let t = &detail.task;
-        println!(
+        outln!(
             "task    {id}: {} for {}, ended: {}",
             printable(&t.action),
             printable(&t.operator),
             describe(detail.result.as_ref())
-        );
+        )?;
     }
     let tr = &detail.transcript;
     let kept = tr.lines.len() as u64;
     if tr.total > kept {
-        println!("({} earlier lines are not kept)", tr.total - kept);
+        outln!("({} earlier lines are not kept)", tr.total - kept)?;
     }
     for line in &tr.lines {
-        println!("{}", render_line(id, line));
+        outln!("{}", render_line(id, line))?;
     }
-    println!("transcript: {} lines, sha256 {}", tr.total, printable(&tr.sha256));
+    outln!("transcript: {} lines, sha256 {}", tr.total, printable(&tr.sha256))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,10 +174,10 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
     if args.all {
         let all: StoppedAll = client.call("POST", "/v1/tasks/stop")?;
         if all.stopped.is_empty() {
-            println!("No task was running.");
+            outln!("No task was running.")?;
         }
         for s in all.stopped {
-            println!("Stopped {}: {}.", printable(&s.task_id), describe(s.result.as_ref()));
+            outln!("Stopped {}: {}.", printable(&s.task_id), describe(s.result.as_ref()))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -189,7 +189,7 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
             let agent: Vec<&TaskView> = tasks.iter().filter(|t| t.agent).collect();
             match (agent.as_slice(), tasks.as_slice()) {
                 (_, []) => {
-                    println!("No task is running.");
+                    outln!("No task is running.")?;
                     return Ok(ExitCode::SUCCESS);
                 }
                 ([one], _) => one.task_id.clone(),
@@ -208,7 +208,7 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
     task_id_arg(&id)?;
     match client.call_found::<Stopped>("POST", &format!("/v1/tasks/{id}/stop"))? {
         Some(s) => {
-            println!("Stopped {id}: {}.", describe(s.result.as_ref()));
+            outln!("Stopped {id}: {}.", describe(s.result.as_ref()))?;
             Ok(ExitCode::SUCCESS)
         }
         None => Err(Error::Usage(format!("no task {id} is running (see `support tasks`)"))),
@@ -222,21 +222,29 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
         // What the agent did before this watch began.
         for t in list(&client)?.into_iter().filter(|t| t.agent) {
             if let Ok(Some(detail)) = client.call_found::<TaskDetail>("GET", &format!("/v1/tasks/{}", t.task_id)) {
-                println!("{}", running_line(ctx, &detail.task));
+                outln!("{}", running_line(ctx, &detail.task))?;
                 for line in &detail.transcript.lines {
-                    println!("{}", render_line(&t.task_id, line));
+                    outln!("{}", render_line(&t.task_id, line))?;
                 }
             }
         }
     }
+    // The stream stops at the first line stdout cannot take; that error is the command's.
+    let mut failed = None;
     client.stream("/v1/events", |line| {
-        if args.json {
-            println!("{line}");
-        } else if let Some(text) = serde_json::from_str::<WatchEvent>(line).ok().and_then(|e| render_event(ctx, &e)) {
-            println!("{text}");
-        }
-        true
+        let shown = if args.json {
+            outln!("{line}")
+        } else {
+            match serde_json::from_str::<WatchEvent>(line).ok().and_then(|e| render_event(ctx, &e)) {
+                Some(text) => outln!("{text}"),
+                None => Ok(()),
+            }
+        };
+        shown.map_err(|e| failed = Some(e)).is_ok()
     })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if !args.json {
         eprintln!("The daemon ended the stream (it stopped).");
     }

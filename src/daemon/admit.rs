@@ -223,7 +223,10 @@ impl Daemon {
             }
             return Err(Denial {
                 code: DenyCode::AuditUnavailable,
-                message: format!("the device's audit log cannot be written, so nothing runs: {}", crate::ErrorChain(&e)),
+                message: format!(
+                    "the device's audit log cannot be written, so nothing runs: {}",
+                    crate::ErrorChain(&e)
+                ),
             });
         }
         let accepted = DeviceFrame::Accepted { request_id: info.request_id.clone(), task_id: info.task_id.clone() };

@@ -81,7 +81,9 @@ impl Hub {
         if registry::stamp(&self.dir) != cached.1 {
             match Registry::load(&self.dir) {
                 Ok(fresh) => *cached = fresh,
-                Err(e) => tracing::error!(error = %crate::ErrorChain(&e), "cannot re-read the registry; keeping the last good copy"),
+                Err(e) => {
+                    tracing::error!(error = %crate::ErrorChain(&e), "cannot re-read the registry; keeping the last good copy")
+                }
             }
         }
         cached
