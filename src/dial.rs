@@ -3,6 +3,7 @@
 //! ([`crate::tls::RelayTrust`]), the WebSocket upgrade, then `challenge` →
 //! signed `hello` → `hello_ack`.
 
+use crate::secret::Secret;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,7 +102,9 @@ pub struct Welcome {
 /// What a device adds to its `hello`.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceHello {
-    pub enroll_token: Option<String>,
+    /// A one-time enrolment token, until the relay has pinned the device.
+    pub enroll_token: Option<Secret>,
+    /// The name to enrol under (the host name).
     pub name: Option<String>,
 }
 
@@ -170,7 +173,7 @@ pub async fn connect_over(
         public_key,
         version: env!("CARGO_PKG_VERSION").into(),
         sig: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
-        enroll_token: device.enroll_token,
+        enroll_token: device.enroll_token.map(|t| t.expose().to_string()),
         name: device.name,
     };
     send(&mut ws, &hello).await?;

@@ -253,7 +253,7 @@ async fn plain_websockets_and_tls_1_2_are_refused() {
 
 async fn device_hello(relay: &Relay, key: &KeyPair, token: Option<String>) -> Result<dial::Welcome, DialError> {
     let url: RelayUrl = relay.url().parse().unwrap();
-    let hello = DeviceHello { enroll_token: token, name: Some("test".into()) };
+    let hello = DeviceHello { enroll_token: token.map(support::Secret::new), name: Some("test".into()) };
     dial::connect(&url, relay.client_tls(), Role::Device, key, hello).await.map(|(_, w)| w)
 }
 
@@ -541,7 +541,7 @@ async fn relay_devices_sees_a_device_the_moment_it_is_acked() {
     let token = tokio::task::block_in_place(|| relay.token());
     let (key, _) = KeyPair::generate();
     let url: RelayUrl = relay.url().parse().unwrap();
-    let hello = DeviceHello { enroll_token: Some(token), name: Some("test".into()) };
+    let hello = DeviceHello { enroll_token: Some(support::Secret::new(token)), name: Some("test".into()) };
     let (_ws, _) = dial::connect(&url, relay.client_tls(), Role::Device, &key, hello).await.unwrap();
     let listed = tokio::task::block_in_place(|| relay.admin(&["devices", "--json"]).code(0).json());
     assert_eq!(listed[0]["device_id"], key.public_key().device_id(), "{listed}");

@@ -30,7 +30,7 @@ const MAX_EVENT_LINE: usize = 2 << 20;
 /// A connection-less client: each call opens one connection.
 pub(crate) struct Client {
     info: DaemonInfo,
-    secret: String,
+    secret: crate::Secret,
 }
 
 fn unreachable(paths: &Paths, why: &str) -> Error {
@@ -52,7 +52,7 @@ impl Client {
         }
         let info = daemon::read_info(paths).ok_or_else(|| unreachable(paths, "no daemon is running for this home"))?;
         let secret = match paths::read_secret(&paths.secret(), 1024) {
-            Ok(Some(s)) => String::from_utf8_lossy(&s).trim().to_string(),
+            Ok(Some(s)) => crate::Secret::new(String::from_utf8_lossy(&s).trim()),
             Ok(None) => return Err(unreachable(paths, "the control API secret is missing")),
             Err(e @ FileError::Unsafe { .. }) => return Err(e.into()),
             Err(e) => {
@@ -100,7 +100,7 @@ impl Client {
             .method(method)
             .uri(path)
             .header(HOST, format!("127.0.0.1:{port}"))
-            .header(AUTHORIZATION, format!("Bearer {}", self.secret))
+            .header(AUTHORIZATION, format!("Bearer {}", self.secret.expose()))
             .body(Empty::<Bytes>::new())
             .map_err(|e| Error::Failed(format!("bad request: {e}")))?;
         let resp = sender.send_request(req).await.map_err(|e| gone(&e))?;

@@ -74,7 +74,7 @@ fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
     let usage = |e: crate::tls::TlsError| Error::Usage(crate::ErrorChain(&e).to_string());
     let trust = RelayTrust::from_flags(ca.as_deref(), fp.as_deref()).map_err(usage)?;
     let tls = trust.client_config().map_err(usage)?;
-    Ok(Some(LinkConfig { url, tls, enroll_token: args.enroll.clone().or(file.enroll) }))
+    Ok(Some(LinkConfig { url, tls, enroll_token: args.enroll.clone().or(file.enroll).map(crate::Secret::new) }))
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {

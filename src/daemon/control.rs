@@ -46,6 +46,7 @@ use super::Daemon;
 use crate::audit::{Event, Record};
 use crate::control_api::{ApiError, ConsentChanged, Stopped, StoppedAll, TaskList, WatchEvent};
 use crate::protocol::StoppedBy;
+use crate::secret::Secret;
 
 /// The largest request body (bytes).
 pub const MAX_BODY: u64 = 64 * 1024;
@@ -79,12 +80,12 @@ struct RateLimit {
 }
 
 /// Serves the control API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, daemon: Daemon, secret: String, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, daemon: Daemon, secret: Secret, mut stop: watch::Receiver<bool>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut raw = [0u8; 32];
     crate::fill_random(&mut raw);
     let compare_key = hmac::Key::new(hmac::HMAC_SHA256, &raw);
-    let secret_tag = hmac::sign(&compare_key, secret.as_bytes());
+    let secret_tag = hmac::sign(&compare_key, secret.expose().as_bytes());
     let shared = Arc::new(Shared {
         daemon,
         port,

@@ -10,6 +10,7 @@ use super::{Daemon, DaemonError, State, tree};
 use crate::audit::{Event, Record};
 use crate::control_api::TaskView;
 use crate::paths::{self, FileError, Paths};
+use crate::secret::Secret;
 
 /// The largest `tasks.json` read (bytes).
 pub(crate) const TASKS_CAP: u64 = 4 << 20;
@@ -66,12 +67,12 @@ pub(super) fn write_info(paths: &Paths, info: &DaemonInfo) -> Result<(), FileErr
 ///
 /// # Errors
 /// [`FileError`] if the file is unsafe (see [`paths`]) or unwritable.
-pub fn ensure_secret(paths: &Paths) -> Result<String, FileError> {
+pub fn ensure_secret(paths: &Paths) -> Result<Secret, FileError> {
     if let Some(s) = paths::read_secret(&paths.secret(), 1024)? {
         let text = String::from_utf8_lossy(&s).trim().to_string();
         // A secret cut short (a crash while it was written) is replaced.
         if text.len() >= 43 {
-            return Ok(text);
+            return Ok(Secret::new(text));
         }
         tracing::warn!(path = %paths.secret().display(), "the control API secret is too short; making a new one");
     }
@@ -79,7 +80,7 @@ pub fn ensure_secret(paths: &Paths) -> Result<String, FileError> {
     crate::fill_random(&mut raw);
     let text = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
     paths::write_atomic(&paths.secret(), text.as_bytes())?;
-    Ok(text)
+    Ok(Secret::new(text))
 }
 
 /// The tasks `tasks.json` lists, as the daemon wrote them: `Ok(None)` when

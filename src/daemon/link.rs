@@ -28,6 +28,7 @@ use crate::dial::{self, DeviceHello, RelayUrl};
 use crate::protocol::{
     self, DEAD_AFTER, DeviceFrame, FromRelay, Heartbeat, PING_EVERY, Role, SEND_TIMEOUT, StoppedBy, ToRelay,
 };
+use crate::secret::Secret;
 
 /// Waits between attempts, in seconds, before jitter; the last repeats.
 pub const BACKOFF_S: [u64; 7] = [1, 2, 4, 8, 16, 30, 60];
@@ -52,7 +53,7 @@ pub struct LinkConfig {
     /// TLS 1.3 with the relay pinned (its CA or its certificate's fingerprint).
     pub tls: Arc<rustls::ClientConfig>,
     /// A one-time enrollment token, sent until the relay has pinned the device.
-    pub enroll_token: Option<String>,
+    pub enroll_token: Option<Secret>,
 }
 
 /// The link as `support status` shows it.
