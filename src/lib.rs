@@ -21,6 +21,8 @@
 //! - [`operator`]: the operator client: devices, run, cancel.
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
+//! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
+//! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339 and local time.
 //! - [`Secret`]: a secret string whose `Debug` and `Display` print `***`.
 //! - `cli`: one module per subcommand; [`cli::Cli`] is the parsed command line.
 //! - [`Error`]: what every command returns; `main` maps it to an exit code
@@ -44,8 +46,8 @@ pub mod policy;
 pub mod protocol;
 pub mod relay;
 mod secret;
-pub mod text;
-pub mod time;
+mod text;
+mod time;
 pub mod tls;
 pub mod transcript;
 pub mod trust;

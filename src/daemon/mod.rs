@@ -16,13 +16,13 @@
 
 mod admit;
 mod agent;
-pub mod control;
+mod control;
 mod enforce;
 pub mod exec;
 mod files;
 pub mod gate;
-pub mod guard;
-pub mod link;
+pub(crate) mod guard;
+mod link;
 mod records;
 mod task;
 pub mod tree;
