@@ -1,60 +1,24 @@
-//! The wire frames between operator, relay and device (DESIGN §7), and the
-//! exact bytes an operator signs.
+//! The wire frames between operator, relay and device (DESIGN §7).
 //!
-//! This file holds the operator's signed [`Run`] command and what the
-//! device answers about it ([`DeviceFrame`]): `accepted`, `output`,
-//! `result` or `denied`. Each frame is one JSON object with a `type` tag;
-//! unknown types and unknown fields are rejected.
+//! This file holds every frame, both directions: the operator's signed
+//! [`Run`] command, what the device answers about it ([`DeviceFrame`]:
+//! `accepted`, `output`, `result` or `denied`), and what a peer sends the
+//! relay ([`ToRelay`]) and hears from it ([`FromRelay`]). Each frame is one
+//! JSON object with a `type` tag; unknown types and unknown fields are rejected.
 //!
-//! # The signed bytes of `run`
-//!
-//! ```text
-//! "support-run-v1\n" || JSON{request_id, device_id, action, params, issued_at, nonce, operator}
-//! ```
-//!
-//! The JSON is compact (no spaces), with the fields in exactly that order
-//! and `params` keys sorted bytewise (a JSON object of strings). Every
-//! field but `sig` is covered, so a signed command cannot be replayed
-//! against another device, action, parameter or time. The context string
-//! keeps a `run` signature from ever verifying as any other message.
+//! The exact bytes an operator and a peer sign are in [`signed`]; the
+//! link's limits and timings in [`limits`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::KeyPair;
+pub mod limits;
+pub mod signed;
 
-/// The context that starts the signed bytes of a [`Run`].
-pub const RUN_CONTEXT: &[u8] = b"support-run-v1\n";
-
-/// The largest frame either side accepts, in bytes (1 MiB).
-pub const MAX_FRAME_BYTES: usize = 1 << 20;
-/// WebSocket read buffer per connection (bytes); small, for many idle devices.
-const WS_READ_BUFFER: usize = 4 * 1024;
-
-/// The WebSocket limits both sides use (relay, daemon link, operator):
-/// 1 MiB per message and frame, a 4 KiB read buffer, writes sent at once.
-pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(2 * MAX_FRAME_BYTES)
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
-}
-
-/// How far `issued_at` may be from the device's clock, either way (seconds).
-pub const FRESHNESS_S: i64 = 120;
-/// Every peer sends a WebSocket ping this often (DESIGN §7).
-pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
-/// Nothing heard for this long: the link is dead (DESIGN §7).
-pub const DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(50);
-/// How long one write to a peer may take before the peer is dropped as stuck.
-pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub use limits::{DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, PING_EVERY, SEND_TIMEOUT, ws_config};
+pub use signed::{RUN_CONTEXT, hello_bytes};
 
 /// A new request id: `r-` and 16 random hex digits.
 pub fn new_request_id() -> String {
@@ -84,62 +48,7 @@ pub struct Run {
     pub sig: String,
 }
 
-#[derive(Serialize)]
-struct Unsigned<'a> {
-    request_id: &'a str,
-    device_id: &'a str,
-    action: &'a str,
-    params: &'a BTreeMap<String, String>,
-    issued_at: &'a str,
-    nonce: &'a str,
-    operator: &'a str,
-}
-
 impl Run {
-    /// A command signed by `key`, issued at `issued_at`, with a fresh nonce.
-    pub fn signed(
-        key: &KeyPair,
-        request_id: &str,
-        device_id: &str,
-        action: &str,
-        params: BTreeMap<String, String>,
-        issued_at: DateTime<Utc>,
-    ) -> Run {
-        let mut run = Run {
-            request_id: request_id.into(),
-            device_id: device_id.into(),
-            action: action.into(),
-            params,
-            issued_at: crate::time::rfc3339_millis(issued_at),
-            nonce: crate::random_hex(16),
-            operator: key.public_key().to_string(),
-            sig: String::new(),
-        };
-        run.sign(key);
-        run
-    }
-
-    /// (Re)computes `sig` over the current fields.
-    pub fn sign(&mut self, key: &KeyPair) {
-        self.sig = URL_SAFE_NO_PAD.encode(key.sign(&self.signed_bytes()));
-    }
-
-    /// The bytes the signature covers (see the module docs).
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let unsigned = Unsigned {
-            request_id: &self.request_id,
-            device_id: &self.device_id,
-            action: &self.action,
-            params: &self.params,
-            issued_at: &self.issued_at,
-            nonce: &self.nonce,
-            operator: &self.operator,
-        };
-        let mut out = RUN_CONTEXT.to_vec();
-        serde_json::to_writer(&mut out, &unsigned).expect("strings always serialize");
-        out
-    }
-
     /// Checks the shape of the ids: `request_id`, `device_id` and `nonce`
     /// are each one safe segment of bounded length.
     ///
@@ -370,14 +279,6 @@ pub enum Role {
 }
 
 impl Role {
-    /// The context that starts the signed bytes of this role's `hello`.
-    pub fn hello_context(self) -> &'static [u8] {
-        match self {
-            Role::Device => b"support-hello-device-v1\n",
-            Role::Operator => b"support-hello-operator-v1\n",
-        }
-    }
-
     /// The WebSocket path this role dials.
     pub fn path(self) -> &'static str {
         match self {
@@ -385,23 +286,6 @@ impl Role {
             Role::Operator => "/v1/operator",
         }
     }
-}
-
-/// The bytes a peer signs to answer `challenge {nonce}`:
-/// `context || nonce || "\n" || id || "\n" || public_key`.
-///
-/// The nonce is fresh per connection, so a `hello` cannot be replayed on
-/// another; the role's context keeps a device's proof from passing as an
-/// operator's, and neither can pass as a `run` signature.
-pub fn hello_bytes(role: Role, nonce: &str, id: &str, public_key: &str) -> Vec<u8> {
-    let mut out = role.hello_context().to_vec();
-    for (i, part) in [nonce, id, public_key].into_iter().enumerate() {
-        if i > 0 {
-            out.push(b'\n');
-        }
-        out.extend_from_slice(part.as_bytes());
-    }
-    out
 }
 
 /// Where the device's audit chain stood when it sent a heartbeat.
@@ -613,109 +497,4 @@ pub fn encode<T: Serialize>(frame: &T) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_signature_covers_every_field_but_itself() {
-        let (key, _) = KeyPair::generate();
-        let params = BTreeMap::from([("unit".to_string(), "cups".to_string())]);
-        let run = Run::signed(&key, "r1", "d-00", "service-status", params, Utc::now());
-        let verifies = |r: &Run| {
-            let sig = URL_SAFE_NO_PAD.decode(&r.sig).unwrap();
-            key.public_key().verify(&r.signed_bytes(), &sig).is_ok()
-        };
-        assert!(verifies(&run));
-        let bytes = run.signed_bytes();
-        assert!(bytes.starts_with(RUN_CONTEXT));
-        assert!(!String::from_utf8_lossy(&bytes).contains(&run.sig));
-        type Change = Box<dyn Fn(&mut Run)>;
-        let changes: Vec<Change> = vec![
-            Box::new(|r| r.request_id.push('x')),
-            Box::new(|r| r.device_id.push('x')),
-            Box::new(|r| r.action.push('x')),
-            Box::new(|r| {
-                r.params.insert("unit".into(), "sshd".into());
-            }),
-            Box::new(|r| {
-                r.params.insert("lines".into(), "5".into());
-            }),
-            Box::new(|r| r.issued_at.push('x')),
-            Box::new(|r| r.nonce.push('x')),
-            Box::new(|r| r.operator.push('x')),
-        ];
-        for change in changes {
-            let mut altered = run.clone();
-            change(&mut altered);
-            assert!(!verifies(&altered), "{altered:?}");
-        }
-    }
-
-    #[test]
-    fn frames_reject_unknown_fields_and_types() {
-        let ok = r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m"}"#;
-        assert!(matches!(serde_json::from_str::<DeviceFrame>(ok), Ok(DeviceFrame::Denied { .. })));
-        let extra = r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m","x":1}"#;
-        assert!(serde_json::from_str::<DeviceFrame>(extra).is_err());
-        assert!(serde_json::from_str::<DeviceFrame>(r#"{"type":"exec","request_id":"r"}"#).is_err());
-        let result = DeviceFrame::result(
-            "r",
-            &TaskResult {
-                status: Status::Cancelled,
-                exit_code: None,
-                duration_ms: 5,
-                truncated: false,
-                output_bytes: 0,
-                output_sha256: String::new(),
-                cancelled_by: Some(StoppedBy::TierLowered),
-            },
-        );
-        let text = serde_json::to_string(&result).unwrap();
-        assert!(text.contains(r#""cancelled_by":"tier_lowered""#), "{text}");
-        assert_eq!(serde_json::from_str::<DeviceFrame>(&text).unwrap(), result);
-    }
-
-    #[test]
-    fn direction_enums_carry_device_answers_and_refuse_strangers() {
-        let denied = r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m"}"#;
-        assert!(matches!(decode::<ToRelay>(denied), Ok(ToRelay::Answer(DeviceFrame::Denied { .. }))));
-        assert!(matches!(decode::<FromRelay>(denied), Ok(FromRelay::Answer(DeviceFrame::Denied { .. }))));
-        let bad = [
-            r#"{"type":"denied","request_id":"r","code":"NO_CONSENT","message":"m","x":1}"#,
-            r#"{"type":"exec","cmd":"sh"}"#,
-            r#"{"type":"list_devices","all":true}"#,
-            r#"{"type":"cancel","device_id":"d","request_id":"r","extra":1}"#,
-            r#"{"type":"run"}"#,
-            r#"not json"#,
-            r#"[1,2]"#,
-            r#"{"request_id":"r"}"#,
-        ];
-        for text in bad {
-            assert!(matches!(decode::<ToRelay>(text), Err(FrameError::Malformed(_))), "{text}");
-        }
-        let (key, _) = KeyPair::generate();
-        let run = Run::signed(&key, "r1", "d-00", "disk-usage", BTreeMap::new(), Utc::now());
-        let text = encode(&ToRelay::Run(run.clone()));
-        assert_eq!(decode::<ToRelay>(&text).unwrap(), ToRelay::Run(run.clone()));
-        let extra = text.replacen('{', r#"{"shell":"rm -rf /","#, 1);
-        assert!(decode::<ToRelay>(&extra).is_err(), "{extra}");
-        assert_eq!(decode::<FromRelay>(&encode(&FromRelay::Run(run.clone()))).unwrap(), FromRelay::Run(run.clone()));
-        for frame in [ToRelay::Run(run), ToRelay::ListDevices {}, decode::<ToRelay>(denied).unwrap()] {
-            assert!(encode(&frame).starts_with(&format!(r#"{{"type":"{}""#, frame.kind())), "{frame:?}");
-        }
-        let big = format!(r#"{{"type":"list_devices","pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
-        assert!(matches!(decode::<ToRelay>(&big), Err(FrameError::TooLarge(_))));
-    }
-
-    #[test]
-    fn hello_signatures_are_bound_to_role_nonce_and_key() {
-        let (key, _) = KeyPair::generate();
-        let pk = key.public_key().to_string();
-        let id = key.public_key().device_id();
-        let sig = key.sign(&hello_bytes(Role::Device, "n1", &id, &pk));
-        let ok = |role, nonce: &str| key.public_key().verify(&hello_bytes(role, nonce, &id, &pk), &sig).is_ok();
-        assert!(ok(Role::Device, "n1"));
-        assert!(!ok(Role::Operator, "n1"));
-        assert!(!ok(Role::Device, "n2"));
-    }
-}
+mod tests;

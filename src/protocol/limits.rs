@@ -1,0 +1,29 @@
+//! The link's limits and timings, the same for the relay, the daemon's
+//! link and the operator (DESIGN §7).
+
+use std::time::Duration;
+
+/// The largest frame either side accepts, in bytes (1 MiB).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// WebSocket read buffer per connection (bytes); small, for many idle devices.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// The WebSocket limits both sides use (relay, daemon link, operator):
+/// 1 MiB per message and frame, a 4 KiB read buffer, writes sent at once.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * MAX_FRAME_BYTES)
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+}
+
+/// How far `issued_at` may be from the device's clock, either way (seconds).
+pub const FRESHNESS_S: i64 = 120;
+/// Every peer sends a WebSocket ping this often (DESIGN §7).
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// Nothing heard for this long: the link is dead (DESIGN §7).
+pub const DEAD_AFTER: Duration = Duration::from_secs(50);
+/// How long one write to a peer may take before the peer is dropped as stuck.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
