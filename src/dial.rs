@@ -27,7 +27,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RelayUrl {
     /// As given, without a trailing slash.
     pub url: String,
+    /// The host name or address to connect to and check the certificate for.
     pub host: String,
+    /// The port (443 when the URL names none).
     pub port: u16,
 }
 
@@ -35,22 +37,43 @@ pub struct RelayUrl {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DialError {
+    /// The relay URL is not `wss://HOST[:PORT]`.
     #[error("relay address {0}")]
     Url(String),
+    /// The TLS configuration (CA file, fingerprint) cannot be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The TCP connection failed.
     #[error("cannot connect to {addr}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        /// `HOST:PORT`.
+        addr: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The TLS handshake failed (wrong certificate, old TLS, not TLS).
     #[error("TLS handshake with {addr} failed")]
-    Handshake { addr: String, source: std::io::Error },
+    Handshake {
+        /// `HOST:PORT`.
+        addr: String,
+        /// What rustls said.
+        source: std::io::Error,
+    },
+    /// The WebSocket upgrade or a frame failed.
     #[error("WebSocket: {0}")]
     WebSocket(String),
     /// The relay refused us with an `error` frame.
     #[error("the relay refused: {code}: {message}")]
-    Refused { code: RelayCode, message: String },
+    Refused {
+        /// The relay's code.
+        code: RelayCode,
+        /// Its reason.
+        message: String,
+    },
+    /// The relay sent a frame out of turn or malformed.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// Waiting for what is named took too long.
     #[error("timed out {0}")]
     Timeout(&'static str),
 }
@@ -95,7 +118,9 @@ pub type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 /// What `hello_ack` said.
 #[derive(Clone, Debug)]
 pub struct Welcome {
+    /// Our id, as the relay accepted it.
     pub id: String,
+    /// Our registered name.
     pub name: String,
 }
 

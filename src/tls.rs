@@ -27,11 +27,17 @@ const MAX_PEM_BYTES: u64 = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
+    /// A certificate or key file is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
     /// A PEM file holds nothing usable.
     #[error("{path}: {why}")]
-    Pem { path: PathBuf, why: String },
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// rustls refused the certificate, key or settings.
     #[error("TLS setup")]
     Rustls(#[from] rustls::Error),
@@ -56,7 +62,9 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 
 /// The relay's certificate chain and private key.
 pub struct Identity {
+    /// The certificate chain, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
     pub key: PrivateKeyDer<'static>,
 }
 

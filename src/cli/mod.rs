@@ -36,6 +36,7 @@ pub struct Cli {
     /// Keep every file under DIR instead of the XDG config and state directories.
     #[arg(long, global = true, env = "SUPPORT_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
 }

@@ -195,7 +195,9 @@ impl StoppedBy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
+    /// The process's standard output.
     Stdout,
+    /// Its standard error.
     Stderr,
 }
 
@@ -203,6 +205,7 @@ pub enum Stream {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskResult {
+    /// How it ended.
     pub status: Status,
     /// The last command's exit code; `None` if killed by a signal or never started.
     pub exit_code: Option<i32>,
@@ -223,23 +226,52 @@ pub struct TaskResult {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DeviceFrame {
     /// The command passed the gate and `action.started` is on the record.
-    Accepted { request_id: String, task_id: String },
+    Accepted {
+        /// The request it answers.
+        request_id: String,
+        /// The device's id for the task (`t-` and 16 hex digits).
+        task_id: String,
+    },
     /// A chunk of output; `seq` counts from 0 per request; `data` is UTF-8
     /// (invalid sequences replaced by U+FFFD).
-    Output { request_id: String, seq: u64, stream: Stream, data: String },
+    Output {
+        /// The request it answers.
+        request_id: String,
+        /// 0, 1, ... per request.
+        seq: u64,
+        /// The pipe it came from.
+        stream: Stream,
+        /// The text, at most 16 KiB.
+        data: String,
+    },
     /// The task ended; the fields are those of [`TaskResult`].
     Result {
+        /// The request it answers.
         request_id: String,
+        /// [`TaskResult::status`].
         status: Status,
+        /// [`TaskResult::exit_code`].
         exit_code: Option<i32>,
+        /// [`TaskResult::duration_ms`].
         duration_ms: u64,
+        /// [`TaskResult::truncated`].
         truncated: bool,
+        /// [`TaskResult::output_sha256`].
         output_sha256: String,
+        /// [`TaskResult::output_bytes`].
         output_bytes: u64,
+        /// [`TaskResult::cancelled_by`].
         cancelled_by: Option<StoppedBy>,
     },
     /// The command was refused; nothing ran.
-    Denied { request_id: String, code: DenyCode, message: String },
+    Denied {
+        /// The request it answers.
+        request_id: String,
+        /// Why (DESIGN §7).
+        code: DenyCode,
+        /// Why, for people.
+        message: String,
+    },
 }
 
 impl DeviceFrame {
@@ -320,6 +352,7 @@ pub struct Heartbeat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceEntry {
+    /// The device's id (from its key).
     pub device_id: String,
     /// The name the device gave when it enrolled (its host name), printable.
     pub name: String,
@@ -390,9 +423,13 @@ pub enum ToRelay {
     /// [`hello_bytes`]. `id` is the device id (devices) or the key's
     /// fingerprint (operators); both derive from `public_key`.
     Hello {
+        /// Which endpoint it dialled, said again.
         role: Role,
+        /// The device id, or the operator key's fingerprint.
         id: String,
+        /// `ed25519:<base64url>`.
         public_key: String,
+        /// The peer's version (`CARGO_PKG_VERSION`).
         version: String,
         /// Ed25519 over [`hello_bytes`], base64url.
         sig: String,
@@ -408,7 +445,12 @@ pub enum ToRelay {
     /// An operator's signed command, for the device it names.
     Run(Run),
     /// An operator asks that its running request be stopped.
-    Cancel { device_id: String, request_id: String },
+    Cancel {
+        /// The device running it.
+        device_id: String,
+        /// The operator's request.
+        request_id: String,
+    },
     /// An operator asks for the device list.
     ListDevices {},
     /// A device's answer about a command (routed to the operator that sent it).
@@ -438,26 +480,48 @@ impl ToRelay {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FromRelay {
     /// The first frame on every connection: sign this nonce (32 random bytes, hex).
-    Challenge { nonce: String, version: String },
+    Challenge {
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// The relay's version.
+        version: String,
+    },
     /// The `hello` passed; `name` is the device's or operator's registered name.
-    HelloAck { id: String, name: String },
+    HelloAck {
+        /// The peer's id, as proved.
+        id: String,
+        /// Its registered name.
+        name: String,
+    },
     /// Something was refused. With a `request_id` it is about that request
     /// (e.g. `DEVICE_OFFLINE`); without one, about the connection, which
     /// the relay then closes if the peer is not yet authenticated.
     Error {
+        /// What was refused.
         code: RelayCode,
+        /// Why, for people.
         message: String,
+        /// The request it is about, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
     /// To a device: an operator's signed command, as the operator sent it.
     Run(Run),
     /// To a device: stop the task started by `request_id` (an operator's `cancel`).
-    Cancel { request_id: String },
+    Cancel {
+        /// The operator's request.
+        request_id: String,
+    },
     /// To an operator: its `cancel` reached the device.
-    Forwarded { request_id: String },
+    Forwarded {
+        /// The request cancelled.
+        request_id: String,
+    },
     /// To an operator: the answer to `list_devices`.
-    Devices { devices: Vec<DeviceEntry> },
+    Devices {
+        /// Every enrolled device.
+        devices: Vec<DeviceEntry>,
+    },
     /// To an operator: the device's answer about its request.
     #[serde(untagged)]
     Answer(DeviceFrame),

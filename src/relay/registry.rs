@@ -26,12 +26,25 @@ const MAX_REGISTRY_BYTES: u64 = 256 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
+    /// The registry or its directory is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
+    /// `registry.json` does not parse.
     #[error("{path}: not a valid registry ({why}); fix or move it aside")]
-    Malformed { path: PathBuf, why: String },
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// `registry.lock` cannot be locked.
     #[error("cannot lock {path}")]
-    Lock { path: PathBuf, source: std::io::Error },
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// An admin change that conflicts with what is there.
     #[error("{0}")]
     Conflict(String),
@@ -53,7 +66,9 @@ pub struct DeviceRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorRecord {
+    /// `ed25519:<base64url>`.
     pub public_key: String,
+    /// RFC 3339 UTC.
     pub added_at: String,
 }
 
@@ -71,10 +86,13 @@ pub struct TokenRecord {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registry {
+    /// Enrolled devices by id, each pinned to its key.
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceRecord>,
+    /// Admitted operators by name.
     #[serde(default)]
     pub operators: BTreeMap<String, OperatorRecord>,
+    /// Enrolment tokens not used yet.
     #[serde(default)]
     pub tokens: Vec<TokenRecord>,
 }
