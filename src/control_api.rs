@@ -22,14 +22,16 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Record;
-use crate::daemon::LinkStatus;
 use crate::protocol::TaskResult;
 use crate::transcript::Line;
 
 /// A running task as the owner sees it (`support tasks`), and as
 /// `tasks.json` keeps it for the next start after a crash.
+///
+/// Unknown fields are ignored, not refused: a CLI and a daemon of two
+/// versions (an upgrade while the daemon runs), and a `tasks.json` left by
+/// another version, still read each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskView {
     /// `t-` and 16 hex digits.
     pub task_id: String,
@@ -61,6 +63,23 @@ pub struct TaskView {
     /// its pids and process group mean nothing.
     #[serde(default)]
     pub boot_id: String,
+}
+
+/// The link as `support status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// The relay URL, or `None` when no relay is configured.
+    pub relay: Option<String>,
+    /// Whether the relay accepted our hello and the session is up.
+    pub connected: bool,
+    /// Since when connected (or, when not, since when disconnected); RFC 3339 UTC.
+    pub since: Option<String>,
+    /// The last failure, kept after a reconnect.
+    pub last_error: Option<String>,
+    /// Connection attempts since the daemon started.
+    pub attempts: u64,
+    /// When the next attempt is due (RFC 3339 UTC), while disconnected.
+    pub next_attempt_at: Option<String>,
 }
 
 /// The grant as the daemon enforces it.

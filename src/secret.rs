@@ -53,6 +53,13 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Read from a file (`daemon.toml`'s `enroll`) as a plain string.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 impl From<String> for Secret {
     fn from(secret: String) -> Secret {
         Secret(secret)

@@ -237,3 +237,17 @@ fn keygen_makes_missing_directories_0700() {
     let beside = dir.path().join("op2.key");
     Run::from(Command::new(bin()).args(["operator", "keygen", "--out"]).arg(&beside).output().unwrap()).code(0);
 }
+
+#[test]
+fn a_malformed_daemon_toml_is_named_without_quoting_its_token() {
+    let h = Home::new();
+    std::fs::create_dir_all(&h.path).unwrap();
+    std::fs::set_permissions(&h.path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let path = h.file("daemon.toml");
+    let text = "relay = \"wss://127.0.0.1:1\"\nenroll = \"et-do-not-print-me\" oops\n";
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = h.run(&["daemon"]);
+    run.code(2).says("daemon.toml (line 2): ");
+    assert!(!run.stderr.contains("do-not-print-me"), "{}", run.stderr);
+}

@@ -193,10 +193,11 @@ impl Client {
 /// the grant when it starts).
 pub(crate) fn tell_consent_changed(paths: &Paths) -> bool {
     match Client::find(paths) {
-        Ok(client) => match client.call::<crate::control_api::ConsentChanged>("POST", "/v1/consent/changed") {
+        // Only the status code matters here; the answer's shape does not.
+        Ok(client) => match client.call::<serde::de::IgnoredAny>("POST", "/v1/consent/changed") {
             Ok(_) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "could not tell the daemon; it will see the change within a second");
+                tracing::warn!(error = %crate::ErrorChain(&e), "could not tell the daemon; it will see the change within a second");
                 false
             }
         },

@@ -46,16 +46,16 @@ struct FileConfig {
     relay: Option<String>,
     relay_ca: Option<String>,
     relay_fingerprint: Option<String>,
-    enroll: Option<String>,
+    enroll: Option<crate::Secret>,
 }
 
 /// The relay link from the flags and `daemon.toml`, or `None` when neither names a relay.
 fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
-    let path = ctx.paths.config_dir.join("daemon.toml");
+    let path = ctx.paths.daemon_config();
     let file: FileConfig = match crate::paths::read_secret(&path, 64 * 1024)? {
         Some(bytes) => {
             let text = String::from_utf8(bytes).map_err(|_| Error::Usage(format!("{}: not UTF-8", path.display())))?;
-            toml::from_str(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+            toml::from_str(&text).map_err(|e| Error::Usage(toml_error(&path, &text, &e)))?
         }
         None => FileConfig::default(),
     };
@@ -74,7 +74,16 @@ fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
     let usage = |e: crate::tls::TlsError| Error::Usage(crate::ErrorChain(&e).to_string());
     let trust = RelayTrust::from_flags(ca.as_deref(), fp.as_deref()).map_err(usage)?;
     let tls = trust.client_config().map_err(usage)?;
-    Ok(Some(LinkConfig { url, tls, enroll_token: args.enroll.clone().or(file.enroll).map(crate::Secret::new) }))
+    Ok(Some(LinkConfig { url, tls, enroll_token: args.enroll.clone().map(crate::Secret::new).or(file.enroll) }))
+}
+
+/// A parse error of `daemon.toml` as its message and line, never the
+/// snippet of the file that toml's own text quotes: the line may hold
+/// the enrolment token.
+fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+    format!("{}{at}: {}", path.display(), e.message())
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {

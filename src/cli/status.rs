@@ -21,17 +21,39 @@ pub struct Args {
     json: bool,
 }
 
-/// The daemon's own status, `None` when none answers.
-fn daemon_status(ctx: &Ctx) -> Option<StatusView> {
-    let client = super::client::Client::find(&ctx.paths).ok()?;
-    client.call("GET", "/v1/status").ok()
+/// What the daemon said of itself.
+enum Seen {
+    /// No daemon runs (or none answers).
+    Down,
+    /// Its status.
+    Up(Box<StatusView>),
+    /// It runs, but its answer could not be had or read: never shown as
+    /// "not running", since its tasks may be running.
+    Unreadable {
+        /// From `daemon.json`, when readable.
+        pid: Option<u32>,
+        /// Why, for people.
+        why: String,
+    },
+}
+
+fn daemon_status(ctx: &Ctx) -> Seen {
+    let answer = super::client::Client::find(&ctx.paths).and_then(|c| c.call::<StatusView>("GET", "/v1/status"));
+    match answer {
+        Ok(s) => Seen::Up(Box::new(s)),
+        Err(Error::DaemonUnreachable(_)) => Seen::Down,
+        Err(e) => Seen::Unreadable {
+            pid: crate::daemon::read_info(&ctx.paths).map(|i| i.pid),
+            why: crate::ErrorChain(&e).to_string(),
+        },
+    }
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let consent = consent::read(&ctx.paths, ctx.now);
     let daemon = daemon_status(ctx);
     if args.json {
-        super::print_json(&status_json(ctx, &consent, daemon.as_ref()))?;
+        super::print_json(&status_json(ctx, &consent, &daemon))?;
         return Ok(ExitCode::SUCCESS);
     }
     match &consent {
@@ -51,7 +73,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         }
     }
     match &daemon {
-        Some(d) => {
+        Seen::Up(d) => {
             let l = &d.link;
             let since = |at: &Option<String>| match at.as_deref().and_then(crate::time::parse_rfc3339) {
                 Some(t) => format!(" since {}", super::local(t)),
@@ -78,13 +100,17 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 outln!("  link    last error: {}{next}", printable(e))?;
             }
         }
-        None => outln!("  daemon  not running (start it with {})", ctx.command_line(&["daemon"]))?,
+        Seen::Unreadable { pid, why } => {
+            let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+            outln!("  daemon  running{pid}, but its status cannot be read: {}", printable(why))?;
+        }
+        Seen::Down => outln!("  daemon  not running (start it with {})", ctx.command_line(&["daemon"]))?,
     }
     outln!("  home    {}", ctx.paths.home.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&StatusView>) -> Value {
+fn status_json(ctx: &Ctx, consent: &Consent, daemon: &Seen) -> Value {
     let p = &ctx.paths;
     let paths = json!({
         "home": p.home,
@@ -123,7 +149,7 @@ fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&StatusView>) -> Val
         }),
     };
     v["daemon"] = match daemon {
-        Some(d) => json!({
+        Seen::Up(d) => json!({
             "pid": d.pid,
             "connected": d.connected,
             "relay": d.relay,
@@ -135,11 +161,12 @@ fn status_json(ctx: &Ctx, consent: &Consent, daemon: Option<&StatusView>) -> Val
             "control_port": d.control_port,
             "version": d.version,
         }),
-        None => Value::Null,
+        Seen::Unreadable { pid, why } => json!({"pid": pid, "error": why}),
+        Seen::Down => Value::Null,
     };
     v["device_id"] = match daemon {
-        Some(d) => json!(d.device_id),
-        None => device_id(ctx).map_or(Value::Null, Value::from),
+        Seen::Up(d) => json!(d.device_id),
+        _ => device_id(ctx).map_or(Value::Null, Value::from),
     };
     v["paths"] = paths;
     v

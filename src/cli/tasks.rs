@@ -235,9 +235,10 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
         let shown = if args.json {
             outln!("{line}")
         } else {
-            match serde_json::from_str::<WatchEvent>(line).ok().and_then(|e| render_event(ctx, &e)) {
-                Some(text) => outln!("{text}"),
-                None => Ok(()),
+            match serde_json::from_str::<WatchEvent>(line) {
+                Ok(event) => render_event(ctx, &event).map_or(Ok(()), |text| outln!("{text}")),
+                // A daemon of another version: show what it is, never drop it silently.
+                Err(_) => outln!("{}", unknown_event(line)),
             }
         };
         shown.map_err(|e| failed = Some(e)).is_ok()
@@ -282,6 +283,16 @@ fn render_event(ctx: &Ctx, event: &WatchEvent) -> Option<String> {
         WatchEvent::Lagged { missed } => Some(format!("{now} ({missed} events missed: this terminal read too slowly)")),
         WatchEvent::Ping => None,
     }
+}
+
+/// An event this CLI cannot read: its `kind` and `event` names, and its size.
+fn unknown_event(line: &str) -> String {
+    let now = chrono::Local::now().format("%H:%M:%S");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    let name = |key: &str| v[key].as_str().or_else(|| v["record"][key].as_str()).map(printable);
+    let kind = name("kind").unwrap_or_else(|| "?".into());
+    let event = name("event").map(|e| format!(" {e}")).unwrap_or_default();
+    format!("{now} ({kind}{event}: an event this version of support cannot show; {} bytes)", line.len())
 }
 
 fn status_line(ctx: &Ctx, s: &StatusView, now: &str) -> String {

@@ -37,7 +37,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ring::hmac;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -66,10 +65,8 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Shared {
     daemon: Daemon,
     port: u16,
-    /// A random key for comparing the secret in constant time: the
-    /// presented token's MAC is checked against the secret's by `ring::hmac::verify`.
-    compare_key: hmac::Key,
-    secret_tag: hmac::Tag,
+    /// Compared in constant time ([`Secret::eq_bytes`]).
+    secret: Secret,
     unauthorized: Mutex<RateLimit>,
     stop: watch::Receiver<bool>,
 }
@@ -82,15 +79,10 @@ struct RateLimit {
 /// Serves the control API on `listener` until `stop` turns true.
 pub async fn serve(listener: TcpListener, daemon: Daemon, secret: Secret, mut stop: watch::Receiver<bool>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let mut raw = [0u8; 32];
-    crate::fill_random(&mut raw);
-    let compare_key = hmac::Key::new(hmac::HMAC_SHA256, &raw);
-    let secret_tag = hmac::sign(&compare_key, secret.expose().as_bytes());
     let shared = Arc::new(Shared {
         daemon,
         port,
-        compare_key,
-        secret_tag,
+        secret,
         unauthorized: Mutex::new(RateLimit { window_start: None, suppressed: 0 }),
         stop: stop.clone(),
     });
@@ -161,9 +153,7 @@ impl Shared {
     fn secret_ok(&self, req: &Request<Incoming>) -> bool {
         let Some(value) = req.headers().get(AUTHORIZATION) else { return false };
         let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
-        // Recomputes the MAC of what was presented and compares the two
-        // tags in constant time.
-        hmac::verify(&self.compare_key, token, self.secret_tag.as_ref()).is_ok()
+        self.secret.eq_bytes(token)
     }
 
     /// Records a refused request, at most once per window.

@@ -83,13 +83,16 @@ pub fn ensure_secret(paths: &Paths) -> Result<Secret, FileError> {
     Ok(Secret::new(text))
 }
 
-/// The tasks `tasks.json` lists, as the daemon wrote them: `Ok(None)` when
-/// there is no such file.
+/// The tasks `tasks.json` lists (as [`TaskView`], or as a reader's own
+/// narrower shape `T`): `Ok(None)` when there is no such file. Read as
+/// every file of the home is: owner and mode checked, capped at [`TASKS_CAP`].
 ///
 /// # Errors
 /// [`FileError`] when the file is unsafe or unreadable; a message when it
 /// is not the JSON the daemon writes.
-pub(crate) fn read_tasks(paths: &Paths) -> Result<Option<Result<Vec<TaskView>, String>>, FileError> {
+pub(crate) fn read_tasks<T: serde::de::DeserializeOwned>(
+    paths: &Paths,
+) -> Result<Option<Result<Vec<T>, String>>, FileError> {
     let Some(bytes) = paths::read_capped(&paths.tasks(), TASKS_CAP)? else { return Ok(None) };
     Ok(Some(serde_json::from_slice(&bytes).map_err(|e| e.to_string())))
 }
@@ -159,7 +162,7 @@ impl Daemon {
         let list: Vec<&TaskView> = state.tasks.values().map(|t| &t.info).collect();
         let bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
         if let Err(e) = paths::replace_unsynced(&self.inner.paths.tasks(), &bytes) {
-            tracing::error!(error = %e, "could not write tasks.json");
+            tracing::error!(error = %crate::ErrorChain(&e), "could not write tasks.json");
         }
     }
 }

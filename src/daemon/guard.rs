@@ -33,7 +33,6 @@ use crate::text::{brief as short, printable};
 
 /// `/proc/locks` is one line per lock (about 60 bytes): room for 64k locks.
 const LOCKS_CAP: u64 = 4 << 20;
-/// `/proc/self/cgroup` and `/proc/self/mountinfo`.
 /// More parent links than any real process tree has; ends a cycle seen
 /// through pid reuse mid-walk.
 const MAX_HOPS: usize = 4096;
@@ -152,11 +151,28 @@ fn descends_from(pid: i32, target: i32, parent_of: impl Fn(i32) -> Option<i32>) 
     false
 }
 
+/// A task as `tasks.json` lists it: only the fields this check needs, all
+/// defaulted and no `deny_unknown_fields`, so a file written by a daemon
+/// of another version still counts as evidence.
+#[derive(Debug, serde::Deserialize)]
+struct TaskEvidence {
+    #[serde(default)]
+    task_id: String,
+    /// The task's process (and process group) leader.
+    #[serde(default)]
+    pid: Option<i32>,
+    #[serde(default)]
+    start_ticks: Option<u64>,
+    #[serde(default)]
+    cgroup: Option<std::path::PathBuf>,
+    #[serde(default)]
+    boot_id: String,
+}
+
 /// Check 3: the daemon's record of its tasks names this process's process
 /// group, session or cgroup.
 fn from_task_record(paths: &Paths) -> Option<String> {
-    // Read as the daemon reads it at start (owner and mode checked, capped).
-    let tasks = super::files::read_tasks(paths).ok()??.ok()?;
+    let tasks: Vec<TaskEvidence> = super::files::read_tasks(paths).ok()??.ok()?;
     let boot = super::files::boot_id();
     // A stale entry (from before a reboot) means nothing now.
     let tasks: Vec<_> = tasks.into_iter().filter(|t| t.boot_id.is_empty() || t.boot_id == boot).collect();
@@ -270,5 +286,24 @@ mod tests {
         let parent = nix::unistd::getppid().as_raw();
         assert!(descends_from(me, parent, |p| tree::stat(p).map(|s| s.ppid)));
         assert!(!descends_from(me, me, |p| tree::stat(p).map(|s| s.ppid)));
+    }
+
+    #[test]
+    fn a_task_record_from_another_version_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        paths.ensure_dirs().unwrap();
+        let pgid = nix::unistd::getpgrp().as_raw();
+        let ticks = tree::stat(pgid).expect("our group leader is alive").start_ticks;
+        let boot = super::super::files::boot_id();
+        // A field this version does not know, and one it needs left out.
+        let file = format!(
+            r#"[{{"task_id":"t-0123456789abcdef","pid":{pgid},"start_ticks":{ticks},"boot_id":"{boot}","newer":1}}]"#
+        );
+        crate::paths::write_atomic(&paths.tasks(), file.as_bytes()).unwrap();
+        let found = from_task_record(&paths).expect("evidence");
+        assert!(found.contains(&format!("its process group ({pgid}) is support task t-0123456789abcdef's")), "{found}");
+        crate::paths::write_atomic(&paths.tasks(), b"[]").unwrap();
+        assert_eq!(from_task_record(&paths), None);
     }
 }

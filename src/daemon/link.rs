@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -24,6 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Daemon;
+pub use crate::control_api::LinkStatus;
 use crate::dial::{self, DeviceHello, RelayUrl};
 use crate::protocol::{
     self, DEAD_AFTER, DeviceFrame, FromRelay, Heartbeat, PING_EVERY, Role, SEND_TIMEOUT, StoppedBy, ToRelay,
@@ -54,23 +54,6 @@ pub struct LinkConfig {
     pub tls: Arc<rustls::ClientConfig>,
     /// A one-time enrollment token, sent until the relay has pinned the device.
     pub enroll_token: Option<Secret>,
-}
-
-/// The link as `support status` shows it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct LinkStatus {
-    /// The relay URL, or `None` when no relay is configured.
-    pub relay: Option<String>,
-    /// Whether the relay accepted our hello and the session is up.
-    pub connected: bool,
-    /// Since when connected (or, when not, since when disconnected); RFC 3339 UTC.
-    pub since: Option<String>,
-    /// The last failure, kept after a reconnect.
-    pub last_error: Option<String>,
-    /// Connection attempts since the daemon started.
-    pub attempts: u64,
-    /// When the next attempt is due (RFC 3339 UTC), while disconnected.
-    pub next_attempt_at: Option<String>,
 }
 
 /// The wait before attempt `attempt` (0-based) of a run of failures, with

@@ -347,7 +347,7 @@ impl Daemon {
         }
     }
 
-    /// Watches the consent file (inotify, with a 10 s poll as a safety net, 1 s without inotify)
+    /// The relay link as it stands.
     pub fn link_status(&self) -> LinkStatus {
         lock(&self.inner.link).clone()
     }

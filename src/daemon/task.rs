@@ -14,7 +14,9 @@ use crate::protocol::{DeviceFrame, StoppedBy, Stream, TaskResult};
 use crate::transcript::{self, Transcript};
 
 /// A task in the daemon's table. Dropping it stops the task (as a
-/// shutdown), so no path that loses an entry can leave its task running.
+/// shutdown), so no path that loses an entry can leave its task running;
+/// so an entry is only ever removed once its task is over (or never started),
+/// and never moved between tables.
 pub(super) struct TaskEntry {
     pub(super) info: TaskView,
     stop: watch::Sender<Option<StoppedBy>>,
@@ -75,6 +77,9 @@ impl Daemon {
         frames: mpsc::Sender<DeviceFrame>,
         transcript: Arc<Mutex<Transcript>>,
     ) {
+        // However this ends, a panic included, the entry leaves the table:
+        // a task that is gone never holds a slot or the agent's turn.
+        let forget = ForgetOnDrop { daemon: self.clone(), task_id: info.task_id.clone() };
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
         let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
         let forward = {
@@ -122,7 +127,7 @@ impl Daemon {
             }
             recent.push_back(Finished { info: info.clone(), result: result.clone(), transcript });
         }
-        self.forget_task(&info.task_id);
+        drop(forget);
         let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
         let _ = done.send(Some(result));
         tree::reap_strays(&self.leaders());
@@ -201,6 +206,21 @@ impl Daemon {
             out.push((id, r.ok().and_then(|r| r.ok().and_then(|v| v.clone()))));
         }
         out
+    }
+}
+
+/// Takes a task out of the table when dropped (see [`Daemon::drive`]).
+struct ForgetOnDrop {
+    daemon: Daemon,
+    task_id: String,
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(task = %self.task_id, "a task's driver panicked; its entry is taken out");
+        }
+        self.daemon.forget_task(&self.task_id);
     }
 }
 

@@ -24,12 +24,15 @@ use crate::protocol::DeviceEntry;
 
 /// How long either side waits for the other.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Answers being written at once; a connection past them is closed.
+const MAX_ANSWERING: usize = 4;
 /// The largest answer read (bytes).
 const MAX_ANSWER_BYTES: u64 = 256 << 20;
 
 /// Answers every same-uid connection on `listener` with the hub's listing
 /// until `shutdown`; then removes the socket.
 pub(crate) async fn serve(listener: UnixListener, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let answering = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     loop {
         let mut stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -47,9 +50,18 @@ pub(crate) async fn serve(listener: UnixListener, hub: Arc<Hub>, mut shutdown: w
             tracing::warn!(peer_uid = ?uid, "admin socket: refused a peer of another user");
             continue;
         }
-        let mut answer = serde_json::to_vec(&hub.list()).unwrap_or_default();
-        answer.push(b'\n');
-        let _ = tokio::time::timeout(ADMIN_TIMEOUT, stream.write_all(&answer)).await;
+        // One slow reader must not hold up the next: each answer is its own
+        // task, a few at a time (a permit each), each bounded by the timeout.
+        let Ok(permit) = answering.clone().try_acquire_owned() else { continue };
+        let answer = serde_json::to_vec(&hub.list()).unwrap_or_default();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let write = async {
+                stream.write_all(&answer).await?;
+                stream.write_all(b"\n").await
+            };
+            let _ = tokio::time::timeout(ADMIN_TIMEOUT, write).await;
+        });
     }
     let _ = paths::remove(&state::admin_socket_path(&hub.dir));
 }

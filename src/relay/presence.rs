@@ -178,7 +178,7 @@ pub(crate) async fn keep_snapshot(
         let (dir, devices) = (dir.clone(), presence.snapshot());
         let wrote = tokio::task::spawn_blocking(move || write_snapshot(&dir, devices)).await;
         if let Ok(Err(e)) = wrote {
-            tracing::warn!(error = %e, "cannot write live.json");
+            tracing::warn!(error = %crate::ErrorChain(&e), "cannot write live.json");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
