@@ -14,9 +14,11 @@
 //! - `tasks.json`: the running tasks, so that the next start after a crash
 //!   can kill what was left and audit `task.aborted`.
 
+mod agent_host;
 pub mod control;
 pub mod exec;
 pub mod gate;
+pub mod kill;
 pub mod link;
 pub mod transcript;
 pub mod tree;
