@@ -475,3 +475,40 @@ async fn run_one(
     }
     phase.end(exited)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_arm_the_earliest_timer_and_end_as_the_old_deadlines_did() {
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_secs(10);
+        let running = Phase::Running { deadline };
+        assert_eq!(running.alarm(), (deadline, Alarm::Timeout));
+        assert!(running.live() && running.stoppable());
+        assert!(matches!(running.end(None), End::Exited(_)));
+
+        // Exited 2 s before the deadline: the timeout still fires first.
+        let exited = running.leader_exited(now + Duration::from_secs(8) + DRAIN_LIMIT);
+        assert_eq!(exited.alarm(), (deadline, Alarm::Timeout));
+        let exited_late = Phase::Running { deadline }.leader_exited(now + DRAIN_LIMIT);
+        assert_eq!(exited_late.alarm(), (now + DRAIN_LIMIT, Alarm::GiveUp));
+
+        // A timeout after the exit keeps the drain bound beside the grace period.
+        let terminating = exited_late.timed_out(now);
+        assert_eq!(terminating.alarm(), (now + TERM_GRACE, Alarm::Kill));
+        assert!(!terminating.live() && terminating.stoppable());
+        assert!(matches!(terminating.end(None), End::TimedOut));
+        let past_grace = terminating.killed(now + TERM_GRACE, None);
+        assert_eq!(past_grace.alarm(), (now + TERM_GRACE + DRAIN_LIMIT, Alarm::GiveUp));
+        assert!(past_grace.stoppable(), "a stop during the drain still counts");
+        assert!(matches!(past_grace.end(None), End::TimedOut));
+
+        // A stop ends everything, once.
+        let stopped = terminating.killed(now, Some(StoppedBy::Owner));
+        assert!(!stopped.stoppable());
+        assert!(matches!(stopped.end(None), End::Stopped(StoppedBy::Owner)));
+        assert!(matches!(stopped.leader_exited(now), Phase::Draining { by: Some(StoppedBy::Owner), .. }));
+    }
+}

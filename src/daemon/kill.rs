@@ -42,11 +42,27 @@
 //! process forked while one pass ran is caught by the next; at most
 //! [`KILL_PASSES`] passes, sleeping 1 ms when a pass found only processes
 //! already SIGKILLed and still exiting.
+//!
+//! # Why the sweep may skip the scan
+//!
+//! A `/proc` scan reads every process's `stat`: about a millisecond on a
+//! quiet machine, once per command. [`sweep`] runs it only when something
+//! could be left. Once the leader is reaped, every live member has a chain
+//! of parent links up to a root, and a root is either in the leader's
+//! process group or a child of the daemon (an orphan comes back to the
+//! subreaper). So when `kill(-pgid, 0)` fails with `ESRCH` (no process in
+//! the group, kill(2)), the daemon has no child at all (`waitid(P_ALL,
+//! WNOHANG | WNOWAIT | __WALL)` fails with `ECHILD`, waitid(2): atomic, over
+//! all its threads, and moves nothing), and the task's cgroup, if any, is
+//! empty, then no member is alive and none can appear: a new member needs a
+//! live one to fork it, and an empty group cannot be joined (setpgid(2)).
+//! Any other answer, including an error, runs the full kill.
 
 use std::collections::{BTreeSet, HashMap};
 
+use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
 use nix::unistd::Pid;
 
 use super::tree::{self, TaskCgroup};
@@ -112,17 +128,32 @@ pub fn kill_tree(tree: &Tree<'_>) -> usize {
 }
 
 /// Kills what a command left behind once its leader has exited and been
-/// reaped. Returns how many processes were signalled by pid.
+/// reaped: [`kill_tree`] when anything could be left, nothing more
+/// otherwise (why that is safe: the module's docs). Returns how many
+/// processes were signalled by pid.
 pub fn sweep(tree: &Tree<'_>) -> usize {
     if let Some(cg) = tree.cgroup {
         cg.kill();
     }
-    kill_tree(tree)
+    if could_have_left(tree) { kill_tree(tree) } else { 0 }
 }
 
 /// SIGTERMs the process group and every member found now.
 pub fn terminate(tree: &Tree<'_>) {
     signal_all(tree.pgid, &tree.find(), Signal::SIGTERM);
+}
+
+/// Whether a reaped leader's tree may still have a live member.
+fn could_have_left(tree: &Tree<'_>) -> bool {
+    let group_empty = tree.pgid > 1 && killpg(Pid::from_raw(tree.pgid), None) == Err(Errno::ESRCH);
+    let cgroup_empty = tree.cgroup.is_none_or(|cg| cg.members().is_empty());
+    !(group_empty && cgroup_empty && !has_children())
+}
+
+/// Whether this process has any child, live or zombie, of any thread.
+fn has_children() -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT | WaitPidFlag::__WALL;
+    waitid(Id::All, flags) != Err(Errno::ECHILD)
 }
 
 /// Kills what a task of a daemon that died left behind: its cgroup
@@ -272,12 +303,41 @@ fn reap_orphans(pids: &BTreeSet<i32>, leader: i32) {
 }
 
 /// Reaps every zombie child of ours that is not one of `leaders`
-/// (orphans re-parented to the subreaper after their task ended).
+/// (orphans re-parented to the subreaper after their task ended). With
+/// no child at all (the usual case between tasks) it reads no `/proc`.
 pub fn reap_strays(leaders: &[i32]) {
+    if !has_children() {
+        return;
+    }
     let me = std::process::id() as i32;
     for p in tree::all() {
         if p.ppid == me && p.state == b'Z' && !leaders.contains(&p.pid) {
             let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_child_is_seen_until_reaped() {
+        // The test harness runs tests on threads of one process; a child
+        // spawned here must be seen until it is reaped.
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(has_children());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn an_empty_group_is_seen_as_empty() {
+        use std::os::unix::process::CommandExt as _;
+        let mut child = std::process::Command::new("true").process_group(0).spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        // The pid is reaped and its group is gone (unless re-used at once, which the check would report).
+        assert_eq!(killpg(Pid::from_raw(pid), None), Err(Errno::ESRCH));
     }
 }
