@@ -20,7 +20,7 @@
 //! tier, shutdown) SIGKILLs the tree at once. How the tree is found and
 //! killed: [`super::kill`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -224,8 +224,9 @@ pub async fn run(
 }
 
 fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    let mut cmd = Command::new(program(&argv[0], &spec.env, &spec.cwd));
+    cmd.arg0(&argv[0])
+        .args(&argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
@@ -235,6 +236,28 @@ fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Chil
         .process_group(0)
         .kill_on_drop(true);
     cmd.spawn()
+}
+
+/// The file `name` names for a process with environment `env` in `cwd`,
+/// found as the child's own PATH search would find it (execvp(3): each
+/// entry of the child's PATH in order, an empty one meaning `cwd`, the
+/// first regular file it may execute); `name` itself when it holds a `/`,
+/// when `env` has no PATH, or when the search finds nothing, so the error
+/// is the one execvp gives.
+///
+/// Why: with a PATH of the child's own and a bare name, std must fork(2)
+/// the daemon (copying its page tables) to search in the child; with a path
+/// it can posix_spawn(3), which does not copy them. `argv[0]` stays `name`.
+fn program(name: &str, env: &[(String, String)], cwd: &Path) -> PathBuf {
+    use nix::unistd::{AccessFlags, access};
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let Some(path) = path.filter(|_| !name.contains('/') && !name.is_empty()) else {
+        return PathBuf::from(name);
+    };
+    path.split(':')
+        .map(|dir| cwd.join(if dir.is_empty() { "." } else { dir }).join(name))
+        .find(|file| file.metadata().is_ok_and(|m| m.is_file()) && access(file.as_path(), AccessFlags::X_OK).is_ok())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> usize {
@@ -479,6 +502,32 @@ async fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_name_is_found_on_the_childs_path_as_execvp_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(a.join("tool"), "").unwrap(); // not executable: skipped
+        std::fs::create_dir(a.join("sub")).unwrap(); // a directory: skipped
+        let exe = b.join("tool");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::create_dir(b.join("sub")).unwrap();
+        let env = |path: &str| vec![("HOME".to_string(), "/".to_string()), ("PATH".to_string(), path.to_string())];
+        let search = format!("/nonexistent:{}:{}", a.display(), b.display());
+        assert_eq!(program("tool", &env(&search), Path::new("/")), exe);
+        // Relative and empty entries are the child's cwd.
+        assert_eq!(program("tool", &env("a:b"), dir.path()), dir.path().join("b").join("tool"));
+        assert_eq!(program("tool", &env(":"), &b), b.join(".").join("tool"));
+        // Nothing found, a name with a slash, no PATH: the name as given.
+        assert_eq!(program("sub", &env(&search), Path::new("/")), PathBuf::from("sub"));
+        assert_eq!(program("missing", &env(&search), Path::new("/")), PathBuf::from("missing"));
+        assert_eq!(program("./tool", &env(&search), Path::new("/")), PathBuf::from("./tool"));
+        assert_eq!(program("tool", &[], Path::new("/")), PathBuf::from("tool"));
+    }
 
     #[test]
     fn phases_arm_the_earliest_timer_and_end_as_the_old_deadlines_did() {
