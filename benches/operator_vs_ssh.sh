@@ -137,14 +137,15 @@ bare_port=$port
 support_cmd="$bin operator run $device memory"
 ssh_rc="ssh -S $work/rc.ctl -p $rc_port 127.0.0.1 free -h -w"
 ssh_bare="ssh -S $work/bare.ctl -p $bare_port 127.0.0.1 free -h -w"
+local_cmd=$(command -v free)" -h -w"
 batches=5
 per=$(((runs + batches - 1) / batches))
-for n in support ssh_rc ssh_bare; do : >"$work/$n.times"; done
+for n in support ssh_rc ssh_bare local; do : >"$work/$n.times"; done
 for b in $(seq 1 $batches); do
-  hyperfine -N --warmup 3 --runs "$per" --export-json "$work/h$b.json" "$support_cmd" "$ssh_rc" "$ssh_bare" \
+  hyperfine -N --warmup 3 --runs "$per" --export-json "$work/h$b.json" "$support_cmd" "$ssh_rc" "$ssh_bare" "$local_cmd" \
     >/dev/null 2>"$work/hyperfine.log" \
     || { echo "operator_vs_ssh: hyperfine failed:" >&2; cat "$work/hyperfine.log" >&2; exit 1; }
-  python3 - "$work/h$b.json" "$work/support.times" "$work/ssh_rc.times" "$work/ssh_bare.times" <<'EOF'
+  python3 - "$work/h$b.json" "$work/support.times" "$work/ssh_rc.times" "$work/ssh_bare.times" "$work/local.times" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 for res, path in zip(r, sys.argv[2:]):
@@ -155,7 +156,7 @@ done
 python3 - "$work" "$per" "$batches" <<'EOF'
 import statistics, sys
 work, per, batches = sys.argv[1], sys.argv[2], sys.argv[3]
-t = {n: [float(l) * 1000 for l in open(f"{work}/{n}.times")] for n in ("support", "ssh_rc", "ssh_bare")}
+t = {n: [float(l) * 1000 for l in open(f"{work}/{n}.times")] for n in ("support", "ssh_rc", "ssh_bare", "local")}
 def p(v, q): v = sorted(v); return v[min(len(v) - 1, int(len(v) * q))]
 m = {n: statistics.median(v) for n, v in t.items()}
 print(f"# benches/operator_vs_ssh.sh: {len(t['support'])} runs each, {batches} interleaved batches of {per}")
@@ -163,7 +164,8 @@ print("| what | median (ms) | p90 (ms) |")
 print("|---|---:|---:|")
 rows = [("support", "support operator run DEVICE memory (whole process)"),
         ("ssh_rc", "baseline: ssh -S CTL host free -h -w, the remote shell as configured (reads ~/.bashrc)"),
-        ("ssh_bare", "baseline: the same with the remote rc files skipped (sshd SetEnv SHLVL=1)")]
+        ("ssh_bare", "baseline: the same with the remote rc files skipped (sshd SetEnv SHLVL=1)"),
+        ("local", "for scale: free -h -w run here, no remote at all")]
 for n, label in rows:
     print(f"| {label} | {m[n]:.2f} | {p(t[n], .9):.2f} |")
 for n, label in (("ssh_rc", "ssh as configured"), ("ssh_bare", "ssh without rc files")):
