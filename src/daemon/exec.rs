@@ -242,8 +242,9 @@ fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Chil
 /// found as the child's own PATH search would find it (execvp(3): each
 /// entry of the child's PATH in order, an empty one meaning `cwd`, the
 /// first regular file it may execute); `name` itself when it holds a `/`,
-/// when `env` has no PATH, or when the search finds nothing, so the error
-/// is the one execvp gives.
+/// when `env` has no PATH, when the search finds nothing (so the error is
+/// the one execvp gives), or when the file found is neither ELF nor `#!`
+/// (execvp would run such a file with /bin/sh; posix_spawn would not).
 ///
 /// Why: with a PATH of the child's own and a bare name, std must fork(2)
 /// the daemon (copying its page tables) to search in the child; with a path
@@ -257,7 +258,17 @@ fn program(name: &str, env: &[(String, String)], cwd: &Path) -> PathBuf {
     path.split(':')
         .map(|dir| cwd.join(if dir.is_empty() { "." } else { dir }).join(name))
         .find(|file| file.metadata().is_ok_and(|m| m.is_file()) && access(file.as_path(), AccessFlags::X_OK).is_ok())
+        .filter(|file| starts_as_the_kernel_runs(file))
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Whether `file` begins as an ELF image or a `#!` script, which execve(2)
+/// runs itself.
+fn starts_as_the_kernel_runs(file: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; 4];
+    std::fs::File::open(file).and_then(|f| f.take(4).read_exact(&mut head)).is_ok()
+        && (head == *b"\x7fELF" || head.starts_with(b"#!"))
 }
 
 async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> usize {
@@ -527,6 +538,10 @@ mod tests {
         assert_eq!(program("missing", &env(&search), Path::new("/")), PathBuf::from("missing"));
         assert_eq!(program("./tool", &env(&search), Path::new("/")), PathBuf::from("./tool"));
         assert_eq!(program("tool", &[], Path::new("/")), PathBuf::from("tool"));
+        // No `#!` and not ELF: left to execvp, which runs it with /bin/sh.
+        std::fs::write(&exe, "echo hi\n").unwrap();
+        assert_eq!(program("tool", &env(&search), Path::new("/")), PathBuf::from("tool"));
+        assert_eq!(program("sh", &env("/bin:/usr/bin"), Path::new("/")).parent(), Some(Path::new("/bin")));
     }
 
     #[test]
