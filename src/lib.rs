@@ -31,6 +31,7 @@
 //! `consent`, `policy`, `audit`, `identity`, `trust` and `daemon::gate` do no network I/O.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod audit;
 pub mod cli;

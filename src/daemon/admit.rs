@@ -122,7 +122,8 @@ impl Daemon {
         let daemon_env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         let env = exec::environment(&approved.action.env, daemon_env, &task_id);
         let http = if approved.action.kind == Kind::Agent {
-            self.prepare_agent(&approved.rendered, &run.params, &task_id, &env).map_err(|denial| Refusal {
+            let cwd = crate::paths::expand_home(&approved.action.cwd);
+            self.prepare_agent(&approved.rendered, &run.params, &task_id, &env, &cwd).map_err(|denial| Refusal {
                 operator: Some(approved.operator.clone()),
                 signed: true,
                 denial,

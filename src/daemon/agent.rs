@@ -2,21 +2,11 @@
 //! agent host (a loopback HTTP endpoint) is named and its secret readable.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use super::gate::Denial;
-use super::{Daemon, exec};
+use super::{Daemon, agent_host, exec};
 use crate::paths;
 use crate::protocol::DenyCode;
-
-/// What the daemon posts to an agent host (docs/PROTOCOL.md).
-#[derive(serde::Serialize)]
-struct AgentRequest<'a> {
-    task_id: &'a str,
-    prompt: &'a str,
-    /// `plan` or `build`.
-    mode: &'a str,
-}
 
 impl Daemon {
     /// Checks that the owner's agent can start: its program is installed,
@@ -32,13 +22,14 @@ impl Daemon {
         params: &BTreeMap<String, String>,
         task_id: &str,
         env: &[(String, String)],
+        cwd: &std::path::Path,
     ) -> Result<Option<exec::HttpAgent>, Denial> {
         let unavailable = |message: String| Denial { code: DenyCode::AgentUnavailable, message };
         let config = &self.catalogue().agent;
         let Some(endpoint) = &config.endpoint else {
             let program = rendered.commands.first().and_then(|c| c.first()).map(String::as_str).unwrap_or("");
             let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("");
-            return match find_program(program, path) {
+            return match exec::find_on_path(program, path, cwd) {
                 Some(_) => Ok(None),
                 None => Err(unavailable(format!(
                     "the owner's agent program `{program}` is not installed on this device (not found on the daemon's PATH); \
@@ -46,7 +37,7 @@ impl Daemon {
                 ))),
             };
         };
-        let target = agent_endpoint(endpoint).map_err(|m| unavailable(format!("[agent] endpoint: {m}")))?;
+        let target = agent_host::endpoint(endpoint).map_err(|m| unavailable(format!("[agent] endpoint: {m}")))?;
         let file = config.secret_file.as_deref().unwrap_or("");
         let path = paths::expand_home(file);
         let secret = match paths::read_secret(&path, 4096) {
@@ -67,7 +58,7 @@ impl Daemon {
                 path.display()
             )));
         }
-        let body = AgentRequest {
+        let body = agent_host::AgentRequest {
             task_id,
             prompt: params.get("prompt").map(String::as_str).unwrap_or_default(),
             mode: params.get("mode").map(String::as_str).unwrap_or("plan"),
@@ -76,46 +67,8 @@ impl Daemon {
             addr: target.0,
             host: target.1,
             path: target.2,
-            secret,
+            secret: crate::Secret::new(secret),
             body: serde_json::to_vec(&body).unwrap_or_default(),
         }))
     }
-}
-
-/// Where `program` would be found, as execvp(3) looks for it: a name with
-/// a slash as it stands, else each directory of `path` in turn. Only a
-/// regular file with an execute bit counts.
-fn find_program(program: &str, path: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let runnable =
-        |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.is_empty() {
-        return None;
-    }
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return runnable(&p).then_some(p);
-    }
-    path.split(':').filter(|d| !d.is_empty()).map(|d| std::path::Path::new(d).join(program)).find(|p| runnable(p))
-}
-
-/// An `[agent] endpoint` (already checked to be loopback when the policy
-/// loaded) as the address to connect to, the `Host` header and the path.
-/// `localhost` is taken as 127.0.0.1, never looked up.
-fn agent_endpoint(endpoint: &str) -> Result<(std::net::SocketAddr, String, String), String> {
-    let rest = endpoint.strip_prefix("http://").ok_or("must start with http://")?;
-    let (authority, path) = match rest.find(['/', '?', '#']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let path = path.split('#').next().unwrap_or("/");
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-    let (host, port) = authority.rsplit_once(':').ok_or("needs a port")?;
-    let port: u16 = port.parse().map_err(|_| format!("bad port `{port}`"))?;
-    let ip: std::net::IpAddr = match host {
-        "localhost" | "127.0.0.1" => std::net::Ipv4Addr::LOCALHOST.into(),
-        "[::1]" => std::net::Ipv6Addr::LOCALHOST.into(),
-        other => return Err(format!("`{other}` is not a loopback address")),
-    };
-    Ok((std::net::SocketAddr::new(ip, port), authority.to_string(), path))
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-use super::{CONSENT_POLL, CONSENT_POLL_WATCHED, Daemon, tree};
+use super::{CONSENT_POLL, CONSENT_POLL_WATCHED, Daemon, kill};
 use crate::audit::{Event, Record};
 use crate::consent::{self, Consent, Off};
 use crate::control_api::WatchEvent;
@@ -129,7 +129,7 @@ impl Daemon {
                 _ = poll.tick() => {}
                 _ = async { tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)).await }, if expiry.is_some() => {}
                 _ = async { sigchld.as_mut().expect("guarded").recv().await }, if sigchld.is_some() => {
-                    tree::reap_strays(&self.leaders());
+                    kill::reap_strays(&self.leaders());
                     continue;
                 }
             }

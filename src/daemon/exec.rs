@@ -17,20 +17,21 @@
 //! When a command exits, whatever it left running is killed: an action
 //! leaves nothing behind. On timeout the tree gets SIGTERM, then SIGKILL
 //! after [`TERM_GRACE`]. A stop (owner, operator, revoke, expiry, lower
-//! tier, shutdown) SIGKILLs the tree at once. See [`super::tree`].
+//! tier, shutdown) SIGKILLs the tree at once. How the tree is found and
+//! killed: [`super::kill`].
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
-use super::tree::{self, MARKER_ENV, TaskTree};
+pub use super::agent_host::{HTTP_CONNECT_TIMEOUT, HttpAgent};
+use super::kill;
+use super::tree::{self, MARKER_ENV};
 use crate::protocol::{Status, StoppedBy, Stream, TaskResult};
 
 /// How long a tree has between SIGTERM and SIGKILL on timeout.
@@ -42,9 +43,6 @@ pub const CHUNK_BYTES: usize = 16 * 1024;
 /// How long the pipes may stay open after the tree was killed (a process
 /// in uninterruptible sleep) before the task is ended without them.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-
-/// How long connecting to an agent host and getting its response head may take.
-pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Variables passed through from the daemon's environment to every task.
 pub const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "USER"];
@@ -60,8 +58,11 @@ pub struct Spec {
     pub stdin: Option<String>,
     /// The whole environment of the processes (see [`environment`]).
     pub env: Vec<(String, String)>,
+    /// The working directory.
     pub cwd: PathBuf,
+    /// How long the whole action may run; then SIGTERM, and SIGKILL after [`TERM_GRACE`].
     pub timeout: Duration,
+    /// Output past this many bytes is read and dropped (`truncated`).
     pub max_output_bytes: u64,
     /// The task's own cgroup, when one is delegated to the daemon.
     pub cgroup: Option<tree::TaskCgroup>,
@@ -69,36 +70,12 @@ pub struct Spec {
     pub http: Option<HttpAgent>,
 }
 
-/// One request to an agent host on loopback (`[agent] endpoint`).
-#[derive(Clone)]
-pub struct HttpAgent {
-    /// A loopback address (the policy refuses any other host).
-    pub addr: std::net::SocketAddr,
-    /// The `Host` header: the endpoint's authority as written.
-    pub host: String,
-    /// The path and query.
-    pub path: String,
-    /// Sent as `X-Support-Secret`.
-    pub secret: String,
-    /// The JSON body: `{"task_id", "prompt", "mode"}`.
-    pub body: Vec<u8>,
-}
-
-impl std::fmt::Debug for HttpAgent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpAgent")
-            .field("addr", &self.addr)
-            .field("host", &self.host)
-            .field("path", &self.path)
-            .field("secret", &"***")
-            .finish()
-    }
-}
-
 /// A piece of output.
 #[derive(Clone, Debug)]
 pub struct Chunk {
+    /// The pipe it came from.
     pub stream: Stream,
+    /// At most [`CHUNK_BYTES`] bytes, as read.
     pub data: Vec<u8>,
 }
 
@@ -134,7 +111,7 @@ pub fn environment(
 }
 
 /// Counts, hashes and caps what is delivered.
-struct Delivered {
+pub(super) struct Delivered {
     bytes: u64,
     max: u64,
     truncated: bool,
@@ -143,7 +120,7 @@ struct Delivered {
 
 impl Delivered {
     /// The part of `data` still within the cap.
-    fn take<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+    pub(super) fn take<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         let room = self.max.saturating_sub(self.bytes);
         let keep = &data[..data.len().min(room as usize)];
         if keep.len() < data.len() {
@@ -156,7 +133,7 @@ impl Delivered {
 }
 
 /// How one command ended.
-enum End {
+pub(super) enum End {
     Exited(ExitStatus),
     Stopped(StoppedBy),
     TimedOut,
@@ -218,7 +195,7 @@ pub async fn run(
     let mut tally = Tally { first_failure: None, last_code: None, status: Status::Ok, cancelled_by: None };
     match &spec.http {
         Some(http) => {
-            tally.add(run_http(http, &out, &mut stop, deadline, &mut delivered).await);
+            tally.add(super::agent_host::run_http(http, &out, &mut stop, deadline, &mut delivered).await);
         }
         None => {
             for (i, argv) in spec.commands.iter().enumerate() {
@@ -252,8 +229,9 @@ pub async fn run(
 }
 
 fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
+    let mut cmd = Command::new(program(&argv[0], &spec.env, &spec.cwd));
+    cmd.arg0(&argv[0])
+        .args(&argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
@@ -265,6 +243,49 @@ fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Chil
     cmd.spawn()
 }
 
+/// The file `name` names for a process with environment `env` in `cwd`,
+/// found as the child's own PATH search would find it (execvp(3): each
+/// entry of the child's PATH in order, an empty one meaning `cwd`, the
+/// first regular file it may execute); `name` itself when it holds a `/`,
+/// when `env` has no PATH, when the search finds nothing (so the error is
+/// the one execvp gives), or when the file found is neither ELF nor `#!`
+/// (execvp would run such a file with /bin/sh; posix_spawn would not).
+///
+/// Why: with a PATH of the child's own and a bare name, std must fork(2)
+/// the daemon (copying its page tables) to search in the child; with a path
+/// it can posix_spawn(3), which does not copy them. `argv[0]` stays `name`.
+fn program(name: &str, env: &[(String, String)], cwd: &Path) -> PathBuf {
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let Some(path) = path.filter(|_| !name.contains('/')) else { return PathBuf::from(name) };
+    find_on_path(name, path, cwd).filter(|file| starts_as_the_kernel_runs(file)).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Where execvp(3) finds `name` for a process whose PATH is `path` and
+/// whose working directory is `cwd`: `name` itself when it holds a `/`,
+/// else each entry of `path` in order (an empty one meaning `cwd`). Only a
+/// regular file this process may execute counts; `None` when there is none.
+pub(super) fn find_on_path(name: &str, path: &str, cwd: &Path) -> Option<PathBuf> {
+    use nix::unistd::{AccessFlags, access};
+    let runnable = |file: &Path| file.metadata().is_ok_and(|m| m.is_file()) && access(file, AccessFlags::X_OK).is_ok();
+    if name.is_empty() {
+        return None;
+    }
+    if name.contains('/') {
+        let file = cwd.join(name);
+        return runnable(&file).then_some(file);
+    }
+    path.split(':').map(|dir| cwd.join(if dir.is_empty() { "." } else { dir }).join(name)).find(|f| runnable(f))
+}
+
+/// Whether `file` begins as an ELF image or a `#!` script, which execve(2)
+/// runs itself.
+fn starts_as_the_kernel_runs(file: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; 4];
+    std::fs::File::open(file).and_then(|f| f.take(4).read_exact(&mut head)).is_ok()
+        && (head == *b"\x7fELF" || head.starts_with(b"#!"))
+}
+
 async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> usize {
     match pipe {
         Some(p) => p.read(buf).await.unwrap_or(0),
@@ -273,13 +294,102 @@ async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) ->
 }
 
 /// Waits until someone asks the task to stop; never returns if the sender is gone.
-async fn stop_requested(stop: &mut watch::Receiver<Option<StoppedBy>>) -> StoppedBy {
+pub(super) async fn stop_requested(stop: &mut watch::Receiver<Option<StoppedBy>>) -> StoppedBy {
     loop {
         if let Some(by) = *stop.borrow_and_update() {
             return by;
         }
         if stop.changed().await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Where one command is on its way to its end. Every phase but the last
+/// listens for a stop, which kills the tree at once.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Running until `deadline` (the task's timeout).
+    Running { deadline: tokio::time::Instant },
+    /// The leader exited and what it left was killed; the pipes have until
+    /// `give_up_at` to close, and the timeout still applies meanwhile.
+    Exited { deadline: tokio::time::Instant, give_up_at: tokio::time::Instant },
+    /// Timed out: the tree got SIGTERM and gets SIGKILL at `kill_at`. If the
+    /// leader had already exited, the pipes are still given up at `give_up_at`.
+    Terminating { kill_at: tokio::time::Instant, give_up_at: Option<tokio::time::Instant> },
+    /// The tree was SIGKILLed (a stop, or a timeout past its grace); the
+    /// pipes have until `give_up_at`.
+    Draining { give_up_at: tokio::time::Instant, by: Option<StoppedBy> },
+}
+
+/// What a phase's next timer does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Alarm {
+    Timeout,
+    Kill,
+    GiveUp,
+}
+
+impl Phase {
+    /// Not yet timed out or stopped: output may wait for a slow reader.
+    fn live(&self) -> bool {
+        matches!(self, Phase::Running { .. } | Phase::Exited { .. })
+    }
+
+    /// Whether a stop still changes anything (a stop also ends a
+    /// timeout's grace period at once).
+    fn stoppable(&self) -> bool {
+        !matches!(self, Phase::Draining { by: Some(_), .. })
+    }
+
+    /// The next timer: its instant and what it does.
+    fn alarm(&self) -> (tokio::time::Instant, Alarm) {
+        match *self {
+            Phase::Running { deadline } => (deadline, Alarm::Timeout),
+            Phase::Exited { deadline, give_up_at } if deadline < give_up_at => (deadline, Alarm::Timeout),
+            Phase::Exited { give_up_at, .. } => (give_up_at, Alarm::GiveUp),
+            Phase::Terminating { kill_at, give_up_at: Some(give_up_at) } if give_up_at < kill_at => {
+                (give_up_at, Alarm::GiveUp)
+            }
+            Phase::Terminating { kill_at, .. } => (kill_at, Alarm::Kill),
+            Phase::Draining { give_up_at, .. } => (give_up_at, Alarm::GiveUp),
+        }
+    }
+
+    /// The leader has exited; the pipes have until `give_up_at`, unless an
+    /// earlier bound is already set.
+    fn leader_exited(self, give_up_at: tokio::time::Instant) -> Phase {
+        match self {
+            Phase::Running { deadline } => Phase::Exited { deadline, give_up_at },
+            Phase::Terminating { kill_at, give_up_at: None } => {
+                Phase::Terminating { kill_at, give_up_at: Some(give_up_at) }
+            }
+            other => other,
+        }
+    }
+
+    /// Timed out now: SIGTERM was sent.
+    fn timed_out(self, now: tokio::time::Instant) -> Phase {
+        let give_up_at = match self {
+            Phase::Exited { give_up_at, .. } => Some(give_up_at),
+            _ => None,
+        };
+        Phase::Terminating { kill_at: now + TERM_GRACE, give_up_at }
+    }
+
+    /// The tree was SIGKILLed now: by a stop (`by`) or after a timeout's grace.
+    fn killed(self, now: tokio::time::Instant, by: Option<StoppedBy>) -> Phase {
+        Phase::Draining { give_up_at: now + DRAIN_LIMIT, by }
+    }
+
+    /// How the command ended, given its exit status if it was collected.
+    fn end(self, exited: Option<ExitStatus>) -> End {
+        match self {
+            Phase::Running { .. } | Phase::Exited { .. } => {
+                End::Exited(exited.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9)))
+            }
+            Phase::Terminating { .. } | Phase::Draining { by: None, .. } => End::TimedOut,
+            Phase::Draining { by: Some(by), .. } => End::Stopped(by),
         }
     }
 }
@@ -295,6 +405,8 @@ async fn run_one(
     delivered: &mut Delivered,
     hooks: &Arc<dyn Hooks>,
 ) -> End {
+    use tokio::time::{Instant, sleep_until};
+
     if let Some(by) = *stop.borrow() {
         return End::Stopped(by);
     }
@@ -322,72 +434,49 @@ async fn run_one(
             let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let task_id = spec.task_id.clone();
-    let cgroup = spec.cgroup.clone();
-    let find = move || {
-        let others = hooks.other_leaders();
-        let other_tasks = hooks.other_tasks();
-        let mut found = tree::members(&TaskTree {
-            task_id: &task_id,
-            pgid: pid,
-            start_ticks,
-            other_leaders: &others,
-            other_tasks: &other_tasks,
-        });
-        if let Some(cg) = &cgroup {
-            // Everything in the task's cgroup is the task's; what the scan
-            // found joins it, so a later escape cannot leave it.
-            for p in &found {
-                cg.add(*p);
-            }
-            found.extend(cg.members().into_iter().filter(|p| tree::alive(*p)));
-        }
-        found
-    };
+    let others = || kill::Others { leaders: hooks.other_leaders(), tasks: hooks.other_tasks() };
+    let tree =
+        kill::Tree { task_id: &spec.task_id, pgid: pid, start_ticks, cgroup: spec.cgroup.as_ref(), others: &others };
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let mut buf_out = vec![0u8; CHUNK_BYTES];
     let mut buf_err = vec![0u8; CHUNK_BYTES];
     let mut exited: Option<ExitStatus> = None;
-    let mut end: Option<End> = None;
-    let mut kill_at: Option<tokio::time::Instant> = None;
-    let mut give_up_at: Option<tokio::time::Instant> = None;
-    let far = deadline + Duration::from_secs(365 * 24 * 3600);
+    let mut phase = Phase::Running { deadline };
     loop {
         if exited.is_some() && stdout.is_none() && stderr.is_none() {
             break;
         }
+        let (alarm_at, alarm) = phase.alarm();
         let (stream, n) = tokio::select! {
             n = read_some(&mut stdout, &mut buf_out) => (Stream::Stdout, n),
             n = read_some(&mut stderr, &mut buf_err) => (Stream::Stderr, n),
             st = child.wait(), if exited.is_none() => {
                 exited = Some(st.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9)));
                 // The command is over: nothing it started may outlive it.
-                kill_all(spec.cgroup.as_ref(), pid, &find);
-                give_up_at.get_or_insert(tokio::time::Instant::now() + DRAIN_LIMIT);
+                kill::sweep(&tree);
+                phase = phase.leader_exited(Instant::now() + DRAIN_LIMIT);
                 continue;
             }
-            // A stop also ends a timeout's grace period at once.
-            by = stop_requested(stop), if !matches!(end, Some(End::Stopped(_))) => {
-                kill_all(spec.cgroup.as_ref(), pid, &find);
-                end = Some(End::Stopped(by));
-                kill_at = None;
-                give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+            by = stop_requested(stop), if phase.stoppable() => {
+                kill::kill_tree(&tree);
+                phase = phase.killed(Instant::now(), Some(by));
                 continue;
             }
-            _ = tokio::time::sleep_until(deadline), if end.is_none() => {
-                tree::signal_all(pid, &find(), Signal::SIGTERM);
-                end = Some(End::TimedOut);
-                kill_at = Some(tokio::time::Instant::now() + TERM_GRACE);
+            _ = sleep_until(alarm_at) => {
+                match alarm {
+                    Alarm::Timeout => {
+                        kill::terminate(&tree);
+                        phase = phase.timed_out(Instant::now());
+                    }
+                    Alarm::Kill => {
+                        kill::kill_tree(&tree);
+                        phase = phase.killed(Instant::now(), None);
+                    }
+                    Alarm::GiveUp => break,
+                }
                 continue;
             }
-            _ = tokio::time::sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
-                kill_all(spec.cgroup.as_ref(), pid, &find);
-                kill_at = None;
-                give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
-                continue;
-            }
-            _ = tokio::time::sleep_until(give_up_at.unwrap_or(far)), if give_up_at.is_some() => break,
         };
         if n == 0 {
             match stream {
@@ -403,7 +492,7 @@ async fn run_one(
         let keep = delivered.take(data);
         if !keep.is_empty() && !out.is_closed() {
             let chunk = Chunk { stream, data: keep.to_vec() };
-            if end.is_some() {
+            if !phase.live() {
                 // Ending: a slow reader loses the last output rather than delay the kill.
                 let _ = out.try_send(chunk);
                 continue;
@@ -412,195 +501,93 @@ async fn run_one(
             tokio::select! {
                 _ = out.send(chunk) => {}
                 by = stop_requested(stop) => {
-                    kill_all(spec.cgroup.as_ref(), pid, &find);
-                    end = Some(End::Stopped(by));
-                    give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                    kill::kill_tree(&tree);
+                    phase = phase.killed(Instant::now(), Some(by));
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    tree::signal_all(pid, &find(), Signal::SIGTERM);
-                    end = Some(End::TimedOut);
-                    kill_at = Some(tokio::time::Instant::now() + TERM_GRACE);
+                _ = sleep_until(deadline) => {
+                    kill::terminate(&tree);
+                    phase = phase.timed_out(Instant::now());
                 }
             }
         }
     }
     if exited.is_none() {
         // Pipes held by something unkillable: the leader is dead or dying.
-        kill_all(spec.cgroup.as_ref(), pid, &find);
+        kill::kill_tree(&tree);
         exited = tokio::time::timeout(Duration::from_secs(1), child.wait()).await.ok().and_then(Result::ok);
     }
     // Nothing of this command outlives it, however it ended.
-    kill_all(spec.cgroup.as_ref(), pid, &find);
-    match end {
-        Some(e) => e,
-        None => End::Exited(exited.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9))),
+    if exited.is_some() {
+        kill::sweep(&tree);
+    } else {
+        kill::kill_tree(&tree);
     }
+    phase.end(exited)
 }
 
-/// SIGKILLs the tree: the cgroup at once if there is one, then by scans.
-fn kill_all(cgroup: Option<&tree::TaskCgroup>, pid: i32, find: impl Fn() -> BTreeSet<i32>) {
-    if let Some(cg) = cgroup {
-        cg.kill();
-    }
-    tree::kill_until_gone(pid, 50, find);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Posts the task to an agent host and relays its response body as
-/// stdout. A non-2xx answer is a failure with the head of its body on
-/// stderr; a stop or the deadline drops the connection, which aborts the
-/// request on the host's side.
-async fn run_http(
-    http: &HttpAgent,
-    out: &mpsc::Sender<Chunk>,
-    stop: &mut watch::Receiver<Option<StoppedBy>>,
-    deadline: tokio::time::Instant,
-    delivered: &mut Delivered,
-) -> End {
-    use http_body_util::BodyExt as _;
-
-    if let Some(by) = *stop.borrow() {
-        return End::Stopped(by);
+    #[test]
+    fn a_bare_name_is_found_on_the_childs_path_as_execvp_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(a.join("tool"), "").unwrap(); // not executable: skipped
+        std::fs::create_dir(a.join("sub")).unwrap(); // a directory: skipped
+        let exe = b.join("tool");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::create_dir(b.join("sub")).unwrap();
+        let env = |path: &str| vec![("HOME".to_string(), "/".to_string()), ("PATH".to_string(), path.to_string())];
+        let search = format!("/nonexistent:{}:{}", a.display(), b.display());
+        assert_eq!(program("tool", &env(&search), Path::new("/")), exe);
+        // Relative and empty entries are the child's cwd.
+        assert_eq!(program("tool", &env("a:b"), dir.path()), dir.path().join("b").join("tool"));
+        assert_eq!(program("tool", &env(":"), &b), b.join(".").join("tool"));
+        // Nothing found, a name with a slash, no PATH: the name as given.
+        assert_eq!(program("sub", &env(&search), Path::new("/")), PathBuf::from("sub"));
+        assert_eq!(program("missing", &env(&search), Path::new("/")), PathBuf::from("missing"));
+        assert_eq!(program("./tool", &env(&search), Path::new("/")), PathBuf::from("./tool"));
+        assert_eq!(program("tool", &[], Path::new("/")), PathBuf::from("tool"));
+        // No `#!` and not ELF: left to execvp, which runs it with /bin/sh.
+        std::fs::write(&exe, "echo hi\n").unwrap();
+        assert_eq!(program("tool", &env(&search), Path::new("/")), PathBuf::from("tool"));
+        assert_eq!(program("sh", &env("/bin:/usr/bin"), Path::new("/")).parent(), Some(Path::new("/bin")));
     }
-    let say = |delivered: &mut Delivered, msg: String| {
-        let keep = delivered.take(format!("support: {msg}\n").as_bytes()).to_vec();
-        let _ = out.try_send(Chunk { stream: Stream::Stderr, data: keep });
-    };
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(http.addr).await.map_err(|e| format!("connect: {e}"))?;
-        // Another local user may hold the port while the host is down: the
-        // secret and the prompt go only to a listener of the owner's own.
-        match listener_uids(http.addr.port()) {
-            uids if !uids.is_empty() && uids.iter().all(|u| *u == crate::paths::current_uid()) => {}
-            uids if uids.is_empty() => {
-                return Err("cannot tell who listens on that port (/proc/net/tcp); not sending the secret".into());
-            }
-            uids => return Err(format!("the port is held by another user (uid {uids:?}); not sending it the secret")),
-        }
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        // The connection is driven here and aborted with this task: a stop aborts the request.
-        let driver = AbortOnDrop(tokio::spawn(conn));
-        let request = hyper::Request::post(http.path.as_str())
-            .header(hyper::header::HOST, http.host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::ACCEPT, "application/x-ndjson")
-            .header("X-Support-Secret", http.secret.as_str())
-            .body(http_body_util::Full::new(bytes::Bytes::from(http.body.clone())))
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
-        Ok::<_, String>((response, driver))
-    };
-    let connect_by = (tokio::time::Instant::now() + HTTP_CONNECT_TIMEOUT).min(deadline);
-    let (response, driver) = tokio::select! {
-        r = exchange => match r {
-            Ok(r) => r,
-            Err(e) => {
-                say(delivered, format!("the agent host at {} failed: {e}", http.addr));
-                return End::NotStarted;
-            }
-        },
-        by = stop_requested(stop) => return End::Stopped(by),
-        _ = tokio::time::sleep_until(connect_by) => {
-            if connect_by >= deadline {
-                return End::TimedOut;
-            }
-            say(delivered, format!("the agent host at {} did not answer within {} s", http.addr, HTTP_CONNECT_TIMEOUT.as_secs()));
-            return End::NotStarted;
-        }
-    };
-    // Aborting the driver closes the socket, whichever way this ends.
-    let _driver = driver;
-    let status = response.status();
-    let mut body = response.into_body();
-    let ok = status.is_success();
-    let mut error_head = Vec::new();
-    loop {
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            by = stop_requested(stop) => return End::Stopped(by),
-            _ = tokio::time::sleep_until(deadline) => return End::TimedOut,
-        };
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => {
-                say(delivered, format!("the agent host's response broke off: {e}"));
-                return End::Failed;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
-            },
-        };
-        if !ok {
-            // The head of an error body is enough for the message.
-            let room = 1024usize.saturating_sub(error_head.len());
-            error_head.extend_from_slice(&data[..data.len().min(room)]);
-            if error_head.len() >= 1024 {
-                break;
-            }
-            continue;
-        }
-        for piece in data.chunks(CHUNK_BYTES) {
-            let keep = delivered.take(piece);
-            if keep.is_empty() || out.is_closed() {
-                continue;
-            }
-            let chunk = Chunk { stream: Stream::Stdout, data: keep.to_vec() };
-            tokio::select! {
-                _ = out.send(chunk) => {}
-                by = stop_requested(stop) => return End::Stopped(by),
-                _ = tokio::time::sleep_until(deadline) => return End::TimedOut,
-            }
-        }
-    }
-    if !ok {
-        let head = String::from_utf8_lossy(&error_head);
-        say(delivered, format!("the agent host answered HTTP {status}: {}", head.trim()));
-        return End::Failed;
-    }
-    End::Exited(std::os::unix::process::ExitStatusExt::from_raw(0))
-}
 
-/// The uids of the TCP sockets listening on `port` on a loopback or
-/// wildcard address, from `/proc/net/tcp` and `/proc/net/tcp6` (proc(5)):
-/// the address is hex in host byte order, the port hex, state `0A` is
-/// LISTEN, the uid is the eighth field.
-fn listener_uids(port: u16) -> Vec<u32> {
-    const LOCAL: [&str; 6] = [
-        "0100007F",
-        "7F000001",
-        "00000000",
-        "00000000000000000000000001000000",
-        "00000000000000000000000000000001",
-        "00000000000000000000000000000000",
-    ];
-    let mut uids = Vec::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Some(text) = tree::read_proc(std::path::Path::new(file), 32 << 20) else { continue };
-        for line in String::from_utf8_lossy(&text).lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(uid)) = (f.get(1), f.get(3), f.get(7)) else { continue };
-            let Some((addr, p)) = local.split_once(':') else { continue };
-            let v4_mapped_loopback = addr.len() == 32 && addr.starts_with("0000000000000000FFFF0000");
-            if *state == "0A"
-                && u16::from_str_radix(p, 16) == Ok(port)
-                && (LOCAL.contains(&addr) || v4_mapped_loopback)
-                && let Ok(uid) = uid.parse()
-            {
-                uids.push(uid);
-            }
-        }
-    }
-    uids
-}
+    #[test]
+    fn phases_arm_the_earliest_timer_and_end_as_the_old_deadlines_did() {
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_secs(10);
+        let running = Phase::Running { deadline };
+        assert_eq!(running.alarm(), (deadline, Alarm::Timeout));
+        assert!(running.live() && running.stoppable());
+        assert!(matches!(running.end(None), End::Exited(_)));
 
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+        // Exited 2 s before the deadline: the timeout still fires first.
+        let exited = running.leader_exited(now + Duration::from_secs(8) + DRAIN_LIMIT);
+        assert_eq!(exited.alarm(), (deadline, Alarm::Timeout));
+        let exited_late = Phase::Running { deadline }.leader_exited(now + DRAIN_LIMIT);
+        assert_eq!(exited_late.alarm(), (now + DRAIN_LIMIT, Alarm::GiveUp));
 
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+        // A timeout after the exit keeps the drain bound beside the grace period.
+        let terminating = exited_late.timed_out(now);
+        assert_eq!(terminating.alarm(), (now + TERM_GRACE, Alarm::Kill));
+        assert!(!terminating.live() && terminating.stoppable());
+        assert!(matches!(terminating.end(None), End::TimedOut));
+        let past_grace = terminating.killed(now + TERM_GRACE, None);
+        assert_eq!(past_grace.alarm(), (now + TERM_GRACE + DRAIN_LIMIT, Alarm::GiveUp));
+        assert!(past_grace.stoppable(), "a stop during the drain still counts");
+        assert!(matches!(past_grace.end(None), End::TimedOut));
+
+        // A stop ends everything, once.
+        let stopped = terminating.killed(now, Some(StoppedBy::Owner));
+        assert!(!stopped.stoppable());
+        assert!(matches!(stopped.end(None), End::Stopped(StoppedBy::Owner)));
+        assert!(matches!(stopped.leader_exited(now), Phase::Draining { by: Some(StoppedBy::Owner), .. }));
     }
 }

@@ -126,21 +126,7 @@ impl Daemon {
             let pgid = t.pid.unwrap_or(-1);
             let ticks = t.start_ticks.unwrap_or(0);
             let cgroup = t.cgroup.clone().map(tree::TaskCgroup::at);
-            if let Some(cg) = &cgroup {
-                cg.kill();
-            }
-            // No killpg here: after a crash the group id may belong to
-            // someone else by now; members are checked by start time.
-            let killed = tree::kill_until_gone(-1, 50, || {
-                let mut found = tree::leftovers(&t.task_id, pgid, ticks);
-                if let Some(cg) = &cgroup {
-                    found.extend(cg.members().into_iter().filter(|p| tree::alive(*p)));
-                }
-                found
-            });
-            if let Some(cg) = &cgroup {
-                cg.remove();
-            }
+            let killed = super::kill::kill_leftovers(&t.task_id, pgid, ticks, cgroup.as_ref());
             let mut r = task_record(Event::TaskAborted, t);
             r.detail = Some(format!(
                 "the daemon stopped without finishing this task; {killed} leftover process{} killed",

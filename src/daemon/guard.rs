@@ -192,7 +192,7 @@ fn from_task_record(paths: &Paths) -> Option<String> {
         if let Some(leader) = t.pid.filter(|p| *p > 1).filter(live) {
             // A group id re-used after the task ended belongs to a process
             // that started later than the task: only processes started no
-            // earlier than the leader count (as in `tree::leftovers`).
+            // earlier than the leader count (as in `kill::leftovers`).
             let since = match (t.start_ticks, me) {
                 (Some(ticks), Some(me)) => me.start_ticks >= ticks,
                 _ => true,

@@ -1,7 +1,7 @@
 //! The daemon: one per home. It holds the device key, the catalogue and the
 //! audit log, decides on signed commands ([`gate`]), runs what passes
 //! ([`exec`]), stops what the owner's consent no longer covers, and
-//! answers the owner on the loopback control API ([`control`]).
+//! answers the owner on the loopback control API (`control.rs`).
 //!
 //! Data flows one way: command → [`gate`] → audit (`action.started`,
 //! fsynced) → [`exec`] → frames → audit (`action.finished`). Commands reach
@@ -16,12 +16,14 @@
 
 mod admit;
 mod agent;
+mod agent_host;
 mod control;
 mod enforce;
 pub mod exec;
 mod files;
 pub mod gate;
 pub(crate) mod guard;
+pub mod kill;
 mod link;
 mod records;
 mod task;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use super::records::end_records;
-use super::{Daemon, OUTPUT_CHANNEL, RECENT_TASKS, SHUTDOWN_WAIT, exec, tree};
+use super::{Daemon, OUTPUT_CHANNEL, RECENT_TASKS, SHUTDOWN_WAIT, exec, kill};
 use crate::control_api::{TaskDetail, TaskView, TranscriptView, WatchEvent};
 use crate::lock;
 use crate::protocol::{DeviceFrame, StoppedBy, Stream, TaskResult};
@@ -130,7 +130,7 @@ impl Daemon {
         drop(forget);
         let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
         let _ = done.send(Some(result));
-        tree::reap_strays(&self.leaders());
+        kill::reap_strays(&self.leaders());
     }
 
     /// The process group leaders of the running tasks.

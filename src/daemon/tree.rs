@@ -1,39 +1,14 @@
-//! Finding and killing a task's whole process tree through `/proc`.
+//! What the kernel tells about processes: `/proc/PID/stat`, a process's
+//! marker ([`MARKER_ENV`]), capped reads of kernel files, and cgroup v2
+//! ([`Delegated`], [`TaskCgroup`]).
 //!
-//! A task's tree is every process that descends from its leader, even one
-//! that left the leader's process group with `setsid` or double-forked
-//! away from its parent. The daemon is a child subreaper
-//! (`prctl(PR_SET_CHILD_SUBREAPER)`, prctl(2)), so an orphaned descendant
-//! is re-parented to the daemon rather than to init. A process belongs to
-//! task T if any of these holds:
-//!
-//! - its process group is T's (the leader runs with `process_group(0)`);
-//! - it descends, by parent links, from T's leader or from a member;
-//! - it is an orphan re-parented to the daemon and carries T's marker
-//!   ([`MARKER_ENV`]) in its environment, or any marker but another
-//!   running task's, or none at all: the daemon's only children are its
-//!   tasks, so an orphan no other running task can claim is T's to kill.
-//!
-//! After a crash the daemon that starts next is no longer the parent, so
-//! it finds leftovers by process group (started no earlier than the task's
-//! leader, so a re-used pgid is not mistaken) and by marker.
-//!
-//! Killing repeats the scan until a pass finds no live member, so a
-//! process forked while the first pass ran is caught by the next.
-//!
-//! When a cgroup v2 is delegated to the daemon ([`Delegated::detect`]),
-//! each task also gets a child cgroup: its processes are moved in as they
-//! are found, a kill writes `cgroup.kill` (which reaches even a process
-//! that escaped every link above), and the cgroup's members count as the
-//! tree's.
+//! Which processes make up a task's tree, and killing them, is in
+//! [`super::kill`]; the names re-exported from there here are for the
+//! daemon's recovery code.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, waitpid};
-use nix::unistd::Pid;
 
 /// The environment variable that marks a task's processes: its task id.
 /// (Not `SUPPORT_*`: nothing of that prefix reaches a task.)
@@ -45,8 +20,11 @@ const ENVIRON_CAP: usize = 256 * 1024;
 /// One process as `/proc/PID/stat` shows it (proc(5)).
 #[derive(Clone, Copy, Debug)]
 pub struct ProcStat {
+    /// The process id.
     pub pid: i32,
+    /// Its parent's.
     pub ppid: i32,
+    /// Its process group's.
     pub pgid: i32,
     /// `Z`: a zombie, already dead.
     pub state: u8,
@@ -89,7 +67,7 @@ pub fn alive(pid: i32) -> bool {
 
 /// The value of [`MARKER_ENV`] in a process's environment: `Some(None)`
 /// when readable without the marker, `None` when unreadable.
-fn marker_of(pid: i32) -> Option<Option<String>> {
+pub(super) fn marker_of(pid: i32) -> Option<Option<String>> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
     fs::File::open(format!("/proc/{pid}/environ")).ok()?.take(ENVIRON_CAP as u64).read_to_end(&mut bytes).ok()?;
@@ -100,141 +78,6 @@ fn marker_of(pid: i32) -> Option<Option<String>> {
             .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
             .map(|v| String::from_utf8_lossy(v).into_owned()),
     )
-}
-
-/// Who a task is, for finding its tree.
-#[derive(Clone, Debug)]
-pub struct TaskTree<'a> {
-    pub task_id: &'a str,
-    /// The leader's pid, which is also the process group id.
-    pub pgid: i32,
-    /// The leader's start time; members of the group started no earlier.
-    pub start_ticks: u64,
-    /// The leaders of the daemon's other running tasks.
-    pub other_leaders: &'a [i32],
-    /// The ids of the daemon's other running tasks (whose marked orphans are theirs).
-    pub other_tasks: &'a [String],
-}
-
-/// The live members of `task`'s tree now.
-pub fn members(task: &TaskTree<'_>) -> BTreeSet<i32> {
-    let me = std::process::id() as i32;
-    let procs = all();
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for p in &procs {
-        children.entry(p.ppid).or_default().push(p.pid);
-    }
-    let mut roots: Vec<i32> = Vec::new();
-    for p in &procs {
-        if p.pid == me {
-            continue;
-        }
-        let in_group = p.pgid == task.pgid && p.start_ticks >= task.start_ticks;
-        let orphan_of_ours = p.ppid == me && p.pid != task.pgid && !task.other_leaders.contains(&p.pid);
-        let claimed = orphan_of_ours
-            && match marker_of(p.pid) {
-                Some(Some(id)) => !task.other_tasks.contains(&id),
-                Some(None) | None => true,
-            };
-        let leader = p.pid == task.pgid && p.start_ticks == task.start_ticks;
-        if in_group || claimed || leader {
-            roots.push(p.pid);
-        }
-    }
-    let mut found = BTreeSet::new();
-    while let Some(pid) = roots.pop() {
-        if pid != me && found.insert(pid) {
-            roots.extend(children.get(&pid).into_iter().flatten().copied());
-        }
-    }
-    let states: HashMap<i32, u8> = procs.iter().map(|p| (p.pid, p.state)).collect();
-    found.retain(|pid| states.get(pid).is_some_and(|s| *s != b'Z'));
-    found
-}
-
-/// Leftovers of a task whose daemon died: the process group (started no
-/// earlier than the leader) and every process carrying the task's marker,
-/// with their descendants.
-pub fn leftovers(task_id: &str, pgid: i32, start_ticks: u64) -> BTreeSet<i32> {
-    let me = std::process::id() as i32;
-    let procs = all();
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for p in &procs {
-        children.entry(p.ppid).or_default().push(p.pid);
-    }
-    let mut roots: Vec<i32> = procs
-        .iter()
-        .filter(|p| p.pid != me && p.state != b'Z')
-        .filter(|p| {
-            p.start_ticks >= start_ticks && (p.pgid == pgid || marker_of(p.pid).flatten().as_deref() == Some(task_id))
-        })
-        .map(|p| p.pid)
-        .collect();
-    let mut found = BTreeSet::new();
-    while let Some(pid) = roots.pop() {
-        if pid != me && found.insert(pid) {
-            roots.extend(children.get(&pid).into_iter().flatten().copied());
-        }
-    }
-    found
-}
-
-/// Sends `signal` to the group and to every member `find` returns.
-pub fn signal_all(pgid: i32, found: &BTreeSet<i32>, signal: Signal) {
-    if pgid > 1 {
-        let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), signal);
-    }
-    for pid in found {
-        let _ = kill(Pid::from_raw(*pid), signal);
-    }
-}
-
-/// SIGKILLs the tree `find` describes until a scan finds nothing alive
-/// (at most `passes` scans), reaping orphans re-parented to us. Returns
-/// how many processes were signalled in all.
-pub fn kill_until_gone(pgid: i32, passes: usize, find: impl Fn() -> BTreeSet<i32>) -> usize {
-    let mut signalled = BTreeSet::new();
-    for _ in 0..passes {
-        let found = find();
-        if found.is_empty() {
-            break;
-        }
-        let fresh: BTreeSet<i32> = found.difference(&signalled).copied().collect();
-        if fresh.is_empty() {
-            // Only processes already SIGKILLed, still exiting: give them the
-            // CPU rather than rescanning at once.
-            reap_orphans(&signalled, pgid);
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            continue;
-        }
-        signal_all(pgid, &fresh, Signal::SIGKILL);
-        signalled.extend(fresh);
-        reap_orphans(&signalled, pgid);
-    }
-    reap_orphans(&signalled, pgid);
-    signalled.len()
-}
-
-/// Reaps (without blocking) dead children of ours among `pids`, except
-/// the leader `pgid`, whose status tokio collects.
-pub fn reap_orphans(pids: &BTreeSet<i32>, leader: i32) {
-    let me = std::process::id() as i32;
-    for pid in pids {
-        if *pid != leader && stat(*pid).is_some_and(|s| s.ppid == me && s.state == b'Z') {
-            let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
-        }
-    }
-}
-
-/// Reaps every zombie child of ours that is not one of `leaders`
-/// (orphans re-parented to the subreaper after their task ended).
-pub fn reap_strays(leaders: &[i32]) {
-    let me = std::process::id() as i32;
-    for p in all() {
-        if p.ppid == me && p.state == b'Z' && !leaders.contains(&p.pid) {
-            let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
-        }
-    }
 }
 
 /// This process's cgroup v2 path (`/proc/self/cgroup`, the `0::` line) and,
@@ -332,6 +175,7 @@ impl TaskCgroup {
         TaskCgroup { dir }
     }
 
+    /// Its directory under the delegated cgroup (`support-t-…`).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }

@@ -24,7 +24,7 @@ pub fn live_path(dir: &Path) -> PathBuf {
 }
 
 /// `admin.sock`: the running relay's answer to `support relay devices`
-/// (see [`super::admin`]).
+/// (see `admin.rs`).
 pub fn admin_socket_path(dir: &Path) -> PathBuf {
     RelayPaths::new(dir).admin_socket()
 }
