@@ -183,8 +183,18 @@ impl Paths {
     pub fn daemon_lock(&self) -> PathBuf {
         self.state_dir.join("daemon.lock")
     }
-    /// `tasks.json`: the daemon's running tasks, for the next start after a crash.
+    /// `run/`: what the daemon keeps only for its next start after a crash
+    /// (`tasks.json`), in a directory of its own: rewriting it at every
+    /// task's start and end then wakes no watcher of `consent.json`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+    /// `run/tasks.json`: the daemon's running tasks, for the next start after a crash.
     pub fn tasks(&self) -> PathBuf {
+        self.run_dir().join("tasks.json")
+    }
+    /// `tasks.json` where daemons before `run/` kept it, read once at start.
+    pub(crate) fn tasks_before_run_dir(&self) -> PathBuf {
         self.state_dir.join("tasks.json")
     }
     /// `daemon.toml`: the daemon's settings (relay, trust, enrolment).

@@ -57,7 +57,7 @@ fn sigkill_mid_task_then_the_next_start_kills_the_leftovers() {
     child.wait().unwrap();
     let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
     assert_eq!(left.len(), 10, "the tree outlives its daemon: {left:?} of {pids:?}");
-    let tasks = std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap();
+    let tasks = std::fs::read_to_string(paths.tasks()).unwrap();
     assert!(tasks.contains("r-crash"), "{tasks}");
 
     let daemon = support::Daemon::start(&paths, Default::default()).expect("the next start");
@@ -68,7 +68,7 @@ fn sigkill_mid_task_then_the_next_start_kills_the_leftovers() {
     assert_eq!(aborted[0].request_id.as_deref(), Some("r-crash"));
     assert!(aborted[0].detail.as_deref().unwrap_or("").contains("10 leftover processes"), "{:?}", aborted[0].detail);
     assert!(daemon.tasks().is_empty());
-    let tasks = std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap();
+    let tasks = std::fs::read_to_string(paths.tasks()).unwrap();
     assert_eq!(tasks.trim(), "[]");
 }
 
@@ -77,10 +77,43 @@ fn a_malformed_task_registry_is_put_on_the_record() {
     let home = common::Home::new();
     let paths = Paths::under(home.path.clone());
     Lab::prepare(&paths);
-    std::fs::write(paths.state_dir.join("tasks.json"), b"[{not json").unwrap();
+    std::fs::create_dir_all(paths.run_dir()).unwrap();
+    std::fs::write(paths.tasks(), b"[{not json").unwrap();
     let _daemon = support::Daemon::start(&paths, Default::default()).expect("starts");
     let aborted: Vec<_> = records(&paths).into_iter().filter(|r| r.event == Event::TaskAborted).collect();
     assert_eq!(aborted.len(), 1, "{aborted:?}");
     assert!(aborted[0].detail.as_deref().unwrap_or("").contains("malformed"));
-    assert_eq!(std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap().trim(), "[]");
+    assert_eq!(std::fs::read_to_string(paths.tasks()).unwrap().trim(), "[]");
+}
+
+#[test]
+fn a_task_listed_where_older_daemons_kept_tasks_json_is_cleaned_up_too() {
+    use std::os::unix::process::CommandExt as _;
+    let home = common::Home::new();
+    let paths = Paths::under(home.path.clone());
+    Lab::prepare(&paths);
+    let task_id = "t-0123456789abcdef";
+    let mut left = Command::new("sleep").arg("300").env("SUPPORTD_TASK", task_id).process_group(0).spawn().unwrap();
+    let pid = left.id() as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ticks: u64 = stat.rsplit(')').next().unwrap().split_whitespace().nth(19).unwrap().parse().unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string();
+    let legacy = paths.state_dir.join("tasks.json");
+    let entry = serde_json::json!([{
+        "task_id": task_id, "request_id": "r-old", "action": "tree", "tier": 1, "params": {},
+        "operator": "alice", "grant_id": "g-old", "started_at": "2026-12-01T00:00:00Z",
+        "pid": pid, "start_ticks": ticks, "boot_id": boot,
+    }]);
+    std::fs::write(&legacy, entry.to_string()).unwrap();
+    std::fs::set_permissions(&legacy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let _daemon = support::Daemon::start(&paths, Default::default()).expect("starts");
+    // The daemon here is this process, a subreaper that may reap it first.
+    if let Ok(status) = left.wait() {
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "the leftover was killed");
+    }
+    assert!(!alive(pid), "the leftover outlived the next start");
+    let aborted: Vec<_> = records(&paths).into_iter().filter(|r| r.event == Event::TaskAborted).collect();
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert_eq!(aborted[0].request_id.as_deref(), Some("r-old"));
+    assert!(!legacy.exists(), "the old file is gone once read");
 }

@@ -212,7 +212,7 @@ async fn the_owner_outside_every_task_may_still_allow() {
         .find_map(|l| l.split_once("READY ").map(|(_, p)| p.trim().parse().unwrap()))
         .expect("the child daemon never got its task running");
     std::thread::spawn(move || lines.for_each(drop));
-    let tasks = std::fs::read_to_string(paths.state_dir.join("tasks.json")).unwrap();
+    let tasks = std::fs::read_to_string(paths.tasks()).unwrap();
     assert!(tasks.contains(&format!("\"pid\": {leader}")), "{tasks}");
 
     let owner = |args: &[&str]| {

@@ -93,26 +93,38 @@ pub fn ensure_secret(paths: &Paths) -> Result<Secret, FileError> {
 pub(crate) fn read_tasks<T: serde::de::DeserializeOwned>(
     paths: &Paths,
 ) -> Result<Option<Result<Vec<T>, String>>, FileError> {
-    let Some(bytes) = paths::read_capped(&paths.tasks(), TASKS_CAP)? else { return Ok(None) };
+    read_tasks_at(&paths.tasks())
+}
+
+/// [`read_tasks`] of the file at `path`.
+fn read_tasks_at<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Result<Option<Result<Vec<T>, String>>, FileError> {
+    let Some(bytes) = paths::read_capped(path, TASKS_CAP)? else { return Ok(None) };
     Ok(Some(serde_json::from_slice(&bytes).map_err(|e| e.to_string())))
 }
 
 impl Daemon {
-    /// Kills what a daemon that died mid-task left, as `tasks.json` names it.
+    /// Kills what a daemon that died mid-task left, as `tasks.json` names it
+    /// (and the file where daemons before `run/` kept it, once).
     pub(super) fn recover(&self) -> Result<(), DaemonError> {
         let path = self.inner.paths.tasks();
-        let left: Vec<TaskView> = match read_tasks(&self.inner.paths) {
-            Ok(Some(parsed)) => parsed.unwrap_or_else(|e| {
-                // Nothing to go on: say so on the record rather than pass silently.
-                tracing::error!(path = %path.display(), error = %e, "tasks.json is malformed");
-                let mut r = Record::new(Event::TaskAborted);
-                r.detail = Some(format!("tasks.json was malformed ({e}); tasks it listed could not be cleaned up"));
-                let _ = self.audit_sync(vec![r]);
-                Vec::new()
-            }),
-            Ok(None) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let legacy = self.inner.paths.tasks_before_run_dir();
+        let mut left: Vec<TaskView> = Vec::new();
+        for file in [&legacy, &path] {
+            match read_tasks_at(file) {
+                Ok(Some(Ok(tasks))) => left.extend(tasks),
+                Ok(Some(Err(e))) => {
+                    // Nothing to go on: say so on the record rather than pass silently.
+                    tracing::error!(path = %file.display(), error = %e, "tasks.json is malformed");
+                    let mut r = Record::new(Event::TaskAborted);
+                    r.detail = Some(format!("tasks.json was malformed ({e}); tasks it listed could not be cleaned up"));
+                    let _ = self.audit_sync(vec![r]);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut records = Vec::new();
         let this_boot = boot_id();
         for t in &left {
@@ -138,6 +150,7 @@ impl Daemon {
             self.audit_sync(records)?;
         }
         paths::write_atomic(&path, b"[]\n")?;
+        paths::remove(&legacy)?;
         Ok(())
     }
 

@@ -293,6 +293,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path().join("home"));
         paths.ensure_dirs().unwrap();
+        crate::paths::ensure_dir(&paths.run_dir()).unwrap();
         let pgid = nix::unistd::getpgrp().as_raw();
         let ticks = tree::stat(pgid).expect("our group leader is alive").start_ticks;
         let boot = super::super::files::boot_id();

@@ -180,6 +180,7 @@ impl Daemon {
     /// lock; file, key, policy and audit errors as they come.
     pub fn start(paths: &Paths, options: Options) -> Result<Daemon, DaemonError> {
         paths.ensure_dirs()?;
+        paths::ensure_dir(&paths.run_dir())?;
         let lock = paths::open_append(&paths.daemon_lock())?;
         // A client checking whether a daemon runs holds a shared lock for
         // microseconds: retry briefly before calling the home taken.
