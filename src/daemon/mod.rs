@@ -5,14 +5,32 @@
 //!
 //! Data flows one way: command → [`gate`] → audit (`action.started`,
 //! fsynced) → [`exec`] → frames → audit (`action.finished`). Commands reach
-//! it through [`Daemon::submit`]; the relay link (issue C) calls the same.
+//! it through [`Daemon::submit`], which the relay link calls.
+//!
+//! # Layout
+//! - `admit.rs`: a command's way in: admit (the gate), register (the grant
+//!   again, `BUSY`, one agent task at a time), launch (`action.started` first).
+//! - `task.rs`: a running task: its entry (dropping it stops the task), the
+//!   run loop that records its end, stop, the output decoder.
+//! - [`exec`]: the processes of one task, in phases; [`kill`]: where a
+//!   process tree is killed; [`tree`]: `/proc` reads and cgroups.
+//! - `enforce.rs`: consent as enforced: re-reading, expiry, the watcher.
+//! - `records.rs`: audit records built from a task or a denial (pure).
+//! - `files.rs`: `daemon.lock`, `daemon.json`, the secret, `run/tasks.json`
+//!   and recovery after a crash.
+//! - `agent.rs` and `agent_host.rs`: the owner's agent checked ready; the
+//!   HTTP client of a loopback agent host.
+//! - `guard.rs`: the escalation guard's evidence, for the CLI's `allow` and `trust add`.
+//! - `control.rs`: the loopback control API (its messages: [`crate::control_api`]).
+//! - `link.rs`: the one outbound connection to the relay.
+//! - [`gate`]: the decision, pure.
 //!
 //! # Files (all under the home's state directory)
 //! - `daemon.lock`: held (flock) while a daemon runs: one per home.
 //! - `daemon.json`: `pid`, `control_port`, `started_at`, `version`,
 //!   `device_id`; written once the control API is bound, removed on exit.
-//! - `tasks.json`: the running tasks, so that the next start after a crash
-//!   can kill what was left and audit `task.aborted`.
+//! - `run/tasks.json`: the running tasks, so that the next start after a
+//!   crash can kill what was left and audit `task.aborted`.
 
 mod admit;
 mod agent;
