@@ -17,7 +17,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn policy() -> String {
     let leave = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/leave.sh");
     let mut text = String::new();
-    for (name, mode) in [("leave", ""), ("leave-escaped", "escaped")] {
+    for (name, mode) in [("leave", ""), ("leave-escaped", "escaped"), ("leave-threaded", "threaded")] {
         text.push_str(&format!(
             "[[action]]\nname = \"{name}\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"exits, leaving processes\"\n\
              argv = [\"{leave}\", \"{{pidfile}}\"{}]\ntimeout_s = 60\n\
@@ -52,4 +52,11 @@ async fn a_command_that_exits_leaves_nothing_behind() {
 #[tokio::test]
 async fn nothing_left_even_when_the_group_is_empty() {
     leaves_nothing("leave-escaped", 5).await;
+}
+
+/// A process whose main thread has exited shows as a zombie while its
+/// other threads run: it is killed, not passed over as dead.
+#[tokio::test]
+async fn a_process_that_looks_like_a_zombie_but_runs_is_killed() {
+    leaves_nothing("leave-threaded", 2).await;
 }

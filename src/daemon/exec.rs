@@ -278,11 +278,20 @@ pub(super) fn find_on_path(name: &str, path: &str, cwd: &Path) -> Option<PathBuf
 }
 
 /// Whether `file` begins as an ELF image or a `#!` script, which execve(2)
-/// runs itself.
+/// runs itself. Opened without blocking and checked to be a regular file
+/// once open: a name swapped for a FIFO after the PATH search must not
+/// hold up the daemon's only runtime thread (it is then left to execvp).
 fn starts_as_the_kernel_runs(file: &Path) -> bool {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut head = [0u8; 4];
-    std::fs::File::open(file).and_then(|f| f.take(4).read_exact(&mut head)).is_ok()
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY).bits())
+        .open(file);
+    let Ok(f) = opened else { return false };
+    f.metadata().is_ok_and(|m| m.is_file())
+        && f.take(4).read_exact(&mut head).is_ok()
         && (head == *b"\x7fELF" || head.starts_with(b"#!"))
 }
 
@@ -528,6 +537,18 @@ async fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_in_place_of_a_program_is_passed_over_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("df");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // A blocking open would wait here for a writer that never comes.
+        assert!(!starts_as_the_kernel_runs(&fifo));
+        let script = dir.path().join("ok");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert!(starts_as_the_kernel_runs(&script));
+    }
 
     #[test]
     fn a_bare_name_is_found_on_the_childs_path_as_execvp_would() {

@@ -216,8 +216,8 @@ pub fn members(task: &TaskTree<'_>) -> BTreeSet<i32> {
         }
     }
     let mut found = descendants(&procs, roots);
-    let states: HashMap<i32, u8> = procs.iter().map(|p| (p.pid, p.state)).collect();
-    found.retain(|pid| states.get(pid).is_some_and(|s| *s != b'Z'));
+    let dead: HashMap<i32, bool> = procs.iter().map(|p| (p.pid, p.dead())).collect();
+    found.retain(|pid| dead.get(pid).is_some_and(|d| !d));
     found
 }
 
@@ -229,7 +229,7 @@ pub fn leftovers(task_id: &str, pgid: i32, start_ticks: u64) -> BTreeSet<i32> {
     let procs = tree::all();
     let roots: Vec<i32> = procs
         .iter()
-        .filter(|p| p.pid != me && p.state != b'Z')
+        .filter(|p| p.pid != me && !p.dead())
         .filter(|p| {
             p.start_ticks >= start_ticks
                 && (p.pgid == pgid || tree::marker_of(p.pid).flatten().as_deref() == Some(task_id))

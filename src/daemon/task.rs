@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use super::records::end_records;
-use super::{Daemon, OUTPUT_CHANNEL, RECENT_TASKS, SHUTDOWN_WAIT, exec, kill};
+use super::{Daemon, OUTPUT_CHANNEL, RECENT_TASKS, SHUTDOWN_WAIT, exec, kill, tree};
 use crate::control_api::{TaskDetail, TaskView, TranscriptView, WatchEvent};
 use crate::lock;
 use crate::protocol::{DeviceFrame, StoppedBy, Stream, TaskResult};
@@ -218,7 +218,15 @@ struct ForgetOnDrop {
 impl Drop for ForgetOnDrop {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!(task = %self.task_id, "a task's driver panicked; its entry is taken out");
+            // Nothing of the task may outlive its driver: kill what it left,
+            // as after a crash, before its entry (the record of it) goes.
+            let info = self.daemon.state().tasks.get(&self.task_id).map(|t| t.info.clone());
+            if let Some(t) = info {
+                let cgroup = t.cgroup.map(tree::TaskCgroup::at);
+                let (pgid, ticks) = (t.pid.unwrap_or(-1), t.start_ticks.unwrap_or(0));
+                let killed = kill::kill_leftovers(&t.task_id, pgid, ticks, cgroup.as_ref());
+                tracing::error!(task = %self.task_id, killed, "a task's driver panicked; its processes were killed");
+            }
         }
         self.daemon.forget_task(&self.task_id);
     }

@@ -26,10 +26,22 @@ pub struct ProcStat {
     pub ppid: i32,
     /// Its process group's.
     pub pgid: i32,
-    /// `Z`: a zombie, already dead.
+    /// `Z` for a zombie: dead, unless other threads of it still run.
     pub state: u8,
+    /// Its threads (`num_threads`): more than one in a `Z` process whose
+    /// main thread has exited while others run on.
+    pub threads: u64,
     /// Clock ticks since boot.
     pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// Whether it is dead for good: a zombie with no thread left running.
+    /// A process whose main thread exited shows `Z` while its other threads
+    /// run: it is alive, and must be killed like any other.
+    pub fn dead(&self) -> bool {
+        self.state == b'Z' && self.threads <= 1
+    }
 }
 
 /// Parses `/proc/PID/stat`; `None` if the process is gone.
@@ -50,8 +62,9 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
     let state = fields.next()?.bytes().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
-    let start_ticks = fields.nth(16)?.parse().ok()?;
-    Some(ProcStat { pid, ppid, pgid, state, start_ticks })
+    let threads = fields.nth(14)?.parse().ok()?;
+    let start_ticks = fields.nth(1)?.parse().ok()?;
+    Some(ProcStat { pid, ppid, pgid, state, threads, start_ticks })
 }
 
 /// Every process visible in `/proc`.
@@ -60,9 +73,9 @@ pub fn all() -> Vec<ProcStat> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(stat).collect()
 }
 
-/// Whether `pid` is a live process (present and not a zombie).
+/// Whether `pid` is a live process (present and not dead, see [`ProcStat::dead`]).
 pub fn alive(pid: i32) -> bool {
-    stat(pid).is_some_and(|s| s.state != b'Z')
+    stat(pid).is_some_and(|s| !s.dead())
 }
 
 /// The value of [`MARKER_ENV`] in a process's environment: `Some(None)`

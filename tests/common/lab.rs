@@ -173,12 +173,14 @@ pub fn survivors(pids: &[i32]) -> Vec<i32> {
     pids.iter().copied().filter(|p| alive(*p)).collect()
 }
 
-/// Whether `pid` is a live process (present in /proc and not a zombie).
+/// Whether `pid` is a live process: present in /proc and not a zombie
+/// with no thread left (a `Z` process whose other threads run is alive).
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 is the state, field 20 the number of threads (proc(5)).
+    fields.first() != Some(&"Z") || fields.get(17).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 1)
 }
 
 /// Reads frames until the `result` (at most 30 s); returns it and the output.
