@@ -546,7 +546,7 @@ async fn relay_devices_sees_a_device_the_moment_it_is_acked() {
     let listed = tokio::task::block_in_place(|| relay.admin(&["devices", "--json"]).code(0).json());
     assert_eq!(listed[0]["device_id"], key.public_key().device_id(), "{listed}");
     assert_eq!(listed[0]["online"], true, "{listed}");
-    std::fs::remove_file(support::relay::admin_socket_path(&relay.state)).unwrap();
+    std::fs::remove_file(support::paths::RelayPaths::new(&relay.state).admin_socket()).unwrap();
     tokio::task::block_in_place(|| {
         relay.admin(&["devices"]).code(0).says("snapshot from");
     });

@@ -18,8 +18,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use super::hub::Hub;
-use super::state;
-use crate::paths;
+use crate::paths::{self, RelayPaths};
 use crate::protocol::DeviceEntry;
 
 /// How long either side waits for the other.
@@ -63,13 +62,13 @@ pub(crate) async fn serve(listener: UnixListener, hub: Arc<Hub>, mut shutdown: w
             let _ = tokio::time::timeout(ADMIN_TIMEOUT, write).await;
         });
     }
-    let _ = paths::remove(&state::admin_socket_path(&hub.dir));
+    let _ = paths::remove(&RelayPaths::new(&hub.dir).admin_socket());
 }
 
 /// The running relay's listing, or `None` when its admin socket is
 /// missing, not ours, or does not answer in time.
 pub(crate) fn query(dir: &Path) -> Option<Vec<DeviceEntry>> {
-    let path = state::admin_socket_path(dir);
+    let path = RelayPaths::new(dir).admin_socket();
     let meta = std::fs::symlink_metadata(&path).ok()?;
     if !meta.file_type().is_socket() || meta.uid() != paths::current_uid() {
         return None;

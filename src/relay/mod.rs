@@ -44,7 +44,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::paths;
 pub use presence::{Listing, LiveFile, Source, devices};
 use registry::RegistryError;
-pub use state::{State, admin_socket_path, is_running, live_path, lock_path, owner_to_run_as};
+pub use state::{State, is_running, owner_to_run_as};
 
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, watch};
 use super::registry::{Registry, RegistryError};
 use super::{admin, state};
 use crate::lock;
+use crate::paths::RelayPaths;
 use crate::paths::{self, FileError};
 use crate::protocol::{DeviceEntry, Heartbeat};
 
@@ -71,7 +72,7 @@ pub fn devices(dir: &Path) -> Result<Listing, RegistryError> {
     if let Some(devices) = admin::query(dir) {
         return Ok(Listing { devices, source: Source::Relay });
     }
-    let live: LiveFile = paths::read_capped(&state::live_path(dir), MAX_SNAPSHOT_BYTES)?
+    let live: LiveFile = paths::read_capped(&RelayPaths::new(dir).live(), MAX_SNAPSHOT_BYTES)?
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let written_at = crate::time::parse_rfc3339(&live.written_at);
@@ -160,7 +161,7 @@ impl Presence {
 /// As [`paths::write_atomic`].
 pub(crate) fn write_snapshot(dir: &Path, devices: Vec<DeviceEntry>) -> Result<(), FileError> {
     let snapshot = LiveFile { written_at: crate::time::rfc3339(Utc::now()), devices };
-    paths::write_atomic(&state::live_path(dir), &serde_json::to_vec(&snapshot).unwrap_or_default())
+    paths::write_atomic(&RelayPaths::new(dir).live(), &serde_json::to_vec(&snapshot).unwrap_or_default())
 }
 
 /// Writes `live.json` at most once a second while devices come, go or
@@ -185,7 +186,7 @@ pub(crate) async fn keep_snapshot(
             _ = crate::stopped(&mut shutdown) => break,
         }
     }
-    let _ = paths::remove(&state::live_path(&dir));
+    let _ = paths::remove(&RelayPaths::new(&dir).live());
 }
 
 #[cfg(test)]
@@ -225,7 +226,7 @@ mod tests {
         presence.online("d-1");
         write_snapshot(dir.path(), presence.snapshot()).unwrap();
         let raw: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(state::live_path(dir.path())).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(RelayPaths::new(dir.path()).live()).unwrap()).unwrap();
         let keys: Vec<&str> = raw["devices"][0].as_object().unwrap().keys().map(String::as_str).collect();
         let want = [
             "audit_head",

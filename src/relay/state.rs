@@ -12,23 +12,6 @@ use super::presence;
 use super::registry::{Registry, Stamp};
 use crate::paths::{self, FileError, RelayPaths, Unsafe};
 
-/// `relay.lock` in the state directory, held by the running relay.
-pub fn lock_path(dir: &Path) -> PathBuf {
-    RelayPaths::new(dir).lock()
-}
-
-/// `live.json`: the running relay's snapshot of each device it has heard
-/// from, written at most once a second.
-pub fn live_path(dir: &Path) -> PathBuf {
-    RelayPaths::new(dir).live()
-}
-
-/// `admin.sock`: the running relay's answer to `support relay devices`
-/// (see `admin.rs`).
-pub fn admin_socket_path(dir: &Path) -> PathBuf {
-    RelayPaths::new(dir).admin_socket()
-}
-
 /// A state directory checked usable and locked by this process: made
 /// 0700 if missing, safe (ours, not group/other-writable, no links), its
 /// registry readable, a file written in it, and no other relay holding
@@ -52,8 +35,9 @@ impl State {
     /// [`RelayError::Registry`] for an unreadable or malformed registry.
     pub fn open(dir: PathBuf) -> Result<State, RelayError> {
         paths::ensure_dir(&dir)?;
-        paths::create_new(&lock_path(&dir), b"")?;
-        let lock = paths::open_read(&lock_path(&dir))?.ok_or_else(|| RelayError::AlreadyRunning(dir.clone()))?;
+        paths::create_new(&RelayPaths::new(&dir).lock(), b"")?;
+        let lock =
+            paths::open_read(&RelayPaths::new(&dir).lock())?.ok_or_else(|| RelayError::AlreadyRunning(dir.clone()))?;
         if lock.try_lock().is_err() {
             return Err(RelayError::AlreadyRunning(dir));
         }
@@ -72,7 +56,7 @@ impl State {
 
 /// Binds `admin.sock` 0600; an old socket is a leftover, since we hold the lock.
 fn bind_admin(dir: &Path) -> Option<UnixListener> {
-    let path = admin_socket_path(dir);
+    let path = RelayPaths::new(dir).admin_socket();
     if let Ok(m) = std::fs::symlink_metadata(&path)
         && (m.file_type().is_socket() || m.file_type().is_symlink())
     {
@@ -93,7 +77,7 @@ fn bind_admin(dir: &Path) -> Option<UnixListener> {
 
 /// Whether a relay holds the lock on `dir` now.
 pub fn is_running(dir: &Path) -> bool {
-    let Ok(Some(file)) = paths::open_read(&lock_path(dir)) else { return false };
+    let Ok(Some(file)) = paths::open_read(&RelayPaths::new(dir).lock()) else { return false };
     file.try_lock_shared().is_err()
 }
 
