@@ -14,7 +14,8 @@
 //!   or absolute path; a placeholder is a whole element naming a declared
 //!   parameter; no NUL; only kind `shell` names a shell interpreter, and
 //!   other kinds never start through an exec wrapper nor hand code to an
-//!   interpreter with `-c`/`-e`;
+//!   interpreter with `-c`/`-e` and the like ([`passes_code`]: alone,
+//!   combined with other short options as in `-Sc` or `-we`, or attached);
 //! - every declared parameter used, of exactly one type, anchored patterns
 //!   that compile alone, optional parameters with a valid default;
 //! - env: variable names only, never `SUPPORT_*`; cwd absolute or `~/...`
@@ -98,8 +99,80 @@ const EXEC_WRAPPERS: &[&str] = &[
     "find",
 ];
 /// Interpreters that run code given on their command line with -c or -e.
-const CODE_INTERPRETERS: &[&str] =
-    &["python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "Rscript", "osascript"];
+const CODE_INTERPRETERS: &[&str] = &[
+    "python",
+    "python2",
+    "python3",
+    "pypy",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "bun",
+    "php",
+    "lua",
+    "tclsh",
+    "Rscript",
+    "osascript",
+];
+/// Whole argv elements that hand code to any interpreter above.
+const EVAL_FLAGS: &[&str] = &["-c", "-e", "-E", "--eval", "--command", "-r"];
+
+/// How one interpreter takes code on its command line, as its manual
+/// says (python(1), perlrun(1), ruby(1), node(1), php(1), lua(1)): the
+/// short options whose argument is code (alone or in a cluster such as
+/// `-Sc`, `-we`, `-pe`, or with the code attached, `-cprint(1)`), the
+/// short options whose argument is the rest of the cluster (so letters
+/// after them are not options: `-Wdefault`, `-I/usr/share/perl5`), and
+/// long options whose argument is code.
+struct InlineCode {
+    code: &'static str,
+    rest: &'static str,
+    long: &'static [&'static str],
+}
+
+/// The [`InlineCode`] of an interpreter's base name (version digits cut).
+fn inline_code(interpreter: &str) -> InlineCode {
+    let (code, rest, long): (&str, &str, &[&str]) = match interpreter {
+        "python" | "pypy" => ("c", "WXmQ", &[]),
+        // -M and -m put their argument in a `use` statement: `-M'POSIX;system(...)'` is code.
+        "perl" => ("eEMm", "IDxi", &[]),
+        "ruby" => ("e", "IrEKxCF0", &[]),
+        // --import and the loaders take a URL, and a data: URL is code.
+        "node" | "nodejs" | "bun" => {
+            ("ep", "r", &["--eval", "--print", "--import", "--loader", "--experimental-loader"])
+        }
+        "php" => ("rBRE", "dcfz", &["--run", "--process-begin", "--process-code", "--process-end"]),
+        "lua" | "Rscript" | "osascript" => ("e", "l", &["--expr"]),
+        _ => ("", "", &[]),
+    };
+    InlineCode { code, rest, long }
+}
+
+/// Whether `element`, an argument of `interpreter`, hands it code: an
+/// inline-code option alone, combined with other short options, with its
+/// code attached, or a long option with its argument after `=`.
+fn passes_code(interpreter: &str, element: &str) -> bool {
+    if EVAL_FLAGS.contains(&element) {
+        return true;
+    }
+    let rules = inline_code(interpreter);
+    if let Some(long) = element.strip_prefix("--") {
+        let name = long.split('=').next().unwrap_or(long);
+        let flags = EVAL_FLAGS.iter().chain(rules.long);
+        return !name.is_empty() && flags.filter_map(|f| f.strip_prefix("--")).any(|f| f == name);
+    }
+    let Some(cluster) = element.strip_prefix('-') else { return false };
+    for c in cluster.chars() {
+        if rules.code.contains(c) {
+            return true;
+        }
+        if rules.rest.contains(c) {
+            return false;
+        }
+    }
+    false
+}
 
 /// Checks every rule of one parsed file against the catalogue in force
 /// (`current`, name to action) and compiles its actions, in file order.
@@ -197,10 +270,8 @@ fn check_argv(argv: &[String], declared: impl Fn(&str) -> bool, kind: Kind) -> R
                 "a {kind} may not start through `{program}`, which runs other programs; use the action's env and timeout_s"
             ));
         }
-        let eval_flag = argv.iter().any(|e| matches!(e.as_str(), "-c" | "-e" | "-E" | "--eval" | "--command" | "-r"));
-        if CODE_INTERPRETERS.contains(&basename(program).trim_end_matches(|c: char| c.is_ascii_digit() || c == '.'))
-            && eval_flag
-        {
+        let interpreter = basename(program).trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        if CODE_INTERPRETERS.contains(&interpreter) && argv[1..].iter().any(|e| passes_code(interpreter, e)) {
             return Err(format!("a {kind} may not run code given on the command line (`{program}` with -c/-e)"));
         }
     }

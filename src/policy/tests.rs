@@ -210,3 +210,52 @@ fn kill(mut child: std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A fix whose argv is `program` and `args`, as catalogue text.
+fn fix_running(program: &str, args: &[&str]) -> String {
+    let argv: Vec<String> = std::iter::once(program).chain(args.iter().copied()).map(|e| format!("{e:?}")).collect();
+    format!(
+        "[[action]]\nname = \"inline\"\ntier = 2\nkind = \"fix\"\ndescription = \"x\"\nargv = [{}]\n",
+        argv.join(", ")
+    )
+}
+
+#[test]
+fn inline_code_is_refused_in_combined_and_attached_options() {
+    for (program, args) in [
+        ("python3", &["-Sc", "import os"][..]),
+        ("python3", &["-Ic", "import os"]),
+        ("/usr/bin/python3.12", &["-u", "-BSc", "x"]),
+        ("python3", &["-cimport os"]),
+        ("pypy3", &["-Ec", "x"]),
+        ("perl", &["-we", "system 1"]),
+        ("perl", &["-lne", "print"]),
+        ("perl", &["-E", "say 1"]),
+        ("perl", &["-MPOSIX;system(1)", "/x"]),
+        ("perl5.36", &["-wEsay"]),
+        ("node", &["-p", "process.exit()"]),
+        ("node", &["-pe", "1"]),
+        ("nodejs", &["--print", "1"]),
+        ("node", &["--eval=require('fs')"]),
+        ("node", &["--import", "data:text/javascript,1"]),
+        ("ruby", &["-ne", "puts 1"]),
+        ("php", &["-B", "system(1);"]),
+        ("php", &["-R", "echo 1;"]),
+        ("lua5.4", &["-e", "os.exit()"]),
+        ("python3", &["--command=x"]),
+    ] {
+        rejects(&fix_running(program, args), "code given on the command line");
+    }
+    // Letters after an option that takes the rest of the cluster are its argument, not options.
+    for (program, args) in [
+        ("python3", &["-Wdefault", "-u", "/opt/fix.py"][..]),
+        ("python3", &["-X", "dev", "/opt/fix.py"]),
+        ("perl", &["-I/usr/share/perl5", "-w", "/opt/fix.pl"]),
+        ("ruby", &["-rjson", "/opt/fix.rb"]),
+        ("node", &["--max-old-space-size=64", "/opt/fix.js"]),
+        ("tclsh", &["/opt/fix.tcl"]),
+    ] {
+        let text = fix_running(program, args);
+        assert!(cat(&text).is_ok(), "{program} {args:?}: {:?}", cat(&text).err());
+    }
+}
