@@ -17,8 +17,12 @@ pub const MIN_GRANT: Duration = Duration::from_secs(1);
 /// The longest grant: 480 minutes (DESIGN §1).
 pub const MAX_GRANT: Duration = Duration::from_secs(480 * 60);
 /// How far in the future `granted_at` may lie before the grant is distrusted
-/// (the clock was set back since it was written).
-const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(300);
+/// (the clock was set back since it was written, or the file was edited).
+/// Whatever it is, a grant never ends more than [`MAX_GRANT`] after the
+/// moment it is read (see [`read`]).
+pub const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// The most operators or actions a grant's scope names.
+pub const MAX_SCOPE_NAMES: usize = 64;
 /// `consent.json` is a few hundred bytes; anything larger was not written by us.
 const MAX_CONSENT_BYTES: u64 = 64 * 1024;
 /// `reason` is shown to operators and in the audit log; keep it to one short line.
@@ -118,6 +122,18 @@ pub struct Grant {
     pub reason: Option<String>,
     /// Who granted it.
     pub granted_by: GrantedBy,
+    /// Only these trusted operators (names in `trusted_operators.toml`)
+    /// may act under it; absent: every trusted operator (`--operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operators: Option<Vec<String>>,
+    /// Only these catalogue actions may run under it; absent: every
+    /// action of its tier (`--only`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only: Option<Vec<String>>,
+    /// At most this many actions start under it (`action.started`
+    /// records with its `grant_id`); absent: no limit (`--max-actions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_actions: Option<u32>,
 }
 
 impl Grant {
@@ -139,7 +155,87 @@ impl Grant {
             expires_at: now + delta,
             reason,
             granted_by: GrantedBy { user: paths::current_user(), uid: paths::current_uid() },
+            operators: None,
+            only: None,
+            max_actions: None,
         })
+    }
+
+    /// The grant narrowed to `operators`, `only` these actions and at most
+    /// `max_actions` actions; `None` leaves that part unscoped.
+    ///
+    /// # Errors
+    /// A message when a list is empty, longer than [`MAX_SCOPE_NAMES`],
+    /// repeats a name or holds one that is not a valid name, or when
+    /// `max_actions` is 0.
+    pub fn scoped(
+        mut self,
+        operators: Option<Vec<String>>,
+        only: Option<Vec<String>>,
+        max_actions: Option<u32>,
+    ) -> Result<Grant, String> {
+        self.operators = operators;
+        self.only = only;
+        self.max_actions = max_actions;
+        self.check_scope()?;
+        Ok(self)
+    }
+
+    /// Whether the grant names a scope (operators, actions or a budget).
+    pub fn is_scoped(&self) -> bool {
+        self.operators.is_some() || self.only.is_some() || self.max_actions.is_some()
+    }
+
+    /// Whether the trusted operator the owner calls `name` may act under it.
+    pub fn allows_operator(&self, name: &str) -> bool {
+        self.operators.as_ref().is_none_or(|ops| ops.iter().any(|o| o == name))
+    }
+
+    /// Whether the catalogue action `name` may run under it (its tier aside).
+    pub fn allows_action(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|a| a == name))
+    }
+
+    /// The scope in words, e.g. `operators alice, bob; only disk-usage; at
+    /// most 5 actions`; `None` when unscoped.
+    pub fn scope_words(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(ops) = &self.operators {
+            parts.push(format!("operators {}", ops.join(", ")));
+        }
+        if let Some(only) = &self.only {
+            parts.push(format!("only {}", only.join(", ")));
+        }
+        if let Some(k) = self.max_actions {
+            parts.push(format!("at most {k} action{}", if k == 1 { "" } else { "s" }));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    fn check_scope(&self) -> Result<(), String> {
+        let lists = [
+            ("operators", &self.operators, crate::trust::valid_name as fn(&str) -> bool),
+            ("only", &self.only, crate::policy::valid_action_name),
+        ];
+        for (field, list, valid) in lists {
+            let Some(list) = list else { continue };
+            if list.is_empty() || list.len() > MAX_SCOPE_NAMES {
+                return Err(format!("{field} must name 1 to {MAX_SCOPE_NAMES} names"));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for name in list {
+                if !valid(name) {
+                    return Err(format!("{field}: `{}` is not a valid name", crate::text::printable(name)));
+                }
+                if !seen.insert(name) {
+                    return Err(format!("{field}: `{name}` is named twice"));
+                }
+            }
+        }
+        if self.max_actions == Some(0) {
+            return Err("max_actions must be 1 or more".into());
+        }
+        Ok(())
     }
 
     /// Seconds left at `now`, never more than the 8 h ceiling.
@@ -165,10 +261,18 @@ impl Grant {
                 crate::time::rfc3339(self.granted_at)
             ));
         }
+        // Whatever granted_at says, no grant runs longer than 8 h from any
+        // moment it is read: a granted_at in the future cannot add time.
+        if self.expires_at > now + chrono::TimeDelta::seconds(MAX_GRANT.as_secs() as i64) {
+            return Err(format!(
+                "expires_at {} is more than 8 hours from now (was the clock set back?)",
+                crate::time::rfc3339(self.expires_at)
+            ));
+        }
         if let Some(r) = &self.reason {
             check_reason(r)?;
         }
-        Ok(())
+        self.check_scope()
     }
 }
 
@@ -278,6 +382,35 @@ pub fn write(paths: &Paths, grant: &Grant) -> Result<(), FileError> {
     paths::write_atomic(&paths.consent(), &json)
 }
 
+/// How many actions started under `grant`: the `action.started` records
+/// with its `grant_id`, counted from the newest back to its
+/// `consent.granted` record (or to records older than it could be). The
+/// daemon counts so at its start and `support status` without a daemon,
+/// so a budget (`max_actions`) survives a restart and both say the same.
+///
+/// # Errors
+/// As [`crate::audit::newest_first`]: then nobody can say what is left of a budget.
+pub fn actions_started(paths: &Paths, grant: &Grant) -> Result<u32, crate::AuditError> {
+    use crate::audit::Event;
+    // An action starts only while its grant is live, so no earlier than CLOCK_SKEW before
+    // granted_at by the clock that stamps the record; a minute more for the gate-to-record delay.
+    let horizon = grant.granted_at - CLOCK_SKEW - chrono::TimeDelta::seconds(60);
+    let mut n = 0u32;
+    crate::audit::newest_first(paths, |r| {
+        let ours = r.grant_id.as_deref() == Some(grant.grant_id.as_str());
+        match r.event {
+            Event::ConsentGranted if ours => return std::ops::ControlFlow::Break(()),
+            Event::ActionStarted if ours => n = n.saturating_add(1),
+            _ => {}
+        }
+        match crate::time::parse_rfc3339(&r.ts) {
+            Some(ts) if ts < horizon => std::ops::ControlFlow::Break(()),
+            _ => std::ops::ControlFlow::Continue(()),
+        }
+    })?;
+    Ok(n)
+}
+
 /// Removes the grant. Returns whether there was a file to remove.
 ///
 /// # Errors
@@ -332,5 +465,71 @@ mod tests {
         g.expires_at = now + chrono::TimeDelta::days(30);
         write(&paths, &g).unwrap();
         assert!(matches!(read(&paths, now), Consent::Off(Off::Malformed(_))));
+    }
+
+    #[test]
+    fn a_grant_never_ends_more_than_8h_from_the_moment_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().to_path_buf());
+        let now = at("2026-11-22T10:00:00Z");
+        let cases = [
+            // (granted_at from now, length, live?)
+            (0, 480 * 60, true),
+            (-60, 480 * 60, true),
+            (30, 60 * 60, true),
+            // The full 8 h starting in the future would end after now + 8 h.
+            (30, 480 * 60, false),
+            (290, 480 * 60, false),
+            // Beyond the skew, a future granted_at is no consent at all.
+            (61, 60, false),
+            (290, 60 * 60, false),
+        ];
+        for (ahead, length, live) in cases {
+            let mut g = Grant::new(Tier::SHELL, Duration::from_secs(60), None, now).unwrap();
+            g.granted_at = now + chrono::TimeDelta::seconds(ahead);
+            g.expires_at = g.granted_at + chrono::TimeDelta::seconds(length);
+            write(&paths, &g).unwrap();
+            let c = read(&paths, now);
+            assert_eq!(c.live().is_some(), live, "granted {ahead} s ahead for {length} s: {c:?}");
+            if let Some(g) = c.live() {
+                assert!(g.expires_at <= now + chrono::TimeDelta::minutes(480));
+            }
+        }
+    }
+
+    #[test]
+    fn a_scope_is_optional_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().to_path_buf());
+        let now = Utc::now();
+        let g = Grant::new(Tier::FIXES, Duration::from_secs(600), None, now).unwrap();
+        // A file written before scopes existed reads as unscoped.
+        write(&paths, &g).unwrap();
+        let text = std::fs::read_to_string(paths.consent()).unwrap();
+        assert!(!text.contains("operators") && !text.contains("max_actions"), "{text}");
+        let live = read(&paths, now).live().cloned().unwrap();
+        assert!(!live.is_scoped() && live.allows_operator("anyone") && live.allows_action("memory"));
+        let names = |l: &[&str]| Some(l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let s = g.clone().scoped(names(&["alice", "bob"]), names(&["memory"]), Some(3)).unwrap();
+        assert!(s.allows_operator("bob") && !s.allows_operator("carol"));
+        assert!(s.allows_action("memory") && !s.allows_action("disk-usage"));
+        assert_eq!(s.scope_words().unwrap(), "operators alice, bob; only memory; at most 3 actions");
+        write(&paths, &s).unwrap();
+        assert_eq!(read(&paths, now).live(), Some(&s));
+        for (ops, only, max, why) in [
+            (names(&[]), None, None, "1 to 64"),
+            (names(&["a b"]), None, None, "not a valid name"),
+            (names(&["a", "a"]), None, None, "twice"),
+            (None, names(&["Memory"]), None, "not a valid name"),
+            (None, None, Some(0), "1 or more"),
+        ] {
+            let e = g.clone().scoped(ops.clone(), only.clone(), max).unwrap_err();
+            assert!(e.contains(why), "{e}");
+            // The same scope written by hand is no consent.
+            let mut bad = g.clone();
+            (bad.operators, bad.only, bad.max_actions) = (ops, only, max);
+            write(&paths, &bad).unwrap();
+            assert!(matches!(read(&paths, now), Consent::Off(Off::Malformed(m)) if m.contains(why)));
+        }
     }
 }

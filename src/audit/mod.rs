@@ -16,7 +16,8 @@
 //! writer, which first appends an `audit.recovered` record.
 //!
 //! The files: `log.rs` the writer (append, lock, recover), `chain.rs`
-//! how a record is sealed and one line checked, `read.rs` `verify` and `list`.
+//! how a record is sealed and one line checked, `read.rs` `verify` and `list`,
+//! `tail.rs` reading back from the newest record.
 //!
 //! What this does not catch: someone holding `audit.key` (any process of
 //! the owner's user) can rewrite the whole chain, and cutting records off
@@ -26,6 +27,7 @@
 mod chain;
 mod log;
 mod read;
+mod tail;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::paths::FileError;
 pub use log::AuditLog;
 pub use read::{Listed, Listing, Verified, list, verify};
+pub use tail::newest_first;
 
 /// `prev` of the first record: 64 zeros.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -197,6 +200,14 @@ pub struct Record {
     /// Anything else worth keeping, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The command's nonce (`action.started`, and `action.denied` once the
+    /// command's signature held), so that a restarted daemon still knows
+    /// it was used (see `daemon::replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The command's `issued_at` as signed (RFC 3339 UTC), beside `nonce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<String>,
     /// The previous record's `mac`, 64 hex digits.
     pub prev: String,
     /// HMAC-SHA256 as 64 hex digits; empty until sealed.
@@ -228,6 +239,8 @@ impl Record {
             by: None,
             reason: None,
             detail: None,
+            nonce: None,
+            issued_at: None,
             prev: String::new(),
             mac: String::new(),
         }

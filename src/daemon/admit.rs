@@ -5,10 +5,13 @@
 //!    the owner's agent is checked ready to start;
 //! 2. **register**: under the daemon's lock, the grant is checked again
 //!    (a revoke between the gate and here must find a task to stop, or
-//!    none), then the room for it ([`gate::room_for`]: `BUSY`, one agent
-//!    task at a time), and the task's entry goes into the table;
-//! 3. **launch**: the `action.started` record is made durable, and only
-//!    then does anything run.
+//!    none), then its budget ([`gate::budget_left`]: `BUDGET_EXHAUSTED`)
+//!    and the room for it ([`gate::room_for`]: `BUSY`, one agent task at a
+//!    time); the task's entry goes into the table and counts against the
+//!    budget, all under that one lock;
+//! 3. **launch**: the `action.started` record, with the command's nonce, is
+//!    made durable, and only then does anything run (if it cannot be
+//!    written, the task is taken out and no longer counts).
 //!
 //! A refusal at any step is audited (`action.denied`) and answered with a
 //! `denied` frame; nothing of the command is left behind.
@@ -20,7 +23,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::gate::{self, Approved, Decision, Denial, Snapshot, Verdict};
-use super::records::{denial_record, render_argv, task_record};
+use super::records::{carry_nonce, denial_record, render_argv, task_record};
 use super::task::TaskEntry;
 use super::{Daemon, exec};
 use crate::audit::Event;
@@ -70,7 +73,7 @@ impl Daemon {
             Ok(r) => r,
             Err(denial) => return self.deny(&run, Refusal { operator, signed: true, denial }, &frames).await,
         };
-        match self.launch(registered, frames.clone()).await {
+        match self.launch(registered, &run, frames.clone()).await {
             Ok(task_id) => Ok(task_id),
             Err(denial) => self.deny(&run, Refusal { operator, signed: true, denial }, &frames).await,
         }
@@ -95,6 +98,7 @@ impl Daemon {
                         trusted,
                         replay: &state.replay,
                         not_before: self.inner.started_at,
+                        used: state.consent.effective.live().and_then(|g| state.consent.used.get(&g.grant_id).copied()),
                     },
                 ),
                 Err(e) => Decision {
@@ -169,7 +173,10 @@ impl Daemon {
                 .is_some_and(|g| g.grant_id == approved.grant.grant_id && g.tier >= approved.action.tier);
             let refused = if still {
                 let agent_task = state.tasks.values().find(|t| t.info.agent).map(|t| t.info.task_id.as_str());
-                gate::room_for(agent, state.tasks.len(), self.inner.options.max_tasks, agent_task).err()
+                let used = state.consent.used.get(&approved.grant.grant_id).copied();
+                gate::budget_left(&approved.grant, used)
+                    .and_then(|()| gate::room_for(agent, state.tasks.len(), self.inner.options.max_tasks, agent_task))
+                    .err()
             } else {
                 Some(Denial {
                     code: DenyCode::NoConsent,
@@ -177,6 +184,9 @@ impl Daemon {
                 })
             };
             if refused.is_none() {
+                if let Some(n) = state.consent.used.get_mut(&approved.grant.grant_id) {
+                    *n = n.saturating_add(1);
+                }
                 let entry = TaskEntry::new(info.clone(), stop_tx, done_rx, transcript.clone());
                 state.tasks.insert(task_id.clone(), entry);
                 self.persist_tasks(&state);
@@ -209,9 +219,15 @@ impl Daemon {
     /// # Errors
     /// `AUDIT_UNAVAILABLE` when the record cannot be written: the entry is
     /// taken out again and nothing runs.
-    async fn launch(&self, registered: Registered, frames: mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
+    async fn launch(
+        &self,
+        registered: Registered,
+        run: &Run,
+        frames: mpsc::Sender<DeviceFrame>,
+    ) -> Result<String, Denial> {
         let Registered { spec, info, stop, done, transcript } = registered;
         let mut started = task_record(Event::ActionStarted, &info);
+        carry_nonce(&mut started, run);
         started.detail = Some(match &spec.http {
             Some(h) => format!("POST http://{}{} (the agent host)", h.host, h.path),
             None => format!("argv {}", render_argv(&spec.commands)),
@@ -219,6 +235,10 @@ impl Daemon {
         if let Err(e) = self.audit(vec![started]).await {
             tracing::error!(task = %info.task_id, error = %crate::ErrorChain(&e), "action.started could not be written; denying");
             self.forget_task(&info.task_id);
+            // Not on the record, so not started: it no longer counts against the budget.
+            if let Some(n) = self.state().consent.used.get_mut(&info.grant_id) {
+                *n = n.saturating_sub(1);
+            }
             if let Some(cg) = &spec.cgroup {
                 cg.remove();
             }
@@ -246,7 +266,10 @@ impl Daemon {
     async fn deny(&self, run: &Run, refusal: Refusal, frames: &mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
         let Refusal { operator, signed, denial } = refusal;
         let known_action = self.inner.catalogue.get(&run.action).is_ok();
-        let record = denial_record(run, operator, signed && known_action, &denial);
+        let mut record = denial_record(run, operator, signed && known_action, &denial);
+        if signed {
+            carry_nonce(&mut record, run);
+        }
         if let Err(e) = self.audit(vec![record]).await {
             tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
         }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::{CONSENT_POLL, CONSENT_POLL_WATCHED, Daemon, kill};
@@ -21,10 +21,18 @@ use crate::protocol::StoppedBy;
 pub(super) struct ConsentState {
     /// As read, with the monotonic deadline applied.
     pub(super) effective: Consent,
-    /// Per grant id: the monotonic deadline fixed when it was first read.
-    deadlines: HashMap<String, Instant>,
-    /// Grants whose `consent.expired` is on the record.
-    expired_written: HashSet<String>,
+    /// Per grant id and `expires_at`: the monotonic deadline fixed when
+    /// that grant, with that end, was first read. Keyed by the end too, so
+    /// that a grant edited under the same id is judged by its new end,
+    /// exactly as `support status` reads the file, never by a stale one.
+    deadlines: HashMap<(String, DateTime<Utc>), Instant>,
+    /// Grants (id and end) whose `consent.expired` is on the record.
+    expired_written: HashSet<(String, DateTime<Utc>)>,
+    /// Per grant id: the actions started under it (its `action.started`
+    /// records, counted from the audit log when the grant is first seen,
+    /// then one more as each task registers). Absent: not countable (the
+    /// log could not be read), so a budget is taken as spent.
+    pub(super) used: HashMap<String, u32>,
 }
 
 impl ConsentState {
@@ -34,6 +42,7 @@ impl ConsentState {
             effective: Consent::Off(Off::NoGrant),
             deadlines: HashMap::new(),
             expired_written: HashSet::new(),
+            used: HashMap::new(),
         }
     }
 }
@@ -57,13 +66,16 @@ impl Daemon {
     pub(super) fn refresh_consent_sync(&self) {
         let now = Utc::now();
         let read = consent::read(&self.inner.paths, now);
+        if let Consent::Live(g) = &read {
+            self.count_used(g);
+        }
         let mut records = Vec::new();
         let mut state = self.state();
         let (effective, by_when_off) = match read {
             Consent::Live(g) => {
                 let left = (g.expires_at - now).to_std().unwrap_or_default();
-                let deadline =
-                    *state.consent.deadlines.entry(g.grant_id.clone()).or_insert_with(|| Instant::now() + left);
+                let key = (g.grant_id.clone(), g.expires_at);
+                let deadline = *state.consent.deadlines.entry(key).or_insert_with(|| Instant::now() + left);
                 if Instant::now() >= deadline {
                     (Consent::Off(Off::Expired(g)), StoppedBy::Expiry)
                 } else {
@@ -74,7 +86,7 @@ impl Daemon {
             off => (off, StoppedBy::Revoke),
         };
         if let Consent::Off(Off::Expired(g)) = &effective
-            && state.consent.expired_written.insert(g.grant_id.clone())
+            && state.consent.expired_written.insert((g.grant_id.clone(), g.expires_at))
         {
             let mut r = Record::new(Event::ConsentExpired);
             r.grant_id = Some(g.grant_id.clone());
@@ -102,11 +114,30 @@ impl Daemon {
         }
     }
 
+    /// Counts the actions started under `grant` from the audit log, once
+    /// per grant id: read without the daemon's lock, kept with the first
+    /// count, so a task registered meanwhile is not lost.
+    fn count_used(&self, grant: &consent::Grant) {
+        if self.state().consent.used.contains_key(&grant.grant_id) {
+            return;
+        }
+        match consent::actions_started(&self.inner.paths, grant) {
+            Ok(n) => {
+                self.state().consent.used.entry(grant.grant_id.clone()).or_insert(n);
+            }
+            Err(e) => tracing::error!(
+                grant = %grant.grant_id,
+                error = %crate::ErrorChain(&e),
+                "cannot count the actions started under the grant; its budget counts as spent"
+            ),
+        }
+    }
+
     /// When the live grant ends, by the earlier of its two clocks.
     fn next_expiry(&self) -> Option<tokio::time::Instant> {
         let state = self.state();
         let g = state.consent.effective.live()?;
-        let mono = state.consent.deadlines.get(&g.grant_id).copied()?;
+        let mono = state.consent.deadlines.get(&(g.grant_id.clone(), g.expires_at)).copied()?;
         let wall = Instant::now() + (g.expires_at - Utc::now()).to_std().unwrap_or_default();
         Some(tokio::time::Instant::from_std(mono.min(wall)))
     }

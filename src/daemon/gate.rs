@@ -7,14 +7,17 @@
 //! (`STALE_COMMAND`), an unseen nonce (`REPLAY`, or `BUSY` when the replay
 //! cache is full), the action (`UNKNOWN_ACTION`), its parameters
 //! (`INVALID_PARAMS`), a live grant (`NO_CONSENT`) and its tier
-//! (`TIER_INSUFFICIENT`). Writing `action.started` comes after, in the daemon.
-
-use std::collections::HashMap;
+//! (`TIER_INSUFFICIENT`), then the grant's scope (DESIGN §11): the
+//! operator (`OPERATOR_NOT_GRANTED`), the action (`ACTION_NOT_GRANTED`)
+//! and the budget (`BUDGET_EXHAUSTED`). Writing `action.started` comes
+//! after, in the daemon, which checks the budget again where it counts
+//! the task ([`budget_left`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeDelta, Utc};
 
+pub use super::replay::ReplayCache;
 use crate::consent::{Consent, Grant};
 use crate::identity::PublicKey;
 use crate::policy::{Action, Catalogue, Rendered};
@@ -39,6 +42,9 @@ pub struct Snapshot<'a> {
     /// When this daemon started: a command issued earlier may have been
     /// seen by a predecessor whose replay cache is gone, so it is stale.
     pub not_before: DateTime<Utc>,
+    /// Actions started under the live grant so far; `None` when they
+    /// cannot be counted (then a budget counts as spent).
+    pub used: Option<u32>,
 }
 
 /// A command that may run.
@@ -198,9 +204,46 @@ pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
         );
         return decision;
     }
+    if !grant.allows_operator(&op.name) {
+        let granted = grant.operators.as_deref().unwrap_or_default().join(", ");
+        decision.verdict = deny(
+            DenyCode::OperatorNotGranted,
+            format!("the owner's grant is for {granted} only, not for `{}`", op.name),
+        );
+        return decision;
+    }
+    if !grant.allows_action(&action.name) {
+        let only = grant.only.as_deref().unwrap_or_default().join(", ");
+        decision.verdict =
+            deny(DenyCode::ActionNotGranted, format!("the owner's grant allows only {only}, not `{}`", action.name));
+        return decision;
+    }
+    if let Err(denial) = budget_left(grant, snap.used) {
+        decision.verdict = Verdict::Deny(denial);
+        return decision;
+    }
     decision.verdict =
         Verdict::Run(Box::new(Approved { action, rendered, grant: grant.clone(), operator: op.name.clone() }));
     decision
+}
+
+/// Whether one more action may start under `grant` when `used` have
+/// (`None`: they cannot be counted). Checked by [`decide`], and again where
+/// the task is counted, under the same lock, so two commands cannot both
+/// take the last one.
+///
+/// # Errors
+/// `BUDGET_EXHAUSTED`, saying how many were allowed.
+pub fn budget_left(grant: &Grant, used: Option<u32>) -> Result<(), Denial> {
+    let Some(max) = grant.max_actions else { return Ok(()) };
+    let message = match used {
+        Some(n) if n < max => return Ok(()),
+        Some(n) => format!("the owner's grant allows {max} action(s) and {n} have started; ask for a new grant"),
+        None => "the actions started under the owner's grant cannot be counted (the audit log cannot be read), \
+                 so its budget counts as spent"
+            .into(),
+    };
+    Err(Denial { code: DenyCode::BudgetExhausted, message })
 }
 
 /// Whether one more task may start beside the `running` ones: at most
@@ -221,72 +264,13 @@ pub fn room_for(agent: bool, running: usize, max_tasks: usize, agent_task: Optio
     }
 }
 
-/// The nonces seen recently, bounded in entries and age.
-///
-/// A nonce need only be kept while a command carrying it could still be
-/// fresh: until `issued_at + 120 s`. Entries are kept twice that long, in
-/// case the clock steps, then pruned on insert.
-#[derive(Debug)]
-pub struct ReplayCache {
-    seen: HashMap<String, DateTime<Utc>>,
-    max_entries: usize,
-}
-
-/// How long a nonce is kept after its `issued_at` (seconds).
-const REPLAY_KEEP_S: i64 = 2 * FRESHNESS_S;
-
-impl ReplayCache {
-    /// An empty cache holding at most `max_entries` nonces.
-    pub fn new(max_entries: usize) -> ReplayCache {
-        ReplayCache { seen: HashMap::new(), max_entries }
-    }
-
-    /// Whether `nonce` was seen.
-    pub fn contains(&self, nonce: &str) -> bool {
-        self.seen.contains_key(nonce)
-    }
-
-    /// Whether no further nonce fits (then commands are refused `BUSY`).
-    pub fn is_full(&self) -> bool {
-        self.seen.len() >= self.max_entries
-    }
-
-    /// Drops the nonces too old to matter at `now`.
-    pub fn prune(&mut self, now: DateTime<Utc>) {
-        let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
-        self.seen.retain(|_, t| *t >= horizon);
-    }
-
-    /// Remembers `nonce` issued at `issued_at` (RFC 3339), dropping nonces
-    /// too old to matter at `now` first.
-    pub fn insert(&mut self, nonce: &str, issued_at: &str, now: DateTime<Utc>) {
-        let issued = crate::time::parse_rfc3339(issued_at).unwrap_or(now);
-        if self.seen.len() >= self.max_entries / 2 {
-            let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
-            self.seen.retain(|_, t| *t >= horizon);
-        }
-        if self.seen.len() < self.max_entries {
-            self.seen.insert(nonce.to_string(), issued);
-        }
-    }
-
-    /// How many nonces are held.
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::consent::{GrantedBy, Off, Tier};
+    use crate::daemon::replay::REPLAY_KEEP_S;
     use crate::identity::KeyPair;
 
     struct World {
@@ -296,6 +280,7 @@ mod tests {
         replay: ReplayCache,
         now: DateTime<Utc>,
         consent: Consent,
+        used: Option<u32>,
     }
 
     const DEVICE: &str = "d-0123456789abcdef0123";
@@ -308,6 +293,9 @@ mod tests {
             expires_at: now + TimeDelta::seconds(expires_in),
             reason: None,
             granted_by: GrantedBy { user: "owner".into(), uid: 1000 },
+            operators: None,
+            only: None,
+            max_actions: None,
         })
     }
 
@@ -324,6 +312,7 @@ mod tests {
             replay: ReplayCache::new(8),
             now,
             consent: grant(2, 600, now),
+            used: Some(0),
         }
     }
 
@@ -343,6 +332,7 @@ mod tests {
                     trusted: &self.trusted,
                     replay: &self.replay,
                     not_before: self.now - TimeDelta::seconds(3600),
+                    used: self.used,
                 },
             )
         }
@@ -439,6 +429,7 @@ mod tests {
                     trusted: &w.trusted,
                     replay: &w.replay,
                     not_before,
+                    used: w.used,
                 },
             )
         };
@@ -496,5 +487,74 @@ mod tests {
         w.replay.insert("nonce-new-00000000", &crate::time::rfc3339(later), later);
         assert_eq!(w.replay.len(), 1);
         assert!(w.replay.contains("nonce-new-00000000"));
+    }
+
+    fn scoped(w: &mut World, operators: Option<&[&str]>, only: Option<&[&str]>, max_actions: Option<u32>) {
+        let Consent::Live(g) = &mut w.consent else { panic!("live") };
+        let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        g.operators = operators.map(names);
+        g.only = only.map(names);
+        g.max_actions = max_actions;
+    }
+
+    #[test]
+    fn the_scope_is_checked_after_the_tier_operator_then_action_then_budget() {
+        let mut w = world();
+        let memory = w.run("memory", &[], 0);
+        let fix = w.run("restart-user-service", &[("unit", "pipewire.service")], 0);
+        // Unscoped: any trusted operator, any action of the tier.
+        assert_eq!(code(&w.decide(&memory)), None);
+        scoped(&mut w, Some(&["bob"]), None, None);
+        let d = w.decide(&memory);
+        assert_eq!(code(&d), Some(DenyCode::OperatorNotGranted));
+        let Verdict::Deny(denial) = &d.verdict else { unreachable!() };
+        assert!(denial.message.contains("for bob only, not for `alice`"), "{}", denial.message);
+        assert!(d.remember_nonce, "a scope denial still uses up the nonce");
+        scoped(&mut w, Some(&["bob", "alice"]), None, None);
+        assert_eq!(code(&w.decide(&memory)), None);
+        scoped(&mut w, None, Some(&["disk-usage"]), None);
+        let d = w.decide(&memory);
+        assert_eq!(code(&d), Some(DenyCode::ActionNotGranted));
+        let Verdict::Deny(denial) = &d.verdict else { unreachable!() };
+        assert!(denial.message.contains("only disk-usage, not `memory`"), "{}", denial.message);
+        scoped(&mut w, None, Some(&["disk-usage", "memory"]), None);
+        assert_eq!(code(&w.decide(&memory)), None);
+        // Earlier checks win: tier before operator before action before budget.
+        w.consent = grant(1, 600, w.now);
+        scoped(&mut w, Some(&["bob"]), Some(&["disk-usage"]), Some(1));
+        w.used = Some(1);
+        assert_eq!(code(&w.decide(&fix)), Some(DenyCode::TierInsufficient));
+        assert_eq!(code(&w.decide(&memory)), Some(DenyCode::OperatorNotGranted));
+        scoped(&mut w, Some(&["alice"]), Some(&["disk-usage"]), Some(1));
+        assert_eq!(code(&w.decide(&memory)), Some(DenyCode::ActionNotGranted));
+        scoped(&mut w, Some(&["alice"]), Some(&["memory"]), Some(1));
+        assert_eq!(code(&w.decide(&memory)), Some(DenyCode::BudgetExhausted));
+        // And the budget on its own, at its boundary and when it cannot be counted.
+        scoped(&mut w, None, None, Some(3));
+        for (used, want) in [
+            (Some(0), None),
+            (Some(2), None),
+            (Some(3), Some(DenyCode::BudgetExhausted)),
+            (Some(7), Some(DenyCode::BudgetExhausted)),
+            (None, Some(DenyCode::BudgetExhausted)),
+        ] {
+            w.used = used;
+            assert_eq!(code(&w.decide(&memory)), want, "{used:?} of 3");
+        }
+        // Without a budget, an uncountable log does not matter.
+        scoped(&mut w, None, None, None);
+        assert_eq!(code(&w.decide(&memory)), None);
+    }
+
+    #[test]
+    fn the_budget_check_names_the_numbers() {
+        let Consent::Live(mut g) = grant(2, 600, Utc::now()) else { unreachable!() };
+        assert_eq!(budget_left(&g, None), Ok(()), "no budget");
+        g.max_actions = Some(2);
+        assert_eq!(budget_left(&g, Some(1)), Ok(()));
+        let spent = budget_left(&g, Some(2)).unwrap_err();
+        assert_eq!(spent.code, DenyCode::BudgetExhausted);
+        assert!(spent.message.contains("allows 2 action(s) and 2 have started"), "{}", spent.message);
+        assert!(budget_left(&g, None).unwrap_err().message.contains("cannot be counted"));
     }
 }

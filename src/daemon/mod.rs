@@ -44,6 +44,7 @@ pub(crate) mod guard;
 pub mod kill;
 mod link;
 mod records;
+mod replay;
 mod task;
 pub mod tree;
 
@@ -226,6 +227,10 @@ impl Daemon {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| DaemonError::Io { what: "prctl(PR_SET_CHILD_SUBREAPER)".into(), source: e.into() })?;
         let device_id = key.public_key().device_id();
+        let started_at = Utc::now();
+        // A predecessor's nonces, from the record: its commands never run twice (replay.rs).
+        let mut replay = ReplayCache::new(REPLAY_CAPACITY);
+        let remembered = replay.load(paths, started_at)?;
         let (events, _) = broadcast::channel(EVENTS_CHANNEL);
         let daemon = Daemon {
             inner: Arc::new(Inner {
@@ -234,15 +239,11 @@ impl Daemon {
                 key,
                 device_id,
                 catalogue,
-                started_at: Utc::now(),
+                started_at,
                 started: Instant::now(),
                 _lock: lock,
                 audit: Mutex::new(audit),
-                state: Mutex::new(State {
-                    consent: ConsentState::new(),
-                    replay: ReplayCache::new(REPLAY_CAPACITY),
-                    tasks: BTreeMap::new(),
-                }),
+                state: Mutex::new(State { consent: ConsentState::new(), replay, tasks: BTreeMap::new() }),
                 events,
                 consent_changed: Notify::new(),
                 control_port: Mutex::new(None),
@@ -254,6 +255,9 @@ impl Daemon {
         };
         if let Some(cg) = &daemon.inner.cgroup {
             tracing::info!(dir = %cg.dir().display(), "a cgroup is delegated: each task gets its own");
+        }
+        if remembered > 0 {
+            tracing::info!(nonces = remembered, "nonces of recent commands read back from the audit log");
         }
         daemon.recover()?;
         let mut started = Record::new(Event::DaemonStarted);

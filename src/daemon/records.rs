@@ -79,6 +79,17 @@ pub(super) fn denial_record(run: &Run, operator: Option<String>, trusted_shape: 
     r
 }
 
+/// Puts the command's nonce and `issued_at` on `record`, so that the
+/// next daemon start knows the nonce was used (see `replay.rs`): for
+/// `action.started`, and `action.denied` once the signature held. Both are
+/// of the shape [`Run::check_shape`] allows, or the record keeps them out.
+pub(super) fn carry_nonce(record: &mut Record, run: &Run) {
+    if crate::text::safe_id(&run.nonce) == run.nonce && crate::time::parse_rfc3339(&run.issued_at).is_some() {
+        record.nonce = Some(run.nonce.clone());
+        record.issued_at = Some(run.issued_at.clone());
+    }
+}
+
 /// The records of a task's end: `task.stopped` when someone stopped it,
 /// then `action.finished` with its status, exit code, duration, output
 /// size and digest, and for an agent task the transcript's digest.

@@ -39,6 +39,7 @@ mod rules;
 pub use format::{AgentConfig, ShellConfig};
 pub use params::{MAX_VALUE_BYTES, Param, ParamError, ParamType};
 pub use render::Rendered;
+pub(crate) use rules::valid_name as valid_action_name;
 
 use format::{FileDef, default_build_args, default_plan_args};
 use params::text_param;

@@ -224,7 +224,7 @@ pub(super) fn check_file(
 }
 
 /// An action name: `[a-z0-9-]{1,64}`.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 

@@ -105,6 +105,15 @@ pub enum DenyCode {
     /// or its agent host's secret file cannot be read. The message names
     /// the program or file and the `[agent]` setting to change.
     AgentUnavailable,
+    /// The owner's grant names operators (`support allow --operator`), and
+    /// not this one.
+    OperatorNotGranted,
+    /// The owner's grant names actions (`support allow --only`), and not
+    /// this one.
+    ActionNotGranted,
+    /// The owner's grant allows so many actions (`support allow
+    /// --max-actions`), and that many have started under it.
+    BudgetExhausted,
 }
 
 impl DenyCode {
@@ -123,6 +132,9 @@ impl DenyCode {
             DenyCode::AuditUnavailable => "AUDIT_UNAVAILABLE",
             DenyCode::BadFrame => "BAD_FRAME",
             DenyCode::AgentUnavailable => "AGENT_UNAVAILABLE",
+            DenyCode::OperatorNotGranted => "OPERATOR_NOT_GRANTED",
+            DenyCode::ActionNotGranted => "ACTION_NOT_GRANTED",
+            DenyCode::BudgetExhausted => "BUDGET_EXHAUSTED",
         }
     }
 }

@@ -1,0 +1,110 @@
+//! The replay cache: the nonces of recent commands, so that none runs
+//! twice, across a daemon restart too.
+//!
+//! A nonce matters while a command carrying it is still fresh (issued
+//! within ±120 s of the device's clock). In memory the cache holds each
+//! nonce 240 s after its `issued_at`. It does not survive the daemon, but
+//! the record does: the nonce and `issued_at` of every command whose
+//! signature held go into its `action.started` or `action.denied` record,
+//! fsynced before it runs, and each start reads them back from the newest
+//! records of the audit log ([`ReplayCache::load`]). A command issued
+//! before the start is stale anyway (the gate's `not_before`), so what
+//! the log gives back are the commands issued ahead of the device's clock
+//! that a predecessor saw, which would otherwise run again.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::paths::Paths;
+use crate::protocol::FRESHNESS_S;
+
+/// The nonces seen recently, bounded in entries and age.
+///
+/// A nonce need only be kept while a command carrying it could still be
+/// fresh: until `issued_at + 120 s`. Entries are kept twice that long, in
+/// case the clock steps, then pruned on insert.
+#[derive(Debug)]
+pub struct ReplayCache {
+    seen: HashMap<String, DateTime<Utc>>,
+    max_entries: usize,
+}
+
+/// How long a nonce is kept after its `issued_at` (seconds).
+pub(crate) const REPLAY_KEEP_S: i64 = 2 * FRESHNESS_S;
+
+impl ReplayCache {
+    /// An empty cache holding at most `max_entries` nonces.
+    pub fn new(max_entries: usize) -> ReplayCache {
+        ReplayCache { seen: HashMap::new(), max_entries }
+    }
+
+    /// Whether `nonce` was seen.
+    pub fn contains(&self, nonce: &str) -> bool {
+        self.seen.contains_key(nonce)
+    }
+
+    /// Whether no further nonce fits (then commands are refused `BUSY`).
+    pub fn is_full(&self) -> bool {
+        self.seen.len() >= self.max_entries
+    }
+
+    /// Drops the nonces too old to matter at `now`.
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
+        self.seen.retain(|_, t| *t >= horizon);
+    }
+
+    /// Remembers `nonce` issued at `issued_at` (RFC 3339), dropping nonces
+    /// too old to matter at `now` first.
+    pub fn insert(&mut self, nonce: &str, issued_at: &str, now: DateTime<Utc>) {
+        let issued = crate::time::parse_rfc3339(issued_at).unwrap_or(now);
+        if self.seen.len() >= self.max_entries / 2 {
+            let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
+            self.seen.retain(|_, t| *t >= horizon);
+        }
+        if self.seen.len() < self.max_entries {
+            self.seen.insert(nonce.to_string(), issued);
+        }
+    }
+
+    /// How many nonces are held.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+impl ReplayCache {
+    /// Remembers the nonces that the audit log's newest records carry
+    /// (see the module docs), reading back only as far as a record of a
+    /// command that can still be fresh at `now` could be; returns how many.
+    ///
+    /// # Errors
+    /// As [`crate::audit::newest_first`]: then the daemon must not start,
+    /// since it cannot know which commands already ran.
+    pub fn load(&mut self, paths: &Paths, now: DateTime<Utc>) -> Result<usize, crate::AuditError> {
+        // Received no earlier than issued_at - 120 s, so recorded no earlier than now - 240 s
+        // by the same clock; a minute more for the time between the gate and the record.
+        let horizon = now - TimeDelta::seconds(2 * FRESHNESS_S + 60);
+        let mut loaded = 0;
+        crate::audit::newest_first(paths, |r| {
+            if crate::time::parse_rfc3339(&r.ts).is_some_and(|ts| ts < horizon) {
+                return ControlFlow::Break(());
+            }
+            if let (Some(nonce), Some(issued_at)) = (&r.nonce, &r.issued_at)
+                && !self.contains(nonce)
+            {
+                self.insert(nonce, issued_at, now);
+                loaded += 1;
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(loaded)
+    }
+}
