@@ -320,6 +320,10 @@ pub enum Off {
     Malformed(String),
     /// The file is a link, foreign-owned, writable by others, or unreadable.
     Unsafe(String),
+    /// The file reads as a live grant, but the running daemon, which
+    /// enforces it, holds support off, and says why (its monotonic clock
+    /// ended the grant, say, after the wall clock was set back).
+    HeldOff(String),
 }
 
 impl Off {
@@ -330,6 +334,7 @@ impl Off {
             Off::Expired(g) => format!("expired at {}", crate::time::rfc3339(g.expires_at)),
             Off::Malformed(why) => format!("consent file malformed: {why}"),
             Off::Unsafe(why) => format!("consent file unsafe: {why}"),
+            Off::HeldOff(why) => format!("the daemon holds support off: {why}"),
         }
     }
 }

@@ -95,6 +95,9 @@ pub struct ConsentView {
     pub expires_at: Option<String>,
     /// Why support is off (`None` while a grant is live).
     pub off_reason: Option<String>,
+    /// The live grant's scope and the actions started under it (`None` while off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<crate::protocol::GrantScope>,
 }
 
 /// `GET /v1/status`: the daemon, its link, its tasks and the grant it enforces.

@@ -25,11 +25,12 @@ pub struct Args {
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let catalogue = Catalogue::load(&ctx.paths)?;
     let consent = consent::read(&ctx.paths, ctx.now);
+    // What the grant allows: its tier, and its `--only` when scoped.
+    let allowed = |a: &Action| consent.live().is_some_and(|g| a.tier <= g.tier && g.allows_action(&a.name));
     let live_tier = consent.live().map(|g| g.tier);
-    let shown: Vec<Action> =
-        catalogue.actions().into_iter().filter(|a| args.all || live_tier.is_some_and(|t| a.tier <= t)).collect();
+    let shown: Vec<Action> = catalogue.actions().into_iter().filter(|a| args.all || allowed(a)).collect();
     if args.json {
-        let list: Vec<Value> = shown.iter().map(|a| action_json(a, live_tier.is_some_and(|t| a.tier <= t))).collect();
+        let list: Vec<Value> = shown.iter().map(|a| action_json(a, allowed(a))).collect();
         super::print_json(&Value::Array(list))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -52,8 +53,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         ("description", Wrap::Text),
     ]);
     for a in &shown {
-        let allowed = live_tier.is_some_and(|t| a.tier <= t);
-        let name = if args.all && allowed { format!("{} *", a.name) } else { a.name.clone() };
+        let name = if args.all && allowed(a) { format!("{} *", a.name) } else { a.name.clone() };
         let params: Vec<String> = a
             .params
             .iter()

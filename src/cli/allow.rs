@@ -1,4 +1,5 @@
-//! `support allow --tier N (--minutes M | --duration D) [--yes] [--reason TEXT]`
+//! `support allow --tier N (--minutes M | --duration D) [--yes] [--reason TEXT]
+//! [--operator NAME]... [--only ACTION[,ACTION...]] [--max-actions K]`
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +28,83 @@ pub struct Args {
     /// Why you grant it, shown in `support status` and the audit log.
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
+    /// Only this operator you trust (`support trust list`) may act under
+    /// the grant; repeat (or separate with commas) for several. Default: every one you trust.
+    #[arg(long = "operator", value_name = "NAME", value_delimiter = ',')]
+    operators: Vec<String>,
+    /// Only these actions of the catalogue may run (`support actions --all`),
+    /// separated by commas. Default: every action of the tier.
+    #[arg(long, value_name = "ACTION[,ACTION...]", value_delimiter = ',')]
+    only: Vec<String>,
+    /// At most K actions start under the grant (1 or more). Default: no limit.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    max_actions: Option<u32>,
+}
+
+impl Args {
+    /// The scope flags as given, for the exact command line to repeat.
+    fn scope_words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        for op in &self.operators {
+            words.extend(["--operator".to_string(), op.clone()]);
+        }
+        if !self.only.is_empty() {
+            words.extend(["--only".to_string(), self.only.join(",")]);
+        }
+        if let Some(k) = self.max_actions {
+            words.extend(["--max-actions".to_string(), k.to_string()]);
+        }
+        words
+    }
+}
+
+/// Checks `--operator` against the operators the owner trusts and `--only`
+/// against the catalogue at `tier`, before anything is written.
+///
+/// # Errors
+/// [`Error::Usage`] naming the unknown names and the valid ones; trust
+/// and catalogue file errors as they come.
+fn check_scope(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    if !args.operators.is_empty() {
+        let trusted: Vec<String> = crate::trust::list(&ctx.paths)?.into_iter().map(|o| o.name).collect();
+        let unknown: Vec<&String> = args.operators.iter().filter(|o| !trusted.contains(o)).collect();
+        if !unknown.is_empty() {
+            let valid = if trusted.is_empty() {
+                format!("you trust no operator yet: {}", ctx.command_line(&["trust", "add", "NAME", "PUBKEY"]))
+            } else {
+                format!("the operators you trust: {}", trusted.join(", "))
+            };
+            return Err(Error::Usage(format!("--operator {}: not an operator you trust; {valid}", names(&unknown))));
+        }
+    }
+    if !args.only.is_empty() {
+        let catalogue = crate::policy::Catalogue::load(&ctx.paths)?;
+        let actions = catalogue.actions();
+        let (within, above): (Vec<_>, Vec<_>) = actions.iter().partition(|a| a.tier <= args.tier);
+        let unknown: Vec<&String> = args.only.iter().filter(|n| !within.iter().any(|a| &a.name == *n)).collect();
+        if !unknown.is_empty() {
+            let too_high: Vec<String> = above
+                .iter()
+                .filter(|a| unknown.contains(&&a.name))
+                .map(|a| format!("`{}` needs tier {}", a.name, a.tier.get()))
+                .collect();
+            let too_high = if too_high.is_empty() { String::new() } else { format!(" ({})", too_high.join(", ")) };
+            let valid: Vec<&str> = within.iter().map(|a| a.name.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "--only {}: no such action at tier {}{too_high}; the actions of tier {} and below: {}",
+                names(&unknown),
+                args.tier.get(),
+                args.tier.get(),
+                valid.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Names as the user typed them, made printable, comma-separated.
+fn names(list: &[&String]) -> String {
+    list.iter().map(|n| super::printable(n)).collect::<Vec<_>>().join(", ")
 }
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
@@ -74,6 +152,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         if let Some(r) = &args.reason {
             words.extend(["--reason", r]);
         }
+        let scope = args.scope_words();
+        words.extend(scope.iter().map(String::as_str));
         words.push("--yes");
         return Err(Error::Usage(format!(
             "tier {} lets support do {}. If you mean that, confirm with:\n  {}",
@@ -82,14 +162,21 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             ctx.command_line(&words)
         )));
     }
-    let grant = Grant::new(args.tier, duration, args.reason, ctx.now).map_err(Error::Usage)?;
+    check_scope(ctx, &args)?;
+    let listed = |l: Vec<String>| (!l.is_empty()).then_some(l);
+    let grant = Grant::new(args.tier, duration, args.reason, ctx.now)
+        .and_then(|g| g.scoped(listed(args.operators), listed(args.only), args.max_actions))
+        .map_err(Error::Usage)?;
 
     // The record comes first: a grant that cannot be audited is not made.
     let mut record = Record::new(Event::ConsentGranted);
     record.grant_id = Some(grant.grant_id.clone());
     record.tier = Some(grant.tier.get());
     record.reason.clone_from(&grant.reason);
-    record.detail = Some(format!("expires_at {}", crate::time::rfc3339(grant.expires_at)));
+    record.detail = Some(match grant.scope_words() {
+        Some(scope) => format!("expires_at {}; {scope}", crate::time::rfc3339(grant.expires_at)),
+        None => format!("expires_at {}", crate::time::rfc3339(grant.expires_at)),
+    });
     ctx.audit(record)?;
     if let Err(e) = consent::write(&ctx.paths, &grant) {
         // The rename may have landed before a later step failed: make sure no grant stands.
@@ -114,6 +201,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     // A lower tier than before stops the tasks above it now.
     let told = super::client::tell_consent_changed(&ctx.paths);
     outln!("Granted tier {}: {}.", grant.tier, grant.tier.allows())?;
+    if let Some(scope) = grant.scope_words() {
+        outln!("Scope: {scope}.")?;
+    }
     outln!(
         "Ends {} (in {}). Revoke any time: {}",
         super::local(grant.expires_at),

@@ -257,12 +257,15 @@ pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) -> Result<
         ("grant", Wrap::Text),
     ]);
     for d in devices {
-        let grant = match (d.tier, &d.expires_at) {
+        let mut grant = match (d.tier, &d.expires_at) {
             (Some(t), Some(e)) => format!("tier {t} until {}", when(e)),
             (Some(t), None) => format!("tier {t}"),
             _ if d.last_heartbeat.is_some() => "off".into(),
             _ => "-".into(),
         };
+        if let (Some(scope), Some(_)) = (&d.scope, d.tier) {
+            grant.push_str(&format!("; {}", printable(&scope_words(scope))));
+        }
         table.row([
             printable(&d.device_id),
             printable(&d.name),
@@ -272,6 +275,22 @@ pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) -> Result<
         ]);
     }
     table.print()
+}
+
+/// A device's reported grant scope in a few words: `alice, bob; disk-usage; 2/5 used`.
+fn scope_words(scope: &crate::protocol::GrantScope) -> String {
+    let mut parts = Vec::new();
+    if let Some(ops) = &scope.operators {
+        parts.push(format!("for {}", ops.join(", ")));
+    }
+    if let Some(only) = &scope.only {
+        parts.push(format!("only {}", only.join(", ")));
+    }
+    if let Some(max) = scope.max_actions {
+        let used = scope.actions_used.map_or_else(|| "?".into(), |n| n.to_string());
+        parts.push(format!("{used}/{max} actions used"));
+    }
+    parts.join("; ")
 }
 
 fn parse_params(params: &[String]) -> Result<BTreeMap<String, String>, Error> {

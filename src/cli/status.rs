@@ -7,14 +7,15 @@ use serde_json::{Value, json};
 use super::out::outln;
 use super::{Ctx, paint, printable};
 use crate::Error;
-use crate::consent::{self, Consent};
+use crate::consent::{self, Consent, Grant, Off};
 use crate::control_api::StatusView;
 
 /// Show the grant in force, the daemon, and where files live.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// One JSON object: enabled, tier, granted_at, expires_at, remaining_seconds,
-    /// reason, grant_id, granted_by, off_reason, daemon (null or {pid, connected, relay,
+    /// reason, grant_id, granted_by, off_reason, operators, only, max_actions
+    /// (null: unscoped), actions_used, daemon (null or {pid, connected, relay,
     /// running_tasks, tasks: [{task_id, action, tier, operator, started_at, agent, …}],
     /// device_id, started_at, control_port, version}), device_id, paths.
     #[arg(long)]
@@ -38,9 +39,11 @@ enum Seen {
 }
 
 fn daemon_status(ctx: &Ctx) -> Seen {
-    let answer = super::client::Client::find(&ctx.paths).and_then(|c| c.call::<StatusView>("GET", "/v1/status"));
+    // Asked to re-read the grant first, the daemon answers for the file as it is now, as read below.
+    let answer = super::client::Client::find(&ctx.paths)
+        .and_then(|c| c.call::<crate::control_api::ConsentChanged>("POST", "/v1/consent/changed"));
     match answer {
-        Ok(s) => Seen::Up(Box::new(s)),
+        Ok(s) => Seen::Up(Box::new(s.status)),
         Err(Error::DaemonUnreachable(_)) => Seen::Down,
         Err(e) => Seen::Unreadable {
             pid: crate::daemon::read_info(&ctx.paths).map(|i| i.pid),
@@ -50,10 +53,20 @@ fn daemon_status(ctx: &Ctx) -> Seen {
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
-    let consent = consent::read(&ctx.paths, ctx.now);
     let daemon = daemon_status(ctx);
+    let mut consent = consent::read(&ctx.paths, ctx.now);
+    // The daemon enforces the grant: never ON here while it refuses.
+    if let (Consent::Live(_), Seen::Up(d)) = (&consent, &daemon)
+        && !d.consent.enabled
+    {
+        consent = Consent::Off(Off::HeldOff(d.consent.off_reason.clone().unwrap_or_default()));
+    }
+    let used = match &consent {
+        Consent::Live(g) => actions_used(ctx, g, &daemon),
+        Consent::Off(_) => None,
+    };
     if args.json {
-        super::print_json(&status_json(ctx, &consent, &daemon))?;
+        super::print_json(&status_json(ctx, &consent, used, &daemon))?;
         return Ok(ExitCode::SUCCESS);
     }
     match &consent {
@@ -64,6 +77,15 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             outln!("  grant   {} by {} at {}", g.grant_id, printable(&g.granted_by.user), super::local(g.granted_at))?;
             if let Some(r) = &g.reason {
                 outln!("  reason  {}", printable(r))?;
+            }
+            if let Some(scope) = g.scope_words() {
+                outln!("  scope   {}", printable(&scope))?;
+            }
+            if let Some(max) = g.max_actions {
+                match used {
+                    Some(n) => outln!("  budget  {n} of {max} action(s) started, {} left", max.saturating_sub(n))?,
+                    None => outln!("  budget  {max} action(s); how many started cannot be counted (audit log)")?,
+                }
             }
             outln!("  revoke  {}", ctx.command_line(&["revoke"]))?;
         }
@@ -110,7 +132,19 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status_json(ctx: &Ctx, consent: &Consent, daemon: &Seen) -> Value {
+/// The actions started under `grant`: as the running daemon counts them,
+/// else as the audit log holds them (the daemon counts the same way at its
+/// start); `None` when neither can say.
+fn actions_used(ctx: &Ctx, grant: &Grant, daemon: &Seen) -> Option<u32> {
+    match daemon {
+        Seen::Up(d) if d.consent.grant_id.as_deref() == Some(grant.grant_id.as_str()) => {
+            d.consent.scope.as_ref().and_then(|s| s.actions_used)
+        }
+        _ => consent::actions_started(&ctx.paths, grant).ok(),
+    }
+}
+
+fn status_json(ctx: &Ctx, consent: &Consent, used: Option<u32>, daemon: &Seen) -> Value {
     let p = &ctx.paths;
     let paths = json!({
         "home": p.home,
@@ -134,6 +168,10 @@ fn status_json(ctx: &Ctx, consent: &Consent, daemon: &Seen) -> Value {
             "grant_id": g.grant_id,
             "granted_by": g.granted_by,
             "off_reason": null,
+            "operators": g.operators,
+            "only": g.only,
+            "max_actions": g.max_actions,
+            "actions_used": used,
         }),
         Consent::Off(off) => json!({
             "enabled": false,
@@ -146,6 +184,10 @@ fn status_json(ctx: &Ctx, consent: &Consent, daemon: &Seen) -> Value {
             "grant_id": null,
             "granted_by": null,
             "off_reason": off.reason(),
+            "operators": null,
+            "only": null,
+            "max_actions": null,
+            "actions_used": null,
         }),
     };
     v["daemon"] = match daemon {

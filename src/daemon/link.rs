@@ -229,7 +229,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // operators see a new grant or a revoke at once, not 30 s later.
     let mut events = daemon.subscribe();
     let mut reported = daemon.heartbeat();
-    let summary = |h: &Heartbeat| (h.tier, h.expires_at.clone(), h.running_tasks);
+    let summary = |h: &Heartbeat| (h.tier, h.expires_at.clone(), h.running_tasks, h.scope.clone());
     loop {
         tokio::select! {
             _ = events.recv() => {

@@ -151,6 +151,18 @@ struct State {
     tasks: BTreeMap<String, TaskEntry>,
 }
 
+impl State {
+    /// `grant`'s scope and the actions started under it so far.
+    fn scope_of(&self, grant: &crate::consent::Grant) -> crate::protocol::GrantScope {
+        crate::protocol::GrantScope {
+            operators: grant.operators.clone(),
+            only: grant.only.clone(),
+            max_actions: grant.max_actions,
+            actions_used: self.consent.used.get(&grant.grant_id).copied(),
+        }
+    }
+}
+
 /// The daemon's parts, shared by every clone of [`Daemon`].
 struct Inner {
     paths: Paths,
@@ -336,6 +348,7 @@ impl Daemon {
                 grant_id: Some(g.grant_id.clone()),
                 expires_at: Some(crate::time::rfc3339(g.expires_at)),
                 off_reason: None,
+                scope: Some(state.scope_of(g)),
             },
             Consent::Off(off) => ConsentView {
                 enabled: false,
@@ -343,6 +356,7 @@ impl Daemon {
                 grant_id: None,
                 expires_at: None,
                 off_reason: Some(off.reason()),
+                scope: None,
             },
         };
         StatusView {
@@ -390,6 +404,7 @@ impl Daemon {
             Consent::Live(g) => (Some(g.tier.get()), Some(crate::time::rfc3339(g.expires_at))),
             Consent::Off(_) => (None, None),
         };
+        let scope = state.consent.effective.live().filter(|g| g.is_scoped()).map(|g| state.scope_of(g));
         crate::protocol::Heartbeat {
             tier,
             expires_at,
@@ -397,6 +412,7 @@ impl Daemon {
             audit_head,
             uptime_s: self.inner.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").into(),
+            scope,
         }
     }
 

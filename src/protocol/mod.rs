@@ -342,6 +342,25 @@ pub struct AuditHead {
     pub mac: String,
 }
 
+/// A live grant's scope (`support allow --operator/--only/--max-actions`),
+/// as the device reports it; `None` in a field: that part is unscoped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantScope {
+    /// Only these operators (the owner's names for them) may act under it.
+    #[serde(default)]
+    pub operators: Option<Vec<String>>,
+    /// Only these catalogue actions may run under it.
+    #[serde(default)]
+    pub only: Option<Vec<String>>,
+    /// At most this many actions start under it.
+    #[serde(default)]
+    pub max_actions: Option<u32>,
+    /// Actions started under it so far; `None` when they cannot be counted.
+    #[serde(default)]
+    pub actions_used: Option<u32>,
+}
+
 /// What a device reports every 30 s; the relay keeps the last one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -358,6 +377,9 @@ pub struct Heartbeat {
     pub uptime_s: u64,
     /// The daemon's version.
     pub version: String,
+    /// The live grant's scope, when it has one (absent: unscoped or off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<GrantScope>,
 }
 
 /// One device as `list_devices` (and `support relay devices --json`) shows it.
@@ -386,6 +408,9 @@ pub struct DeviceEntry {
     /// Its daemon's version.
     #[serde(default)]
     pub version: Option<String>,
+    /// The scope of the grant it last reported, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<GrantScope>,
 }
 
 /// Relay error codes (DESIGN §7), plus `BUSY` for the relay's own limits.

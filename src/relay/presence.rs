@@ -104,6 +104,7 @@ fn offline(device_id: &str) -> DeviceEntry {
         running_tasks: None,
         audit_head: None,
         version: None,
+        scope: None,
     }
 }
 
@@ -135,6 +136,7 @@ impl Presence {
             e.running_tasks = Some(hb.running_tasks);
             e.audit_head = hb.audit_head;
             e.version = Some(hb.version);
+            e.scope = hb.scope;
         });
     }
 
@@ -195,7 +197,7 @@ mod tests {
     use crate::relay::registry::DeviceRecord;
 
     fn heartbeat(tier: Option<u8>) -> Heartbeat {
-        Heartbeat { tier, expires_at: None, running_tasks: 2, audit_head: None, uptime_s: 9, version: "9.9.9".into() }
+        Heartbeat { tier, expires_at: None, running_tasks: 2, audit_head: None, uptime_s: 9, version: "9.9.9".into(), scope: None }
     }
 
     #[test]
@@ -217,6 +219,16 @@ mod tests {
         assert_eq!((d1.tier, d1.running_tasks, d1.version.as_deref()), (Some(2), Some(2), Some("9.9.9")));
         assert!(d1.last_heartbeat.is_some(), "the last heartbeat outlives the connection");
         assert_eq!(listed[1], DeviceEntry { name: "desktop".into(), ..offline("d-2") });
+    }
+
+    #[test]
+    fn the_reported_scope_is_listed_and_goes_with_a_grant_without_one() {
+        let presence = Presence::default();
+        let scope = crate::protocol::GrantScope { max_actions: Some(5), actions_used: Some(2), ..Default::default() };
+        presence.heard("d-1", Heartbeat { scope: Some(scope.clone()), ..heartbeat(Some(1)) });
+        assert_eq!(presence.snapshot()[0].scope, Some(scope));
+        presence.heard("d-1", heartbeat(Some(1)));
+        assert_eq!(presence.snapshot()[0].scope, None);
     }
 
     #[test]
