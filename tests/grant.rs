@@ -265,3 +265,30 @@ fn a_grant_that_cannot_be_written_is_withdrawn_on_the_record() {
         .collect();
     assert_eq!(events, ["consent.revoked", "consent.granted"]);
 }
+
+#[test]
+fn a_grant_dated_in_the_future_gets_no_extra_time() {
+    let h = Home::new();
+    h.run(&["allow", "--tier", "1", "--minutes", "480"]).code(0);
+    let path = h.file("consent.json");
+    let mut grant: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let now = chrono::Utc::now();
+    let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // (granted_at ahead, length, the reason it is off): 4 min ahead for 8 h ran 8 h 04 m before.
+    for (ahead, minutes, why) in [(240, 480, "in the future"), (30, 480, "more than 8 hours from now")] {
+        let granted = now + chrono::TimeDelta::seconds(ahead);
+        grant["granted_at"] = at(granted).into();
+        grant["expires_at"] = at(granted + chrono::TimeDelta::minutes(minutes)).into();
+        std::fs::write(&path, grant.to_string()).unwrap();
+        let s = h.status();
+        assert_eq!(s["enabled"], false, "{s}");
+        assert!(s["off_reason"].as_str().unwrap().contains(why), "{s}");
+    }
+    let granted = now + chrono::TimeDelta::seconds(30);
+    grant["granted_at"] = at(granted).into();
+    grant["expires_at"] = at(granted + chrono::TimeDelta::minutes(60)).into();
+    std::fs::write(&path, grant.to_string()).unwrap();
+    let s = h.status();
+    assert_eq!(s["enabled"], true, "{s}");
+    assert!(s["remaining_seconds"].as_u64().unwrap() <= 3630, "{s}");
+}

@@ -197,7 +197,15 @@ mod tests {
     use crate::relay::registry::DeviceRecord;
 
     fn heartbeat(tier: Option<u8>) -> Heartbeat {
-        Heartbeat { tier, expires_at: None, running_tasks: 2, audit_head: None, uptime_s: 9, version: "9.9.9".into(), scope: None }
+        Heartbeat {
+            tier,
+            expires_at: None,
+            running_tasks: 2,
+            audit_head: None,
+            uptime_s: 9,
+            version: "9.9.9".into(),
+            scope: None,
+        }
     }
 
     #[test]
