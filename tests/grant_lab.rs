@@ -60,13 +60,17 @@ async fn restart(paths: &support::Paths) -> support::Daemon {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_issued_ahead_of_the_clock_runs_once_across_a_restart() {
     let Lab { home, paths, daemon, operator, .. } = Lab::start();
-    common::lab::grant(&paths, 4, Duration::from_secs(600));
     let ran = home.path.join("ran");
     let cmd = format!("echo once >> {}", ran.display());
-    let params = [("cmd".to_string(), cmd)].into();
+    let params: std::collections::BTreeMap<_, _> = [("cmd".to_string(), cmd)].into();
     // Within the freshness window, ahead of the device's clock: the restart rule alone lets it through.
     let issued = Utc::now() + chrono::TimeDelta::seconds(20);
-    let run = support::Run::signed(&operator, "r-replayed", daemon.device_id(), "shell", params, issued);
+    let sign = |id: &str| support::Run::signed(&operator, id, daemon.device_id(), "shell", params.clone(), issued);
+    let (early, run) = (sign("r-early"), sign("r-replayed"));
+    let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+    // Sent before the owner granted anything: refused, and its nonce used up all the same.
+    assert_eq!(daemon.submit(early.clone(), tx.clone()).await.unwrap_err().code, DenyCode::NoConsent);
+    common::lab::grant(&paths, 4, Duration::from_secs(600));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     daemon.submit(run.clone(), tx).await.expect("the first time it runs");
     finish(&mut rx).await;
@@ -74,13 +78,18 @@ async fn a_command_issued_ahead_of_the_clock_runs_once_across_a_restart() {
     drop(daemon);
 
     let daemon = restart(&paths).await;
-    let (tx, _rx) = tokio::sync::mpsc::channel(1024);
-    let second = daemon.submit(run, tx).await.expect_err("the replay is refused");
-    assert_eq!(second.code, DenyCode::Replay, "{second:?}");
+    let nonce = run.nonce.clone();
+    for replayed in [run, early] {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+        let again = daemon.submit(replayed, tx).await.expect_err("the replay is refused");
+        assert_eq!(again.code, DenyCode::Replay, "{again:?}");
+    }
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
-    let started = records(&paths).into_iter().filter(|r| r.event == Event::ActionStarted).collect::<Vec<_>>();
+    let all = records(&paths);
+    let started: Vec<_> = all.iter().filter(|r| r.event == Event::ActionStarted).collect();
     assert_eq!(started.len(), 1);
-    assert!(started[0].nonce.is_some() && started[0].issued_at.is_some(), "{:?}", started[0]);
+    assert_eq!(started[0].nonce.as_deref(), Some(nonce.as_str()));
+    assert!(started[0].issued_at.is_some(), "{:?}", started[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@
 //! - `control.rs`: the loopback control API (its messages: [`crate::control_api`]).
 //! - `link.rs`: the one outbound connection to the relay.
 //! - [`gate`]: the decision, pure.
+//! - `replay.rs`: the replay cache, and its nonces read back from the audit log at start.
 //!
 //! # Files (all under the home's state directory)
 //! - `daemon.lock`: held (flock) while a daemon runs: one per home.
