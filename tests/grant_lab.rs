@@ -146,3 +146,23 @@ async fn a_grant_edited_under_the_same_id_reads_the_same_to_daemon_and_status() 
     assert!(consent::read(&lab.paths, Utc::now()).live().is_none());
     assert!(!lab.daemon.status_view().consent.enabled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_whose_start_cannot_be_recorded_does_not_spend_the_budget() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::start();
+    with_budget(&lab, 1);
+    let mark = lab.home.path.join("marked");
+    let mark_cmd = || lab.command("mark", &[("pidfile", mark.to_str().unwrap())]);
+    std::fs::set_permissions(lab.paths.audit(), std::fs::Permissions::from_mode(0o400)).unwrap();
+    let (outcome, _) = lab.submit(mark_cmd()).await;
+    assert_eq!(outcome.unwrap_err().code, DenyCode::AuditUnavailable);
+    std::fs::set_permissions(lab.paths.audit(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (outcome, mut rx) = lab.submit(mark_cmd()).await;
+    outcome.expect("the one action of the budget is still there");
+    finish(&mut rx).await;
+    assert!(mark.exists());
+    let (outcome, _) = lab.submit(mark_cmd()).await;
+    assert_eq!(outcome.unwrap_err().code, DenyCode::BudgetExhausted);
+    assert_eq!(lab.daemon.status_view().consent.scope.and_then(|s| s.actions_used), Some(1));
+}

@@ -54,13 +54,7 @@ fn daemon_status(ctx: &Ctx) -> Seen {
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let daemon = daemon_status(ctx);
-    let mut consent = consent::read(&ctx.paths, ctx.now);
-    // The daemon enforces the grant: never ON here while it refuses.
-    if let (Consent::Live(_), Seen::Up(d)) = (&consent, &daemon)
-        && !d.consent.enabled
-    {
-        consent = Consent::Off(Off::HeldOff(d.consent.off_reason.clone().unwrap_or_default()));
-    }
+    let consent = as_enforced(consent::read(&ctx.paths, ctx.now), &daemon);
     let used = match &consent {
         Consent::Live(g) => actions_used(ctx, g, &daemon),
         Consent::Off(_) => None,
@@ -130,6 +124,17 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     }
     outln!("  home    {}", ctx.paths.home.display())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The grant as the file has it, unless a running daemon holds support
+/// off: the daemon enforces the grant, so status never says ON while it refuses.
+fn as_enforced(file: Consent, daemon: &Seen) -> Consent {
+    match (file, daemon) {
+        (Consent::Live(_), Seen::Up(d)) if !d.consent.enabled => {
+            Consent::Off(Off::HeldOff(d.consent.off_reason.clone().unwrap_or_default()))
+        }
+        (file, _) => file,
+    }
 }
 
 /// The actions started under `grant`: as the running daemon counts them,
@@ -217,4 +222,43 @@ fn status_json(ctx: &Ctx, consent: &Consent, used: Option<u32>, daemon: &Seen) -
 /// The device id from `device.key`, if the daemon made one.
 fn device_id(ctx: &Ctx) -> Option<String> {
     crate::identity::KeyPair::load(&ctx.paths.device_key()).ok().map(|k| k.public_key().device_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control_api::ConsentView;
+
+    fn daemon_saying(enabled: bool) -> Seen {
+        let view = serde_json::json!({
+            "pid": 1, "version": "0", "device_id": "d-1", "started_at": "2026-11-22T10:00:00Z",
+            "uptime_seconds": 1, "control_port": null, "connected": false, "relay": null,
+            "link": {"relay": null, "connected": false, "since": null, "last_error": null, "attempts": 0, "next_attempt_at": null},
+            "running_tasks": 0, "tasks": [],
+            "consent": ConsentView {
+                enabled,
+                tier: None,
+                grant_id: None,
+                expires_at: None,
+                off_reason: (!enabled).then(|| "expired at 2026-11-22T10:01:00Z".into()),
+                scope: None,
+            },
+        });
+        Seen::Up(Box::new(serde_json::from_value(view).unwrap()))
+    }
+
+    #[test]
+    fn status_is_never_on_while_the_daemon_holds_support_off() {
+        let g = Grant::new(crate::Tier::FIXES, std::time::Duration::from_secs(60), None, chrono::Utc::now()).unwrap();
+        let live = || Consent::Live(g.clone());
+        assert_eq!(as_enforced(live(), &Seen::Down), live());
+        assert_eq!(as_enforced(live(), &daemon_saying(true)), live());
+        let held = as_enforced(live(), &daemon_saying(false));
+        assert_eq!(held, Consent::Off(Off::HeldOff("expired at 2026-11-22T10:01:00Z".into())));
+        let Consent::Off(off) = held else { unreachable!() };
+        assert_eq!(off.reason(), "the daemon holds support off: expired at 2026-11-22T10:01:00Z");
+        // An off file stays off, whatever the daemon last saw.
+        let none = Consent::Off(Off::NoGrant);
+        assert_eq!(as_enforced(none.clone(), &daemon_saying(true)), none);
+    }
 }
