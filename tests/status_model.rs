@@ -38,7 +38,9 @@ enum Expect {
 fn expect(model: &Option<(u8, DateTime<Utc>, DateTime<Utc>)>, now: DateTime<Utc>) -> Expect {
     match model {
         None => Expect::None,
-        Some((_, granted, _)) if *granted > now + TimeDelta::seconds(300) => Expect::Suspect,
+        Some((_, granted, _)) if *granted > now + consent::CLOCK_SKEW => Expect::Suspect,
+        // No grant ends more than 8 h after the moment it is read (a clock set back cannot add time).
+        Some((_, _, expires)) if *expires > now + TimeDelta::minutes(480) => Expect::Suspect,
         Some((_, _, expires)) if now >= *expires => Expect::Expired,
         Some((tier, _, _)) => Expect::On(*tier),
     }
