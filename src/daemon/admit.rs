@@ -170,11 +170,11 @@ impl Daemon {
                 .consent
                 .effective
                 .live()
-                .is_some_and(|g| g.grant_id == approved.grant.grant_id && g.tier >= approved.action.tier);
-            let refused = if still {
+                .filter(|g| g.grant_id == approved.grant.grant_id && g.tier >= approved.action.tier);
+            let refused = if let Some(grant) = still {
                 let agent_task = state.tasks.values().find(|t| t.info.agent).map(|t| t.info.task_id.as_str());
-                let used = state.consent.used.get(&approved.grant.grant_id).copied();
-                gate::budget_left(&approved.grant, used)
+                let used = state.consent.used.get(&grant.grant_id).copied();
+                gate::budget_left(grant, used)
                     .and_then(|()| gate::room_for(agent, state.tasks.len(), self.inner.options.max_tasks, agent_task))
                     .err()
             } else {
