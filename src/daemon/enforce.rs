@@ -52,7 +52,9 @@ impl Daemon {
     /// Call when the consent file may have changed; cheap when it did not.
     /// It reads one small file on the runtime's thread (no thread is
     /// started for it, so the idle daemon keeps two threads); only a
-    /// `consent.expired` record, once per grant, waits for an fsync here.
+    /// `consent.expired` record, once per grant, waits for an fsync here,
+    /// and, once per grant id, the audit log is read back to its
+    /// `consent.granted` record to count the actions started under it.
     pub async fn consent_changed(&self) {
         self.refresh_consent_sync();
     }
