@@ -537,4 +537,27 @@ mod tests {
             assert!(matches!(read(&paths, now), Consent::Off(Off::Malformed(m)) if m.contains(why)));
         }
     }
+
+    #[test]
+    fn actions_started_counts_the_grants_own_records_back_to_its_grant() {
+        use crate::audit::{AuditLog, Event, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let g = Grant::new(Tier::FIXES, Duration::from_secs(600), None, Utc::now()).unwrap();
+        assert_eq!(actions_started(&paths, &g).unwrap(), 0, "no log yet");
+        let mut log = AuditLog::open(&paths).unwrap();
+        let record = |event, grant_id: &str| {
+            let mut r = Record::new(event);
+            r.grant_id = Some(grant_id.to_string());
+            r
+        };
+        // Before its consent.granted: not of this grant, whatever it says.
+        log.append(record(Event::ActionStarted, &g.grant_id)).unwrap();
+        log.append(record(Event::ConsentGranted, &g.grant_id)).unwrap();
+        for event in [Event::ActionStarted, Event::ActionFinished, Event::ActionStarted, Event::ActionDenied] {
+            log.append(record(event, &g.grant_id)).unwrap();
+        }
+        log.append(record(Event::ActionStarted, "g-ffffffffffffffff")).unwrap();
+        assert_eq!(actions_started(&paths, &g).unwrap(), 2);
+    }
 }
