@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::net::{Device, Relay, raw_ws};
@@ -15,19 +15,8 @@ use common::{Home, Run};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
-fn operator(relay: &Relay, key: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(common::bin());
-    cmd.arg("operator")
-        .args(args)
-        .env("SUPPORT_OPERATOR_RELAY", relay.url())
-        .env("SUPPORT_OPERATOR_RELAY_CA", relay.ca())
-        .env("SUPPORT_OPERATOR_KEY", key)
-        .env("NO_COLOR", "1");
-    cmd
-}
-
 fn operator_run(relay: &Relay, key: &Path, args: &[&str]) -> Run {
-    Run::from(operator(relay, key, args).output().unwrap())
+    Run::from(relay.operator_cli(key, args).output().unwrap())
 }
 
 /// The link's last error as `support status` reports it, once it says `want`.
@@ -159,7 +148,8 @@ fn a_removed_operators_shell_ends_within_2_s_and_its_task_is_cancelled_on_the_de
     device.trust("alice", &key);
     device.trust("bob", &bob_key);
     device.allow(4);
-    let mut shell = operator(&relay, &key_path, &["shell", &device.device_id, "--", "sleep", "60"])
+    let mut shell = relay
+        .operator_cli(&key_path, &["shell", &device.device_id, "--", "sleep", "60"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

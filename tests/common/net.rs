@@ -110,6 +110,18 @@ impl Relay {
         (key, path)
     }
 
+    /// `support operator ARGS` against this relay with the key in `key`.
+    pub fn operator_cli(&self, key: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("operator")
+            .args(args)
+            .env("SUPPORT_OPERATOR_RELAY", self.url())
+            .env("SUPPORT_OPERATOR_RELAY_CA", self.ca())
+            .env("SUPPORT_OPERATOR_KEY", key)
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
     pub fn metrics(&self) -> String {
         let out = Command::new("curl")
             .args(["-sS", "--cacert"])
