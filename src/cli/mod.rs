@@ -1,5 +1,8 @@
 //! The command line: one module per subcommand, each with its clap `Args`
-//! and a `run` returning the exit code or an [`Error`].
+//! and a `run` returning the exit code or an [`Error`]. Beside them:
+//! `device_name` (a device named by id or name, for `operator` and
+//! `relay`), `relay_admin` (the relay's admin listings), and the helpers
+//! they share (`out`, `table`, `client`, `guard`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

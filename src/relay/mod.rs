@@ -15,9 +15,10 @@
 //! - `mod.rs`: the limits, [`run`] (the accept loop and shutdown).
 //! - [`state`](State): the state directory, its lock and the checks before ready.
 //! - `http`: one TCP connection: TLS, `/healthz`, `/metrics`, the WebSocket upgrade.
-//! - `session`: one peer's WebSocket, generic over its byte stream (unit-tested over `duplex`).
+//! - `session`: one peer's WebSocket, generic over its byte stream (unit-tested over `duplex`):
+//!   the pre-`hello` frame cap, the per-connection `run` rate.
 //! - `hello`: the challenge, `hello`, enrolment.
-//! - `hub`: who is connected; routing of `run`, `cancel` and answers.
+//! - `hub`: who is connected; routing of `run`, `cancel` and answers; ending removed peers' sessions.
 //! - `presence`: what `devices` reports; `live.json`.
 //! - `admin`: the admin socket: `support relay devices`, and admin changes taking effect at once.
 //! - `metrics`: the counters behind `/metrics`.
