@@ -170,6 +170,10 @@ impl Hub {
             self.metrics.rejected("bad_run");
             return error(RelayCode::Unauthorized, "a run must be signed with the key this connection proved".into());
         }
+        if !lock(&self.operators).contains_key(&conn) {
+            // Removed by the admin; its session is ending.
+            return error(RelayCode::Unauthorized, "this operator was removed from the relay by its admin".into());
+        }
         let Some(tx) = lock(&self.devices).get(&run.device_id).map(|p| p.tx.clone()) else {
             return error(RelayCode::DeviceOffline, format!("device {} is not connected to the relay", run.device_id));
         };
@@ -247,6 +251,17 @@ impl Hub {
     pub(crate) fn list(&self) -> Vec<DeviceEntry> {
         let registry = self.registry();
         self.presence.listing(&registry.0)
+    }
+
+    /// Whether `who` is still in the registry (re-read if the file
+    /// changed): checked once it has joined, so a removal made while its
+    /// `hello` was being checked is caught here or by [`Hub::evict_removed`].
+    pub(crate) fn still_admitted(&self, role: Role, who: &Who) -> bool {
+        let registry = self.registry();
+        match role {
+            Role::Device => registry.0.devices.get(&who.id).is_some_and(|d| d.public_key == who.key),
+            Role::Operator => registry.0.operator_named(&who.key).is_some(),
+        }
     }
 
     /// Re-reads the registry and ends every session whose peer is no

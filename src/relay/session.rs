@@ -123,6 +123,11 @@ where
     // Reachable before hello_ack, so whoever sees the ack sees the peer online.
     let joined = hub.join(role, &who);
     let conn = joined.conn;
+    if !hub.still_admitted(role, &who) {
+        hub.leave(role, &who, conn);
+        let why = "removed from the relay by its admin";
+        return peer.refuse(RelayCode::Unauthorized, why, CloseCode::Policy, why).await;
+    }
     if peer.send(&FromRelay::HelloAck { id: who.id.clone(), name: who.name.clone() }).await {
         tracing::info!(name = %who.name, "peer authenticated");
         serve(&hub, &mut peer, role, &who, joined).await;

@@ -462,3 +462,26 @@ async fn a_removed_operator_is_told_why_and_its_running_requests_are_cancelled()
     send(&mut device, &denied("req-b")).await;
     assert!(matches!(recv(&mut bob).await, Ok(FromRelay::Answer(DeviceFrame::Denied { .. }))));
 }
+
+#[tokio::test]
+async fn a_removed_operator_cannot_slip_a_run_in_while_its_session_ends() {
+    let rig = rig();
+    let mut device = greeted(&rig.hub, Role::Device, &rig.device).await;
+    let key = rig.alice.public_key().to_string();
+    let who = Who { id: rig.alice.public_key().fingerprint(), name: "alice".into(), key };
+    let joined = rig.hub.join(Role::Operator, &who);
+    assert!(rig.hub.still_admitted(Role::Operator, &who));
+    assert!(registry::remove_operator(rig.dir.path(), "alice").unwrap());
+    // A hello checked before the removal, joining after it, is caught here.
+    assert!(!rig.hub.still_admitted(Role::Operator, &who));
+    assert_eq!(rig.hub.evict_removed(), 1);
+    let ToRelay::Run(run) = run_for(&rig.alice, &rig.device, "req-late") else { unreachable!() };
+    match rig.hub.route_run(&who, joined.conn, run) {
+        Some(FromRelay::Error { code: RelayCode::Unauthorized, .. }) => {}
+        other => panic!("expected UNAUTHORIZED for a removed operator's run, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), recv(&mut device)).await.is_err(),
+        "the device got nothing"
+    );
+}
