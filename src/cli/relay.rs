@@ -112,6 +112,10 @@ struct ServeArgs {
     /// Connections not yet past hello held at once; more are closed when accepted.
     #[arg(long, default_value_t = relay::MAX_UNAUTHENTICATED, value_name = "N")]
     max_unauthenticated: usize,
+    /// Runs one operator connection may send a second (bursts of twice as many); more are refused BUSY.
+    #[arg(long, default_value_t = relay::RUNS_PER_SECOND, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_runs_per_second: u32,
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
@@ -316,7 +320,11 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         let _ = out.flush();
         drop(out);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        let options = relay::Options { max_connections: a.max_connections, max_unauthenticated: a.max_unauthenticated };
+        let options = relay::Options {
+            max_connections: a.max_connections,
+            max_unauthenticated: a.max_unauthenticated,
+            max_runs_per_second: a.max_runs_per_second,
+        };
         relay::run(listener, tls, state, options, super::daemon::shutdown_signal())
             .await
             .map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;

@@ -19,7 +19,7 @@ use super::hello::Who;
 use super::metrics::Metrics;
 use super::presence::Presence;
 use super::registry::{self, Registry, Stamp};
-use super::{MAX_INFLIGHT_PER_OPERATOR, MAX_UNAUTHENTICATED, PEER_QUEUE, SEND_TIMEOUT};
+use super::{MAX_INFLIGHT_PER_OPERATOR, MAX_UNAUTHENTICATED, PEER_QUEUE, RUNS_PER_SECOND, SEND_TIMEOUT};
 use crate::lock;
 use crate::protocol::{self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, RelayCode, Role, Run};
 
@@ -71,6 +71,8 @@ pub(crate) struct Hub {
     /// Places for connections not yet past `hello` ([`super::MAX_UNAUTHENTICATED`] unless set).
     pub(crate) unauthenticated: Arc<Semaphore>,
     unauthenticated_max: usize,
+    /// `run` frames a second per operator connection ([`super::RUNS_PER_SECOND`] unless set).
+    pub(crate) runs_per_second: u32,
 }
 
 impl Hub {
@@ -88,7 +90,14 @@ impl Hub {
             shutdown,
             unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
             unauthenticated_max: MAX_UNAUTHENTICATED,
+            runs_per_second: RUNS_PER_SECOND,
         }
+    }
+
+    /// The same hub letting each operator connection send `per_second` runs a second.
+    pub(crate) fn with_run_rate(mut self, per_second: u32) -> Hub {
+        self.runs_per_second = per_second.max(1);
+        self
     }
 
     /// The same hub with room for `max` connections not yet past `hello`.

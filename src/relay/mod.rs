@@ -56,10 +56,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub use crate::protocol::SEND_TIMEOUT;
 /// Requests one operator connection may have in flight.
 pub const MAX_INFLIGHT_PER_OPERATOR: usize = 256;
-/// `run` frames one operator connection may send a second, on average.
+/// `run` frames one operator connection may send a second, on average, by
+/// default (`--max-runs-per-second`); twice as many at once.
 pub const RUNS_PER_SECOND: u32 = 20;
-/// `run` frames one operator connection may send at once (the bucket's size).
-pub const RUN_BURST: u32 = 40;
 /// Connections not yet past `hello` (TLS, HTTP, challenge) held at once;
 /// one more is closed as soon as it is accepted.
 pub const MAX_UNAUTHENTICATED: usize = 1024;
@@ -92,18 +91,26 @@ pub enum RelayError {
 /// Limits of a running relay.
 ///
 /// # Defaults
-/// 100 000 connections at once, [`MAX_UNAUTHENTICATED`] of them before `hello`.
+/// 100 000 connections at once, [`MAX_UNAUTHENTICATED`] of them before
+/// `hello`; [`RUNS_PER_SECOND`] runs a second per operator connection.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Connections (TLS + WebSocket) at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Connections not yet past `hello` at once; one more is closed when accepted.
     pub max_unauthenticated: usize,
+    /// `run` frames a second per operator connection (bursts of twice as
+    /// many); past it the relay answers `BUSY` and does not forward the run.
+    pub max_runs_per_second: u32,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_connections: 100_000, max_unauthenticated: MAX_UNAUTHENTICATED }
+        Options {
+            max_connections: 100_000,
+            max_unauthenticated: MAX_UNAUTHENTICATED,
+            max_runs_per_second: RUNS_PER_SECOND,
+        }
     }
 }
 
@@ -125,7 +132,8 @@ pub async fn run(
     tracing::info!(%listen, state = %state.dir.display(), "relay running");
     let hub = Arc::new(
         hub::Hub::new(state.dir.clone(), state.registry.clone(), shutdown_rx.clone())
-            .with_unauthenticated_limit(options.max_unauthenticated),
+            .with_unauthenticated_limit(options.max_unauthenticated)
+            .with_run_rate(options.max_runs_per_second),
     );
     let writer = tokio::spawn(presence::keep_snapshot(state.dir.clone(), hub.presence.clone(), shutdown_rx.clone()));
     let admin = state

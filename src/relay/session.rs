@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::hello::{self, Refusal, Who};
 use super::hub::{Hub, Joined, Removed};
-use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, RUN_BURST, RUNS_PER_SECOND, SEND_TIMEOUT};
+use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, SEND_TIMEOUT};
 use crate::protocol::{self, FromRelay, RelayCode, Role, ToRelay};
 
 /// How reading a text frame failed.
@@ -185,7 +185,7 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, r
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, role: Role, who: &Who, joined: Joined) {
     let Joined { conn, mut rx, mut kill } = joined;
     let mut shutdown = hub.shutdown.clone();
-    let mut runs = RunBucket::full(tokio::time::Instant::now());
+    let mut runs = RunBucket::full(hub.runs_per_second, tokio::time::Instant::now());
     let mut deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
     loop {
         tokio::select! {
@@ -237,22 +237,24 @@ async fn ended<S: AsyncRead + AsyncWrite + Unpin>(peer: &mut Ws<S>, removed: Opt
 }
 
 /// The `run` frames one operator connection may still send now: a token
-/// bucket holding [`RUN_BURST`], refilled at [`RUNS_PER_SECOND`], so one
-/// operator cannot flood a device (and its owner's audit log) with commands.
+/// bucket holding twice the rate, refilled at the rate (`--max-runs-per-second`,
+/// [`super::RUNS_PER_SECOND`] by default), so one operator cannot flood a
+/// device (and its owner's audit log) with commands.
 struct RunBucket {
+    per_second: u32,
     tokens: f64,
     at: tokio::time::Instant,
 }
 
 impl RunBucket {
-    fn full(now: tokio::time::Instant) -> RunBucket {
-        RunBucket { tokens: f64::from(RUN_BURST), at: now }
+    fn full(per_second: u32, now: tokio::time::Instant) -> RunBucket {
+        RunBucket { per_second, tokens: f64::from(per_second) * 2.0, at: now }
     }
 
     /// Takes one run if there is one at `now`.
     fn take(&mut self, now: tokio::time::Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(RUNS_PER_SECOND);
-        self.tokens = (self.tokens + refill).min(f64::from(RUN_BURST));
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(self.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(self.per_second) * 2.0);
         self.at = now;
         if self.tokens < 1.0 {
             return false;
@@ -284,7 +286,11 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, runs: &mut RunBucke
             hub.metrics.rejected("rate_limited");
             Some(FromRelay::Error {
                 code: RelayCode::Busy,
-                message: format!("at most {RUNS_PER_SECOND} runs a second (bursts of {RUN_BURST}) per connection"),
+                message: format!(
+                    "at most {} runs a second (bursts of {}) per connection",
+                    runs.per_second,
+                    u64::from(runs.per_second) * 2
+                ),
                 request_id: Some(run.request_id),
             })
         }

@@ -381,7 +381,8 @@ async fn past_hello_the_full_frame_limit_applies_again() {
 async fn runs_past_the_rate_limit_are_busy_and_never_reach_the_device() {
     let rig = rig();
     let (mut device, mut alice, _bob) = everyone(&rig).await;
-    for i in 0..RUN_BURST {
+    let burst = 2 * crate::relay::RUNS_PER_SECOND;
+    for i in 0..burst {
         send(&mut alice, &run_for(&rig.alice, &rig.device, &format!("req-{i}"))).await;
     }
     send(&mut alice, &run_for(&rig.alice, &rig.device, "req-over")).await;
@@ -392,14 +393,14 @@ async fn runs_past_the_rate_limit_are_busy_and_never_reach_the_device() {
         }
         other => panic!("expected BUSY for the run over the burst, got {other:?}"),
     }
-    for i in 0..RUN_BURST {
+    for i in 0..burst {
         match recv(&mut device).await {
             Ok(FromRelay::Run(r)) => assert_eq!(r.request_id, format!("req-{i}")),
             other => panic!("expected run {i}, got {other:?}"),
         }
     }
     // The bucket refills at RUNS_PER_SECOND: one more after 1/RUNS_PER_SECOND s.
-    tokio::time::sleep(Duration::from_secs(1) / RUNS_PER_SECOND).await;
+    tokio::time::sleep(Duration::from_secs(1) / crate::relay::RUNS_PER_SECOND).await;
     send(&mut alice, &run_for(&rig.alice, &rig.device, "req-later")).await;
     match recv(&mut device).await {
         Ok(FromRelay::Run(r)) => assert_eq!(r.request_id, "req-later", "req-over was never forwarded"),
