@@ -1,5 +1,8 @@
 //! The command line: one module per subcommand, each with its clap `Args`
-//! and a `run` returning the exit code or an [`Error`].
+//! and a `run` returning the exit code or an [`Error`]. Beside them:
+//! `device_name` (a device named by id or name, for `operator` and
+//! `relay`), `relay_admin` (the relay's admin listings), and the helpers
+//! they share (`out`, `table`, `client`, `guard`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,11 +20,13 @@ mod audit;
 mod client;
 mod daemon;
 mod demo;
+mod device_name;
 mod guard;
 mod operator;
 mod out;
 mod policy;
 mod relay;
+mod relay_admin;
 mod revoke;
 mod status;
 mod table;

@@ -61,7 +61,7 @@ enum Command {
     /// Run a catalogued action on a device and follow its output; exits with
     /// the remote exit code, 4 if refused, 3 if the device is offline.
     Run {
-        /// The device id (`d-…`, from `support operator devices`).
+        /// The device id (`d-…`, from `support operator devices`), or its name if no other device has it.
         device: String,
         /// The catalogue action, e.g. disk-usage.
         action: String,
@@ -74,7 +74,7 @@ enum Command {
     /// Put the owner's AI coding agent on a task (tier 3) and follow its
     /// transcript; exits like `run`.
     Agent {
-        /// The device id.
+        /// The device id, or its name if no other device has it.
         device: String,
         /// The task for the agent; `-` reads it from stdin.
         prompt: String,
@@ -91,7 +91,7 @@ enum Command {
     /// The words after `--` are joined with spaces, as ssh(1) does, and the
     /// device's shell parses them.
     Shell {
-        /// The device id.
+        /// The device id, or its name if no other device has it.
         device: String,
         /// The command line.
         #[arg(last = true, required = true, value_name = "CMD")]
@@ -101,7 +101,12 @@ enum Command {
         json: bool,
     },
     /// Ask a device to stop one of your running requests.
-    Cancel { device: String, request_id: String },
+    Cancel {
+        /// The device id, or its name if no other device has it.
+        device: String,
+        /// The request, as `run` printed it.
+        request_id: String,
+    },
 }
 
 /// How far the agent may go.
@@ -191,6 +196,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
     runtime.block_on(async move {
         let mut session = conn.open().await?;
         if let Some((device, action, params, json)) = task {
+            let device = device_id(&mut session, &device).await?;
             return run_action(&mut session, &device, &action, params, json).await;
         }
         match command {
@@ -199,12 +205,30 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
             }
             Command::Devices { json } => devices(&mut session, json).await,
             Command::Cancel { device, request_id } => {
+                let device = device_id(&mut session, &device).await?;
                 session.cancel(&device, &request_id).await.map_err(failed)?;
                 eprintln!("cancel sent for {request_id} on {device}");
                 Ok(ExitCode::SUCCESS)
             }
         }
     })
+}
+
+/// The device id `given` names: itself when it has the shape of an id
+/// (no round trip), else the one device of that name in the relay's list.
+/// The name-to-id mapping is the relay's word; the id is what the command
+/// is signed for.
+///
+/// # Errors
+/// [`Error::Usage`] for a name no device has, or two or more have (listed).
+async fn device_id(session: &mut Session, given: &str) -> Result<String, Error> {
+    if super::device_name::is_device_id(given) {
+        return Ok(given.to_string());
+    }
+    let devices = session.devices().await.map_err(failed)?;
+    let id = super::device_name::resolve(given, devices.iter().map(|d| (d.device_id.as_str(), d.name.as_str())))?;
+    eprintln!("{} is {id}", printable(given));
+    Ok(id)
 }
 
 /// `support operator keygen --out FILE`: missing directories on the way to

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::out::outln;
+use super::relay_admin as admin;
 use super::{Ctx, print_json};
 use crate::identity::PublicKey;
 use crate::relay::{self, registry};
+use crate::text::printable;
 use crate::tls::Identity;
 use crate::{Error, ErrorChain, Secret};
 
@@ -42,8 +44,40 @@ enum Command {
     },
     /// Admit an operator's key to the relay.
     AddOperator { name: String, public_key: String },
-    /// Stop admitting an operator (its open connections end when they next reconnect).
+    /// Stop admitting an operator: its open connections end at once, its
+    /// running requests are cancelled on their devices, and it is told why.
     RemoveOperator { name: String },
+    /// List the operators the relay admits: name, key fingerprint, when added.
+    Operators {
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List enrolment tokens until they expire: id, created, expires, used
+    /// (never the token itself, which the relay does not keep).
+    Tokens {
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw an unused enrolment token, by its id (from `tokens`).
+    RevokeToken {
+        /// The token's id (or the token itself).
+        id: String,
+    },
+    /// Forget a device: its connection closes at once, and it can come back
+    /// only with a new enrolment token.
+    RemoveDevice {
+        /// The device's id, or its name if no other device has it.
+        device: String,
+    },
+    /// Rename a device; operators may then address it by that name.
+    RenameDevice {
+        /// The device's id, or its current name if no other device has it.
+        device: String,
+        /// The new name: 1 to 64 printable characters.
+        name: String,
+    },
     /// List enrolled devices: online, last heartbeat, the grant each reported.
     ///
     /// Asks the running relay (over `admin.sock` in the state directory);
@@ -75,6 +109,13 @@ struct ServeArgs {
     /// Connections held at once.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     max_connections: usize,
+    /// Connections not yet past hello held at once; more are closed when accepted.
+    #[arg(long, default_value_t = relay::MAX_UNAUTHENTICATED, value_name = "N")]
+    max_unauthenticated: usize,
+    /// Runs one operator connection may send a second (bursts of twice as many); more are refused BUSY.
+    #[arg(long, default_value_t = relay::RUNS_PER_SECOND, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_runs_per_second: u32,
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
@@ -101,6 +142,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 super::local(expires_at),
                 token.expose()
             );
+            let id = registry::token_hash(token.expose());
+            let id = crate::text::head(&id, registry::TOKEN_ID_HEX);
+            eprintln!("Its id is {id} (support relay tokens); withdraw it with: support relay revoke-token {id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::AddOperator { name, public_key } => {
@@ -117,11 +161,51 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::RemoveOperator { name } => {
-            if registry::remove_operator(&dir, &name).map_err(reg)? {
-                eprintln!("operator {name} removed");
-            } else {
-                eprintln!("no operator named {name}");
+            if !registry::remove_operator(&dir, &name).map_err(reg)? {
+                return Err(Error::Usage(format!(
+                    "no operator named {:?} (support relay operators lists them)",
+                    printable(&name)
+                )));
             }
+            eprintln!("operator {name} removed; {}", live_effect(&dir, "its open connections"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operators { json } => {
+            let (registry, _) = registry::Registry::load(&dir).map_err(reg)?;
+            admin::print_operators(&registry, json)
+        }
+        Command::Tokens { json } => {
+            let (registry, _) = registry::Registry::load(&dir).map_err(reg)?;
+            admin::print_tokens(&registry, chrono::Utc::now(), json)
+        }
+        Command::RevokeToken { id } => match registry::revoke_token(&dir, id.trim()) {
+            Ok(Some(t)) => {
+                eprintln!("token {} revoked: no device can enroll with it", t.id());
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(None) => Err(Error::Usage(format!(
+                "no enrolment token has the id {:?} (support relay tokens lists them)",
+                printable(&id)
+            ))),
+            Err(registry::RegistryError::Conflict(m)) => Err(Error::Usage(m)),
+            Err(e) => Err(reg(e)),
+        },
+        Command::RemoveDevice { device } => {
+            let id = admin::resolve_enrolled(&dir, &device, reg)?;
+            if !registry::remove_device(&dir, &id).map_err(reg)? {
+                return Err(Error::Failed(format!("device {id} was removed meanwhile")));
+            }
+            eprintln!("device {id} removed; {}", live_effect(&dir, "its connection"));
+            eprintln!("It can come back only with a new token: support relay enroll-token");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RenameDevice { device, name } => {
+            let name = super::device_name::check_name(&name)?;
+            let id = admin::resolve_enrolled(&dir, &device, reg)?;
+            if !registry::rename_device(&dir, &id, name).map_err(reg)? {
+                return Err(Error::Failed(format!("device {id} was removed meanwhile")));
+            }
+            eprintln!("device {id} is now named {name}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices { json } => {
@@ -140,6 +224,21 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// What a removal did to a running relay's live connections, for the
+/// message: `what` ("its connection") ended now, or will within a second.
+fn live_effect(dir: &std::path::Path, what: &str) -> String {
+    if !relay::is_running(dir) {
+        return "no relay is running with this state directory".into();
+    }
+    match relay::reload(dir) {
+        Some(0) => format!("{what}: none open"),
+        Some(n) => format!("{what}: {n} ended now"),
+        None => format!(
+            "the running relay did not answer on its admin socket; {what} end within a second, when it sees the registry change"
+        ),
     }
 }
 
@@ -221,7 +320,11 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         let _ = out.flush();
         drop(out);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        let options = relay::Options { max_connections: a.max_connections };
+        let options = relay::Options {
+            max_connections: a.max_connections,
+            max_unauthenticated: a.max_unauthenticated,
+            max_runs_per_second: a.max_runs_per_second,
+        };
         relay::run(listener, tls, state, options, super::daemon::shutdown_signal())
             .await
             .map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;

@@ -19,6 +19,19 @@ pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
         .max_frame_size(Some(MAX_FRAME_BYTES))
 }
 
+/// The largest frame read before `hello` (bytes). The largest valid hello
+/// is under 1 KiB (keys, signature, token, a 64-byte host name, each
+/// byte JSON-escaped at worst; the unit test computes it): this leaves
+/// room for fields to come without letting an unauthenticated peer make
+/// the relay hold more than a few KiB.
+pub const MAX_HELLO_BYTES: usize = 4 * 1024;
+
+/// [`ws_config`] with messages and frames capped at [`MAX_HELLO_BYTES`]:
+/// the relay's limits until a peer's `hello` passes.
+pub fn hello_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    ws_config().max_message_size(Some(MAX_HELLO_BYTES)).max_frame_size(Some(MAX_HELLO_BYTES))
+}
+
 /// How far `issued_at` may be from the device's clock, either way (seconds).
 pub const FRESHNESS_S: i64 = 120;
 /// Every peer sends a WebSocket ping this often (DESIGN §7).

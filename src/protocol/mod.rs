@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 pub mod limits;
 pub mod signed;
 
-pub use limits::{DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, PING_EVERY, SEND_TIMEOUT, ws_config};
+pub use limits::{
+    DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, MAX_HELLO_BYTES, PING_EVERY, SEND_TIMEOUT, hello_ws_config, ws_config,
+};
 pub use signed::{RUN_CONTEXT, hello_bytes};
 
 /// A new request id: `r-` and 16 random hex digits.

@@ -103,7 +103,7 @@ async fn enroll(
     let live = token
         .as_deref()
         .map(registry::token_hash)
-        .is_some_and(|hash| hub.registry().0.tokens.iter().any(|t| t.sha256 == hash && t.expires_at > now));
+        .is_some_and(|hash| hub.registry().0.tokens.iter().any(|t| t.sha256 == hash && t.is_live(now)));
     if !live {
         return Err(unauthorized(if token.is_none() { NOT_ENROLLED } else { BAD_TOKEN }));
     }

@@ -17,14 +17,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tracing::Instrument as _;
 
 use super::HANDSHAKE_TIMEOUT;
 use super::hub::Hub;
 use super::session::{role_name, session};
-use crate::protocol::{self, Role};
+use crate::protocol::Role;
 
 /// Why a TLS handshake failed, as `/metrics` counts it.
 fn tls_reason(e: &std::io::Error) -> &'static str {
@@ -37,17 +35,25 @@ fn tls_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// The connection's place among those not yet past `hello`: the
+/// WebSocket session takes it and gives it back once its hello is decided;
+/// a plain HTTP connection (`/metrics`) holds it until it closes.
+type Unauthenticated = Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>;
+
 /// Serves one accepted TCP connection until it closes; `permit` is held
-/// until its WebSocket session (if any) ends too.
+/// until its WebSocket session (if any) ends too, `unauthenticated` until
+/// its peer's hello is decided.
 pub(crate) async fn serve_connection(
     hub: Arc<Hub>,
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     permit: OwnedSemaphorePermit,
+    unauthenticated: OwnedSemaphorePermit,
 ) {
     let span = tracing::info_span!("conn", peer = %addr, role = tracing::field::Empty, id = tracing::field::Empty);
-    serve_tls(hub, acceptor, tcp, Arc::new(permit), span.clone()).instrument(span).await;
+    let unauthenticated = Arc::new(std::sync::Mutex::new(Some(unauthenticated)));
+    serve_tls(hub, acceptor, tcp, Arc::new(permit), unauthenticated, span.clone()).instrument(span).await;
 }
 
 async fn serve_tls(
@@ -55,6 +61,7 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     permit: Arc<OwnedSemaphorePermit>,
+    unauthenticated: Unauthenticated,
     span: tracing::Span,
 ) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -72,7 +79,8 @@ async fn serve_tls(
     };
     let service = hyper::service::service_fn(move |req| {
         let (hub, permit, span) = (hub.clone(), permit.clone(), span.clone());
-        async move { Ok::<_, Infallible>(route(hub, req, permit, span)) }
+        let unauthenticated = unauthenticated.clone();
+        async move { Ok::<_, Infallible>(route(hub, req, permit, unauthenticated, span)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -97,6 +105,7 @@ fn route(
     hub: Arc<Hub>,
     mut req: Request<Incoming>,
     permit: Arc<OwnedSemaphorePermit>,
+    unauthenticated: Unauthenticated,
     span: tracing::Span,
 ) -> Response<Full<Bytes>> {
     let role = match req.uri().path() {
@@ -136,15 +145,12 @@ fn route(
         return reply(StatusCode::BAD_REQUEST, "text/plain", "a WebSocket upgrade (RFC 6455) is required\n");
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let unauthenticated = crate::lock(&unauthenticated).take();
     tokio::spawn(
         async move {
             let _permit = permit;
             match on_upgrade.await {
-                Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(protocol::ws_config())).await;
-                    session(hub, ws, role).await;
-                }
+                Ok(upgraded) => session(hub, TokioIo::new(upgraded), role, unauthenticated).await,
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
         }

@@ -6,18 +6,20 @@
 //! never signs, changes or runs a command: the device checks the
 //! operator's signature against keys its owner trusts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use std::fmt::Write as _;
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::hello::Who;
 use super::metrics::Metrics;
 use super::presence::Presence;
 use super::registry::{self, Registry, Stamp};
-use super::{MAX_INFLIGHT_PER_OPERATOR, PEER_QUEUE, SEND_TIMEOUT};
+use super::{MAX_INFLIGHT_PER_OPERATOR, MAX_UNAUTHENTICATED, PEER_QUEUE, RUNS_PER_SECOND, SEND_TIMEOUT};
 use crate::lock;
 use crate::protocol::{self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, RelayCode, Role, Run};
 
@@ -25,9 +27,17 @@ use crate::protocol::{self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, Rela
 struct Peer {
     conn: u64,
     tx: mpsc::Sender<String>,
-    /// Dropping it ends that session (a device's newer connection replaced it).
-    _kill: oneshot::Sender<()>,
+    /// Dropping it ends that session (a device's newer connection replaced
+    /// it); sending on it ends it with that reason (the admin removed the peer).
+    kill: oneshot::Sender<Removed>,
+    /// The key it proved (`ed25519:…`).
+    key: String,
 }
+
+/// Why the relay's admin ended a session: told to the peer in an `error`
+/// frame (`UNAUTHORIZED`) before the close.
+#[derive(Debug)]
+pub(crate) struct Removed(pub(crate) String);
 
 /// A `run` the hub delivered and whose answer it still expects.
 struct Inflight {
@@ -41,8 +51,9 @@ pub(crate) struct Joined {
     pub(crate) conn: u64,
     /// Frames (already encoded) the hub routes to this peer.
     pub(crate) rx: mpsc::Receiver<String>,
-    /// Resolves when a newer connection of the same device replaced this one.
-    pub(crate) kill: oneshot::Receiver<()>,
+    /// Resolves when a newer connection of the same device replaced this
+    /// one (an error), or the admin removed the peer (its reason).
+    pub(crate) kill: oneshot::Receiver<Removed>,
 }
 
 /// Everything the relay's sessions share.
@@ -57,6 +68,11 @@ pub(crate) struct Hub {
     pub(crate) metrics: Metrics,
     next_conn: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Places for connections not yet past `hello` ([`super::MAX_UNAUTHENTICATED`] unless set).
+    pub(crate) unauthenticated: Arc<Semaphore>,
+    unauthenticated_max: usize,
+    /// `run` frames a second per operator connection ([`super::RUNS_PER_SECOND`] unless set).
+    pub(crate) runs_per_second: u32,
 }
 
 impl Hub {
@@ -72,7 +88,23 @@ impl Hub {
             metrics: Metrics::default(),
             next_conn: AtomicU64::new(1),
             shutdown,
+            unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
+            unauthenticated_max: MAX_UNAUTHENTICATED,
+            runs_per_second: RUNS_PER_SECOND,
         }
+    }
+
+    /// The same hub letting each operator connection send `per_second` runs a second.
+    pub(crate) fn with_run_rate(mut self, per_second: u32) -> Hub {
+        self.runs_per_second = per_second.max(1);
+        self
+    }
+
+    /// The same hub with room for `max` connections not yet past `hello`.
+    pub(crate) fn with_unauthenticated_limit(mut self, max: usize) -> Hub {
+        self.unauthenticated = Arc::new(Semaphore::new(max));
+        self.unauthenticated_max = max;
+        self
     }
 
     /// The registry, re-read first if the file changed since.
@@ -100,7 +132,7 @@ impl Hub {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let (kill_tx, kill) = oneshot::channel();
-        let peer = Peer { conn, tx, _kill: kill_tx };
+        let peer = Peer { conn, tx, kill: kill_tx, key: who.key.clone() };
         match role {
             Role::Device => {
                 if lock(&self.devices).insert(who.id.clone(), peer).is_some() {
@@ -146,6 +178,10 @@ impl Hub {
         if run.operator != from.key {
             self.metrics.rejected("bad_run");
             return error(RelayCode::Unauthorized, "a run must be signed with the key this connection proved".into());
+        }
+        if !lock(&self.operators).contains_key(&conn) {
+            // Removed by the admin; its session is ending.
+            return error(RelayCode::Unauthorized, "this operator was removed from the relay by its admin".into());
         }
         let Some(tx) = lock(&self.devices).get(&run.device_id).map(|p| p.tx.clone()) else {
             return error(RelayCode::DeviceOffline, format!("device {} is not connected to the relay", run.device_id));
@@ -226,10 +262,99 @@ impl Hub {
         self.presence.listing(&registry.0)
     }
 
+    /// Whether `who` is still in the registry (re-read if the file
+    /// changed): checked once it has joined, so a removal made while its
+    /// `hello` was being checked is caught here or by [`Hub::evict_removed`].
+    pub(crate) fn still_admitted(&self, role: Role, who: &Who) -> bool {
+        let registry = self.registry();
+        match role {
+            Role::Device => registry.0.devices.get(&who.id).is_some_and(|d| d.public_key == who.key),
+            Role::Operator => registry.0.operator_named(&who.key).is_some(),
+        }
+    }
+
+    /// Re-reads the registry and ends every session whose peer is no
+    /// longer in it (the admin's `remove-device`, `remove-operator`): a
+    /// removed device's operators hear `DEVICE_OFFLINE` for their requests;
+    /// a removed operator's requests are cancelled on their devices. Each
+    /// peer is told why before its connection closes. Returns how many
+    /// sessions it ended.
+    pub(crate) fn evict_removed(&self) -> usize {
+        let (devices_known, operators_known): (HashSet<String>, HashSet<String>) = {
+            let registry = self.registry();
+            let r = &registry.0;
+            (r.devices.keys().cloned().collect(), r.operators.values().map(|o| o.public_key.clone()).collect())
+        };
+        let gone_devices: Vec<(String, Peer)> = {
+            let mut devices = lock(&self.devices);
+            let ids: Vec<String> = devices.keys().filter(|id| !devices_known.contains(*id)).cloned().collect();
+            ids.into_iter().filter_map(|id| devices.remove(&id).map(|p| (id, p))).collect()
+        };
+        let gone_operators: Vec<Peer> = {
+            let mut operators = lock(&self.operators);
+            let conns: Vec<u64> =
+                operators.iter().filter(|(_, p)| !operators_known.contains(&p.key)).map(|(c, _)| *c).collect();
+            conns.into_iter().filter_map(|c| operators.remove(&c)).collect()
+        };
+        let ended = gone_devices.len() + gone_operators.len();
+        for (id, peer) in gone_devices {
+            self.presence.offline(&id);
+            let orphaned: Vec<(String, u64)> = {
+                let mut inflight = lock(&self.inflight);
+                let keys: Vec<(String, String)> = inflight.keys().filter(|(d, _)| *d == id).cloned().collect();
+                keys.into_iter().filter_map(|k| inflight.remove(&k).map(|i| (k.1, i.operator_conn))).collect()
+            };
+            for (request_id, conn) in orphaned {
+                let error = FromRelay::Error {
+                    code: RelayCode::DeviceOffline,
+                    message: format!("device {id} was removed from the relay by its admin"),
+                    request_id: Some(request_id),
+                };
+                if let Some(p) = lock(&self.operators).get(&conn) {
+                    let _ = p.tx.try_send(protocol::encode(&error));
+                }
+            }
+            tracing::info!(device_id = %id, "device removed by the admin; its connection ends");
+            let _ = peer.kill.send(Removed(
+                "this device was removed from the relay by its admin; it can come back only with a new enrolment token"
+                    .into(),
+            ));
+        }
+        for peer in gone_operators {
+            let cancelled: Vec<(String, String)> = {
+                let mut inflight = lock(&self.inflight);
+                let keys: Vec<(String, String)> =
+                    inflight.iter().filter(|(_, i)| i.operator_conn == peer.conn).map(|(k, _)| k.clone()).collect();
+                keys.into_iter().filter(|k| inflight.remove(k).is_some()).collect()
+            };
+            for (device_id, request_id) in &cancelled {
+                if let Some(d) = lock(&self.devices).get(device_id) {
+                    let _ = d.tx.try_send(protocol::encode(&FromRelay::Cancel { request_id: request_id.clone() }));
+                }
+            }
+            tracing::info!(
+                conn = peer.conn,
+                cancelled = cancelled.len(),
+                "operator removed by the admin; its connection ends"
+            );
+            let _ = peer.kill.send(Removed(format!(
+                "this operator was removed from the relay by its admin; {} running request(s) were cancelled",
+                cancelled.len()
+            )));
+        }
+        ended
+    }
+
     /// `GET /metrics`.
     pub(crate) fn metrics_text(&self) -> String {
         let devices = lock(&self.devices).len();
         let operators = lock(&self.operators).len();
-        self.metrics.text(devices, operators)
+        let mut text = self.metrics.text(devices, operators);
+        let waiting = self.unauthenticated_max.saturating_sub(self.unauthenticated.available_permits());
+        let _ = writeln!(
+            text,
+            "# HELP unauthenticated_connections Connections not yet past hello.\n# TYPE unauthenticated_connections gauge\nunauthenticated_connections {waiting}"
+        );
+        text
     }
 }

@@ -61,6 +61,12 @@ impl Metrics {
     pub(crate) fn handshakes_failed(&self, reason: &str) -> u64 {
         lock(&self.handshakes_failed).get(reason).copied().unwrap_or(0)
     }
+
+    /// How often `reason` was counted as a rejected frame (for tests).
+    #[cfg(test)]
+    pub(crate) fn rejected_count(&self, reason: &str) -> u64 {
+        lock(&self.frames_rejected).get(reason).copied().unwrap_or(0)
+    }
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, reason: &'static str) {

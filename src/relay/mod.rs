@@ -15,11 +15,12 @@
 //! - `mod.rs`: the limits, [`run`] (the accept loop and shutdown).
 //! - [`state`](State): the state directory, its lock and the checks before ready.
 //! - `http`: one TCP connection: TLS, `/healthz`, `/metrics`, the WebSocket upgrade.
-//! - `session`: one peer's WebSocket, generic over its byte stream (unit-tested over `duplex`).
+//! - `session`: one peer's WebSocket, generic over its byte stream (unit-tested over `duplex`):
+//!   the pre-`hello` frame cap, the per-connection `run` rate.
 //! - `hello`: the challenge, `hello`, enrolment.
-//! - `hub`: who is connected; routing of `run`, `cancel` and answers.
+//! - `hub`: who is connected; routing of `run`, `cancel` and answers; ending removed peers' sessions.
 //! - `presence`: what `devices` reports; `live.json`.
-//! - `admin`: the admin socket that answers `support relay devices`.
+//! - `admin`: the admin socket: `support relay devices`, and admin changes taking effect at once.
 //! - `metrics`: the counters behind `/metrics`.
 //! - [`registry`]: `registry.json`: devices, operators, enrolment tokens.
 
@@ -34,7 +35,7 @@ mod session;
 mod state;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub use crate::protocol::SEND_TIMEOUT;
 /// Requests one operator connection may have in flight.
 pub const MAX_INFLIGHT_PER_OPERATOR: usize = 256;
+/// `run` frames one operator connection may send a second, on average, by
+/// default (`--max-runs-per-second`); twice as many at once.
+pub const RUNS_PER_SECOND: u32 = 20;
+/// Connections not yet past `hello` (TLS, HTTP, challenge) held at once;
+/// one more is closed as soon as it is accepted.
+pub const MAX_UNAUTHENTICATED: usize = 1024;
 /// Frames queued for one peer.
 const PEER_QUEUE: usize = 64;
 
@@ -84,16 +91,26 @@ pub enum RelayError {
 /// Limits of a running relay.
 ///
 /// # Defaults
-/// 100 000 connections at once.
+/// 100 000 connections at once, [`MAX_UNAUTHENTICATED`] of them before
+/// `hello`; [`RUNS_PER_SECOND`] runs a second per operator connection.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Connections (TLS + WebSocket) at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections not yet past `hello` at once; one more is closed when accepted.
+    pub max_unauthenticated: usize,
+    /// `run` frames a second per operator connection (bursts of twice as
+    /// many); past it the relay answers `BUSY` and does not forward the run.
+    pub max_runs_per_second: u32,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_connections: 100_000 }
+        Options {
+            max_connections: 100_000,
+            max_unauthenticated: MAX_UNAUTHENTICATED,
+            max_runs_per_second: RUNS_PER_SECOND,
+        }
     }
 }
 
@@ -113,13 +130,18 @@ pub async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%listen, state = %state.dir.display(), "relay running");
-    let hub = Arc::new(hub::Hub::new(state.dir.clone(), state.registry.clone(), shutdown_rx.clone()));
+    let hub = Arc::new(
+        hub::Hub::new(state.dir.clone(), state.registry.clone(), shutdown_rx.clone())
+            .with_unauthenticated_limit(options.max_unauthenticated)
+            .with_run_rate(options.max_runs_per_second),
+    );
     let writer = tokio::spawn(presence::keep_snapshot(state.dir.clone(), hub.presence.clone(), shutdown_rx.clone()));
     let admin = state
         .admin
         .take()
         .and_then(admin_listener)
         .map(|l| tokio::spawn(admin::serve(l, hub.clone(), shutdown_rx.clone())));
+    let watcher = tokio::spawn(admin::watch_registry(hub.clone(), shutdown_rx.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let mut connections = tokio::task::JoinSet::new();
@@ -141,9 +163,17 @@ pub async fn run(
                 }
             },
         };
+        // Closed at once rather than queued: a flood of strangers must not
+        // hold memory, and devices and operators already in are not affected.
+        let Ok(unauthenticated) = hub.unauthenticated.clone().try_acquire_owned() else {
+            hub.metrics.handshake_failed("unauthenticated_limit");
+            tracing::debug!(peer = %addr, "refused: too many connections not yet past hello");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (hub, acceptor) = (hub.clone(), acceptor.clone());
-        connections.spawn(http::serve_connection(hub, acceptor, tcp, addr, permit));
+        connections.spawn(http::serve_connection(hub, acceptor, tcp, addr, permit, unauthenticated));
         while connections.try_join_next().is_some() {}
     }
     tracing::info!("relay shutting down");
@@ -152,11 +182,21 @@ pub async fn run(
         tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
     connections.abort_all();
     let _ = writer.await;
+    let _ = watcher.await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }
     drop(state);
     Ok(())
+}
+
+/// Tells the relay running with the state directory `dir`, if any, that
+/// its registry changed: it ends the sessions of removed devices and
+/// operators before it answers. Returns how many it ended, or `None` when
+/// no relay answered on `admin.sock` (it then acts within a second, when
+/// it sees the file change).
+pub fn reload(dir: &Path) -> Option<usize> {
+    admin::reload(dir)
 }
 
 /// The state's admin socket as a tokio listener.

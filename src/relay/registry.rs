@@ -72,7 +72,8 @@ pub struct OperatorRecord {
     pub added_at: String,
 }
 
-/// A one-time enrollment token, by hash.
+/// A one-time enrollment token, by hash. Kept until it expires, used or
+/// not, so `support relay tokens` can say which were used.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRecord {
@@ -80,6 +81,32 @@ pub struct TokenRecord {
     pub sha256: String,
     /// RFC 3339 UTC; the token is refused from then on.
     pub expires_at: DateTime<Utc>,
+    /// RFC 3339 UTC; `None` in registries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    /// When a device enrolled with it (RFC 3339 UTC); a used token is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at: Option<DateTime<Utc>>,
+    /// The device id that enrolled with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
+}
+
+/// How many hex digits of a token's hash name it (`support relay tokens`,
+/// `revoke-token ID`): 48 bits, so ids of live tokens do not collide, and
+/// a prefix of a hash says nothing about the token itself.
+pub const TOKEN_ID_HEX: usize = 12;
+
+impl TokenRecord {
+    /// The token's id: the first [`TOKEN_ID_HEX`] hex digits of its hash.
+    pub fn id(&self) -> &str {
+        crate::text::head(&self.sha256, TOKEN_ID_HEX)
+    }
+
+    /// Whether a device may still enroll with it at `now`: unused, unexpired.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.used_at.is_none() && self.expires_at > now
+    }
 }
 
 /// The whole registry file.
@@ -92,7 +119,7 @@ pub struct Registry {
     /// Admitted operators by name.
     #[serde(default)]
     pub operators: BTreeMap<String, OperatorRecord>,
-    /// Enrolment tokens not used yet.
+    /// Enrolment tokens until they expire, used or not.
     #[serde(default)]
     pub tokens: Vec<TokenRecord>,
 }
@@ -197,10 +224,11 @@ pub fn new_token(dir: &Path, ttl: chrono::Duration) -> Result<(String, DateTime<
     let mut raw = [0u8; 32];
     crate::fill_random(&mut raw);
     let token = format!("et-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
-    let expires_at = Utc::now() + ttl;
+    let now = Utc::now();
+    let expires_at = now + ttl;
     let sha256 = token_hash(&token);
     Registry::update(dir, |r| {
-        r.tokens.push(TokenRecord { sha256, expires_at });
+        r.tokens.push(TokenRecord { sha256, expires_at, created_at: Some(now), used_at: None, used_by: None });
         Ok(())
     })?;
     Ok((token, expires_at))
@@ -243,6 +271,59 @@ pub fn remove_operator(dir: &Path, name: &str) -> Result<bool, RegistryError> {
     Ok(removed)
 }
 
+/// Forgets an enrolled device: its key is no longer pinned, so it can come
+/// back only with a new enrolment token. Returns whether it was there.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn remove_device(dir: &Path, device_id: &str) -> Result<bool, RegistryError> {
+    let (removed, _, _) = Registry::update(dir, |r| Ok(r.devices.remove(device_id).is_some()))?;
+    Ok(removed)
+}
+
+/// Renames an enrolled device (the caller checks the name is printable).
+/// Returns whether the device was there.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn rename_device(dir: &Path, device_id: &str, name: &str) -> Result<bool, RegistryError> {
+    let (renamed, _, _) =
+        Registry::update(dir, |r| Ok(r.devices.get_mut(device_id).map(|d| d.name = name.to_string()).is_some()))?;
+    Ok(renamed)
+}
+
+/// Withdraws an unused enrolment token named by its id (a prefix of its
+/// hash, see [`TokenRecord::id`]), its whole hash, or the token itself.
+/// Returns the record withdrawn, or `None` when no token matches.
+///
+/// # Errors
+/// [`RegistryError::Conflict`] when the token was used already (remove
+/// the device instead) or the id names more than one token; as [`Registry::update`].
+pub fn revoke_token(dir: &Path, given: &str) -> Result<Option<TokenRecord>, RegistryError> {
+    let hash = token_hash(given);
+    let (revoked, _, _) = Registry::update(dir, |r| {
+        let matches = |t: &TokenRecord| t.sha256 == hash || t.sha256 == given || t.id() == given;
+        let found: Vec<usize> = (0..r.tokens.len()).filter(|&i| matches(&r.tokens[i])).collect();
+        let &[i] = found.as_slice() else {
+            return if found.is_empty() {
+                Ok(None)
+            } else {
+                Err(RegistryError::Conflict(format!("{given:?} names {} tokens; give the whole hash", found.len())))
+            };
+        };
+        if let (Some(at), by) = (r.tokens[i].used_at, &r.tokens[i].used_by) {
+            let by = by.as_deref().unwrap_or("a device");
+            return Err(RegistryError::Conflict(format!(
+                "token {} was used by {by} at {}; remove that device instead (support relay remove-device {by})",
+                r.tokens[i].id(),
+                crate::time::rfc3339(at)
+            )));
+        }
+        Ok(Some(r.tokens.remove(i)))
+    })?;
+    Ok(revoked)
+}
+
 /// Why an enrollment was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Enroll {
@@ -275,10 +356,11 @@ pub fn enroll(
         }
         let Some(token) = token else { return Ok(Enroll::BadToken) };
         let hash = token_hash(token);
-        let Some(i) = r.tokens.iter().position(|t| t.sha256 == hash && t.expires_at > now) else {
+        let Some(used) = r.tokens.iter_mut().find(|t| t.sha256 == hash && t.is_live(now)) else {
             return Ok(Enroll::BadToken);
         };
-        r.tokens.remove(i);
+        used.used_at = Some(now);
+        used.used_by = Some(device_id.into());
         r.devices.insert(
             device_id.into(),
             DeviceRecord { public_key: key.into(), name: name.into(), enrolled_at: crate::time::rfc3339(now) },
@@ -304,6 +386,32 @@ mod tests {
         assert_eq!(enroll(dir.path(), "d-1", "k9", "host", None).unwrap().0, Enroll::OtherKey);
         let (expired, _) = new_token(dir.path(), chrono::Duration::seconds(-1)).unwrap();
         assert_eq!(enroll(dir.path(), "d-3", "k3", "host", Some(&expired)).unwrap().0, Enroll::BadToken);
+    }
+
+    #[test]
+    fn a_used_token_stays_listed_as_used_and_only_an_unused_one_can_be_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (used, _) = new_token(dir.path(), chrono::Duration::hours(1)).unwrap();
+        let (spare, _) = new_token(dir.path(), chrono::Duration::hours(1)).unwrap();
+        enroll(dir.path(), "d-1", "k1", "host", Some(&used)).unwrap();
+        let (r, _) = Registry::load(dir.path()).unwrap();
+        let record = r.tokens.iter().find(|t| t.sha256 == token_hash(&used)).unwrap();
+        assert_eq!((record.used_by.as_deref(), record.used_at.is_some()), (Some("d-1"), true));
+        assert!(record.created_at.is_some() && record.id().len() == TOKEN_ID_HEX);
+        assert!(matches!(revoke_token(dir.path(), record.id()), Err(RegistryError::Conflict(_))));
+        let spare_id = token_hash(&spare)[..TOKEN_ID_HEX].to_string();
+        assert!(revoke_token(dir.path(), "000000000000").unwrap().is_none());
+        assert_eq!(revoke_token(dir.path(), &spare_id).unwrap().unwrap().id(), spare_id);
+        assert_eq!(enroll(dir.path(), "d-2", "k2", "host", Some(&spare)).unwrap().0, Enroll::BadToken);
+    }
+
+    #[test]
+    fn a_registry_from_before_token_ids_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"devices":{},"operators":{},"tokens":[{"sha256":"ab","expires_at":"2999-01-01T00:00:00Z"}]}"#;
+        crate::paths::write_atomic(&registry_path(dir.path()), old.as_bytes()).unwrap();
+        let (r, _) = Registry::load(dir.path()).unwrap();
+        assert!(r.tokens[0].created_at.is_none() && r.tokens[0].is_live(Utc::now()));
     }
 
     #[test]

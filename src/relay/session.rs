@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::hello::{self, Refusal, Who};
-use super::hub::{Hub, Joined};
+use super::hub::{Hub, Joined, Removed};
 use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, SEND_TIMEOUT};
 use crate::protocol::{self, FromRelay, RelayCode, Role, ToRelay};
 
@@ -95,18 +97,37 @@ fn refusal(code: RelayCode, message: &str) -> FromRelay {
     FromRelay::Error { code, message: message.into(), request_id: None }
 }
 
-/// Serves one peer on the `role` endpoint: challenge, hello, then its
-/// frames until it leaves, goes idle, is replaced, or the relay stops.
-pub(crate) async fn session<S>(hub: Arc<Hub>, ws: WebSocketStream<S>, role: Role)
+/// Serves one peer on the `role` endpoint over `io` (the upgraded
+/// connection): challenge, hello, then its frames until it leaves, goes
+/// idle, is replaced or removed, or the relay stops. `unauthenticated` is
+/// the connection's place among those not yet past `hello`, given back
+/// as soon as the hello is decided.
+pub(crate) async fn session<S>(hub: Arc<Hub>, io: S, role: Role, unauthenticated: Option<OwnedSemaphorePermit>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // Before hello nothing larger than a hello is read or buffered: the
+    // frame header's length is checked before any of its payload is kept.
+    let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(protocol::hello_ws_config())).await;
+    let mut greeting = Ws { ws };
+    let who = greet(&hub, &mut greeting, role).await;
+    drop(unauthenticated);
+    let Some(who) = who else { return };
+    // tokio-tungstenite 0.30 cannot change a live stream's limits, so the
+    // stream is rebuilt with the full ones. Anything a peer sent between
+    // its hello and hello_ack would be lost; peers send nothing then (PROTOCOL.md).
+    let ws =
+        WebSocketStream::from_raw_socket(greeting.ws.into_inner(), WsRole::Server, Some(protocol::ws_config())).await;
     let mut peer = Ws { ws };
-    let Some(who) = greet(&hub, &mut peer, role).await else { return };
     tracing::Span::current().record("id", who.id.as_str());
     // Reachable before hello_ack, so whoever sees the ack sees the peer online.
     let joined = hub.join(role, &who);
     let conn = joined.conn;
+    if !hub.still_admitted(role, &who) {
+        hub.leave(role, &who, conn);
+        let why = "removed from the relay by its admin";
+        return peer.refuse(RelayCode::Unauthorized, why, CloseCode::Policy, why).await;
+    }
     if peer.send(&FromRelay::HelloAck { id: who.id.clone(), name: who.name.clone() }).await {
         tracing::info!(name = %who.name, "peer authenticated");
         serve(&hub, &mut peer, role, &who, joined).await;
@@ -125,8 +146,9 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, r
         Ok(Ok(text)) => text,
         Ok(Err(ReadError::TooLarge)) => {
             hub.metrics.handshake_failed("too_large");
-            tracing::info!(reason = "frame over 1 MiB", "hello refused");
-            peer.close(CloseCode::Size, "frame over 1 MiB").await;
+            let why = format!("a frame before hello over {} bytes", protocol::MAX_HELLO_BYTES);
+            tracing::info!(reason = %why, "hello refused");
+            peer.close(CloseCode::Size, &why).await;
             return None;
         }
         Ok(Err(ReadError::Binary)) => {
@@ -163,6 +185,7 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, r
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, role: Role, who: &Who, joined: Joined) {
     let Joined { conn, mut rx, mut kill } = joined;
     let mut shutdown = hub.shutdown.clone();
+    let mut runs = RunBucket::full(hub.runs_per_second, tokio::time::Instant::now());
     let mut deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
     loop {
         tokio::select! {
@@ -186,24 +209,63 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, r
                     }
                     Ok(Ok(Some(text))) => text,
                 };
-                let Some(answer) = answer(hub, role, who, conn, &text).await else { continue };
+                let Some(answer) = answer(hub, role, who, conn, &mut runs, &text).await else { continue };
                 if !peer.send(&answer).await {
                     return;
                 }
             }
             out = rx.recv() => match out {
                 Some(text) => if !peer.send_text(text).await { return },
-                // The hub dropped this peer: a newer connection replaced it.
-                None => return peer.close(CloseCode::Policy, "replaced by a newer connection").await,
+                // The hub dropped this peer: replaced by a newer connection, or removed.
+                None => return ended(peer, kill.try_recv().ok()).await,
             },
-            _ = &mut kill => return peer.close(CloseCode::Policy, "replaced by a newer connection").await,
+            removed = &mut kill => return ended(peer, removed.ok()).await,
             _ = crate::stopped(&mut shutdown) => return peer.close(CloseCode::Away, "relay shutting down").await,
         }
     }
 }
 
+/// Ends a session the hub let go of: `removed` by the admin (the peer is
+/// told why first), else replaced by a newer connection of the same device.
+async fn ended<S: AsyncRead + AsyncWrite + Unpin>(peer: &mut Ws<S>, removed: Option<Removed>) {
+    match removed {
+        Some(Removed(why)) => {
+            peer.refuse(RelayCode::Unauthorized, &why, CloseCode::Policy, "removed by the relay's admin").await
+        }
+        None => peer.close(CloseCode::Policy, "replaced by a newer connection").await,
+    }
+}
+
+/// The `run` frames one operator connection may still send now: a token
+/// bucket holding twice the rate, refilled at the rate (`--max-runs-per-second`,
+/// [`super::RUNS_PER_SECOND`] by default), so one operator cannot flood a
+/// device (and its owner's audit log) with commands.
+struct RunBucket {
+    per_second: u32,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl RunBucket {
+    fn full(per_second: u32, now: tokio::time::Instant) -> RunBucket {
+        RunBucket { per_second, tokens: f64::from(per_second) * 2.0, at: now }
+    }
+
+    /// Takes one run if there is one at `now`.
+    fn take(&mut self, now: tokio::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(self.per_second);
+        self.tokens = (self.tokens + refill).min(f64::from(self.per_second) * 2.0);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 /// Handles one text frame from an authenticated peer; returns what to answer, if anything.
-async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, text: &str) -> Option<FromRelay> {
+async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, runs: &mut RunBucket, text: &str) -> Option<FromRelay> {
     let frame = match protocol::decode::<ToRelay>(text) {
         Ok(f) => f,
         Err(e) => {
@@ -219,6 +281,18 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, text: &str) -> Opti
         (Role::Device, ToRelay::Answer(frame)) => {
             hub.route_answer(&who.id, frame).await;
             None
+        }
+        (Role::Operator, ToRelay::Run(run)) if !runs.take(tokio::time::Instant::now()) => {
+            hub.metrics.rejected("rate_limited");
+            Some(FromRelay::Error {
+                code: RelayCode::Busy,
+                message: format!(
+                    "at most {} runs a second (bursts of {}) per connection",
+                    runs.per_second,
+                    u64::from(runs.per_second) * 2
+                ),
+                request_id: Some(run.request_id),
+            })
         }
         (Role::Operator, ToRelay::Run(run)) => hub.route_run(who, conn, run),
         (Role::Operator, ToRelay::Cancel { device_id, request_id }) => {

@@ -52,16 +52,22 @@ pub struct Relay {
 impl Relay {
     /// `support relay serve --self-signed` on `listen` (e.g. 127.0.0.1:0).
     pub fn start(listen: &str) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("relay");
-        Relay::start_in(dir, state, listen)
+        Relay::start_with(listen, &[])
     }
 
-    fn start_in(dir: tempfile::TempDir, state: PathBuf, listen: &str) -> Relay {
+    /// As [`Relay::start`], with `extra` flags for `serve`.
+    pub fn start_with(listen: &str, extra: &[&str]) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("relay");
+        Relay::start_in(dir, state, listen, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, state: PathBuf, listen: &str, extra: &[&str]) -> Relay {
         let mut child = Command::new(bin())
             .args(["relay", "--state"])
             .arg(&state)
             .args(["serve", "--self-signed", "--listen", listen])
+            .args(extra)
             .env("SUPPORT_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join(format!("relay-{}.log", now_ns()))).unwrap())
@@ -77,7 +83,7 @@ impl Relay {
     pub fn restart(self) -> Relay {
         let Relay { dir, state, addr, mut proc, .. } = self;
         proc.term();
-        Relay::start_in(dir, state, &addr)
+        Relay::start_in(dir, state, &addr, &[])
     }
 
     pub fn url(&self) -> String {
@@ -102,6 +108,18 @@ impl Relay {
         let (key, path) = keygen(self.dir.path(), name);
         self.admin(&["add-operator", name, &key.public_key().to_string()]).code(0);
         (key, path)
+    }
+
+    /// `support operator ARGS` against this relay with the key in `key`.
+    pub fn operator_cli(&self, key: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("operator")
+            .args(args)
+            .env("SUPPORT_OPERATOR_RELAY", self.url())
+            .env("SUPPORT_OPERATOR_RELAY_CA", self.ca())
+            .env("SUPPORT_OPERATOR_KEY", key)
+            .env("NO_COLOR", "1");
+        cmd
     }
 
     pub fn metrics(&self) -> String {

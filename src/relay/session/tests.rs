@@ -43,8 +43,7 @@ fn rig() -> Rig {
 /// A session on the relay's end of a pipe; the peer's end.
 async fn connect(hub: &Arc<Hub>, role: Role) -> Client {
     let (relay_end, peer_end) = tokio::io::duplex(256 << 10);
-    let ws = WebSocketStream::from_raw_socket(relay_end, WsRole::Server, Some(protocol::ws_config())).await;
-    tokio::spawn(session(hub.clone(), ws, role));
+    tokio::spawn(session(hub.clone(), relay_end, role, None));
     WebSocketStream::from_raw_socket(peer_end, WsRole::Client, None).await
 }
 
@@ -296,4 +295,194 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout_and_a_ping_keeps_it() {
     let start = tokio::time::Instant::now();
     assert_eq!(recv(&mut alice).await.unwrap_err(), Some(CloseCode::Policy));
     assert_eq!(start.elapsed(), IDLE_TIMEOUT);
+}
+
+/// One frame as the relay wrote it (unmasked): the first byte (FIN and
+/// opcode) and the payload.
+async fn raw_frame(io: &mut DuplexStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 2];
+    io.read_exact(&mut head).await.unwrap();
+    let len = match head[1] & 0x7f {
+        126 => u64::from(io.read_u16().await.unwrap()),
+        127 => io.read_u64().await.unwrap(),
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    io.read_exact(&mut payload).await.unwrap();
+    (head[0], payload)
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_a_hello_before_hello_is_closed_1009_before_its_payload_arrives() {
+    use tokio::io::AsyncWriteExt as _;
+    let rig = rig();
+    let (relay_end, mut peer) = tokio::io::duplex(256 << 10);
+    tokio::spawn(session(rig.hub.clone(), relay_end, Role::Device, None));
+    let (first, _) = raw_frame(&mut peer).await;
+    assert_eq!(first, 0x81, "the challenge, a text frame");
+    // The header of a 64 KiB masked text frame, and only 100 bytes of it:
+    // the relay must refuse on the header, not wait for (and keep) the rest.
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(64u64 << 10).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&[b'x'; 100]);
+    peer.write_all(&frame).await.unwrap();
+    let (op, payload) = tokio::time::timeout(Duration::from_secs(2), raw_frame(&mut peer))
+        .await
+        .expect("closed at once, long before the 5 s hello timeout");
+    assert_eq!(op, 0x88, "a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1009, "{}", String::from_utf8_lossy(&payload[2..]));
+    assert_eq!(rig.hub.metrics.handshakes_failed("too_large"), 1);
+}
+
+#[test]
+fn the_largest_valid_hello_fits_the_pre_hello_limit_with_room_to_spare() {
+    let key = KeyPair::generate().0;
+    // A host name of 64 bytes that JSON escapes at 6 bytes each, the longest
+    // version string we would send, a token of the shape `enroll-token` makes.
+    let worst_name: String = "\u{1}".repeat(64);
+    let token = format!("et-{}", "A".repeat(43));
+    let mut largest = 0;
+    for role in [Role::Device, Role::Operator] {
+        let ToRelay::Hello { role, id, public_key, sig, .. } = hello(role, &key, &"f".repeat(64), None) else {
+            unreachable!()
+        };
+        let frame = ToRelay::Hello {
+            role,
+            id,
+            public_key,
+            version: "65535.65535.65535-rc.65535".into(),
+            sig,
+            enroll_token: Some(token.clone()),
+            name: Some(worst_name.clone()),
+        };
+        largest = largest.max(protocol::encode(&frame).len());
+    }
+    assert!(largest * 3 <= protocol::MAX_HELLO_BYTES, "largest hello {largest} B vs {} B", protocol::MAX_HELLO_BYTES);
+}
+
+#[tokio::test]
+async fn past_hello_the_full_frame_limit_applies_again() {
+    let rig = rig();
+    let (mut device, mut alice, _bob) = everyone(&rig).await;
+    let mut run = run_for(&rig.alice, &rig.device, "req-big");
+    if let ToRelay::Run(r) = &mut run {
+        r.params.insert("note".into(), "y".repeat(200 << 10));
+    }
+    send(&mut alice, &run).await;
+    match recv(&mut device).await {
+        Ok(FromRelay::Run(r)) => assert_eq!(r.params["note"].len(), 200 << 10),
+        other => panic!("a 200 KiB run should pass after hello, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_past_the_rate_limit_are_busy_and_never_reach_the_device() {
+    let rig = rig();
+    let (mut device, mut alice, _bob) = everyone(&rig).await;
+    let burst = 2 * crate::relay::RUNS_PER_SECOND;
+    for i in 0..burst {
+        send(&mut alice, &run_for(&rig.alice, &rig.device, &format!("req-{i}"))).await;
+    }
+    send(&mut alice, &run_for(&rig.alice, &rig.device, "req-over")).await;
+    match recv(&mut alice).await {
+        Ok(FromRelay::Error { code: RelayCode::Busy, request_id, message }) => {
+            assert_eq!(request_id.as_deref(), Some("req-over"));
+            assert!(message.contains("runs a second"), "{message}");
+        }
+        other => panic!("expected BUSY for the run over the burst, got {other:?}"),
+    }
+    for i in 0..burst {
+        match recv(&mut device).await {
+            Ok(FromRelay::Run(r)) => assert_eq!(r.request_id, format!("req-{i}")),
+            other => panic!("expected run {i}, got {other:?}"),
+        }
+    }
+    // The bucket refills at RUNS_PER_SECOND: one more after 1/RUNS_PER_SECOND s.
+    tokio::time::sleep(Duration::from_secs(1) / crate::relay::RUNS_PER_SECOND).await;
+    send(&mut alice, &run_for(&rig.alice, &rig.device, "req-later")).await;
+    match recv(&mut device).await {
+        Ok(FromRelay::Run(r)) => assert_eq!(r.request_id, "req-later", "req-over was never forwarded"),
+        other => panic!("expected the later run, got {other:?}"),
+    }
+    assert_eq!(rig.hub.metrics.rejected_count("rate_limited"), 1);
+}
+
+#[tokio::test]
+async fn a_removed_device_is_told_its_operators_hear_offline_and_it_cannot_come_back() {
+    let rig = rig();
+    let (mut device, mut alice, _bob) = everyone(&rig).await;
+    send(&mut alice, &run_for(&rig.alice, &rig.device, "req-1")).await;
+    assert!(matches!(recv(&mut device).await, Ok(FromRelay::Run(_))));
+    let id = rig.device.public_key().device_id();
+    assert!(registry::remove_device(rig.dir.path(), &id).unwrap());
+    assert_eq!(rig.hub.evict_removed(), 1);
+    match recv(&mut device).await {
+        Ok(FromRelay::Error { code: RelayCode::Unauthorized, message, request_id: None }) => {
+            assert!(message.contains("removed"), "{message}")
+        }
+        other => panic!("expected the removal error, got {other:?}"),
+    }
+    assert_eq!(recv(&mut device).await.unwrap_err(), Some(CloseCode::Policy));
+    match recv(&mut alice).await {
+        Ok(FromRelay::Error { code: RelayCode::DeviceOffline, request_id, .. }) => {
+            assert_eq!(request_id.as_deref(), Some("req-1"))
+        }
+        other => panic!("expected DEVICE_OFFLINE for alice's request, got {other:?}"),
+    }
+    let mut again = connect(&rig.hub, Role::Device).await;
+    let nonce = challenge(&mut again).await;
+    send(&mut again, &hello(Role::Device, &rig.device, &nonce, None)).await;
+    assert!(matches!(recv(&mut again).await, Ok(FromRelay::Error { code: RelayCode::Unauthorized, .. })));
+    assert!(!rig.hub.list().iter().any(|d| d.device_id == id));
+}
+
+#[tokio::test]
+async fn a_removed_operator_is_told_why_and_its_running_requests_are_cancelled() {
+    let rig = rig();
+    let (mut device, mut alice, mut bob) = everyone(&rig).await;
+    send(&mut alice, &run_for(&rig.alice, &rig.device, "req-a")).await;
+    send(&mut bob, &run_for(&rig.bob, &rig.device, "req-b")).await;
+    for _ in 0..2 {
+        assert!(matches!(recv(&mut device).await, Ok(FromRelay::Run(_))));
+    }
+    assert!(registry::remove_operator(rig.dir.path(), "alice").unwrap());
+    assert_eq!(rig.hub.evict_removed(), 1);
+    match recv(&mut alice).await {
+        Ok(FromRelay::Error { code: RelayCode::Unauthorized, message, request_id: None }) => {
+            assert!(message.contains("removed") && message.contains("1 running request"), "{message}")
+        }
+        other => panic!("expected the removal error, got {other:?}"),
+    }
+    assert_eq!(recv(&mut alice).await.unwrap_err(), Some(CloseCode::Policy));
+    // Only alice's request is cancelled; bob's connection is untouched.
+    assert_eq!(recv(&mut device).await.unwrap(), FromRelay::Cancel { request_id: "req-a".into() });
+    send(&mut bob, &ToRelay::ListDevices {}).await;
+    assert!(matches!(recv(&mut bob).await, Ok(FromRelay::Devices { .. })));
+    send(&mut device, &denied("req-b")).await;
+    assert!(matches!(recv(&mut bob).await, Ok(FromRelay::Answer(DeviceFrame::Denied { .. }))));
+}
+
+#[tokio::test]
+async fn a_removed_operator_cannot_slip_a_run_in_while_its_session_ends() {
+    let rig = rig();
+    let mut device = greeted(&rig.hub, Role::Device, &rig.device).await;
+    let key = rig.alice.public_key().to_string();
+    let who = Who { id: rig.alice.public_key().fingerprint(), name: "alice".into(), key };
+    let joined = rig.hub.join(Role::Operator, &who);
+    assert!(rig.hub.still_admitted(Role::Operator, &who));
+    assert!(registry::remove_operator(rig.dir.path(), "alice").unwrap());
+    // A hello checked before the removal, joining after it, is caught here.
+    assert!(!rig.hub.still_admitted(Role::Operator, &who));
+    assert_eq!(rig.hub.evict_removed(), 1);
+    let ToRelay::Run(run) = run_for(&rig.alice, &rig.device, "req-late") else { unreachable!() };
+    match rig.hub.route_run(&who, joined.conn, run) {
+        Some(FromRelay::Error { code: RelayCode::Unauthorized, .. }) => {}
+        other => panic!("expected UNAUTHORIZED for a removed operator's run, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), recv(&mut device)).await.is_err(),
+        "the device got nothing"
+    );
 }
