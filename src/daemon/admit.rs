@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::gate::{self, Approved, Decision, Denial, Snapshot, Verdict};
 use super::records::{denial_record, render_argv, task_record};
-use super::task::TaskEntry;
+use super::task::{ForgetOnDrop, TaskEntry};
 use super::{Daemon, exec};
 use crate::audit::Event;
 use crate::control_api::TaskView;
@@ -54,6 +54,8 @@ struct Registered {
     stop: watch::Receiver<Option<crate::protocol::StoppedBy>>,
     done: watch::Sender<Option<crate::protocol::TaskResult>>,
     transcript: Arc<Mutex<Transcript>>,
+    /// Takes the entry out again however admission ends short of the driver.
+    forget: ForgetOnDrop,
 }
 
 impl Daemon {
@@ -189,6 +191,7 @@ impl Daemon {
             }
             return Err(denial);
         }
+        let forget = ForgetOnDrop::new(self, &task_id);
         let spec = exec::Spec {
             task_id,
             commands: approved.rendered.commands,
@@ -200,7 +203,7 @@ impl Daemon {
             cgroup,
             http,
         };
-        Ok(Registered { spec, info, stop, done, transcript })
+        Ok(Registered { spec, info, stop, done, transcript, forget })
     }
 
     /// Step 3: `action.started` is made durable, then the task starts.
@@ -210,7 +213,7 @@ impl Daemon {
     /// `AUDIT_UNAVAILABLE` when the record cannot be written: the entry is
     /// taken out again and nothing runs.
     async fn launch(&self, registered: Registered, frames: mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
-        let Registered { spec, info, stop, done, transcript } = registered;
+        let Registered { spec, info, stop, done, transcript, forget } = registered;
         let mut started = task_record(Event::ActionStarted, &info);
         started.detail = Some(match &spec.http {
             Some(h) => format!("POST http://{}{} (the agent host)", h.host, h.path),
@@ -218,7 +221,7 @@ impl Daemon {
         });
         if let Err(e) = self.audit(vec![started]).await {
             tracing::error!(task = %info.task_id, error = %crate::ErrorChain(&e), "action.started could not be written; denying");
-            self.forget_task(&info.task_id);
+            drop(forget);
             if let Some(cg) = &spec.cgroup {
                 cg.remove();
             }
@@ -236,7 +239,7 @@ impl Daemon {
         let me = self.clone();
         let span = tracing::info_span!("task", id = %info.task_id, action = %info.action);
         tokio::spawn(tracing::Instrument::instrument(
-            async move { me.drive(info, spec, stop, done, frames, transcript).await },
+            async move { me.drive(info, spec, stop, done, frames, transcript, forget).await },
             span,
         ));
         Ok(task_id)

@@ -14,7 +14,7 @@
 //!   run loop that records its end, stop, the output decoder.
 //! - [`exec`]: the processes of one task, in phases; [`kill`]: where a
 //!   process tree is killed; [`tree`]: `/proc` reads and cgroups.
-//! - `enforce.rs`: consent as enforced: re-reading, expiry, the watcher.
+//! - `enforce.rs`: consent as enforced: re-reading, expiry, the watcher and its supervisor.
 //! - `records.rs`: audit records built from a task or a denial (pure).
 //! - `files.rs`: `daemon.lock`, `daemon.json`, the secret, `run/tasks.json`
 //!   and recovery after a crash.
@@ -429,14 +429,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(control::serve(listener, daemon.clone(), secret, stop_rx.clone()));
     let watcher = {
-        let d = daemon.clone();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            d.watch_consent(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
+        let (d, rx) = (daemon.clone(), stop_rx.clone());
+        tokio::spawn(async move { d.enforce_consent(rx).await })
     };
     let link = daemon.inner.options.link.clone().map(|config| {
         let (tx, rx) = mpsc::channel(256);

@@ -76,10 +76,8 @@ impl Daemon {
         done: watch::Sender<Option<TaskResult>>,
         frames: mpsc::Sender<DeviceFrame>,
         transcript: Arc<Mutex<Transcript>>,
+        forget: ForgetOnDrop,
     ) {
-        // However this ends, a panic included, the entry leaves the table:
-        // a task that is gone never holds a slot or the agent's turn.
-        let forget = ForgetOnDrop { daemon: self.clone(), task_id: info.task_id.clone() };
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
         let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
         let forward = {
@@ -209,10 +207,20 @@ impl Daemon {
     }
 }
 
-/// Takes a task out of the table when dropped (see [`Daemon::drive`]).
-struct ForgetOnDrop {
+/// Takes a task out of the table when dropped: made as its entry goes in,
+/// held by admission and then by [`Daemon::drive`], so that however either
+/// ends, a panic included, a task that is gone never holds a slot or the
+/// agent's turn.
+pub(super) struct ForgetOnDrop {
     daemon: Daemon,
     task_id: String,
+}
+
+impl ForgetOnDrop {
+    /// The guard of `task_id`'s entry in `daemon`'s table.
+    pub(super) fn new(daemon: &Daemon, task_id: &str) -> ForgetOnDrop {
+        ForgetOnDrop { daemon: daemon.clone(), task_id: task_id.to_string() }
+    }
 }
 
 impl Drop for ForgetOnDrop {
