@@ -47,15 +47,15 @@ struct Admitted {
     http: Option<exec::HttpAgent>,
 }
 
-/// A task in the table, not started yet.
-struct Registered {
-    spec: exec::Spec,
-    info: TaskView,
-    stop: watch::Receiver<Option<crate::protocol::StoppedBy>>,
-    done: watch::Sender<Option<crate::protocol::TaskResult>>,
-    transcript: Arc<Mutex<Transcript>>,
-    /// Takes the entry out again however admission ends short of the driver.
-    forget: ForgetOnDrop,
+/// A task in the table, not started yet; then what its driver holds.
+pub(super) struct Registered {
+    pub(super) spec: exec::Spec,
+    pub(super) info: TaskView,
+    pub(super) stop: watch::Receiver<Option<crate::protocol::StoppedBy>>,
+    pub(super) done: watch::Sender<Option<crate::protocol::TaskResult>>,
+    pub(super) transcript: Arc<Mutex<Transcript>>,
+    /// Takes the entry out again however admission or the driver ends.
+    pub(super) forget: ForgetOnDrop,
 }
 
 impl Daemon {
@@ -213,18 +213,18 @@ impl Daemon {
     /// `AUDIT_UNAVAILABLE` when the record cannot be written: the entry is
     /// taken out again and nothing runs.
     async fn launch(&self, registered: Registered, frames: mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
-        let Registered { spec, info, stop, done, transcript, forget } = registered;
-        let mut started = task_record(Event::ActionStarted, &info);
+        let (spec, info) = (&registered.spec, &registered.info);
+        let mut started = task_record(Event::ActionStarted, info);
         started.detail = Some(match &spec.http {
             Some(h) => format!("POST http://{}{} (the agent host)", h.host, h.path),
             None => format!("argv {}", render_argv(&spec.commands)),
         });
         if let Err(e) = self.audit(vec![started]).await {
             tracing::error!(task = %info.task_id, error = %crate::ErrorChain(&e), "action.started could not be written; denying");
-            drop(forget);
             if let Some(cg) = &spec.cgroup {
                 cg.remove();
             }
+            drop(registered);
             return Err(Denial {
                 code: DenyCode::AuditUnavailable,
                 message: format!(
@@ -238,10 +238,7 @@ impl Daemon {
         let task_id = info.task_id.clone();
         let me = self.clone();
         let span = tracing::info_span!("task", id = %info.task_id, action = %info.action);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move { me.drive(info, spec, stop, done, frames, transcript, forget).await },
-            span,
-        ));
+        tokio::spawn(tracing::Instrument::instrument(async move { me.drive(registered, frames).await }, span));
         Ok(task_id)
     }
 

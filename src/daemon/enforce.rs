@@ -300,7 +300,11 @@ mod tests {
         assert_eq!(by, StoppedBy::Revoke, "the task no watcher guards is stopped");
         tokio::time::timeout(wait, restarted.recv()).await.unwrap().unwrap();
         let listing = crate::audit::list(&paths, 0).unwrap();
-        let record = listing.records.iter().filter_map(|l| l.record.as_ref()).find(|r| r.event == Event::ConsentWatcherRestarted);
+        let record = listing
+            .records
+            .iter()
+            .filter_map(|l| l.record.as_ref())
+            .find(|r| r.event == Event::ConsentWatcherRestarted);
         let detail = record.and_then(|r| r.detail.clone()).unwrap_or_default();
         assert!(detail.contains("panicked") && detail.contains("1 running task(s) stopped"), "{detail}");
         // Asked to stop, it stops, and does not restart the watcher again.

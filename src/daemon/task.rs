@@ -68,16 +68,8 @@ impl Daemon {
     }
 
     /// Runs an accepted task to its end and records it.
-    pub(super) async fn drive(
-        self,
-        info: TaskView,
-        spec: exec::Spec,
-        stop: watch::Receiver<Option<StoppedBy>>,
-        done: watch::Sender<Option<TaskResult>>,
-        frames: mpsc::Sender<DeviceFrame>,
-        transcript: Arc<Mutex<Transcript>>,
-        forget: ForgetOnDrop,
-    ) {
+    pub(super) async fn drive(self, task: super::admit::Registered, frames: mpsc::Sender<DeviceFrame>) {
+        let super::admit::Registered { spec, info, stop, done, transcript, forget } = task;
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
         let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
         let forward = {
