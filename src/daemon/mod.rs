@@ -427,7 +427,8 @@ pub async fn run(
     };
     files::write_info(paths, &info)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(control::serve(listener, daemon.clone(), secret, stop_rx.clone()));
+    let socket = control::bind_socket(paths);
+    let server = tokio::spawn(control::serve(listener, socket, daemon.clone(), secret, stop_rx.clone()));
     let watcher = {
         let (d, rx) = (daemon.clone(), stop_rx.clone());
         tokio::spawn(async move { d.enforce_consent(rx).await })
@@ -452,5 +453,6 @@ pub async fn run(
         let _ = link.await;
     }
     let _ = paths::remove(&paths.daemon_info());
+    let _ = paths::remove(&paths.control_socket());
     Ok(())
 }
