@@ -11,7 +11,9 @@
 //!    then does anything run.
 //!
 //! A refusal at any step is audited (`action.denied`) and answered with a
-//! `denied` frame; nothing of the command is left behind.
+//! `denied` frame; nothing of the command is left behind. A refusal before
+//! a trusted signature held is counted instead, its window's first of each
+//! code in full (`denials.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -245,12 +247,19 @@ impl Daemon {
     /// Audits a refusal and answers it with a `denied` frame.
     async fn deny(&self, run: &Run, refusal: Refusal, frames: &mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
         let Refusal { operator, signed, denial } = refusal;
-        let known_action = self.inner.catalogue.get(&run.action).is_ok();
-        let record = denial_record(run, operator, signed && known_action, &denial);
-        if let Err(e) = self.audit(vec![record]).await {
-            tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
+        // Anyone can send what fails before a trusted signature: counted, not each written (denials.rs).
+        let in_full =
+            !super::denials::unverified(denial.code) || self.count_unverified(denial.code, operator.as_deref());
+        if in_full {
+            let known_action = self.inner.catalogue.get(&run.action).is_ok();
+            let record = denial_record(run, operator, signed && known_action, &denial);
+            if let Err(e) = self.audit(vec![record]).await {
+                tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
+            }
+            tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
+        } else {
+            tracing::debug!(code = denial.code.as_str(), message = %denial.message, "denied a command (counted)");
         }
-        tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
         let _ = frames
             .send(DeviceFrame::Denied {
                 request_id: run.request_id.clone(),

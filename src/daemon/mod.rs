@@ -16,6 +16,7 @@
 //!   process tree is killed; [`tree`]: `/proc` reads and cgroups.
 //! - `enforce.rs`: consent as enforced: re-reading, expiry, the watcher and its supervisor.
 //! - `records.rs`: audit records built from a task or a denial (pure).
+//! - `denials.rs`: denials of unverified senders, counted per window, one summary each.
 //! - `files.rs`: `daemon.lock`, `daemon.json`, the secret, `run/tasks.json`
 //!   and recovery after a crash.
 //! - `agent.rs` and `agent_host.rs`: the owner's agent checked ready; the
@@ -36,6 +37,7 @@ mod admit;
 mod agent;
 mod agent_host;
 mod control;
+mod denials;
 mod enforce;
 pub mod exec;
 mod files;
@@ -65,6 +67,7 @@ use crate::lock;
 use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, PolicyError};
 use crate::protocol::StoppedBy;
+pub use denials::{DENIAL_WINDOW, RECORDED_SENDERS};
 use enforce::ConsentState;
 pub use files::{DaemonInfo, ensure_secret, is_running, read_info};
 use gate::ReplayCache;
@@ -174,6 +177,8 @@ struct Inner {
     cgroup: Option<tree::Delegated>,
     /// The last [`RECENT_TASKS`] tasks that ended, with their transcripts.
     recent: Mutex<VecDeque<Finished>>,
+    /// Denials of unverified senders, counted in windows (`denials.rs`).
+    denials: Mutex<denials::DenialWindow>,
 }
 
 /// A handle on the running daemon; clones share it.
@@ -250,6 +255,7 @@ impl Daemon {
                 audit_head: Mutex::default(),
                 cgroup: tree::Delegated::detect(),
                 recent: Mutex::new(VecDeque::new()),
+                denials: Mutex::default(),
             }),
         };
         if let Some(cg) = &daemon.inner.cgroup {
@@ -361,6 +367,7 @@ impl Daemon {
     /// recorded, and audits `daemon.stopped`.
     pub async fn shutdown(&self) {
         let stopped = self.stop_all(StoppedBy::Shutdown).await;
+        self.close_denial_window().await;
         let mut r = Record::new(Event::DaemonStopped);
         r.detail = Some(format!("pid {}; {} running task(s) stopped", std::process::id(), stopped.len()));
         if let Err(e) = self.audit(vec![r]).await {
