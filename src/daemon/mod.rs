@@ -30,6 +30,8 @@
 //! - `daemon.lock`: held (flock) while a daemon runs: one per home.
 //! - `daemon.json`: `pid`, `control_port`, `started_at`, `version`,
 //!   `device_id`; written once the control API is bound, removed on exit.
+//! - `control.sock`: the control API for the owner's own processes (0600,
+//!   same-uid peers), bound at start, removed on exit.
 //! - `run/tasks.json`: the running tasks, so that the next start after a
 //!   crash can kill what was left and audit `task.aborted`.
 
