@@ -112,7 +112,7 @@ mod tests {
     fn a_log_write_never_fails() {
         use std::io::Write as _;
         // Whatever stderr is (a terminal, /dev/full, closed), the line is taken whole.
-        assert_eq!(LossyStderr.write(b"line\n").unwrap(), 5);
+        assert_eq!(LossyStderr.write(b"\n").unwrap(), 1);
         LossyStderr.flush().unwrap();
     }
 
