@@ -250,31 +250,14 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::control_api::TaskView;
-    use crate::daemon::task::TaskEntry;
-
-    /// A task entry in `daemon`'s table with no process behind it; its stop signal.
-    fn fake_task(daemon: &Daemon) -> watch::Receiver<Option<StoppedBy>> {
-        let info: TaskView = serde_json::from_value(serde_json::json!({
-            "task_id": "t-0000000000000001", "request_id": "r-1", "action": "slow", "tier": 1,
-            "params": {}, "operator": "alice", "grant_id": "g-1", "started_at": "2026-01-01T00:00:00Z",
-            "pid": null, "start_ticks": null,
-        }))
-        .unwrap();
-        let (stop_tx, stop_rx) = watch::channel(None);
-        let (_done, done_rx) = watch::channel(None);
-        let transcript = Arc::new(std::sync::Mutex::new(crate::transcript::Transcript::new(false)));
-        let entry = TaskEntry::new(info.clone(), stop_tx, done_rx, transcript);
-        daemon.state().tasks.insert(info.task_id, entry);
-        stop_rx
-    }
+    use crate::daemon::task::fake_task;
 
     #[tokio::test]
     async fn a_watcher_that_panics_stops_every_task_and_is_restarted() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path().join("home"));
         let daemon = Daemon::start(&paths, Default::default()).unwrap();
-        let mut stopped = fake_task(&daemon);
+        let mut stopped = fake_task(&daemon, "t-0000000000000001");
         let (stop_tx, stop_rx) = watch::channel(false);
         let starts = Arc::new(AtomicUsize::new(0));
         let (restarted_tx, mut restarted) = mpsc::channel::<()>(1);

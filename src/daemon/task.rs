@@ -303,9 +303,45 @@ impl Utf8Carry {
     }
 }
 
+/// Puts an entry with no process behind it into `daemon`'s table; its stop signal.
+#[cfg(test)]
+pub(super) fn fake_task(daemon: &Daemon, task_id: &str) -> watch::Receiver<Option<StoppedBy>> {
+    let info: TaskView = serde_json::from_value(serde_json::json!({
+        "task_id": task_id, "request_id": "r-1", "action": "slow", "tier": 1,
+        "params": {}, "operator": "alice", "grant_id": "g-1", "started_at": "2026-01-01T00:00:00Z",
+        "pid": null, "start_ticks": null,
+    }))
+    .unwrap();
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let (_done, done_rx) = watch::channel(None);
+    let transcript = Arc::new(Mutex::new(Transcript::new(false)));
+    let entry = TaskEntry::new(info, stop_tx, done_rx, transcript);
+    daemon.state().tasks.insert(task_id.to_string(), entry);
+    stop_rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_guard_held_through_admission_takes_the_entry_out_on_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start(&crate::Paths::under(dir.path().join("home")), Default::default()).unwrap();
+        for n in 0..2 * daemon.inner.options.max_tasks {
+            let task_id = format!("t-{n:016x}");
+            let mut stopped = fake_task(&daemon, &task_id);
+            let forget = ForgetOnDrop::new(&daemon, &task_id);
+            let panicked = tokio::spawn(async move {
+                let _forget = forget;
+                panic!("a log write, say, part-way through admission");
+            })
+            .await;
+            assert!(panicked.unwrap_err().is_panic());
+            assert!(daemon.tasks().is_empty(), "entry {n} is still in the table");
+            assert_eq!(*stopped.wait_for(Option::is_some).await.unwrap(), Some(StoppedBy::Shutdown));
+        }
+    }
 
     #[test]
     fn a_character_split_across_chunks_arrives_whole() {
