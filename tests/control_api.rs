@@ -289,9 +289,11 @@ async fn the_owner_reaches_the_daemon_past_a_thousand_trickling_connections() {
     status.code(0);
     assert!(!status.json()["daemon"].is_null(), "status found the daemon: {}", status.stdout);
     assert!(took < Duration::from_secs(2), "status took {took:?}");
+    let status_took = took;
     let (stop, took) = timed(&["stop", "--all"]);
     stop.code(0);
     assert!(took < Duration::from_secs(2), "stop --all took {took:?}");
+    eprintln!("under {} connections: status {status_took:?}, stop --all {took:?}", connected.load(Ordering::SeqCst));
     stop_tx.send(true).unwrap();
     while attackers.join_next().await.is_some() {}
 
@@ -306,5 +308,6 @@ async fn the_owner_reaches_the_daemon_past_a_thousand_trickling_connections() {
         }
     };
     assert!(closed < Duration::from_secs(4), "a trickling connection stayed {closed:?}");
+    eprintln!("a trickling connection was closed after {closed:?}");
     tokio::task::block_in_place(|| assert_eq!(d.terminate(), 0));
 }
