@@ -108,10 +108,13 @@ impl Daemon {
     pub(super) fn count_unverified(&self, code: DenyCode, sender: Option<&str>) -> bool {
         let (full, opened) = crate::lock(&self.inner.denials).count(code, sender, Utc::now());
         if opened {
-            let me = self.clone();
+            // The timer does not keep the daemon (and its home's lock) alive.
+            let me = std::sync::Arc::downgrade(&self.inner);
             tokio::spawn(async move {
                 tokio::time::sleep(DENIAL_WINDOW).await;
-                me.close_denial_window().await;
+                if let Some(inner) = me.upgrade() {
+                    Daemon { inner }.close_denial_window().await;
+                }
             });
         }
         full
@@ -153,6 +156,25 @@ mod tests {
         // Closed: the next denial opens a new window and is in full again.
         assert_eq!(w.count(DenyCode::UntrustedOperator, Some("SHA256:aa"), t), (true, true));
         assert_eq!(w.close(), None, "a window whose every denial is on record needs no summary");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_closes_on_its_timer_with_its_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start(&crate::Paths::under(dir.path().join("home")), Default::default()).unwrap();
+        let mut events = daemon.subscribe();
+        let opened = tokio::time::Instant::now();
+        assert!(daemon.count_unverified(DenyCode::UntrustedOperator, Some("SHA256:aa")), "the first in full");
+        assert!(!daemon.count_unverified(DenyCode::UntrustedOperator, Some("SHA256:bb")), "the next counted");
+        let summary = loop {
+            let event = events.recv().await.unwrap();
+            if event.contains("action.denied.aggregated") {
+                break event;
+            }
+        };
+        assert!(opened.elapsed() >= DENIAL_WINDOW, "closed after {:?}", opened.elapsed());
+        assert!(summary.contains("2 denied from"), "{summary}");
+        assert!(daemon.count_unverified(DenyCode::UntrustedOperator, Some("SHA256:bb")), "a new window, in full");
     }
 
     #[test]
