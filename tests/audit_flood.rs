@@ -92,5 +92,7 @@ async fn two_thousand_untrusted_commands_cost_a_handful_of_records() {
     assert_eq!(desk_denial[0]["request_id"], run.request_id.as_str());
     tokio::task::block_in_place(|| {
         device.home.run(&["audit", "--verify"]).code(0);
+        // The owner's table shows the count (a burst over 10 s would be two windows, so no number here).
+        device.home.run(&["audit"]).code(0).says(" × denied UNTRUSTED_OPERATOR");
     });
 }

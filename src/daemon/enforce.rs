@@ -190,7 +190,6 @@ impl Daemon {
             let stopped = self.stop_unenforced();
             tracing::error!(how, stopped, "the consent watcher {how}; every running task was stopped; restarting it");
             let mut r = Record::new(Event::ConsentWatcherRestarted);
-            r.by = Some(StoppedBy::Revoke.as_str().into());
             r.detail = Some(format!("the consent watcher {how}; {stopped} running task(s) stopped; restarted"));
             if let Err(e) = self.audit(vec![r]).await {
                 tracing::error!(error = %crate::ErrorChain(&e), "could not record consent.watcher_restarted");
