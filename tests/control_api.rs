@@ -248,15 +248,25 @@ async fn the_owner_reaches_the_daemon_past_a_thousand_trickling_connections() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connected = Arc::new(AtomicUsize::new(0));
     let (all_tx, mut all_in) = tokio::sync::mpsc::channel::<()>(1);
+    let last_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let mut attackers = tokio::task::JoinSet::new();
     for _ in 0..ATTACKERS {
         let (mut stop, connected, all_tx) = (stop_rx.clone(), connected.clone(), all_tx.clone());
+        let last_error = last_error.clone();
         // Each holds a connection whose headers never end, and opens another
         // as soon as the daemon closes it, until told to stop.
         attackers.spawn(async move {
             let mut first = true;
             while !*stop.borrow() {
-                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { continue };
+                let mut s = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // E.g. no ephemeral port free on a busy machine: retry, without spinning.
+                        *last_error.lock().unwrap() = Some(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
                 if std::mem::take(&mut first) && connected.fetch_add(1, Ordering::SeqCst) + 1 == ENOUGH {
                     let _ = all_tx.send(()).await;
                 }
@@ -276,8 +286,9 @@ async fn the_owner_reaches_the_daemon_past_a_thousand_trickling_connections() {
             }
         });
     }
-    let enough = tokio::time::timeout(Duration::from_secs(30), all_in.recv()).await;
-    assert!(enough.is_ok(), "only {} connections opened", connected.load(Ordering::SeqCst));
+    let enough = tokio::time::timeout(Duration::from_secs(60), all_in.recv()).await;
+    let (n, error) = (connected.load(Ordering::SeqCst), last_error.lock().unwrap().clone());
+    assert!(enough.is_ok(), "only {n} connections opened; the last connect error: {error:?}");
     let timed = |args: &'static [&'static str]| {
         tokio::task::block_in_place(|| {
             let began = Instant::now();
