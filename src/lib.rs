@@ -15,8 +15,9 @@
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
 //! - [`protocol`]: every relay frame, both directions; the signed bytes; size limits.
 //! - [`daemon`]: admitting a command (the gate, then register, then launch), the replay cache, a running task, the executor and
-//!   the tree kill, consent enforcement, audit-record building, its files, the agent host client, the escalation
-//!   guard's evidence, the loopback control API, the relay link: one file each (see its docs).
+//!   the tree kill, consent enforcement (supervised), audit-record building, unverified denials counted, its
+//!   files, the agent host client, the escalation guard's evidence, the loopback control API (TCP and
+//!   `control.sock`), the relay link: one file each (see its docs).
 //! - [`relay`]: the relay server: HTTP and upgrade, hello, the hub, sessions, presence, admin socket, metrics, registry.
 //! - [`tls`]: rustls configs: the relay's certificate, clients pinning the relay.
 //! - [`dial`]: a client's connection to the relay (daemon link and operator).

@@ -48,9 +48,29 @@ fn init_tracing(daemon: bool) {
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(color_allowed(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
+        // On a failed write the layer would `eprintln!` the error, which
+        // panics when stderr itself is what failed (a full disk, EIO).
+        .log_internal_errors(false)
         .init();
+}
+
+/// Stderr for log lines, where a failed write (ENOSPC on a full disk, EIO,
+/// a closed pipe) loses the line and nothing else: a log write never
+/// panics, returns an error, or stops the daemon's enforcement.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Colour for a terminal, unless `NO_COLOR` is set to a non-empty value (no-color.org).
@@ -86,7 +106,15 @@ fn exit_code(err: &Error) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::color_allowed;
+    use super::{LossyStderr, color_allowed};
+
+    #[test]
+    fn a_log_write_never_fails() {
+        use std::io::Write as _;
+        // Whatever stderr is (a terminal, /dev/full, closed), the line is taken whole.
+        assert_eq!(LossyStderr.write(b"\n").unwrap(), 1);
+        LossyStderr.flush().unwrap();
+    }
 
     #[test]
     fn colour_only_for_a_terminal_without_no_color() {

@@ -183,6 +183,12 @@ impl Paths {
     pub fn daemon_lock(&self) -> PathBuf {
         self.state_dir.join("daemon.lock")
     }
+    /// `control.sock`: the daemon's control API as a Unix socket (0600, in
+    /// the 0700 state directory, same-uid peers only), which the owner's CLI
+    /// prefers to the TCP port: no other local user can reach or crowd it.
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
     /// `run/`: what the daemon keeps only for its next start after a crash
     /// (`tasks.json`), in a directory of its own: rewriting it at every
     /// task's start and end then wakes no watcher of `consent.json`.
@@ -497,6 +503,25 @@ fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<(), FileError> {
     }
     tmp.persist(path).map_err(|e| FileError::Io { op: "rename into", path: path.into(), source: e.error })?;
     if sync { sync_parent(path) } else { Ok(()) }
+}
+
+/// Binds a Unix socket at `path`, made 0600; it belongs in a 0700
+/// directory, which keeps everyone else out until then. A socket (or link)
+/// already at `path` is a leftover and is replaced: call it holding the lock
+/// that makes the caller the only server of its directory.
+///
+/// # Errors
+/// As bind(2) (e.g. a path over the 108 bytes of `sun_path`) and chmod(2).
+pub(crate) fn bind_socket(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if let Ok(m) = fs::symlink_metadata(path)
+        && (m.file_type().is_socket() || m.file_type().is_symlink())
+    {
+        let _ = fs::remove_file(path);
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    fs::set_permissions(path, Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Removes `path` (a link is removed, never followed) and fsyncs its

@@ -157,3 +157,168 @@ fn watch_streams_what_the_daemon_sees() {
     let _ = watch.wait();
     assert_eq!(d.terminate(), 0);
 }
+
+/// Sends `request` as it is on a fresh TCP connection to the daemon; the status code answered.
+fn raw_status(port: u16, request: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_second_host_or_an_absolute_target_for_another_authority_is_400() {
+    let home = Home::new();
+    let d = DaemonProc::start(&home);
+    let (p, auth) = (d.port, d.bearer());
+    let get = |target: &str, hosts: &[String]| {
+        let hosts: String = hosts.iter().map(|h| format!("Host: {h}\r\n")).collect();
+        raw_status(p, &format!("GET {target} HTTP/1.1\r\n{hosts}{auth}\r\nConnection: close\r\n\r\n"))
+    };
+    let ours = format!("127.0.0.1:{p}");
+    assert_eq!(get("/v1/status", std::slice::from_ref(&ours)), 200, "the plain request");
+    // RFC 9112 §3.2: more than one Host is 400, whichever comes first.
+    assert_eq!(get("/v1/status", &[ours.clone(), "evil.example".into()]), 400, "a second Host after ours");
+    assert_eq!(get("/v1/status", &["evil.example".into(), ours.clone()]), 400, "a second Host before ours");
+    assert_eq!(get("/v1/status", &[ours.clone(), ours.clone()]), 400, "ours twice");
+    // §3.2.2: the absolute-form target's authority is the host.
+    let evil = format!("http://evil.example:{p}/v1/status");
+    assert_eq!(get(&evil, std::slice::from_ref(&ours)), 400, "absolute-form naming another authority");
+    let other_port = format!("http://127.0.0.1:{}/v1/status", p + 1);
+    assert_eq!(get(&other_port, std::slice::from_ref(&ours)), 400, "absolute-form naming another port");
+    let tls = format!("https://127.0.0.1:{p}/v1/status");
+    assert_eq!(get(&tls, std::slice::from_ref(&ours)), 400, "absolute-form with another scheme");
+    let same = format!("http://127.0.0.1:{p}/v1/status");
+    assert_eq!(get(&same, std::slice::from_ref(&ours)), 200, "absolute-form naming the Host itself");
+    assert_eq!(get(&same, &["evil.example".into()]), 400, "a Host that differs from the target");
+    assert_eq!(d.terminate(), 0);
+}
+
+/// `curl` over `control.sock`, as uid `uid` when given; the status code it printed (0: none).
+fn curl_socket(home: &Home, uid: Option<u32>, args: &[&str]) -> u16 {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--unix-socket"])
+        .arg(home.file("control.sock"))
+        .args(args);
+    if let Some(uid) = uid {
+        cmd.uid(uid);
+    }
+    let out = cmd.output().expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn control_sock_serves_the_same_api_to_the_owner_only() {
+    let home = Home::new();
+    let d = DaemonProc::start(&home);
+    let sock = home.file("control.sock");
+    assert_eq!(common::mode(&sock), 0o600);
+    assert_eq!(common::mode(&home.path), 0o700, "the state directory keeps everyone else from the socket");
+    let url = format!("http://127.0.0.1:{}/v1/status", d.port);
+    let auth = d.bearer();
+    assert_eq!(curl_socket(&home, None, &["-H", &auth, &url]), 200);
+    assert_eq!(curl_socket(&home, None, &[&url]), 401, "the secret is checked there too");
+    assert_eq!(curl_socket(&home, None, &["-H", &auth, "-H", "Host: evil.example", &url]), 403, "and the Host");
+    if common::is_root() {
+        // Another user, even holding the secret, gets no answer at all.
+        assert_eq!(curl_socket(&home, Some(65534), &["-H", &auth, &url]), 0, "nobody reached control.sock");
+    }
+    assert_eq!(d.terminate(), 0);
+    assert!(!sock.exists(), "control.sock is removed at exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_reaches_the_daemon_past_a_thousand_trickling_connections() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt as _;
+
+    const ATTACKERS: usize = 1000;
+    // Ten times the TCP port's 32 slots, established: a TCP client would
+    // queue behind them for ten header deadlines. The rest are still connecting.
+    const ENOUGH: usize = 320;
+    let home = Home::new();
+    let d = tokio::task::block_in_place(|| DaemonProc::start(&home));
+    let port = d.port;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let connected = Arc::new(AtomicUsize::new(0));
+    let (all_tx, mut all_in) = tokio::sync::mpsc::channel::<()>(1);
+    let last_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..ATTACKERS {
+        let (mut stop, connected, all_tx) = (stop_rx.clone(), connected.clone(), all_tx.clone());
+        let last_error = last_error.clone();
+        // Each holds a connection whose headers never end, and opens another
+        // as soon as the daemon closes it, until told to stop.
+        attackers.spawn(async move {
+            let mut first = true;
+            while !*stop.borrow() {
+                let mut s = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // E.g. no ephemeral port free on a busy machine: retry, without spinning.
+                        *last_error.lock().unwrap() = Some(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                if std::mem::take(&mut first) && connected.fetch_add(1, Ordering::SeqCst) + 1 == ENOUGH {
+                    let _ = all_tx.send(()).await;
+                }
+                if s.write_all(b"GET /v1/status HTTP/1.1\r\n").await.is_err() {
+                    continue;
+                }
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                            if s.write_all(b"X-Slow: y\r\n").await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let enough = tokio::time::timeout(Duration::from_secs(60), all_in.recv()).await;
+    let (n, error) = (connected.load(Ordering::SeqCst), last_error.lock().unwrap().clone());
+    assert!(enough.is_ok(), "only {n} connections opened; the last connect error: {error:?}");
+    let timed = |args: &'static [&'static str]| {
+        tokio::task::block_in_place(|| {
+            let began = Instant::now();
+            let run = home.run(args);
+            (run, began.elapsed())
+        })
+    };
+    let (status, took) = timed(&["status", "--json"]);
+    status.code(0);
+    assert!(!status.json()["daemon"].is_null(), "status found the daemon: {}", status.stdout);
+    assert!(took < Duration::from_secs(2), "status took {took:?}");
+    let status_took = took;
+    let (stop, took) = timed(&["stop", "--all"]);
+    stop.code(0);
+    assert!(took < Duration::from_secs(2), "stop --all took {took:?}");
+    eprintln!("under {} connections: status {status_took:?}, stop --all {took:?}", connected.load(Ordering::SeqCst));
+    stop_tx.send(true).unwrap();
+    while attackers.join_next().await.is_some() {}
+
+    // A connection whose headers trickle is closed at the header deadline.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let began = Instant::now();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\n").await.unwrap();
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"X-Slow: y\r\n").await.is_err() || began.elapsed() > Duration::from_secs(10) {
+            break began.elapsed();
+        }
+    };
+    assert!(closed < Duration::from_secs(4), "a trickling connection stayed {closed:?}");
+    eprintln!("a trickling connection was closed after {closed:?}");
+    tokio::task::block_in_place(|| assert_eq!(d.terminate(), 0));
+}

@@ -109,6 +109,15 @@ pub enum Event {
     /// `support trust add` refused because it ran inside a task's process tree.
     #[serde(rename = "trust.refused")]
     TrustRefused,
+    /// The daemon's consent watcher ended or panicked: every running task
+    /// was stopped (`by: revoke`) and the watcher started again; `detail` says how it ended.
+    #[serde(rename = "consent.watcher_restarted")]
+    ConsentWatcherRestarted,
+    /// Denials of unverified senders (`UNTRUSTED_OPERATOR`, `BAD_SIGNATURE`,
+    /// `BAD_FRAME`) in one window, counted: `detail` holds the count, the
+    /// codes and the senders (capped); the window's first is also on record in full.
+    #[serde(rename = "action.denied.aggregated")]
+    ActionDeniedAggregated,
 }
 
 impl Event {
@@ -132,6 +141,8 @@ impl Event {
             Event::TrustRemoved => "trust.removed",
             Event::ConsentRefused => "consent.refused",
             Event::TrustRefused => "trust.refused",
+            Event::ConsentWatcherRestarted => "consent.watcher_restarted",
+            Event::ActionDeniedAggregated => "action.denied.aggregated",
         }
     }
 }

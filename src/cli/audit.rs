@@ -90,6 +90,11 @@ fn time(r: &Record) -> String {
 
 /// The one-cell summary of how a record ended.
 fn outcome(r: &Record) -> String {
+    if r.event == crate::audit::Event::ActionDeniedAggregated
+        && let (Some(code), Some(count)) = (&r.code, r.detail.as_deref().and_then(|d| d.split(' ').next()))
+    {
+        return format!("{count} × denied {code}");
+    }
     if let Some(code) = &r.code {
         return format!("denied {code}");
     }

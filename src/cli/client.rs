@@ -1,6 +1,8 @@
 //! The owner's client of the daemon's loopback control API
 //! ([`crate::daemon::control`]): finds the daemon through `daemon.json`,
-//! authenticates with the `secret` file, and speaks HTTP/1.1 with hyper.
+//! authenticates with the `secret` file, and speaks HTTP/1.1 with hyper,
+//! over `control.sock` when the daemon serves it (no other user can crowd
+//! it), else over the TCP port.
 
 use std::time::Duration;
 
@@ -31,6 +33,8 @@ const MAX_EVENT_LINE: usize = 2 << 20;
 pub(crate) struct Client {
     info: DaemonInfo,
     secret: crate::Secret,
+    /// `control.sock`, when it is a socket of ours.
+    socket: Option<std::path::PathBuf>,
 }
 
 fn unreachable(paths: &Paths, why: &str) -> Error {
@@ -62,7 +66,7 @@ impl Client {
                 ));
             }
         };
-        Ok(Client { info, secret })
+        Ok(Client { info, secret, socket: own_socket(&paths.control_socket()) })
     }
 
     /// The daemon's `daemon.json`.
@@ -85,17 +89,6 @@ impl Client {
                 self.info.pid
             ))
         };
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(gone(&e)),
-                Err(_) => return Err(gone(&"timed out")),
-            };
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| gone(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -103,8 +96,19 @@ impl Client {
             .header(AUTHORIZATION, format!("Bearer {}", self.secret.expose()))
             .body(Empty::<Bytes>::new())
             .map_err(|e| Error::Failed(format!("bad request: {e}")))?;
-        let resp = sender.send_request(req).await.map_err(|e| gone(&e))?;
-        Ok(resp)
+        // The socket first: the TCP port's slots are open to every local user.
+        if let Some(socket) = &self.socket
+            && let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket)).await
+        {
+            return exchange(stream, req).await.map_err(|e| gone(&e));
+        }
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(gone(&e)),
+                Err(_) => return Err(gone(&"timed out")),
+            };
+        exchange(stream, req).await.map_err(|e| gone(&e))
     }
 
     /// Sends a request and returns the body of a 2xx answer as `T` (one
@@ -186,6 +190,29 @@ impl Client {
             Ok(())
         })
     }
+}
+
+/// `path` if it is a Unix socket owned by this user (a socket or link put
+/// there by anyone else is never handed the secret).
+fn own_socket(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    (meta.file_type().is_socket() && meta.uid() == paths::current_uid()).then(|| path.to_path_buf())
+}
+
+/// Sends `req` on a fresh HTTP/1.1 connection over `stream`.
+async fn exchange<S>(
+    stream: S,
+    req: Request<Empty<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await
 }
 
 /// Tells a running daemon that the grant changed, so it acts at once.

@@ -14,7 +14,9 @@
 //!    written, the task is taken out and no longer counts).
 //!
 //! A refusal at any step is audited (`action.denied`) and answered with a
-//! `denied` frame; nothing of the command is left behind.
+//! `denied` frame; nothing of the command is left behind. A refusal before
+//! a trusted signature held is counted instead, its window's first of each
+//! code in full (`denials.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::gate::{self, Approved, Decision, Denial, Snapshot, Verdict};
 use super::records::{carry_nonce, denial_record, render_argv, task_record};
-use super::task::TaskEntry;
+use super::task::{ForgetOnDrop, TaskEntry};
 use super::{Daemon, exec};
 use crate::audit::Event;
 use crate::control_api::TaskView;
@@ -50,13 +52,15 @@ struct Admitted {
     http: Option<exec::HttpAgent>,
 }
 
-/// A task in the table, not started yet.
-struct Registered {
-    spec: exec::Spec,
-    info: TaskView,
-    stop: watch::Receiver<Option<crate::protocol::StoppedBy>>,
-    done: watch::Sender<Option<crate::protocol::TaskResult>>,
-    transcript: Arc<Mutex<Transcript>>,
+/// A task in the table, not started yet; then what its driver holds.
+pub(super) struct Registered {
+    pub(super) spec: exec::Spec,
+    pub(super) info: TaskView,
+    pub(super) stop: watch::Receiver<Option<crate::protocol::StoppedBy>>,
+    pub(super) done: watch::Sender<Option<crate::protocol::TaskResult>>,
+    pub(super) transcript: Arc<Mutex<Transcript>>,
+    /// Takes the entry out again however admission or the driver ends.
+    pub(super) forget: ForgetOnDrop,
 }
 
 impl Daemon {
@@ -199,6 +203,7 @@ impl Daemon {
             }
             return Err(denial);
         }
+        let forget = ForgetOnDrop::new(self, &task_id);
         let spec = exec::Spec {
             task_id,
             commands: approved.rendered.commands,
@@ -210,7 +215,7 @@ impl Daemon {
             cgroup,
             http,
         };
-        Ok(Registered { spec, info, stop, done, transcript })
+        Ok(Registered { spec, info, stop, done, transcript, forget })
     }
 
     /// Step 3: `action.started` is made durable, then the task starts.
@@ -225,8 +230,8 @@ impl Daemon {
         run: &Run,
         frames: mpsc::Sender<DeviceFrame>,
     ) -> Result<String, Denial> {
-        let Registered { spec, info, stop, done, transcript } = registered;
-        let mut started = task_record(Event::ActionStarted, &info);
+        let (spec, info) = (&registered.spec, &registered.info);
+        let mut started = task_record(Event::ActionStarted, info);
         carry_nonce(&mut started, run);
         started.detail = Some(match &spec.http {
             Some(h) => format!("POST http://{}{} (the agent host)", h.host, h.path),
@@ -234,7 +239,6 @@ impl Daemon {
         });
         if let Err(e) = self.audit(vec![started]).await {
             tracing::error!(task = %info.task_id, error = %crate::ErrorChain(&e), "action.started could not be written; denying");
-            self.forget_task(&info.task_id);
             // Not on the record, so not started: it no longer counts against the budget.
             if let Some(n) = self.state().consent.used.get_mut(&info.grant_id) {
                 *n = n.saturating_sub(1);
@@ -242,6 +246,7 @@ impl Daemon {
             if let Some(cg) = &spec.cgroup {
                 cg.remove();
             }
+            drop(registered);
             return Err(Denial {
                 code: DenyCode::AuditUnavailable,
                 message: format!(
@@ -255,25 +260,29 @@ impl Daemon {
         let task_id = info.task_id.clone();
         let me = self.clone();
         let span = tracing::info_span!("task", id = %info.task_id, action = %info.action);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move { me.drive(info, spec, stop, done, frames, transcript).await },
-            span,
-        ));
+        tokio::spawn(tracing::Instrument::instrument(async move { me.drive(registered, frames).await }, span));
         Ok(task_id)
     }
 
     /// Audits a refusal and answers it with a `denied` frame.
     async fn deny(&self, run: &Run, refusal: Refusal, frames: &mpsc::Sender<DeviceFrame>) -> Result<String, Denial> {
         let Refusal { operator, signed, denial } = refusal;
-        let known_action = self.inner.catalogue.get(&run.action).is_ok();
-        let mut record = denial_record(run, operator, signed && known_action, &denial);
-        if signed {
-            carry_nonce(&mut record, run);
+        // Anyone can send what fails before a trusted signature: counted, not each written (denials.rs).
+        let in_full =
+            !super::denials::unverified(denial.code) || self.count_unverified(denial.code, operator.as_deref());
+        if in_full {
+            let known_action = self.inner.catalogue.get(&run.action).is_ok();
+            let mut record = denial_record(run, operator, signed && known_action, &denial);
+            if signed {
+                carry_nonce(&mut record, run);
+            }
+            if let Err(e) = self.audit(vec![record]).await {
+                tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
+            }
+            tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
+        } else {
+            tracing::debug!(code = denial.code.as_str(), message = %denial.message, "denied a command (counted)");
         }
-        if let Err(e) = self.audit(vec![record]).await {
-            tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
-        }
-        tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
         let _ = frames
             .send(DeviceFrame::Denied {
                 request_id: run.request_id.clone(),

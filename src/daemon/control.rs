@@ -4,8 +4,10 @@
 //!
 //! Every request is checked in this order, and the first failure answers:
 //!
-//! 1. `Host` is exactly `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT`,
-//!    else 403 (DNS rebinding);
+//! 1. exactly one `Host` header, and an absolute-form target
+//!    (`GET http://HOST/v1/status`) only with `http` and the `Host`'s own
+//!    authority, else 400 (RFC 9112 §3.2, §3.2.2); the `Host` is exactly
+//!    `127.0.0.1:PORT`, `localhost:PORT` or `[::1]:PORT`, else 403 (DNS rebinding);
 //! 2. no `Origin` header at all, else 403 (a web page calling localhost);
 //!    no CORS header is ever sent;
 //! 3. `Authorization: Bearer <secret>`, compared in constant time, else
@@ -15,9 +17,17 @@
 //!    another method (state changes only on POST);
 //! 5. a body over [`MAX_BODY`] bytes: 413.
 //!
-//! Connections are not kept alive; headers must arrive within
-//! [`HEADER_TIMEOUT`] and a body within [`BODY_TIMEOUT`]; at most
-//! [`MAX_CONNECTIONS`] are served at once.
+//! Connections are not kept alive; a connection's headers must all arrive
+//! within [`HEADER_TIMEOUT`] of its start (one deadline, however they
+//! trickle) and a body within [`BODY_TIMEOUT`]; at most [`MAX_CONNECTIONS`]
+//! are served at once.
+//!
+//! The same API, with the same checks, is served on `control.sock`
+//! ([`crate::paths::Paths::control_socket`]): a Unix socket, 0600 in the
+//! 0700 state directory, answering only a peer of the daemon's own uid
+//! (`SO_PEERCRED`), with [`SOCKET_CONNECTIONS`] slots of its own. The owner's
+//! CLI prefers it, so other local users crowding the TCP port's slots
+//! (slowloris) cannot hide the daemon from its owner or stop `support stop`.
 //!
 //! # Endpoints
 //! The requests and their answers are the types of [`crate::control_api`],
@@ -38,8 +48,9 @@ use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, OR
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::Daemon;
 use crate::audit::{Event, Record};
@@ -49,12 +60,16 @@ use crate::secret::Secret;
 
 /// The largest request body (bytes).
 pub const MAX_BODY: u64 = 64 * 1024;
-/// How long a client has to send its request headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to send its request headers, from the start of
+/// its connection (a whole request is one short line and three headers).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client has to send its body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the kernel's backlog.
+/// Connections served at once on the TCP port; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once on `control.sock` (the owner's own), apart
+/// from the TCP port's.
+pub const SOCKET_CONNECTIONS: usize = 16;
 /// At most one `control.unauthorized` record per window.
 pub const UNAUTHORIZED_WINDOW: Duration = Duration::from_secs(10);
 /// How often an idle `/v1/events` stream gets a `ping` line.
@@ -76,8 +91,51 @@ struct RateLimit {
     suppressed: u64,
 }
 
-/// Serves the control API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, daemon: Daemon, secret: Secret, mut stop: watch::Receiver<bool>) {
+/// Who is on the other end of a control connection.
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    /// The TCP port: any local user.
+    Tcp(SocketAddr),
+    /// `control.sock`: a process of this uid.
+    Socket(u32),
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Socket(uid) => write!(f, "control.sock (uid {uid})"),
+        }
+    }
+}
+
+/// Binds `control.sock` and makes it 0600 (the state directory, 0700, keeps
+/// everyone else out before that). A socket already there is a leftover:
+/// the caller holds the home's lock. `None`, with a warning, when it cannot
+/// be bound (e.g. a path over the 108 bytes of `sun_path`): the TCP port
+/// still serves.
+pub fn bind_socket(paths: &crate::paths::Paths) -> Option<UnixListener> {
+    let path = paths.control_socket();
+    let bound =
+        crate::paths::bind_socket(&path).and_then(|l| l.set_nonblocking(true).and_then(|()| UnixListener::from_std(l)));
+    match bound {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot bind control.sock; the owner's CLI will use the TCP port");
+            None
+        }
+    }
+}
+
+/// Serves the control API on `listener` (TCP, loopback) and on `socket`
+/// (`control.sock`, see [`bind_socket`]) until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    socket: Option<UnixListener>,
+    daemon: Daemon,
+    secret: Secret,
+    stop: watch::Receiver<bool>,
+) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let shared = Arc::new(Shared {
         daemon,
@@ -86,6 +144,14 @@ pub async fn serve(listener: TcpListener, daemon: Daemon, secret: Secret, mut st
         unauthorized: Mutex::new(RateLimit { window_start: None, suppressed: 0 }),
         stop: stop.clone(),
     });
+    let on_socket = socket.map(|socket| tokio::spawn(serve_socket(socket, shared.clone(), stop.clone())));
+    serve_tcp(listener, shared, stop).await;
+    if let Some(task) = on_socket {
+        let _ = task.await;
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -102,31 +168,66 @@ pub async fn serve(listener: TcpListener, daemon: Daemon, secret: Secret, mut st
                 }
             },
         };
-        let shared = shared.clone();
-        let mut stop = stop.clone();
-        let span = tracing::debug_span!("control", %peer);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let _permit = permit;
-                let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(false);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => if let Err(e) = r { tracing::debug!(error = %e, "control connection ended") },
-                    _ = crate::stopped(&mut stop) => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-                    }
+        spawn_connection(stream, Peer::Tcp(peer), permit, shared.clone());
+    }
+}
+
+async fn serve_socket(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(SOCKET_CONNECTIONS));
+    let me = crate::paths::current_uid();
+    loop {
+        let permit = tokio::select! {
+            _ = crate::stopped(&mut stop) => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            _ = crate::stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control.sock accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
             },
-            span,
-        ));
+        };
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        if uid != Some(me) {
+            tracing::warn!(peer_uid = ?uid, "control.sock: refused a peer of another user");
+            continue;
+        }
+        spawn_connection(stream, Peer::Socket(me), permit, shared.clone());
     }
+}
+
+/// Serves one connection in its own task, holding `permit` until it ends.
+fn spawn_connection<S>(stream: S, peer: Peer, permit: OwnedSemaphorePermit, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stop = shared.stop.clone();
+    let span = tracing::debug_span!("control", %peer);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(false);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(error = %e, "control connection ended") },
+                _ = crate::stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                }
+            }
+        },
+        span,
+    ));
 }
 
 fn respond(status: StatusCode, body: &impl Serialize) -> Response<Body> {
@@ -144,10 +245,32 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 impl Shared {
-    fn host_ok(&self, req: &Request<Incoming>) -> bool {
-        let Some(host) = req.headers().get(HOST).and_then(|h| h.to_str().ok()) else { return false };
+    /// RFC 9112 §3.2: exactly one `Host`; §3.2.2: an absolute-form target's
+    /// authority stands for the host, so one naming another than the
+    /// `Host` (or another scheme) is refused rather than half-believed.
+    /// Then DESIGN §6: the one `Host` must name this port on loopback.
+    fn host_ok(&self, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+        let mut hosts = req.headers().get_all(HOST).iter();
+        let (host, second) = (hosts.next(), hosts.next());
+        if second.is_some() {
+            return Err((StatusCode::BAD_REQUEST, "exactly one Host header is allowed (RFC 9112 §3.2)"));
+        }
+        let host = host.and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let uri = req.uri();
+        if let Some(authority) = uri.authority()
+            && (uri.scheme() != Some(&hyper::http::uri::Scheme::HTTP) || !authority.as_str().eq_ignore_ascii_case(host))
+        {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "an absolute-form target must be http:// with the Host's own authority (RFC 9112 §3.2.2)",
+            ));
+        }
         let p = self.port;
-        host == format!("127.0.0.1:{p}") || host == format!("localhost:{p}") || host == format!("[::1]:{p}")
+        if host == format!("127.0.0.1:{p}") || host == format!("localhost:{p}") || host == format!("[::1]:{p}") {
+            Ok(())
+        } else {
+            Err((StatusCode::FORBIDDEN, "Host must be 127.0.0.1:PORT, localhost:PORT or [::1]:PORT"))
+        }
     }
 
     fn secret_ok(&self, req: &Request<Incoming>) -> bool {
@@ -157,7 +280,7 @@ impl Shared {
     }
 
     /// Records a refused request, at most once per window.
-    async fn record_unauthorized(&self, req: &Request<Incoming>, peer: SocketAddr) {
+    async fn record_unauthorized(&self, req: &Request<Incoming>, peer: Peer) {
         let suppressed = {
             let mut rl = crate::lock(&self.unauthorized);
             let now = Instant::now();
@@ -212,9 +335,9 @@ enum Route {
     Events,
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if !shared.host_ok(&req) {
-        return error(StatusCode::FORBIDDEN, "Host must be 127.0.0.1:PORT, localhost:PORT or [::1]:PORT");
+async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    if let Err((status, why)) = shared.host_ok(&req) {
+        return error(status, why);
     }
     if req.headers().contains_key(ORIGIN) {
         return error(StatusCode::FORBIDDEN, "requests with an Origin header are refused");

@@ -2,13 +2,19 @@
 //! every change (inotify, `POST /v1/consent/changed`, a poll as a safety
 //! net) and at its expiry, which it measures on two clocks; a task the
 //! grant no longer covers is stopped.
+//!
+//! The watcher is supervised ([`Daemon::enforce_consent`]): if it ends or
+//! panics while the daemon runs, nothing would stop a task at its grant's
+//! end, so every running task is stopped at once (fail closed), the event is
+//! audited (`consent.watcher_restarted`) and the watcher starts again,
+//! re-reading the grant.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{CONSENT_POLL, CONSENT_POLL_WATCHED, Daemon, kill};
 use crate::audit::{Event, Record};
@@ -172,6 +178,74 @@ impl Daemon {
     }
 }
 
+/// The first wait before a watcher that died is started again; it doubles
+/// with each death in a row, up to [`WATCHER_RESTART_MAX`].
+pub const WATCHER_RESTART: Duration = Duration::from_millis(50);
+/// The longest wait before a watcher that keeps dying is started again.
+pub const WATCHER_RESTART_MAX: Duration = Duration::from_secs(2);
+/// A watcher that ran this long without dying resets the restart wait.
+const WATCHER_HEALTHY: Duration = Duration::from_secs(60);
+
+impl Daemon {
+    /// Runs the consent watcher ([`Daemon::watch_consent`]) until `stop`
+    /// turns true, and supervises it: see [`Daemon::supervise_watcher`].
+    pub async fn enforce_consent(&self, stop: watch::Receiver<bool>) {
+        self.supervise_watcher(stop, |d, mut stop| async move {
+            d.watch_consent(async move { crate::stopped(&mut stop).await }).await
+        })
+        .await;
+    }
+
+    /// Runs `watcher` (the consent watcher, or a stand-in in tests) in its
+    /// own task until `stop` turns true. Each time it ends or panics before
+    /// that, every running task is told to stop (`by: revoke`: consent can
+    /// no longer be enforced for it), a `consent.watcher_restarted` record
+    /// says how it ended, and after a short wait ([`WATCHER_RESTART`],
+    /// doubling to [`WATCHER_RESTART_MAX`] while it keeps dying) it starts
+    /// again, re-reading the grant first.
+    pub(super) async fn supervise_watcher<F, Fut>(&self, mut stop: watch::Receiver<bool>, watcher: F)
+    where
+        F: Fn(Daemon, watch::Receiver<bool>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut wait = WATCHER_RESTART;
+        loop {
+            let began = Instant::now();
+            let ended = tokio::spawn(watcher(self.clone(), stop.clone())).await;
+            if *stop.borrow() {
+                return;
+            }
+            let how = match ended {
+                Err(e) if e.is_panic() => "panicked",
+                Err(_) => "was cancelled",
+                Ok(()) => "ended",
+            };
+            let stopped = self.stop_unenforced();
+            tracing::error!(how, stopped, "the consent watcher {how}; every running task was stopped; restarting it");
+            let mut r = Record::new(Event::ConsentWatcherRestarted);
+            r.detail = Some(format!("the consent watcher {how}; {stopped} running task(s) stopped; restarted"));
+            if let Err(e) = self.audit(vec![r]).await {
+                tracing::error!(error = %crate::ErrorChain(&e), "could not record consent.watcher_restarted");
+            }
+            if began.elapsed() >= WATCHER_HEALTHY {
+                wait = WATCHER_RESTART;
+            }
+            tokio::select! {
+                _ = crate::stopped(&mut stop) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(WATCHER_RESTART_MAX);
+            self.refresh_consent_sync();
+        }
+    }
+
+    /// Tells every running task to stop (`by: revoke`); returns how many were told.
+    fn stop_unenforced(&self) -> usize {
+        let state = self.state();
+        state.tasks.values().filter(|t| t.stop(StoppedBy::Revoke)).count()
+    }
+}
+
 /// Watches the state directory for changes to `consent.json`. `None` if
 /// inotify is unavailable (the poll still runs).
 fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
@@ -200,4 +274,87 @@ fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::Recomm
         .map_err(|e| tracing::warn!(error = %e, "cannot watch {}; polling", dir.display()))
         .ok()?;
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::daemon::task::fake_task;
+
+    #[tokio::test]
+    async fn a_watcher_that_panics_stops_every_task_and_is_restarted() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let daemon = Daemon::start(&paths, Default::default()).unwrap();
+        let mut stopped = fake_task(&daemon, "t-0000000000000001");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let (restarted_tx, mut restarted) = mpsc::channel::<()>(1);
+        let supervisor = {
+            let (d, starts) = (daemon.clone(), starts.clone());
+            tokio::spawn(async move {
+                d.supervise_watcher(stop_rx, move |_, mut stop| {
+                    let n = starts.fetch_add(1, Ordering::SeqCst);
+                    let restarted = restarted_tx.clone();
+                    async move {
+                        if n == 0 {
+                            panic!("a watcher dies");
+                        }
+                        let _ = restarted.send(()).await;
+                        crate::stopped(&mut stop).await;
+                    }
+                })
+                .await
+            })
+        };
+        let wait = Duration::from_secs(10);
+        let by = tokio::time::timeout(wait, stopped.wait_for(Option::is_some)).await.unwrap().unwrap().unwrap();
+        assert_eq!(by, StoppedBy::Revoke, "the task no watcher guards is stopped");
+        tokio::time::timeout(wait, restarted.recv()).await.unwrap().unwrap();
+        let listing = crate::audit::list(&paths, 0).unwrap();
+        let record = listing
+            .records
+            .iter()
+            .filter_map(|l| l.record.as_ref())
+            .find(|r| r.event == Event::ConsentWatcherRestarted);
+        let detail = record.and_then(|r| r.detail.clone()).unwrap_or_default();
+        assert!(detail.contains("panicked") && detail.contains("1 running task(s) stopped"), "{detail}");
+        // Asked to stop, it stops, and does not restart the watcher again.
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(wait, supervisor).await.unwrap().unwrap();
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_returns_early_is_restarted_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start(&Paths::under(dir.path().join("home")), Default::default()).unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (third_tx, mut third) = mpsc::channel::<usize>(1);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let supervisor = tokio::spawn(async move {
+            daemon
+                .supervise_watcher(stop_rx, move |_, mut stop| {
+                    let n = counted.fetch_add(1, Ordering::SeqCst);
+                    let third = third_tx.clone();
+                    async move {
+                        // The first two return at once; the third stays until stopped.
+                        if n >= 2 {
+                            let _ = third.send(n).await;
+                            crate::stopped(&mut stop).await;
+                        }
+                    }
+                })
+                .await
+        });
+        let wait = Duration::from_secs(10);
+        assert_eq!(tokio::time::timeout(wait, third.recv()).await.unwrap(), Some(2));
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(wait, supervisor).await.unwrap().unwrap();
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+    }
 }

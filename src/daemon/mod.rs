@@ -14,8 +14,9 @@
 //!   run loop that records its end, stop, the output decoder.
 //! - [`exec`]: the processes of one task, in phases; [`kill`]: where a
 //!   process tree is killed; [`tree`]: `/proc` reads and cgroups.
-//! - `enforce.rs`: consent as enforced: re-reading, expiry, the watcher.
+//! - `enforce.rs`: consent as enforced: re-reading, expiry, the watcher and its supervisor.
 //! - `records.rs`: audit records built from a task or a denial (pure).
+//! - `denials.rs`: denials of unverified senders, counted per window, one summary each.
 //! - `files.rs`: `daemon.lock`, `daemon.json`, the secret, `run/tasks.json`
 //!   and recovery after a crash.
 //! - `agent.rs` and `agent_host.rs`: the owner's agent checked ready; the
@@ -30,6 +31,8 @@
 //! - `daemon.lock`: held (flock) while a daemon runs: one per home.
 //! - `daemon.json`: `pid`, `control_port`, `started_at`, `version`,
 //!   `device_id`; written once the control API is bound, removed on exit.
+//! - `control.sock`: the control API for the owner's own processes (0600,
+//!   same-uid peers), bound at start, removed on exit.
 //! - `run/tasks.json`: the running tasks, so that the next start after a
 //!   crash can kill what was left and audit `task.aborted`.
 
@@ -37,6 +40,7 @@ mod admit;
 mod agent;
 mod agent_host;
 mod control;
+mod denials;
 mod enforce;
 pub mod exec;
 mod files;
@@ -67,6 +71,7 @@ use crate::lock;
 use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, PolicyError};
 use crate::protocol::StoppedBy;
+pub use denials::{DENIAL_WINDOW, RECORDED_SENDERS};
 use enforce::ConsentState;
 pub use files::{DaemonInfo, ensure_secret, is_running, read_info};
 use gate::ReplayCache;
@@ -188,6 +193,8 @@ struct Inner {
     cgroup: Option<tree::Delegated>,
     /// The last [`RECENT_TASKS`] tasks that ended, with their transcripts.
     recent: Mutex<VecDeque<Finished>>,
+    /// Denials of unverified senders, counted in windows (`denials.rs`).
+    denials: Mutex<denials::DenialWindow>,
 }
 
 /// A handle on the running daemon; clones share it.
@@ -264,6 +271,7 @@ impl Daemon {
                 audit_head: Mutex::default(),
                 cgroup: tree::Delegated::detect(),
                 recent: Mutex::new(VecDeque::new()),
+                denials: Mutex::default(),
             }),
         };
         if let Some(cg) = &daemon.inner.cgroup {
@@ -380,6 +388,7 @@ impl Daemon {
     /// recorded, and audits `daemon.stopped`.
     pub async fn shutdown(&self) {
         let stopped = self.stop_all(StoppedBy::Shutdown).await;
+        self.close_denial_window().await;
         let mut r = Record::new(Event::DaemonStopped);
         r.detail = Some(format!("pid {}; {} running task(s) stopped", std::process::id(), stopped.len()));
         if let Err(e) = self.audit(vec![r]).await {
@@ -448,16 +457,11 @@ pub async fn run(
     };
     files::write_info(paths, &info)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(control::serve(listener, daemon.clone(), secret, stop_rx.clone()));
+    let socket = control::bind_socket(paths);
+    let server = tokio::spawn(control::serve(listener, socket, daemon.clone(), secret, stop_rx.clone()));
     let watcher = {
-        let d = daemon.clone();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            d.watch_consent(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
+        let (d, rx) = (daemon.clone(), stop_rx.clone());
+        tokio::spawn(async move { d.enforce_consent(rx).await })
     };
     let link = daemon.inner.options.link.clone().map(|config| {
         let (tx, rx) = mpsc::channel(256);
@@ -479,5 +483,6 @@ pub async fn run(
         let _ = link.await;
     }
     let _ = paths::remove(&paths.daemon_info());
+    let _ = paths::remove(&paths.control_socket());
     Ok(())
 }

@@ -68,18 +68,8 @@ impl Daemon {
     }
 
     /// Runs an accepted task to its end and records it.
-    pub(super) async fn drive(
-        self,
-        info: TaskView,
-        spec: exec::Spec,
-        stop: watch::Receiver<Option<StoppedBy>>,
-        done: watch::Sender<Option<TaskResult>>,
-        frames: mpsc::Sender<DeviceFrame>,
-        transcript: Arc<Mutex<Transcript>>,
-    ) {
-        // However this ends, a panic included, the entry leaves the table:
-        // a task that is gone never holds a slot or the agent's turn.
-        let forget = ForgetOnDrop { daemon: self.clone(), task_id: info.task_id.clone() };
+    pub(super) async fn drive(self, task: super::admit::Registered, frames: mpsc::Sender<DeviceFrame>) {
+        let super::admit::Registered { spec, info, stop, done, transcript, forget } = task;
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
         let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
         let forward = {
@@ -209,10 +199,20 @@ impl Daemon {
     }
 }
 
-/// Takes a task out of the table when dropped (see [`Daemon::drive`]).
-struct ForgetOnDrop {
+/// Takes a task out of the table when dropped: made as its entry goes in,
+/// held by admission and then by [`Daemon::drive`], so that however either
+/// ends, a panic included, a task that is gone never holds a slot or the
+/// agent's turn.
+pub(super) struct ForgetOnDrop {
     daemon: Daemon,
     task_id: String,
+}
+
+impl ForgetOnDrop {
+    /// The guard of `task_id`'s entry in `daemon`'s table.
+    pub(super) fn new(daemon: &Daemon, task_id: &str) -> ForgetOnDrop {
+        ForgetOnDrop { daemon: daemon.clone(), task_id: task_id.to_string() }
+    }
 }
 
 impl Drop for ForgetOnDrop {
@@ -303,9 +303,45 @@ impl Utf8Carry {
     }
 }
 
+/// Puts an entry with no process behind it into `daemon`'s table; its stop signal.
+#[cfg(test)]
+pub(super) fn fake_task(daemon: &Daemon, task_id: &str) -> watch::Receiver<Option<StoppedBy>> {
+    let info: TaskView = serde_json::from_value(serde_json::json!({
+        "task_id": task_id, "request_id": "r-1", "action": "slow", "tier": 1,
+        "params": {}, "operator": "alice", "grant_id": "g-1", "started_at": "2026-01-01T00:00:00Z",
+        "pid": null, "start_ticks": null,
+    }))
+    .unwrap();
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let (_done, done_rx) = watch::channel(None);
+    let transcript = Arc::new(Mutex::new(Transcript::new(false)));
+    let entry = TaskEntry::new(info, stop_tx, done_rx, transcript);
+    daemon.state().tasks.insert(task_id.to_string(), entry);
+    stop_rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_guard_held_through_admission_takes_the_entry_out_on_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start(&crate::Paths::under(dir.path().join("home")), Default::default()).unwrap();
+        for n in 0..2 * daemon.inner.options.max_tasks {
+            let task_id = format!("t-{n:016x}");
+            let mut stopped = fake_task(&daemon, &task_id);
+            let forget = ForgetOnDrop::new(&daemon, &task_id);
+            let panicked = tokio::spawn(async move {
+                let _forget = forget;
+                panic!("a log write, say, part-way through admission");
+            })
+            .await;
+            assert!(panicked.unwrap_err().is_panic());
+            assert!(daemon.tasks().is_empty(), "entry {n} is still in the table");
+            assert_eq!(*stopped.wait_for(Option::is_some).await.unwrap(), Some(StoppedBy::Shutdown));
+        }
+    }
 
     #[test]
     fn a_character_split_across_chunks_arrives_whole() {

@@ -3,7 +3,7 @@
 //! ready (systemd `READY=1`, `listening on`).
 
 use std::fs::File;
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -57,16 +57,7 @@ impl State {
 /// Binds `admin.sock` 0600; an old socket is a leftover, since we hold the lock.
 fn bind_admin(dir: &Path) -> Option<UnixListener> {
     let path = RelayPaths::new(dir).admin_socket();
-    if let Ok(m) = std::fs::symlink_metadata(&path)
-        && (m.file_type().is_socket() || m.file_type().is_symlink())
-    {
-        let _ = std::fs::remove_file(&path);
-    }
-    let bound = UnixListener::bind(&path).and_then(|l| {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(l)
-    });
-    match bound {
+    match paths::bind_socket(&path) {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot bind the admin socket; `relay devices` will read live.json");
