@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::FileError;
 pub use log::AuditLog;
-pub use read::{Listed, Listing, Verified, list, verify};
+pub use read::{Listed, Listing, Prover, Verified, list, prove, verify};
 
 /// `prev` of the first record: 64 zeros.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -106,6 +106,12 @@ pub enum Event {
     /// `support trust add` refused because it ran inside a task's process tree.
     #[serde(rename = "trust.refused")]
     TrustRefused,
+    /// The first record of a chain begun while both `audit.jsonl` and
+    /// `audit.key` were missing although the home shows an earlier chain
+    /// (`device.key` exists, or this process had written records): the
+    /// whole log and its key were removed. `detail` says what showed it.
+    #[serde(rename = "audit.reset")]
+    AuditReset,
 }
 
 impl Event {
@@ -129,6 +135,7 @@ impl Event {
             Event::TrustRemoved => "trust.removed",
             Event::ConsentRefused => "consent.refused",
             Event::TrustRefused => "trust.refused",
+            Event::AuditReset => "audit.reset",
         }
     }
 }

@@ -16,7 +16,8 @@ pub struct Args {
     /// One JSON object: enabled, tier, granted_at, expires_at, remaining_seconds,
     /// reason, grant_id, granted_by, off_reason, daemon (null or {pid, connected, relay,
     /// running_tasks, tasks: [{task_id, action, tier, operator, started_at, agent, …}],
-    /// device_id, started_at, control_port, version}), device_id, paths.
+    /// link: {…, witnessed_seq, audit_alert}, device_id, started_at, control_port, version}),
+    /// device_id, paths.
     #[arg(long)]
     json: bool,
 }
@@ -89,6 +90,18 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             };
             outln!("  daemon  running, pid {}, {link}, {} task(s) running", d.pid, d.running_tasks)?;
             outln!("  device  {}", printable(&d.device_id))?;
+            match (&l.audit_alert, l.witnessed_seq) {
+                (Some(a), _) => outln!(
+                    "  audit   the relay {} this audit log: {} at witnessed seq {} ({})",
+                    paint("FLAGS", "31"),
+                    a.kind.as_str(),
+                    a.witnessed_seq,
+                    printable(&a.detail)
+                )?,
+                (None, Some(seq)) => outln!("  audit   the relay witnessed this chain up to seq {seq}")?,
+                (None, None) if d.connected => outln!("  audit   the relay has not witnessed this chain yet")?,
+                (None, None) => {}
+            }
             for t in &d.tasks {
                 outln!("  {}", super::tasks::running_line(ctx, t))?;
             }

@@ -218,9 +218,11 @@ impl Daemon {
                 }
             }
         }
-        let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
-        let catalogue = Catalogue::load(paths)?;
+        // The log before the device key: a key that exists with no log and
+        // no audit.key shows an earlier chain was removed (`audit.reset`).
         let mut audit = AuditLog::open(paths)?;
+        let catalogue = Catalogue::load(paths)?;
+        let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
         audit.set_lock_timeout(Some(AUDIT_LOCK_TIMEOUT));
         // Orphans of our tasks come back to us, not to init (prctl(2)).
         nix::sys::prctl::set_child_subreaper(true)
@@ -393,6 +395,7 @@ impl Daemon {
             audit_head,
             uptime_s: self.inner.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").into(),
+            witness: None,
         }
     }
 

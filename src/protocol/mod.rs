@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod limits;
 pub mod signed;
+pub mod witness;
 
 pub use limits::{DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, PING_EVERY, SEND_TIMEOUT, ws_config};
 pub use signed::{RUN_CONTEXT, hello_bytes};
+pub use witness::{AlertKind, AuditAlert, ChainState, WitnessProof};
 
 /// A new request id: `r-` and 16 random hex digits.
 pub fn new_request_id() -> String {
@@ -346,6 +348,10 @@ pub struct Heartbeat {
     pub uptime_s: u64,
     /// The daemon's version.
     pub version: String,
+    /// The device's proof that its chain extends the head the relay
+    /// witnessed (absent when the relay has witnessed none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessProof>,
 }
 
 /// One device as `list_devices` (and `support relay devices --json`) shows it.
@@ -374,6 +380,10 @@ pub struct DeviceEntry {
     /// Its daemon's version.
     #[serde(default)]
     pub version: Option<String>,
+    /// What the relay found wrong with its audit chain, standing until the
+    /// relay's admin clears it; `None` (null) when all is well.
+    #[serde(default)]
+    pub audit_alert: Option<AuditAlert>,
 }
 
 /// Relay error codes (DESIGN §7), plus `BUSY` for the relay's own limits.
@@ -492,6 +502,10 @@ pub enum FromRelay {
         id: String,
         /// Its registered name.
         name: String,
+        /// To a device: the seq of the audit head the relay witnessed last,
+        /// which its next `heartbeat` must prove; absent when none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        witnessed_seq: Option<u64>,
     },
     /// Something was refused. With a `request_id` it is about that request
     /// (e.g. `DEVICE_OFFLINE`); without one, about the connection, which
@@ -521,6 +535,14 @@ pub enum FromRelay {
     Devices {
         /// Every enrolled device.
         devices: Vec<DeviceEntry>,
+    },
+    /// To a device, after each heartbeat: the head the relay witnesses now,
+    /// and the audit alert that stands against this device, if any.
+    Witnessed {
+        /// The seq now witnessed (the next heartbeat proves it), or `None`.
+        seq: Option<u64>,
+        /// The standing alert, if any.
+        alert: Option<AuditAlert>,
     },
     /// To an operator: the device's answer about its request.
     #[serde(untagged)]

@@ -230,6 +230,15 @@ impl Hub {
     pub(crate) fn metrics_text(&self) -> String {
         let devices = lock(&self.devices).len();
         let operators = lock(&self.operators).len();
-        self.metrics.text(devices, operators)
+        let alerted = {
+            let registry = self.registry();
+            registry
+                .0
+                .witness
+                .iter()
+                .filter(|(id, w)| w.alert.is_some() && registry.0.devices.contains_key(*id))
+                .count()
+        };
+        self.metrics.text(devices, operators, alerted)
     }
 }

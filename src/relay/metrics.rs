@@ -13,6 +13,7 @@ pub(crate) struct Metrics {
     commands_routed: AtomicU64,
     frames_rejected: Mutex<BTreeMap<&'static str, u64>>,
     handshakes_failed: Mutex<BTreeMap<&'static str, u64>>,
+    audit_alerts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -31,14 +32,28 @@ impl Metrics {
         bump(&self.handshakes_failed, reason);
     }
 
-    /// The Prometheus text exposition (format 0.0.4), with the hub's gauges.
-    pub(crate) fn text(&self, devices_connected: usize, operators_connected: usize) -> String {
+    /// A device's audit chain failed the witness, of `kind` (`truncated`, …),
+    /// and no alert stood against it yet.
+    pub(crate) fn audit_alert(&self, kind: &'static str) {
+        bump(&self.audit_alerts, kind);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), with the hub's gauges
+    /// (`devices_audit_alert`: devices with a standing audit alert, from the registry).
+    pub(crate) fn text(
+        &self,
+        devices_connected: usize,
+        operators_connected: usize,
+        devices_audit_alert: usize,
+    ) -> String {
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         gauge(&mut out, "devices_connected", "Devices with an authenticated connection.", devices_connected);
         gauge(&mut out, "operators_connected", "Operator connections.", operators_connected);
+        let alerted = "Enrolled devices with a standing audit alert (until the admin clears it).";
+        gauge(&mut out, "devices_audit_alert", alerted, devices_audit_alert);
         let routed = self.commands_routed.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
@@ -52,6 +67,12 @@ impl Metrics {
             for (reason, n) in lock(map).iter() {
                 let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
             }
+        }
+        let name = "audit_alerts_total";
+        let _ =
+            writeln!(out, "# HELP {name} Audit alerts raised since the relay started, by kind.\n# TYPE {name} counter");
+        for (kind, n) in lock(&self.audit_alerts).iter() {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
         }
         out
     }

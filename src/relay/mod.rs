@@ -21,6 +21,7 @@
 //! - `presence`: what `devices` reports; `live.json`.
 //! - `admin`: the admin socket that answers `support relay devices`.
 //! - `metrics`: the counters behind `/metrics`.
+//! - `witness`: the audit witness: each device's chain must extend the head the relay holds.
 //! - [`registry`]: `registry.json`: devices, operators, enrolment tokens.
 
 mod admin;
@@ -32,6 +33,7 @@ mod presence;
 pub mod registry;
 mod session;
 mod state;
+mod witness;
 
 use std::future::Future;
 use std::path::PathBuf;

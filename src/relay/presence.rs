@@ -88,6 +88,8 @@ fn join(registry: &Registry, known: &HashMap<String, DeviceEntry>) -> Vec<Device
         .map(|(id, record)| {
             let mut entry = known.get(id).cloned().unwrap_or_else(|| offline(id));
             entry.name.clone_from(&record.name);
+            // The registry's witness outlives connections and restarts.
+            entry.audit_alert = registry.witness.get(id).and_then(|w| w.alert.clone());
             entry
         })
         .collect()
@@ -104,6 +106,7 @@ fn offline(device_id: &str) -> DeviceEntry {
         running_tasks: None,
         audit_head: None,
         version: None,
+        audit_alert: None,
     }
 }
 
@@ -195,7 +198,15 @@ mod tests {
     use crate::relay::registry::DeviceRecord;
 
     fn heartbeat(tier: Option<u8>) -> Heartbeat {
-        Heartbeat { tier, expires_at: None, running_tasks: 2, audit_head: None, uptime_s: 9, version: "9.9.9".into() }
+        Heartbeat {
+            tier,
+            expires_at: None,
+            running_tasks: 2,
+            audit_head: None,
+            uptime_s: 9,
+            version: "9.9.9".into(),
+            witness: None,
+        }
     }
 
     #[test]
@@ -229,6 +240,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(RelayPaths::new(dir.path()).live()).unwrap()).unwrap();
         let keys: Vec<&str> = raw["devices"][0].as_object().unwrap().keys().map(String::as_str).collect();
         let want = [
+            "audit_alert",
             "audit_head",
             "device_id",
             "expires_at",

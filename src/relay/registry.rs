@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::PublicKey;
 use crate::paths::{self, FileError};
+use crate::protocol::{AuditAlert, AuditHead};
 
 /// The largest registry file read (bytes): room for a few hundred thousand devices.
 const MAX_REGISTRY_BYTES: u64 = 256 << 20;
@@ -95,6 +96,23 @@ pub struct Registry {
     /// Enrolment tokens not used yet.
     #[serde(default)]
     pub tokens: Vec<TokenRecord>,
+    /// What the relay witnessed of each device's audit chain, by device id
+    /// (see [`super::witness`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub witness: BTreeMap<String, WitnessRecord>,
+}
+
+/// The audit head the relay last witnessed for one device, and the alert
+/// that stands against it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRecord {
+    /// The head of the device's last heartbeat (`None`: it reported none).
+    pub head: Option<AuditHead>,
+    /// The first problem found since the admin last cleared one; later
+    /// findings do not replace it.
+    #[serde(default)]
+    pub alert: Option<AuditAlert>,
 }
 
 /// What identifies one version of the file on disk.
@@ -279,12 +297,46 @@ pub fn enroll(
             return Ok(Enroll::BadToken);
         };
         r.tokens.remove(i);
+        // A device enrolled anew starts a new witness: an old one is of a removed device.
+        r.witness.remove(device_id);
         r.devices.insert(
             device_id.into(),
             DeviceRecord { public_key: key.into(), name: name.into(), enrolled_at: crate::time::rfc3339(now) },
         );
         Ok(Enroll::Pinned)
     })
+}
+
+/// Records what the relay witnessed of `device_id`: `head` becomes the
+/// witnessed head, and `alert`, when given, stands unless one already does.
+/// Returns the record as it stands and the new state.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn witness(
+    dir: &Path,
+    device_id: &str,
+    head: Option<AuditHead>,
+    alert: Option<AuditAlert>,
+) -> Result<(WitnessRecord, Registry, Stamp), RegistryError> {
+    Registry::update(dir, |r| {
+        let w = r.witness.entry(device_id.into()).or_default();
+        w.head = head;
+        if w.alert.is_none() {
+            w.alert = alert;
+        }
+        Ok(w.clone())
+    })
+}
+
+/// Clears the audit alert standing against `device_id`; the witnessed head
+/// stays. Returns the alert that was cleared, if any.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn clear_alert(dir: &Path, device_id: &str) -> Result<Option<AuditAlert>, RegistryError> {
+    let (cleared, _, _) = Registry::update(dir, |r| Ok(r.witness.get_mut(device_id).and_then(|w| w.alert.take())))?;
+    Ok(cleared)
 }
 
 #[cfg(test)]

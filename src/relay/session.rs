@@ -107,7 +107,8 @@ where
     // Reachable before hello_ack, so whoever sees the ack sees the peer online.
     let joined = hub.join(role, &who);
     let conn = joined.conn;
-    if peer.send(&FromRelay::HelloAck { id: who.id.clone(), name: who.name.clone() }).await {
+    let witnessed_seq = if role == Role::Device { super::witness::witnessed_seq(&hub, &who.id) } else { None };
+    if peer.send(&FromRelay::HelloAck { id: who.id.clone(), name: who.name.clone(), witnessed_seq }).await {
         tracing::info!(name = %who.name, "peer authenticated");
         serve(&hub, &mut peer, role, &who, joined).await;
     }
@@ -213,8 +214,9 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, text: &str) -> Opti
     };
     match (role, frame) {
         (Role::Device, ToRelay::Heartbeat(hb)) => {
+            let witnessed = super::witness::heard(hub, &who.id, &hb).await;
             hub.heard(&who.id, hb);
-            None
+            Some(witnessed)
         }
         (Role::Device, ToRelay::Answer(frame)) => {
             hub.route_answer(&who.id, frame).await;

@@ -1,0 +1,178 @@
+//! The audit witness: the relay holds each device's last audit head, off
+//! the device, and checks that every later chain extends it.
+//!
+//! On `hello_ack` the relay names the seq W it witnessed last; the
+//! device's next `heartbeat` carries a [`WitnessProof`] for W: the mac its
+//! log holds at W after verifying the chain from seq 1 with its key, and
+//! its new head. [`judge`] compares that with the witnessed `(W, mac)`:
+//! the same mac at W means the device's chain still holds every record the
+//! relay saw the head of. Then the heartbeat's head becomes the witnessed
+//! head, which the next heartbeat proves (the device knows it: it sent it).
+//! A finding stands as an [`AuditAlert`] in the registry until the admin
+//! clears it (`support relay clear-alert DEVICE`): a device that reconnects
+//! with a fresh chain that looks consistent does not make it vanish.
+//! SECURITY.md says what this detects and what it cannot.
+
+use chrono::Utc;
+
+use super::hub::Hub;
+use super::registry::{self, WitnessRecord};
+use crate::protocol::{AlertKind, AuditAlert, AuditHead, ChainState, FromRelay, Heartbeat, WitnessProof};
+
+/// What is wrong, if anything, when a device that had `witnessed` now
+/// reports `reported` with `proof`: `(kind, reported_seq, detail)`.
+/// Pure; `None` means the chain extends the witnessed head.
+pub(crate) fn judge(
+    witnessed: &AuditHead,
+    reported: Option<&AuditHead>,
+    proof: Option<&WitnessProof>,
+) -> Option<(AlertKind, u64, String)> {
+    let w = witnessed.seq;
+    let head_seq = reported.map_or(0, |h| h.seq);
+    let Some(p) = proof.filter(|p| p.seq == w) else {
+        let what = proof.map_or("no proof".to_string(), |p| format!("a proof for seq {} instead", p.seq));
+        return Some((AlertKind::Unproven, head_seq, format!("the heartbeat carried {what} of witnessed seq {w}")));
+    };
+    match p.chain {
+        ChainState::NoLog => {
+            return Some((AlertKind::Missing, 0, "the device has no audit log (audit.jsonl missing or empty)".into()));
+        }
+        ChainState::NoKey => {
+            let why = "audit.key is missing or malformed: the device cannot verify its chain";
+            return Some((AlertKind::Missing, 0, why.into()));
+        }
+        ChainState::Unreadable => {
+            return Some((AlertKind::Missing, 0, "the device cannot read its audit log or key".into()));
+        }
+        ChainState::Verified | ChainState::Broken => {}
+    }
+    match p.mac.as_deref() {
+        Some(mac) if mac == witnessed.mac => match reported {
+            Some(h) if h.seq >= w => None,
+            _ => Some((
+                AlertKind::Truncated,
+                head_seq,
+                format!("the reported head seq {head_seq} is before the witnessed seq {w}"),
+            )),
+        },
+        Some(_) => Some((
+            AlertKind::Rewritten,
+            p.verified_seq,
+            format!("record {w} has another mac than the one witnessed: the log holds a different chain"),
+        )),
+        None if p.chain == ChainState::Verified => Some((
+            AlertKind::Truncated,
+            p.verified_seq,
+            format!("the chain ends at seq {} before the witnessed seq {w}", p.verified_seq),
+        )),
+        None => Some((
+            AlertKind::Rewritten,
+            p.verified_seq,
+            format!("the chain breaks at seq {}, at or before the witnessed seq {w}", p.verified_seq + 1),
+        )),
+    }
+}
+
+/// A device's heartbeat arrived: checks it against the witnessed head,
+/// records the new head (and any finding) in the registry, and returns the
+/// `witnessed` frame for the device.
+pub(crate) async fn heard(hub: &Hub, device_id: &str, hb: &Heartbeat) -> FromRelay {
+    let before = hub.registry().0.witness.get(device_id).cloned().unwrap_or_default();
+    let finding = before.head.as_ref().and_then(|w| judge(w, hb.audit_head.as_ref(), hb.witness.as_ref()));
+    let alert = finding.map(|(kind, reported_seq, detail)| AuditAlert {
+        kind,
+        witnessed_seq: before.head.as_ref().map_or(0, |w| w.seq),
+        reported_seq,
+        detected_at: crate::time::rfc3339(Utc::now()),
+        detail,
+    });
+    if let Some(a) = &alert {
+        tracing::warn!(device_id, kind = a.kind.as_str(), witnessed_seq = a.witnessed_seq, reported_seq = a.reported_seq, detail = %a.detail, "audit alert");
+        if before.alert.is_none() {
+            hub.metrics.audit_alert(a.kind.as_str());
+        }
+    }
+    let after = if alert.is_none() && before.head == hb.audit_head {
+        // Nothing new: an idle device costs no registry write.
+        before
+    } else {
+        record(hub, device_id, hb.audit_head.clone(), alert).await.unwrap_or(before)
+    };
+    FromRelay::Witnessed { seq: after.head.map(|h| h.seq), alert: after.alert }
+}
+
+/// The seq `hello_ack` names for `device_id`: the head witnessed last, if any.
+pub(crate) fn witnessed_seq(hub: &Hub, device_id: &str) -> Option<u64> {
+    hub.registry().0.witness.get(device_id).and_then(|w| w.head.as_ref()).map(|h| h.seq)
+}
+
+/// Writes the witness to the registry off the runtime's thread; `None` if it cannot.
+async fn record(
+    hub: &Hub,
+    device_id: &str,
+    head: Option<AuditHead>,
+    alert: Option<AuditAlert>,
+) -> Option<WitnessRecord> {
+    let (dir, id) = (hub.dir.clone(), device_id.to_string());
+    match tokio::task::spawn_blocking(move || registry::witness(&dir, &id, head, alert)).await {
+        Ok(Ok((record, fresh, stamp))) => {
+            hub.set_registry((fresh, stamp));
+            Some(record)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %crate::ErrorChain(&e), "cannot record the witnessed audit head");
+            hub.metrics.rejected("witness_unrecorded");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC_A: &str = "aa";
+    const MAC_B: &str = "bb";
+
+    fn head(seq: u64, mac: &str) -> AuditHead {
+        AuditHead { seq, mac: mac.into() }
+    }
+
+    fn proof(seq: u64, mac: Option<&str>, verified_seq: u64, chain: ChainState) -> WitnessProof {
+        WitnessProof { seq, mac: mac.map(Into::into), verified_seq, chain }
+    }
+
+    #[test]
+    fn a_chain_that_extends_the_witnessed_head_passes() {
+        let w = head(5, MAC_A);
+        let ok = proof(5, Some(MAC_A), 9, ChainState::Verified);
+        assert_eq!(judge(&w, Some(&head(9, "cc")), Some(&ok)), None);
+        assert_eq!(judge(&w, Some(&head(5, MAC_A)), Some(&ok)), None, "no new record since");
+        let broken_later = proof(5, Some(MAC_A), 7, ChainState::Broken);
+        assert_eq!(judge(&w, Some(&head(9, "cc")), Some(&broken_later)), None, "after W: checked once witnessed");
+    }
+
+    #[test]
+    fn each_way_a_chain_fails_to_extend_the_head_has_its_kind() {
+        let w = head(5, MAC_A);
+        let now = Some(head(9, "cc"));
+        let cases: [(Option<WitnessProof>, Option<AuditHead>, AlertKind, u64); 9] = [
+            (Some(proof(5, None, 3, ChainState::Verified)), now.clone(), AlertKind::Truncated, 3),
+            (Some(proof(5, None, 2, ChainState::Broken)), now.clone(), AlertKind::Rewritten, 2),
+            (Some(proof(5, Some(MAC_B), 9, ChainState::Verified)), now.clone(), AlertKind::Rewritten, 9),
+            (Some(proof(5, None, 0, ChainState::NoLog)), now.clone(), AlertKind::Missing, 0),
+            (Some(proof(5, None, 0, ChainState::NoKey)), now.clone(), AlertKind::Missing, 0),
+            (Some(proof(5, None, 0, ChainState::Unreadable)), now.clone(), AlertKind::Missing, 0),
+            (None, now.clone(), AlertKind::Unproven, 9),
+            (Some(proof(4, Some(MAC_A), 9, ChainState::Verified)), now.clone(), AlertKind::Unproven, 9),
+            (Some(proof(5, Some(MAC_A), 9, ChainState::Verified)), Some(head(4, "dd")), AlertKind::Truncated, 4),
+        ];
+        for (p, reported, kind, reported_seq) in cases {
+            let found = judge(&w, reported.as_ref(), p.as_ref());
+            let (k, seq, detail) = found.unwrap_or_else(|| panic!("{p:?} with {reported:?} passed"));
+            assert_eq!((k, seq), (kind, reported_seq), "{p:?}: {detail}");
+            assert!(!detail.is_empty());
+        }
+    }
+}
