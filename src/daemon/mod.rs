@@ -68,7 +68,7 @@ use crate::protocol::StoppedBy;
 use enforce::ConsentState;
 pub use files::{DaemonInfo, ensure_secret, is_running, read_info};
 use gate::ReplayCache;
-pub use link::{LinkConfig, LinkStatus};
+pub use link::{HEARTBEAT_ENV, LinkConfig, LinkStatus};
 pub use records::RECORDED_VALUE_BYTES;
 use task::{Finished, TaskEntry};
 
