@@ -16,7 +16,8 @@ use serde_json::Value;
 /// heartbeating every 100 ms; waits until it is connected.
 fn daemon(home: Home, relay: &Relay, token: Option<String>) -> Device {
     std::fs::create_dir_all(&home.path).unwrap();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(home.path.with_extension("daemon.log")).unwrap();
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(home.path.with_extension("daemon.log")).unwrap();
     let mut cmd = home.cmd(&["daemon", "--relay", &relay.url(), "--relay-ca", relay.ca().to_str().unwrap()]);
     if let Some(t) = token {
         cmd.args(["--enroll", &t]);
@@ -152,8 +153,9 @@ fn each_tampering_of_a_live_log_is_flagged_at_the_next_heartbeat() {
 #[test]
 fn a_fresh_chain_after_both_files_go_is_recorded_and_the_alert_outlives_reconnects() {
     let relay = Relay::start("127.0.0.1:0");
-    let (_, key_path) = relay.operator("desk");
+    let (key, key_path) = relay.operator("desk");
     let device = daemon(Home::new(), &relay, Some(relay.token()));
+    device.trust("desk", &key);
     grow(&device);
     let witnessed = lines(&device);
     let Device { home, mut proc, .. } = device;
@@ -210,8 +212,9 @@ fn a_log_cut_while_the_daemon_was_down_is_flagged_at_the_next_hello() {
 #[test]
 fn an_untouched_log_is_never_flagged_over_heartbeats_reconnects_and_relay_restarts() {
     let relay = Relay::start("127.0.0.1:0");
-    let (_, key_path) = relay.operator("desk");
+    let (key, key_path) = relay.operator("desk");
     let mut device = daemon(Home::new(), &relay, Some(relay.token()));
+    device.trust("desk", &key);
     let mut relay = relay;
     for round in 0..3 {
         grow(&device);
@@ -243,4 +246,28 @@ fn an_untouched_log_is_never_flagged_over_heartbeats_reconnects_and_relay_restar
     let seq = wait_witnessed_all(&device);
     device.home.run(&["status"]).code(0).says(&format!("the relay witnessed this chain up to seq {seq}"));
     operator(&relay, &key_path, &["devices"]).code(0).says(" ok");
+}
+
+#[test]
+fn an_operator_the_owner_does_not_trust_sees_no_grant_and_no_audit_state() {
+    let relay = Relay::start("127.0.0.1:0");
+    let (key, trusted) = relay.operator("desk");
+    let (_, stranger) = relay.operator("mallory");
+    let device = daemon(Home::new(), &relay, Some(relay.token()));
+    device.trust("desk", &key);
+    device.allow(4);
+    wait_witnessed_all(&device);
+    keep_lines(&device.home.file("audit.jsonl"), 1);
+    wait_alert(&relay, &device);
+    let full = operator(&relay, &trusted, &["devices", "--json"]).code(0).json();
+    assert_eq!(full[0]["tier"], 4, "{full}");
+    assert!(full[0]["audit_head"].is_object() && full[0]["audit_alert"].is_object(), "{full}");
+    let bare = operator(&relay, &stranger, &["devices", "--json"]).code(0).json();
+    let d = &bare[0];
+    assert_eq!((d["device_id"].as_str(), d["online"].as_bool()), (Some(device.device_id.as_str()), Some(true)));
+    for field in ["tier", "expires_at", "running_tasks", "audit_head", "audit_alert", "last_heartbeat", "version"] {
+        assert!(d[field].is_null(), "{field} shown to an operator the owner does not trust: {bare}");
+    }
+    // The relay's admin sees everything.
+    assert_eq!(entry(&relay, &device.device_id)["tier"], 4);
 }

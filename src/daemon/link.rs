@@ -123,10 +123,18 @@ async fn heartbeat(daemon: &Daemon, witness: &mut Witness) -> Heartbeat {
     let seq = witness.seq;
     let paths = daemon.inner.paths.clone();
     let mut prover = std::mem::take(&mut witness.prover);
-    let proved = tokio::task::spawn_blocking(move || (prover.prove(&paths, seq.unwrap_or(0)), prover)).await;
+    let proved = tokio::task::spawn_blocking(move || {
+        // Unreadable trust: no operator is told more than a device's name.
+        let trusted = crate::trust::list(&paths).unwrap_or_default();
+        let trusted = trusted.iter().filter_map(|o| o.public_key.parse::<crate::PublicKey>().ok());
+        let trusted: Vec<String> = trusted.map(|k| k.fingerprint()).collect();
+        (trusted, (prover.prove(&paths, seq.unwrap_or(0)), prover))
+    })
+    .await;
     let (proof, head) = match proved {
-        Ok((proved, prover)) => {
+        Ok((trusted, (proved, prover))) => {
             witness.prover = prover;
+            hb.trusted_operators = trusted;
             proved
         }
         Err(_) => {

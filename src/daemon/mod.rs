@@ -396,6 +396,7 @@ impl Daemon {
             uptime_s: self.inner.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").into(),
             witness: None,
+            trusted_operators: Vec::new(),
         }
     }
 

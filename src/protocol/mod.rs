@@ -352,6 +352,10 @@ pub struct Heartbeat {
     /// witnessed (absent when the relay has witnessed none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<WitnessProof>,
+    /// Fingerprints (`SHA256:…`) of the operator keys the owner trusts: the
+    /// relay shows this device's grant, tasks and audit state only to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_operators: Vec<String>,
 }
 
 /// One device as `list_devices` (and `support relay devices --json`) shows it.

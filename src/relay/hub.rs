@@ -226,6 +226,12 @@ impl Hub {
         self.presence.listing(&registry.0)
     }
 
+    /// Every enrolled device, as operator `who` may see it (see [`Presence::listing_for`]).
+    pub(crate) fn list_for(&self, who: &Who) -> Vec<DeviceEntry> {
+        let registry = self.registry();
+        self.presence.listing_for(&registry.0, &who.id)
+    }
+
     /// `GET /metrics`.
     pub(crate) fn metrics_text(&self) -> String {
         let devices = lock(&self.devices).len();

@@ -114,6 +114,8 @@ fn offline(device_id: &str) -> DeviceEntry {
 #[derive(Default)]
 pub(crate) struct Presence {
     entries: Mutex<HashMap<String, DeviceEntry>>,
+    /// Per device, the operator key fingerprints its owner trusts, as its last heartbeat said.
+    trusted: Mutex<HashMap<String, Vec<String>>>,
     changed: Notify,
 }
 
@@ -130,6 +132,7 @@ impl Presence {
 
     /// The device sent `hb` just now.
     pub(crate) fn heard(&self, device_id: &str, hb: Heartbeat) {
+        lock(&self.trusted).insert(device_id.to_string(), hb.trusted_operators);
         let now = crate::time::rfc3339(Utc::now());
         self.change(device_id, |e| {
             e.last_heartbeat = Some(now);
@@ -149,6 +152,24 @@ impl Presence {
     /// Every enrolled device with what the relay knows of it now.
     pub(crate) fn listing(&self, registry: &Registry) -> Vec<DeviceEntry> {
         join(registry, &lock(&self.entries))
+    }
+
+    /// The listing an operator gets: a device whose owner does not trust
+    /// `fingerprint` (as its last heartbeat since the relay started said)
+    /// shows only its id, name and whether it is online.
+    pub(crate) fn listing_for(&self, registry: &Registry, fingerprint: &str) -> Vec<DeviceEntry> {
+        let trusted = lock(&self.trusted);
+        let mut all = self.listing(registry);
+        for entry in &mut all {
+            if !trusted.get(&entry.device_id).is_some_and(|t| t.iter().any(|f| f == fingerprint)) {
+                *entry = DeviceEntry {
+                    name: std::mem::take(&mut entry.name),
+                    online: entry.online,
+                    ..offline(&entry.device_id)
+                };
+            }
+        }
+        all
     }
 
     fn snapshot(&self) -> Vec<DeviceEntry> {
@@ -206,6 +227,7 @@ mod tests {
             uptime_s: 9,
             version: "9.9.9".into(),
             witness: None,
+            trusted_operators: Vec::new(),
         }
     }
 
@@ -228,6 +250,22 @@ mod tests {
         assert_eq!((d1.tier, d1.running_tasks, d1.version.as_deref()), (Some(2), Some(2), Some("9.9.9")));
         assert!(d1.last_heartbeat.is_some(), "the last heartbeat outlives the connection");
         assert_eq!(listed[1], DeviceEntry { name: "desktop".into(), ..offline("d-2") });
+    }
+
+    #[test]
+    fn an_operator_the_owner_does_not_trust_sees_only_name_and_presence() {
+        let mut registry = Registry::default();
+        let record = DeviceRecord { public_key: "k".into(), name: "laptop".into(), enrolled_at: "t".into() };
+        registry.devices.insert("d-1".into(), record);
+        let presence = Presence::default();
+        presence.online("d-1");
+        presence.heard("d-1", Heartbeat { trusted_operators: vec!["SHA256:alice".into()], ..heartbeat(Some(4)) });
+        let full = presence.listing_for(&registry, "SHA256:alice");
+        assert_eq!(full, presence.listing(&registry));
+        assert_eq!(full[0].tier, Some(4));
+        let bare = presence.listing_for(&registry, "SHA256:mallory");
+        let want = DeviceEntry { name: "laptop".into(), online: true, ..offline("d-1") };
+        assert_eq!(bare, vec![want]);
     }
 
     #[test]

@@ -226,7 +226,7 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, text: &str) -> Opti
         (Role::Operator, ToRelay::Cancel { device_id, request_id }) => {
             Some(hub.route_cancel(who, device_id, request_id))
         }
-        (Role::Operator, ToRelay::ListDevices {}) => Some(FromRelay::Devices { devices: hub.list() }),
+        (Role::Operator, ToRelay::ListDevices {}) => Some(FromRelay::Devices { devices: hub.list_for(who) }),
         (_, other) => {
             hub.metrics.rejected("wrong_role");
             let who = role_name(role);
