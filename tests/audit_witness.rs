@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use common::net::{Device, Proc, Relay};
 use common::{Home, Run};
 use serde_json::Value;
+use support::dial;
+use support::protocol::{self, FromRelay, ToRelay};
 
 /// A daemon in `home` linked to `relay` (enrolling with `token` if given),
 /// heartbeating every 100 ms; waits until it is connected.
@@ -270,4 +272,66 @@ fn an_operator_the_owner_does_not_trust_sees_no_grant_and_no_audit_state() {
     }
     // The relay's admin sees everything.
     assert_eq!(entry(&relay, &device.device_id)["tier"], 4);
+}
+
+/// A device of our own making: what the relay does with its heartbeats.
+async fn fake_device(relay: &Relay, key: &support::KeyPair, token: Option<String>) -> (dial::Ws, dial::Welcome) {
+    let url: dial::RelayUrl = relay.url().parse().unwrap();
+    let hello = dial::DeviceHello { enroll_token: token.map(support::Secret::new), name: Some("fake".into()) };
+    dial::connect(&url, relay.client_tls(), protocol::Role::Device, key, hello).await.unwrap()
+}
+
+fn beat(seq: u64, witness: Option<protocol::WitnessProof>) -> ToRelay {
+    ToRelay::Heartbeat(protocol::Heartbeat {
+        tier: None,
+        expires_at: None,
+        running_tasks: 0,
+        audit_head: Some(protocol::AuditHead { seq, mac: format!("{seq:064x}") }),
+        uptime_s: 1,
+        version: "x".into(),
+        witness,
+        trusted_operators: Vec::new(),
+    })
+}
+
+async fn witnessed(ws: &mut dial::Ws) -> (Option<u64>, Option<protocol::AuditAlert>) {
+    match dial::recv(ws, Duration::from_secs(10)).await.unwrap() {
+        FromRelay::Witnessed { seq, alert } => (seq, alert),
+        other => panic!("not witnessed: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_ack_names_only_the_witnessed_seq_and_a_heartbeat_without_proof_is_flagged() {
+    let relay = Relay::start("127.0.0.1:0");
+    let token = tokio::task::block_in_place(|| relay.token());
+    let (key, _) = support::KeyPair::generate();
+    let (mut ws, welcome) = fake_device(&relay, &key, Some(token)).await;
+    assert_eq!(welcome.witnessed_seq, None, "nothing witnessed yet");
+    dial::send(&mut ws, &beat(5, None)).await.unwrap();
+    assert_eq!(witnessed(&mut ws).await, (Some(5), None), "the first head is taken as it comes");
+    drop(ws);
+    // A new connection: hello_ack names seq 5, never its mac.
+    let (mut ws, welcome) = fake_device(&relay, &key, None).await;
+    assert_eq!(welcome.witnessed_seq, Some(5));
+    let mac5 = format!("{:064x}", 5);
+    let proof = |seq, mac: Option<String>| protocol::WitnessProof {
+        seq,
+        mac,
+        verified_seq: 7,
+        chain: protocol::ChainState::Verified,
+    };
+    dial::send(&mut ws, &beat(7, Some(proof(5, Some(mac5))))).await.unwrap();
+    assert_eq!(witnessed(&mut ws).await, (Some(7), None), "a proof of seq 5 passes");
+    // No proof of seq 7: unproven, and the alert is what the listing shows.
+    dial::send(&mut ws, &beat(8, None)).await.unwrap();
+    let (seq, alert) = witnessed(&mut ws).await;
+    let alert = alert.expect("an alert");
+    assert_eq!((seq, alert.kind, alert.witnessed_seq), (Some(8), protocol::AlertKind::Unproven, 7));
+    // A later proof that passes does not clear it.
+    dial::send(&mut ws, &beat(9, Some(proof(8, Some(format!("{:064x}", 8)))))).await.unwrap();
+    assert_eq!(witnessed(&mut ws).await.1.map(|a| a.kind), Some(protocol::AlertKind::Unproven));
+    let id = key.public_key().device_id();
+    let listed = tokio::task::block_in_place(|| entry(&relay, &id));
+    assert_eq!(listed["audit_alert"]["kind"], "unproven", "{listed}");
 }

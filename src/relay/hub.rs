@@ -55,6 +55,8 @@ pub(crate) struct Hub {
     inflight: Mutex<HashMap<(String, String), Inflight>>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) metrics: Metrics,
+    /// Audit witness records not yet written to the registry.
+    pub(crate) witness: super::witness::Pending,
     next_conn: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -70,6 +72,7 @@ impl Hub {
             inflight: Mutex::default(),
             presence: Arc::default(),
             metrics: Metrics::default(),
+            witness: Default::default(),
             next_conn: AtomicU64::new(1),
             shutdown,
         }

@@ -117,6 +117,7 @@ pub async fn run(
     tracing::info!(%listen, state = %state.dir.display(), "relay running");
     let hub = Arc::new(hub::Hub::new(state.dir.clone(), state.registry.clone(), shutdown_rx.clone()));
     let writer = tokio::spawn(presence::keep_snapshot(state.dir.clone(), hub.presence.clone(), shutdown_rx.clone()));
+    let witnessed = tokio::spawn(witness::keep_flushed(hub.clone(), shutdown_rx.clone()));
     let admin = state
         .admin
         .take()
@@ -154,6 +155,7 @@ pub async fn run(
         tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
     connections.abort_all();
     let _ = writer.await;
+    let _ = witnessed.await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }

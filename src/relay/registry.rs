@@ -97,7 +97,7 @@ pub struct Registry {
     #[serde(default)]
     pub tokens: Vec<TokenRecord>,
     /// What the relay witnessed of each device's audit chain, by device id
-    /// (see [`super::witness`]).
+    /// (the audit witness: `src/relay/witness.rs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub witness: BTreeMap<String, WitnessRecord>,
 }
@@ -307,26 +307,24 @@ pub fn enroll(
     })
 }
 
-/// Records what the relay witnessed of `device_id`: `head` becomes the
-/// witnessed head, and `alert`, when given, stands unless one already does.
-/// Returns the record as it stands and the new state.
+/// Records what the relay witnessed, by device id: each record's head
+/// becomes the witnessed head, and its alert, if any, is set only where
+/// none stands (the first finding is the one kept). Returns the new state.
 ///
 /// # Errors
 /// As [`Registry::update`].
-pub fn witness(
-    dir: &Path,
-    device_id: &str,
-    head: Option<AuditHead>,
-    alert: Option<AuditAlert>,
-) -> Result<(WitnessRecord, Registry, Stamp), RegistryError> {
-    Registry::update(dir, |r| {
-        let w = r.witness.entry(device_id.into()).or_default();
-        w.head = head;
-        if w.alert.is_none() {
-            w.alert = alert;
+pub fn witness(dir: &Path, records: BTreeMap<String, WitnessRecord>) -> Result<(Registry, Stamp), RegistryError> {
+    let ((), registry, stamp) = Registry::update(dir, |r| {
+        for (id, record) in records {
+            let w = r.witness.entry(id).or_default();
+            w.head = record.head;
+            if w.alert.is_none() {
+                w.alert = record.alert;
+            }
         }
-        Ok(w.clone())
-    })
+        Ok(())
+    })?;
+    Ok((registry, stamp))
 }
 
 /// Clears the audit alert standing against `device_id`; the witnessed head
@@ -356,6 +354,28 @@ mod tests {
         assert_eq!(enroll(dir.path(), "d-1", "k9", "host", None).unwrap().0, Enroll::OtherKey);
         let (expired, _) = new_token(dir.path(), chrono::Duration::seconds(-1)).unwrap();
         assert_eq!(enroll(dir.path(), "d-3", "k3", "host", Some(&expired)).unwrap().0, Enroll::BadToken);
+    }
+
+    #[test]
+    fn the_witness_keeps_the_first_alert_until_it_is_cleared_and_the_head_through_it() {
+        use crate::protocol::AlertKind;
+        let dir = tempfile::tempdir().unwrap();
+        let head = |seq| Some(AuditHead { seq, mac: format!("{seq:064x}") });
+        let alert =
+            |kind| AuditAlert { kind, witnessed_seq: 5, reported_seq: 2, detected_at: "t".into(), detail: "d".into() };
+        let put = |seq, a: Option<AuditAlert>| {
+            witness(dir.path(), BTreeMap::from([("d-1".to_string(), WitnessRecord { head: head(seq), alert: a })]))
+                .unwrap()
+        };
+        put(5, None);
+        put(2, Some(alert(AlertKind::Truncated)));
+        let (r, _) = put(9, Some(alert(AlertKind::Rewritten)));
+        let w = &r.witness["d-1"];
+        assert_eq!((w.head.as_ref().unwrap().seq, w.alert.as_ref().unwrap().kind), (9, AlertKind::Truncated));
+        assert_eq!(clear_alert(dir.path(), "d-1").unwrap().unwrap().kind, AlertKind::Truncated);
+        assert_eq!(clear_alert(dir.path(), "d-1").unwrap(), None);
+        let (r, _) = Registry::load(dir.path()).unwrap();
+        assert_eq!(r.witness["d-1"], WitnessRecord { head: head(9), alert: None }, "the head stays");
     }
 
     #[test]

@@ -13,10 +13,16 @@
 //! with a fresh chain that looks consistent does not make it vanish.
 //! SECURITY.md says what this detects and what it cannot.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use chrono::Utc;
+use tokio::sync::{Notify, watch};
 
 use super::hub::Hub;
 use super::registry::{self, WitnessRecord};
+use crate::lock;
 use crate::protocol::{AlertKind, AuditAlert, AuditHead, ChainState, FromRelay, Heartbeat, WitnessProof};
 
 /// What is wrong, if anything, when a device that had `witnessed` now
@@ -73,11 +79,37 @@ pub(crate) fn judge(
     }
 }
 
+/// Witness records decided but not yet in `registry.json`, newest per
+/// device. A head that moves on is written within a second, in one
+/// registry write for every device that moved ([`keep_flushed`]): a busy
+/// fleet does not rewrite the registry once per heartbeat. An alert is
+/// written before the device hears of it.
+#[derive(Default)]
+pub(crate) struct Pending {
+    records: Mutex<BTreeMap<String, WitnessRecord>>,
+    changed: Notify,
+    /// One registry write at a time, so an older batch never lands after a newer one.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+/// What the relay holds for `device_id` now: pending, else as in the registry.
+fn current(hub: &Hub, device_id: &str) -> WitnessRecord {
+    if let Some(w) = lock(&hub.witness.records).get(device_id) {
+        return w.clone();
+    }
+    hub.registry().0.witness.get(device_id).cloned().unwrap_or_default()
+}
+
+/// The seq `hello_ack` names for `device_id`: the head witnessed last, if any.
+pub(crate) fn witnessed_seq(hub: &Hub, device_id: &str) -> Option<u64> {
+    current(hub, device_id).head.map(|h| h.seq)
+}
+
 /// A device's heartbeat arrived: checks it against the witnessed head,
-/// records the new head (and any finding) in the registry, and returns the
-/// `witnessed` frame for the device.
+/// records the new head (and any finding), and returns the `witnessed`
+/// frame for the device.
 pub(crate) async fn heard(hub: &Hub, device_id: &str, hb: &Heartbeat) -> FromRelay {
-    let before = hub.registry().0.witness.get(device_id).cloned().unwrap_or_default();
+    let before = current(hub, device_id);
     let finding = before.head.as_ref().and_then(|w| judge(w, hb.audit_head.as_ref(), hb.witness.as_ref()));
     let alert = finding.map(|(kind, reported_seq, detail)| AuditAlert {
         kind,
@@ -88,44 +120,61 @@ pub(crate) async fn heard(hub: &Hub, device_id: &str, hb: &Heartbeat) -> FromRel
     });
     if let Some(a) = &alert {
         tracing::warn!(device_id, kind = a.kind.as_str(), witnessed_seq = a.witnessed_seq, reported_seq = a.reported_seq, detail = %a.detail, "audit alert");
-        if before.alert.is_none() {
-            hub.metrics.audit_alert(a.kind.as_str());
+    }
+    let raised = before.alert.is_none() && alert.is_some();
+    let after = WitnessRecord { head: hb.audit_head.clone(), alert: before.alert.clone().or(alert) };
+    if after != before {
+        lock(&hub.witness.records).insert(device_id.to_string(), after.clone());
+        if raised {
+            if let Some(a) = &after.alert {
+                hub.metrics.audit_alert(a.kind.as_str());
+            }
+            flush(hub).await;
+        } else {
+            hub.witness.changed.notify_one();
         }
     }
-    let after = if alert.is_none() && before.head == hb.audit_head {
-        // Nothing new: an idle device costs no registry write.
-        before
-    } else {
-        record(hub, device_id, hb.audit_head.clone(), alert).await.unwrap_or(before)
-    };
     FromRelay::Witnessed { seq: after.head.map(|h| h.seq), alert: after.alert }
 }
 
-/// The seq `hello_ack` names for `device_id`: the head witnessed last, if any.
-pub(crate) fn witnessed_seq(hub: &Hub, device_id: &str) -> Option<u64> {
-    hub.registry().0.witness.get(device_id).and_then(|w| w.head.as_ref()).map(|h| h.seq)
-}
-
-/// Writes the witness to the registry off the runtime's thread; `None` if it cannot.
-async fn record(
-    hub: &Hub,
-    device_id: &str,
-    head: Option<AuditHead>,
-    alert: Option<AuditAlert>,
-) -> Option<WitnessRecord> {
-    let (dir, id) = (hub.dir.clone(), device_id.to_string());
-    match tokio::task::spawn_blocking(move || registry::witness(&dir, &id, head, alert)).await {
-        Ok(Ok((record, fresh, stamp))) => {
-            hub.set_registry((fresh, stamp));
-            Some(record)
+/// Writes every pending record to the registry in one update, off the
+/// runtime's thread; what fails to be written stays pending.
+async fn flush(hub: &Hub) {
+    let _one = hub.witness.flushing.lock().await;
+    let batch = lock(&hub.witness.records).clone();
+    if batch.is_empty() {
+        return;
+    }
+    let (dir, written) = (hub.dir.clone(), batch.clone());
+    match tokio::task::spawn_blocking(move || registry::witness(&dir, written)).await {
+        Ok(Ok(fresh)) => {
+            hub.set_registry(fresh);
+            // Keep what changed again while we wrote.
+            lock(&hub.witness.records).retain(|id, w| batch.get(id) != Some(w));
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %crate::ErrorChain(&e), "cannot record the witnessed audit head");
+            tracing::error!(error = %crate::ErrorChain(&e), "cannot record the witnessed audit heads; will retry");
             hub.metrics.rejected("witness_unrecorded");
-            None
         }
-        Err(_) => None,
+        Err(_) => hub.metrics.rejected("witness_unrecorded"),
     }
+}
+
+/// Writes pending witness records at most once a second until
+/// `shutdown`, then once more.
+pub(crate) async fn keep_flushed(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = hub.witness.changed.notified() => {}
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+        flush(&hub).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+    }
+    flush(&hub).await;
 }
 
 #[cfg(test)]
