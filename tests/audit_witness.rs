@@ -170,6 +170,7 @@ fn a_fresh_chain_after_both_files_go_is_recorded_and_the_alert_outlives_reconnec
     let oldest: Value = serde_json::from_str(first.lines().last().unwrap()).unwrap();
     assert_eq!(oldest["event"], "audit.reset", "{first}");
     assert!(device.log().contains("audit.reset"), "the daemon says so on stderr:\n{}", device.log());
+    device.home.run(&["status"]).code(0).says("this chain began at").says("after the old log and key were removed");
     // The relay saw the chain fall short of what it witnessed, at the hello.
     let alert = wait_alert(&relay, &device);
     assert_eq!(alert["kind"], "truncated", "{alert}");

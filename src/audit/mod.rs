@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::FileError;
 pub use log::AuditLog;
-pub use read::{Listed, Listing, Prover, Verified, list, prove, verify};
+pub use read::{Listed, Listing, Prover, Verified, first, list, prove, verify};
 
 /// `prev` of the first record: 64 zeros.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -225,6 +225,16 @@ impl Prover {
     }
 }
 
+/// The log's first record, read without the key (not verified); `None`
+/// when there is no log or its first line is not a record.
+pub fn first(paths: &Paths) -> Option<Record> {
+    let file = paths::open_read(&paths.audit()).ok()??;
+    let mut buf = Vec::with_capacity(1024);
+    file.take(MAX_RECORD_BYTES as u64 + 1).read_to_end(&mut buf).ok()?;
+    let line = buf.split(|&b| b == b'\n').next()?;
+    serde_json::from_slice(line).ok()
+}
+
 /// One record as listed, with whether it verified in its place.
 #[derive(Clone, Debug)]
 pub struct Listed {

@@ -1,4 +1,6 @@
 use super::*;
+use std::io::Write as _;
+
 use crate::Paths;
 
 fn log_with(n: usize) -> (tempfile::TempDir, Paths) {
@@ -152,6 +154,20 @@ fn both_files_gone_beside_a_device_key_begin_with_audit_reset() {
     let (_fresh_dir, fresh) = log_with(0);
     let mut log = AuditLog::open(&fresh).unwrap();
     assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 1);
+}
+
+#[test]
+fn the_prover_sees_an_edit_that_keeps_the_log_s_length() {
+    use crate::protocol::ChainState;
+    let (_dir, paths) = log_with(3);
+    let mut prover = Prover::default();
+    assert_eq!(prover.prove(&paths, 2).0.chain, ChainState::Verified);
+    let text = std::fs::read_to_string(paths.audit()).unwrap();
+    let edited = text.replace("\"reason\":\"r0\"", "\"reason\":\"r7\"");
+    assert_eq!(edited.len(), text.len());
+    std::fs::OpenOptions::new().write(true).open(paths.audit()).unwrap().write_all(edited.as_bytes()).unwrap();
+    let (p, _) = prover.prove(&paths, 2);
+    assert_eq!((p.chain, p.verified_seq, p.mac), (ChainState::Broken, 0, None));
 }
 
 #[test]

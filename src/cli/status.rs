@@ -102,6 +102,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 (None, None) if d.connected => outln!("  audit   the relay has not witnessed this chain yet")?,
                 (None, None) => {}
             }
+            if let Some(r) = crate::audit::first(&ctx.paths).filter(|r| r.event == crate::audit::Event::AuditReset) {
+                let detail = printable(r.detail.as_deref().unwrap_or(""));
+                outln!(
+                    "  audit   {} this chain began at {} after the old log and key were removed: {detail}",
+                    paint("WARNING", "31"),
+                    printable(&r.ts)
+                )?;
+            }
             for t in &d.tasks {
                 outln!("  {}", super::tasks::running_line(ctx, t))?;
             }

@@ -34,6 +34,10 @@ pub(crate) fn judge(
     proof: Option<&WitnessProof>,
 ) -> Option<(AlertKind, u64, String)> {
     let w = witnessed.seq;
+    if w == 0 {
+        // An empty chain's head holds no record to prove.
+        return None;
+    }
     let head_seq = reported.map_or(0, |h| h.seq);
     let Some(p) = proof.filter(|p| p.seq == w) else {
         let what = proof.map_or("no proof".to_string(), |p| format!("a proof for seq {} instead", p.seq));
@@ -198,6 +202,7 @@ mod tests {
         let ok = proof(5, Some(MAC_A), 9, ChainState::Verified);
         assert_eq!(judge(&w, Some(&head(9, "cc")), Some(&ok)), None);
         assert_eq!(judge(&w, Some(&head(5, MAC_A)), Some(&ok)), None, "no new record since");
+        assert_eq!(judge(&head(0, MAC_A), Some(&head(3, "cc")), None), None, "nothing to prove at seq 0");
         let broken_later = proof(5, Some(MAC_A), 7, ChainState::Broken);
         assert_eq!(judge(&w, Some(&head(9, "cc")), Some(&broken_later)), None, "after W: checked once witnessed");
     }
