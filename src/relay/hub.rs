@@ -118,6 +118,11 @@ impl Hub {
         Joined { conn, rx, kill }
     }
 
+    /// Whether `conn` is the device's newest connection (not one a newer replaced).
+    pub(crate) fn is_current(&self, device_id: &str, conn: u64) -> bool {
+        lock(&self.devices).get(device_id).is_some_and(|p| p.conn == conn)
+    }
+
     /// Forgets connection `conn`: a device goes offline unless a newer
     /// connection replaced it; an operator's requests are forgotten.
     pub(crate) fn leave(&self, role: Role, who: &Who, conn: u64) {

@@ -214,7 +214,7 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, text: &str) -> Opti
     };
     match (role, frame) {
         (Role::Device, ToRelay::Heartbeat(hb)) => {
-            let witnessed = super::witness::heard(hub, &who.id, &hb).await;
+            let witnessed = super::witness::heard(hub, &who.id, conn, &hb).await;
             hub.heard(&who.id, hb);
             Some(witnessed)
         }

@@ -109,10 +109,12 @@ pub(crate) fn witnessed_seq(hub: &Hub, device_id: &str) -> Option<u64> {
     current(hub, device_id).head.map(|h| h.seq)
 }
 
-/// A device's heartbeat arrived: checks it against the witnessed head,
-/// records the new head (and any finding), and returns the `witnessed`
-/// frame for the device.
-pub(crate) async fn heard(hub: &Hub, device_id: &str, hb: &Heartbeat) -> FromRelay {
+/// A device's heartbeat arrived on connection `conn`: checks it against
+/// the witnessed head, records the new head (and any finding), and returns
+/// the `witnessed` frame for the device. A heartbeat that comes late on a
+/// connection a newer one replaced changes nothing: the newer connection's
+/// `hello_ack` already named the head its device must prove.
+pub(crate) async fn heard(hub: &Hub, device_id: &str, conn: u64, hb: &Heartbeat) -> FromRelay {
     let before = current(hub, device_id);
     let finding = before.head.as_ref().and_then(|w| judge(w, hb.audit_head.as_ref(), hb.witness.as_ref()));
     let alert = finding.map(|(kind, reported_seq, detail)| AuditAlert {
@@ -128,7 +130,14 @@ pub(crate) async fn heard(hub: &Hub, device_id: &str, hb: &Heartbeat) -> FromRel
     let raised = before.alert.is_none() && alert.is_some();
     let after = WitnessRecord { head: hb.audit_head.clone(), alert: before.alert.clone().or(alert) };
     if after != before {
-        lock(&hub.witness.records).insert(device_id.to_string(), after.clone());
+        {
+            // Under the pending lock, which `hello_ack`'s read also takes.
+            let mut records = lock(&hub.witness.records);
+            if !hub.is_current(device_id, conn) {
+                return FromRelay::Witnessed { seq: before.head.map(|h| h.seq), alert: before.alert };
+            }
+            records.insert(device_id.to_string(), after.clone());
+        }
         if raised {
             if let Some(a) = &after.alert {
                 hub.metrics.audit_alert(a.kind.as_str());
@@ -228,5 +237,38 @@ mod tests {
             assert_eq!((k, seq), (kind, reported_seq), "{p:?}: {detail}");
             assert!(!detail.is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn a_late_heartbeat_on_a_replaced_connection_changes_nothing() {
+        use crate::protocol::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let hub = Hub::new(dir.path().to_path_buf(), registry::Registry::load(dir.path()).unwrap(), stopped);
+        let who = super::super::hello::Who { id: "d-1".into(), name: "n".into(), key: "k".into() };
+        let old = hub.join(Role::Device, &who);
+        let new = hub.join(Role::Device, &who);
+        let beat = |seq| Heartbeat {
+            tier: None,
+            expires_at: None,
+            running_tasks: 0,
+            audit_head: Some(head(seq, MAC_A)),
+            uptime_s: 1,
+            version: "x".into(),
+            witness: None,
+            trusted_operators: Vec::new(),
+        };
+        let seq = |f: FromRelay| match f {
+            FromRelay::Witnessed { seq, alert } => (seq, alert),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seq(heard(&hub, "d-1", old.conn, &beat(5)).await), (None, None));
+        assert_eq!(witnessed_seq(&hub, "d-1"), None);
+        assert_eq!(seq(heard(&hub, "d-1", new.conn, &beat(5)).await), (Some(5), None));
+        assert_eq!(witnessed_seq(&hub, "d-1"), Some(5));
+        // Written to the registry by a flush.
+        flush(&hub).await;
+        let (r, _) = registry::Registry::load(dir.path()).unwrap();
+        assert_eq!(r.witness["d-1"].head, Some(head(5, MAC_A)));
     }
 }
