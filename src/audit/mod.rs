@@ -16,12 +16,14 @@
 //! writer, which first appends an `audit.recovered` record.
 //!
 //! The files: `log.rs` the writer (append, lock, recover), `chain.rs`
-//! how a record is sealed and one line checked, `read.rs` `verify` and `list`.
+//! how a record is sealed and one line checked, `read.rs` `verify`, `list`
+//! and `prove` (the answer to the relay's audit witness).
 //!
 //! What this does not catch: someone holding `audit.key` (any process of
 //! the owner's user) can rewrite the whole chain, and cutting records off
-//! the end leaves a shorter chain that still verifies. SECURITY.md says
-//! how the head is anchored off the machine.
+//! the end leaves a shorter chain that still verifies locally. The relay
+//! witnesses the head off the machine and [`prove`] answers it (SECURITY.md,
+//! "The audit witness").
 
 mod chain;
 mod log;
