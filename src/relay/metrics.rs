@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     frames_rejected: Mutex<BTreeMap<&'static str, u64>>,
     handshakes_failed: Mutex<BTreeMap<&'static str, u64>>,
     audit_alerts: Mutex<BTreeMap<&'static str, u64>>,
+    witness_write_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -36,6 +37,11 @@ impl Metrics {
     /// and no alert stood against it yet.
     pub(crate) fn audit_alert(&self, kind: &'static str) {
         bump(&self.audit_alerts, kind);
+    }
+
+    /// Witnessed heads could not be written to the registry (they stay pending).
+    pub(crate) fn witness_write_failed(&self) {
+        self.witness_write_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4), with the hub's gauges
@@ -74,6 +80,12 @@ impl Metrics {
         for (kind, n) in lock(&self.audit_alerts).iter() {
             let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
         }
+        let name = "witness_write_failures_total";
+        let failed = self.witness_write_failures.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {name} Registry writes of witnessed audit heads that failed (retried).\n# TYPE {name} counter\n{name} {failed}"
+        );
         out
     }
 

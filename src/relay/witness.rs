@@ -167,9 +167,14 @@ async fn flush(hub: &Hub) {
         }
         Ok(Err(e)) => {
             tracing::error!(error = %crate::ErrorChain(&e), "cannot record the witnessed audit heads; will retry");
-            hub.metrics.rejected("witness_unrecorded");
+            hub.metrics.witness_write_failed();
+            // Retried by `keep_flushed` a second later, and each second after.
+            hub.witness.changed.notify_one();
         }
-        Err(_) => hub.metrics.rejected("witness_unrecorded"),
+        Err(_) => {
+            hub.metrics.witness_write_failed();
+            hub.witness.changed.notify_one();
+        }
     }
 }
 
