@@ -37,6 +37,13 @@ fn daemon(home: Home, relay: &Relay, token: Option<String>) -> Device {
     device
 }
 
+/// The heads a relay may have witnessed last of a daemon that was at
+/// `seq` and then stopped: its `daemon.stopped` record may or may not have
+/// gone out in a heartbeat before the link closed.
+fn stopped_head(seq: u64) -> std::ops::RangeInclusive<u64> {
+    seq..=seq + 1
+}
+
 /// Stops the daemon and starts it again in the same home (a new hello).
 fn restart(device: Device, relay: &Relay) -> Device {
     let Device { home, mut proc, .. } = device;
@@ -195,7 +202,7 @@ fn a_fresh_chain_after_both_files_go_is_recorded_and_the_alert_outlives_reconnec
     // The relay saw the chain fall short of what it witnessed, at the hello.
     let alert = wait_alert(&relay, &device);
     assert_eq!(alert["kind"], "truncated", "{alert}");
-    assert_eq!(alert["witnessed_seq"].as_u64(), Some(witnessed));
+    assert!(stopped_head(witnessed).contains(&alert["witnessed_seq"].as_u64().unwrap()), "{alert}");
     // The new chain is consistent, and grows: the alert still stands, after
     // reconnects and a relay restart, until the admin clears it.
     grow(&device);
@@ -230,7 +237,8 @@ fn a_log_cut_while_the_daemon_was_down_is_flagged_at_the_next_hello() {
     keep_lines(&home.file("audit.jsonl"), 1);
     let device = daemon(home, &relay, None);
     let alert = wait_alert(&relay, &device);
-    assert_eq!((alert["kind"].as_str(), alert["witnessed_seq"].as_u64()), (Some("truncated"), Some(witnessed)));
+    assert_eq!(alert["kind"], "truncated", "{alert}");
+    assert!(stopped_head(witnessed).contains(&alert["witnessed_seq"].as_u64().unwrap()), "{alert}");
 }
 
 #[test]
