@@ -80,6 +80,13 @@ pub struct LinkStatus {
     pub attempts: u64,
     /// When the next attempt is due (RFC 3339 UTC), while disconnected.
     pub next_attempt_at: Option<String>,
+    /// The seq of this device's audit head as the relay last said it
+    /// witnessed it (`hello_ack`, then a `witnessed` frame after each heartbeat).
+    #[serde(default)]
+    pub witnessed_seq: Option<u64>,
+    /// The audit alert the relay says stands against this device, if any.
+    #[serde(default)]
+    pub audit_alert: Option<crate::protocol::AuditAlert>,
 }
 
 /// The grant as the daemon enforces it.

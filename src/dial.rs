@@ -122,6 +122,9 @@ pub struct Welcome {
     pub id: String,
     /// Our registered name.
     pub name: String,
+    /// To a device: the audit seq the relay witnessed last, which its next
+    /// heartbeat proves (see [`crate::protocol::WitnessProof`]).
+    pub witnessed_seq: Option<u64>,
 }
 
 /// What a device adds to its `hello`.
@@ -203,7 +206,7 @@ pub async fn connect_over(
     };
     send(&mut ws, &hello).await?;
     match recv(&mut ws, CONNECT_TIMEOUT).await? {
-        FromRelay::HelloAck { id, name } => Ok((ws, Welcome { id, name })),
+        FromRelay::HelloAck { id, name, witnessed_seq } => Ok((ws, Welcome { id, name, witnessed_seq })),
         other => Err(unexpected(other)),
     }
 }

@@ -11,14 +11,15 @@
 //! - [`paths`]: where every file lives; safe create/open (modes, no links, owner check).
 //! - [`consent`]: the grant: tiers, read/write/remove, expiry.
 //! - [`policy`]: the action catalogue: load, validate, render argv from typed params.
-//! - [`audit`]: the hash-chained audit log: append, verify, recover, list.
+//! - [`audit`]: the hash-chained audit log: append, verify, recover, list, prove a witnessed head.
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
-//! - [`protocol`]: every relay frame, both directions; the signed bytes; size limits.
+//! - [`protocol`]: every relay frame, both directions; the signed bytes; size limits; the audit witness's frames.
 //! - [`daemon`]: admitting a command (the gate, then register, then launch), the replay cache, a running task, the executor and
 //!   the tree kill, consent enforcement (supervised), audit-record building, unverified denials counted, its
 //!   files, the agent host client, the escalation guard's evidence, the loopback control API (TCP and
 //!   `control.sock`), the relay link: one file each (see its docs).
-//! - [`relay`]: the relay server: HTTP and upgrade, hello, the hub, sessions, presence, admin socket, metrics, registry.
+//! - [`relay`]: the relay server: HTTP and upgrade, hello, the hub, sessions, presence, admin socket, metrics,
+//!   registry, the audit witness.
 //! - [`tls`]: rustls configs: the relay's certificate, clients pinning the relay.
 //! - [`dial`]: a client's connection to the relay (daemon link and operator).
 //! - [`operator`]: the operator client: devices, run, cancel.

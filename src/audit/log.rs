@@ -29,6 +29,9 @@ pub struct AuditLog {
     cached: Option<(u64, Head)>,
     /// How long an append waits for the lock; `None` waits for ever.
     lock_timeout: Option<Duration>,
+    /// Why a chain begun now (no log, no key) is not a first start: what
+    /// shows that an earlier chain existed. Said in an `audit.reset` record.
+    earlier: Option<String>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -89,7 +92,12 @@ impl AuditLog {
                 Err(e) => return Err(e),
             }
         };
-        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None, lock_timeout: None })
+        // A daemon writes `daemon.started` before it makes `device.key`
+        // (Daemon::start opens the log first), so a device key beside no
+        // log and no key means a chain was there and both files went.
+        let earlier = (key.is_none() && paths.device_key().exists())
+            .then(|| "device.key exists, so a daemon has run in this home and kept a chain here".to_string());
+        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None, lock_timeout: None, earlier })
     }
 
     /// Makes each append give up with [`AuditError::LockTimeout`] when
@@ -138,6 +146,17 @@ impl AuditLog {
             let mut r = Record::new(Event::AuditRecovered);
             r.detail = Some(format!("dropped {} bytes of a torn record at the end of the log", len - keep));
             seal_one(&mut r, &mut head, &mut out);
+        } else if head.seq == 0
+            && made_key
+            && let Some(why) = self.earlier.take()
+        {
+            let mut r = Record::new(Event::AuditReset);
+            r.detail = Some(format!(
+                "a new chain and a new audit.key although an earlier chain existed ({why}): audit.jsonl and \
+                 audit.key were both removed"
+            ));
+            tracing::warn!(detail = %why, "audit.jsonl and audit.key were both missing: a new chain begins, recorded as audit.reset");
+            seal_one(&mut r, &mut head, &mut out);
         } else if head.seq == 0 && !made_key {
             // Deleting the log must not pass for a first start: say so in the new chain.
             let mut r = Record::new(Event::AuditRestarted);
@@ -180,8 +199,14 @@ impl AuditLog {
         let same = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino());
         if !same {
             let timeout = self.lock_timeout;
+            let held = self.cached.as_ref().map(|(_, h)| h.seq).filter(|_| self.key.is_some());
             *self = AuditLog::open(&self.paths)?;
             self.lock_timeout = timeout;
+            if let Some(seq) = held
+                && self.key.is_none()
+            {
+                self.earlier = Some(format!("this process had written the chain up to seq {seq}"));
+            }
         }
         // The owner took the write bit away (chmod a-w): that is a
         // read-only log, even for root, who could write it regardless.

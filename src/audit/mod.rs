@@ -16,13 +16,15 @@
 //! writer, which first appends an `audit.recovered` record.
 //!
 //! The files: `log.rs` the writer (append, lock, recover), `chain.rs`
-//! how a record is sealed and one line checked, `read.rs` `verify` and `list`,
-//! `tail.rs` reading back from the newest record.
+//! how a record is sealed and one line checked, `read.rs` `verify`, `list`
+//! and `prove` (the answer to the relay's audit witness), `tail.rs` reading
+//! back from the newest record.
 //!
 //! What this does not catch: someone holding `audit.key` (any process of
 //! the owner's user) can rewrite the whole chain, and cutting records off
-//! the end leaves a shorter chain that still verifies. SECURITY.md says
-//! how the head is anchored off the machine.
+//! the end leaves a shorter chain that still verifies locally. The relay
+//! witnesses the head off the machine and [`prove`] answers it (SECURITY.md,
+//! "The audit witness").
 
 mod chain;
 mod log;
@@ -36,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::FileError;
 pub use log::AuditLog;
-pub use read::{Listed, Listing, Verified, list, verify};
+pub use read::{Listed, Listing, Prover, Verified, first, list, prove, verify};
 pub use tail::newest_first;
 
 /// `prev` of the first record: 64 zeros.
@@ -118,6 +120,12 @@ pub enum Event {
     /// codes and the senders (capped); the window's first is also on record in full.
     #[serde(rename = "action.denied.aggregated")]
     ActionDeniedAggregated,
+    /// The first record of a chain begun while both `audit.jsonl` and
+    /// `audit.key` were missing although the home shows an earlier chain
+    /// (`device.key` exists, or this process had written records): the
+    /// whole log and its key were removed. `detail` says what showed it.
+    #[serde(rename = "audit.reset")]
+    AuditReset,
 }
 
 impl Event {
@@ -143,6 +151,7 @@ impl Event {
             Event::TrustRefused => "trust.refused",
             Event::ConsentWatcherRestarted => "consent.watcher_restarted",
             Event::ActionDeniedAggregated => "action.denied.aggregated",
+            Event::AuditReset => "audit.reset",
         }
     }
 }

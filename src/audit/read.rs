@@ -98,10 +98,22 @@ pub fn verify(paths: &Paths) -> Result<Verified, AuditError> {
     let Some((file, key)) = open_for_reading(paths)? else {
         return Ok(Verified { records: 0, head: Head::genesis() });
     };
+    verify_chain(&file, &paths.audit(), &key, 0).0
+}
+
+/// [`verify`] over an open log, also returning the mac of record `want`
+/// if every record up to it verifies (`want` 0: none wanted).
+fn verify_chain(
+    file: &File,
+    path: &Path,
+    key: &hmac::Key,
+    want: u64,
+) -> (Result<Verified, AuditError>, Option<String>) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let mut prev = GENESIS_PREV.as_bytes().to_vec();
     let mut seq = 0u64;
-    scan_batches(&file, &paths.audit(), |lines, rest| {
+    let mut wanted = None;
+    let scanned = scan_batches(file, path, |lines, rest| {
         // Form, seq and links in order; the first failure there bounds the MAC pass.
         let mut parsed = Vec::with_capacity(lines.len());
         let mut broken_link = None;
@@ -119,7 +131,11 @@ pub fn verify(paths: &Paths) -> Result<Verified, AuditError> {
                 }
             }
         }
-        if let Some(i) = first_bad_mac(&key, &parsed, threads) {
+        let bad = first_bad_mac(key, &parsed, threads);
+        if let Some(p) = parsed[..bad.unwrap_or(parsed.len())].iter().find(|p| p.seq == want) {
+            wanted = Some(String::from_utf8_lossy(p.mac).into_owned());
+        }
+        if let Some(i) = bad {
             return Err(AuditError::Broken { seq: parsed[i].seq, why: MAC_MISMATCH.into() });
         }
         if let Some(e) = broken_link {
@@ -135,8 +151,88 @@ pub fn verify(paths: &Paths) -> Result<Verified, AuditError> {
             }),
             None => Ok(()),
         }
-    })?;
-    Ok(Verified { records: seq, head: Head { seq, mac: String::from_utf8_lossy(&prev).into_owned() } })
+    });
+    let verified = scanned
+        .map(|()| Verified { records: seq, head: Head { seq, mac: String::from_utf8_lossy(&prev).into_owned() } });
+    (verified, wanted)
+}
+
+/// The device's answer to the relay's witnessed seq `seq` (0: none
+/// witnessed): verifies the whole chain (as [`verify`]) and reports the mac
+/// of record `seq` if records 1 to `seq` verify, with the log's head when
+/// the whole chain verifies. Never fails: what went wrong is the answer's
+/// [`ChainState`](crate::protocol::ChainState).
+pub fn prove(paths: &Paths, seq: u64) -> (crate::protocol::WitnessProof, Option<Head>) {
+    use crate::protocol::{ChainState, WitnessProof};
+    let answer = |mac, verified_seq, chain| WitnessProof { seq, mac, verified_seq, chain };
+    let (file, key) = match open_for_reading(paths) {
+        Ok(Some(open)) => open,
+        Ok(None) => return (answer(None, 0, ChainState::NoLog), None),
+        Err(AuditError::KeyMissing { .. } | AuditError::KeyMalformed { .. }) => {
+            return (answer(None, 0, ChainState::NoKey), None);
+        }
+        Err(_) => return (answer(None, 0, ChainState::Unreadable), None),
+    };
+    match verify_chain(&file, &paths.audit(), &key, seq) {
+        (Ok(v), mac) => (answer(mac, v.records, ChainState::Verified), Some(v.head)),
+        (Err(AuditError::Broken { seq: at, .. }), mac) => (answer(mac, at - 1, ChainState::Broken), None),
+        (Err(_), _) => (answer(None, 0, ChainState::Unreadable), None),
+    }
+}
+
+/// What identifies one version of `audit.jsonl` and `audit.key` on disk:
+/// (device, inode, length, mtime, ctime) of each, `None` if missing. The
+/// ctime cannot be set back by a user, so an unchanged stamp means unchanged content.
+type FilesStamp = [Option<(u64, u64, u64, i64, i64, i64, i64)>; 2];
+
+fn files_stamp(paths: &Paths) -> FilesStamp {
+    use std::os::unix::fs::MetadataExt as _;
+    [paths.audit(), paths.audit_key()].map(|p| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+    })
+}
+
+/// [`prove`], re-reading the log only when it or its key changed on disk
+/// (or another seq is asked): an idle daemon proves its chain with two `stat`s.
+#[derive(Debug, Default)]
+pub struct Prover {
+    last: Option<(FilesStamp, (crate::protocol::WitnessProof, Option<Head>))>,
+}
+
+impl Prover {
+    /// As [`prove`], from the last answer when nothing changed since.
+    pub fn prove(&mut self, paths: &Paths, seq: u64) -> (crate::protocol::WitnessProof, Option<Head>) {
+        let stamp = files_stamp(paths);
+        if let Some((s, proof)) = &self.last
+            && *s == stamp
+            && proof.0.seq == seq
+        {
+            return proof.clone();
+        }
+        let proof = prove(paths, seq);
+        // Changed while we read, or so recently that a change within the
+        // same clock tick would leave the stamp as it is: read again next time.
+        let now = chrono::Utc::now().timestamp();
+        let settled = stamp.iter().flatten().all(|s| now - s.5 >= 2);
+        if settled && files_stamp(paths) == stamp {
+            self.last = Some((stamp, proof.clone()));
+        } else {
+            self.last = None;
+        }
+        proof
+    }
+}
+
+/// The log's first record, read without the key (not verified); `None`
+/// when there is no log or its first line is not a record.
+pub fn first(paths: &Paths) -> Option<Record> {
+    let file = paths::open_read(&paths.audit()).ok()??;
+    let mut buf = Vec::with_capacity(1024);
+    file.take(MAX_RECORD_BYTES as u64 + 1).read_to_end(&mut buf).ok()?;
+    let line = buf.split(|&b| b == b'\n').next()?;
+    serde_json::from_slice(line).ok()
 }
 
 /// One record as listed, with whether it verified in its place.

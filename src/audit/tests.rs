@@ -1,4 +1,6 @@
 use super::*;
+use std::io::Write as _;
+
 use crate::Paths;
 
 fn log_with(n: usize) -> (tempfile::TempDir, Paths) {
@@ -128,9 +130,67 @@ fn a_log_moved_aside_is_not_written_again() {
     let aside = dir.path().join("old.jsonl");
     std::fs::rename(paths.audit(), &aside).unwrap();
     std::fs::rename(paths.audit_key(), dir.path().join("old.key")).unwrap();
-    assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 1, "a new chain");
+    // A new chain, which says first that this process held an earlier one.
+    assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 2, "after audit.reset");
     assert_eq!(std::fs::read_to_string(&aside).unwrap().lines().count(), 3, "the old log is left alone");
-    assert_eq!(verify(&paths).unwrap().records, 1);
+    assert_eq!(verify(&paths).unwrap().records, 2);
+    let first = list(&paths, 0).unwrap().records.remove(0).record.unwrap();
+    assert_eq!(first.event, Event::AuditReset);
+    assert!(first.detail.unwrap().contains("up to seq 3"));
+}
+
+#[test]
+fn both_files_gone_beside_a_device_key_begin_with_audit_reset() {
+    let (_dir, paths) = log_with(2);
+    std::fs::write(paths.device_key(), b"k").unwrap();
+    std::fs::remove_file(paths.audit()).unwrap();
+    std::fs::remove_file(paths.audit_key()).unwrap();
+    let mut log = AuditLog::open(&paths).unwrap();
+    assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 2);
+    let first = list(&paths, 0).unwrap().records.remove(0).record.unwrap();
+    assert_eq!(first.event, Event::AuditReset);
+    assert!(first.detail.unwrap().contains("device.key exists"));
+    // A first start (no device key yet) begins silently, as before.
+    let (_fresh_dir, fresh) = log_with(0);
+    let mut log = AuditLog::open(&fresh).unwrap();
+    assert_eq!(log.append(Record::new(Event::ConsentRevoked)).unwrap().seq, 1);
+}
+
+#[test]
+fn the_prover_sees_an_edit_that_keeps_the_log_s_length() {
+    use crate::protocol::ChainState;
+    let (_dir, paths) = log_with(3);
+    let mut prover = Prover::default();
+    assert_eq!(prover.prove(&paths, 2).0.chain, ChainState::Verified);
+    let text = std::fs::read_to_string(paths.audit()).unwrap();
+    let edited = text.replace("\"reason\":\"r0\"", "\"reason\":\"r7\"");
+    assert_eq!(edited.len(), text.len());
+    std::fs::OpenOptions::new().write(true).open(paths.audit()).unwrap().write_all(edited.as_bytes()).unwrap();
+    let (p, _) = prover.prove(&paths, 2);
+    assert_eq!((p.chain, p.verified_seq, p.mac), (ChainState::Broken, 0, None));
+}
+
+#[test]
+fn a_proof_names_the_mac_at_the_witnessed_seq_only_while_the_chain_verifies_to_it() {
+    use crate::protocol::ChainState;
+    let (_dir, paths) = log_with(5);
+    let records = list(&paths, 0).unwrap().records;
+    let mac3 = records[2].record.as_ref().unwrap().mac.clone();
+    let (p, head) = prove(&paths, 3);
+    assert_eq!((p.mac.as_deref(), p.verified_seq, p.chain), (Some(mac3.as_str()), 5, ChainState::Verified));
+    assert_eq!(head.unwrap().seq, 5);
+    assert_eq!(prove(&paths, 9).0.mac, None, "no record 9");
+    // Edit record 2: record 3's stored mac is intact, but the chain does not verify to it.
+    let text = std::fs::read_to_string(paths.audit()).unwrap();
+    let edited = text.replace("\"reason\":\"r1\"", "\"reason\":\"r9\"");
+    assert_ne!(edited, text);
+    std::fs::write(paths.audit(), edited).unwrap();
+    let (p, head) = prove(&paths, 3);
+    assert_eq!((p.mac, p.verified_seq, p.chain, head), (None, 1, ChainState::Broken, None));
+    std::fs::remove_file(paths.audit_key()).unwrap();
+    assert_eq!(prove(&paths, 3).0.chain, ChainState::NoKey);
+    std::fs::remove_file(paths.audit()).unwrap();
+    assert_eq!(prove(&paths, 3).0.chain, ChainState::NoLog);
 }
 
 #[test]

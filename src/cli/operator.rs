@@ -279,6 +279,7 @@ pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) -> Result<
         ("online", Wrap::Words),
         ("last heartbeat", Wrap::Words),
         ("grant", Wrap::Text),
+        ("audit", Wrap::Words),
     ]);
     for d in devices {
         let mut grant = match (d.tier, &d.expires_at) {
@@ -296,6 +297,7 @@ pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) -> Result<
             if d.online { "yes".into() } else { "no".into() },
             d.last_heartbeat.as_deref().map(when).unwrap_or_else(|| "-".into()),
             grant,
+            audit_cell(d),
         ]);
     }
     table.print()
@@ -315,6 +317,15 @@ fn scope_words(scope: &crate::protocol::GrantScope) -> String {
         parts.push(format!("{used}/{max} actions used"));
     }
     parts.join("; ")
+}
+
+/// The audit witness as a table cell: the standing alert, `ok`, or `-` before any heartbeat.
+fn audit_cell(d: &crate::protocol::DeviceEntry) -> String {
+    match &d.audit_alert {
+        Some(a) => format!("ALERT {} (witnessed seq {}, found {})", a.kind.as_str(), a.witnessed_seq, a.reported_seq),
+        None if d.last_heartbeat.is_some() => "ok".into(),
+        None => "-".into(),
+    }
 }
 
 fn parse_params(params: &[String]) -> Result<BTreeMap<String, String>, Error> {

@@ -87,6 +87,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Clear the audit alert standing against a device, once you have
+    /// looked into it; the witnessed head stays, so later tampering is
+    /// flagged again.
+    ClearAlert {
+        /// The device id.
+        device: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,6 +215,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             eprintln!("device {id} is now named {name}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::ClearAlert { device } => clear_alert(&dir, &device, reg),
         Command::Devices { json } => {
             let listing = relay::devices(&dir).map_err(reg)?;
             match listing.source {
@@ -330,6 +338,24 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
             .map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `support relay clear-alert DEVICE`: exit 2 for a device not enrolled.
+fn clear_alert(
+    dir: &std::path::Path,
+    device: &str,
+    reg: impl Fn(registry::RegistryError) -> Error,
+) -> Result<ExitCode, Error> {
+    let (r, _) = registry::Registry::load(dir).map_err(&reg)?;
+    if !r.devices.contains_key(device) {
+        let device = crate::text::printable(device);
+        return Err(Error::Usage(format!("no enrolled device {device:?} (see `support relay devices`)")));
+    }
+    match registry::clear_alert(dir, device).map_err(&reg)? {
+        Some(a) => eprintln!("cleared the {} audit alert of {device} (found {})", a.kind.as_str(), a.detected_at),
+        None => eprintln!("no audit alert stands against {device}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

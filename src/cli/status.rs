@@ -17,7 +17,8 @@ pub struct Args {
     /// reason, grant_id, granted_by, off_reason, operators, only, max_actions
     /// (null: unscoped), actions_used, daemon (null or {pid, connected, relay,
     /// running_tasks, tasks: [{task_id, action, tier, operator, started_at, agent, …}],
-    /// device_id, started_at, control_port, version}), device_id, paths.
+    /// link: {…, witnessed_seq, audit_alert}, device_id, started_at, control_port, version}),
+    /// device_id, paths.
     #[arg(long)]
     json: bool,
 }
@@ -105,6 +106,26 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             };
             outln!("  daemon  running, pid {}, {link}, {} task(s) running", d.pid, d.running_tasks)?;
             outln!("  device  {}", printable(&d.device_id))?;
+            match (&l.audit_alert, l.witnessed_seq) {
+                (Some(a), _) => outln!(
+                    "  audit   the relay {} this audit log: {} at witnessed seq {} ({})",
+                    paint("FLAGS", "31"),
+                    a.kind.as_str(),
+                    a.witnessed_seq,
+                    printable(&a.detail)
+                )?,
+                (None, Some(seq)) => outln!("  audit   the relay witnessed this chain up to seq {seq}")?,
+                (None, None) if d.connected => outln!("  audit   the relay has not witnessed this chain yet")?,
+                (None, None) => {}
+            }
+            if let Some(r) = crate::audit::first(&ctx.paths).filter(|r| r.event == crate::audit::Event::AuditReset) {
+                let detail = printable(r.detail.as_deref().unwrap_or(""));
+                outln!(
+                    "  audit   {} this chain began at {} after the old log and key were removed: {detail}",
+                    paint("WARNING", "31"),
+                    printable(&r.ts)
+                )?;
+            }
             for t in &d.tasks {
                 outln!("  {}", super::tasks::running_line(ctx, t))?;
             }

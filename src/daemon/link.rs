@@ -36,6 +36,10 @@ pub const BACKOFF_S: [u64; 7] = [1, 2, 4, 8, 16, 30, 60];
 pub const JITTER: f64 = 0.3;
 /// A heartbeat this often.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// For tests only: `SUPPORT_HEARTBEAT_MS=N` makes the heartbeat come every
+/// N ms (at least 50, at most 30 s), so a test sees the
+/// audit witness at work without waiting 30 s.
+pub const HEARTBEAT_ENV: &str = "SUPPORT_HEARTBEAT_MS";
 /// A session authenticated for this long was healthy: the backoff restarts at 1 s.
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// Frames kept while the link is down.
@@ -90,6 +94,60 @@ impl OfflineQueue {
         }
         self.frames.push_back(frame);
     }
+}
+
+/// The heartbeat interval: [`HEARTBEAT_EVERY`], or shorter from [`HEARTBEAT_ENV`].
+fn heartbeat_every() -> Duration {
+    std::env::var(HEARTBEAT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(HEARTBEAT_EVERY, |ms| Duration::from_millis(ms.max(50)).min(HEARTBEAT_EVERY))
+}
+
+/// What the next heartbeat must prove to the relay's audit witness.
+#[derive(Default)]
+struct Witness {
+    /// The witnessed seq: from `hello_ack`, then the head our last heartbeat reported.
+    seq: Option<u64>,
+    /// Re-reads the log only when it changed.
+    prover: crate::audit::Prover,
+}
+
+/// The heartbeat now, with the proof for the witnessed seq (the whole
+/// chain verified off the runtime's thread). It reports the log's head when
+/// the whole chain verifies (so records the CLI wrote are witnessed too),
+/// else the head this daemon last wrote; that head is what the relay
+/// witnesses next, so it is the seq the next heartbeat proves.
+async fn heartbeat(daemon: &Daemon, witness: &mut Witness) -> Heartbeat {
+    let mut hb = daemon.heartbeat();
+    let seq = witness.seq;
+    let paths = daemon.inner.paths.clone();
+    let mut prover = std::mem::take(&mut witness.prover);
+    let proved = tokio::task::spawn_blocking(move || {
+        // Unreadable trust: no operator is told more than a device's name.
+        let trusted = crate::trust::list(&paths).unwrap_or_default();
+        let trusted = trusted.iter().filter_map(|o| o.public_key.parse::<crate::PublicKey>().ok());
+        let trusted: Vec<String> = trusted.map(|k| k.fingerprint()).collect();
+        (trusted, (prover.prove(&paths, seq.unwrap_or(0)), prover))
+    })
+    .await;
+    let (proof, head) = match proved {
+        Ok((trusted, (proved, prover))) => {
+            witness.prover = prover;
+            hb.trusted_operators = trusted;
+            proved
+        }
+        Err(_) => {
+            let unread = protocol::ChainState::Unreadable;
+            (protocol::WitnessProof { seq: seq.unwrap_or(0), mac: None, verified_seq: 0, chain: unread }, None)
+        }
+    };
+    if let Some(h) = head.filter(|h| h.seq > 0) {
+        hb.audit_head = Some(protocol::AuditHead { seq: h.seq, mac: h.mac });
+    }
+    hb.witness = seq.map(|_| proof);
+    witness.seq = hb.audit_head.as_ref().map(|h| h.seq);
+    hb
 }
 
 /// How a session ended.
@@ -175,8 +233,8 @@ async fn session(
         r = dial::connect(&config.url, config.tls.clone(), Role::Device, daemon.device_key(), hello) => r,
         _ = crate::stopped(shutdown) => return Ended { authenticated: None, error: None, going_away: false },
     };
-    let mut ws = match dialled {
-        Ok((ws, _)) => ws,
+    let (mut ws, mut witness) = match dialled {
+        Ok((ws, welcome)) => (ws, Witness { seq: welcome.witnessed_seq, ..Witness::default() }),
         Err(e) => {
             return Ended { authenticated: None, error: Some(crate::ErrorChain(&e).to_string()), going_away: false };
         }
@@ -187,8 +245,10 @@ async fn session(
     daemon.set_link(|s| {
         s.connected = true;
         s.since = Some(crate::time::rfc3339(Utc::now()));
+        s.witnessed_seq = witness.seq;
     });
-    if let Err(e) = send(&mut ws, &ToRelay::Heartbeat(daemon.heartbeat())).await {
+    let first = heartbeat(daemon, &mut witness).await;
+    if let Err(e) = send(&mut ws, &ToRelay::Heartbeat(first)).await {
         return failed(e);
     }
     while let Some(frame) = queue.frames.pop_front() {
@@ -198,7 +258,7 @@ async fn session(
         }
     }
     let mut admitting = tokio::task::JoinSet::new();
-    let ended = serve(daemon, &mut ws, frames, frames_tx, queue, shutdown, &mut admitting).await;
+    let ended = serve(daemon, &mut ws, frames, frames_tx, queue, shutdown, &mut admitting, &mut witness).await;
     // Admission is short and must finish (it may have written action.started).
     admitting.detach_all();
     match ended {
@@ -213,6 +273,9 @@ async fn session(
 /// Serves an authenticated session until it fails (`Err`, why) or the
 /// daemon shuts down or its frames end (`Ok`). Generic over the stream so
 /// that its timers are tested over `tokio::io::duplex` in paused time.
+// Each argument is a part of the session's state that outlives this call
+// (the tests drive `serve` directly); bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     daemon: &Daemon,
     ws: &mut WebSocketStream<S>,
@@ -221,9 +284,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     queue: &mut OfflineQueue,
     shutdown: &mut watch::Receiver<bool>,
     admitting: &mut tokio::task::JoinSet<()>,
+    witness: &mut Witness,
 ) -> Result<(), String> {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-    let mut beat = tokio::time::interval_at(Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
+    let every = heartbeat_every();
+    let mut beat = tokio::time::interval_at(Instant::now() + every, every);
     let mut last_heard = Instant::now();
     // The grant and the task count also go out when they change, so
     // operators see a new grant or a revoke at once, not 30 s later.
@@ -233,10 +298,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         tokio::select! {
             _ = events.recv() => {
-                let now = daemon.heartbeat();
-                if summary(&now) != summary(&reported) {
-                    send(ws, &ToRelay::Heartbeat(now.clone())).await?;
-                    reported = now;
+                if summary(&daemon.heartbeat()) != summary(&reported) {
+                    reported = heartbeat(daemon, witness).await;
+                    send(ws, &ToRelay::Heartbeat(reported.clone())).await?;
                 }
             }
             msg = ws.next(), if admitting.len() < MAX_ADMITTING => {
@@ -267,7 +331,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             _ = beat.tick() => {
-                reported = daemon.heartbeat();
+                reported = heartbeat(daemon, witness).await;
                 send(ws, &ToRelay::Heartbeat(reported.clone())).await?;
             }
             _ = tokio::time::sleep_until(last_heard + DEAD_AFTER) => {
@@ -303,6 +367,17 @@ fn handle(
             let d = daemon.clone();
             admitting.spawn(async move {
                 d.stop_task(&task.task_id, StoppedBy::Operator).await;
+            });
+        }
+        Ok(FromRelay::Witnessed { seq, alert }) => {
+            if let Some(a) = &alert
+                && daemon.link_status().audit_alert.as_ref() != Some(a)
+            {
+                tracing::warn!(kind = a.kind.as_str(), witnessed_seq = a.witnessed_seq, detail = %crate::text::printable(&a.detail), "the relay flags this device's audit log");
+            }
+            daemon.set_link(|s| {
+                s.witnessed_seq = seq;
+                s.audit_alert = alert;
             });
         }
         Ok(FromRelay::Error { code, message, request_id }) => {
@@ -349,7 +424,8 @@ mod tests {
         });
         let mut queue = OfflineQueue::default();
         let mut admitting = tokio::task::JoinSet::new();
-        serve(daemon, ws, &mut frames, &frames_tx, &mut queue, &mut stop, &mut admitting).await
+        let mut witness = Witness::default();
+        serve(daemon, ws, &mut frames, &frames_tx, &mut queue, &mut stop, &mut admitting, &mut witness).await
     }
 
     #[tokio::test(start_paused = true)]

@@ -75,7 +75,7 @@ pub use denials::{DENIAL_WINDOW, RECORDED_SENDERS};
 use enforce::ConsentState;
 pub use files::{DaemonInfo, ensure_secret, is_running, read_info};
 use gate::ReplayCache;
-pub use link::{LinkConfig, LinkStatus};
+pub use link::{HEARTBEAT_ENV, LinkConfig, LinkStatus};
 pub use records::RECORDED_VALUE_BYTES;
 use task::{Finished, TaskEntry};
 
@@ -239,9 +239,11 @@ impl Daemon {
                 }
             }
         }
-        let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
-        let catalogue = Catalogue::load(paths)?;
+        // The log before the device key: a key that exists with no log and
+        // no audit.key shows an earlier chain was removed (`audit.reset`).
         let mut audit = AuditLog::open(paths)?;
+        let catalogue = Catalogue::load(paths)?;
+        let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
         audit.set_lock_timeout(Some(AUDIT_LOCK_TIMEOUT));
         // Orphans of our tasks come back to us, not to init (prctl(2)).
         nix::sys::prctl::set_child_subreaper(true)
@@ -423,6 +425,8 @@ impl Daemon {
             uptime_s: self.inner.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").into(),
             scope,
+            witness: None,
+            trusted_operators: Vec::new(),
         }
     }
 

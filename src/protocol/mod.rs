@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod limits;
 pub mod signed;
+pub mod witness;
 
 pub use limits::{
     DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, MAX_HELLO_BYTES, PING_EVERY, SEND_TIMEOUT, hello_ws_config, ws_config,
 };
 pub use signed::{RUN_CONTEXT, hello_bytes};
+pub use witness::{AlertKind, AuditAlert, ChainState, WitnessProof};
 
 /// A new request id: `r-` and 16 random hex digits.
 pub fn new_request_id() -> String {
@@ -382,6 +384,14 @@ pub struct Heartbeat {
     /// The live grant's scope, when it has one (absent: unscoped or off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<GrantScope>,
+    /// The device's proof that its chain extends the head the relay
+    /// witnessed (absent when the relay has witnessed none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessProof>,
+    /// Fingerprints (`SHA256:…`) of the operator keys the owner trusts: the
+    /// relay shows this device's grant, tasks and audit state only to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_operators: Vec<String>,
 }
 
 /// One device as `list_devices` (and `support relay devices --json`) shows it.
@@ -413,6 +423,10 @@ pub struct DeviceEntry {
     /// The scope of the grant it last reported, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<GrantScope>,
+    /// What the relay found wrong with its audit chain, standing until the
+    /// relay's admin clears it; `None` (null) when all is well.
+    #[serde(default)]
+    pub audit_alert: Option<AuditAlert>,
 }
 
 /// Relay error codes (DESIGN §7), plus `BUSY` for the relay's own limits.
@@ -531,6 +545,10 @@ pub enum FromRelay {
         id: String,
         /// Its registered name.
         name: String,
+        /// To a device: the seq of the audit head the relay witnessed last,
+        /// which its next `heartbeat` must prove; absent when none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        witnessed_seq: Option<u64>,
     },
     /// Something was refused. With a `request_id` it is about that request
     /// (e.g. `DEVICE_OFFLINE`); without one, about the connection, which
@@ -560,6 +578,14 @@ pub enum FromRelay {
     Devices {
         /// Every enrolled device.
         devices: Vec<DeviceEntry>,
+    },
+    /// To a device, after each heartbeat: the head the relay witnesses now,
+    /// and the audit alert that stands against this device, if any.
+    Witnessed {
+        /// The seq now witnessed (the next heartbeat proves it), or `None`.
+        seq: Option<u64>,
+        /// The standing alert, if any.
+        alert: Option<AuditAlert>,
     },
     /// To an operator: the device's answer about its request.
     #[serde(untagged)]

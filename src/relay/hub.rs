@@ -66,6 +66,8 @@ pub(crate) struct Hub {
     inflight: Mutex<HashMap<(String, String), Inflight>>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) metrics: Metrics,
+    /// Audit witness records not yet written to the registry.
+    pub(crate) witness: super::witness::Pending,
     next_conn: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Places for connections not yet past `hello` ([`super::MAX_UNAUTHENTICATED`] unless set).
@@ -86,6 +88,7 @@ impl Hub {
             inflight: Mutex::default(),
             presence: Arc::default(),
             metrics: Metrics::default(),
+            witness: Default::default(),
             next_conn: AtomicU64::new(1),
             shutdown,
             unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
@@ -145,6 +148,11 @@ impl Hub {
             }
         }
         Joined { conn, rx, kill }
+    }
+
+    /// Whether `conn` is the device's newest connection (not one a newer replaced).
+    pub(crate) fn is_current(&self, device_id: &str, conn: u64) -> bool {
+        lock(&self.devices).get(device_id).is_some_and(|p| p.conn == conn)
     }
 
     /// Forgets connection `conn`: a device goes offline unless a newer
@@ -345,11 +353,26 @@ impl Hub {
         ended
     }
 
+    /// Every enrolled device, as operator `who` may see it (see [`Presence::listing_for`]).
+    pub(crate) fn list_for(&self, who: &Who) -> Vec<DeviceEntry> {
+        let registry = self.registry();
+        self.presence.listing_for(&registry.0, &who.id)
+    }
+
     /// `GET /metrics`.
     pub(crate) fn metrics_text(&self) -> String {
         let devices = lock(&self.devices).len();
         let operators = lock(&self.operators).len();
-        let mut text = self.metrics.text(devices, operators);
+        let alerted = {
+            let registry = self.registry();
+            registry
+                .0
+                .witness
+                .iter()
+                .filter(|(id, w)| w.alert.is_some() && registry.0.devices.contains_key(*id))
+                .count()
+        };
+        let mut text = self.metrics.text(devices, operators, alerted);
         let waiting = self.unauthenticated_max.saturating_sub(self.unauthenticated.available_permits());
         let _ = writeln!(
             text,

@@ -13,6 +13,8 @@ pub(crate) struct Metrics {
     commands_routed: AtomicU64,
     frames_rejected: Mutex<BTreeMap<&'static str, u64>>,
     handshakes_failed: Mutex<BTreeMap<&'static str, u64>>,
+    audit_alerts: Mutex<BTreeMap<&'static str, u64>>,
+    witness_write_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -31,14 +33,33 @@ impl Metrics {
         bump(&self.handshakes_failed, reason);
     }
 
-    /// The Prometheus text exposition (format 0.0.4), with the hub's gauges.
-    pub(crate) fn text(&self, devices_connected: usize, operators_connected: usize) -> String {
+    /// A device's audit chain failed the witness, of `kind` (`truncated`, …),
+    /// and no alert stood against it yet.
+    pub(crate) fn audit_alert(&self, kind: &'static str) {
+        bump(&self.audit_alerts, kind);
+    }
+
+    /// Witnessed heads could not be written to the registry (they stay pending).
+    pub(crate) fn witness_write_failed(&self) {
+        self.witness_write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), with the hub's gauges
+    /// (`devices_audit_alert`: devices with a standing audit alert, from the registry).
+    pub(crate) fn text(
+        &self,
+        devices_connected: usize,
+        operators_connected: usize,
+        devices_audit_alert: usize,
+    ) -> String {
         let mut out = String::new();
         let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         gauge(&mut out, "devices_connected", "Devices with an authenticated connection.", devices_connected);
         gauge(&mut out, "operators_connected", "Operator connections.", operators_connected);
+        let alerted = "Enrolled devices with a standing audit alert (until the admin clears it).";
+        gauge(&mut out, "devices_audit_alert", alerted, devices_audit_alert);
         let routed = self.commands_routed.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
@@ -53,6 +74,18 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {n}");
             }
         }
+        let name = "audit_alerts_total";
+        let _ =
+            writeln!(out, "# HELP {name} Audit alerts raised since the relay started, by kind.\n# TYPE {name} counter");
+        for (kind, n) in lock(&self.audit_alerts).iter() {
+            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
+        }
+        let name = "witness_write_failures_total";
+        let failed = self.witness_write_failures.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {name} Registry writes of witnessed audit heads that failed (retried).\n# TYPE {name} counter\n{name} {failed}"
+        );
         out
     }
 

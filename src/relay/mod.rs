@@ -22,6 +22,7 @@
 //! - `presence`: what `devices` reports; `live.json`.
 //! - `admin`: the admin socket: `support relay devices`, and admin changes taking effect at once.
 //! - `metrics`: the counters behind `/metrics`.
+//! - `witness`: the audit witness: each device's chain must extend the head the relay holds.
 //! - [`registry`]: `registry.json`: devices, operators, enrolment tokens.
 
 mod admin;
@@ -33,6 +34,7 @@ mod presence;
 pub mod registry;
 mod session;
 mod state;
+mod witness;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -136,6 +138,7 @@ pub async fn run(
             .with_run_rate(options.max_runs_per_second),
     );
     let writer = tokio::spawn(presence::keep_snapshot(state.dir.clone(), hub.presence.clone(), shutdown_rx.clone()));
+    let witnessed = tokio::spawn(witness::keep_flushed(hub.clone(), shutdown_rx.clone()));
     let admin = state
         .admin
         .take()
@@ -183,6 +186,7 @@ pub async fn run(
     connections.abort_all();
     let _ = writer.await;
     let _ = watcher.await;
+    let _ = witnessed.await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }

@@ -88,6 +88,8 @@ fn join(registry: &Registry, known: &HashMap<String, DeviceEntry>) -> Vec<Device
         .map(|(id, record)| {
             let mut entry = known.get(id).cloned().unwrap_or_else(|| offline(id));
             entry.name.clone_from(&record.name);
+            // The registry's witness outlives connections and restarts.
+            entry.audit_alert = registry.witness.get(id).and_then(|w| w.alert.clone());
             entry
         })
         .collect()
@@ -105,6 +107,7 @@ fn offline(device_id: &str) -> DeviceEntry {
         audit_head: None,
         version: None,
         scope: None,
+        audit_alert: None,
     }
 }
 
@@ -112,6 +115,8 @@ fn offline(device_id: &str) -> DeviceEntry {
 #[derive(Default)]
 pub(crate) struct Presence {
     entries: Mutex<HashMap<String, DeviceEntry>>,
+    /// Per device, the operator key fingerprints its owner trusts, as its last heartbeat said.
+    trusted: Mutex<HashMap<String, Vec<String>>>,
     changed: Notify,
 }
 
@@ -128,6 +133,7 @@ impl Presence {
 
     /// The device sent `hb` just now.
     pub(crate) fn heard(&self, device_id: &str, hb: Heartbeat) {
+        lock(&self.trusted).insert(device_id.to_string(), hb.trusted_operators);
         let now = crate::time::rfc3339(Utc::now());
         self.change(device_id, |e| {
             e.last_heartbeat = Some(now);
@@ -148,6 +154,24 @@ impl Presence {
     /// Every enrolled device with what the relay knows of it now.
     pub(crate) fn listing(&self, registry: &Registry) -> Vec<DeviceEntry> {
         join(registry, &lock(&self.entries))
+    }
+
+    /// The listing an operator gets: a device whose owner does not trust
+    /// `fingerprint` (as its last heartbeat since the relay started said)
+    /// shows only its id, name and whether it is online.
+    pub(crate) fn listing_for(&self, registry: &Registry, fingerprint: &str) -> Vec<DeviceEntry> {
+        let trusted = lock(&self.trusted);
+        let mut all = self.listing(registry);
+        for entry in &mut all {
+            if !trusted.get(&entry.device_id).is_some_and(|t| t.iter().any(|f| f == fingerprint)) {
+                *entry = DeviceEntry {
+                    name: std::mem::take(&mut entry.name),
+                    online: entry.online,
+                    ..offline(&entry.device_id)
+                };
+            }
+        }
+        all
     }
 
     fn snapshot(&self) -> Vec<DeviceEntry> {
@@ -205,6 +229,8 @@ mod tests {
             uptime_s: 9,
             version: "9.9.9".into(),
             scope: None,
+            witness: None,
+            trusted_operators: Vec::new(),
         }
     }
 
@@ -240,6 +266,26 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_the_owner_does_not_trust_sees_only_name_and_presence() {
+        let mut registry = Registry::default();
+        let record = DeviceRecord { public_key: "k".into(), name: "laptop".into(), enrolled_at: "t".into() };
+        registry.devices.insert("d-1".into(), record);
+        let presence = Presence::default();
+        presence.online("d-1");
+        presence.heard("d-1", Heartbeat { trusted_operators: vec!["SHA256:alice".into()], ..heartbeat(Some(4)) });
+        let full = presence.listing_for(&registry, "SHA256:alice");
+        assert_eq!(full, presence.listing(&registry));
+        assert_eq!(full[0].tier, Some(4));
+        let bare = presence.listing_for(&registry, "SHA256:mallory");
+        let want = DeviceEntry { name: "laptop".into(), online: true, ..offline("d-1") };
+        assert_eq!(bare, vec![want.clone()]);
+        // Before a heartbeat since the relay started, nobody is trusted.
+        let fresh = Presence::default();
+        fresh.online("d-1");
+        assert_eq!(fresh.listing_for(&registry, "SHA256:alice"), vec![want]);
+    }
+
+    #[test]
     fn a_snapshot_round_trips_and_keeps_the_wire_fields() {
         let dir = tempfile::tempdir().unwrap();
         let presence = Presence::default();
@@ -249,6 +295,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(RelayPaths::new(dir.path()).live()).unwrap()).unwrap();
         let keys: Vec<&str> = raw["devices"][0].as_object().unwrap().keys().map(String::as_str).collect();
         let want = [
+            "audit_alert",
             "audit_head",
             "device_id",
             "expires_at",

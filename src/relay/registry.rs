@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::PublicKey;
 use crate::paths::{self, FileError};
+use crate::protocol::{AuditAlert, AuditHead};
 
 /// The largest registry file read (bytes): room for a few hundred thousand devices.
 const MAX_REGISTRY_BYTES: u64 = 256 << 20;
@@ -122,6 +123,23 @@ pub struct Registry {
     /// Enrolment tokens until they expire, used or not.
     #[serde(default)]
     pub tokens: Vec<TokenRecord>,
+    /// What the relay witnessed of each device's audit chain, by device id
+    /// (the audit witness: `src/relay/witness.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub witness: BTreeMap<String, WitnessRecord>,
+}
+
+/// The audit head the relay last witnessed for one device, and the alert
+/// that stands against it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessRecord {
+    /// The head of the device's last heartbeat (`None`: it reported none).
+    pub head: Option<AuditHead>,
+    /// The first problem found since the admin last cleared one; later
+    /// findings do not replace it.
+    #[serde(default)]
+    pub alert: Option<AuditAlert>,
 }
 
 /// What identifies one version of the file on disk.
@@ -361,12 +379,44 @@ pub fn enroll(
         };
         used.used_at = Some(now);
         used.used_by = Some(device_id.into());
+        // A device enrolled anew starts a new witness: an old one is of a removed device.
+        r.witness.remove(device_id);
         r.devices.insert(
             device_id.into(),
             DeviceRecord { public_key: key.into(), name: name.into(), enrolled_at: crate::time::rfc3339(now) },
         );
         Ok(Enroll::Pinned)
     })
+}
+
+/// Records what the relay witnessed, by device id: each record's head
+/// becomes the witnessed head, and its alert, if any, is set only where
+/// none stands (the first finding is the one kept). Returns the new state.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn witness(dir: &Path, records: BTreeMap<String, WitnessRecord>) -> Result<(Registry, Stamp), RegistryError> {
+    let ((), registry, stamp) = Registry::update(dir, |r| {
+        for (id, record) in records {
+            let w = r.witness.entry(id).or_default();
+            w.head = record.head;
+            if w.alert.is_none() {
+                w.alert = record.alert;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((registry, stamp))
+}
+
+/// Clears the audit alert standing against `device_id`; the witnessed head
+/// stays. Returns the alert that was cleared, if any.
+///
+/// # Errors
+/// As [`Registry::update`].
+pub fn clear_alert(dir: &Path, device_id: &str) -> Result<Option<AuditAlert>, RegistryError> {
+    let (cleared, _, _) = Registry::update(dir, |r| Ok(r.witness.get_mut(device_id).and_then(|w| w.alert.take())))?;
+    Ok(cleared)
 }
 
 #[cfg(test)]
@@ -412,6 +462,28 @@ mod tests {
         crate::paths::write_atomic(&registry_path(dir.path()), old.as_bytes()).unwrap();
         let (r, _) = Registry::load(dir.path()).unwrap();
         assert!(r.tokens[0].created_at.is_none() && r.tokens[0].is_live(Utc::now()));
+    }
+
+    #[test]
+    fn the_witness_keeps_the_first_alert_until_it_is_cleared_and_the_head_through_it() {
+        use crate::protocol::AlertKind;
+        let dir = tempfile::tempdir().unwrap();
+        let head = |seq| Some(AuditHead { seq, mac: format!("{seq:064x}") });
+        let alert =
+            |kind| AuditAlert { kind, witnessed_seq: 5, reported_seq: 2, detected_at: "t".into(), detail: "d".into() };
+        let put = |seq, a: Option<AuditAlert>| {
+            witness(dir.path(), BTreeMap::from([("d-1".to_string(), WitnessRecord { head: head(seq), alert: a })]))
+                .unwrap()
+        };
+        put(5, None);
+        put(2, Some(alert(AlertKind::Truncated)));
+        let (r, _) = put(9, Some(alert(AlertKind::Rewritten)));
+        let w = &r.witness["d-1"];
+        assert_eq!((w.head.as_ref().unwrap().seq, w.alert.as_ref().unwrap().kind), (9, AlertKind::Truncated));
+        assert_eq!(clear_alert(dir.path(), "d-1").unwrap().unwrap().kind, AlertKind::Truncated);
+        assert_eq!(clear_alert(dir.path(), "d-1").unwrap(), None);
+        let (r, _) = Registry::load(dir.path()).unwrap();
+        assert_eq!(r.witness["d-1"], WitnessRecord { head: head(9), alert: None }, "the head stays");
     }
 
     #[test]

@@ -128,7 +128,8 @@ where
         let why = "removed from the relay by its admin";
         return peer.refuse(RelayCode::Unauthorized, why, CloseCode::Policy, why).await;
     }
-    if peer.send(&FromRelay::HelloAck { id: who.id.clone(), name: who.name.clone() }).await {
+    let witnessed_seq = if role == Role::Device { super::witness::witnessed_seq(&hub, &who.id) } else { None };
+    if peer.send(&FromRelay::HelloAck { id: who.id.clone(), name: who.name.clone(), witnessed_seq }).await {
         tracing::info!(name = %who.name, "peer authenticated");
         serve(&hub, &mut peer, role, &who, joined).await;
     }
@@ -275,8 +276,9 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, runs: &mut RunBucke
     };
     match (role, frame) {
         (Role::Device, ToRelay::Heartbeat(hb)) => {
+            let witnessed = super::witness::heard(hub, &who.id, conn, &hb).await;
             hub.heard(&who.id, hb);
-            None
+            Some(witnessed)
         }
         (Role::Device, ToRelay::Answer(frame)) => {
             hub.route_answer(&who.id, frame).await;
@@ -298,7 +300,7 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, runs: &mut RunBucke
         (Role::Operator, ToRelay::Cancel { device_id, request_id }) => {
             Some(hub.route_cancel(who, device_id, request_id))
         }
-        (Role::Operator, ToRelay::ListDevices {}) => Some(FromRelay::Devices { devices: hub.list() }),
+        (Role::Operator, ToRelay::ListDevices {}) => Some(FromRelay::Devices { devices: hub.list_for(who) }),
         (_, other) => {
             hub.metrics.rejected("wrong_role");
             let who = role_name(role);

@@ -144,7 +144,10 @@ async fn a_new_device_enrolls_once_with_its_token() {
     let nonce = challenge(&mut ws).await;
     send(&mut ws, &hello(Role::Device, &newcomer, &nonce, Some(token.clone()))).await;
     let id = newcomer.public_key().device_id();
-    assert_eq!(recv(&mut ws).await.unwrap(), FromRelay::HelloAck { id: id.clone(), name: "new-host".into() });
+    assert_eq!(
+        recv(&mut ws).await.unwrap(),
+        FromRelay::HelloAck { id: id.clone(), name: "new-host".into(), witnessed_seq: None }
+    );
     assert!(Registry::load(rig.dir.path()).unwrap().0.devices.contains_key(&id));
 
     let stranger = KeyPair::generate().0;
