@@ -14,6 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod answer;
 pub mod limits;
 pub mod signed;
 
@@ -231,6 +232,16 @@ pub enum DeviceFrame {
         request_id: String,
         /// The device's id for the task (`t-` and 16 hex digits).
         task_id: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
     /// A chunk of output; `seq` counts from 0 per request; `data` is UTF-8
     /// (invalid sequences replaced by U+FFFD).
@@ -243,6 +254,16 @@ pub enum DeviceFrame {
         stream: Stream,
         /// The text, at most 16 KiB.
         data: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
     /// The task ended; the fields are those of [`TaskResult`].
     Result {
@@ -262,6 +283,16 @@ pub enum DeviceFrame {
         output_bytes: u64,
         /// [`TaskResult::cancelled_by`].
         cancelled_by: Option<StoppedBy>,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
     /// The command was refused; nothing ran.
     Denied {
@@ -271,11 +302,49 @@ pub enum DeviceFrame {
         code: DenyCode,
         /// Why, for people.
         message: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
 }
 
 impl DeviceFrame {
-    /// The `result` frame for `result`.
+    /// An `accepted` frame, not yet signed (the link signs it when it sends it).
+    pub fn accepted(request_id: &str, task_id: &str) -> DeviceFrame {
+        DeviceFrame::Accepted {
+            request_id: request_id.into(),
+            task_id: task_id.into(),
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
+    }
+
+    /// An `output` frame, not yet signed.
+    pub fn output(request_id: &str, seq: u64, stream: Stream, data: String) -> DeviceFrame {
+        DeviceFrame::Output { request_id: request_id.into(), seq, stream, data, index: 0, dropped: 0, sig: String::new() }
+    }
+
+    /// A `denied` frame, not yet signed.
+    pub fn denied(request_id: &str, code: DenyCode, message: &str) -> DeviceFrame {
+        DeviceFrame::Denied {
+            request_id: request_id.into(),
+            code,
+            message: message.into(),
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
+    }
+
+    /// The `result` frame for `result`, not yet signed.
     pub fn result(request_id: &str, result: &TaskResult) -> DeviceFrame {
         DeviceFrame::Result {
             request_id: request_id.into(),
@@ -286,6 +355,9 @@ impl DeviceFrame {
             output_sha256: result.output_sha256.clone(),
             output_bytes: result.output_bytes,
             cancelled_by: result.cancelled_by,
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
         }
     }
 
@@ -298,6 +370,10 @@ impl DeviceFrame {
             | DeviceFrame::Denied { request_id, .. } => request_id,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Which side of the relay a peer is on; it picks the `hello` context.
@@ -374,6 +450,11 @@ pub struct DeviceEntry {
     /// Its daemon's version.
     #[serde(default)]
     pub version: Option<String>,
+    /// The device's public key as the relay pinned it at enrolment
+    /// (`ed25519:<base64url>`). The operator checks that it derives
+    /// `device_id` before trusting an answer signed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// Relay error codes (DESIGN §7), plus `BUSY` for the relay's own limits.

@@ -88,6 +88,7 @@ fn join(registry: &Registry, known: &HashMap<String, DeviceEntry>) -> Vec<Device
         .map(|(id, record)| {
             let mut entry = known.get(id).cloned().unwrap_or_else(|| offline(id));
             entry.name.clone_from(&record.name);
+            entry.public_key = Some(record.public_key.clone());
             entry
         })
         .collect()
@@ -104,6 +105,7 @@ fn offline(device_id: &str) -> DeviceEntry {
         running_tasks: None,
         audit_head: None,
         version: None,
+        public_key: None,
     }
 }
 
@@ -216,7 +218,7 @@ mod tests {
         assert_eq!((d1.device_id.as_str(), d1.name.as_str(), d1.online), ("d-1", "laptop", false));
         assert_eq!((d1.tier, d1.running_tasks, d1.version.as_deref()), (Some(2), Some(2), Some("9.9.9")));
         assert!(d1.last_heartbeat.is_some(), "the last heartbeat outlives the connection");
-        assert_eq!(listed[1], DeviceEntry { name: "desktop".into(), ..offline("d-2") });
+        assert_eq!(listed[1], DeviceEntry { name: "desktop".into(), public_key: Some("k".into()), ..offline("d-2") });
     }
 
     #[test]

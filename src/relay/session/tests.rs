@@ -115,11 +115,7 @@ fn run_for(operator: &KeyPair, device: &KeyPair, request_id: &str) -> ToRelay {
 }
 
 fn denied(request_id: &str) -> ToRelay {
-    ToRelay::Answer(DeviceFrame::Denied {
-        request_id: request_id.into(),
-        code: DenyCode::NoConsent,
-        message: "no".into(),
-    })
+    ToRelay::Answer(DeviceFrame::denied(request_id, DenyCode::NoConsent, "no"))
 }
 
 #[tokio::test]
@@ -214,8 +210,7 @@ async fn a_run_reaches_its_device_and_the_answer_only_the_operator_who_asked() {
         }
         other => panic!("expected the run at the device, got {other:?}"),
     }
-    send(&mut device, &ToRelay::Answer(DeviceFrame::Accepted { request_id: "req-1".into(), task_id: "t-1".into() }))
-        .await;
+    send(&mut device, &ToRelay::Answer(DeviceFrame::accepted("req-1", "t-1"))).await;
     send(&mut device, &denied("req-1")).await;
     assert!(matches!(recv(&mut alice).await, Ok(FromRelay::Answer(DeviceFrame::Accepted { .. }))));
     assert!(matches!(recv(&mut alice).await, Ok(FromRelay::Answer(DeviceFrame::Denied { .. }))));
@@ -296,4 +291,42 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout_and_a_ping_keeps_it() {
     let start = tokio::time::Instant::now();
     assert_eq!(recv(&mut alice).await.unwrap_err(), Some(CloseCode::Policy));
     assert_eq!(start.elapsed(), IDLE_TIMEOUT);
+}
+
+/// Regression (issue 12, item 5): when Alice's connection drops, Bob
+/// re-sending her `(device, request_id)` used to re-create the routing
+/// entry and receive the rest of her task's output.
+#[tokio::test]
+async fn the_rest_of_an_orphaned_request_reaches_no_other_operator() {
+    let rig = rig();
+    let (mut device, mut alice, mut bob) = everyone(&rig).await;
+    send(&mut alice, &run_for(&rig.alice, &rig.device, "req-1")).await;
+    assert!(matches!(recv(&mut device).await, Ok(FromRelay::Run(_))));
+    send(&mut device, &ToRelay::Answer(DeviceFrame::accepted("req-1", "t-1"))).await;
+    assert!(matches!(recv(&mut alice).await, Ok(FromRelay::Answer(DeviceFrame::Accepted { .. }))));
+    alice.close(None).await.unwrap();
+    while recv(&mut alice).await.is_ok() {}
+    while rig.hub.metrics_text().contains("operators_connected 2") {
+        tokio::task::yield_now().await;
+    }
+    // Bob claims her request id: refused while her task runs.
+    send(&mut bob, &run_for(&rig.bob, &rig.device, "req-1")).await;
+    match recv(&mut bob).await {
+        Ok(FromRelay::Error { code: RelayCode::BadFrame, request_id: Some(r), .. }) => assert_eq!(r, "req-1"),
+        other => panic!("expected BAD_FRAME for the claimed request id, got {other:?}"),
+    }
+    // Nor may he cancel it. The device goes on answering her request: none of it reaches Bob.
+    send(&mut bob, &ToRelay::Cancel { device_id: rig.device.public_key().device_id(), request_id: "req-1".into() }).await;
+    assert!(matches!(recv(&mut bob).await, Ok(FromRelay::Error { code: RelayCode::BadFrame, .. })));
+    let output = DeviceFrame::output("req-1", 0, crate::protocol::Stream::Stdout, "alice's secret".into());
+    send(&mut device, &ToRelay::Answer(output)).await;
+    send(&mut device, &denied("req-1")).await;
+    send(&mut bob, &ToRelay::ListDevices {}).await;
+    match recv(&mut bob).await {
+        Ok(FromRelay::Devices { .. }) => {}
+        other => panic!("bob received {other:?}"),
+    }
+    // Once the device ended it, the id is free again.
+    send(&mut bob, &run_for(&rig.bob, &rig.device, "req-1")).await;
+    assert!(matches!(recv(&mut device).await, Ok(FromRelay::Run(_))));
 }
