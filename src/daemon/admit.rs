@@ -251,9 +251,7 @@ impl Daemon {
             tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
         }
         tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
-        let _ = frames
-            .send(DeviceFrame::denied(&run.request_id, denial.code, &denial.message))
-            .await;
+        let _ = frames.send(DeviceFrame::denied(&run.request_id, denial.code, &denial.message)).await;
         Err(denial)
     }
 }

@@ -313,12 +313,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn handle(
-    daemon: &Daemon,
-    text: &str,
-    frames_tx: &mpsc::Sender<Outgoing>,
-    admitting: &mut tokio::task::JoinSet<()>,
-) {
+fn handle(daemon: &Daemon, text: &str, frames_tx: &mpsc::Sender<Outgoing>, admitting: &mut tokio::task::JoinSet<()>) {
     match protocol::decode::<FromRelay>(text) {
         Ok(FromRelay::Run(run)) => {
             let d = daemon.clone();
@@ -497,15 +492,18 @@ mod tests {
             q.push(queued(denied(i)));
         }
         assert_eq!(q.frames.len(), OFFLINE_QUEUE);
-        q.push(queued(DeviceFrame::result("o", &crate::protocol::TaskResult {
-            status: protocol::Status::Ok,
-            exit_code: Some(0),
-            duration_ms: 1,
-            truncated: false,
-            output_bytes: 1,
-            output_sha256: String::new(),
-            cancelled_by: None,
-        })));
+        q.push(queued(DeviceFrame::result(
+            "o",
+            &crate::protocol::TaskResult {
+                status: protocol::Status::Ok,
+                exit_code: Some(0),
+                duration_ms: 1,
+                truncated: false,
+                output_bytes: 1,
+                output_sha256: String::new(),
+                cancelled_by: None,
+            },
+        )));
         assert_eq!(q.frames.len(), OFFLINE_QUEUE);
         assert!(q.frames.iter().all(|f| !matches!(f.frame, DeviceFrame::Output { .. })), "the output went first");
         assert_eq!(q.dropped, 1);

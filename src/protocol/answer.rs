@@ -316,19 +316,13 @@ impl AnswerCheck {
         if index != self.next {
             return Err(AnswerError::Order { request_id, expected: self.next, got: index });
         }
-        let bytes = answer_bytes(
-            &self.device_id,
-            &self.request_id,
-            &self.nonce,
-            index,
-            dropped,
-            &self.prev,
-            &frame.content(),
-        );
+        let bytes =
+            answer_bytes(&self.device_id, &self.request_id, &self.nonce, index, dropped, &self.prev, &frame.content());
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| self.bad_signature(index))?;
         self.key.verify(&bytes, &sig).map_err(|_| self.bad_signature(index))?;
         self.dropped += dropped;
-        let sequence = |expected| AnswerError::Sequence { request_id: request_id.clone(), index, kind: frame.kind(), expected };
+        let sequence =
+            |expected| AnswerError::Sequence { request_id: request_id.clone(), index, kind: frame.kind(), expected };
         self.phase = match (self.phase, frame) {
             (Phase::Start, DeviceFrame::Accepted { .. }) => Phase::Running,
             (Phase::Start, DeviceFrame::Denied { .. }) => Phase::Done,

@@ -329,7 +329,15 @@ impl DeviceFrame {
 
     /// An `output` frame, not yet signed.
     pub fn output(request_id: &str, seq: u64, stream: Stream, data: String) -> DeviceFrame {
-        DeviceFrame::Output { request_id: request_id.into(), seq, stream, data, index: 0, dropped: 0, sig: String::new() }
+        DeviceFrame::Output {
+            request_id: request_id.into(),
+            seq,
+            stream,
+            data,
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
     }
 
     /// A `denied` frame, not yet signed.

@@ -26,7 +26,13 @@ fn run_for(device: &KeyPair, operator: &KeyPair, request_id: &str, nonce: &str) 
 }
 
 fn accepted(r: &str) -> DeviceFrame {
-    DeviceFrame::Accepted { request_id: r.into(), task_id: "t-0123456789abcdef".into(), index: 0, dropped: 0, sig: String::new() }
+    DeviceFrame::Accepted {
+        request_id: r.into(),
+        task_id: "t-0123456789abcdef".into(),
+        index: 0,
+        dropped: 0,
+        sig: String::new(),
+    }
 }
 
 fn output(r: &str, seq: u64, data: &str) -> DeviceFrame {
@@ -81,7 +87,8 @@ fn honest_answers_verify_and_survive_the_wire() {
     let run = run_for(&device, &operator, "r-1", "00112233445566778899aabbccddeeff");
     let frames = answers(&device, &run, &["one\n", "two\n"]);
     // Through JSON and back, as the relay carries them.
-    let wire: Vec<DeviceFrame> = frames.iter().map(|f| serde_json::from_str(&crate::protocol::encode(f)).unwrap()).collect();
+    let wire: Vec<DeviceFrame> =
+        frames.iter().map(|f| serde_json::from_str(&crate::protocol::encode(f)).unwrap()).collect();
     assert_eq!(wire, frames);
     assert_eq!(check_all(device.public_key(), &run, &wire), Ok(()));
     assert_eq!(frames.iter().map(|f| f.proof().0).collect::<Vec<_>>(), [0, 1, 2, 3]);
@@ -93,7 +100,8 @@ fn every_forgery_names_the_check_that_failed() {
     let run = run_for(&device, &operator, "r-1", "00112233445566778899aabbccddeeff");
     let frames = answers(&device, &run, &["one\n", "two\n"]);
     let key = device.public_key();
-    let sig_fail = |index| AnswerError::Signature { index, request_id: "r-1".into(), device_id: device.public_key().device_id() };
+    let sig_fail =
+        |index| AnswerError::Signature { index, request_id: "r-1".into(), device_id: device.public_key().device_id() };
     // A byte of output altered.
     let mut altered = frames.clone();
     if let DeviceFrame::Output { data, .. } = &mut altered[1] {
@@ -102,10 +110,16 @@ fn every_forgery_names_the_check_that_failed() {
     assert_eq!(check_all(key, &run, &altered), Err(sig_fail(1)));
     // A frame dropped; two swapped.
     let dropped = [&frames[..1], &frames[2..]].concat();
-    assert_eq!(check_all(key, &run, &dropped), Err(AnswerError::Order { request_id: "r-1".into(), expected: 1, got: 2 }));
+    assert_eq!(
+        check_all(key, &run, &dropped),
+        Err(AnswerError::Order { request_id: "r-1".into(), expected: 1, got: 2 })
+    );
     let mut swapped = frames.clone();
     swapped.swap(1, 2);
-    assert_eq!(check_all(key, &run, &swapped), Err(AnswerError::Order { request_id: "r-1".into(), expected: 1, got: 2 }));
+    assert_eq!(
+        check_all(key, &run, &swapped),
+        Err(AnswerError::Order { request_id: "r-1".into(), expected: 1, got: 2 })
+    );
     // The result of another request (another nonce), relabelled as this one's.
     let earlier = run_for(&device, &operator, "r-0", "ffeeddccbbaa99887766554433221100");
     let mut replayed = answers(&device, &earlier, &["one\n", "two\n"]);
@@ -199,8 +213,7 @@ fn the_worked_example_in_protocol_md_is_what_the_code_signs() {
     let frames = answers(&device, &run, &["hi\n"]);
     let id = device.public_key().device_id();
     let answer0 = answer_bytes(&id, &run.request_id, &run.nonce, 0, 0, &run_digest(&run), &frames[0].content());
-    let answer1 =
-        answer_bytes(&id, &run.request_id, &run.nonce, 1, 0, &sha256(&answer0), &frames[1].content());
+    let answer1 = answer_bytes(&id, &run.request_id, &run.nonce, 1, 0, &sha256(&answer0), &frames[1].content());
     let values = [
         ("device key", device.public_key().to_string()),
         ("device id", id.clone()),

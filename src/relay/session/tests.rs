@@ -316,7 +316,8 @@ async fn the_rest_of_an_orphaned_request_reaches_no_other_operator() {
         other => panic!("expected BAD_FRAME for the claimed request id, got {other:?}"),
     }
     // Nor may he cancel it. The device goes on answering her request: none of it reaches Bob.
-    send(&mut bob, &ToRelay::Cancel { device_id: rig.device.public_key().device_id(), request_id: "req-1".into() }).await;
+    send(&mut bob, &ToRelay::Cancel { device_id: rig.device.public_key().device_id(), request_id: "req-1".into() })
+        .await;
     assert!(matches!(recv(&mut bob).await, Ok(FromRelay::Error { code: RelayCode::BadFrame, .. })));
     let output = DeviceFrame::output("req-1", 0, crate::protocol::Stream::Stdout, "alice's secret".into());
     send(&mut device, &ToRelay::Answer(output)).await;
