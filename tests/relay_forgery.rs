@@ -250,3 +250,34 @@ fn device_key_of(relay: &Relay, device_id: &str) -> String {
     let entry = list.as_array().unwrap().iter().find(|d| d["device_id"] == device_id).unwrap().clone();
     entry["public_key"].as_str().unwrap().to_string()
 }
+
+/// Regression (issue 12, item 5): escape sequences in device output
+/// reached the operator's terminal raw whenever stdout was not a tty at
+/// the moment (a pipe into `less -R`, a log `cat` later). Now output is
+/// printable everywhere, as on the owner's side, unless `--raw`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_output_is_printable_unless_raw() {
+    let relay = Relay::start("127.0.0.1:0");
+    let (key, key_path) = relay.operator("desk");
+    let device = tokio::task::block_in_place(|| {
+        let d = Device::enrolled(&relay);
+        d.trust("desk", &key);
+        d.allow(4);
+        d
+    });
+    let shell = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.args(["operator", "--relay", &relay.url(), "--relay-fingerprint", &relay.fingerprint, "--key"]);
+        c.arg(&key_path).args(["shell", &device.device_id]).args(extra);
+        c.args(["--", r"printf 'a\033]0;owned\007b\033[2J\tc\n'; printf 'e\033[31mrr\n' >&2"]);
+        tokio::task::block_in_place(|| Run::from(c.output().unwrap()))
+    };
+    let r = shell(&[]);
+    r.code(0);
+    assert_eq!(r.stdout, "a?]0;owned?b?[2J\tc\n");
+    assert!(r.stderr.contains("e?[31mrr\n") && !r.stderr.contains('\x1b'), "{}", r.stderr);
+    let r = shell(&["--raw"]);
+    r.code(0);
+    assert_eq!(r.stdout, "a\x1b]0;owned\x07b\x1b[2J\tc\n");
+    assert!(r.stderr.contains("e\x1b[31mrr\n"), "{}", r.stderr);
+}

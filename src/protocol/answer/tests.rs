@@ -215,6 +215,8 @@ fn the_worked_example_in_protocol_md_is_what_the_code_signs() {
     let answer0 = answer_bytes(&id, &run.request_id, &run.nonce, 0, 0, &run_digest(&run), &frames[0].content());
     let answer1 = answer_bytes(&id, &run.request_id, &run.nonce, 1, 0, &sha256(&answer0), &frames[1].content());
     let values = [
+        ("run on the wire", crate::protocol::encode(&crate::protocol::FromRelay::Run(run.clone()))),
+        ("answer 0 on the wire", crate::protocol::encode(&frames[0])),
         ("device key", device.public_key().to_string()),
         ("device id", id.clone()),
         ("run digest", hex::encode(run_digest(&run))),
