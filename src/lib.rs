@@ -13,14 +13,16 @@
 //! - [`policy`]: the action catalogue: load, validate, render argv from typed params.
 //! - [`audit`]: the hash-chained audit log: append, verify, recover, list.
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
-//! - [`protocol`]: every relay frame, both directions; the signed bytes; size limits.
+//! - [`protocol`]: every relay frame, both directions; the signed bytes (`run`, `hello`, the device's
+//!   answers, with the chain that checks them); size limits.
 //! - [`daemon`]: admitting a command (the gate, then register, then launch), a running task, the executor and
 //!   the tree kill, consent enforcement, audit-record building, its files, the agent host client, the escalation
 //!   guard's evidence, the loopback control API, the relay link: one file each (see its docs).
 //! - [`relay`]: the relay server: HTTP and upgrade, hello, the hub, sessions, presence, admin socket, metrics, registry.
 //! - [`tls`]: rustls configs: the relay's certificate, clients pinning the relay.
 //! - [`dial`]: a client's connection to the relay (daemon link and operator).
-//! - [`operator`]: the operator client: devices, run, cancel.
+//! - [`operator`]: the operator client: devices (each key checked against its id), run (every answer
+//!   checked against the device key), cancel.
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
