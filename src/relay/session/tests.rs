@@ -311,7 +311,9 @@ async fn the_rest_of_an_orphaned_request_reaches_no_other_operator() {
     }
     // Bob claims her request id: refused while her task runs.
     send(&mut bob, &run_for(&rig.bob, &rig.device, "req-1")).await;
-    match recv(&mut bob).await {
+    // (Before the fix the run went through and Bob heard nothing back, so this waits at most 5 s.)
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), recv(&mut bob)).await;
+    match answer.expect("the relay routed Bob's claim on Alice's request id") {
         Ok(FromRelay::Error { code: RelayCode::BadFrame, request_id: Some(r), .. }) => assert_eq!(r, "req-1"),
         other => panic!("expected BAD_FRAME for the claimed request id, got {other:?}"),
     }
