@@ -1,5 +1,6 @@
-//! The device's signature on its answers, so that the relay cannot alter,
-//! drop, reorder, replay, splice or forge what an operator is shown.
+//! The device's answers ([`DeviceFrame`]): how they are made, and the
+//! device's signature on them, so that the relay cannot alter, drop,
+//! reorder, replay, splice or forge what an operator is shown.
 //!
 //! # The signed bytes of an answer
 //!
@@ -40,7 +41,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::digest::{Context, SHA256, digest};
 use serde::Serialize;
 
-use super::{DeviceFrame, Run};
+use super::{DenyCode, DeviceFrame, Run, Stream, TaskResult};
 use crate::identity::{KeyPair, PublicKey};
 
 /// The context that starts the signed bytes of an answer.
@@ -83,11 +84,79 @@ pub fn run_digest(run: &Run) -> [u8; 32] {
     sha256(&run.signed_bytes())
 }
 
+/// Whether a count is 0: `index` and `dropped` are left out of the JSON then.
+pub(super) fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     digest(&SHA256, bytes).as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 impl DeviceFrame {
+    /// An `accepted` frame, not yet signed (the link signs it when it sends it).
+    pub fn accepted(request_id: &str, task_id: &str) -> DeviceFrame {
+        DeviceFrame::Accepted {
+            request_id: request_id.into(),
+            task_id: task_id.into(),
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
+    }
+
+    /// An `output` frame, not yet signed.
+    pub fn output(request_id: &str, seq: u64, stream: Stream, data: String) -> DeviceFrame {
+        DeviceFrame::Output {
+            request_id: request_id.into(),
+            seq,
+            stream,
+            data,
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
+    }
+
+    /// A `denied` frame, not yet signed.
+    pub fn denied(request_id: &str, code: DenyCode, message: &str) -> DeviceFrame {
+        DeviceFrame::Denied {
+            request_id: request_id.into(),
+            code,
+            message: message.into(),
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
+    }
+
+    /// The `result` frame for `result`, not yet signed.
+    pub fn result(request_id: &str, result: &TaskResult) -> DeviceFrame {
+        DeviceFrame::Result {
+            request_id: request_id.into(),
+            status: result.status,
+            exit_code: result.exit_code,
+            duration_ms: result.duration_ms,
+            truncated: result.truncated,
+            output_sha256: result.output_sha256.clone(),
+            output_bytes: result.output_bytes,
+            cancelled_by: result.cancelled_by,
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
+    }
+
+    /// The request this frame answers.
+    pub fn request_id(&self) -> &str {
+        match self {
+            DeviceFrame::Accepted { request_id, .. }
+            | DeviceFrame::Output { request_id, .. }
+            | DeviceFrame::Result { request_id, .. }
+            | DeviceFrame::Denied { request_id, .. } => request_id,
+        }
+    }
+
     /// The frame's `type`, e.g. `output`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -7,7 +7,8 @@
 //! JSON object with a `type` tag; unknown types and unknown fields are rejected.
 //!
 //! The exact bytes an operator and a peer sign are in [`signed`]; the
-//! link's limits and timings in [`limits`].
+//! device's answers (made, signed and checked) in [`answer`]; the link's
+//! limits and timings in [`limits`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -233,11 +234,11 @@ pub enum DeviceFrame {
         /// The device's id for the task (`t-` and 16 hex digits).
         task_id: String,
         /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         index: u64,
         /// Answers of this request the device left out since it signed the
         /// previous one (its offline queue was full), said under its signature.
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         dropped: u64,
         /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
         #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -255,11 +256,11 @@ pub enum DeviceFrame {
         /// The text, at most 16 KiB.
         data: String,
         /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         index: u64,
         /// Answers of this request the device left out since it signed the
         /// previous one (its offline queue was full), said under its signature.
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         dropped: u64,
         /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
         #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -284,11 +285,11 @@ pub enum DeviceFrame {
         /// [`TaskResult::cancelled_by`].
         cancelled_by: Option<StoppedBy>,
         /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         index: u64,
         /// Answers of this request the device left out since it signed the
         /// previous one (its offline queue was full), said under its signature.
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         dropped: u64,
         /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
         #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -303,85 +304,16 @@ pub enum DeviceFrame {
         /// Why, for people.
         message: String,
         /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         index: u64,
         /// Answers of this request the device left out since it signed the
         /// previous one (its offline queue was full), said under its signature.
-        #[serde(default, skip_serializing_if = "is_zero")]
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
         dropped: u64,
         /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         sig: String,
     },
-}
-
-impl DeviceFrame {
-    /// An `accepted` frame, not yet signed (the link signs it when it sends it).
-    pub fn accepted(request_id: &str, task_id: &str) -> DeviceFrame {
-        DeviceFrame::Accepted {
-            request_id: request_id.into(),
-            task_id: task_id.into(),
-            index: 0,
-            dropped: 0,
-            sig: String::new(),
-        }
-    }
-
-    /// An `output` frame, not yet signed.
-    pub fn output(request_id: &str, seq: u64, stream: Stream, data: String) -> DeviceFrame {
-        DeviceFrame::Output {
-            request_id: request_id.into(),
-            seq,
-            stream,
-            data,
-            index: 0,
-            dropped: 0,
-            sig: String::new(),
-        }
-    }
-
-    /// A `denied` frame, not yet signed.
-    pub fn denied(request_id: &str, code: DenyCode, message: &str) -> DeviceFrame {
-        DeviceFrame::Denied {
-            request_id: request_id.into(),
-            code,
-            message: message.into(),
-            index: 0,
-            dropped: 0,
-            sig: String::new(),
-        }
-    }
-
-    /// The `result` frame for `result`, not yet signed.
-    pub fn result(request_id: &str, result: &TaskResult) -> DeviceFrame {
-        DeviceFrame::Result {
-            request_id: request_id.into(),
-            status: result.status,
-            exit_code: result.exit_code,
-            duration_ms: result.duration_ms,
-            truncated: result.truncated,
-            output_sha256: result.output_sha256.clone(),
-            output_bytes: result.output_bytes,
-            cancelled_by: result.cancelled_by,
-            index: 0,
-            dropped: 0,
-            sig: String::new(),
-        }
-    }
-
-    /// The request this frame answers.
-    pub fn request_id(&self) -> &str {
-        match self {
-            DeviceFrame::Accepted { request_id, .. }
-            | DeviceFrame::Output { request_id, .. }
-            | DeviceFrame::Result { request_id, .. }
-            | DeviceFrame::Denied { request_id, .. } => request_id,
-        }
-    }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// Which side of the relay a peer is on; it picks the `hello` context.
