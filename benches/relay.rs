@@ -17,6 +17,14 @@
 //!    address, five times; the time until the daemon reports its link up.
 //!    The bound is the first backoff step, 1 s + 30 %.
 //!
+//! 4. Signed answers: signing and checking 1 KiB `output` answers one at
+//!    a time, beside encoding and decoding them unsigned (target: ≤ 0.3 ms
+//!    p50 on a 1 KiB answer); the operator's side of a 100 MiB output
+//!    stream in MiB/s, beside decoding alone. The round trip (2.) is
+//!    measured checked, unchecked, and, with SUPPORT_BENCH_BASELINE_BIN set
+//!    to a `support` binary built before answers were signed, against that
+//!    binary's relay and daemon, interleaved one for one.
+//!
 //! Reproduce: `cargo bench --bench relay`.
 
 use std::collections::BTreeMap;
@@ -30,7 +38,8 @@ use std::time::{Duration, Instant};
 use support::KeyPair;
 use support::dial::{self, DeviceHello, RelayUrl};
 use support::operator::{Outcome, Session};
-use support::protocol::{DeviceFrame, Role, Status};
+use support::protocol::answer::{AnswerCheck, Chain};
+use support::protocol::{self, DeviceFrame, FromRelay, Role, Status, ToRelay};
 use support::tls::RelayTrust;
 
 const BIN: &str = env!("CARGO_BIN_EXE_support");
@@ -53,11 +62,17 @@ struct Relay {
     child: Child,
     addr: String,
     state: PathBuf,
+    bin: String,
 }
 
 impl Relay {
     fn start(state: &Path, listen: &str) -> Relay {
-        let mut child = Command::new(BIN)
+        Relay::start_with(BIN, state, listen)
+    }
+
+    /// `bin relay serve --self-signed` with its state in `state`.
+    fn start_with(bin: &str, state: &Path, listen: &str) -> Relay {
+        let mut child = Command::new(bin)
             .args(["relay", "--state"])
             .arg(state)
             .args(["serve", "--self-signed", "--listen", listen])
@@ -71,7 +86,7 @@ impl Relay {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let addr = lines.next().unwrap().unwrap().strip_prefix("listening on ").unwrap().to_string();
         let _fingerprint = lines.next();
-        Relay { child, addr, state: state.into() }
+        Relay { child, addr, state: state.into(), bin: bin.into() }
     }
 
     fn stop(&mut self) {
@@ -89,7 +104,7 @@ impl Relay {
     }
 
     fn admin(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN).args(["relay", "--state"]).arg(&self.state).args(args).output().unwrap();
+        let out = Command::new(&self.bin).args(["relay", "--state"]).arg(&self.state).args(args).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
@@ -203,126 +218,204 @@ fn idle_devices(runtime: &tokio::runtime::Runtime, targets: &[usize]) {
     relay.stop();
 }
 
+/// A relay and an enrolled daemon (both the binary `bin`), an operator
+/// key the relay admits and the owner trusts, and a `noop` action under a
+/// tier-1 grant.
+struct Rig {
+    relay: Relay,
+    daemon: Child,
+    home: PathBuf,
+    op_key: PathBuf,
+    device_id: String,
+}
+
+impl Rig {
+    fn start(bin: &str, dir: &Path) -> Rig {
+        std::fs::create_dir_all(dir).unwrap();
+        let state = dir.join("relay");
+        let home = dir.join("owner");
+        let relay = Relay::start_with(bin, &state, "127.0.0.1:0");
+        let op_key = dir.join("op.key");
+        let public = {
+            let out = Command::new(bin).args(["operator", "keygen", "--out"]).arg(&op_key).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        relay.admin(&["add-operator", "bench", &public]);
+        let token = relay.admin(&["enroll-token"]);
+        let rig_owner = |args: &[&str]| owner(bin, &home, args);
+        rig_owner(&["trust", "add", "bench", &public]);
+        std::fs::create_dir_all(home.join("policy.d")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(home.join("policy.d/bench.toml"))
+            .unwrap();
+        f.write_all(b"[[action]]\nname = \"noop\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"does nothing\"\nargv = [\"true\"]\ntimeout_s = 10\n").unwrap();
+        rig_owner(&["allow", "--tier", "1", "--minutes", "60"]);
+        let daemon = Command::new(bin)
+            .args(["daemon", "--relay", &format!("wss://{}", relay.addr), "--relay-ca"])
+            .arg(state.join("cert.pem"))
+            .args(["--enroll", &token])
+            .env("SUPPORT_HOME", &home)
+            .stderr(log_file(&state, "daemon"))
+            .spawn()
+            .unwrap();
+        let mut rig = Rig { relay, daemon, home, op_key, device_id: String::new() };
+        rig.wait_connected();
+        let s: serde_json::Value = serde_json::from_str(&owner(bin, &rig.home, &["status", "--json"])).unwrap();
+        rig.device_id = s["device_id"].as_str().unwrap().into();
+        rig
+    }
+
+    fn connected(&self) -> bool {
+        let s: serde_json::Value =
+            serde_json::from_str(&owner(&self.relay.bin, &self.home, &["status", "--json"])).unwrap_or_default();
+        s["daemon"]["connected"] == true
+    }
+
+    fn wait_connected(&self) -> Duration {
+        let t0 = Instant::now();
+        while !self.connected() {
+            assert!(t0.elapsed() < Duration::from_secs(120), "the daemon never connected");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t0.elapsed()
+    }
+
+    async fn session(&self) -> Session {
+        Session::connect(&self.relay.url(), self.relay.tls(), KeyPair::load(&self.op_key).unwrap()).await.unwrap()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.daemon.wait();
+    }
+}
+
+/// The owner's `support ARGS` in `home`; its stdout.
+fn owner(bin: &str, home: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin).args(args).env("SUPPORT_HOME", home).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One `noop` through `session`: checked ([`Session::run`]: device key,
+/// every answer's signature and place), or read as it comes without a
+/// check (what an operator did before answers were signed).
+async fn trip(session: &mut Session, device_id: &str, checked: bool) -> Duration {
+    let run = session.command(device_id, "noop", BTreeMap::new());
+    let t0 = Instant::now();
+    if checked {
+        let outcome = session.run(&run, |_| {}, std::future::pending()).await.unwrap();
+        let trip = t0.elapsed();
+        assert!(matches!(outcome, Outcome::Finished(DeviceFrame::Result { status: Status::Ok, .. })), "{outcome:?}");
+        return trip;
+    }
+    session.send_raw(&protocol::encode(&ToRelay::Run(run.clone()))).await.unwrap();
+    loop {
+        match session.recv(Duration::from_secs(10)).await.unwrap() {
+            FromRelay::Answer(DeviceFrame::Result { request_id, status, .. }) if request_id == run.request_id => {
+                assert_eq!(status, Status::Ok);
+                return t0.elapsed();
+            }
+            FromRelay::Answer(DeviceFrame::Denied { code, .. }) => panic!("denied {code}"),
+            _ => {}
+        }
+    }
+}
+
 fn round_trip(runtime: &tokio::runtime::Runtime, runs: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     if std::env::var_os("SUPPORT_BENCH_KEEP").is_some() {
         eprintln!("logs kept in {}", tmp.keep().display());
     }
-    let state = dir.join("relay");
-    let home = dir.join("owner");
-    let mut relay = Relay::start(&state, "127.0.0.1:0");
-    let op_key = dir.join("op.key");
-    let public = {
-        let out = Command::new(BIN).args(["operator", "keygen", "--out"]).arg(&op_key).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    relay.admin(&["add-operator", "bench", &public]);
-    let token = relay.admin(&["enroll-token"]);
-    let owner = |args: &[&str]| {
-        let out = Command::new(BIN).args(args).env("SUPPORT_HOME", &home).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    owner(&["trust", "add", "bench", &public]);
-    std::fs::create_dir_all(home.join("policy.d")).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(home.join("policy.d/bench.toml"))
-        .unwrap();
-    f.write_all(b"[[action]]\nname = \"noop\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"does nothing\"\nargv = [\"true\"]\ntimeout_s = 10\n").unwrap();
-    owner(&["allow", "--tier", "1", "--minutes", "60"]);
-    let ca = state.join("cert.pem");
-    let mut daemon = Command::new(BIN)
-        .args(["daemon", "--relay", &format!("wss://{}", relay.addr), "--relay-ca"])
-        .arg(&ca)
-        .args(["--enroll", &token])
-        .env("SUPPORT_HOME", &home)
-        .stderr(log_file(&state, "daemon"))
-        .spawn()
-        .unwrap();
-    let connected = || {
-        let s: serde_json::Value = serde_json::from_str(&owner(&["status", "--json"])).unwrap_or_default();
-        s["daemon"]["connected"] == true
-    };
-    let wait_connected = || {
-        let t0 = Instant::now();
-        while !connected() {
-            assert!(t0.elapsed() < Duration::from_secs(120), "the daemon never connected");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        t0.elapsed()
-    };
-    wait_connected();
-    let device_id: String = {
-        let s: serde_json::Value = serde_json::from_str(&owner(&["status", "--json"])).unwrap();
-        s["device_id"].as_str().unwrap().into()
-    };
+    let rig = Rig::start(BIN, &dir.join("signed"));
+    // The code before answers were signed, built from its commit: its relay and daemon beside ours.
+    let baseline_bin = std::env::var("SUPPORT_BENCH_BASELINE_BIN").ok();
+    let baseline = baseline_bin.as_deref().map(|bin| Rig::start(bin, &dir.join("unsigned")));
     let sync_file = dir.join("fdatasync.bench");
-    let (url, tls) = (relay.url(), relay.tls());
-    let (trips, syncs) = runtime.block_on(async {
-        let mut session = Session::connect(&url, tls, KeyPair::load(&op_key).unwrap()).await.unwrap();
+    let (mut trips, mut raw, mut old, mut syncs) = runtime.block_on(async {
+        let mut session = rig.session().await;
+        let mut old_session = match &baseline {
+            Some(b) => Some(b.session().await),
+            None => None,
+        };
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&sync_file).unwrap();
         let record = [b'x'; 511];
-        let (mut trips, mut syncs) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        let (mut trips, mut raw, mut old, mut syncs) = (vec![], vec![], vec![], vec![]);
         for i in 0..runs + 20 {
             let t0 = Instant::now();
             file.write_all(&record).unwrap();
             file.write_all(b"\n").unwrap();
             file.sync_data().unwrap();
             let sync = t0.elapsed();
-            let run = session.command(&device_id, "noop", BTreeMap::new());
-            let t0 = Instant::now();
-            let outcome = session.run(&run, |_| {}, std::future::pending()).await.unwrap();
-            let trip = t0.elapsed();
-            assert!(
-                matches!(outcome, Outcome::Finished(DeviceFrame::Result { status: Status::Ok, .. })),
-                "{outcome:?}"
-            );
+            let trip_checked = trip(&mut session, &rig.device_id, true).await;
+            let trip_unchecked = trip(&mut session, &rig.device_id, false).await;
+            let trip_old = match (&mut old_session, &baseline) {
+                (Some(s), Some(b)) => Some(trip(s, &b.device_id, false).await),
+                _ => None,
+            };
             if i >= 20 {
-                trips.push(trip);
+                trips.push(trip_checked);
+                raw.push(trip_unchecked);
+                old.extend(trip_old);
                 syncs.push(sync);
             }
         }
-        (trips, syncs)
+        (trips, raw, old, syncs)
     });
-    let (mut trips, mut syncs) = (trips, syncs);
-    trips.sort();
-    syncs.sort();
+    for v in [&mut trips, &mut raw, &mut old, &mut syncs] {
+        v.sort();
+    }
     let target = 2.0 * percentile(&syncs, 0.99) + 5.0;
-    println!("\n## Round trip operator → relay → daemon → operator, action `true`, {runs} runs (after 20 warm-up)");
+    println!(
+        "\n## Round trip operator → relay → daemon → operator, action `true`, {runs} runs each, interleaved (after 20 warm-up)"
+    );
     println!("| what | p50 (ms) | p99 (ms) |");
     println!("|---|---:|---:|");
-    println!(
-        "| round trip (2 fsynced audit records inside) | {:.2} | {:.2} |",
-        percentile(&trips, 0.5),
-        percentile(&trips, 0.99)
-    );
-    println!(
-        "| baseline: raw write + fdatasync, 512 B | {:.2} | {:.2} |",
-        percentile(&syncs, 0.5),
-        percentile(&syncs, 0.99)
-    );
+    let row = |what: &str, v: &[Duration]| {
+        println!("| {what} | {:.2} | {:.2} |", percentile(v, 0.5), percentile(v, 0.99));
+    };
+    row("round trip, answers signed by the device and checked (2 fsynced audit records inside)", &trips);
+    row("same relay and daemon, answers signed but not checked by the operator", &raw);
+    if !old.is_empty() {
+        row("baseline: the code before signed answers (SUPPORT_BENCH_BASELINE_BIN), answers unsigned", &old);
+    } else {
+        println!(
+            "(set SUPPORT_BENCH_BASELINE_BIN to a `support` binary built before signed answers for the unsigned baseline)"
+        );
+    }
+    row("baseline: raw write + fdatasync, 512 B", &syncs);
     println!(
         "target p99 ≤ 2 × fdatasync p99 + 5 ms = {target:.2} ms: {}",
         if percentile(&trips, 0.99) <= target { "met" } else { "NOT met" }
     );
+    drop(baseline);
+    reconnect(rig);
+}
 
+/// The relay is stopped and started again five times; the time until the daemon's link is up.
+fn reconnect(mut rig: Rig) {
     println!("\n## Reconnect after a relay restart (5 times)");
-    let addr = relay.addr.clone();
+    let addr = rig.relay.addr.clone();
+    let state = rig.relay.state.clone();
     let mut times = Vec::new();
     for _ in 0..5 {
-        relay.stop();
+        rig.relay.stop();
         let t0 = Instant::now();
-        while connected() {
+        while rig.connected() {
             std::thread::sleep(Duration::from_millis(2));
         }
         let seen = t0.elapsed();
-        let restarted = Relay::start(&state, &addr);
-        let back = wait_connected();
-        relay = restarted;
+        rig.relay = Relay::start(&state, &addr);
+        let back = rig.wait_connected();
         times.push((seen, back));
     }
     println!("| restart | link seen down (ms) | relay up → daemon connected (ms) |");
@@ -331,9 +424,121 @@ fn round_trip(runtime: &tokio::runtime::Runtime, runs: usize) {
         println!("| {} | {:.0} | {:.0} |", i + 1, seen.as_secs_f64() * 1000.0, back.as_secs_f64() * 1000.0);
     }
     println!("bound: the first backoff step, 1 s ± 30 % (≤ 1300 ms), plus the handshake");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = daemon.wait();
-    relay.stop();
+}
+
+/// The device's signing and the operator's check, directly: 1 KiB
+/// `output` answers one at a time (sign + encode on the device, decode +
+/// check on the operator), beside the same frames encoded and decoded
+/// unsigned; then the operator's side of a 100 MiB output stream in 16 KiB
+/// answers, beside decoding the same stream without checks.
+fn answers() {
+    let device = KeyPair::generate().0;
+    let operator = KeyPair::generate().0;
+    let device_id = device.public_key().device_id();
+    let run = support::Run::signed(&operator, "r-bench", &device_id, "noop", BTreeMap::new(), chrono::Utc::now());
+    let text = |n: usize, i: usize| -> String {
+        let line = format!("{i:08} the quick brown fox jumps over the lazy dog 0123456789\n");
+        line.repeat(n / line.len() + 1)[..n].to_string()
+    };
+    let frames = std::env::var("SUPPORT_BENCH_ANSWERS").ok().and_then(|s| s.parse().ok()).unwrap_or(5000);
+    let (mut sign, mut check, mut both, mut plain) = (vec![], vec![], vec![], vec![]);
+    let mut chain = Chain::new(&device_id, &run);
+    let mut checker = AnswerCheck::new(device.public_key(), &run);
+    let mut accepted = DeviceFrame::accepted("r-bench", "t-bench");
+    chain.sign(&device, &mut accepted);
+    checker.check(&accepted).unwrap();
+    for i in 0..frames {
+        let frame = DeviceFrame::output("r-bench", i as u64, support::protocol::Stream::Stdout, text(1024, i));
+        let t0 = Instant::now();
+        let wire = protocol::encode(&ToRelay::Answer(frame.clone()));
+        let back: FromRelay = protocol::decode(&wire).unwrap();
+        plain.push(t0.elapsed());
+        std::hint::black_box(back);
+        let t0 = Instant::now();
+        let mut signed = frame;
+        chain.sign(&device, &mut signed);
+        let wire = protocol::encode(&ToRelay::Answer(signed));
+        let t1 = Instant::now();
+        let FromRelay::Answer(back) = protocol::decode::<FromRelay>(&wire).unwrap() else { unreachable!() };
+        checker.check(&back).unwrap();
+        let t2 = Instant::now();
+        sign.push(t1 - t0);
+        check.push(t2 - t1);
+        both.push(t2 - t0);
+    }
+    for v in [&mut sign, &mut check, &mut both, &mut plain] {
+        v.sort();
+    }
+    println!("\n## Signed answers, 1 KiB `output` each, {frames} in a row");
+    println!("| what | p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|");
+    let row = |what: &str, v: &[Duration]| {
+        println!("| {what} | {:.3} | {:.3} |", percentile(v, 0.5), percentile(v, 0.99));
+    };
+    row("baseline: encode + decode, unsigned", &plain);
+    row("device: sign + encode", &sign);
+    row("operator: decode + check (signature, place, chain)", &check);
+    row("both", &both);
+    println!(
+        "target: signing costs ≤ 0.3 ms p50 on a 1 KiB answer: {}",
+        if percentile(&both, 0.5) - percentile(&plain, 0.5) <= 0.3 { "met" } else { "NOT met" }
+    );
+
+    // 100 MiB in 16 KiB answers, signed beforehand; the operator's side timed.
+    let chunk = 16 * 1024;
+    let stream_mib: usize = std::env::var("SUPPORT_BENCH_STREAM_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let count = stream_mib * 1024 * 1024 / chunk;
+    let mut chain = Chain::new(&device_id, &run);
+    let mut wires = Vec::with_capacity(count + 2);
+    let mut first = DeviceFrame::accepted("r-bench", "t-bench");
+    chain.sign(&device, &mut first);
+    wires.push(protocol::encode(&ToRelay::Answer(first)));
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut bytes = 0u64;
+    for i in 0..count {
+        let data = text(chunk, i);
+        digest.update(data.as_bytes());
+        bytes += data.len() as u64;
+        let mut f = DeviceFrame::output("r-bench", i as u64, support::protocol::Stream::Stdout, data);
+        chain.sign(&device, &mut f);
+        wires.push(protocol::encode(&ToRelay::Answer(f)));
+    }
+    let mut end = DeviceFrame::result(
+        "r-bench",
+        &support::TaskResult {
+            status: Status::Ok,
+            exit_code: Some(0),
+            duration_ms: 1,
+            truncated: false,
+            output_bytes: bytes,
+            output_sha256: hex::encode(digest.finish()),
+            cancelled_by: None,
+        },
+    );
+    chain.sign(&device, &mut end);
+    wires.push(protocol::encode(&ToRelay::Answer(end)));
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    let t0 = Instant::now();
+    for w in &wires {
+        std::hint::black_box(protocol::decode::<FromRelay>(w).unwrap());
+    }
+    let decode_only = t0.elapsed();
+    let t0 = Instant::now();
+    let mut checker = AnswerCheck::new(device.public_key(), &run);
+    for w in &wires {
+        let FromRelay::Answer(f) = protocol::decode::<FromRelay>(w).unwrap() else { unreachable!() };
+        checker.check(&f).unwrap();
+    }
+    let checked = t0.elapsed();
+    println!("\n## The operator's side of a {mib:.0} MiB output stream ({count} answers of 16 KiB), one thread");
+    println!("| what | time (s) | MiB/s |");
+    println!("|---|---:|---:|");
+    println!("| baseline: decode only | {:.2} | {:.0} |", decode_only.as_secs_f64(), mib / decode_only.as_secs_f64());
+    println!(
+        "| decode + check every answer + the result's SHA-256 | {:.2} | {:.0} |",
+        checked.as_secs_f64(),
+        mib / checked.as_secs_f64()
+    );
 }
 
 fn main() {
@@ -348,6 +553,7 @@ fn main() {
         .collect();
     let runs = std::env::var("SUPPORT_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     println!("# cargo bench --bench relay");
+    answers();
     round_trip(&runtime, runs);
     // SUPPORT_BENCH_DEVICES= (empty) measures the round trip and the reconnect only.
     if !targets.is_empty() {

@@ -76,6 +76,11 @@ pub enum DialError {
     /// Waiting for what is named took too long.
     #[error("timed out {0}")]
     Timeout(&'static str),
+    /// An answer, or the device key the relay handed over, failed a check
+    /// of the device's signature: the relay (or something on the way)
+    /// altered, dropped, reordered, replayed or forged it.
+    #[error("refused to trust what the relay passed on: {0}")]
+    Unverified(#[from] crate::protocol::answer::AnswerError),
 }
 
 impl std::str::FromStr for RelayUrl {

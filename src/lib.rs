@@ -13,7 +13,8 @@
 //! - [`policy`]: the action catalogue: load, validate, render argv from typed params.
 //! - [`audit`]: the hash-chained audit log: append, verify, recover, list, prove a witnessed head.
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
-//! - [`protocol`]: every relay frame, both directions; the signed bytes; size limits; the audit witness's frames.
+//! - [`protocol`]: every relay frame, both directions; the signed bytes (`run`, `hello`, the device's
+//!   answers, with the chain that checks them); size limits; the audit witness's frames.
 //! - [`daemon`]: admitting a command (the gate, then register, then launch), the replay cache, a running task, the executor and
 //!   the tree kill, consent enforcement (supervised), audit-record building, unverified denials counted, its
 //!   files, the agent host client, the escalation guard's evidence, the loopback control API (TCP and
@@ -22,7 +23,8 @@
 //!   registry, the audit witness.
 //! - [`tls`]: rustls configs: the relay's certificate, clients pinning the relay.
 //! - [`dial`]: a client's connection to the relay (daemon link and operator).
-//! - [`operator`]: the operator client: devices, run, cancel.
+//! - [`operator`]: the operator client: devices (each key checked against its id), run (every answer
+//!   checked against the device key), cancel.
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.

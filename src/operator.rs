@@ -3,9 +3,12 @@
 //!
 //! Commands are signed here with the operator's key ([`Run::signed`]);
 //! the relay only carries them, and the device checks the signature
-//! against the keys its owner trusts.
+//! against the keys its owner trusts. The device's answers come back
+//! signed by the device key, and are checked here before anyone sees
+//! them ([`AnswerCheck`]): the key is the one the relay hands over in the
+//! device list, taken only if it derives the device id asked for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::dial::{self, DeviceHello, DialError, RelayUrl, Welcome, Ws};
-use crate::identity::KeyPair;
+use crate::identity::{KeyPair, PublicKey};
+use crate::protocol::answer::{self, AnswerCheck, AnswerError};
 use crate::protocol::{
     DEAD_AFTER, DenyCode, DeviceEntry, DeviceFrame, FromRelay, PING_EVERY, RelayCode, Role, Run, ToRelay,
 };
@@ -27,6 +31,8 @@ pub struct Session {
     /// What the relay calls us.
     pub welcome: Welcome,
     key: KeyPair,
+    /// Device keys from the relay's device list, each checked against its id.
+    device_keys: HashMap<String, PublicKey>,
 }
 
 /// How a `run` ended.
@@ -57,22 +63,44 @@ impl Session {
     /// As [`dial::connect`]; `Refused(UNAUTHORIZED)` when the relay does not know the key.
     pub async fn connect(url: &RelayUrl, tls: Arc<rustls::ClientConfig>, key: KeyPair) -> Result<Session, DialError> {
         let (ws, welcome) = dial::connect(url, tls, Role::Operator, &key, DeviceHello::default()).await?;
-        Ok(Session { ws, welcome, key })
+        Ok(Session { ws, welcome, key, device_keys: HashMap::new() })
     }
 
-    /// Every device enrolled on the relay.
+    /// Every device enrolled on the relay, each with its key checked
+    /// against its id (and kept to check its answers with).
     ///
     /// # Errors
-    /// As [`dial::recv`]; [`DialError::Refused`] for a relay error.
+    /// As [`dial::recv`]; [`DialError::Refused`] for a relay error;
+    /// [`DialError::Unverified`] when the relay lists a device with a key
+    /// that is missing or derives another id.
     pub async fn devices(&mut self) -> Result<Vec<DeviceEntry>, DialError> {
         dial::send(&mut self.ws, &ToRelay::ListDevices {}).await?;
-        loop {
+        let devices = loop {
             match dial::recv(&mut self.ws, dial::CONNECT_TIMEOUT).await? {
-                FromRelay::Devices { devices } => return Ok(devices),
+                FromRelay::Devices { devices } => break devices,
                 FromRelay::Error { code, message, .. } => return Err(DialError::Refused { code, message }),
                 _ => continue,
             }
+        };
+        for d in &devices {
+            let key = answer::device_key(&d.device_id, d.public_key.as_deref())?;
+            self.device_keys.insert(d.device_id.clone(), key);
         }
+        Ok(devices)
+    }
+
+    /// The key of `device_id`, from the relay's device list (asked for
+    /// once per session), checked to derive that id. `Ok(None)` when the
+    /// relay lists no such device: a `run` then gets the relay's own
+    /// answer (`DEVICE_OFFLINE`), and any answer "from" it fails.
+    ///
+    /// # Errors
+    /// As [`Session::devices`].
+    pub async fn device_key(&mut self, device_id: &str) -> Result<Option<PublicKey>, DialError> {
+        if !self.device_keys.contains_key(device_id) {
+            self.devices().await?;
+        }
+        Ok(self.device_keys.get(device_id).copied())
     }
 
     /// Signs a `run` of `action` with `params` for `device_id`, issued now.
@@ -80,18 +108,23 @@ impl Session {
         Run::signed(&self.key, &crate::protocol::new_request_id(), device_id, action, params, Utc::now())
     }
 
-    /// Sends `run` and follows it to its end, calling `on_frame` for every
-    /// answer (`accepted`, `output`…). When `cancel` resolves first, a
-    /// `cancel` is sent once and the wait goes on for the device's result.
+    /// Learns the device's key ([`Session::device_key`]), sends `run` and
+    /// follows it to its end, calling `on_frame` for every answer
+    /// (`accepted`, `output`…) once it has passed every check of
+    /// [`AnswerCheck`]. When `cancel` resolves first, a `cancel` is sent
+    /// once and the wait goes on for the device's result.
     ///
     /// # Errors
-    /// As [`dial::recv`]; [`DialError::Timeout`] after 50 s without a word from the relay.
+    /// As [`dial::recv`]; [`DialError::Timeout`] after 50 s without a word
+    /// from the relay; [`DialError::Unverified`] for the first answer that
+    /// fails a check (nothing of it reaches `on_frame`, and nothing more is read).
     pub async fn run(
         &mut self,
         run: &Run,
         mut on_frame: impl FnMut(&DeviceFrame),
         cancel: impl Future<Output = ()>,
     ) -> Result<Outcome, DialError> {
+        self.device_key(&run.device_id).await?;
         self.send_raw(&crate::protocol::encode(&ToRelay::Run(run.clone()))).await?;
         self.follow(run, &mut on_frame, cancel).await
     }
@@ -104,7 +137,10 @@ impl Session {
         self.ws.send(Message::text(text.to_string())).await.map_err(|e| DialError::WebSocket(e.to_string()))
     }
 
-    /// Follows the answers to `run` (already sent) to its end; see [`Session::run`].
+    /// Follows the answers to `run` (already sent) to its end; see
+    /// [`Session::run`]. Answers are checked with the key this session
+    /// learnt for the device (from [`Session::devices`] or an earlier run):
+    /// with none, any answer fails.
     ///
     /// # Errors
     /// As [`Session::run`].
@@ -115,6 +151,7 @@ impl Session {
         cancel: impl Future<Output = ()>,
     ) -> Result<Outcome, DialError> {
         tokio::pin!(cancel);
+        let mut check = self.device_keys.get(&run.device_id).map(|key| AnswerCheck::new(*key, run));
         let mut cancel_sent = false;
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         let mut last_heard = Instant::now();
@@ -146,6 +183,12 @@ impl Session {
             last_heard = Instant::now();
             match frame {
                 FromRelay::Answer(f) if f.request_id() == run.request_id => {
+                    let Some(check) = check.as_mut() else {
+                        return Err(
+                            AnswerError::Key { device_id: run.device_id.clone(), why: "is missing".into() }.into()
+                        );
+                    };
+                    check.check(&f)?;
                     on_frame(&f);
                     match f {
                         DeviceFrame::Result { .. } => return Ok(Outcome::Finished(f)),

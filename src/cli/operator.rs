@@ -4,7 +4,7 @@
 //! `SUPPORT_OPERATOR_RELAY_FINGERPRINT`, `SUPPORT_OPERATOR_KEY`).
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -70,6 +70,10 @@ enum Command {
         /// Print every frame as one JSON line instead.
         #[arg(long)]
         json: bool,
+        /// Print the device's output as it came, escape sequences and all
+        /// (by default every control character but newline and tab shows as `?`).
+        #[arg(long)]
+        raw: bool,
     },
     /// Put the owner's AI coding agent on a task (tier 3) and follow its
     /// transcript; exits like `run`.
@@ -84,6 +88,10 @@ enum Command {
         /// Print every frame as one JSON line instead.
         #[arg(long)]
         json: bool,
+        /// Print the agent's output as it came (its stream, not the transcript), escape sequences and all
+        /// (by default every control character but newline and tab shows as `?`).
+        #[arg(long)]
+        raw: bool,
     },
     /// Run a raw shell command on a device (tier 4): `/bin/sh -c "CMD ..."`
     /// as the owner, with the usual output cap and timeout; exits like `run`.
@@ -99,6 +107,10 @@ enum Command {
         /// Print every frame as one JSON line instead.
         #[arg(long)]
         json: bool,
+        /// Print the device's output as it came, escape sequences and all
+        /// (by default every control character but newline and tab shows as `?`).
+        #[arg(long)]
+        raw: bool,
     },
     /// Ask a device to stop one of your running requests.
     Cancel {
@@ -176,28 +188,29 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
     // Parameters are checked before connecting.
     let Args { conn, command } = args;
     let task = match &command {
-        Command::Run { device, action, params, json } => {
-            Some((device.clone(), action.clone(), parse_params(params)?, *json))
+        Command::Run { device, action, params, json, raw } => {
+            Some((device.clone(), action.clone(), parse_params(params)?, Print { json: *json, raw: *raw }))
         }
-        Command::Agent { device, prompt, mode, json } => {
+        Command::Agent { device, prompt, mode, json, raw } => {
             let mode = match *mode {
                 AgentMode::Plan => "plan",
                 AgentMode::Build => "build",
             };
             let params =
                 BTreeMap::from([("prompt".to_string(), prompt_text(prompt.clone())?), ("mode".into(), mode.into())]);
-            Some((device.clone(), "agent".to_string(), params, *json))
+            Some((device.clone(), "agent".to_string(), params, Print { json: *json, raw: *raw }))
         }
-        Command::Shell { device, cmd, json } => {
-            Some((device.clone(), "shell".to_string(), BTreeMap::from([("cmd".to_string(), cmd.join(" "))]), *json))
+        Command::Shell { device, cmd, json, raw } => {
+            let params = BTreeMap::from([("cmd".to_string(), cmd.join(" "))]);
+            Some((device.clone(), "shell".to_string(), params, Print { json: *json, raw: *raw }))
         }
         _ => None,
     };
     runtime.block_on(async move {
         let mut session = conn.open().await?;
-        if let Some((device, action, params, json)) = task {
+        if let Some((device, action, params, print)) = task {
             let device = device_id(&mut session, &device).await?;
-            return run_action(&mut session, &device, &action, params, json).await;
+            return run_action(&mut session, &device, &action, params, print).await;
         }
         match command {
             Command::Keygen { .. } | Command::Run { .. } | Command::Agent { .. } | Command::Shell { .. } => {
@@ -339,13 +352,24 @@ fn parse_params(params: &[String]) -> Result<BTreeMap<String, String>, Error> {
     Ok(out)
 }
 
-/// Output from another machine, made safe for this terminal: newlines and
-/// tabs pass, other control characters (escape sequences) do not.
-fn terminal_safe(data: &str, terminal: bool) -> String {
-    if !terminal {
-        return data.to_string();
+/// How `run`, `agent` and `shell` print what the device sends.
+#[derive(Clone, Copy)]
+struct Print {
+    /// Every frame as one JSON line.
+    json: bool,
+    /// Output as it came, escape sequences included.
+    raw: bool,
+}
+
+/// Output from another machine, made safe to print, on a terminal or not
+/// (a pipe into `less -R` or a log read later with `cat` is a terminal
+/// too, in the end): newlines and tabs pass, other control characters
+/// (escape sequences) show as `?`, as on the owner's side. `raw` opts out.
+fn printable_output(data: &str, raw: bool) -> std::borrow::Cow<'_, str> {
+    if raw {
+        return data.into();
     }
-    crate::text::printable_lines(data)
+    crate::text::printable_lines(data).into()
 }
 
 async fn run_action(
@@ -353,17 +377,24 @@ async fn run_action(
     device: &str,
     action: &str,
     params: BTreeMap<String, String>,
-    json: bool,
+    print: Print,
 ) -> Result<ExitCode, Error> {
+    let Print { json, raw } = print;
     let run = session.command(device, action, params);
     if !json {
         eprintln!("request {} → {device}: {action}", run.request_id);
     }
-    let (out_tty, err_tty) = (std::io::stdout().is_terminal(), std::io::stderr().is_terminal());
-    // The agent's stream-JSON is shown as the owner sees it; --json gives it raw.
-    let mut transcript = (action == "agent").then(|| Transcript::new(true));
+    // The agent's stream-JSON is shown as the owner sees it; --json and --raw give it as it came.
+    let mut transcript = (action == "agent" && !raw).then(|| Transcript::new(true));
     let mut task = String::new();
+    // Only answers that passed every check of the device's signature get here.
     let on_frame = |f: &DeviceFrame| {
+        let (_, dropped, _) = f.proof();
+        if dropped > 0 {
+            eprintln!(
+                "warning: the device left out {dropped} answer(s) of this request here (its link was down and its queue full); the output has a gap"
+            );
+        }
         if json {
             // Like the other writes here: a closed stdout does not stop the task.
             let _ = print_json(&serde_json::to_value(f).unwrap_or_default());
@@ -392,11 +423,11 @@ async fn run_action(
             DeviceFrame::Output { .. } if transcript.is_some() => {}
             DeviceFrame::Output { stream: Stream::Stdout, data, .. } => {
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(terminal_safe(data, out_tty).as_bytes());
+                let _ = out.write_all(printable_output(data, raw).as_bytes());
                 let _ = out.flush();
             }
             DeviceFrame::Output { stream: Stream::Stderr, data, .. } => {
-                let _ = std::io::stderr().write_all(terminal_safe(data, err_tty).as_bytes());
+                let _ = std::io::stderr().write_all(printable_output(data, raw).as_bytes());
             }
             _ => {}
         }
@@ -452,12 +483,16 @@ async fn run_action(
             let message = message.strip_prefix(&format!("{code}: ")).unwrap_or(&message);
             Err(Error::Refused(format!("denied: {code}: {message}")))
         }
-        Outcome::Relay { code: RelayCode::DeviceOffline, message } => {
-            Err(Error::DaemonUnreachable(format!("DEVICE_OFFLINE: {}", printable(&message))))
-        }
+        // The relay's own refusals are not signed: said as the relay's, never as the device's.
+        Outcome::Relay { code: RelayCode::DeviceOffline, message } => Err(Error::DaemonUnreachable(format!(
+            "relay error (not from the device): DEVICE_OFFLINE: {}",
+            printable(&message)
+        ))),
         Outcome::Relay { code: RelayCode::Unauthorized, message } => {
-            Err(Error::Refused(format!("UNAUTHORIZED: {}", printable(&message))))
+            Err(Error::Refused(format!("relay error (not from the device): UNAUTHORIZED: {}", printable(&message))))
         }
-        Outcome::Relay { code, message } => Err(Error::Failed(format!("{code}: {}", printable(&message)))),
+        Outcome::Relay { code, message } => {
+            Err(Error::Failed(format!("relay error (not from the device): {code}: {}", printable(&message))))
+        }
     }
 }

@@ -255,7 +255,7 @@ impl Daemon {
                 ),
             });
         }
-        let accepted = DeviceFrame::Accepted { request_id: info.request_id.clone(), task_id: info.task_id.clone() };
+        let accepted = DeviceFrame::accepted(&info.request_id, &info.task_id);
         let _ = frames.send(accepted).await;
         let task_id = info.task_id.clone();
         let me = self.clone();
@@ -283,13 +283,7 @@ impl Daemon {
         } else {
             tracing::debug!(code = denial.code.as_str(), message = %denial.message, "denied a command (counted)");
         }
-        let _ = frames
-            .send(DeviceFrame::Denied {
-                request_id: run.request_id.clone(),
-                code: denial.code,
-                message: denial.message.clone(),
-            })
-            .await;
+        let _ = frames.send(DeviceFrame::denied(&run.request_id, denial.code, &denial.message)).await;
         Err(denial)
     }
 }

@@ -8,9 +8,14 @@
 //! link; a `heartbeat` every 30 s. When a session ends the loop waits
 //! 1, 2, 4, 8, 16, 30, 60 s (±30 % jitter), back to 1 s after a healthy
 //! session, and frames produced meanwhile wait in a bounded queue.
+//!
+//! Every answer is signed by the device key as it is sent (see
+//! [`protocol::answer`]): each `run` gets its own [`Chain`], and a frame
+//! the offline queue drops is never signed, so what goes out stays one
+//! unbroken chain and the next answer says how many were left out.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -25,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use super::Daemon;
 pub use crate::control_api::LinkStatus;
 use crate::dial::{self, DeviceHello, RelayUrl};
+use crate::protocol::answer::Chain;
 use crate::protocol::{
     self, DEAD_AFTER, DeviceFrame, FromRelay, Heartbeat, PING_EVERY, Role, SEND_TIMEOUT, StoppedBy, ToRelay,
 };
@@ -46,6 +52,8 @@ pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 pub const OFFLINE_QUEUE: usize = 1024;
 /// Commands being admitted at once; past this the link stops reading.
 const MAX_ADMITTING: usize = 16;
+/// Frames of one request on their way to the link's queue.
+const REQUEST_FRAMES: usize = 16;
 /// The error of a session the relay ended with close code 1001.
 const GOING_AWAY: &str = "the relay is restarting (it closed the connection with 1001 going away)";
 
@@ -73,20 +81,47 @@ fn random_unit() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// A frame of one request, and that request's chain: signed when sent.
+pub(crate) struct Outgoing {
+    frame: DeviceFrame,
+    chain: Arc<Mutex<Chain>>,
+    /// Signed already (a send that failed): sent again as it is.
+    signed: bool,
+}
+
+impl Outgoing {
+    /// The frame as it goes out: signed now, as the next of its chain,
+    /// unless it was signed for an earlier attempt.
+    fn seal(&mut self, key: &crate::KeyPair) -> ToRelay {
+        if !self.signed {
+            crate::lock(&self.chain).sign(key, &mut self.frame);
+            self.signed = true;
+        }
+        ToRelay::Answer(self.frame.clone())
+    }
+}
+
 /// Frames produced while the link is down, oldest first. When full, the
 /// oldest `output` frame goes first; `accepted`, `result` and `denied`
 /// are dropped only when nothing else is left (the audit log keeps them all).
+/// A dropped frame was never signed: its chain counts it, and the next
+/// answer of that request says so (`dropped`).
 #[derive(Default)]
 struct OfflineQueue {
-    frames: VecDeque<DeviceFrame>,
+    frames: VecDeque<Outgoing>,
     dropped: u64,
 }
 
 impl OfflineQueue {
-    fn push(&mut self, frame: DeviceFrame) {
+    fn push(&mut self, frame: Outgoing) {
         if self.frames.len() >= OFFLINE_QUEUE {
-            let victim = self.frames.iter().position(|f| matches!(f, DeviceFrame::Output { .. })).unwrap_or(0);
-            self.frames.remove(victim);
+            let output = |f: &Outgoing| !f.signed && matches!(f.frame, DeviceFrame::Output { .. });
+            let victim = self.frames.iter().position(output).unwrap_or(0);
+            if let Some(gone) = self.frames.remove(victim)
+                && !gone.signed
+            {
+                crate::lock(&gone.chain).left_out();
+            }
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 tracing::warn!(dropped = self.dropped, "the offline queue is full; dropping the oldest output");
@@ -165,8 +200,8 @@ struct Ended {
 pub(crate) async fn run(
     daemon: Daemon,
     config: LinkConfig,
-    mut frames: mpsc::Receiver<DeviceFrame>,
-    frames_tx: mpsc::Sender<DeviceFrame>,
+    mut frames: mpsc::Receiver<Outgoing>,
+    frames_tx: mpsc::Sender<Outgoing>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     daemon.set_link(|s| s.relay = Some(config.url.to_string()));
@@ -223,8 +258,8 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, fr
 async fn session(
     daemon: &Daemon,
     config: &LinkConfig,
-    frames: &mut mpsc::Receiver<DeviceFrame>,
-    frames_tx: &mpsc::Sender<DeviceFrame>,
+    frames: &mut mpsc::Receiver<Outgoing>,
+    frames_tx: &mpsc::Sender<Outgoing>,
     queue: &mut OfflineQueue,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
@@ -251,8 +286,8 @@ async fn session(
     if let Err(e) = send(&mut ws, &ToRelay::Heartbeat(first)).await {
         return failed(e);
     }
-    while let Some(frame) = queue.frames.pop_front() {
-        if let Err(e) = send(&mut ws, &ToRelay::Answer(frame.clone())).await {
+    while let Some(mut frame) = queue.frames.pop_front() {
+        if let Err(e) = send(&mut ws, &frame.seal(daemon.device_key())).await {
             queue.frames.push_front(frame);
             return failed(e);
         }
@@ -279,8 +314,8 @@ async fn session(
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     daemon: &Daemon,
     ws: &mut WebSocketStream<S>,
-    frames: &mut mpsc::Receiver<DeviceFrame>,
-    frames_tx: &mpsc::Sender<DeviceFrame>,
+    frames: &mut mpsc::Receiver<Outgoing>,
+    frames_tx: &mpsc::Sender<Outgoing>,
     queue: &mut OfflineQueue,
     shutdown: &mut watch::Receiver<bool>,
     admitting: &mut tokio::task::JoinSet<()>,
@@ -316,8 +351,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Some(_) = admitting.join_next(), if !admitting.is_empty() => {}
             f = frames.recv() => {
-                let Some(frame) = f else { return Ok(()) };
-                if let Err(e) = send(ws, &ToRelay::Answer(frame.clone())).await {
+                let Some(mut frame) = f else { return Ok(()) };
+                if let Err(e) = send(ws, &frame.seal(daemon.device_key())).await {
                     queue.push(frame);
                     return Err(e);
                 }
@@ -342,15 +377,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn handle(
-    daemon: &Daemon,
-    text: &str,
-    frames_tx: &mpsc::Sender<DeviceFrame>,
-    admitting: &mut tokio::task::JoinSet<()>,
-) {
+fn handle(daemon: &Daemon, text: &str, frames_tx: &mpsc::Sender<Outgoing>, admitting: &mut tokio::task::JoinSet<()>) {
     match protocol::decode::<FromRelay>(text) {
         Ok(FromRelay::Run(run)) => {
-            let (d, tx) = (daemon.clone(), frames_tx.clone());
+            let d = daemon.clone();
+            let tx = chained(Chain::new(daemon.device_id(), &run), frames_tx.clone());
             let span = tracing::info_span!("command", request_id = %crate::text::safe_id(&run.request_id));
             admitting.spawn(tracing::Instrument::instrument(
                 async move {
@@ -386,6 +417,21 @@ fn handle(
         Ok(other) => tracing::warn!(frame = %protocol::encode(&other), "unexpected frame from the relay ignored"),
         Err(e) => tracing::warn!(error = %e, "malformed frame from the relay ignored"),
     }
+}
+
+/// A sender for one request's frames: each reaches the link's queue
+/// with `chain`, in the order sent, until the request's last sender is gone.
+fn chained(chain: Chain, out: mpsc::Sender<Outgoing>) -> mpsc::Sender<DeviceFrame> {
+    let (tx, mut rx) = mpsc::channel::<DeviceFrame>(REQUEST_FRAMES);
+    let chain = Arc::new(Mutex::new(chain));
+    tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if out.send(Outgoing { frame, chain: chain.clone(), signed: false }).await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
 }
 
 #[cfg(test)]
@@ -509,26 +555,52 @@ mod tests {
     }
 
     #[test]
-    fn a_full_offline_queue_drops_output_before_results() {
+    fn a_full_offline_queue_drops_output_before_results_and_the_chain_says_so() {
+        let key = crate::KeyPair::generate().0;
+        let run = protocol::Run::signed(&key, "o", "d-1", "x", Default::default(), Utc::now());
+        let chain = Arc::new(Mutex::new(Chain::new("d-1", &run)));
+        let queued = |frame: DeviceFrame| Outgoing { frame, chain: chain.clone(), signed: false };
+        let denied = |i: usize| DeviceFrame::denied(&format!("r{i}"), protocol::DenyCode::Busy, "");
         let mut q = OfflineQueue::default();
-        let denied = |i: usize| DeviceFrame::Denied {
-            request_id: format!("r{i}"),
-            code: protocol::DenyCode::Busy,
-            message: String::new(),
-        };
-        q.push(DeviceFrame::Output {
-            request_id: "o".into(),
-            seq: 0,
-            stream: protocol::Stream::Stdout,
-            data: "x".into(),
-        });
-        for i in 0..OFFLINE_QUEUE {
-            q.push(denied(i));
+        q.push(queued(DeviceFrame::accepted("o", "t-1")));
+        q.push(queued(DeviceFrame::output("o", 0, protocol::Stream::Stdout, "x".into())));
+        for i in 0..OFFLINE_QUEUE - 2 {
+            q.push(queued(denied(i)));
         }
         assert_eq!(q.frames.len(), OFFLINE_QUEUE);
-        assert!(q.frames.iter().all(|f| matches!(f, DeviceFrame::Denied { .. })), "the output went first");
-        q.push(denied(9999));
-        assert_eq!(q.frames.front(), Some(&denied(1)));
-        assert_eq!(q.dropped, 2);
+        q.push(queued(DeviceFrame::result(
+            "o",
+            &crate::protocol::TaskResult {
+                status: protocol::Status::Ok,
+                exit_code: Some(0),
+                duration_ms: 1,
+                truncated: false,
+                output_bytes: 1,
+                output_sha256: String::new(),
+                cancelled_by: None,
+            },
+        )));
+        assert_eq!(q.frames.len(), OFFLINE_QUEUE);
+        assert!(q.frames.iter().all(|f| !matches!(f.frame, DeviceFrame::Output { .. })), "the output went first");
+        assert_eq!(q.dropped, 1);
+        // Sent in order: answer 0 (accepted) says one was left out since the chain began; the result is answer 1.
+        let mut sent: Vec<DeviceFrame> = Vec::new();
+        while let Some(mut f) = q.frames.pop_front() {
+            if f.frame.request_id() == "o" {
+                let ToRelay::Answer(frame) = f.seal(&key) else { unreachable!() };
+                sent.push(frame);
+            }
+        }
+        let proofs: Vec<(u64, u64)> = sent.iter().map(|f| (f.proof().0, f.proof().1)).collect();
+        assert_eq!(proofs, [(0, 1), (1, 0)]);
+        // With the queue full of frames already signed once, the oldest goes.
+        let mut q = OfflineQueue::default();
+        for i in 0..=OFFLINE_QUEUE {
+            let mut f = queued(denied(i));
+            f.signed = true;
+            q.push(f);
+        }
+        assert_eq!(q.frames.front().map(|f| f.frame.request_id().to_string()), Some("r1".into()));
+        assert_eq!(q.dropped, 1);
     }
 }

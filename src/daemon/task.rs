@@ -89,7 +89,7 @@ impl Daemon {
                     // so both sides' digests agree.
                     let lines = lock(&transcript).push(stream, data.as_bytes());
                     me.publish_lines(&task_id, lines);
-                    let frame = DeviceFrame::Output { request_id: request_id.clone(), seq, stream, data };
+                    let frame = DeviceFrame::output(&request_id, seq, stream, data);
                     seq += 1;
                     let _ = frames.send(frame).await;
                 };

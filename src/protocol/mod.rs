@@ -7,13 +7,15 @@
 //! JSON object with a `type` tag; unknown types and unknown fields are rejected.
 //!
 //! The exact bytes an operator and a peer sign are in [`signed`]; the
-//! link's limits and timings in [`limits`].
+//! device's answers (made, signed and checked) in [`answer`]; the link's
+//! limits and timings in [`limits`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod answer;
 pub mod limits;
 pub mod signed;
 pub mod witness;
@@ -247,6 +249,16 @@ pub enum DeviceFrame {
         request_id: String,
         /// The device's id for the task (`t-` and 16 hex digits).
         task_id: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
     /// A chunk of output; `seq` counts from 0 per request; `data` is UTF-8
     /// (invalid sequences replaced by U+FFFD).
@@ -259,6 +271,16 @@ pub enum DeviceFrame {
         stream: Stream,
         /// The text, at most 16 KiB.
         data: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
     /// The task ended; the fields are those of [`TaskResult`].
     Result {
@@ -278,6 +300,16 @@ pub enum DeviceFrame {
         output_bytes: u64,
         /// [`TaskResult::cancelled_by`].
         cancelled_by: Option<StoppedBy>,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
     /// The command was refused; nothing ran.
     Denied {
@@ -287,33 +319,17 @@ pub enum DeviceFrame {
         code: DenyCode,
         /// Why, for people.
         message: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
     },
-}
-
-impl DeviceFrame {
-    /// The `result` frame for `result`.
-    pub fn result(request_id: &str, result: &TaskResult) -> DeviceFrame {
-        DeviceFrame::Result {
-            request_id: request_id.into(),
-            status: result.status,
-            exit_code: result.exit_code,
-            duration_ms: result.duration_ms,
-            truncated: result.truncated,
-            output_sha256: result.output_sha256.clone(),
-            output_bytes: result.output_bytes,
-            cancelled_by: result.cancelled_by,
-        }
-    }
-
-    /// The request this frame answers.
-    pub fn request_id(&self) -> &str {
-        match self {
-            DeviceFrame::Accepted { request_id, .. }
-            | DeviceFrame::Output { request_id, .. }
-            | DeviceFrame::Result { request_id, .. }
-            | DeviceFrame::Denied { request_id, .. } => request_id,
-        }
-    }
 }
 
 /// Which side of the relay a peer is on; it picks the `hello` context.
@@ -427,6 +443,11 @@ pub struct DeviceEntry {
     /// relay's admin clears it; `None` (null) when all is well.
     #[serde(default)]
     pub audit_alert: Option<AuditAlert>,
+    /// The device's public key as the relay pinned it at enrolment
+    /// (`ed25519:<base64url>`). The operator checks that it derives
+    /// `device_id` before trusting an answer signed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// Relay error codes (DESIGN §7), plus `BUSY` for the relay's own limits.

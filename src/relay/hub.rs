@@ -2,7 +2,10 @@
 //!
 //! An operator's `run` goes to the device it names (or `DEVICE_OFFLINE`);
 //! the device's answers go only to the connection that sent that request;
-//! `cancel` is forwarded only for the operator's own requests. The hub
+//! `cancel` is forwarded only for the operator's own requests. When that
+//! connection ends first, its requests stay on record (orphaned) until the
+//! device ends them, so no one else can claim their `(device, request_id)`
+//! and receive the rest of their answers. The hub
 //! never signs, changes or runs a command: the device checks the
 //! operator's signature against keys its owner trusts.
 
@@ -10,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use std::fmt::Write as _;
 
@@ -38,11 +42,19 @@ struct Peer {
 /// frame (`UNAUTHORIZED`) before the close.
 #[derive(Debug)]
 pub(crate) struct Removed(pub(crate) String);
+/// How long a request whose operator left is held before its id may be
+/// used again: past the longest action timeout (a day, `policy`).
+const ORPHAN_TTL: Duration = Duration::from_secs(25 * 3600);
+/// Orphaned requests held at most; past this the oldest are forgotten.
+const MAX_ORPHANS: usize = 4096;
 
 /// A `run` the hub delivered and whose answer it still expects.
 struct Inflight {
+    /// The connection that sent it: its answers go there, and nowhere else.
     operator_conn: u64,
     operator_key: String,
+    /// When that connection ended, if it did: the answers then go nowhere.
+    orphaned_at: Option<Instant>,
 }
 
 /// What a session holds once the hub knows it.
@@ -169,7 +181,14 @@ impl Hub {
             }
             Role::Operator => {
                 lock(&self.operators).remove(&conn);
-                lock(&self.inflight).retain(|_, i| i.operator_conn != conn);
+                // Held until the device ends them (or a day passes): a
+                // request id the device still answers is never free to claim.
+                let mut inflight = lock(&self.inflight);
+                let now = Instant::now();
+                for i in inflight.values_mut().filter(|i| i.operator_conn == conn) {
+                    i.orphaned_at = Some(now);
+                }
+                forget_old_orphans(&mut inflight, now);
             }
         }
     }
@@ -197,14 +216,20 @@ impl Hub {
         let key = (run.device_id.clone(), run.request_id.clone());
         {
             let mut inflight = lock(&self.inflight);
+            forget_old_orphans(&mut inflight, Instant::now());
             if inflight.contains_key(&key) {
                 self.metrics.rejected("bad_run");
-                return error(RelayCode::BadFrame, "that request_id is already in flight for this device".into());
+                return error(
+                    RelayCode::BadFrame,
+                    "that request_id is already in flight for this device (or its operator left and the device has not ended it)"
+                        .into(),
+                );
             }
             if inflight.values().filter(|i| i.operator_conn == conn).count() >= MAX_INFLIGHT_PER_OPERATOR {
                 return error(RelayCode::Busy, format!("at most {MAX_INFLIGHT_PER_OPERATOR} requests in flight"));
             }
-            inflight.insert(key.clone(), Inflight { operator_conn: conn, operator_key: from.key.clone() });
+            let entry = Inflight { operator_conn: conn, operator_key: from.key.clone(), orphaned_at: None };
+            inflight.insert(key.clone(), entry);
         }
         if tx.try_send(protocol::encode(&FromRelay::Run(run))).is_err() {
             lock(&self.inflight).remove(&key);
@@ -218,7 +243,7 @@ impl Hub {
     pub(crate) fn route_cancel(&self, from: &Who, device_id: String, request_id: String) -> FromRelay {
         let mine = lock(&self.inflight)
             .get(&(device_id.clone(), request_id.clone()))
-            .is_some_and(|i| i.operator_key == from.key);
+            .is_some_and(|i| i.operator_key == from.key && i.orphaned_at.is_none());
         let tx = lock(&self.devices).get(&device_id).map(|p| p.tx.clone());
         let error = |code, message: &str| FromRelay::Error {
             code,
@@ -242,7 +267,7 @@ impl Hub {
         let done = matches!(frame, DeviceFrame::Result { .. } | DeviceFrame::Denied { .. });
         let conn = {
             let mut inflight = lock(&self.inflight);
-            let conn = inflight.get(&key).map(|i| i.operator_conn);
+            let conn = inflight.get(&key).filter(|i| i.orphaned_at.is_none()).map(|i| i.operator_conn);
             if done {
                 inflight.remove(&key);
             }
@@ -250,6 +275,7 @@ impl Hub {
         };
         let Some(tx) = conn.and_then(|c| lock(&self.operators).get(&c).map(|p| p.tx.clone())) else {
             // The operator left, the relay restarted, or the device made it up.
+            // An orphan's answers go to no one: never to whoever asks next.
             self.metrics.rejected("unknown_request");
             return;
         };
@@ -379,5 +405,19 @@ impl Hub {
             "# HELP unauthenticated_connections Connections not yet past hello.\n# TYPE unauthenticated_connections gauge\nunauthenticated_connections {waiting}"
         );
         text
+    }
+}
+
+/// Forgets orphaned requests older than [`ORPHAN_TTL`], and the oldest
+/// past [`MAX_ORPHANS`].
+fn forget_old_orphans(inflight: &mut HashMap<(String, String), Inflight>, now: Instant) {
+    inflight.retain(|_, i| i.orphaned_at.is_none_or(|t| now.duration_since(t) < ORPHAN_TTL));
+    let mut orphans: Vec<(Instant, (String, String))> =
+        inflight.iter().filter_map(|(k, i)| i.orphaned_at.map(|t| (t, k.clone()))).collect();
+    if orphans.len() > MAX_ORPHANS {
+        orphans.sort();
+        for (_, key) in &orphans[..orphans.len() - MAX_ORPHANS] {
+            inflight.remove(key);
+        }
     }
 }

@@ -90,6 +90,7 @@ fn join(registry: &Registry, known: &HashMap<String, DeviceEntry>) -> Vec<Device
             entry.name.clone_from(&record.name);
             // The registry's witness outlives connections and restarts.
             entry.audit_alert = registry.witness.get(id).and_then(|w| w.alert.clone());
+            entry.public_key = Some(record.public_key.clone());
             entry
         })
         .collect()
@@ -108,6 +109,7 @@ fn offline(device_id: &str) -> DeviceEntry {
         version: None,
         scope: None,
         audit_alert: None,
+        public_key: None,
     }
 }
 
@@ -164,9 +166,11 @@ impl Presence {
         let mut all = self.listing(registry);
         for entry in &mut all {
             if !trusted.get(&entry.device_id).is_some_and(|t| t.iter().any(|f| f == fingerprint)) {
+                // The key stays: it is what lets any operator check a device's signed answers.
                 *entry = DeviceEntry {
                     name: std::mem::take(&mut entry.name),
                     online: entry.online,
+                    public_key: entry.public_key.take(),
                     ..offline(&entry.device_id)
                 };
             }
@@ -252,7 +256,7 @@ mod tests {
         assert_eq!((d1.device_id.as_str(), d1.name.as_str(), d1.online), ("d-1", "laptop", false));
         assert_eq!((d1.tier, d1.running_tasks, d1.version.as_deref()), (Some(2), Some(2), Some("9.9.9")));
         assert!(d1.last_heartbeat.is_some(), "the last heartbeat outlives the connection");
-        assert_eq!(listed[1], DeviceEntry { name: "desktop".into(), ..offline("d-2") });
+        assert_eq!(listed[1], DeviceEntry { name: "desktop".into(), public_key: Some("k".into()), ..offline("d-2") });
     }
 
     #[test]

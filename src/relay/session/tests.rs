@@ -114,11 +114,7 @@ fn run_for(operator: &KeyPair, device: &KeyPair, request_id: &str) -> ToRelay {
 }
 
 fn denied(request_id: &str) -> ToRelay {
-    ToRelay::Answer(DeviceFrame::Denied {
-        request_id: request_id.into(),
-        code: DenyCode::NoConsent,
-        message: "no".into(),
-    })
+    ToRelay::Answer(DeviceFrame::denied(request_id, DenyCode::NoConsent, "no"))
 }
 
 #[tokio::test]
@@ -216,8 +212,7 @@ async fn a_run_reaches_its_device_and_the_answer_only_the_operator_who_asked() {
         }
         other => panic!("expected the run at the device, got {other:?}"),
     }
-    send(&mut device, &ToRelay::Answer(DeviceFrame::Accepted { request_id: "req-1".into(), task_id: "t-1".into() }))
-        .await;
+    send(&mut device, &ToRelay::Answer(DeviceFrame::accepted("req-1", "t-1"))).await;
     send(&mut device, &denied("req-1")).await;
     assert!(matches!(recv(&mut alice).await, Ok(FromRelay::Answer(DeviceFrame::Accepted { .. }))));
     assert!(matches!(recv(&mut alice).await, Ok(FromRelay::Answer(DeviceFrame::Denied { .. }))));
@@ -488,4 +483,45 @@ async fn a_removed_operator_cannot_slip_a_run_in_while_its_session_ends() {
         tokio::time::timeout(Duration::from_millis(100), recv(&mut device)).await.is_err(),
         "the device got nothing"
     );
+}
+
+/// Regression (issue 12, item 5): when Alice's connection drops, Bob
+/// re-sending her `(device, request_id)` used to re-create the routing
+/// entry and receive the rest of her task's output.
+#[tokio::test]
+async fn the_rest_of_an_orphaned_request_reaches_no_other_operator() {
+    let rig = rig();
+    let (mut device, mut alice, mut bob) = everyone(&rig).await;
+    send(&mut alice, &run_for(&rig.alice, &rig.device, "req-1")).await;
+    assert!(matches!(recv(&mut device).await, Ok(FromRelay::Run(_))));
+    send(&mut device, &ToRelay::Answer(DeviceFrame::accepted("req-1", "t-1"))).await;
+    assert!(matches!(recv(&mut alice).await, Ok(FromRelay::Answer(DeviceFrame::Accepted { .. }))));
+    alice.close(None).await.unwrap();
+    while recv(&mut alice).await.is_ok() {}
+    while rig.hub.metrics_text().contains("operators_connected 2") {
+        tokio::task::yield_now().await;
+    }
+    // Bob claims her request id: refused while her task runs.
+    send(&mut bob, &run_for(&rig.bob, &rig.device, "req-1")).await;
+    // (Before the fix the run went through and Bob heard nothing back, so this waits at most 5 s.)
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), recv(&mut bob)).await;
+    match answer.expect("the relay routed Bob's claim on Alice's request id") {
+        Ok(FromRelay::Error { code: RelayCode::BadFrame, request_id: Some(r), .. }) => assert_eq!(r, "req-1"),
+        other => panic!("expected BAD_FRAME for the claimed request id, got {other:?}"),
+    }
+    // Nor may he cancel it. The device goes on answering her request: none of it reaches Bob.
+    send(&mut bob, &ToRelay::Cancel { device_id: rig.device.public_key().device_id(), request_id: "req-1".into() })
+        .await;
+    assert!(matches!(recv(&mut bob).await, Ok(FromRelay::Error { code: RelayCode::BadFrame, .. })));
+    let output = DeviceFrame::output("req-1", 0, crate::protocol::Stream::Stdout, "alice's secret".into());
+    send(&mut device, &ToRelay::Answer(output)).await;
+    send(&mut device, &denied("req-1")).await;
+    send(&mut bob, &ToRelay::ListDevices {}).await;
+    match recv(&mut bob).await {
+        Ok(FromRelay::Devices { .. }) => {}
+        other => panic!("bob received {other:?}"),
+    }
+    // Once the device ended it, the id is free again.
+    send(&mut bob, &run_for(&rig.bob, &rig.device, "req-1")).await;
+    assert!(matches!(recv(&mut device).await, Ok(FromRelay::Run(_))));
 }
