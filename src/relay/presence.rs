@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(full, presence.listing(&registry));
         assert_eq!(full[0].tier, Some(4));
         let bare = presence.listing_for(&registry, "SHA256:mallory");
-        let want = DeviceEntry { name: "laptop".into(), online: true, ..offline("d-1") };
+        let want = DeviceEntry { name: "laptop".into(), online: true, public_key: Some("k".into()), ..offline("d-1") };
         assert_eq!(bare, vec![want.clone()]);
         // Before a heartbeat since the relay started, nobody is trusted.
         let fresh = Presence::default();
