@@ -78,6 +78,60 @@ pub fn alive(pid: i32) -> bool {
     stat(pid).is_some_and(|s| !s.dead())
 }
 
+/// Where a process is on its way to a stop (see [`state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Gone, or a zombie with no thread left.
+    Dead,
+    /// Every live thread stopped (`T`, or `t` for a tracing stop): it runs no
+    /// instruction, so it forks nothing, until someone sends it SIGCONT.
+    Stopped,
+    /// Some thread still runs (or sleeps, or is in the kernel).
+    Running,
+}
+
+/// Whether every thread of `pid` is stopped, from each thread's own
+/// `/proc/PID/task/TID/stat` (the process's `stat` shows only its main
+/// thread, which may have exited while others run).
+pub fn state(pid: i32) -> State {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else { return State::Dead };
+    let mut live = false;
+    for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Some(st) = thread_state(pid, tid) else { continue };
+        match st {
+            b'Z' | b'X' | b'x' => {}
+            b'T' | b't' => live = true,
+            _ => return State::Running,
+        }
+    }
+    if live { State::Stopped } else { State::Dead }
+}
+
+/// The state letter of thread `tid` of `pid` (proc(5) field 3).
+fn thread_state(pid: i32, tid: i32) -> Option<u8> {
+    let bytes = read_proc(Path::new(&format!("/proc/{pid}/task/{tid}/stat")), 4096)?;
+    let after = memchr::memrchr(b')', &bytes)? + 2;
+    bytes.get(after).copied()
+}
+
+/// The children of every thread of `pid` (`/proc/PID/task/TID/children`,
+/// Linux 3.5+ with `CONFIG_PROC_CHILDREN`): exact for a stopped process,
+/// whose list only grows by a subreaper's adoptions and shrinks by nothing
+/// its children do short of being reaped. `None` when the files cannot be read.
+pub fn children(pid: i32) -> Option<Vec<i32>> {
+    let dir = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut found = Vec::new();
+    let mut any = false;
+    for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // A task can fork a great many: read at most 4 MiB per thread.
+        if let Some(text) = read_proc(Path::new(&format!("/proc/{pid}/task/{tid}/children")), 4 << 20) {
+            any = true;
+            found.extend(String::from_utf8_lossy(&text).split_ascii_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    any.then_some(found)
+}
+
 /// The value of [`MARKER_ENV`] in a process's environment: `Some(None)`
 /// when readable without the marker, `None` when unreadable.
 pub(super) fn marker_of(pid: i32) -> Option<Option<String>> {
