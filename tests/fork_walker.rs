@@ -7,70 +7,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::lab::{Lab, finish};
+use common::walker::{left, policy, token, walking};
 use support::{Status, StoppedBy};
 
 /// Orphans re-parent to this process, the subreaper: one test at a time,
 /// so no daemon's kill meets another test's walker.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const WALKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/walker.py");
-
-fn policy() -> String {
-    let mut text = String::new();
-    for mode in ["stay", "late", "exit"] {
-        text.push_str(&format!(
-            "[[action]]\nname = \"walk-{mode}\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"a fork-setsid walker\"\n\
-             argv = [\"{WALKER}\", \"{{ready}}\", \"{mode}\"]\ntimeout_s = 60\n\
-             [action.params.ready]\npattern = \"^/[A-Za-z0-9_./-]+$\"\nmax_len = 512\ndescription = \"ready file\"\n\n"
-        ));
-    }
-    text
-}
-
-/// Live processes whose argv holds `token` or whose environment holds the
-/// marker of `task_id`.
-pub fn left(token: &str, task_id: &str) -> Vec<i32> {
-    let marker = format!("SUPPORTD_TASK={task_id}");
-    let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        if pid == me || !common::lab::alive(pid) {
-            continue;
-        }
-        let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
-        let holds = |bytes: Vec<u8>, needle: &str| bytes.split(|b| *b == 0).any(|s| s == needle.as_bytes());
-        if holds(read("cmdline"), token) || holds(read("environ"), &marker) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Starts `walk-{mode}` and waits (at most 10 s) until the walk is 20 generations in.
-async fn walking(lab: &Lab, mode: &str) -> (String, tokio::sync::mpsc::Receiver<support::DeviceFrame>) {
-    let ready = lab.pidfile.clone();
-    let (outcome, rx) = lab.submit(lab.command(&format!("walk-{mode}"), &[("ready", ready.to_str().unwrap())])).await;
-    let task_id = outcome.expect("accepted");
-    tokio::task::spawn_blocking(move || wait_for(&ready)).await.unwrap();
-    (task_id, rx)
-}
-
-fn wait_for(file: &Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !file.exists() {
-        assert!(std::time::Instant::now() < deadline, "the walker did not start");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn token(lab: &Lab) -> String {
-    lab.pidfile.to_str().unwrap().to_string()
-}
 
 /// How the task is ended.
 #[derive(Clone, Copy, PartialEq)]
@@ -85,8 +30,11 @@ enum End {
 async fn ended_leaves_nothing(mode: &str, end: End) {
     let _one = SERIAL.lock().await;
     let lab = Lab::start_with(&policy());
-    let _watching = lab.watch();
-    lab.grant(1, Duration::from_secs(if end == End::Expiry { 4 } else { 600 }));
+    // Revoke and expiry need the consent watcher. Without it (a stop) the
+    // walk's zombies are not reaped as it goes, and make every /proc scan
+    // long, as a busy machine's many processes would.
+    let _watching = (end != End::Stop).then(|| lab.watch());
+    lab.grant(1, Duration::from_secs(if end == End::Expiry { 8 } else { 600 }));
     lab.daemon.consent_changed().await;
     let (task_id, mut rx) = walking(&lab, mode).await;
     let by = match end {

@@ -459,9 +459,12 @@ fn hold(pid: i32, held: &mut Held, killed: &Held, seen: &mut BTreeSet<(i32, u64)
     }
     let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
     // The pid is this process's child or a stopped member's, so it is not
-    // re-used meanwhile; the check costs one read all the same.
+    // re-used meanwhile; the check costs one read all the same, and a
+    // stranger stopped by mistake is let go.
     if same(pid, before.start_ticks) {
         held.insert(pid, before.start_ticks);
+    } else {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
     }
     true
 }

@@ -193,6 +193,7 @@ pub fn read_proc(path: &Path, cap: u64) -> Option<Vec<u8>> {
 #[derive(Clone, Debug)]
 pub struct Delegated {
     dir: std::path::PathBuf,
+    helper: Option<PathBuf>,
 }
 
 impl Delegated {
@@ -209,7 +210,14 @@ impl Delegated {
         if meta.uid() != crate::paths::current_uid() || !dir.join("cgroup.kill").exists() {
             return None;
         }
-        Some(Delegated { dir })
+        Some(Delegated { dir, helper: None })
+    }
+
+    /// Starts each task's commands through `helper`, the `support`
+    /// binary (see [`TaskCgroup::spawn_with`]); with `None`, a command is
+    /// moved into its cgroup only once it runs.
+    pub fn spawning_with(self, helper: Option<PathBuf>) -> Delegated {
+        Delegated { helper, ..self }
     }
 
     /// The daemon's cgroup directory.
@@ -221,7 +229,7 @@ impl Delegated {
     pub fn for_task(&self, task_id: &str) -> Option<TaskCgroup> {
         let dir = self.dir.join(format!("support-{task_id}"));
         match fs::create_dir(&dir) {
-            Ok(()) => Some(TaskCgroup { dir }),
+            Ok(()) => Some(TaskCgroup { dir, helper: self.helper.clone() }),
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot make a task cgroup; using /proc only");
                 None
@@ -230,16 +238,32 @@ impl Delegated {
     }
 }
 
+/// The hidden subcommand of `support` that enters a cgroup and then
+/// runs a command ([`enter_and_exec`]).
+pub const ENTER_CGROUP: &str = "__enter-cgroup";
+
 /// A task's own cgroup.
 #[derive(Clone, Debug)]
 pub struct TaskCgroup {
     dir: std::path::PathBuf,
+    helper: Option<PathBuf>,
 }
 
 impl TaskCgroup {
     /// An existing task cgroup (from `tasks.json` after a crash).
     pub fn at(dir: std::path::PathBuf) -> TaskCgroup {
-        TaskCgroup { dir }
+        TaskCgroup { dir, helper: None }
+    }
+
+    /// The `support` binary that starts a command of the task inside this
+    /// cgroup, before the command's first instruction: it is spawned as
+    /// `support __enter-cgroup PROCS -- PROGRAM ARGV0 ARGS...`, writes its
+    /// own pid into `PROCS` (this cgroup's `cgroup.procs`), then execs
+    /// the command in place, pid, process group and all ([`enter_and_exec`]).
+    /// `None`: the daemon moves the command in once it runs (a fork in
+    /// between stays outside the cgroup, and only the `/proc` links find it).
+    pub fn spawn_with(&self) -> Option<&Path> {
+        self.helper.as_deref()
     }
 
     /// Its directory under the delegated cgroup (`support-t-…`).
@@ -277,6 +301,27 @@ impl TaskCgroup {
         }
         tracing::warn!(dir = %self.dir.display(), "a task cgroup stayed busy; left in place");
     }
+}
+
+/// What `support __enter-cgroup PROCS -- PROGRAM ARGV0 ARGS...` does:
+/// writes this process's pid into `procs` (a cgroup's `cgroup.procs`),
+/// then execs `program` (found on this process's PATH when it has no
+/// `/`) with `argv0` and `args`, keeping the pid, the process group, the
+/// environment and the open files. Returns only on failure: the cgroup
+/// could not be entered (then nothing runs: a command must not start
+/// outside its task's cgroup), or the exec failed.
+pub fn enter_and_exec(
+    procs: &Path,
+    program: &std::ffi::OsStr,
+    argv0: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    if let Err(e) = fs::write(procs, std::process::id().to_string()) {
+        return std::io::Error::new(e.kind(), format!("could not enter the task's cgroup ({}): {e}", procs.display()));
+    }
+    let e = std::process::Command::new(program).arg0(argv0).args(args).exec();
+    std::io::Error::new(e.kind(), format!("could not start `{}`: {e}", argv0.to_string_lossy()))
 }
 
 #[cfg(test)]
