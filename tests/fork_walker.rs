@@ -30,20 +30,26 @@ enum End {
 async fn ended_leaves_nothing(mode: &str, end: End) {
     let _one = SERIAL.lock().await;
     let lab = Lab::start_with(&policy());
-    // Revoke and expiry need the consent watcher. Without it (a stop) the
-    // walk's zombies are not reaped as it goes, and make every /proc scan
-    // long, as a busy machine's many processes would.
-    let _watching = (end != End::Stop).then(|| lab.watch());
-    lab.grant(1, Duration::from_secs(if end == End::Expiry { 8 } else { 600 }));
+    // No consent watcher: the daemon is told, as `support revoke` tells it
+    // and as the watcher's timer does at expiry. So the walk's zombies are
+    // not reaped as it goes (the watcher reaps at each SIGCHLD), and make
+    // every /proc scan long, as a busy machine's many processes would.
+    let grant = lab.grant(1, Duration::from_secs(if end == End::Expiry { 5 } else { 600 }));
     lab.daemon.consent_changed().await;
     let (task_id, mut rx) = walking(&lab, mode).await;
     let by = match end {
         End::Stop => lab.daemon.stop_task(&task_id, StoppedBy::Owner).await.expect("ended").cancelled_by,
         End::Revoke => {
             support::consent::remove(&lab.paths).unwrap();
+            lab.daemon.consent_changed().await;
             finish(&mut rx).await.0.cancelled_by
         }
-        End::Expiry => finish(&mut rx).await.0.cancelled_by,
+        End::Expiry => {
+            let wait = (grant.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait + Duration::from_millis(20)).await;
+            lab.daemon.consent_changed().await;
+            finish(&mut rx).await.0.cancelled_by
+        }
     };
     let want = match end {
         End::Stop => StoppedBy::Owner,
