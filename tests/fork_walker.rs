@@ -17,8 +17,11 @@ use support::{Status, StoppedBy};
 /// so no daemon's kill meets another test's walker.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The longest a task may take to end after a stop, revoke or expiry here.
+const KILL_BOUND: Duration = Duration::from_secs(3);
+
 /// How the task is ended.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum End {
     Stop,
     Revoke,
@@ -37,6 +40,7 @@ async fn ended_leaves_nothing(mode: &str, end: End) {
     let grant = lab.grant(1, Duration::from_secs(if end == End::Expiry { 5 } else { 600 }));
     lab.daemon.consent_changed().await;
     let (task_id, mut rx) = walking(&lab, mode).await;
+    let mut t0 = std::time::Instant::now();
     let by = match end {
         End::Stop => lab.daemon.stop_task(&task_id, StoppedBy::Owner).await.expect("ended").cancelled_by,
         End::Revoke => {
@@ -47,10 +51,15 @@ async fn ended_leaves_nothing(mode: &str, end: End) {
         End::Expiry => {
             let wait = (grant.expires_at - chrono::Utc::now()).to_std().unwrap_or_default();
             tokio::time::sleep(wait + Duration::from_millis(20)).await;
+            t0 = std::time::Instant::now();
             lab.daemon.consent_changed().await;
             finish(&mut rx).await.0.cancelled_by
         }
     };
+    // DESIGN's bound is 100 ms at p99; this leaves room for a loaded machine.
+    let took = t0.elapsed();
+    eprintln!("walk-{mode}, {end:?}: the task ended {took:?} after");
+    assert!(took < KILL_BOUND, "the task ended {took:?} after the {end:?}");
     let want = match end {
         End::Stop => StoppedBy::Owner,
         End::Revoke => StoppedBy::Revoke,
@@ -87,7 +96,9 @@ async fn a_walk_left_by_an_exiting_leader_is_killed() {
     let lab = Lab::start_with(&policy());
     lab.grant(1, Duration::from_secs(600));
     let (task_id, mut rx) = walking(&lab, "exit").await;
+    let t0 = std::time::Instant::now();
     let (result, _) = finish(&mut rx).await;
     assert_eq!(result.status, Status::Ok);
+    assert!(t0.elapsed() < KILL_BOUND, "the task ended {:?} after its walks began", t0.elapsed());
     assert_eq!(left(&token(&lab), &task_id), Vec::<i32>::new(), "the walk outlived its task");
 }

@@ -520,12 +520,11 @@ fn reap_dead_children(leaders: &[i32]) {
         return;
     }
     let me = std::process::id() as i32;
-    for pid in
-        tree::children(me).unwrap_or_else(|| tree::all().iter().filter(|p| p.ppid == me).map(|p| p.pid).collect())
-    {
-        if !leaders.contains(&pid) && tree::stat(pid).is_some_and(|s| s.ppid == me && s.state == b'Z') {
-            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-        }
+    let children = tree::children(me);
+    let children = children.unwrap_or_else(|| tree::all().iter().filter(|p| p.ppid == me).map(|p| p.pid).collect());
+    for pid in children.into_iter().filter(|p| !leaders.contains(p)) {
+        // Reaps a zombie and leaves a live child be (no WUNTRACED: a stopped one too).
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
     }
 }
 

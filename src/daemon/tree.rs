@@ -339,6 +339,24 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_child_is_seen_stopped_and_among_the_children() {
+        use nix::sys::signal::{Signal, kill};
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(children(std::process::id() as i32).unwrap().contains(&pid));
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while state(pid) != State::Stopped {
+            assert_eq!(state(pid), State::Running);
+            assert!(std::time::Instant::now() < deadline, "never stopped");
+            std::thread::yield_now();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(state(pid), State::Dead);
+    }
+
+    #[test]
     fn reads_the_v2_cgroup_and_its_mount() {
         let cgroup = "9:name=systemd:/\n4:memory:/x\n0::/user.slice/support.service/support-t-0123456789abcdef\n";
         assert_eq!(cgroup_v2_path(cgroup).as_deref(), Some("/user.slice/support.service/support-t-0123456789abcdef"));
