@@ -7,6 +7,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::daemon::tree::NotRun;
+
 /// Enter a cgroup, then exec a command in place (for the daemon only).
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,8 +23,11 @@ pub struct Args {
 /// (nothing ran), 127 when the exec failed, as a shell would.
 pub(crate) fn run(args: Args) -> ExitCode {
     let [program, argv0, rest @ ..] = args.command.as_slice() else { return ExitCode::from(2) };
-    let e = crate::daemon::tree::enter_and_exec(&args.procs, program, argv0, rest);
+    let why = crate::daemon::tree::enter_and_exec(&args.procs, program, argv0, rest);
     // The task's stderr: the operator and the owner see why.
-    let _ = writeln!(std::io::stderr(), "support: {e}");
-    ExitCode::from(if e.to_string().starts_with("could not enter") { 126 } else { 127 })
+    let _ = writeln!(std::io::stderr(), "support: {why}");
+    ExitCode::from(match why {
+        NotRun::Cgroup(..) => 126,
+        NotRun::Exec(..) => 127,
+    })
 }

@@ -3,7 +3,9 @@
 //!
 //! Each command runs with `process_group(0)` (setpgid(2)), stdin from
 //! /dev/null (or the agent's prompt), stdout and stderr piped, in the
-//! action's cwd, with an environment reduced to [`environment`]. Output
+//! action's cwd, with an environment reduced to [`environment`]; with a
+//! delegated cgroup, inside the task's cgroup from its first instruction
+//! (started through `support __enter-cgroup`, see [`tree::TaskCgroup::spawn_with`]). Output
 //! goes out in chunks of at most [`CHUNK_BYTES`] over a bounded channel
 //! (so a slow reader slows the task, never the daemon's memory), and stops
 //! at `max_output_bytes`: the rest is read and dropped and the result is

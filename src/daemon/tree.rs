@@ -83,8 +83,13 @@ pub fn alive(pid: i32) -> bool {
 pub enum State {
     /// Gone, or a zombie with no thread left.
     Dead,
-    /// Every live thread stopped (`T`, or `t` for a tracing stop): it runs no
-    /// instruction, so it forks nothing, until someone sends it SIGCONT.
+    /// Every live thread stopped (`T`, or `t` for a tracing stop), or in
+    /// uninterruptible sleep in the kernel (`D`, as a parent waiting for its
+    /// `vfork` child is, which a stopped child would keep there): it runs no
+    /// instruction of its own until someone sends it SIGCONT, and a `D`
+    /// thread with a SIGSTOP pending stops on its way out of the kernel. (A
+    /// fork it was in the middle of may still complete: the kill's next
+    /// round finds that child.)
     Stopped,
     /// Some thread still runs (or sleeps, or is in the kernel).
     Running,
@@ -100,7 +105,7 @@ pub fn state(pid: i32) -> State {
         let Some(st) = thread_state(pid, tid) else { continue };
         match st {
             b'Z' | b'X' | b'x' => {}
-            b'T' | b't' => live = true,
+            b'T' | b't' | b'D' => live = true,
             _ => return State::Running,
         }
     }
@@ -303,25 +308,37 @@ impl TaskCgroup {
     }
 }
 
+/// Why [`enter_and_exec`] returned: it returns only when the command did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NotRun {
+    /// The cgroup could not be entered, so nothing was run.
+    #[error("could not enter the task's cgroup ({0}): {1}")]
+    Cgroup(String, std::io::Error),
+    /// The exec itself failed.
+    #[error("could not start `{0}`: {1}")]
+    Exec(String, std::io::Error),
+}
+
 /// What `support __enter-cgroup PROCS -- PROGRAM ARGV0 ARGS...` does:
 /// writes this process's pid into `procs` (a cgroup's `cgroup.procs`),
 /// then execs `program` (found on this process's PATH when it has no
 /// `/`) with `argv0` and `args`, keeping the pid, the process group, the
 /// environment and the open files. Returns only on failure: the cgroup
-/// could not be entered (then nothing runs: a command must not start
-/// outside its task's cgroup), or the exec failed.
+/// could not be entered ([`NotRun::Cgroup`]: then nothing runs, as a
+/// command must not start outside its task's cgroup), or the exec failed
+/// ([`NotRun::Exec`]).
 pub fn enter_and_exec(
     procs: &Path,
     program: &std::ffi::OsStr,
     argv0: &std::ffi::OsStr,
     args: &[std::ffi::OsString],
-) -> std::io::Error {
+) -> NotRun {
     use std::os::unix::process::CommandExt as _;
     if let Err(e) = fs::write(procs, std::process::id().to_string()) {
-        return std::io::Error::new(e.kind(), format!("could not enter the task's cgroup ({}): {e}", procs.display()));
+        return NotRun::Cgroup(procs.display().to_string(), e);
     }
     let e = std::process::Command::new(program).arg0(argv0).args(args).exec();
-    std::io::Error::new(e.kind(), format!("could not start `{}`: {e}", argv0.to_string_lossy()))
+    NotRun::Exec(argv0.to_string_lossy().into_owned(), e)
 }
 
 #[cfg(test)]
