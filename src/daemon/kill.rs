@@ -410,63 +410,84 @@ fn same(pid: i32, ticks: u64) -> bool {
 /// `killed`, the daemon's children (through `roots`) and a full `scan`
 /// finding no other. At `give_up_at`, what it holds so far.
 fn freeze(roots: &dyn Fn() -> Vec<i32>, scan: &dyn Fn() -> BTreeSet<i32>, killed: &Held, give_up_at: Instant) -> Held {
-    let mut held = Held::new();
-    let mut seen: BTreeSet<(i32, u64)> = BTreeSet::new();
+    let mut f = Freeze { held: Held::new(), seen: BTreeSet::new(), foreign: BTreeSet::new(), killed };
     loop {
         // Children first, the daemon's own (in `roots`) last: see the module's step 3.
         let mut new = false;
-        let mut frontier: Vec<i32> = held.keys().chain(killed.keys()).copied().collect();
+        let mut frontier: Vec<i32> = f.held.keys().chain(killed.keys()).chain(&f.foreign).copied().collect();
         while let Some(pid) = frontier.pop() {
             for child in tree::children(pid).unwrap_or_default() {
-                if hold(child, &mut held, killed, &mut seen) {
+                if f.hold(child) {
                     new = true;
                     frontier.push(child);
                 }
             }
         }
         for pid in roots() {
-            new |= hold(pid, &mut held, killed, &mut seen);
+            new |= f.hold(pid);
         }
-        let all_stopped = wait_stopped(&held, give_up_at);
+        let all_stopped = wait_stopped(&f.held, give_up_at);
         if Instant::now() >= give_up_at {
-            return held;
+            return f.held;
         }
         if new || !all_stopped {
             continue;
         }
         let mut more = false;
         for pid in scan() {
-            more |= hold(pid, &mut held, killed, &mut seen);
+            more |= f.hold(pid);
         }
         if !more {
-            return held;
+            if !f.foreign.is_empty() {
+                tracing::warn!(pids = ?f.foreign, "a task's tree holds processes the daemon may not signal (another user's)");
+            }
+            return f.held;
         }
     }
 }
 
-/// SIGSTOPs `pid` and holds it, unless it is dead, held or killed
-/// already. Returns whether it was new (a zombie seen for the first time
-/// counts: something ran).
-fn hold(pid: i32, held: &mut Held, killed: &Held, seen: &mut BTreeSet<(i32, u64)>) -> bool {
-    if pid == std::process::id() as i32 {
-        return false;
+/// What one freeze has found.
+struct Freeze<'a> {
+    /// Stopped by it (or on their way): pid → start time.
+    held: Held,
+    /// Every (pid, start time) met, the dead included.
+    seen: BTreeSet<(i32, u64)>,
+    /// Members it may not signal (EPERM: another user's, as after a
+    /// set-user-ID program changed its real user): their children are
+    /// still walked.
+    foreign: BTreeSet<i32>,
+    /// Killed by an earlier round: not stopped again, their children walked.
+    killed: &'a Held,
+}
+
+impl Freeze<'_> {
+    /// SIGSTOPs `pid` and holds it, unless it is dead, held or killed
+    /// already. Returns whether it was new (a zombie seen for the first
+    /// time counts: something ran).
+    fn hold(&mut self, pid: i32) -> bool {
+        if pid == std::process::id() as i32 {
+            return false;
+        }
+        let Some(before) = tree::stat(pid) else { return false };
+        let first = self.seen.insert((pid, before.start_ticks));
+        let known = |h: &Held| h.get(&pid) == Some(&before.start_ticks);
+        if before.dead() || known(&self.held) || known(self.killed) || self.foreign.contains(&pid) {
+            return first;
+        }
+        if kill(Pid::from_raw(pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
+            self.foreign.insert(pid);
+            return first;
+        }
+        // The pid is this process's child or a stopped member's, so it is not
+        // re-used meanwhile; the check costs one read all the same, and a
+        // stranger stopped by mistake is let go.
+        if same(pid, before.start_ticks) {
+            self.held.insert(pid, before.start_ticks);
+        } else {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        true
     }
-    let Some(before) = tree::stat(pid) else { return false };
-    let first = seen.insert((pid, before.start_ticks));
-    let known = |h: &Held| h.get(&pid) == Some(&before.start_ticks);
-    if before.dead() || known(held) || known(killed) {
-        return first;
-    }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
-    // The pid is this process's child or a stopped member's, so it is not
-    // re-used meanwhile; the check costs one read all the same, and a
-    // stranger stopped by mistake is let go.
-    if same(pid, before.start_ticks) {
-        held.insert(pid, before.start_ticks);
-    } else {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
-    }
-    true
 }
 
 /// Waits until every held member is stopped or dead, sending SIGSTOP
