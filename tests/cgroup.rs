@@ -74,6 +74,16 @@ fn lab() -> Lab {
 
 #[tokio::test]
 async fn each_task_gets_its_own_cgroup_and_a_stop_empties_it() {
+    stop_empties_the_cgroup(lab).await;
+}
+
+/// Without the helper (`Options::default()`), a command is moved in once it runs.
+#[tokio::test]
+async fn without_the_helper_too() {
+    stop_empties_the_cgroup(|| Lab::start_with(&policy())).await;
+}
+
+async fn stop_empties_the_cgroup(lab: impl FnOnce() -> Lab) {
     let _one = SERIAL.lock().await;
     let Some(delegated) = Delegation::new() else { return };
     let lab = lab();
