@@ -51,16 +51,16 @@
 //! exits → child `setsid()`: each pid it had when a scan saw it is gone by
 //! the SIGKILL, and its successor is not in that scan. So a kill first
 //! stops the whole tree with SIGSTOP, which a process can neither catch
-//! nor ignore (signal(7)), and only then SIGKILLs it ([`freeze_and_kill`]):
+//! nor ignore (signal(7)), and only then SIGKILLs it (`freeze_and_kill`):
 //!
-//! 1. SIGSTOP every member found ([`Tree::roots`]: the leader, the
+//! 1. SIGSTOP every member found (`Tree::roots`: the leader, the
 //!    daemon's orphan children the rules above give to the task, the
 //!    task's cgroup) and wait until every thread of each is stopped
 //!    ([`tree::state`]). A fork under way when the signal came either
 //!    fails or completes before the forker stops; either way, once it is
 //!    stopped, its children are all in `/proc/PID/task/*/children`
 //!    ([`tree::children`]), and stay there (a stopped process cannot
-//!    reap them, and the daemon reaps nothing while a kill runs: [`KILLING`]).
+//!    reap them, and the daemon reaps nothing while a kill runs: `KILLING`).
 //! 2. SIGSTOP each of their children, and theirs, down the tree.
 //! 3. Repeat 1 and 2 (the daemon's own children last, so that a member
 //!    that exited meanwhile has already handed its children to the
@@ -76,12 +76,18 @@
 //! direct child of the daemon (its nearest subreaper), or of a member that
 //! made itself a subreaper; so a closed set of stopped members, none of
 //! which can run, is the whole tree. Pids are not re-used under the kill:
-//! a stopped member's children cannot be reaped by it, and the daemon's
-//! are reaped only under [`KILLING`]. A held pid is checked again, by its
-//! start time, after the SIGSTOP.
+//! a stopped member's children cannot be reaped by it (short of an exit
+//! reaped at once because it ignores SIGCHLD, which frees a pid only an
+//! allocator wrapping around within the microseconds of one pass could
+//! hand out again), and the daemon's are reaped only under `KILLING`. A
+//! held pid is checked again, by its start time, after the SIGSTOP, and
+//! let go with SIGCONT if it is not the process that was read.
 //!
-//! A kill gives up after [`KILL_LIMIT`] (processes that do not stop: stuck
-//! in the kernel, `D`), and says so in the log.
+//! A thread in uninterruptible sleep (`D`) counts as stopped (see
+//! [`State::Stopped`]); a member the daemon may not signal (EPERM: another
+//! user's, after a set-user-ID program) is walked but not waited for. A
+//! kill gives up after [`KILL_LIMIT`] (processes that neither stop nor
+//! die), and says so in the log.
 //!
 //! # Why the sweep may skip the scan
 //!
@@ -535,7 +541,7 @@ pub fn reap_strays(leaders: &[i32]) {
     reap_dead_children(leaders);
 }
 
-/// [`reap_strays`], for a caller that holds [`KILLING`].
+/// [`reap_strays`], for a caller that holds `KILLING`.
 fn reap_dead_children(leaders: &[i32]) {
     if !has_children() {
         return;
