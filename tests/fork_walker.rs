@@ -89,6 +89,13 @@ async fn an_expiry_kills_a_walker() {
     ended_leaves_nothing("stay", End::Expiry).await;
 }
 
+/// A process of the task sends SIGCONT to all of it, over and over: what
+/// the kill stops must be stopped again, and the kill must still end.
+#[tokio::test]
+async fn a_stop_kills_a_walker_whose_helper_resumes_it() {
+    ended_leaves_nothing("cont", End::Stop).await;
+}
+
 /// The leader exits once the walks run: the sweep at its exit must catch them.
 #[tokio::test]
 async fn a_walk_left_by_an_exiting_leader_is_killed() {

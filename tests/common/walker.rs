@@ -16,7 +16,7 @@ const WALKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/walker
 /// and `own-cgroup`, which prints the cgroup its leader starts in.
 pub fn policy() -> String {
     let mut text = String::new();
-    for mode in ["stay", "late", "exit", "escape"] {
+    for mode in ["stay", "late", "exit", "escape", "cont"] {
         text.push_str(&format!(
             "[[action]]\nname = \"walk-{mode}\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"a fork-setsid walker\"\n\
              argv = [\"{WALKER}\", \"{{ready}}\", \"{mode}\"]\ntimeout_s = 60\n\
