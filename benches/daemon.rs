@@ -13,9 +13,10 @@
 //!    through the `[agent]` section with its prompt on stdin.
 //!    And owner `stop` of a fork-setsid walker (`tests/fixtures/walker.py`:
 //!    two walks, each looping fork → parent exits → child `setsid()`, 50
-//!    generations in): the clock stops when the stop call has returned
-//!    (the task is on record as ended), and a `/proc` scan then must find
-//!    no process of it, by argv or by marker.
+//!    generations in): the clock stops when a `/proc` scan finds no
+//!    process of it, by argv or by marker (its leader, with the same argv,
+//!    sleeps until the kill), and once the stop call has returned, a scan
+//!    must still find none.
 //!    And, when a cgroup v2 can be delegated here (root), a one-command
 //!    action (`true`) submitted → result, with each command started
 //!    through `support __enter-cgroup` (in its cgroup from its first
@@ -216,9 +217,20 @@ fn kill_trees(runs: usize, dir: &Path) {
             let ready = dir.join("walker.ready");
             let task_id = start_walker(&daemon, &key, &ready).await;
             let t0 = Instant::now();
-            let ended = daemon.stop_task(&task_id, StoppedBy::Owner).await;
-            walkers.push(t0.elapsed());
-            assert!(ended.is_some(), "the walker's task did not end");
+            let d = daemon.clone();
+            let id = task_id.clone();
+            let stopper = tokio::spawn(async move { d.stop_task(&id, StoppedBy::Owner).await });
+            // Its leader (a sleeping process with the same argv) lives until
+            // the kill, so a scan finds none only once the tree is gone.
+            let (token, id) = (ready.display().to_string(), task_id.clone());
+            let gone = tokio::task::spawn_blocking(move || {
+                while walker_left(&token, &id) > 0 {
+                    assert!(t0.elapsed() < Duration::from_secs(10), "the walker survived 10 s");
+                }
+                t0.elapsed()
+            });
+            walkers.push(gone.await.unwrap());
+            assert!(stopper.await.unwrap().is_some(), "the walker's task did not end");
             let left = walker_left(&ready.display().to_string(), &task_id);
             assert_eq!(left, 0, "{left} processes of the walker outlived the stop");
             wait_idle(&daemon).await;
@@ -254,7 +266,7 @@ fn kill_trees(runs: usize, dir: &Path) {
         report("baseline: killpg of a plain group", baseline);
         println!("agent task, 11 processes (the agent and 10 descendants) → all gone ({runs} runs):");
         report("owner stop (Daemon::stop_task)", agents);
-        println!("fork-setsid walker (two walks) → stop returned, none left ({runs} runs):");
+        println!("fork-setsid walker (two walks) → none left in /proc ({runs} runs):");
         report("owner stop (Daemon::stop_task)", walkers);
         daemon.shutdown().await;
     });
