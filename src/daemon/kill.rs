@@ -61,7 +61,10 @@
 //!    stopped, its children are all in `/proc/PID/task/*/children`
 //!    ([`tree::children`]), and stay there (a stopped process cannot
 //!    reap them, and the daemon reaps nothing while a kill runs: `KILLING`).
-//! 2. SIGSTOP each of their children, and theirs, down the tree.
+//! 2. SIGSTOP each of their children, and theirs, down the tree; and
+//!    look again at once, before any waiting, while a look finds a new
+//!    one (a member that was already exiting when its SIGSTOP came has
+//!    handed on to a child, which must be stopped before it forks in turn).
 //! 3. Repeat 1 and 2 (the daemon's own children last, so that a member
 //!    that exited meanwhile has already handed its children to the
 //!    subreaper) until a pass stops nothing new and finds every member it
@@ -418,19 +421,13 @@ fn same(pid: i32, ticks: u64) -> bool {
 fn freeze(roots: &dyn Fn() -> Vec<i32>, scan: &dyn Fn() -> BTreeSet<i32>, killed: &Held, give_up_at: Instant) -> Held {
     let mut f = Freeze { held: Held::new(), seen: BTreeSet::new(), foreign: BTreeSet::new(), killed };
     loop {
-        // Children first, the daemon's own (in `roots`) last: see the module's step 3.
+        // Chase first: stop what is new until a look finds nothing more,
+        // and only then wait for the stopped to be stopped. (A walker that
+        // exited just as its SIGSTOP came has handed on to a child by then,
+        // which must be caught before it forks and exits in turn.)
         let mut new = false;
-        let mut frontier: Vec<i32> = f.held.keys().chain(killed.keys()).chain(&f.foreign).copied().collect();
-        while let Some(pid) = frontier.pop() {
-            for child in tree::children(pid).unwrap_or_default() {
-                if f.hold(child) {
-                    new = true;
-                    frontier.push(child);
-                }
-            }
-        }
-        for pid in roots() {
-            new |= f.hold(pid);
+        while f.look(roots) {
+            new = true;
         }
         let all_stopped = wait_stopped(&f.held, give_up_at);
         if Instant::now() >= give_up_at {
@@ -467,6 +464,26 @@ struct Freeze<'a> {
 }
 
 impl Freeze<'_> {
+    /// SIGSTOPs every new child of a member held, killed or foreign, and
+    /// every new one of `roots` (the daemon's own children read last: see
+    /// the module's step 3). Returns whether any was new.
+    fn look(&mut self, roots: &dyn Fn() -> Vec<i32>) -> bool {
+        let mut new = false;
+        let mut frontier: Vec<i32> = self.held.keys().chain(self.killed.keys()).chain(&self.foreign).copied().collect();
+        while let Some(pid) = frontier.pop() {
+            for child in tree::children(pid).unwrap_or_default() {
+                if self.hold(child) {
+                    new = true;
+                    frontier.push(child);
+                }
+            }
+        }
+        for pid in roots() {
+            new |= self.hold(pid);
+        }
+        new
+    }
+
     /// SIGSTOPs `pid` and holds it, unless it is dead, held or killed
     /// already. Returns whether it was new (a zombie seen for the first
     /// time counts: something ran).
@@ -514,7 +531,9 @@ fn wait_stopped(held: &Held, give_up_at: Instant) -> bool {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
             }
         }
-        if spins < 16 {
+        // A stop takes the target a turn on a CPU: give it ours rather than
+        // sleep past it (a sleep's wake-up costs milliseconds on a busy machine).
+        if spins < 1024 {
             std::thread::yield_now();
         } else {
             std::thread::sleep(Duration::from_micros(50));
