@@ -11,6 +11,16 @@
 //!    And owner `stop` of an agent task (tier 3): the fake agent
 //!    `tests/fixtures/agent.sh` with 10 descendants (11 processes), run
 //!    through the `[agent]` section with its prompt on stdin.
+//!    And owner `stop` of a fork-setsid walker (`tests/fixtures/walker.py`:
+//!    two walks, each looping fork → parent exits → child `setsid()`, 50
+//!    generations in): the clock stops when a `/proc` scan finds no
+//!    process of it, by argv or by marker (its leader, with the same argv,
+//!    sleeps until the kill), and once the stop call has returned, a scan
+//!    must still find none.
+//!    And, when a cgroup v2 can be delegated here (root), a one-command
+//!    action (`true`) submitted → result, with each command started
+//!    through `support __enter-cgroup` (in its cgroup from its first
+//!    instruction) beside the same without it: the cost of that one exec.
 //! 2. the idle `support daemon` under a live tier-1 grant: RSS, peak RSS, threads, and CPU seconds
 //!    over SUPPORT_BENCH_IDLE_S (default 60) seconds, beside `sleep` started
 //!    at the same moment (the floor of any process).
@@ -29,6 +39,7 @@ use support::{KeyPair, Paths, Run, StoppedBy};
 
 const TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tree.sh");
 const AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent.sh");
+const WALKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/walker.py");
 
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -88,6 +99,10 @@ fn setup(dir: &Path) -> (Paths, KeyPair) {
         "[[action]]\nname = \"tree\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"the tree fixture\"\n\
          argv = [\"{TREE}\", \"{{pidfile}}\"]\ntimeout_s = 60\n\n[action.params.pidfile]\n\
          pattern = \"^/[A-Za-z0-9_./-]+$\"\nmax_len = 512\ndescription = \"pid file\"\n\n\
+         [[action]]\nname = \"walk\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"walker\"\n\
+         argv = [\"{WALKER}\", \"{{pidfile}}\", \"stay\", \"50\"]\ntimeout_s = 60\n\n[action.params.pidfile]\n\
+         pattern = \"^/[A-Za-z0-9_./-]+$\"\nmax_len = 512\ndescription = \"ready file\"\n\n\
+         [[action]]\nname = \"true\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"nothing\"\nargv = [\"true\"]\ntimeout_s = 10\n\n\
          [agent]\nargv = [\"{AGENT}\", \"10\"]\nplan_args = []\nbuild_args = []\ncwd = \"{}\"\n",
         dir.display()
     );
@@ -122,6 +137,38 @@ async fn start_agent(daemon: &Daemon, key: &KeyPair, dir: &Path) -> (String, Vec
     (task_id, pids)
 }
 
+/// Starts the walker and waits until it is 50 generations in; returns its task.
+async fn start_walker(daemon: &Daemon, key: &KeyPair, ready: &Path) -> String {
+    let _ = std::fs::remove_file(ready);
+    let params = BTreeMap::from([("pidfile".to_string(), ready.display().to_string())]);
+    let run = Run::signed(key, &support::protocol::new_request_id(), daemon.device_id(), "walk", params, Utc::now());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let task_id = daemon.submit(run, tx).await.expect("accepted");
+    let start = Instant::now();
+    while !ready.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the walker did not start");
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    task_id
+}
+
+/// Live processes whose argv holds `token` or whose environment holds `task_id`'s marker.
+fn walker_left(token: &str, task_id: &str) -> usize {
+    let marker = format!("SUPPORTD_TASK={task_id}");
+    let holds = |bytes: Vec<u8>, needle: &str| bytes.split(|b| *b == 0).any(|s| s == needle.as_bytes());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != std::process::id() as i32 && alive(*pid))
+        .filter(|pid| {
+            let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+            holds(read("cmdline"), token) || holds(read("environ"), &marker)
+        })
+        .count()
+}
+
 async fn wait_idle(daemon: &Daemon) {
     while !daemon.tasks().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -144,6 +191,7 @@ fn kill_trees(runs: usize, dir: &Path) {
         });
         let pidfile = dir.join("pids");
         let (mut stops, mut revokes, mut baseline, mut agents) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut walkers = Vec::new();
         for _ in 0..runs {
             // Owner stop.
             grant(&paths);
@@ -163,6 +211,28 @@ fn kill_trees(runs: usize, dir: &Path) {
             let stopper = tokio::spawn(async move { d.stop_task(&task_id, StoppedBy::Owner).await });
             agents.push(tokio::task::spawn_blocking(move || gone_after(&pids, t0)).await.unwrap());
             let _ = stopper.await;
+            wait_idle(&daemon).await;
+
+            // Owner stop of a fork-setsid walker.
+            let ready = dir.join("walker.ready");
+            let task_id = start_walker(&daemon, &key, &ready).await;
+            let t0 = Instant::now();
+            let d = daemon.clone();
+            let id = task_id.clone();
+            let stopper = tokio::spawn(async move { d.stop_task(&id, StoppedBy::Owner).await });
+            // Its leader (a sleeping process with the same argv) lives until
+            // the kill, so a scan finds none only once the tree is gone.
+            let (token, id) = (ready.display().to_string(), task_id.clone());
+            let gone = tokio::task::spawn_blocking(move || {
+                while walker_left(&token, &id) > 0 {
+                    assert!(t0.elapsed() < Duration::from_secs(10), "the walker survived 10 s");
+                }
+                t0.elapsed()
+            });
+            walkers.push(gone.await.unwrap());
+            assert!(stopper.await.unwrap().is_some(), "the walker's task did not end");
+            let left = walker_left(&ready.display().to_string(), &task_id);
+            assert_eq!(left, 0, "{left} processes of the walker outlived the stop");
             wait_idle(&daemon).await;
 
             // Revoke, seen through inotify.
@@ -196,8 +266,73 @@ fn kill_trees(runs: usize, dir: &Path) {
         report("baseline: killpg of a plain group", baseline);
         println!("agent task, 11 processes (the agent and 10 descendants) → all gone ({runs} runs):");
         report("owner stop (Daemon::stop_task)", agents);
+        println!("fork-setsid walker (two walks) → none left in /proc ({runs} runs):");
+        report("owner stop (Daemon::stop_task)", walkers);
         daemon.shutdown().await;
     });
+}
+
+/// A cgroup made under this process's own and moved into, as systemd's
+/// `Delegate=yes` would give; `None` when cgroup2 is not writable here.
+fn delegate() -> Option<(PathBuf, PathBuf)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right.starts_with("cgroup2 ").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim().trim_start_matches('/').to_string();
+    let parent = mount.join(own);
+    let dir = parent.join(format!("support-bench-{}", std::process::id()));
+    std::fs::create_dir(&dir).ok()?;
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).ok()?;
+    Some((parent, dir))
+}
+
+/// `true` submitted → result, `runs` times, through a daemon whose tasks
+/// get cgroups, with and without `support __enter-cgroup`.
+fn spawn_in_cgroup(runs: usize, dir: &Path) {
+    let Some((parent, delegated)) = delegate() else {
+        println!("command start in a cgroup: skipped (no writable cgroup2 here)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut times = Vec::new();
+        for (name, helper) in [("plain", None), ("helper", Some(PathBuf::from(env!("CARGO_BIN_EXE_support"))))] {
+            let (paths, key) = setup(&dir.join(name));
+            grant(&paths);
+            let daemon = Daemon::start(&paths, Options { cgroup_helper: helper, ..Options::default() }).unwrap();
+            let mut v = Vec::new();
+            for _ in 0..runs {
+                let run = Run::signed(
+                    &key,
+                    &support::protocol::new_request_id(),
+                    daemon.device_id(),
+                    "true",
+                    BTreeMap::new(),
+                    Utc::now(),
+                );
+                let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+                let t0 = Instant::now();
+                daemon.submit(run, tx).await.expect("accepted");
+                while let Some(frame) = rx.recv().await {
+                    if matches!(frame, support::DeviceFrame::Result { .. }) {
+                        break;
+                    }
+                }
+                v.push(t0.elapsed());
+                wait_idle(&daemon).await;
+            }
+            daemon.shutdown().await;
+            times.push(v);
+        }
+        println!("a one-command action (`true`) submitted → result, each task in its own cgroup ({runs} runs each):");
+        report("through support __enter-cgroup", times.pop().unwrap());
+        report("baseline: moved in once it runs", times.pop().unwrap());
+    });
+    let _ = std::fs::write(parent.join("cgroup.procs"), std::process::id().to_string());
+    let _ = std::fs::remove_dir(&delegated);
 }
 
 /// (RSS KiB, peak RSS KiB, threads, CPU nanoseconds, anonymous RSS KiB,
@@ -289,5 +424,6 @@ fn main() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     println!("daemon benchmark (reproduce: cargo bench --bench daemon)");
     kill_trees(runs, dir.path());
+    spawn_in_cgroup(runs, dir.path());
     idle(dir.path(), seconds);
 }

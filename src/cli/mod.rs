@@ -21,6 +21,7 @@ mod client;
 mod daemon;
 mod demo;
 mod device_name;
+mod enter_cgroup;
 mod guard;
 mod operator;
 mod out;
@@ -79,6 +80,9 @@ pub enum Command {
     Operator(operator::Args),
     /// The whole loop on this machine: relay, daemon, operator, grant, denials, audit.
     Demo(demo::Args),
+    /// How the daemon starts a command inside its task's cgroup.
+    #[command(name = "__enter-cgroup", hide = true)]
+    EnterCgroup(enter_cgroup::Args),
 }
 
 /// What every subcommand gets.
@@ -112,9 +116,14 @@ impl Ctx {
 /// # Errors
 /// Whatever the subcommand returns; `main` maps it to an exit code.
 pub fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let command = match cli.command {
+        // Before the home is resolved: it needs none, and runs in a task's environment.
+        Command::EnterCgroup(a) => return Ok(enter_cgroup::run(a)),
+        c => c,
+    };
     let paths = Paths::resolve(cli.home.clone())?;
     let ctx = Ctx { paths, home_flag: cli.home, now: Utc::now() };
-    match cli.command {
+    match command {
         Command::Allow(a) => allow::run(&ctx, a),
         Command::Revoke(a) => revoke::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
@@ -129,6 +138,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Relay(a) => relay::run(&ctx, a),
         Command::Operator(a) => operator::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::EnterCgroup(a) => Ok(enter_cgroup::run(a)),
     }
 }
 

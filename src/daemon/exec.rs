@@ -3,7 +3,9 @@
 //!
 //! Each command runs with `process_group(0)` (setpgid(2)), stdin from
 //! /dev/null (or the agent's prompt), stdout and stderr piped, in the
-//! action's cwd, with an environment reduced to [`environment`]. Output
+//! action's cwd, with an environment reduced to [`environment`]; with a
+//! delegated cgroup, inside the task's cgroup from its first instruction
+//! (started through `support __enter-cgroup`, see [`tree::TaskCgroup::spawn_with`]). Output
 //! goes out in chunks of at most [`CHUNK_BYTES`] over a bounded channel
 //! (so a slow reader slows the task, never the daemon's memory), and stops
 //! at `max_output_bytes`: the rest is read and dropped and the result is
@@ -228,11 +230,25 @@ pub async fn run(
     }
 }
 
+/// Starts one command: in its task's cgroup from its first instruction
+/// when the cgroup has a helper ([`tree::TaskCgroup::spawn_with`]: one
+/// more exec, of `support __enter-cgroup`), otherwise directly.
 fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Child> {
-    let mut cmd = Command::new(program(&argv[0], &spec.env, &spec.cwd));
-    cmd.arg0(&argv[0])
-        .args(&argv[1..])
-        .env_clear()
+    let program = program(&argv[0], &spec.env, &spec.cwd);
+    let helper = spec.cgroup.as_ref().and_then(|cg| Some((cg.spawn_with()?, cg.dir().join("cgroup.procs"))));
+    let mut cmd = match helper {
+        Some((helper, procs)) => {
+            let mut cmd = Command::new(helper);
+            cmd.arg(tree::ENTER_CGROUP).arg(procs).arg("--").arg(program).args(argv);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.arg0(&argv[0]).args(&argv[1..]);
+            cmd
+        }
+    };
+    cmd.env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
         .stdin(if with_stdin { Stdio::piped() } else { Stdio::null() })

@@ -29,19 +29,68 @@
 //!   tasks, so an orphan no other running task can claim is T's to kill;
 //! - it is in T's cgroup, when one is delegated ([`TaskCgroup`]): a kill
 //!   writes `cgroup.kill` first, which reaches even a process that escaped
-//!   every link above, and what a scan finds is moved into the cgroup.
+//!   every link above; the kernel also kills what is forked into the
+//!   cgroup while it kills (cgroup v2's `cgroup.kill`, Linux 5.14+), so no
+//!   fork outruns it. A member that moved itself out of the cgroup is
+//!   still found by the links above.
+//!
+//! An orphan whose marker names another running task is left to that task
+//! (whose own kill, or its end, takes it): nothing the daemon can read
+//! tells a forged marker from a real one once the parent links are gone.
+//! One whose marker is missing, unreadable, or names no running task is
+//! killed with the task that is being killed: it fails closed.
 //!
 //! After a crash the daemon that starts next is no longer the parent, so
 //! [`leftovers`] finds them by process group (started no earlier than the
 //! task's leader, so a re-used pgid is not mistaken), by marker, and by the
 //! task's cgroup.
 //!
-//! # Bounds
+//! # Freeze, then kill
 //!
-//! A kill repeats the `/proc` scan until a pass finds no live member, so a
-//! process forked while one pass ran is caught by the next; at most
-//! [`KILL_PASSES`] passes, sleeping 1 ms when a pass found only processes
-//! already SIGKILLed and still exiting.
+//! Killing by scans alone loses to a process that loops fork → parent
+//! exits → child `setsid()`: each pid it had when a scan saw it is gone by
+//! the SIGKILL, and its successor is not in that scan. So a kill first
+//! stops the whole tree with SIGSTOP, which a process can neither catch
+//! nor ignore (signal(7)), and only then SIGKILLs it (`freeze_and_kill`):
+//!
+//! 1. SIGSTOP every member found (`Tree::roots`: the leader, the
+//!    daemon's orphan children the rules above give to the task, the
+//!    task's cgroup) and wait until every thread of each is stopped
+//!    ([`tree::state`]). A fork under way when the signal came either
+//!    fails or completes before the forker stops; either way, once it is
+//!    stopped, its children are all in `/proc/PID/task/*/children`
+//!    ([`tree::children`]), and stay there (a stopped process cannot
+//!    reap them, and the daemon reaps nothing while a kill runs: `KILLING`).
+//! 2. SIGSTOP each of their children, and theirs, down the tree; and
+//!    look again at once, before any waiting, while a look finds a new
+//!    one (a member that was already exiting when its SIGSTOP came has
+//!    handed on to a child, which must be stopped before it forks in turn).
+//! 3. Repeat 1 and 2 (the daemon's own children last, so that a member
+//!    that exited meanwhile has already handed its children to the
+//!    subreaper) until a pass stops nothing new and finds every member it
+//!    holds still stopped; then confirm with a full `/proc` scan
+//!    ([`members`]), and go on if it finds a live member not held.
+//! 4. SIGKILL every member held (SIGKILL ends a stopped process without a
+//!    SIGCONT), and start again from 1 until a freeze finds no live
+//!    member that was not already killed. A member killed while it forked
+//!    may still leave a child: the next round finds it.
+//!
+//! Every live member is a descendant of a live member or, orphaned, a
+//! direct child of the daemon (its nearest subreaper), or of a member that
+//! made itself a subreaper; so a closed set of stopped members, none of
+//! which can run, is the whole tree. Pids are not re-used under the kill:
+//! a stopped member's children cannot be reaped by it (short of an exit
+//! reaped at once because it ignores SIGCHLD, which frees a pid only an
+//! allocator wrapping around within the microseconds of one pass could
+//! hand out again), and the daemon's are reaped only under `KILLING`. A
+//! held pid is checked again, by its start time, after the SIGSTOP, and
+//! let go with SIGCONT if it is not the process that was read.
+//!
+//! A thread in uninterruptible sleep (`D`) counts as stopped (see
+//! [`State::Stopped`]); a member the daemon may not signal (EPERM: another
+//! user's, after a set-user-ID program) is walked but not waited for. A
+//! kill gives up after [`KILL_LIMIT`] (processes that neither stop nor
+//! die), and says so in the log.
 //!
 //! # Why the sweep may skip the scan
 //!
@@ -58,17 +107,24 @@
 //! live one to fork it, and an empty group cannot be joined (setpgid(2)).
 //! Any other answer, including an error, runs the full kill.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
 use nix::unistd::Pid;
 
-use super::tree::{self, TaskCgroup};
+use super::tree::{self, State, TaskCgroup};
 
-/// The most `/proc` scans one kill makes.
-pub const KILL_PASSES: usize = 50;
+/// The longest one kill tries (processes that will not stop or die:
+/// stuck in the kernel); then it gives up, and logs what is left.
+pub const KILL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Held while a kill runs or strays are reaped: the daemon reaps no
+/// child while a kill holds pids stopped, so none is re-used under it.
+static KILLING: Mutex<()> = Mutex::new(());
 
 /// The daemon's other running tasks, whose processes are not this task's.
 #[derive(Clone, Debug, Default)]
@@ -95,9 +151,7 @@ pub struct Tree<'a> {
 }
 
 impl Tree<'_> {
-    /// The live members now: a `/proc` scan, joined by the cgroup's live
-    /// members; what the scan found is moved into the cgroup, so a later
-    /// escape cannot leave it.
+    /// The live members now, by a full `/proc` scan, joined by the cgroup's.
     fn find(&self) -> BTreeSet<i32> {
         let others = (self.others)();
         let mut found = members(&TaskTree {
@@ -108,34 +162,77 @@ impl Tree<'_> {
             other_tasks: &others.tasks,
         });
         if let Some(cg) = self.cgroup {
-            for p in &found {
-                cg.add(*p);
-            }
-            found.extend(cg.members().into_iter().filter(|p| tree::alive(*p)));
+            found.extend(cg.members());
         }
         found
     }
+
+    /// Where a freeze starts, read without a scan: the leader, the
+    /// daemon's children the module's rules give to this task, and the
+    /// cgroup's members.
+    fn roots(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let others = (self.others)();
+        let mut roots = Vec::new();
+        if tree::stat(self.pgid).is_some_and(|s| s.start_ticks == self.start_ticks) {
+            roots.push(self.pgid);
+        }
+        // Unreadable (no CONFIG_PROC_CHILDREN): the confirming scan finds them.
+        for pid in tree::children(me).unwrap_or_default() {
+            if pid != self.pgid && !others.leaders.contains(&pid) && orphan_is_ours(pid, &others.tasks) {
+                roots.push(pid);
+            }
+        }
+        if let Some(cg) = self.cgroup {
+            roots.extend(cg.members());
+        }
+        roots
+    }
+
+    fn leaders(&self) -> Vec<i32> {
+        let mut leaders = (self.others)().leaders;
+        leaders.push(self.pgid);
+        leaders
+    }
 }
 
-/// SIGKILLs the whole tree: the cgroup at once if there is one, then the
-/// process group and every member by scans until none is alive (see the
-/// module's bounds). Returns how many processes were signalled by pid.
+/// Whether an orphan re-parented to the daemon is the killing task's: any
+/// marker but another running task's, or none (the module's rules).
+fn orphan_is_ours(pid: i32, other_tasks: &[String]) -> bool {
+    match tree::marker_of(pid) {
+        Some(Some(id)) => !other_tasks.contains(&id),
+        Some(None) | None => true,
+    }
+}
+
+/// Kills the whole tree of a task whose leader has not been reaped: the
+/// cgroup at once if there is one, then the process group and every
+/// member, frozen first (the module's docs). Returns how many processes
+/// were killed by pid.
 pub fn kill_tree(tree: &Tree<'_>) -> usize {
+    kill_all(tree, Some(tree.pgid))
+}
+
+fn kill_all(tree: &Tree<'_>, group: Option<i32>) -> usize {
+    let _one = crate::lock(&KILLING);
     if let Some(cg) = tree.cgroup {
         cg.kill();
     }
-    kill_until_gone(tree.pgid, KILL_PASSES, || tree.find())
+    // Zombies left by members that exited make every scan longer: reap
+    // them first (a dead process is nobody's to kill).
+    reap_dead_children(&tree.leaders());
+    freeze_and_kill(group, &|| tree.roots(), &|| tree.find(), tree.pgid)
 }
 
 /// Kills what a command left behind once its leader has exited and been
-/// reaped: [`kill_tree`] when anything could be left, nothing more
-/// otherwise (why that is safe: the module's docs). Returns how many
-/// processes were signalled by pid.
+/// reaped: as [`kill_tree`] (but no `killpg`: the group id may be re-used
+/// by now) when anything could be left, nothing more otherwise (why that
+/// is safe: the module's docs). Returns how many processes were killed.
 pub fn sweep(tree: &Tree<'_>) -> usize {
     if let Some(cg) = tree.cgroup {
         cg.kill();
     }
-    if could_have_left(tree) { kill_tree(tree) } else { 0 }
+    if could_have_left(tree) { kill_all(tree, None) } else { 0 }
 }
 
 /// SIGTERMs the process group and every member found now.
@@ -158,21 +255,23 @@ fn has_children() -> bool {
 
 /// Kills what a task of a daemon that died left behind: its cgroup
 /// (`cgroup`, from `tasks.json`) at once, then [`leftovers`] and the
-/// cgroup's live members by scans, and removes the cgroup. `pgid` -1 when
+/// cgroup's members, frozen first, and removes the cgroup. `pgid` -1 when
 /// the leader's pid is unknown (a crash before the spawn): then by marker
 /// only. No `killpg`: by now the group id may be someone else's. Returns
 /// how many processes were killed.
 pub fn kill_leftovers(task_id: &str, pgid: i32, start_ticks: u64, cgroup: Option<&TaskCgroup>) -> usize {
+    let _one = crate::lock(&KILLING);
     if let Some(cg) = cgroup {
         cg.kill();
     }
-    let killed = kill_until_gone(-1, KILL_PASSES, || {
+    let find = || {
         let mut found = leftovers(task_id, pgid, start_ticks);
         if let Some(cg) = cgroup {
-            found.extend(cg.members().into_iter().filter(|p| tree::alive(*p)));
+            found.extend(cg.members());
         }
         found
-    });
+    };
+    let killed = freeze_and_kill(None, &|| find().into_iter().collect(), &find, -1);
     if let Some(cg) = cgroup {
         cg.remove();
     }
@@ -200,16 +299,12 @@ pub fn members(task: &TaskTree<'_>) -> BTreeSet<i32> {
     let procs = tree::all();
     let mut roots: Vec<i32> = Vec::new();
     for p in &procs {
-        if p.pid == me {
+        if p.pid == me || p.dead() {
             continue;
         }
         let in_group = p.pgid == task.pgid && p.start_ticks >= task.start_ticks;
         let orphan_of_ours = p.ppid == me && p.pid != task.pgid && !task.other_leaders.contains(&p.pid);
-        let claimed = orphan_of_ours
-            && match tree::marker_of(p.pid) {
-                Some(Some(id)) => !task.other_tasks.contains(&id),
-                Some(None) | None => true,
-            };
+        let claimed = orphan_of_ours && orphan_is_ours(p.pid, task.other_tasks);
         let leader = p.pid == task.pgid && p.start_ticks == task.start_ticks;
         if in_group || claimed || leader {
             roots.push(p.pid);
@@ -265,30 +360,185 @@ pub fn signal_all(pgid: i32, found: &BTreeSet<i32>, signal: Signal) {
     }
 }
 
-/// SIGKILLs the tree `find` describes until a scan finds nothing alive
-/// (at most `passes` scans), reaping orphans re-parented to us. Returns
-/// how many processes were signalled in all.
-pub fn kill_until_gone(pgid: i32, passes: usize, find: impl Fn() -> BTreeSet<i32>) -> usize {
-    let mut signalled = BTreeSet::new();
-    for _ in 0..passes {
-        let found = find();
-        if found.is_empty() {
+/// Members held by a freeze: pid → start time (clock ticks since boot).
+type Held = BTreeMap<i32, u64>;
+
+/// Freezes and kills, round after round, until a freeze finds no live
+/// member that was not already killed (the module's docs), or
+/// [`KILL_LIMIT`]. `roots` gives cheap starting points, `scan` a full
+/// `/proc` scan to confirm a freeze is whole; `group` is SIGSTOPped and
+/// SIGKILLed as a whole too. Reaps the dead among them that are this
+/// process's children, but not `leader` (tokio reaps it). Returns how
+/// many processes were killed.
+fn freeze_and_kill(
+    group: Option<i32>,
+    roots: &dyn Fn() -> Vec<i32>,
+    scan: &dyn Fn() -> BTreeSet<i32>,
+    leader: i32,
+) -> usize {
+    let give_up_at = Instant::now() + KILL_LIMIT;
+    if let Some(g) = group.filter(|g| *g > 1) {
+        // Most of a tree at once; the walk finds the rest.
+        let _ = killpg(Pid::from_raw(g), Signal::SIGSTOP);
+    }
+    let mut killed = Held::new();
+    loop {
+        let held = freeze(roots, scan, &killed, give_up_at);
+        if let Some(g) = group.filter(|g| *g > 1) {
+            let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+        }
+        for pid in held.keys() {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let fresh = held.len();
+        killed.extend(held);
+        if fresh == 0 || Instant::now() >= give_up_at {
             break;
         }
-        let fresh: BTreeSet<i32> = found.difference(&signalled).copied().collect();
-        if fresh.is_empty() {
-            // Only processes already SIGKILLed, still exiting: give them the
-            // CPU rather than rescanning at once.
-            reap_orphans(&signalled, pgid);
-            std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // Gone from /proc, or a zombie, before the task is said to have ended.
+    while killed.iter().any(|(pid, ticks)| same(*pid, *ticks) && tree::state(*pid) != State::Dead) {
+        if Instant::now() >= give_up_at {
+            let left: Vec<i32> = killed.keys().copied().filter(|p| tree::alive(*p)).collect();
+            tracing::error!(?left, "processes of a task outlived the kill (stuck in the kernel?)");
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    reap_orphans(&killed.keys().copied().collect(), leader);
+    killed.len()
+}
+
+/// Whether `pid` is still the process that started at `ticks`.
+fn same(pid: i32, ticks: u64) -> bool {
+    tree::stat(pid).is_some_and(|s| s.start_ticks == ticks)
+}
+
+/// SIGSTOPs every live member not in `killed` and returns them once the
+/// set is closed: every one stopped, none with a child outside it or
+/// `killed`, the daemon's children (through `roots`) and a full `scan`
+/// finding no other. At `give_up_at`, what it holds so far.
+fn freeze(roots: &dyn Fn() -> Vec<i32>, scan: &dyn Fn() -> BTreeSet<i32>, killed: &Held, give_up_at: Instant) -> Held {
+    let mut f = Freeze { held: Held::new(), seen: BTreeSet::new(), foreign: BTreeSet::new(), killed };
+    loop {
+        // Chase first: stop what is new until a look finds nothing more,
+        // and only then wait for the stopped to be stopped. (A walker that
+        // exited just as its SIGSTOP came has handed on to a child by then,
+        // which must be caught before it forks and exits in turn.)
+        let mut new = false;
+        while f.look(roots) {
+            new = true;
+        }
+        let all_stopped = wait_stopped(&f.held, give_up_at);
+        if Instant::now() >= give_up_at {
+            return f.held;
+        }
+        if new || !all_stopped {
             continue;
         }
-        signal_all(pgid, &fresh, Signal::SIGKILL);
-        signalled.extend(fresh);
-        reap_orphans(&signalled, pgid);
+        let mut more = false;
+        for pid in scan() {
+            more |= f.hold(pid);
+        }
+        if !more {
+            if !f.foreign.is_empty() {
+                tracing::warn!(pids = ?f.foreign, "a task's tree holds processes the daemon may not signal (another user's)");
+            }
+            return f.held;
+        }
     }
-    reap_orphans(&signalled, pgid);
-    signalled.len()
+}
+
+/// What one freeze has found.
+struct Freeze<'a> {
+    /// Stopped by it (or on their way): pid → start time.
+    held: Held,
+    /// Every (pid, start time) met, the dead included.
+    seen: BTreeSet<(i32, u64)>,
+    /// Members it may not signal (EPERM: another user's, as after a
+    /// set-user-ID program changed its real user): their children are
+    /// still walked.
+    foreign: BTreeSet<i32>,
+    /// Killed by an earlier round: not stopped again, their children walked.
+    killed: &'a Held,
+}
+
+impl Freeze<'_> {
+    /// SIGSTOPs every new child of a member held, killed or foreign, and
+    /// every new one of `roots` (the daemon's own children read last: see
+    /// the module's step 3). Returns whether any was new.
+    fn look(&mut self, roots: &dyn Fn() -> Vec<i32>) -> bool {
+        let mut new = false;
+        let mut frontier: Vec<i32> = self.held.keys().chain(self.killed.keys()).chain(&self.foreign).copied().collect();
+        while let Some(pid) = frontier.pop() {
+            for child in tree::children(pid).unwrap_or_default() {
+                if self.hold(child) {
+                    new = true;
+                    frontier.push(child);
+                }
+            }
+        }
+        for pid in roots() {
+            new |= self.hold(pid);
+        }
+        new
+    }
+
+    /// SIGSTOPs `pid` and holds it, unless it is dead, held or killed
+    /// already. Returns whether it was new (a zombie seen for the first
+    /// time counts: something ran).
+    fn hold(&mut self, pid: i32) -> bool {
+        if pid == std::process::id() as i32 {
+            return false;
+        }
+        let Some(before) = tree::stat(pid) else { return false };
+        let first = self.seen.insert((pid, before.start_ticks));
+        let known = |h: &Held| h.get(&pid) == Some(&before.start_ticks);
+        if before.dead() || known(&self.held) || known(self.killed) || self.foreign.contains(&pid) {
+            return first;
+        }
+        if kill(Pid::from_raw(pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
+            self.foreign.insert(pid);
+            return first;
+        }
+        // The pid is this process's child or a stopped member's, so it is not
+        // re-used meanwhile; the check costs one read all the same, and a
+        // stranger stopped by mistake is let go.
+        if same(pid, before.start_ticks) {
+            self.held.insert(pid, before.start_ticks);
+        } else {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        true
+    }
+}
+
+/// Waits until every held member is stopped or dead, sending SIGSTOP
+/// again to one that runs (a SIGCONT from outside). Returns whether all are.
+fn wait_stopped(held: &Held, give_up_at: Instant) -> bool {
+    let mut spins = 0u32;
+    loop {
+        let running: Vec<i32> = held.keys().copied().filter(|p| tree::state(*p) == State::Running).collect();
+        if running.is_empty() {
+            return true;
+        }
+        if Instant::now() >= give_up_at {
+            return false;
+        }
+        spins += 1;
+        if spins.is_multiple_of(64) {
+            for pid in &running {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+            }
+        }
+        // A stop takes the target a turn on a CPU: give it ours rather than
+        // sleep past it (a sleep's wake-up costs milliseconds on a busy machine).
+        if spins < 1024 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
 }
 
 /// Reaps (without blocking) dead children of ours among `pids`, except
@@ -306,14 +556,21 @@ fn reap_orphans(pids: &BTreeSet<i32>, leader: i32) {
 /// (orphans re-parented to the subreaper after their task ended). With
 /// no child at all (the usual case between tasks) it reads no `/proc`.
 pub fn reap_strays(leaders: &[i32]) {
+    let _one = crate::lock(&KILLING);
+    reap_dead_children(leaders);
+}
+
+/// [`reap_strays`], for a caller that holds `KILLING`.
+fn reap_dead_children(leaders: &[i32]) {
     if !has_children() {
         return;
     }
     let me = std::process::id() as i32;
-    for p in tree::all() {
-        if p.ppid == me && p.state == b'Z' && !leaders.contains(&p.pid) {
-            let _ = waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG));
-        }
+    let children = tree::children(me);
+    let children = children.unwrap_or_else(|| tree::all().iter().filter(|p| p.ppid == me).map(|p| p.pid).collect());
+    for pid in children.into_iter().filter(|p| !leaders.contains(p)) {
+        // Reaps a zombie and leaves a live child be (no WUNTRACED: a stopped one too).
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
     }
 }
 

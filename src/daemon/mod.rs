@@ -108,11 +108,16 @@ pub struct Options {
     pub max_tasks: usize,
     /// The relay to keep a link to, if any.
     pub link: Option<LinkConfig>,
+    /// The `support` binary, to start each command inside its task's
+    /// cgroup when one is delegated (`tree::TaskCgroup::spawn_with`);
+    /// `support daemon` gives `/proc/self/exe`. Default `None`: a command
+    /// is moved into its cgroup once it runs.
+    pub cgroup_helper: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 8, link: None }
+        Options { max_tasks: 8, link: None, cgroup_helper: None }
     }
 }
 
@@ -254,6 +259,7 @@ impl Daemon {
         let mut replay = ReplayCache::new(REPLAY_CAPACITY);
         let remembered = replay.load(paths, started_at)?;
         let (events, _) = broadcast::channel(EVENTS_CHANNEL);
+        let cgroup = tree::Delegated::detect().map(|d| d.spawning_with(options.cgroup_helper.clone()));
         let daemon = Daemon {
             inner: Arc::new(Inner {
                 paths: paths.clone(),
@@ -271,7 +277,7 @@ impl Daemon {
                 control_port: Mutex::new(None),
                 link: Mutex::default(),
                 audit_head: Mutex::default(),
-                cgroup: tree::Delegated::detect(),
+                cgroup,
                 recent: Mutex::new(VecDeque::new()),
                 denials: Mutex::default(),
             }),

@@ -78,6 +78,65 @@ pub fn alive(pid: i32) -> bool {
     stat(pid).is_some_and(|s| !s.dead())
 }
 
+/// Where a process is on its way to a stop (see [`state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Gone, or a zombie with no thread left.
+    Dead,
+    /// Every live thread stopped (`T`, or `t` for a tracing stop), or in
+    /// uninterruptible sleep in the kernel (`D`, as a parent waiting for its
+    /// `vfork` child is, which a stopped child would keep there): it runs no
+    /// instruction of its own until someone sends it SIGCONT, and a `D`
+    /// thread with a SIGSTOP pending stops on its way out of the kernel. (A
+    /// fork it was in the middle of may still complete: the kill's next
+    /// round finds that child.)
+    Stopped,
+    /// Some thread still runs (or sleeps, or is in the kernel).
+    Running,
+}
+
+/// Whether every thread of `pid` is stopped, from each thread's own
+/// `/proc/PID/task/TID/stat` (the process's `stat` shows only its main
+/// thread, which may have exited while others run).
+pub fn state(pid: i32) -> State {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else { return State::Dead };
+    let mut live = false;
+    for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Some(st) = thread_state(pid, tid) else { continue };
+        match st {
+            b'Z' | b'X' | b'x' => {}
+            b'T' | b't' | b'D' => live = true,
+            _ => return State::Running,
+        }
+    }
+    if live { State::Stopped } else { State::Dead }
+}
+
+/// The state letter of thread `tid` of `pid` (proc(5) field 3).
+fn thread_state(pid: i32, tid: i32) -> Option<u8> {
+    let bytes = read_proc(Path::new(&format!("/proc/{pid}/task/{tid}/stat")), 4096)?;
+    let after = memchr::memrchr(b')', &bytes)? + 2;
+    bytes.get(after).copied()
+}
+
+/// The children of every thread of `pid` (`/proc/PID/task/TID/children`,
+/// Linux 3.5+ with `CONFIG_PROC_CHILDREN`): exact for a stopped process,
+/// whose list only grows by a subreaper's adoptions and shrinks by nothing
+/// its children do short of being reaped. `None` when the files cannot be read.
+pub fn children(pid: i32) -> Option<Vec<i32>> {
+    let dir = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut found = Vec::new();
+    let mut any = false;
+    for tid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // A task can fork a great many: read at most 4 MiB per thread.
+        if let Some(text) = read_proc(Path::new(&format!("/proc/{pid}/task/{tid}/children")), 4 << 20) {
+            any = true;
+            found.extend(String::from_utf8_lossy(&text).split_ascii_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    any.then_some(found)
+}
+
 /// The value of [`MARKER_ENV`] in a process's environment: `Some(None)`
 /// when readable without the marker, `None` when unreadable.
 pub(super) fn marker_of(pid: i32) -> Option<Option<String>> {
@@ -139,6 +198,7 @@ pub fn read_proc(path: &Path, cap: u64) -> Option<Vec<u8>> {
 #[derive(Clone, Debug)]
 pub struct Delegated {
     dir: std::path::PathBuf,
+    helper: Option<PathBuf>,
 }
 
 impl Delegated {
@@ -155,7 +215,14 @@ impl Delegated {
         if meta.uid() != crate::paths::current_uid() || !dir.join("cgroup.kill").exists() {
             return None;
         }
-        Some(Delegated { dir })
+        Some(Delegated { dir, helper: None })
+    }
+
+    /// Starts each task's commands through `helper`, the `support`
+    /// binary (see [`TaskCgroup::spawn_with`]); with `None`, a command is
+    /// moved into its cgroup only once it runs.
+    pub fn spawning_with(self, helper: Option<PathBuf>) -> Delegated {
+        Delegated { helper, ..self }
     }
 
     /// The daemon's cgroup directory.
@@ -167,7 +234,7 @@ impl Delegated {
     pub fn for_task(&self, task_id: &str) -> Option<TaskCgroup> {
         let dir = self.dir.join(format!("support-{task_id}"));
         match fs::create_dir(&dir) {
-            Ok(()) => Some(TaskCgroup { dir }),
+            Ok(()) => Some(TaskCgroup { dir, helper: self.helper.clone() }),
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot make a task cgroup; using /proc only");
                 None
@@ -176,16 +243,32 @@ impl Delegated {
     }
 }
 
+/// The hidden subcommand of `support` that enters a cgroup and then
+/// runs a command ([`enter_and_exec`]).
+pub const ENTER_CGROUP: &str = "__enter-cgroup";
+
 /// A task's own cgroup.
 #[derive(Clone, Debug)]
 pub struct TaskCgroup {
     dir: std::path::PathBuf,
+    helper: Option<PathBuf>,
 }
 
 impl TaskCgroup {
     /// An existing task cgroup (from `tasks.json` after a crash).
     pub fn at(dir: std::path::PathBuf) -> TaskCgroup {
-        TaskCgroup { dir }
+        TaskCgroup { dir, helper: None }
+    }
+
+    /// The `support` binary that starts a command of the task inside this
+    /// cgroup, before the command's first instruction: it is spawned as
+    /// `support __enter-cgroup PROCS -- PROGRAM ARGV0 ARGS...`, writes its
+    /// own pid into `PROCS` (this cgroup's `cgroup.procs`), then execs
+    /// the command in place, pid, process group and all ([`enter_and_exec`]).
+    /// `None`: the daemon moves the command in once it runs (a fork in
+    /// between stays outside the cgroup, and only the `/proc` links find it).
+    pub fn spawn_with(&self) -> Option<&Path> {
+        self.helper.as_deref()
     }
 
     /// Its directory under the delegated cgroup (`support-t-…`).
@@ -225,6 +308,39 @@ impl TaskCgroup {
     }
 }
 
+/// Why [`enter_and_exec`] returned: it returns only when the command did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NotRun {
+    /// The cgroup could not be entered, so nothing was run.
+    #[error("could not enter the task's cgroup ({0}): {1}")]
+    Cgroup(String, std::io::Error),
+    /// The exec itself failed.
+    #[error("could not start `{0}`: {1}")]
+    Exec(String, std::io::Error),
+}
+
+/// What `support __enter-cgroup PROCS -- PROGRAM ARGV0 ARGS...` does:
+/// writes this process's pid into `procs` (a cgroup's `cgroup.procs`),
+/// then execs `program` (found on this process's PATH when it has no
+/// `/`) with `argv0` and `args`, keeping the pid, the process group, the
+/// environment and the open files. Returns only on failure: the cgroup
+/// could not be entered ([`NotRun::Cgroup`]: then nothing runs, as a
+/// command must not start outside its task's cgroup), or the exec failed
+/// ([`NotRun::Exec`]).
+pub fn enter_and_exec(
+    procs: &Path,
+    program: &std::ffi::OsStr,
+    argv0: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+) -> NotRun {
+    use std::os::unix::process::CommandExt as _;
+    if let Err(e) = fs::write(procs, std::process::id().to_string()) {
+        return NotRun::Cgroup(procs.display().to_string(), e);
+    }
+    let e = std::process::Command::new(program).arg0(argv0).args(args).exec();
+    NotRun::Exec(argv0.to_string_lossy().into_owned(), e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +353,24 @@ mod tests {
         assert_eq!(me.pgid, nix::unistd::getpgrp().as_raw());
         assert!(me.start_ticks > 0);
         assert!(stat(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_stopped_child_is_seen_stopped_and_among_the_children() {
+        use nix::sys::signal::{Signal, kill};
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(children(std::process::id() as i32).unwrap().contains(&pid));
+        kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while state(pid) != State::Stopped {
+            assert_eq!(state(pid), State::Running);
+            assert!(std::time::Instant::now() < deadline, "never stopped");
+            std::thread::yield_now();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(state(pid), State::Dead);
     }
 
     #[test]

@@ -86,11 +86,16 @@ impl Lab {
 
     /// As [`Lab::start`], with `extra` as a second policy file (`policy.d/zz-extra.toml`).
     pub fn start_with(extra: &str) -> Lab {
+        Lab::start_with_options(extra, Options::default())
+    }
+
+    /// As [`Lab::start_with`], with the daemon's `options`.
+    pub fn start_with_options(extra: &str, options: Options) -> Lab {
         let home = Home::new();
         let paths = Paths::under(home.path.clone());
         Lab::prepare(&paths);
         std::fs::write(paths.policy_dir().join("zz-extra.toml"), extra).unwrap();
-        let daemon = Daemon::start(&paths, Options::default()).expect("daemon starts");
+        let daemon = Daemon::start(&paths, options).expect("daemon starts");
         let operator = KeyPair::load(&paths.home.join("operator.key")).unwrap();
         let pidfile = home.path.join("pids");
         Lab { home, paths, daemon, operator, pidfile }

@@ -4,6 +4,7 @@
 
 pub mod lab;
 pub mod net;
+pub mod walker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
