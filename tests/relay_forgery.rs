@@ -37,6 +37,9 @@ enum Mode {
     SubstituteKey { of: String, key: String },
     /// Drops the run and says the device is offline.
     LieOffline,
+    /// Lets the run run, hides every answer to it, sends the same run
+    /// again and passes on only the device's (signed) `REPLAY` denial.
+    Redeliver,
 }
 
 #[derive(Default)]
@@ -107,6 +110,7 @@ where
 {
     let mode = shared.lock().unwrap().mode.clone().unwrap_or(Mode::Honest);
     let mut held: Option<Value> = None;
+    let mut sent_run: Option<Value> = None;
     let mut outputs = 0;
     loop {
         tokio::select! {
@@ -123,6 +127,9 @@ where
                         }
                         _ => {}
                     }
+                }
+                if v["type"] == "run" {
+                    sent_run = Some(v.clone());
                 }
                 if up.send(Message::text(v.to_string())).await.is_err() { return }
             }
@@ -154,6 +161,11 @@ where
                         let mut old = shared.lock().unwrap().results.first().cloned().expect("an honest result first");
                         old["request_id"] = v["request_id"].clone();
                         out.push(old);
+                    }
+                    (Mode::Redeliver, "accepted" | "output") => {}
+                    (Mode::Redeliver, "result") => {
+                        let again = sent_run.take().expect("the run went up first");
+                        if up.send(Message::text(again.to_string())).await.is_err() { return }
                     }
                     (Mode::SubstituteKey { of, key }, "devices") => {
                         for d in v["devices"].as_array_mut().unwrap() {
@@ -239,6 +251,11 @@ async fn a_relay_that_forges_answers_is_caught_and_nothing_forged_is_shown() {
     mitm.mode(substitute);
     let r = tokio::task::block_in_place(|| mitm.operator(&key_path, &["devices"]));
     r.code(1).says(&format!("derives device id {}", b.device_id));
+    // The command run, its answers hidden, and delivered again: the device's
+    // signed REPLAY is not shown as "nothing ran" (exit 4) but as a doubt (exit 1).
+    let r = shell(Mode::Redeliver);
+    r.code(1).says("denied: REPLAY").says("the device got it more than once");
+    assert!(!r.stdout.contains("one"), "{}", r.stdout);
     // The relay's own refusal is shown as the relay's.
     let r = shell(Mode::LieOffline);
     r.code(3).says("relay error (not from the device): DEVICE_OFFLINE");

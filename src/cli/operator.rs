@@ -15,7 +15,7 @@ use crate::Error;
 use crate::dial::{DialError, RelayUrl};
 use crate::identity::KeyPair;
 use crate::operator::{Outcome, Session};
-use crate::protocol::{DeviceFrame, RelayCode, Status, StoppedBy, Stream};
+use crate::protocol::{DenyCode, DeviceFrame, RelayCode, Run, Status, StoppedBy, Stream};
 use crate::tls::RelayTrust;
 use crate::transcript::Transcript;
 
@@ -372,6 +372,34 @@ fn printable_output(data: &str, raw: bool) -> std::borrow::Cow<'_, str> {
     crate::text::printable_lines(data).into()
 }
 
+/// Why a signed denial may not mean "nothing ran", if it may not. This
+/// client sends each command once, so a `REPLAY` says the command reached
+/// the device twice (a relay, or whoever copied it, sent it again) and its
+/// first delivery may have run; a `STALE_COMMAND` long after the command
+/// was issued says the same of a command held back. The device signed the
+/// denial for that second delivery, not for the first: exit 1, not 4.
+fn doubt_about_a_denial(code: DenyCode, run: &Run) -> Option<String> {
+    let issued = crate::time::parse_rfc3339(&run.issued_at);
+    let waited = issued.map_or(0, |t| (chrono::Utc::now() - t).num_seconds());
+    let replayed = match code {
+        DenyCode::Replay => true,
+        DenyCode::StaleCommand => waited >= STALE_AFTER_WAIT_S,
+        _ => false,
+    };
+    replayed.then(|| {
+        format!(
+            "this client sent request {} once, {waited} s ago: the device got it more than once, and an earlier \
+             delivery may have run. Check the device's audit log (`support audit` there) before sending it again.",
+            run.request_id
+        )
+    })
+}
+
+/// Seconds after issuing past which a `STALE_COMMAND` is doubted: a
+/// command that took this long to be refused was held back on the way
+/// (an honest stale refusal comes at once, from a skewed clock).
+const STALE_AFTER_WAIT_S: i64 = 30;
+
 async fn run_action(
     session: &mut Session,
     device: &str,
@@ -481,7 +509,10 @@ async fn run_action(
         Outcome::Denied { code, message } => {
             let message = printable(&message);
             let message = message.strip_prefix(&format!("{code}: ")).unwrap_or(&message);
-            Err(Error::Refused(format!("denied: {code}: {message}")))
+            match doubt_about_a_denial(code, &run) {
+                Some(doubt) => Err(Error::Failed(format!("denied: {code}: {message}\n{doubt}"))),
+                None => Err(Error::Refused(format!("denied: {code}: {message}"))),
+            }
         }
         // The relay's own refusals are not signed: said as the relay's, never as the device's.
         Outcome::Relay { code: RelayCode::DeviceOffline, message } => Err(Error::DaemonUnreachable(format!(

@@ -3,16 +3,19 @@
 //! against a key the owner trusts (`UNTRUSTED_OPERATOR`, `BAD_SIGNATURE`,
 //! `BAD_FRAME`) costs its sender nothing, so one record (and one fsync)
 //! each would let anyone who can reach the relay fill the owner's log and
-//! disk and bury its history.
+//! disk and bury its history. A command refused as a replay or as stale
+//! (`REPLAY`, `STALE_COMMAND`) is counted too, although a trusted key
+//! signed it: the relay, or anyone on the path, can resend a captured
+//! command at no cost, and its first delivery is on record already.
 //!
 //! In each [`DENIAL_WINDOW`], opened by the first such denial, the first
 //! denial of each code is recorded in full (`action.denied`); every one,
 //! those included, is counted, and when the window closes (its timer, or
 //! the daemon's shutdown) one `action.denied.aggregated` record holds the
 //! count, the count per code and the senders (at most [`RECORDED_SENDERS`]
-//! named). A window with nothing left out writes no summary. Denials of
-//! commands a trusted key signed (stale, replay, no consent, tier, …) are
-//! not counted here: each stays a record of its own. The sender still gets
+//! named). A window with nothing left out writes no summary. Other denials
+//! of commands a trusted key signed (no consent, tier, scope, …) are not
+//! counted here: each stays a record of its own. The sender still gets
 //! its `denied` frame every time.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,7 +34,14 @@ pub const RECORDED_SENDERS: usize = 16;
 
 /// Whether a denial with `code` is one of an unverified sender (see the module docs).
 pub(super) fn unverified(code: DenyCode) -> bool {
-    matches!(code, DenyCode::UntrustedOperator | DenyCode::BadSignature | DenyCode::BadFrame)
+    matches!(
+        code,
+        DenyCode::UntrustedOperator
+            | DenyCode::BadSignature
+            | DenyCode::BadFrame
+            | DenyCode::Replay
+            | DenyCode::StaleCommand
+    )
 }
 
 /// The open window's counts.
@@ -189,11 +199,19 @@ mod tests {
     }
 
     #[test]
-    fn only_denials_before_a_trusted_signature_are_counted() {
-        for code in [DenyCode::UntrustedOperator, DenyCode::BadSignature, DenyCode::BadFrame] {
+    fn only_denials_anyone_on_the_path_can_cause_are_counted() {
+        for code in [
+            DenyCode::UntrustedOperator,
+            DenyCode::BadSignature,
+            DenyCode::BadFrame,
+            DenyCode::Replay,
+            DenyCode::StaleCommand,
+        ] {
             assert!(unverified(code), "{code:?}");
         }
-        for code in [DenyCode::StaleCommand, DenyCode::Replay, DenyCode::NoConsent, DenyCode::TierInsufficient] {
+        for code in
+            [DenyCode::NoConsent, DenyCode::TierInsufficient, DenyCode::OperatorNotGranted, DenyCode::BudgetExhausted]
+        {
             assert!(!unverified(code), "{code:?}");
         }
     }

@@ -225,6 +225,10 @@ impl Hub {
                         .into(),
                 );
             }
+            // Again under this lock: `evict_removed` removes an operator under it too.
+            if !lock(&self.operators).contains_key(&conn) {
+                return error(RelayCode::Unauthorized, "this operator was removed from the relay by its admin".into());
+            }
             if inflight.values().filter(|i| i.operator_conn == conn).count() >= MAX_INFLIGHT_PER_OPERATOR {
                 return error(RelayCode::Busy, format!("at most {MAX_INFLIGHT_PER_OPERATOR} requests in flight"));
             }
@@ -324,11 +328,29 @@ impl Hub {
             let ids: Vec<String> = devices.keys().filter(|id| !devices_known.contains(*id)).cloned().collect();
             ids.into_iter().filter_map(|id| devices.remove(&id).map(|p| (id, p))).collect()
         };
-        let gone_operators: Vec<Peer> = {
+        // Under the in-flight lock (taken before the operators', as in
+        // `route_run`), so no run of a removed operator slips in between
+        // its removal and the cancels of its requests; those are held as
+        // orphans (see `leave`), so nobody can claim their ids and hear the rest.
+        let gone_operators: Vec<(Peer, Vec<(String, String)>)> = {
+            let mut inflight = lock(&self.inflight);
             let mut operators = lock(&self.operators);
             let conns: Vec<u64> =
                 operators.iter().filter(|(_, p)| !operators_known.contains(&p.key)).map(|(c, _)| *c).collect();
-            conns.into_iter().filter_map(|c| operators.remove(&c)).collect()
+            let now = Instant::now();
+            let mut gone = Vec::new();
+            for peer in conns.into_iter().filter_map(|c| operators.remove(&c)) {
+                let mut cancelled = Vec::new();
+                for (k, i) in
+                    inflight.iter_mut().filter(|(_, i)| i.operator_conn == peer.conn && i.orphaned_at.is_none())
+                {
+                    i.orphaned_at = Some(now);
+                    cancelled.push(k.clone());
+                }
+                gone.push((peer, cancelled));
+            }
+            forget_old_orphans(&mut inflight, now);
+            gone
         };
         let ended = gone_devices.len() + gone_operators.len();
         for (id, peer) in gone_devices {
@@ -354,13 +376,7 @@ impl Hub {
                     .into(),
             ));
         }
-        for peer in gone_operators {
-            let cancelled: Vec<(String, String)> = {
-                let mut inflight = lock(&self.inflight);
-                let keys: Vec<(String, String)> =
-                    inflight.iter().filter(|(_, i)| i.operator_conn == peer.conn).map(|(k, _)| k.clone()).collect();
-                keys.into_iter().filter(|k| inflight.remove(k).is_some()).collect()
-            };
+        for (peer, cancelled) in gone_operators {
             for (device_id, request_id) in &cancelled {
                 if let Some(d) = lock(&self.devices).get(device_id) {
                     let _ = d.tx.try_send(protocol::encode(&FromRelay::Cancel { request_id: request_id.clone() }));

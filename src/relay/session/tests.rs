@@ -456,6 +456,14 @@ async fn a_removed_operator_is_told_why_and_its_running_requests_are_cancelled()
     assert_eq!(recv(&mut alice).await.unwrap_err(), Some(CloseCode::Policy));
     // Only alice's request is cancelled; bob's connection is untouched.
     assert_eq!(recv(&mut device).await.unwrap(), FromRelay::Cancel { request_id: "req-a".into() });
+    // Her request id stays held until the device ends it: bob cannot claim it and hear the rest.
+    send(&mut bob, &run_for(&rig.bob, &rig.device, "req-a")).await;
+    match recv(&mut bob).await {
+        Ok(FromRelay::Error { code: RelayCode::BadFrame, request_id, .. }) => {
+            assert_eq!(request_id.as_deref(), Some("req-a"))
+        }
+        other => panic!("expected BAD_FRAME for the removed operator's request id, got {other:?}"),
+    }
     send(&mut bob, &ToRelay::ListDevices {}).await;
     assert!(matches!(recv(&mut bob).await, Ok(FromRelay::Devices { .. })));
     send(&mut device, &denied("req-b")).await;
