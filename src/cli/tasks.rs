@@ -264,7 +264,7 @@ pub(crate) fn render_line(task_id: &str, line: &Line) -> String {
         (LineKind::ToolResult, _) => paint("result:", "2"),
         (LineKind::Error, _) => paint("ERROR:", "31"),
         (LineKind::Result, _) => paint("done:", "32"),
-        (LineKind::System, _) => paint("·", "2"),
+        (LineKind::System | LineKind::Notice, _) => paint("·", "2"),
         (LineKind::Raw, crate::protocol::Stream::Stderr) => paint("stderr:", "2"),
         (LineKind::Raw, crate::protocol::Stream::Stdout) => String::new(),
     };

@@ -45,9 +45,31 @@ pub enum LineKind {
     Result,
     /// Session events: `session started (model M, in CWD)`, a plan.
     System,
+    /// A retry, a reconnect, a rate-limit or other notice: no progress of
+    /// the agent's (see [`LineKind::is_progress`]); shown with `·` as
+    /// [`LineKind::System`] is, with its numbers and text.
+    Notice,
     /// A line as printed: stderr, a task that is not summarised, or a
     /// line that is not a JSON object of a known shape.
     Raw,
+}
+
+impl LineKind {
+    /// Whether a line of this kind on stdout shows the agent getting on
+    /// with its task (`[agent] idle_timeout_s` counts from the last such
+    /// line): what it says, thinks, calls and is answered, and its ends.
+    /// Errors, notices (retries, reconnects) and raw lines are not.
+    pub fn is_progress(&self) -> bool {
+        matches!(
+            self,
+            LineKind::Text
+                | LineKind::Thinking
+                | LineKind::ToolUse
+                | LineKind::ToolResult
+                | LineKind::Result
+                | LineKind::System
+        )
+    }
 }
 
 /// One transcript line.
