@@ -515,6 +515,7 @@ fn answers() {
             output_bytes: bytes,
             output_sha256: hex::encode(digest.finish()),
             cancelled_by: None,
+            reason: None,
         },
     );
     chain.sign(&device, &mut end);

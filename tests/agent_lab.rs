@@ -200,7 +200,8 @@ async fn an_agent_host_error_fails_the_task_with_its_answer() {
     outcome.expect("accepted");
     let (result, output) = finish(&mut rx).await;
     assert_eq!(result.status, Status::Failed);
-    assert!(output.contains("HTTP 500") && output.contains("model overloaded"), "{output}");
+    assert!(output.contains("answered 500 Internal Server Error: model overloaded"), "{output}");
+    assert_eq!(result.reason.as_deref(), Some("the agent host answered 500 Internal Server Error: model overloaded"));
 }
 
 #[tokio::test]

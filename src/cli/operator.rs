@@ -395,6 +395,16 @@ fn doubt_about_a_denial(code: DenyCode, run: &Run) -> Option<String> {
     })
 }
 
+/// A failed result for people: its exit code, or why it has none (the
+/// device's reason, made printable).
+pub(crate) fn failed_line(exit_code: Option<i32>, reason: Option<&str>) -> String {
+    match (exit_code, reason) {
+        (Some(code), _) => format!("failed (exit {code})"),
+        (None, Some(why)) => format!("failed: {}", printable(why)),
+        (None, None) => "failed (no exit code, and the device gave no reason)".into(),
+    }
+}
+
 /// Seconds after issuing past which a `STALE_COMMAND` is doubted: a
 /// command that took this long to be refused was held back on the way
 /// (an honest stale refusal comes at once, from a skewed clock).
@@ -477,14 +487,17 @@ async fn run_action(
             truncated,
             output_bytes,
             cancelled_by,
+            reason,
             ..
         }) => {
             if !json {
+                if let Some(t) = &transcript {
+                    // As the owner's `support tasks TASK_ID` ends: the two lines can be compared.
+                    let _ = writeln!(std::io::stdout(), "transcript: {} lines, sha256 {}", t.total(), t.digest());
+                }
                 let how = match (status, cancelled_by) {
                     (Status::Ok, _) => "ok".to_string(),
-                    (Status::Failed, _) => {
-                        format!("failed (exit {})", exit_code.map_or("by signal".into(), |c| c.to_string()))
-                    }
+                    (Status::Failed, _) => failed_line(exit_code, reason.as_deref()),
                     (Status::Timeout, _) => "timed out".into(),
                     (Status::Cancelled, Some(StoppedBy::Revoke)) => "cancelled by revoke".into(),
                     (Status::Cancelled, Some(StoppedBy::Owner)) => "stopped by the owner".into(),

@@ -166,7 +166,11 @@ fn since(at: &str) -> String {
 fn describe(result: Option<&TaskResult>) -> String {
     let Some(result) = result else { return "its end is not recorded yet".into() };
     let by = result.cancelled_by.map(|b| format!(" by {}", b.as_str())).unwrap_or_default();
-    format!("{}{by} after {} ms", result.status.as_str(), result.duration_ms)
+    let how = match result.status {
+        crate::protocol::Status::Failed => super::operator::failed_line(result.exit_code, result.reason.as_deref()),
+        status => status.as_str().to_string(),
+    };
+    format!("{how}{by} after {} ms", result.duration_ms)
 }
 
 pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {

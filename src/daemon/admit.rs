@@ -128,7 +128,11 @@ impl Daemon {
         let task_id = format!("t-{}", crate::random_hex(8));
         // vars() would panic on a name or value that is not UTF-8: such a variable is left out.
         let daemon_env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        let env = exec::environment(&approved.action.env, daemon_env, &task_id);
+        let names = match approved.action.kind {
+            Kind::Agent => super::agent::env_names(&approved.action.env),
+            _ => approved.action.env.clone(),
+        };
+        let env = exec::environment(&names, daemon_env, &task_id);
         let http = if approved.action.kind == Kind::Agent {
             let cwd = crate::paths::expand_home(&approved.action.cwd);
             self.prepare_agent(&approved.rendered, &run.params, &task_id, &env, &cwd).map_err(|denial| Refusal {
@@ -214,6 +218,8 @@ impl Daemon {
             max_output_bytes: approved.action.max_output_bytes,
             cgroup,
             http,
+            // Set by the run loop, which sees the transcript's progress.
+            idle: None,
         };
         Ok(Registered { spec, info, stop, done, transcript, forget })
     }

@@ -1,12 +1,74 @@
-//! Before the owner's agent starts: its program is installed, or its
-//! agent host (a loopback HTTP endpoint) is named and its secret readable.
+//! Before the owner's agent starts: its working folder exists and its
+//! program is installed, or its agent host (a loopback HTTP endpoint) is
+//! named and its secret readable. And what the agent gets besides: the
+//! variables of a proxy, a private CA and the desktop session
+//! ([`SESSION_ENV`]), and the idle limit ([`Idle`]).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::gate::Denial;
 use super::{Daemon, agent_host, exec};
 use crate::paths;
 use crate::protocol::DenyCode;
+
+/// Passed to the agent from the daemon's environment, each only when the
+/// daemon has it, besides `PATH`, `HOME`, `LANG`, `USER` and `[agent] env`:
+/// a proxy (curl(1)'s and Node's names, both cases), a private CA (OpenSSL's
+/// `SSL_CERT_*`, Node's `NODE_EXTRA_CA_CERTS`, Python requests'
+/// `REQUESTS_CA_BUNDLE`), and the desktop session's bus and runtime folder,
+/// where a keyring keeps a CLI's login. Without them an agent behind a proxy
+/// retries for minutes and then reports a connection error.
+pub const SESSION_ENV: [&str; 14] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+];
+
+/// The names passed to an agent task: `[agent] env` and [`SESSION_ENV`].
+pub(super) fn env_names(configured: &[String]) -> Vec<String> {
+    let mut names = configured.to_vec();
+    names.extend(SESSION_ENV.iter().map(|n| n.to_string()).filter(|n| !configured.contains(n)));
+    names
+}
+
+/// The agent's idle limit (`[agent] idle_timeout_s`): the task ends
+/// `failed`, "no progress for N s", once no line that shows progress
+/// ([`crate::transcript::LineKind::is_progress`], on stdout) came for
+/// `limit`. Retries, reconnects, errors, stderr and raw lines do not count.
+#[derive(Clone, Debug)]
+pub struct Idle {
+    /// How long the agent may go without progress.
+    pub limit: Duration,
+    /// When progress was last seen (the task's start at first); the task's
+    /// transcript sends a new instant for each line that shows progress.
+    pub progress: watch::Receiver<tokio::time::Instant>,
+}
+
+impl Idle {
+    /// When the agent counts as idle, as things stand now.
+    pub(super) fn at(&self) -> tokio::time::Instant {
+        *self.progress.borrow() + self.limit
+    }
+
+    /// Whether that moment has passed.
+    pub(super) fn passed(&self) -> bool {
+        self.at() <= tokio::time::Instant::now()
+    }
+}
 
 impl Daemon {
     /// Checks that the owner's agent can start: its program is installed,
@@ -14,8 +76,8 @@ impl Daemon {
     /// the host is returned.
     ///
     /// # Errors
-    /// A denial `AGENT_UNAVAILABLE` naming the program or file and the
-    /// `[agent]` setting to change.
+    /// A denial `AGENT_UNAVAILABLE` naming the working folder, program or
+    /// file and the `[agent]` setting to change.
     pub(super) fn prepare_agent(
         &self,
         rendered: &crate::policy::Rendered,
@@ -27,6 +89,14 @@ impl Daemon {
         let unavailable = |message: String| Denial { code: DenyCode::AgentUnavailable, message };
         let config = &self.catalogue().agent;
         let Some(endpoint) = &config.endpoint else {
+            // Else the start fails on chdir(2) and reads like a missing program.
+            if !cwd.is_dir() {
+                return Err(unavailable(format!(
+                    "the agent's working folder {} does not exist on this device (or is not a folder); \
+                     create it, or set [agent] cwd in a policy.d file and restart the daemon",
+                    cwd.display()
+                )));
+            }
             let program = rendered.commands.first().and_then(|c| c.first()).map(String::as_str).unwrap_or("");
             let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("");
             return match exec::find_on_path(program, path, cwd) {
@@ -60,6 +130,7 @@ impl Daemon {
         }
         let body = agent_host::AgentRequest {
             task_id,
+            task_id_camel: task_id,
             prompt: params.get("prompt").map(String::as_str).unwrap_or_default(),
             mode: params.get("mode").map(String::as_str).unwrap_or("plan"),
         };

@@ -2,19 +2,23 @@
 //! (`[agent] endpoint`), whose NDJSON response body is the task's output.
 //!
 //! The secret and the prompt go only to a listener owned by the daemon's
-//! own user ([`listener_uids`]); a stop or the deadline drops the
-//! connection, which aborts the request on the host's side.
+//! own user ([`listener_uids`]); a stop, the deadline or the idle limit
+//! drops the connection, which aborts the request on the host's side.
+//! The contract a host implements: docs/PROTOCOL.md, "The agent host contract".
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::exec::{CHUNK_BYTES, Chunk, Delivered, End, stop_requested};
+use super::agent::Idle;
+use super::end::End;
+use super::exec::{CHUNK_BYTES, Chunk, Delivered, stop_requested};
 use super::tree;
 use crate::protocol::{StoppedBy, Stream};
 use crate::secret::Secret;
 
-/// How long connecting to an agent host and getting its response head may take.
+/// How long connecting to an agent host and getting its response head may
+/// take; then the task fails, "the agent host at ADDR sent no answer in 10 s".
 pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One request to an agent host on loopback (`[agent] endpoint`).
@@ -28,7 +32,7 @@ pub struct HttpAgent {
     pub path: String,
     /// Sent as `X-Support-Secret`.
     pub secret: Secret,
-    /// The JSON body: `{"task_id", "prompt", "mode"}`.
+    /// The JSON body: `{"task_id", "taskId", "prompt", "mode"}`.
     pub body: Vec<u8>,
 }
 
@@ -37,6 +41,9 @@ pub struct HttpAgent {
 pub(super) struct AgentRequest<'a> {
     /// The daemon's task id.
     pub(super) task_id: &'a str,
+    /// The same, for hosts written against the camelCase seed contract.
+    #[serde(rename = "taskId")]
+    pub(super) task_id_camel: &'a str,
     /// The operator's prompt.
     pub(super) prompt: &'a str,
     /// `plan` or `build`.
@@ -65,14 +72,18 @@ pub(super) fn endpoint(endpoint: &str) -> Result<(std::net::SocketAddr, String, 
 }
 
 /// Posts the task to an agent host and relays its response body as
-/// stdout. A non-2xx answer is a failure with the head of its body on
-/// stderr; a stop or the deadline drops the connection, which aborts the
-/// request on the host's side.
+/// stdout (docs/PROTOCOL.md, "The agent host contract"). A non-2xx answer,
+/// a refused connection or no answer within [`HTTP_CONNECT_TIMEOUT`] fails
+/// the task with that reason (said on stderr too); an `end` chunk's
+/// `code` is the task's exit code, and without one an `error` chunk fails
+/// it. A stop, the deadline or the idle limit drops the connection, which
+/// aborts the request on the host's side.
 pub(super) async fn run_http(
     http: &HttpAgent,
     out: &mpsc::Sender<Chunk>,
     stop: &mut watch::Receiver<Option<StoppedBy>>,
     deadline: tokio::time::Instant,
+    idle: Option<&Idle>,
     delivered: &mut Delivered,
 ) -> End {
     use http_body_util::BodyExt as _;
@@ -80,25 +91,37 @@ pub(super) async fn run_http(
     if let Some(by) = *stop.borrow() {
         return End::Stopped(by);
     }
-    let say = |delivered: &mut Delivered, msg: String| {
-        let keep = delivered.take(format!("support: {msg}\n").as_bytes()).to_vec();
+    let fail = |delivered: &mut Delivered, why: String| {
+        let why = cut(why.trim());
+        let keep = delivered.take(format!("support: {why}\n").as_bytes()).to_vec();
         let _ = out.try_send(Chunk { stream: Stream::Stderr, data: keep });
+        End::Failed(why)
     };
+    let at = http.addr;
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(http.addr).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = tokio::net::TcpStream::connect(at).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => format!("the agent host at {at} refused the connection"),
+            _ => format!("the agent host at {at} could not be reached: {e}"),
+        })?;
         // Another local user may hold the port while the host is down: the
         // secret and the prompt go only to a listener of the owner's own.
-        match listener_uids(http.addr.port()) {
+        match listener_uids(at.port()) {
             uids if !uids.is_empty() && uids.iter().all(|u| *u == crate::paths::current_uid()) => {}
             uids if uids.is_empty() => {
-                return Err("cannot tell who listens on that port (/proc/net/tcp); not sending the secret".into());
+                return Err(format!(
+                    "the agent host at {at}: cannot tell who listens on that port (/proc/net/tcp); not sending the secret"
+                ));
             }
-            uids => return Err(format!("the port is held by another user (uid {uids:?}); not sending it the secret")),
+            uids => {
+                return Err(format!(
+                    "the agent host at {at}: the port is held by another user (uid {uids:?}); not sending it the secret"
+                ));
+            }
         }
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+        let broke = |e: hyper::Error| format!("the agent host at {at} broke off the exchange: {e}");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(broke)?;
         // The connection is driven here and aborted with this task: a stop aborts the request.
         let driver = AbortOnDrop(tokio::spawn(conn));
         let request = hyper::Request::post(http.path.as_str())
@@ -107,26 +130,23 @@ pub(super) async fn run_http(
             .header(hyper::header::ACCEPT, "application/x-ndjson")
             .header("X-Support-Secret", http.secret.expose())
             .body(http_body_util::Full::new(bytes::Bytes::from(http.body.clone())))
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| format!("the request to the agent host could not be built: {e}"))?;
+        let response = sender.send_request(request).await.map_err(broke)?;
         Ok::<_, String>((response, driver))
     };
     let connect_by = (tokio::time::Instant::now() + HTTP_CONNECT_TIMEOUT).min(deadline);
     let (response, driver) = tokio::select! {
         r = exchange => match r {
             Ok(r) => r,
-            Err(e) => {
-                say(delivered, format!("the agent host at {} failed: {e}", http.addr));
-                return End::NotStarted;
-            }
+            Err(why) => return fail(delivered, why),
         },
         by = stop_requested(stop) => return End::Stopped(by),
         _ = tokio::time::sleep_until(connect_by) => {
             if connect_by >= deadline {
                 return End::TimedOut;
             }
-            say(delivered, format!("the agent host at {} did not answer within {} s", http.addr, HTTP_CONNECT_TIMEOUT.as_secs()));
-            return End::NotStarted;
+            let secs = HTTP_CONNECT_TIMEOUT.as_secs();
+            return fail(delivered, format!("the agent host at {at} sent no answer in {secs} s"));
         }
     };
     // Aborting the driver closes the socket, whichever way this ends.
@@ -135,18 +155,23 @@ pub(super) async fn run_http(
     let mut body = response.into_body();
     let ok = status.is_success();
     let mut error_head = Vec::new();
-    loop {
+    let mut chunks = Chunks::default();
+    while chunks.end.is_none() {
+        let idle_at = idle.map(Idle::at);
         let frame = tokio::select! {
             f = body.frame() => f,
             by = stop_requested(stop) => return End::Stopped(by),
             _ = tokio::time::sleep_until(deadline) => return End::TimedOut,
+            _ = tokio::time::sleep_until(idle_at.unwrap_or(deadline)), if idle_at.is_some() => {
+                match idle {
+                    Some(idle) if idle.passed() => return End::Idle(idle.limit),
+                    _ => continue,
+                }
+            }
         };
         let data = match frame {
             None => break,
-            Some(Err(e)) => {
-                say(delivered, format!("the agent host's response broke off: {e}"));
-                return End::Failed;
-            }
+            Some(Err(e)) => return fail(delivered, format!("the agent host's response broke off: {e}")),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue,
@@ -161,6 +186,7 @@ pub(super) async fn run_http(
             }
             continue;
         }
+        chunks.read(&data);
         for piece in data.chunks(CHUNK_BYTES) {
             let keep = delivered.take(piece);
             if keep.is_empty() || out.is_closed() {
@@ -176,10 +202,92 @@ pub(super) async fn run_http(
     }
     if !ok {
         let head = String::from_utf8_lossy(&error_head);
-        say(delivered, format!("the agent host answered HTTP {status}: {}", head.trim()));
-        return End::Failed;
+        let head = head.trim();
+        let sep = if head.is_empty() { "" } else { ": " };
+        return fail(delivered, format!("the agent host answered {status}{sep}{head}"));
     }
-    End::Exited(std::os::unix::process::ExitStatusExt::from_raw(0))
+    match (chunks.end, chunks.error) {
+        (Some(Some(code)), _) => End::Code(code),
+        (_, Some(message)) => fail(delivered, format!("the agent host reported an error: {message}")),
+        _ => End::Code(0),
+    }
+}
+
+/// At most this many bytes of a reason (on a char boundary, "…" added).
+const MAX_REASON_BYTES: usize = 300;
+
+/// `text` cut to [`MAX_REASON_BYTES`] on one line.
+fn cut(text: &str) -> String {
+    let line = text.replace(['\n', '\r'], " ");
+    if line.len() <= MAX_REASON_BYTES {
+        return line;
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
+}
+
+/// The chunks of an agent host's NDJSON body that decide the task's end:
+/// `{"type":"end","code":N}` and `{"type":"error",...}`. Other lines only
+/// pass through to the transcript.
+#[derive(Default)]
+pub(super) struct Chunks {
+    /// The partial last line, at most [`PENDING_CAP`] bytes.
+    pending: Vec<u8>,
+    /// The partial line outgrew the cap: drop up to its newline.
+    skipping: bool,
+    /// An `end` chunk came: its `code` (`None`: absent or not an integer).
+    pub(super) end: Option<Option<i32>>,
+    /// The first `error` chunk's message.
+    pub(super) error: Option<String>,
+}
+
+/// A chunk that decides the end is short; a longer line is content.
+const PENDING_CAP: usize = 64 * 1024;
+
+impl Chunks {
+    /// Reads the complete lines in `data` (the rest waits for its newline).
+    pub(super) fn read(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            if !std::mem::take(&mut self.skipping) {
+                self.pending.extend_from_slice(&rest[..i]);
+                let line = std::mem::take(&mut self.pending);
+                self.line(&line);
+            }
+            self.pending.clear();
+            rest = &rest[i + 1..];
+        }
+        if self.skipping {
+            return;
+        }
+        self.pending.extend_from_slice(rest);
+        if self.pending.len() > PENDING_CAP {
+            self.pending.clear();
+            self.skipping = true;
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(line) else { return };
+        match obj.get("type").and_then(|t| t.as_str()) {
+            Some("end") if self.end.is_none() => {
+                let code = obj.get("code").and_then(|c| c.as_i64());
+                self.end = Some(code.map(|c| c.clamp(i32::MIN.into(), i32::MAX.into()) as i32));
+            }
+            Some("error") if self.error.is_none() => {
+                let message = ["message", "error"].iter().find_map(|k| match obj.get(*k) {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(serde_json::Value::Object(o)) => o.get("message").and_then(|m| m.as_str()).map(String::from),
+                    _ => None,
+                });
+                self.error = Some(cut(message.as_deref().unwrap_or("(no message)")));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The uids of the TCP sockets listening on `port` on a loopback or

@@ -31,7 +31,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
+pub use super::agent::Idle;
 pub use super::agent_host::{HTTP_CONNECT_TIMEOUT, HttpAgent};
+use super::end::{End, Tally};
 use super::kill;
 use super::tree::{self, MARKER_ENV};
 use crate::protocol::{Status, StoppedBy, Stream, TaskResult};
@@ -70,6 +72,9 @@ pub struct Spec {
     pub cgroup: Option<tree::TaskCgroup>,
     /// Post to this agent host instead of running `commands`.
     pub http: Option<HttpAgent>,
+    /// The agent's `[agent] idle_timeout_s`: the task ends `failed` when it
+    /// made no progress for that long.
+    pub idle: Option<Idle>,
 }
 
 /// A piece of output.
@@ -134,50 +139,6 @@ impl Delivered {
     }
 }
 
-/// How one command ended.
-pub(super) enum End {
-    Exited(ExitStatus),
-    Stopped(StoppedBy),
-    TimedOut,
-    NotStarted,
-    /// The agent host answered with an error, or the exchange broke.
-    Failed,
-}
-
-/// How the commands so far ended.
-struct Tally {
-    first_failure: Option<i32>,
-    last_code: Option<i32>,
-    status: Status,
-    cancelled_by: Option<StoppedBy>,
-}
-
-impl Tally {
-    /// Counts one command's end; false when no further command may run.
-    fn add(&mut self, end: End) -> bool {
-        match end {
-            End::Exited(st) => {
-                self.last_code = st.code();
-                if !st.success() && self.first_failure.is_none() {
-                    self.first_failure = Some(st.code().unwrap_or(-1));
-                    self.status = Status::Failed;
-                }
-                true
-            }
-            End::NotStarted | End::Failed => self.end(Status::Failed, None),
-            End::TimedOut => self.end(Status::Timeout, None),
-            End::Stopped(by) => self.end(Status::Cancelled, Some(by)),
-        }
-    }
-
-    fn end(&mut self, status: Status, by: Option<StoppedBy>) -> bool {
-        self.status = status;
-        self.cancelled_by = by;
-        self.last_code = None;
-        false
-    }
-}
-
 /// Runs `spec` to its end. `stop` carries who stopped the task; output
 /// goes to `out` (a closed receiver just drops it).
 pub async fn run(
@@ -194,10 +155,12 @@ pub async fn run(
         truncated: false,
         digest: ring::digest::Context::new(&ring::digest::SHA256),
     };
-    let mut tally = Tally { first_failure: None, last_code: None, status: Status::Ok, cancelled_by: None };
+    let mut tally =
+        Tally { first_failure: None, last_code: None, status: Status::Ok, cancelled_by: None, reason: None };
     match &spec.http {
         Some(http) => {
-            tally.add(super::agent_host::run_http(http, &out, &mut stop, deadline, &mut delivered).await);
+            let idle = spec.idle.as_ref();
+            tally.add(super::agent_host::run_http(http, &out, &mut stop, deadline, idle, &mut delivered).await);
         }
         None => {
             for (i, argv) in spec.commands.iter().enumerate() {
@@ -213,7 +176,7 @@ pub async fn run(
         cg.kill();
         cg.remove();
     }
-    let Tally { first_failure, last_code, status, cancelled_by } = tally;
+    let Tally { first_failure, last_code, status, cancelled_by, reason } = tally;
     let exit_code = match status {
         Status::Ok => last_code.or(Some(0)),
         Status::Failed => first_failure.filter(|c| *c >= 0).or(last_code),
@@ -227,6 +190,7 @@ pub async fn run(
         output_bytes: delivered.bytes,
         output_sha256: hex::encode(delivered.digest.finish()),
         cancelled_by,
+        reason: if status == Status::Failed && exit_code.is_none() { reason } else { None },
     }
 }
 
@@ -438,10 +402,10 @@ async fn run_one(
     let mut child = match spawn(spec, argv, stdin.is_some()) {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("support: could not start `{}`: {e}\n", argv[0]);
-            let keep = delivered.take(msg.as_bytes()).to_vec();
+            let why = format!("could not start `{}`: {e}", argv[0]);
+            let keep = delivered.take(format!("support: {why}\n").as_bytes()).to_vec();
             let _ = out.send(Chunk { stream: Stream::Stderr, data: keep }).await;
-            return End::NotStarted;
+            return End::Failed(why);
         }
     };
     // No pid means it has already been reaped; 0 would name the daemon's own group.
@@ -468,11 +432,13 @@ async fn run_one(
     let mut buf_err = vec![0u8; CHUNK_BYTES];
     let mut exited: Option<ExitStatus> = None;
     let mut phase = Phase::Running { deadline };
+    let mut idled = false;
     loop {
         if exited.is_some() && stdout.is_none() && stderr.is_none() {
             break;
         }
         let (alarm_at, alarm) = phase.alarm();
+        let idle_at = spec.idle.as_ref().filter(|_| phase.live() && !idled).map(Idle::at);
         let (stream, n) = tokio::select! {
             n = read_some(&mut stdout, &mut buf_out) => (Stream::Stdout, n),
             n = read_some(&mut stderr, &mut buf_err) => (Stream::Stderr, n),
@@ -486,6 +452,15 @@ async fn run_one(
             by = stop_requested(stop), if phase.stoppable() => {
                 kill::kill_tree(&tree);
                 phase = phase.killed(Instant::now(), Some(by));
+                continue;
+            }
+            _ = sleep_until(idle_at.unwrap_or(alarm_at)), if idle_at.is_some() => {
+                // Progress may have come meanwhile: then the next round waits anew.
+                if spec.idle.as_ref().is_some_and(Idle::passed) {
+                    kill::kill_tree(&tree);
+                    phase = phase.killed(Instant::now(), None);
+                    idled = true;
+                }
                 continue;
             }
             _ = sleep_until(alarm_at) => {
@@ -547,7 +522,10 @@ async fn run_one(
     } else {
         kill::kill_tree(&tree);
     }
-    phase.end(exited)
+    match (idled, &spec.idle) {
+        (true, Some(idle)) => End::Idle(idle.limit),
+        _ => phase.end(exited),
+    }
 }
 
 #[cfg(test)]

@@ -607,6 +607,7 @@ mod tests {
                 output_bytes: 1,
                 output_sha256: String::new(),
                 cancelled_by: None,
+                reason: None,
             },
         )));
         assert_eq!(q.frames.len(), OFFLINE_QUEUE);

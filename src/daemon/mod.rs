@@ -12,7 +12,8 @@
 //!   again, `BUSY`, one agent task at a time), launch (`action.started` first).
 //! - `task.rs`: a running task: its entry (dropping it stops the task), the
 //!   run loop that records its end, stop, the output decoder.
-//! - [`exec`]: the processes of one task, in phases; [`kill`]: where a
+//! - [`exec`]: the processes of one task, in phases; `end.rs`: how its
+//!   commands' ends add up to its result; [`kill`]: where a
 //!   process tree is killed; [`tree`]: `/proc` reads and cgroups.
 //! - `enforce.rs`: consent as enforced: re-reading, expiry, the watcher and its supervisor.
 //! - `records.rs`: audit records built from a task or a denial (pure).
@@ -41,6 +42,7 @@ mod agent;
 mod agent_host;
 mod control;
 mod denials;
+mod end;
 mod enforce;
 pub mod exec;
 mod files;

@@ -91,8 +91,9 @@ pub(super) fn carry_nonce(record: &mut Record, run: &Run) {
 }
 
 /// The records of a task's end: `task.stopped` when someone stopped it,
-/// then `action.finished` with its status, exit code, duration, output
-/// size and digest, and for an agent task the transcript's digest.
+/// then `action.finished` with its status, exit code, why when the exit
+/// code does not say it (`reason`), duration, output size and digest, and
+/// for an agent task the transcript's digest.
 pub(super) fn end_records(info: &TaskView, result: &TaskResult, transcript_sha256: Option<String>) -> Vec<Record> {
     let mut records = Vec::new();
     if let Some(by) = result.cancelled_by {
@@ -110,6 +111,7 @@ pub(super) fn end_records(info: &TaskView, result: &TaskResult, transcript_sha25
     r.output_sha256 = Some(result.output_sha256.clone());
     r.transcript_sha256 = transcript_sha256;
     r.by = result.cancelled_by.map(|b| b.as_str().into());
+    r.reason.clone_from(&result.reason);
     if result.truncated {
         r.detail = Some("output truncated at the action's max_output_bytes".into());
     }

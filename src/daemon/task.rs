@@ -3,6 +3,7 @@
 //! and the output decoder. Dropping an entry stops its task.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -69,7 +70,13 @@ impl Daemon {
 
     /// Runs an accepted task to its end and records it.
     pub(super) async fn drive(self, task: super::admit::Registered, frames: mpsc::Sender<DeviceFrame>) {
-        let super::admit::Registered { spec, info, stop, done, transcript, forget } = task;
+        let super::admit::Registered { mut spec, info, stop, done, transcript, forget } = task;
+        let limit = self.catalogue().agent.idle_timeout_s;
+        let progress = (info.agent && limit > 0).then(|| {
+            let (tx, rx) = watch::channel(tokio::time::Instant::now());
+            spec.idle = Some(exec::Idle { limit: Duration::from_secs(limit), progress: rx });
+            tx
+        });
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
         let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
         let forward = {
@@ -88,6 +95,11 @@ impl Daemon {
                     // The transcript reads exactly the text the operator gets,
                     // so both sides' digests agree.
                     let lines = lock(&transcript).push(stream, data.as_bytes());
+                    if let Some(progress) = &progress
+                        && lines.iter().any(|l| l.stream == Stream::Stdout && l.kind.is_progress())
+                    {
+                        progress.send_replace(tokio::time::Instant::now());
+                    }
                     me.publish_lines(&task_id, lines);
                     let frame = DeviceFrame::output(&request_id, seq, stream, data);
                     seq += 1;

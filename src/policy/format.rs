@@ -91,7 +91,7 @@ fn default_max_output() -> u64 {
 /// `build_args = ["--permission-mode", "acceptEdits"]` (another argv must
 /// set both: a mode that silently means nothing is refused), `prompt = "stdin"`,
 /// `cwd = "~"`, `timeout_s = 1800`, `max_prompt_bytes = 65536`,
-/// `max_output_bytes = 16 MiB`, `env = []`, no `endpoint`.
+/// `max_output_bytes = 16 MiB`, `env = []`, no `endpoint`, `idle_timeout_s = 300`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -133,6 +133,11 @@ pub struct AgentConfig {
     /// The file holding the `X-Support-Secret` for `endpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<String>,
+    /// Seconds without progress (no line on stdout but retries,
+    /// reconnects, errors and raw text) after which the task ends
+    /// `failed`, "no progress for N s"; 0 never ends it so.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_s: u64,
 }
 
 /// The `[shell]` section: tier 4 raw shell commands.
@@ -184,6 +189,9 @@ fn default_home_cwd() -> String {
 }
 fn default_agent_timeout() -> u64 {
     1800
+}
+fn default_idle_timeout() -> u64 {
+    300
 }
 fn default_max_prompt() -> usize {
     64 * 1024

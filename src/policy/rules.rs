@@ -322,6 +322,10 @@ fn check_agent(a: &AgentConfig) -> Result<(), String> {
     check_limits(a.timeout_s, a.max_output_bytes)?;
     check_env(&a.env)?;
     check_cwd(&a.cwd)?;
+    // Longer than timeout_s is allowed and never reached: the default must not refuse a short timeout_s.
+    if a.idle_timeout_s > MAX_TIMEOUT_S {
+        return Err(format!("idle_timeout_s must be 0 (never) to {MAX_TIMEOUT_S} seconds"));
+    }
     if !(1..=MAX_PROMPT_CAP).contains(&a.max_prompt_bytes) {
         return Err(format!("max_prompt_bytes must be 1 to {MAX_PROMPT_CAP}"));
     }

@@ -141,6 +141,7 @@ impl DeviceFrame {
             output_sha256: result.output_sha256.clone(),
             output_bytes: result.output_bytes,
             cancelled_by: result.cancelled_by,
+            reason: result.reason.clone(),
             index: 0,
             dropped: 0,
             sig: String::new(),

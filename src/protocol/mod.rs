@@ -237,6 +237,12 @@ pub struct TaskResult {
     pub output_sha256: String,
     /// Set when `status` is `cancelled`.
     pub cancelled_by: Option<StoppedBy>,
+    /// Why it failed or timed out, for people, when the exit code does not
+    /// say it: `killed by signal 9`, `the agent host answered 403 …`,
+    /// `no progress for 300 s`. Absent from the JSON when `None` (older
+    /// peers and records have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A frame from the device about one command.
@@ -300,6 +306,9 @@ pub enum DeviceFrame {
         output_bytes: u64,
         /// [`TaskResult::cancelled_by`].
         cancelled_by: Option<StoppedBy>,
+        /// [`TaskResult::reason`]; absent when `None`, so older operators read the frame.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
         #[serde(default, skip_serializing_if = "answer::is_zero")]
         index: u64,

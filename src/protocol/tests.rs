@@ -57,6 +57,7 @@ fn frames_reject_unknown_fields_and_types() {
             output_bytes: 0,
             output_sha256: String::new(),
             cancelled_by: Some(StoppedBy::TierLowered),
+            reason: None,
         },
     );
     let text = serde_json::to_string(&result).unwrap();

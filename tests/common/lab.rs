@@ -204,10 +204,20 @@ pub async fn finish(rx: &mut mpsc::Receiver<DeviceFrame>) -> (TaskResult, String
                 output_sha256,
                 output_bytes,
                 cancelled_by,
+                reason,
                 ..
             } => {
                 return (
-                    TaskResult { status, exit_code, duration_ms, truncated, output_bytes, output_sha256, cancelled_by },
+                    TaskResult {
+                        status,
+                        exit_code,
+                        duration_ms,
+                        truncated,
+                        output_bytes,
+                        output_sha256,
+                        cancelled_by,
+                        reason,
+                    },
                     output,
                 );
             }

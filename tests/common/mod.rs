@@ -2,6 +2,7 @@
 //! that prints stdout and stderr when an expectation fails.
 #![allow(dead_code)]
 
+pub mod agent_host;
 pub mod lab;
 pub mod net;
 pub mod walker;

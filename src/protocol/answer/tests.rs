@@ -57,6 +57,7 @@ fn result(r: &str, text: &str) -> DeviceFrame {
         output_sha256: hex::encode(sha256(text.as_bytes())),
         output_bytes: text.len() as u64,
         cancelled_by: None,
+        reason: None,
         index: 0,
         dropped: 0,
         sig: String::new(),
