@@ -15,7 +15,8 @@
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
 //! - [`protocol`]: every relay frame, both directions; the signed bytes (`run`, `hello`, the device's
 //!   answers, with the chain that checks them); size limits; the audit witness's frames.
-//! - [`daemon`]: admitting a command (the gate, then register, then launch), the replay cache, a running task, the executor and
+//! - [`daemon`]: admitting a command (the gate, then register, then launch), the replay cache, a running task, the executor, how
+//!   its commands' ends add up to a result (with a reason), and
 //!   the tree kill, consent enforcement (supervised), audit-record building, unverified denials counted, its
 //!   files, the agent host client, the escalation guard's evidence, the loopback control API (TCP and
 //!   `control.sock`), the relay link: one file each (see its docs).

@@ -331,3 +331,26 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Chunks;
+
+    #[test]
+    fn end_and_error_chunks_are_read_across_reads_and_long_lines_are_passed_over() {
+        let mut c = Chunks::default();
+        c.read(b"{\"type\":\"text\",\"text\":\"hi\"}\n{\"type\":\"err");
+        assert_eq!((c.end, c.error.as_deref()), (None, None));
+        c.read(b"or\",\"error\":{\"message\":\"overloaded\"}}\n");
+        assert_eq!(c.error.as_deref(), Some("overloaded"));
+        // A line longer than the cap is content, even if it ends like an end chunk.
+        c.read(&vec![b' '; super::PENDING_CAP + 1]);
+        c.read(b"{\"type\":\"end\",\"code\":1}\n{\"type\":\"end\",\"code\":");
+        assert_eq!(c.end, None, "the long line's tail is skipped");
+        c.read(b"4}\n");
+        assert_eq!(c.end, Some(Some(4)));
+        let mut c = Chunks::default();
+        c.read(b"{\"type\":\"end\",\"code\":\"x\"}\n");
+        assert_eq!(c.end, Some(None), "a code that is not an integer is no code");
+    }
+}

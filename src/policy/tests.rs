@@ -259,3 +259,12 @@ fn inline_code_is_refused_in_combined_and_attached_options() {
         assert!(cat(&text).is_ok(), "{program} {args:?}: {:?}", cat(&text).err());
     }
 }
+
+#[test]
+fn the_agent_idle_limit_defaults_to_300_s_allows_0_and_refuses_past_the_timeout_cap() {
+    assert_eq!(cat("").unwrap().agent.idle_timeout_s, 300);
+    assert_eq!(cat("[agent]\nidle_timeout_s = 0\n").unwrap().agent.idle_timeout_s, 0);
+    // Longer than timeout_s is allowed (never reached): the default must not refuse a short timeout_s.
+    assert_eq!(cat("[agent]\ntimeout_s = 60\n").unwrap().agent.idle_timeout_s, 300);
+    rejects("[agent]\nidle_timeout_s = 99999999\n", "idle_timeout_s must be 0 (never) to");
+}
