@@ -110,6 +110,36 @@ fn codex_against_a_failing_server_ends_in_errors() {
     assert!(lines[12].1.ends_with("url: http://127.0.0.1:18931/v1/responses"));
 }
 
+/// codex-cli 0.171.0 against a scripted Responses API (a reasoning
+/// summary, a command that fails, one that succeeds, a message): the
+/// failed command is an error naming its exit code, never `result:`.
+#[test]
+fn real_codex_session_with_commands() {
+    const WS: &str = "unexpected status 404 Not Found: Unknown error, url: ws://127.0.0.1:18932/v1/responses";
+    let mut expected = vec![
+        (System, "session started".to_owned()),
+        (
+            Notice,
+            "warning: Model metadata for `gpt-5.1-codex` not found. Defaulting to fallback metadata; this can degrade performance and cause issues.".to_owned(),
+        ),
+    ];
+    expected.extend((2..=5).map(|n| (Notice, format!("Reconnecting... {n}/5 ({WS})"))));
+    expected.extend(want(&[
+        (Notice, &format!("warning: Falling back from WebSockets to HTTPS transport. {WS}")),
+        (Thinking, "**Checking the disk**"),
+        (ToolUse, "$ /bin/bash -lc 'ls /nonexistent-dir'"),
+        (
+            Error,
+            "failed (exit 2): $ /bin/bash -lc 'ls /nonexistent-dir' ⏎ ls: cannot access '/nonexistent-dir': No such file or directory",
+        ),
+        (ToolUse, "$ /bin/bash -lc 'echo hello; echo world'"),
+        (ToolResult, "exit 0: hello ⏎ world"),
+        (Text, "The disk is fine. ⏎ Nothing to clean."),
+        (Result, "turn completed (480 input / 120 output tokens)"),
+    ]));
+    assert_eq!(seen("codex", "local-scripted-model.jsonl"), expected);
+}
+
 /// A public capture (codex-cli 0.155.1) with a spawned subagent.
 #[test]
 fn codex_subagents_are_marked() {
