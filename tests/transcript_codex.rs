@@ -308,6 +308,12 @@ fn edge_chunks() {
         (r#"{"type":"request_user_input","questions":[]}"#, &[(Text, "question (no text)")]),
         (r#"{"type":"error","message":"Reconnecting... 1/5 (timeout)"}"#, &[(Notice, "Reconnecting... 1/5 (timeout)")]),
         (r#"{"type":"item.completed","item":{"id":"i","type":"todo_list","items":[]}}"#, &[]),
+        // codex-cli 0.4x's retry text (`codex-rs/core/src/codex.rs` then).
+        (
+            r#"{"type":"error","message":"stream error: stream disconnected before completion; retrying 1/5 in 190ms…"}"#,
+            &[(Notice, "stream error: stream disconnected before completion; retrying 1/5 in 190ms…")],
+        ),
+        (r#"{"type":"error","message":"not retrying ; retrying soon"}"#, &[(Error, "not retrying ; retrying soon")]),
     ];
     for (input, expected) in cases {
         let lines: Vec<(LineKind, String)> =
@@ -335,7 +341,7 @@ fn real_codex_output_is_readable() {
     };
     let home = tempfile::tempdir().unwrap();
     let mut child = Command::new(&codex)
-        .args(["exec", "--json", "--skip-git-repo-check", "hi"])
+        .args(["exec", "--json", "--skip-git-repo-check", "-c", "openai_base_url=\"http://127.0.0.1:9/v1\"", "hi"])
         .current_dir(home.path())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -44,6 +44,16 @@ pub(super) const TYPES: &[&str] = &[
 /// `Reconnecting... waiting for network ({error})` once offline).
 const RETRY_PREFIX: &str = "Reconnecting...";
 
+/// What older Codex releases put in the same event instead:
+/// `stream error: {error}; retrying {attempt}/{max} in {delay}…`.
+const OLD_RETRY: &str = "; retrying ";
+
+/// Whether an `error` event's message is Codex retrying, not failing.
+fn is_retry(message: &str) -> bool {
+    message.starts_with(RETRY_PREFIX)
+        || message.rsplit_once(OLD_RETRY).is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
 /// The most lines of a command's output shown.
 const OUTPUT_LINES: usize = 2;
 
@@ -65,7 +75,7 @@ pub(super) fn summarise(kind: &str, obj: &Map<String, Value>) -> Option<Summary>
         "request_user_input" => Some(questions(obj)),
         "error" => {
             let message = error_message(obj).unwrap_or_else(|| "error".into());
-            let line_kind = if message.starts_with(RETRY_PREFIX) { LineKind::Notice } else { LineKind::Error };
+            let line_kind = if is_retry(&message) { LineKind::Notice } else { LineKind::Error };
             one(line_kind, message)
         }
         _ => None,
