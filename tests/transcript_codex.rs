@@ -103,7 +103,10 @@ fn codex_against_a_failing_server_ends_in_errors() {
         "Reconnecting... 2/5 (stream disconnected before completion: WebSocket protocol error: HTTP version must be 1.1 or higher)"
     );
     assert!(lines[5].1.starts_with("warning: Falling back from WebSockets to HTTPS transport."));
-    assert!(lines[6].1.starts_with("Reconnecting... 1/5 (unexpected status 501 Not Implemented: <!DOCTYPE HTML> ⏎ "));
+    assert!(lines[6].1.starts_with(
+        "Reconnecting... 1/5 (unexpected status 501 Not Implemented: <!DOCTYPE HTML> ⏎ <html lang=\"en\"> ⏎ <head> ⏎ <meta"
+    ));
+    assert!(lines[6].1.contains(" ⏎ <p>Message: Unsupported method ('POST').</p> ⏎ "));
     assert!(lines[10].1.starts_with("Reconnecting... 5/5 (unexpected status 501 Not Implemented"));
     assert!(lines[11].1.starts_with("unexpected status 501 Not Implemented: "));
     assert!(lines[12].1.starts_with("turn failed: unexpected status 501 Not Implemented: "));

@@ -65,7 +65,7 @@ pub(super) fn summarise(kind: &str, obj: &Map<String, Value>) -> Option<Summary>
         "turn.started" | "item.plan.delta" => Some(Vec::new()),
         "turn.completed" => one(LineKind::Result, usage(obj.get("usage"))),
         "turn.failed" => {
-            let message = error_message(obj).unwrap_or_else(|| "unknown error".into());
+            let message = error_message(obj).map_or_else(|| "unknown error".into(), |m| tidy(&m));
             one(LineKind::Error, format!("turn failed: {message}"))
         }
         "item.started" | "item.updated" | "item.completed" => match obj.get("item").and_then(Value::as_object) {
@@ -74,12 +74,18 @@ pub(super) fn summarise(kind: &str, obj: &Map<String, Value>) -> Option<Summary>
         },
         "request_user_input" => Some(questions(obj)),
         "error" => {
-            let message = error_message(obj).unwrap_or_else(|| "error".into());
+            let message = error_message(obj).map_or_else(|| "error".into(), |m| tidy(&m));
             let line_kind = if is_retry(&message) { LineKind::Notice } else { LineKind::Error };
             one(line_kind, message)
         }
         _ => None,
     }
+}
+
+/// An error message with each of its lines trimmed: Codex quotes an HTTP
+/// error's body as it came, an indented HTML page say.
+fn tidy(message: &str) -> String {
+    message.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join("\n")
 }
 
 /// `turn completed (N input / M output tokens)`.
