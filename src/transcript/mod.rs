@@ -17,19 +17,23 @@
 //!   items `text`, `thinking`, `tool_use`, `tool_result`) and the final
 //!   `result`. `stream_event` lines (`--include-partial-messages`) are
 //!   dropped: the whole message follows them.
-//! - Codex CLI `codex exec --json`: `thread.started`, `turn.*`, `error`
-//!   and the `item.started` / `item.updated` / `item.completed` events of
-//!   `agent_message`, `reasoning`, `command_execution`, `file_change`,
-//!   `mcp_tool_call`, `web_search`, `todo_list` and `error` items.
+//! - Codex CLI `codex exec --json`: every `ThreadEvent` and `ThreadItem`
+//!   (`thread.started`, `turn.*`, `item.*`, `item.plan.delta`,
+//!   `request_user_input`, `error`; `agent_message`, `reasoning`, `plan`,
+//!   `command_execution`, `file_change`, `mcp_tool_call`,
+//!   `collab_tool_call`, `web_search`, `todo_list` and `error` items).
+//!   Its retries (`Reconnecting...`) and `error` items are
+//!   [`LineKind::Notice`] lines.
 //! - A loopback agent host's NDJSON: the content items above at top level
 //!   (`{"type":"text","text":..}`, `tool_use`, `tool_result`, `error`,
-//!   `result`).
+//!   `result`), and the hyphenated `tool-use`, `tool-result`, `reasoning`
+//!   and `end` (`{"code":N}`) chunks.
 //! - Any other object with an `error` string, or an `error` object with a
 //!   `message`.
+//! - Any other JSON object: `TYPE: SHORT TEXT FIELDS` ([`LineKind::System`]).
 //!
-//! Anything else (not JSON, not an object, a shape not listed) stays a
-//! [`LineKind::Raw`] line holding the text as printed. stderr is never
-//! parsed.
+//! Anything else (not JSON, not an object) stays a [`LineKind::Raw`] line
+//! holding the text as printed. stderr is never parsed.
 //!
 //! # Text
 //!

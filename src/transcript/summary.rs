@@ -12,15 +12,18 @@ const TOOL_INPUT_KEYS: [&str; 7] = ["command", "file_path", "path", "pattern", "
 /// The lines one stdout line stands for, in order (possibly none).
 pub(super) type Summary = Vec<(LineKind, String)>;
 
-/// The lines a stdout line stands for, or `None` to keep it raw.
+/// The lines a stdout line stands for, or `None` to keep it raw (it is
+/// not a JSON object).
 pub(super) fn summarise(line: &str) -> Option<Summary> {
     let value: Value = serde_json::from_str(line).ok()?;
     let obj = value.as_object()?;
-    match str_of(obj, "type") {
+    let summary = match str_of(obj, "type") {
         Some(kind) if claude::TYPES.contains(&kind) => claude::summarise(kind, obj),
         Some(kind) if codex::TYPES.contains(&kind) => codex::summarise(kind, obj),
         _ => host::summarise(obj),
-    }
+    };
+    // An object of a known type but a shape not known is still no raw JSON.
+    summary.or_else(|| Some(vec![unknown_event(obj)]))
 }
 
 /// `obj[key]` if it is a string.
@@ -86,5 +89,33 @@ pub(super) fn tool_output(content: &Value) -> String {
             .join("\n"),
         Value::Null => String::new(),
         other => text_of(other),
+    }
+}
+
+/// The longest string field [`unknown_event`] shows, in bytes; longer ones
+/// are left out (a blob, not a sentence).
+const SHORT_FIELD_BYTES: usize = 200;
+
+/// An event of a type not known yet: `TYPE: TEXT; TEXT` (kind
+/// [`LineKind::System`], shown with `·`), its short (at most
+/// [`SHORT_FIELD_BYTES`]) non-blank string fields by key (serde_json sorts them), ids
+/// left out. Without a `type`: `event (KEY, KEY)`. So no line of the
+/// transcript is a raw JSON object (issue 13, item 1).
+pub(super) fn unknown_event(obj: &Map<String, Value>) -> (LineKind, String) {
+    let Some(kind) = str_of(obj, "type") else {
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        return (LineKind::System, format!("event ({})", keys.join(", ")));
+    };
+    let is_id = |key: &str| matches!(key, "type" | "id" | "uuid") || key.ends_with("_id") || key.ends_with("Id");
+    let fields: Vec<&str> = obj
+        .iter()
+        .filter(|(key, _)| !is_id(key))
+        .filter_map(|(_, value)| value.as_str())
+        .filter(|text| !text.trim().is_empty() && text.len() <= SHORT_FIELD_BYTES)
+        .collect();
+    if fields.is_empty() {
+        (LineKind::System, kind.to_owned())
+    } else {
+        (LineKind::System, format!("{kind}: {}", fields.join("; ")))
     }
 }

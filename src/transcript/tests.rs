@@ -120,47 +120,46 @@ fn codex_session_is_summarised() {
         [
             (System, "session started"),
             (Thinking, "**Checking disk usage**"),
-            (System, "plan: [ ] Check disk; [ ] Clean cache"),
+            (System, "to-do list (0 of 2 done):"),
+            (System, "[ ] Check disk"),
+            (System, "[ ] Clean cache"),
             (ToolUse, "$ bash -lc 'df -h /'"),
-            (ToolResult, "exit 0: Filesystem  Size  Used ⏎ … (+1 lines)"),
-            (System, "plan: [x] Check disk; [ ] Clean cache"),
+            (ToolResult, "exit 0: Filesystem  Size  Used ⏎ /dev/sda2   234G  230G"),
+            (System, "to-do list (1 of 2 done):"),
+            (System, "[x] Check disk"),
+            (System, "[ ] Clean cache"),
             (ToolUse, "edit notes.md (update)"),
             (ToolUse, "edit new.txt (add)"),
             (ToolUse, "fs/read_file: /etc/fstab"),
             (Error, "fs/read_file failed: access denied"),
             (ToolUse, "web search: ubuntu clean apt cache"),
-            (ToolResult, "exit 1"),
-            (Error, "model overloaded, retrying"),
+            (Error, "failed (exit 1): $ false"),
+            (Notice, "warning: model overloaded, retrying"),
             (Text, "The disk is 99% full. ⏎ I cleaned the cache."),
             (Result, "turn completed (1200 input / 345 output tokens)"),
             (Error, "turn failed: stream disconnected"),
-            (Error, "Reconnecting... 1/5"),
+            (Notice, "Reconnecting... 1/5"),
         ]
     );
-    assert_eq!(numbered(&lines), (1..=17).collect::<Vec<_>>());
+    assert_eq!(numbered(&lines), (1..=21).collect::<Vec<_>>());
 }
 
 #[test]
 fn single_lines_summarise_or_stay_raw() {
     let cases: &[(&str, &[(LineKind, &str)])] = &[
-        // Not JSON objects, or shapes not known: raw, as printed.
+        // Not JSON objects: raw, as printed.
         ("plain text", &[(Raw, "plain text")]),
-        (r#"{"type":"unknown.event","x":1}"#, &[(Raw, r#"{"type":"unknown.event","x":1}"#)]),
-        (r#"{"no_type":true}"#, &[(Raw, r#"{"no_type":true}"#)]),
+        // Objects of a shape not known: the type and short text fields.
+        (r#"{"type":"unknown.event","x":1}"#, &[(System, "unknown.event")]),
+        (r#"{"no_type":true}"#, &[(System, "event (no_type)")]),
         (r#"["type","text"]"#, &[(Raw, r#"["type","text"]"#)]),
         (r#""a string""#, &[(Raw, r#""a string""#)]),
-        (r#"{"type":"text"}"#, &[(Raw, r#"{"type":"text"}"#)]),
+        (r#"{"type":"text"}"#, &[(System, "text")]),
         (r#"{"type":"text","text":"cut {"#, &[(Raw, r#"{"type":"text","text":"cut {"#)]),
-        (r#"{"type":"assistant"}"#, &[(Raw, r#"{"type":"assistant"}"#)]),
-        (
-            r#"{"type":"assistant","message":{"content":5}}"#,
-            &[(Raw, r#"{"type":"assistant","message":{"content":5}}"#)],
-        ),
-        (r#"{"type":"item.completed"}"#, &[(Raw, r#"{"type":"item.completed"}"#)]),
-        (
-            r#"{"type":"item.completed","item":{"type":"new_kind"}}"#,
-            &[(Raw, r#"{"type":"item.completed","item":{"type":"new_kind"}}"#)],
-        ),
+        (r#"{"type":"assistant"}"#, &[(System, "assistant")]),
+        (r#"{"type":"assistant","message":{"content":5}}"#, &[(System, "assistant")]),
+        (r#"{"type":"item.completed"}"#, &[(System, "item.completed")]),
+        (r#"{"type":"item.completed","item":{"type":"new_kind"}}"#, &[(System, "new_kind")]),
         // Claude Code.
         (r#"{"type":"system","subtype":"compact_boundary"}"#, &[(System, "system: compact_boundary")]),
         (r#"{"type":"system","subtype":"init"}"#, &[(System, "session started")]),
@@ -234,8 +233,8 @@ fn single_lines_summarise_or_stay_raw() {
         (r#"{"type":"error"}"#, &[(Error, "error")]),
         (r#"{"error":"quota exceeded"}"#, &[(Error, "quota exceeded")]),
         (r#"{"status":500,"error":{"message":"internal"}}"#, &[(Error, "internal")]),
-        (r#"{"error":{"code":5}}"#, &[(Raw, r#"{"error":{"code":5}}"#)]),
-        (r#"{"type":"notice","message":"hi"}"#, &[(Raw, r#"{"type":"notice","message":"hi"}"#)]),
+        (r#"{"error":{"code":5}}"#, &[(System, "event (error)")]),
+        (r#"{"type":"notice","message":"hi"}"#, &[(System, "notice: hi")]),
     ];
     for (input, want) in cases {
         let (_, lines) = run(true, &[input.as_bytes(), b"\n"]);
