@@ -163,7 +163,7 @@ fn a_huge_tool_result_shows_its_first_lines_and_its_size() {
     assert_eq!(
         lines[0].text,
         format!(
-            "tool result: {size} KiB, first lines: ⏎      1  log line 1 of a big file ⏎      2  log line 2 of a big file ⏎      3  log line 3 of a big file ⏎ … (the rest is not shown)"
+            "tool result: a line of {size} KiB, first lines: ⏎      1  log line 1 of a big file ⏎      2  log line 2 of a big file ⏎      3  log line 3 of a big file ⏎ … (the rest is not shown)"
         )
     );
     assert_eq!((lines[1].kind.clone(), lines[1].text.as_str()), (LineKind::Text, "next"));
@@ -174,7 +174,7 @@ fn a_huge_tool_result_shows_its_first_lines_and_its_size() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].kind, LineKind::Error);
     assert!(
-        lines[0].text.starts_with(&format!("tool error: {} KiB, first lines:", kib(failed.len() - 1))),
+        lines[0].text.starts_with(&format!("tool error: a line of {} KiB, first lines:", kib(failed.len() - 1))),
         "{}",
         lines[0].text
     );

@@ -21,8 +21,8 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 /// Its first `MAX_PENDING_BYTES` are kept; the rest, up to the next
 /// newline, is dropped and only counted. On an agent's stdout (summarised)
 /// the line is emitted when its newline arrives, read from what was kept:
-/// a Claude tool result holding a large file shows as `tool result: SIZE,
-/// first lines:` and its first lines, another JSON line as `TYPE: a line
+/// a Claude tool result holding a large file shows as `tool result: a line
+/// of SIZE, first lines:` and its first lines, another JSON line as `TYPE: a line
 /// of SIZE, too long to read`, plain text raw. Elsewhere (stderr, tasks
 /// not summarised) it is emitted raw at once, as it stands.
 pub const MAX_PENDING_BYTES: usize = 64 * 1024;

@@ -199,7 +199,7 @@ fn result(obj: &Map<String, Value>) -> String {
     };
     if let Some(result) = result.filter(|r| !r.trim().is_empty()) {
         text.push_str(": ");
-        text.push_str(&result);
+        text.push_str(result.trim_end());
     }
     if let Some(denied) = permission_denials(obj) {
         text.push_str("; not permitted: ");

@@ -3,7 +3,7 @@
 //! its first bytes are kept, a JSON object cut short that no parser takes,
 //! so what can be read is read from the prefix as text.
 //!
-//! A tool result shows as `tool result: SIZE, first lines:` and the first
+//! A tool result shows as `tool result: a line of SIZE, first lines:` and the first
 //! lines of its content; any other line as `TYPE: a line of SIZE, too
 //! long to read`.
 
@@ -34,7 +34,7 @@ pub(in super::super) fn oversized(prefix: &str, total: usize) -> Option<Summary>
             let head = content.map(|c| first_lines(&c, LINES)).unwrap_or_default();
             let head = head.split("\n… (+").next().unwrap_or_default().to_owned();
             let what = if failed { "tool error" } else { "tool result" };
-            let text = format!("{what}: {size}, first lines:\n{head}\n… (the rest is not shown)");
+            let text = format!("{what}: a line of {size}, first lines:\n{head}\n… (the rest is not shown)");
             (if failed { LineKind::Error } else { LineKind::ToolResult }, text)
         }
         None => {

@@ -239,7 +239,7 @@ fn task_progress(obj: &Map<String, Value>) -> String {
     let description = str_of(obj, "description").unwrap_or("working");
     let uses = obj.get("usage").and_then(|u| u.get("tool_uses")).and_then(Value::as_u64);
     let last = str_of(obj, "last_tool_name").map(|t| format!(", last {t}")).unwrap_or_default();
-    let counts = uses.map(|u| format!(" ({u} tool uses{last})")).unwrap_or_default();
+    let counts = uses.map(|u| format!(" ({u} tool use{}{last})", if u == 1 { "" } else { "s" })).unwrap_or_default();
     with_output(format!("task {id}: {description}{counts}"), str_of(obj, "summary"))
 }
 
