@@ -225,3 +225,6 @@ fn permission_denials(obj: &Map<String, Value>) -> Option<String> {
         .collect();
     (!named.is_empty()).then(|| named.join(", "))
 }
+
+#[cfg(test)]
+mod tests;

@@ -39,7 +39,7 @@ pub(in super::super) fn oversized(prefix: &str, total: usize) -> Option<Summary>
         }
         None => {
             let text = string_after(prefix, r#""text":""#).map(|t| first_lines(&t, LINES)).unwrap_or_default();
-            (LineKind::Notice, format!("a {kind} message of {size}, too long to show whole: {text} …"))
+            (LineKind::Notice, format!("{kind} message: a line of {size}, too long to show whole: {text} …"))
         }
     };
     Some(vec![(line_kind, format!("{subagent}{text}"))])

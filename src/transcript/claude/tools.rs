@@ -40,7 +40,8 @@ pub(super) fn tool_use(name: &str, input: Option<&Value>) -> Summary {
             Some(input) if !input.is_empty() && !TOOL_INPUT_KEYS.iter().any(|key| input.contains_key(*key)) => {
                 let fields = short_fields(input, &[]);
                 if fields.is_empty() {
-                    format!("{name} ({} keys of input)", input.len())
+                    let n = input.len();
+                    format!("{name} ({n} input field{})", if n == 1 { "" } else { "s" })
                 } else {
                     format!("{name}: {fields}")
                 }
