@@ -4,8 +4,11 @@
 //! [`Transcript`], line by line against `NAME.expected` (`KIND TEXT` a
 //! line; `UPDATE_EXPECT=1` rewrites them). No line on stdout is raw.
 //!
-//! The last test runs the real `claude` when it is on PATH, with no login
-//! and no network, and checks that none of its lines stays raw JSON.
+//! The last two run the real `claude` when it is on PATH (skipped, saying
+//! so, when it is not: CI does not install it), with no login: once with
+//! no network, once against a stand-in Messages API on loopback that
+//! scripts a tool call, a result with a tab and a write refused in plan
+//! mode; none of its lines may stay raw JSON.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -190,27 +193,32 @@ fn a_huge_tool_result_shows_its_first_lines_and_its_size() {
     assert_eq!(transcript(text.as_bytes())[0].kind, LineKind::Raw);
 }
 
-#[test]
-fn real_claude_lines_are_never_raw_json() {
-    let Some(claude) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+/// The real `claude` on PATH, or `None` (the test says it is skipped).
+fn real_claude() -> Option<PathBuf> {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join("claude"))
-        .find(|p| p.is_file())
-    else {
+        .find(|p| p.is_file());
+    if found.is_none() {
         eprintln!(
             "skipped: no `claude` on PATH (npm install --prefix DIR @anthropic-ai/claude-code, then put DIR/node_modules/.bin on PATH)"
         );
-        return;
-    };
+    }
+    found
+}
+
+/// The transcript of the real CLI run in an empty home and folder with
+/// `args` after `-p PROMPT --output-format stream-json --verbose`, the
+/// API at `base_url` (a closed port: no network).
+fn run_claude(claude: &Path, prompt: &str, args: &[&str], base_url: &str) -> Vec<Line> {
     let home = tempfile::tempdir().unwrap();
-    // A port nothing listens on: the CLI retries, then gives up, without any network.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut child = Command::new(&claude)
-        .args(["-p", "hi", "--output-format", "stream-json", "--verbose", "--permission-mode", "plan"])
+    let mut child = Command::new(claude)
+        .args(["-p", prompt, "--output-format", "stream-json", "--verbose"])
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap())
         .env("HOME", home.path())
         .env("ANTHROPIC_API_KEY", "sk-ant-not-a-key")
-        .env("HTTPS_PROXY", format!("http://{closed}"))
+        .env("ANTHROPIC_BASE_URL", base_url)
         .env("CLAUDE_CODE_MAX_RETRIES", "1")
         .current_dir(home.path())
         .stdin(Stdio::null())
@@ -233,8 +241,130 @@ fn real_claude_lines_are_never_raw_json() {
         }
     };
     child.wait().unwrap();
-    let lines = transcript(&out);
+    transcript(&out)
+}
+
+#[test]
+fn real_claude_without_network_is_never_raw_json() {
+    let Some(claude) = real_claude() else { return };
+    // A port nothing listens on: the CLI retries, then gives up.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let lines = run_claude(&claude, "hi", &["--permission-mode", "plan"], &format!("http://{closed}"));
     assert!(lines.iter().any(|l| l.text.starts_with("session started (Claude Code ")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.kind == LineKind::Notice && l.text.contains("retry 1 of 1")), "{lines:?}");
     assert!(lines.iter().any(|l| l.kind == LineKind::Error), "no network is an error: {lines:?}");
-    assert_readable("real claude", &lines);
+    assert_readable("real claude, no network", &lines);
+}
+
+/// One server-sent event of the Messages API.
+fn sse(event: &str, data: serde_json::Value) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+/// A streamed assistant turn of `blocks` (`{"type":"text"}` or `tool_use`),
+/// its message id `msg_stand_in_N` (the CLI joins the blocks of one id).
+fn turn(n: usize, blocks: &[serde_json::Value]) -> String {
+    let mut out = sse(
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {"id": format!("msg_stand_in_{n}"), "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+    );
+    for (index, block) in blocks.iter().enumerate() {
+        let (start, delta) = if block["type"] == "text" {
+            (
+                serde_json::json!({"type": "text", "text": ""}),
+                serde_json::json!({"type": "text_delta", "text": block["text"]}),
+            )
+        } else {
+            (
+                serde_json::json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                serde_json::json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}),
+            )
+        };
+        out += &sse(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": index, "content_block": start}),
+        );
+        out += &sse(
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        );
+        out += &sse("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": index}));
+    }
+    let stop = if blocks.last().is_some_and(|b| b["type"] == "tool_use") { "tool_use" } else { "end_turn" };
+    out += &sse(
+        "message_delta",
+        serde_json::json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+    );
+    out + &sse("message_stop", serde_json::json!({"type": "message_stop"}))
+}
+
+/// A stand-in Messages API on loopback: its address. A request with tools
+/// gets the next step of the script by how many assistant turns it holds;
+/// any other (a title, a probe) a short text.
+fn stand_in_api() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            // A connection each thread: the CLI opens some before it sends on them.
+            std::thread::spawn(move || answer(stream));
+        }
+    });
+    addr
+}
+
+/// Answers one request of the CLI's on `stream` (see [`stand_in_api`]).
+fn answer(mut stream: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let turns = request["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
+    let has_tools = request["tools"].as_array().is_some_and(|t| !t.is_empty());
+    let blocks = match (has_tools, turns) {
+        (false, _) => vec![serde_json::json!({"type": "text", "text": "Disk check"})],
+        (true, 0) => vec![
+            serde_json::json!({"type": "text", "text": "Looking."}),
+            serde_json::json!({"type": "tool_use", "id": "toolu_stand_in_1", "name": "Bash",
+                "input": {"command": "printf 'size\\tname\\n'", "description": "A table"}}),
+        ],
+        (true, 1) => vec![serde_json::json!({"type": "tool_use", "id": "toolu_stand_in_2", "name": "Write",
+            "input": {"file_path": "/nonexistent-support-test/PLAN.md", "content": "# Plan\n"}})],
+        _ => vec![serde_json::json!({"type": "text", "text": "The plan needs your approval."})],
+    };
+    let data = turn(turns, &blocks);
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{data}",
+        data.len()
+    );
+}
+
+#[test]
+fn real_claude_with_a_stand_in_api_reads_as_sentences() {
+    let Some(claude) = real_claude() else { return };
+    let api = stand_in_api();
+    let lines = run_claude(&claude, "The disk is full", &["--permission-mode", "plan"], &format!("http://{api}"));
+    assert_readable("real claude, stand-in API", &lines);
+    let has = |kind: LineKind, text: &str| lines.iter().any(|l| l.kind == kind && l.text.contains(text));
+    assert!(has(LineKind::ToolUse, "Bash: printf"), "{lines:?}");
+    assert!(has(LineKind::ToolResult, "size    name"), "the tab as spaces: {lines:?}");
+    assert!(has(LineKind::Error, "PLAN.md"), "the plan-mode refusal: {lines:?}");
+    assert!(has(LineKind::Result, "not permitted: Write (/nonexistent-support-test/PLAN.md)"), "{lines:?}");
 }
