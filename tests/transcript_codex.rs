@@ -201,7 +201,7 @@ fn every_codex_event_and_item_reads_as_a_sentence() {
             (ToolUse, "$ bash -lc 'du -sh /var/cache'"),
             (
                 Error,
-                "failed (exit 1): $ bash -lc 'du -sh /var/cache' ⏎ du: cannot read directory '/var/cache/private': Permission denied ⏎ 4.1G\t/var/cache"
+                "failed (exit 1): $ bash -lc 'du -sh /var/cache' ⏎ du: cannot read directory '/var/cache/private': Permission denied ⏎ 4.1G    /var/cache"
             ),
             (Error, "declined: $ rm -rf /var/cache/apt"),
             (Error, "edit failed: /etc/apt/apt.conf.d/99keep (add)"),

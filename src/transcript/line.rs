@@ -16,12 +16,15 @@ use crate::protocol::Stream;
 pub const KEEP_LINES: usize = 200;
 /// A line's text is cut to this many bytes (on a char boundary, with "…" appended).
 pub const MAX_TEXT_BYTES: usize = 4096;
-/// A partial line longer than this is emitted as it stands (kind raw) rather than buffered further.
+/// A partial line longer than this is not buffered further.
 ///
-/// Its first `MAX_PENDING_BYTES` make the line; the rest, up to the next
-/// newline, is dropped (the text is cut to [`MAX_TEXT_BYTES`] anyway). So a
-/// stream-JSON line longer than this (a tool result holding a large file)
-/// shows as one raw line, whatever the chunking.
+/// Its first `MAX_PENDING_BYTES` are kept; the rest, up to the next
+/// newline, is dropped and only counted. On an agent's stdout (summarised)
+/// the line is emitted when its newline arrives, read from what was kept:
+/// a Claude tool result holding a large file shows as `tool result: a line
+/// of SIZE, first lines:` and its first lines, another JSON line as `TYPE: a line
+/// of SIZE, too long to read`, plain text raw. Elsewhere (stderr, tasks
+/// not summarised) it is emitted raw at once, as it stands.
 pub const MAX_PENDING_BYTES: usize = 64 * 1024;
 /// What a line break inside a summary (or a lone `\r` in a raw line) becomes.
 pub const BREAK: &str = " ⏎ ";
@@ -95,6 +98,9 @@ pub(super) struct Pending {
     pub(super) buf: Vec<u8>,
     /// The line outgrew the buffer and was emitted: drop up to its newline.
     pub(super) skipping: bool,
+    /// The line outgrew the buffer, which holds its first bytes: its size
+    /// so far (bytes), the rest dropped up to its newline, then summarised.
+    pub(super) oversize: Option<usize>,
 }
 
 /// One task's transcript: partial lines per stream, the last
@@ -198,13 +204,27 @@ impl Transcript {
                 }
                 None => (std::mem::take(&mut rest), false),
             };
+            let held = self.summarise && stream == Stream::Stdout;
             let pending = self.pending(stream);
+            if let Some(total) = pending.oversize.as_mut() {
+                *total += segment.len();
+                if ended {
+                    self.flush_oversized(stream, &ts, &mut out);
+                }
+                continue;
+            }
             if pending.skipping {
                 pending.skipping = !ended;
                 continue;
             }
             let room = MAX_PENDING_BYTES - pending.buf.len();
-            if segment.len() > room {
+            if segment.len() > room && held {
+                pending.oversize = Some(pending.buf.len() + segment.len());
+                pending.buf.extend_from_slice(&segment[..room]);
+                if ended {
+                    self.flush_oversized(stream, &ts, &mut out);
+                }
+            } else if segment.len() > room {
                 pending.buf.extend_from_slice(&segment[..room]);
                 pending.skipping = !ended;
                 let line = std::mem::take(&mut pending.buf);
@@ -225,10 +245,29 @@ impl Transcript {
         let ts = timestamp(now);
         let mut out = Vec::new();
         for stream in [Stream::Stdout, Stream::Stderr] {
+            if self.pending(stream).oversize.is_some() {
+                self.flush_oversized(stream, &ts, &mut out);
+                continue;
+            }
             let pending = std::mem::take(self.pending(stream));
             self.complete(stream, &pending.buf, &ts, &mut out);
         }
         out
+    }
+
+    /// Emits the held line that outgrew the buffer (see [`MAX_PENDING_BYTES`]).
+    fn flush_oversized(&mut self, stream: Stream, ts: &str, out: &mut Vec<Line>) {
+        let pending = std::mem::take(self.pending(stream));
+        let total = pending.oversize.unwrap_or(pending.buf.len());
+        let prefix = String::from_utf8_lossy(&pending.buf);
+        match super::summary::oversized(&prefix, total) {
+            Some(summary) => {
+                for (kind, text) in summary {
+                    self.emit(stream, kind, text, ts, out);
+                }
+            }
+            None => self.emit(stream, LineKind::Raw, prefix.into_owned(), ts, out),
+        }
     }
 
     fn pending(&mut self, stream: Stream) -> &mut Pending {
@@ -299,11 +338,45 @@ fn one_line(s: &str) -> String {
         if !out.is_empty() {
             out.push_str(BREAK);
         }
-        out.push_str(piece);
+        push_expanding_tabs(&mut out, piece);
         if out.len() > MAX_TEXT_BYTES {
             break;
         }
     }
+    out
+}
+
+/// Columns between tab stops, as a terminal sets them (tabs(1), `-8`).
+const TAB_STOP: usize = 8;
+
+/// `piece` appended with each tab turned into the spaces up to the next
+/// [`TAB_STOP`] (counted in characters from the piece's start): a tab is
+/// a control character, which a terminal printer would show as `?`.
+fn push_expanding_tabs(out: &mut String, piece: &str) {
+    let mut column = 0;
+    for c in piece.chars() {
+        match c {
+            '\t' => {
+                let spaces = TAB_STOP - column % TAB_STOP;
+                out.extend(std::iter::repeat_n(' ', spaces));
+                column += spaces;
+            }
+            '\n' => {
+                out.push(c);
+                column = 0;
+            }
+            c => {
+                out.push(c);
+                column += 1;
+            }
+        }
+    }
+}
+
+/// `s` with its tabs as spaces (see [`push_expanding_tabs`]), line by line.
+pub(super) fn expand_tabs(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    push_expanding_tabs(&mut out, s);
     out
 }
 

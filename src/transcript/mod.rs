@@ -12,11 +12,13 @@
 //! An agent task (tier 3) prints one JSON object per line on stdout. With
 //! `summarise` set, each such line becomes one or more lines for people:
 //!
-//! - Claude Code `claude -p --output-format stream-json --verbose`: the
-//!   `system` (`init`), `assistant` and `user` messages (their `content`
-//!   items `text`, `thinking`, `tool_use`, `tool_result`) and the final
-//!   `result`. `stream_event` lines (`--include-partial-messages`) are
-//!   dropped: the whole message follows them.
+//! - Claude Code `claude -p --output-format stream-json --verbose`: every
+//!   type of the Agent SDK's `SDKMessage` union (`system` subtypes, the
+//!   `assistant` and `user` messages' content blocks, `result`,
+//!   `rate_limit_event`, `tool_progress`, …); plans, todo lists and
+//!   questions as their own lines, subagent lines marked, a line of a type
+//!   not known yet as `TYPE: FIELDS` (see `claude`). `stream_event` lines
+//!   (`--include-partial-messages`) are dropped: the whole message follows.
 //! - Codex CLI `codex exec --json`: every `ThreadEvent` and `ThreadItem`
 //!   (`thread.started`, `turn.*`, `item.*`, `item.plan.delta`,
 //!   `request_user_input`, `error`; `agent_message`, `reasoning`, `plan`,
@@ -32,14 +34,18 @@
 //!   `message`.
 //! - Any other JSON object: `TYPE: SHORT TEXT FIELDS` ([`LineKind::System`]).
 //!
-//! Anything else (not JSON, not an object) stays a [`LineKind::Raw`] line
-//! holding the text as printed. stderr is never parsed.
+//! Anything else (not JSON, not an object) stays a
+//! [`LineKind::Raw`] line holding the text as printed. stderr is never
+//! parsed. A stdout line over [`MAX_PENDING_BYTES`] is read from its first
+//! bytes once its newline arrives (a Claude tool result: its size and
+//! first lines).
 //!
 //! # Text
 //!
 //! A line's text never holds a line break: each run of breaks (`\n`, `\r`,
 //! VT, FF, NEL, U+2028, U+2029) with any blank lines between becomes
 //! [`BREAK`] (" ⏎ "), and trailing whitespace before a break is dropped.
+//! A tab becomes the spaces up to the next multiple of 8 columns.
 //! That holds for raw lines too, where a lone `\r` (a progress bar) would
 //! otherwise rewrite the line on a terminal. Other control characters
 //! (ANSI escapes) are kept: whoever prints a line to a terminal escapes
@@ -52,7 +58,8 @@
 //! - `line`: the line model ([`Line`], [`LineKind`]), the [`Transcript`]
 //!   that cuts output into lines, and its digest over their canonical bytes.
 //! - `summary`: which shape a stdout line has, and the JSON helpers the shapes share.
-//! - `claude`: Claude Code stream-json.
+//! - `claude`: Claude Code stream-json (`system`: system messages and
+//!   notices, `tools`: tool calls, `oversized`: lines too long to buffer).
 //! - `codex`: Codex `exec --json` events.
 //! - `host`: a loopback agent host's NDJSON.
 

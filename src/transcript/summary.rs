@@ -7,7 +7,8 @@ use super::line::LineKind;
 use super::{claude, codex, host};
 
 /// The preferred keys of a tool's input, for its one-line summary.
-const TOOL_INPUT_KEYS: [&str; 7] = ["command", "file_path", "path", "pattern", "url", "query", "description"];
+pub(super) const TOOL_INPUT_KEYS: [&str; 7] =
+    ["command", "file_path", "path", "pattern", "url", "query", "description"];
 
 /// The lines one stdout line stands for, in order (possibly none).
 pub(super) type Summary = Vec<(LineKind, String)>;
@@ -18,7 +19,7 @@ pub(super) fn summarise(line: &str) -> Option<Summary> {
     let value: Value = serde_json::from_str(line).ok()?;
     let obj = value.as_object()?;
     let summary = match str_of(obj, "type") {
-        Some(kind) if claude::TYPES.contains(&kind) => claude::summarise(kind, obj),
+        Some(kind) if claude::claims(kind, obj) => claude::summarise(kind, obj),
         Some(kind) if codex::TYPES.contains(&kind) => codex::summarise(kind, obj),
         _ => host::summarise(obj),
     };
@@ -118,4 +119,65 @@ pub(super) fn unknown_event(obj: &Map<String, Value>) -> (LineKind, String) {
     } else {
         (LineKind::System, format!("{kind}: {}", fields.join("; ")))
     }
+}
+/// The most fields [`short_fields`] names, and the most characters of each.
+const SHORT_FIELDS: usize = 6;
+const SHORT_FIELD_CHARS: usize = 200;
+
+/// An object's short scalar fields as `key: value, …` (strings, numbers and
+/// booleans, at most [`SHORT_FIELDS`], each cut to [`SHORT_FIELD_CHARS`]
+/// characters), leaving out the keys in `skip`: what a line of a type not
+/// known yet shows, so it is never printed as raw JSON.
+pub(super) fn short_fields(obj: &Map<String, Value>, skip: &[&str]) -> String {
+    obj.iter()
+        .filter(|(key, _)| !skip.contains(&key.as_str()))
+        .filter_map(|(key, value)| {
+            let value = match value {
+                Value::String(s) if !s.trim().is_empty() => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            let mut short: String = value.chars().take(SHORT_FIELD_CHARS).collect();
+            if short.len() < value.len() {
+                short.push('…');
+            }
+            Some(format!("{key}: {short}"))
+        })
+        .take(SHORT_FIELDS)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `TYPE: FIELDS` (see [`short_fields`]), or `TYPE` alone.
+pub(super) fn unknown_line(kind: &str, obj: &Map<String, Value>, skip: &[&str]) -> String {
+    let fields = short_fields(obj, skip);
+    if fields.is_empty() { kind.to_owned() } else { format!("{kind}: {fields}") }
+}
+
+/// A byte count for people: `512 B`, `12 KiB`, `1.5 MiB` (IEC units).
+pub(super) fn size(bytes: usize) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.0} KiB", b / KIB)
+    } else {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    }
+}
+
+/// The lines a stdout line that outgrew [`super::MAX_PENDING_BYTES`]
+/// stands for: `prefix` is its first bytes (a JSON object cut short),
+/// `total` its whole size in bytes. `None` keeps the prefix as a raw line
+/// (it is not JSON).
+pub(super) fn oversized(prefix: &str, total: usize) -> Option<Summary> {
+    if !prefix.trim_start().starts_with('{') {
+        return None;
+    }
+    Some(claude::oversized(prefix, total).unwrap_or_else(|| {
+        let kind = claude::field_in_prefix(prefix, "type").unwrap_or_else(|| "line".into());
+        vec![(LineKind::Notice, format!("{kind}: a line of {}, too long to read", size(total)))]
+    }))
 }

@@ -156,12 +156,13 @@ fn single_lines_summarise_or_stay_raw() {
         (r#""a string""#, &[(Raw, r#""a string""#)]),
         (r#"{"type":"text"}"#, &[(System, "text")]),
         (r#"{"type":"text","text":"cut {"#, &[(Raw, r#"{"type":"text","text":"cut {"#)]),
-        (r#"{"type":"assistant"}"#, &[(System, "assistant")]),
-        (r#"{"type":"assistant","message":{"content":5}}"#, &[(System, "assistant")]),
+        // A Claude type with no message is still named, never raw JSON.
+        (r#"{"type":"assistant"}"#, &[(Notice, "assistant")]),
+        (r#"{"type":"assistant","message":{"content":5}}"#, &[(Notice, "assistant")]),
         (r#"{"type":"item.completed"}"#, &[(System, "item.completed")]),
         (r#"{"type":"item.completed","item":{"type":"new_kind"}}"#, &[(System, "new_kind")]),
         // Claude Code.
-        (r#"{"type":"system","subtype":"compact_boundary"}"#, &[(System, "system: compact_boundary")]),
+        (r#"{"type":"system","subtype":"compact_boundary"}"#, &[(System, "conversation compacted")]),
         (r#"{"type":"system","subtype":"init"}"#, &[(System, "session started")]),
         (
             r#"{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Grep","input":{"pattern":"TODO","path":"src"}}]}}"#,
@@ -173,7 +174,7 @@ fn single_lines_summarise_or_stay_raw() {
         ),
         (
             r#"{"type":"assistant","message":{"content":[{"type":"tool_use","name":"TodoWrite","input":{"todos":[{"content":"a"}]}}]}}"#,
-            &[(ToolUse, r#"TodoWrite: {"todos":[{"content":"a"}]}"#)],
+            &[(ToolUse, "TodoWrite: 1 item (0 done)"), (ToolUse, "  [ ] a")],
         ),
         (
             r#"{"type":"assistant","message":{"content":[{"type":"tool_use","name":"Bash","input":{"command":"cd /tmp &&\nls"}}]}}"#,
@@ -185,7 +186,7 @@ fn single_lines_summarise_or_stay_raw() {
         ),
         (
             r#"{"type":"assistant","message":{"content":[{"type":"image","source":{}},{"type":"text","text":"  "}]}}"#,
-            &[(Raw, r#"{"source":{},"type":"image"}"#)],
+            &[(Text, "[image]")],
         ),
         (r#"{"type":"assistant","message":{"content":[]}}"#, &[]),
         (r#"{"type":"user","message":{"role":"user","content":"Fix the disk"}}"#, &[(Text, "prompt: Fix the disk")]),
@@ -272,7 +273,8 @@ fn json_and_utf8_split_across_pushes_come_out_whole() {
 
 #[test]
 fn long_line_without_newline_is_raw_and_bounded() {
-    let mut t = Transcript::new(true);
+    // Not summarised: emitted raw as soon as it outgrows the buffer.
+    let mut t = Transcript::new(false);
     let mut emitted = Vec::new();
     // A JSON line of 3 × MAX_PENDING_BYTES in chunks, then more output.
     let chunk = [b'x'; 1000];
@@ -289,9 +291,21 @@ fn long_line_without_newline_is_raw_and_bounded() {
     assert_eq!(line.text.len(), MAX_TEXT_BYTES + '…'.len_utf8());
     assert!(t.stdout.buf.is_empty() && t.stdout.skipping);
     // The rest of the long line is dropped; the next line is whole.
-    let lines = t.push_at(Stream::Stdout, b"xxx\"}\n{\"type\":\"text\",\"text\":\"next\"}\n", at());
-    assert_eq!(summary(&lines), [(Text, "next")]);
+    let lines = t.push_at(Stream::Stdout, b"xxx\"}\nnext\n", at());
+    assert_eq!(summary(&lines), [(Raw, "next")]);
     assert_eq!(t.total(), 2);
+
+    // Summarised: held (bounded) until its newline, then named with its size.
+    let mut t = Transcript::new(true);
+    let mut emitted = t.push_at(Stream::Stdout, br#"{"type":"text","text":""#, at());
+    for _ in 0..(3 * MAX_PENDING_BYTES / chunk.len()) {
+        emitted.extend(t.push_at(Stream::Stdout, &chunk, at()));
+        assert!(t.stdout.buf.len() <= MAX_PENDING_BYTES);
+    }
+    assert_eq!(emitted, [], "held until its newline");
+    let lines = t.push_at(Stream::Stdout, b"xxx\"}\n{\"type\":\"text\",\"text\":\"next\"}\n", at());
+    assert_eq!(summary(&lines), [(Notice, "text: a line of 191 KiB, too long to read"), (Text, "next")]);
+    assert!(t.stdout.buf.is_empty() && t.stdout.oversize.is_none());
 
     // A line of exactly MAX_PENDING_BYTES is still whole.
     let exact = vec![b'y'; MAX_PENDING_BYTES];
