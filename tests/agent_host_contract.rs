@@ -232,6 +232,16 @@ async fn an_agent_that_only_retries_is_killed_at_the_idle_limit_and_fails_saying
 }
 
 #[tokio::test]
+async fn claude_code_retrying_the_api_is_no_progress_either() {
+    let _one = SERIAL.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let lab = stuck_lab(work.path(), "claude-retry");
+    let (result, output, _) = run_task(&lab, "plan").await;
+    assert!(output.contains("\"attempt\":3"), "it retried for a while: {output}");
+    assert_eq!((result.status, result.reason.as_deref()), (Status::Failed, Some("no progress for 1 s")), "{output}");
+}
+
+#[tokio::test]
 async fn an_agent_that_keeps_making_progress_outlives_the_idle_limit() {
     let _one = SERIAL.lock().await;
     let work = tempfile::tempdir().unwrap();
