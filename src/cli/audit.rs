@@ -99,13 +99,35 @@ fn outcome(r: &Record) -> String {
         return format!("denied {code}");
     }
     if let Some(status) = &r.status {
-        return match r.exit_code {
-            Some(c) => format!("{status} (exit {c})"),
-            None => status.clone(),
+        // A task's reason (`action.finished`) says why it ended without an exit code.
+        return match (r.exit_code, &r.reason) {
+            (Some(c), _) => format!("{status} (exit {c})"),
+            (None, Some(why)) if status != "ok" => format!("{status}: {}", printable(why)),
+            (None, _) => status.clone(),
         };
     }
     if let Some(by) = &r.by {
         return format!("by {by}");
     }
     r.detail.clone().or_else(|| r.reason.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outcome;
+    use crate::audit::{Event, Record};
+
+    #[test]
+    fn a_task_that_ended_without_an_exit_code_says_why() {
+        let mut r = Record::new(Event::ActionFinished);
+        r.status = Some("failed".into());
+        r.reason = Some("the agent host answered 403 Forbidden: \u{1b}[31mno".into());
+        assert_eq!(outcome(&r), "failed: the agent host answered 403 Forbidden: ?[31mno");
+        r.exit_code = Some(2);
+        assert_eq!(outcome(&r), "failed (exit 2)");
+        let mut ok = Record::new(Event::ActionFinished);
+        ok.status = Some("ok".into());
+        ok.reason = Some("ignored".into());
+        assert_eq!(outcome(&ok), "ok");
+    }
 }
