@@ -100,6 +100,35 @@ async fn an_error_chunk_then_an_end_without_code_fails_naming_the_error() {
 }
 
 #[tokio::test]
+async fn an_end_code_that_cannot_be_read_fails_and_one_point_zero_is_one() {
+    let _one = SERIAL.lock().await;
+    for (end, want) in [(r#"{"type":"end","code":"1"}"#, None), (r#"{"type":"end","code":1.0}"#, Some(1))] {
+        let (addr, _) = agent_host::start(HostScript::new(SECRET, &[end])).await;
+        let dir = tempfile::tempdir().unwrap();
+        let lab = lab_for(addr, dir.path(), "");
+        let (result, _, _) = run_task(&lab, "plan").await;
+        assert_eq!((result.status, result.exit_code), (Status::Failed, want), "{end}");
+        if want.is_none() {
+            let reason = result.reason.unwrap_or_default();
+            assert!(reason.contains("an end chunk with an unreadable code (\"1\")"), "{reason}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_error_chunk_too_long_to_read_still_fails_the_task() {
+    let _one = SERIAL.lock().await;
+    let error = format!(r#"{{"type":"error","message":"{}"}}"#, "<p>overloaded</p>".repeat(5000));
+    let chunks = [error.as_str(), r#"{"type":"end"}"#];
+    let (addr, _) = agent_host::start(HostScript::new(SECRET, &chunks)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab_for(addr, dir.path(), "");
+    let (result, _, _) = run_task(&lab, "plan").await;
+    assert_eq!(result.status, Status::Failed, "{:?}", result.reason);
+    assert!(result.reason.as_deref().is_some_and(|r| r.contains("error")), "{:?}", result.reason);
+}
+
+#[tokio::test]
 async fn a_mode_the_host_cannot_do_is_refused_with_400_and_the_reason_says_so() {
     let _one = SERIAL.lock().await;
     let mut script = HostScript::new(SECRET, &[r#"{"type":"end","code":0}"#]);
@@ -239,6 +268,17 @@ async fn claude_code_retrying_the_api_is_no_progress_either() {
     let (result, output, _) = run_task(&lab, "plan").await;
     assert!(output.contains("\"attempt\":3"), "it retried for a while: {output}");
     assert_eq!((result.status, result.reason.as_deref()), (Status::Failed, Some("no progress for 1 s")), "{output}");
+}
+
+#[tokio::test]
+async fn an_agent_that_is_only_quiet_is_not_idle() {
+    let _one = SERIAL.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let lab = stuck_lab(work.path(), "silent");
+    let started = Instant::now();
+    let (result, output, _) = run_task(&lab, "plan").await;
+    assert!(started.elapsed() > Duration::from_millis(1500), "it was quiet past the 1 s limit");
+    assert_eq!((result.status, result.exit_code, result.reason.as_deref()), (Status::Ok, Some(0), None), "{output}");
 }
 
 #[tokio::test]

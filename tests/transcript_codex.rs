@@ -217,7 +217,7 @@ fn every_codex_event_and_item_reads_as_a_sentence() {
             (Text, "- 1 GB"),
             (Error, "spawn a subagent failed"),
             (Error, "subagent 02c7a1a20ea9: errored: sandbox denied journalctl"),
-            (System, "image_view: /tmp/df.png"),
+            (Notice, "image_view: /tmp/df.png"),
             (Notice, "warning: model rerouted: gpt-5.1-codex -> gpt-5.1-codex-mini (HighRiskCyberActivity)"),
             (
                 Error,
@@ -235,14 +235,14 @@ fn agent_host_chunks_are_summarised() {
     assert_eq!(
         seen("host", "seed-contract.jsonl"),
         want(&[
-            (System, "start: plan"),
+            (Notice, "start: plan"),
             (Text, "Looking at the print queue."),
             (Thinking, "The queue may be stuck on a job."),
             (ToolUse, "Bash: lpstat -o"),
             (ToolResult, "HP_LaserJet-17  alice  1024  Mon 01 Dec 2026 09:12:01"),
             (ToolUse, "Read: /var/log/cups/error_log"),
             (Error, "Permission denied"),
-            (System, "status: 2; waiting for the model"),
+            (Notice, "status: 2; waiting for the model"),
             (Text, "Job 17 is stuck. ⏎ Cancel it with `cancel HP_LaserJet-17`."),
             (Result, "the agent host ended with code 0"),
         ])
@@ -285,7 +285,7 @@ fn edge_chunks() {
         ),
         (r#"{"type":"tool-use","toolName":"Now"}"#, &[(ToolUse, "Now")]),
         (r#"{"type":"tool-result"}"#, &[(ToolResult, "(no output)")]),
-        (r#"{"type":"progress","percent":40,"blob":{"a":1}}"#, &[(System, "progress")]),
+        (r#"{"type":"progress","percent":40,"blob":{"a":1}}"#, &[(Notice, "progress")]),
         (
             r#"{"type":"item.started","item":{"id":"i","type":"command_execution","command":"ls","status":"in_progress"}}"#,
             &[(ToolUse, "$ ls")],

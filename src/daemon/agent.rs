@@ -46,27 +46,34 @@ pub(super) fn env_names(configured: &[String]) -> Vec<String> {
 }
 
 /// The agent's idle limit (`[agent] idle_timeout_s`): the task ends
-/// `failed`, "no progress for N s", once no line that shows progress
-/// ([`crate::transcript::LineKind::is_progress`], on stdout) came for
-/// `limit`. Retries, reconnects, errors, stderr and raw lines do not count.
+/// `failed`, "no progress for N s", once the agent has done nothing but
+/// retry for `limit`: from the first line that is not progress
+/// ([`crate::transcript::LineKind::is_progress`]: retries, reconnects,
+/// errors, stderr, raw lines) after the last line that is, with no
+/// progress since. Silence is not idleness (a long command or a long
+/// answer of the model is quiet; `timeout_s` bounds it), and once the
+/// output is cut at `max_output_bytes` nothing more is read for progress,
+/// so the limit no longer applies.
 #[derive(Clone, Debug)]
 pub struct Idle {
-    /// How long the agent may go without progress.
+    /// How long the agent may go on retrying without progress.
     pub limit: Duration,
-    /// When progress was last seen (the task's start at first); the task's
-    /// transcript sends a new instant for each line that shows progress.
-    pub progress: watch::Receiver<tokio::time::Instant>,
+    /// Since when the agent has only retried: `None` at the start and
+    /// after each line that shows progress, the first other line's instant
+    /// after that (see `task.rs`, which watches the transcript).
+    pub retrying_since: watch::Receiver<Option<tokio::time::Instant>>,
 }
 
 impl Idle {
-    /// When the agent counts as idle, as things stand now.
-    pub(super) fn at(&self) -> tokio::time::Instant {
-        *self.progress.borrow() + self.limit
+    /// When the agent counts as idle, as things stand now; `None` while it
+    /// is not retrying.
+    pub(super) fn at(&self) -> Option<tokio::time::Instant> {
+        self.retrying_since.borrow().map(|since| since + self.limit)
     }
 
     /// Whether that moment has passed.
     pub(super) fn passed(&self) -> bool {
-        self.at() <= tokio::time::Instant::now()
+        self.at().is_some_and(|at| at <= tokio::time::Instant::now())
     }
 }
 

@@ -157,7 +157,7 @@ pub(super) async fn run_http(
     let mut error_head = Vec::new();
     let mut chunks = Chunks::default();
     while chunks.end.is_none() {
-        let idle_at = idle.map(Idle::at);
+        let idle_at = idle.filter(|_| !delivered.truncated).and_then(Idle::at);
         let frame = tokio::select! {
             f = body.frame() => f,
             by = stop_requested(stop) => return End::Stopped(by),
@@ -265,6 +265,12 @@ impl Chunks {
         }
         self.pending.extend_from_slice(rest);
         if self.pending.len() > PENDING_CAP {
+            // Too long to read, but an error must not read as success.
+            let head = String::from_utf8_lossy(&self.pending[..self.pending.len().min(4096)]);
+            let compact: String = head.chars().filter(|c| !c.is_whitespace()).collect();
+            if compact.contains(r#""type":"error""#) && self.error.is_none() {
+                self.error = Some(format!("(an error chunk of over {} KiB, too long to read)", PENDING_CAP >> 10));
+            }
             self.pending.clear();
             self.skipping = true;
         }
@@ -274,7 +280,14 @@ impl Chunks {
         let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(line) else { return };
         match obj.get("type").and_then(|t| t.as_str()) {
             Some("end") if self.end.is_none() => {
-                let code = obj.get("code").and_then(|c| c.as_i64());
+                let given = obj.get("code").filter(|c| !c.is_null());
+                // `1.0` is the integer 1 to a reader; anything else unreadable fails the task.
+                let code = given.and_then(|c| {
+                    c.as_i64().or_else(|| c.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64))
+                });
+                if let (Some(value), None) = (given, code) {
+                    self.error.get_or_insert_with(|| cut(&format!("an end chunk with an unreadable code ({value})")));
+                }
                 self.end = Some(code.map(|c| c.clamp(i32::MIN.into(), i32::MAX.into()) as i32));
             }
             Some("error") if self.error.is_none() => {

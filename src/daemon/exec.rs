@@ -121,7 +121,8 @@ pub fn environment(
 pub(super) struct Delivered {
     bytes: u64,
     max: u64,
-    truncated: bool,
+    /// Output went past `max`: the rest is read and dropped.
+    pub(super) truncated: bool,
     digest: ring::digest::Context,
 }
 
@@ -438,7 +439,7 @@ async fn run_one(
             break;
         }
         let (alarm_at, alarm) = phase.alarm();
-        let idle_at = spec.idle.as_ref().filter(|_| phase.live() && !idled).map(Idle::at);
+        let idle_at = spec.idle.as_ref().filter(|_| phase.live() && !idled && !delivered.truncated).and_then(Idle::at);
         let (stream, n) = tokio::select! {
             n = read_some(&mut stdout, &mut buf_out) => (Stream::Stdout, n),
             n = read_some(&mut stderr, &mut buf_err) => (Stream::Stderr, n),

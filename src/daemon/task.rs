@@ -73,8 +73,8 @@ impl Daemon {
         let super::admit::Registered { mut spec, info, stop, done, transcript, forget } = task;
         let limit = self.catalogue().agent.idle_timeout_s;
         let progress = (info.agent && limit > 0).then(|| {
-            let (tx, rx) = watch::channel(tokio::time::Instant::now());
-            spec.idle = Some(exec::Idle { limit: Duration::from_secs(limit), progress: rx });
+            let (tx, rx) = watch::channel(None);
+            spec.idle = Some(exec::Idle { limit: Duration::from_secs(limit), retrying_since: rx });
             tx
         });
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
@@ -96,9 +96,14 @@ impl Daemon {
                     // so both sides' digests agree.
                     let lines = lock(&transcript).push(stream, data.as_bytes());
                     if let Some(progress) = &progress
-                        && lines.iter().any(|l| l.stream == Stream::Stdout && l.kind.is_progress())
+                        && let Some(last) = lines.last()
                     {
-                        progress.send_replace(tokio::time::Instant::now());
+                        // Only the last line counts: progress clears the clock, anything else starts it.
+                        if last.stream == Stream::Stdout && last.kind.is_progress() {
+                            progress.send_replace(None);
+                        } else if progress.borrow().is_none() {
+                            progress.send_replace(Some(tokio::time::Instant::now()));
+                        }
                     }
                     me.publish_lines(&task_id, lines);
                     let frame = DeviceFrame::output(&request_id, seq, stream, data);

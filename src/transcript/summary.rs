@@ -98,14 +98,15 @@ pub(super) fn tool_output(content: &Value) -> String {
 const SHORT_FIELD_BYTES: usize = 200;
 
 /// An event of a type not known yet: `TYPE: TEXT; TEXT` (kind
-/// [`LineKind::System`], shown with `·`), its short (at most
+/// [`LineKind::Notice`], shown with `·`: not progress, so a host that only
+/// sends such chunks still meets the idle limit), its short (at most
 /// [`SHORT_FIELD_BYTES`]) non-blank string fields by key (serde_json sorts them), ids
 /// left out. Without a `type`: `event (KEY, KEY)`. So no line of the
 /// transcript is a raw JSON object (issue 13, item 1).
 pub(super) fn unknown_event(obj: &Map<String, Value>) -> (LineKind, String) {
     let Some(kind) = str_of(obj, "type") else {
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-        return (LineKind::System, format!("event ({})", keys.join(", ")));
+        return (LineKind::Notice, format!("event ({})", keys.join(", ")));
     };
     let is_id = |key: &str| matches!(key, "type" | "id" | "uuid") || key.ends_with("_id") || key.ends_with("Id");
     let fields: Vec<&str> = obj
@@ -115,9 +116,9 @@ pub(super) fn unknown_event(obj: &Map<String, Value>) -> (LineKind, String) {
         .filter(|text| !text.trim().is_empty() && text.len() <= SHORT_FIELD_BYTES)
         .collect();
     if fields.is_empty() {
-        (LineKind::System, kind.to_owned())
+        (LineKind::Notice, kind.to_owned())
     } else {
-        (LineKind::System, format!("{kind}: {}", fields.join("; ")))
+        (LineKind::Notice, format!("{kind}: {}", fields.join("; ")))
     }
 }
 /// The most fields [`short_fields`] names, and the most characters of each.

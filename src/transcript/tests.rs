@@ -150,17 +150,17 @@ fn single_lines_summarise_or_stay_raw() {
         // Not JSON objects: raw, as printed.
         ("plain text", &[(Raw, "plain text")]),
         // Objects of a shape not known: the type and short text fields.
-        (r#"{"type":"unknown.event","x":1}"#, &[(System, "unknown.event")]),
-        (r#"{"no_type":true}"#, &[(System, "event (no_type)")]),
+        (r#"{"type":"unknown.event","x":1}"#, &[(Notice, "unknown.event")]),
+        (r#"{"no_type":true}"#, &[(Notice, "event (no_type)")]),
         (r#"["type","text"]"#, &[(Raw, r#"["type","text"]"#)]),
         (r#""a string""#, &[(Raw, r#""a string""#)]),
-        (r#"{"type":"text"}"#, &[(System, "text")]),
+        (r#"{"type":"text"}"#, &[(Notice, "text")]),
         (r#"{"type":"text","text":"cut {"#, &[(Raw, r#"{"type":"text","text":"cut {"#)]),
         // A Claude type with no message is still named, never raw JSON.
         (r#"{"type":"assistant"}"#, &[(Notice, "assistant")]),
         (r#"{"type":"assistant","message":{"content":5}}"#, &[(Notice, "assistant")]),
-        (r#"{"type":"item.completed"}"#, &[(System, "item.completed")]),
-        (r#"{"type":"item.completed","item":{"type":"new_kind"}}"#, &[(System, "new_kind")]),
+        (r#"{"type":"item.completed"}"#, &[(Notice, "item.completed")]),
+        (r#"{"type":"item.completed","item":{"type":"new_kind"}}"#, &[(Notice, "new_kind")]),
         // Claude Code.
         (r#"{"type":"system","subtype":"compact_boundary"}"#, &[(System, "conversation compacted")]),
         (r#"{"type":"system","subtype":"init"}"#, &[(System, "session started")]),
@@ -234,8 +234,8 @@ fn single_lines_summarise_or_stay_raw() {
         (r#"{"type":"error"}"#, &[(Error, "error")]),
         (r#"{"error":"quota exceeded"}"#, &[(Error, "quota exceeded")]),
         (r#"{"status":500,"error":{"message":"internal"}}"#, &[(Error, "internal")]),
-        (r#"{"error":{"code":5}}"#, &[(System, "event (error)")]),
-        (r#"{"type":"notice","message":"hi"}"#, &[(System, "notice: hi")]),
+        (r#"{"error":{"code":5}}"#, &[(Notice, "event (error)")]),
+        (r#"{"type":"notice","message":"hi"}"#, &[(Notice, "notice: hi")]),
     ];
     for (input, want) in cases {
         let (_, lines) = run(true, &[input.as_bytes(), b"\n"]);
