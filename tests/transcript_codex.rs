@@ -305,7 +305,7 @@ fn edge_chunks() {
         (r#"{"type":"item.updated","item":{"id":"i","type":"new_kind","x":"y"}}"#, &[]),
         (
             r#"{"type":"item.started","item":{"id":"i","type":"new_kind","note":"hello"}}"#,
-            &[(System, "new_kind: hello")],
+            &[(Notice, "new_kind: hello")],
         ),
         (r#"{"type":"item.plan.delta","item_id":"i","delta":"1."}"#, &[]),
         (r#"{"type":"request_user_input","questions":[]}"#, &[(Text, "question (no text)")]),
