@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::net::{Device, Proc, Relay};
+use common::net::{Device, Relay};
 use common::{Home, Run};
 use serde_json::Value;
 use support::dial;
@@ -31,10 +31,7 @@ fn daemon(home: Home, relay: &Relay, token: Option<String>) -> Device {
         .stderr(log)
         .spawn()
         .unwrap();
-    let mut device = Device { home, proc: Proc(child), device_id: String::new() };
-    device.wait_until("connected", |s| s["daemon"]["connected"] == true);
-    device.device_id = device.home.status()["device_id"].as_str().unwrap().to_string();
-    device
+    Device::spawned(home, child, true)
 }
 
 /// The heads a relay may have witnessed last of a daemon that was at
@@ -82,17 +79,7 @@ fn wait_alert(relay: &Relay, device: &Device) -> Value {
 }
 
 fn operator(relay: &Relay, key: &std::path::Path, args: &[&str]) -> Run {
-    let out = std::process::Command::new(common::bin())
-        .arg("operator")
-        .args(args)
-        .env("SUPPORT_OPERATOR_RELAY", relay.url())
-        .env("SUPPORT_OPERATOR_RELAY_CA", relay.ca())
-        .env("SUPPORT_OPERATOR_KEY", key)
-        .env("NO_COLOR", "1")
-        .env("COLUMNS", "200")
-        .output()
-        .unwrap();
-    Run::from(out)
+    Run::from(relay.operator_cli(key, args).env("COLUMNS", "200").output().unwrap())
 }
 
 /// Three grants: three records written by the CLI, witnessed with the daemon's own.

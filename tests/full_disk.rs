@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Home;
-use common::net::{Device, Proc, Relay, add_policy};
+use common::net::{Device, Relay, add_policy};
 use support::operator::Outcome;
 use support::protocol::{DenyCode, DeviceFrame, Status, StoppedBy};
 
@@ -46,10 +46,7 @@ fn device_on_a_full_disk(relay: &Relay) -> Device {
         .stderr(full)
         .spawn()
         .unwrap();
-    let mut device = Device { home, proc: Proc(child), device_id: String::new() };
-    device.wait_until("connected", |s| s["daemon"]["connected"] == true);
-    device.device_id = device.home.status()["device_id"].as_str().unwrap().to_string();
-    device
+    Device::spawned(home, child, true)
 }
 
 fn no_cancel() -> std::future::Pending<()> {

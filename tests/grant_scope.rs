@@ -155,14 +155,7 @@ async fn each_scope_denial_over_the_relay_is_recorded_and_the_budget_survives_a_
         // And the device list shows the budget spent (after the next heartbeat).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let out = std::process::Command::new(common::bin())
-                .args(["operator", "devices"])
-                .env("SUPPORT_OPERATOR_RELAY", relay.url())
-                .env("SUPPORT_OPERATOR_RELAY_CA", relay.ca())
-                .env("SUPPORT_OPERATOR_KEY", &desk_path)
-                .env("COLUMNS", "200")
-                .output()
-                .unwrap();
+            let out = relay.operator_cli(&desk_path, &["devices"]).env("COLUMNS", "200").output().unwrap();
             let table = String::from_utf8_lossy(&out.stdout).into_owned();
             if table.contains("2/2 actions used") {
                 assert!(table.contains("for desk; only system-info, memory"), "{table}");

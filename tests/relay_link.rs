@@ -48,16 +48,7 @@ fn wait_relay_tier(relay: &Relay, tier: u8) -> serde_json::Value {
 }
 
 fn operator_run(relay: &Relay, key: &std::path::Path, args: &[&str]) -> Run {
-    let out = std::process::Command::new(common::bin())
-        .arg("operator")
-        .args(args)
-        .env("SUPPORT_OPERATOR_RELAY", relay.url())
-        .env("SUPPORT_OPERATOR_RELAY_CA", relay.ca())
-        .env("SUPPORT_OPERATOR_KEY", key)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    Run::from(out)
+    Run::from(relay.operator_cli(key, args).output().unwrap())
 }
 
 #[test]

@@ -182,8 +182,13 @@ impl Device {
             .stderr(log)
             .spawn()
             .unwrap();
-        let proc = Proc(child);
-        let mut device = Device { home, proc, device_id: String::new() };
+        Device::spawned(home, child, wait)
+    }
+
+    /// A daemon already spawned in `home` (with settings of the caller's
+    /// own): waits until it is connected when `wait` is set, else running.
+    pub fn spawned(home: Home, child: std::process::Child, wait: bool) -> Device {
+        let mut device = Device { home, proc: Proc(child), device_id: String::new() };
         if wait {
             device.wait_until("connected", |s| s["daemon"]["connected"] == true);
         } else {
