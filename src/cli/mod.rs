@@ -30,7 +30,7 @@ mod relay;
 mod relay_admin;
 mod revoke;
 mod status;
-mod table;
+pub(crate) mod table;
 mod tasks;
 mod trust;
 
