@@ -25,6 +25,7 @@
 //! - `guard.rs`: the escalation guard's evidence, for the CLI's `allow` and `trust add`.
 //! - `control.rs`: the loopback control API (its messages: [`crate::control_api`]).
 //! - `link.rs`: the one outbound connection to the relay.
+//! - `notify.rs`: desktop notifications on the session D-Bus, and each ended grant's summary in the log.
 //! - [`gate`]: the decision, pure.
 //! - `replay.rs`: the replay cache, and its nonces read back from the audit log at start.
 //!
@@ -50,6 +51,7 @@ pub mod gate;
 pub(crate) mod guard;
 pub mod kill;
 mod link;
+mod notify;
 mod records;
 mod replay;
 mod task;
@@ -78,6 +80,7 @@ use enforce::ConsentState;
 pub use files::{DaemonInfo, ensure_secret, is_running, read_info};
 use gate::ReplayCache;
 pub use link::{HEARTBEAT_ENV, LinkConfig, LinkStatus};
+pub use notify::{GRANT_WARNING, GRANT_WARNING_ENV, NotifyOptions};
 pub use records::RECORDED_VALUE_BYTES;
 use task::{Finished, TaskEntry};
 
@@ -103,7 +106,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Settings for [`run`] and [`Daemon::start`].
 ///
 /// # Defaults
-/// `max_tasks = 8`, no relay link.
+/// `max_tasks = 8`, no relay link, no desktop notifications.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The most tasks running at once; more are denied `BUSY`.
@@ -115,11 +118,13 @@ pub struct Options {
     /// `support daemon` gives `/proc/self/exe`. Default `None`: a command
     /// is moved into its cgroup once it runs.
     pub cgroup_helper: Option<std::path::PathBuf>,
+    /// Desktop notifications (`notify.rs`); default none.
+    pub notify: NotifyOptions,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 8, link: None, cgroup_helper: None }
+        Options { max_tasks: 8, link: None, cgroup_helper: None, notify: NotifyOptions::default() }
     }
 }
 
@@ -475,6 +480,7 @@ pub async fn run(
         let (d, rx) = (daemon.clone(), stop_rx.clone());
         tokio::spawn(async move { d.enforce_consent(rx).await })
     };
+    let notifier = notify::spawn(daemon.clone(), daemon.inner.options.notify.clone(), stop_rx.clone());
     let link = daemon.inner.options.link.clone().map(|config| {
         let (tx, rx) = mpsc::channel(256);
         let span = tracing::info_span!("link", relay = %config.url);
@@ -491,6 +497,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = watcher.await;
+    let _ = notifier.await;
     if let Some(link) = link {
         let _ = link.await;
     }
