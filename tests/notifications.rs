@@ -106,7 +106,8 @@ fn a_grant_s_tasks_warning_and_end_are_notified_and_stop_from_a_notification_kil
     let warning = server.wait_for("of the warning", |n| n.summary.starts_with("Support ends in"));
     assert_eq!(warning.summary, "Support ends in 1 minute");
     assert_eq!(warning.actions, ["console", "Open console"]);
-    let end = server.wait_for("of the end", |n| n.summary == "Support has ended");
+    let end = server.wait_for("of the end", |n| n.summary.starts_with("Support has ended"));
+    assert_eq!(end.summary, "Support has ended: the grant expired");
     let _ = a.wait();
     assert_eq!(survivors(&pids_a), Vec::<i32>::new(), "expiry kills task A");
     assert!(end.body.starts_with(&format!("Grant {grant_id} (tier 1) expired at ")), "{end:#?}");

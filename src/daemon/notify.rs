@@ -103,8 +103,8 @@ enum Note {
     TaskStarted { task_id: String, operator: String, action: String, tier: u8, params: BTreeMap<String, String> },
     /// A grant has `left` before it ends.
     GrantWarning { grant_id: String, tier: u8, left: Duration },
-    /// A grant ended; the summary's gist.
-    GrantEnded { gist: String },
+    /// A grant ended, how; the summary's gist.
+    GrantEnded { ended: Ending, gist: String },
 }
 
 /// A notification as sent: title, body, urgency (0 low, 1 normal, 2 critical), actions.
@@ -151,8 +151,14 @@ impl Note {
                     task: None,
                 }
             }
-            Note::GrantEnded { gist } => Shown {
-                summary: "Support has ended".into(),
+            Note::GrantEnded { ended, gist } => Shown {
+                summary: match ended {
+                    Ending::Revoked => "Support has ended: revoked",
+                    Ending::Expired => "Support has ended: the grant expired",
+                    Ending::Replaced => "Support goes on under a new grant",
+                    Ending::NotEnded => "Support has ended",
+                }
+                .into(),
                 body: format!("{gist}\n`support summary` shows what ran."),
                 urgency: 1,
                 actions: CONSOLE_ACTION,
@@ -356,7 +362,7 @@ async fn grant_ended(daemon: Daemon, grant_id: String, tx: mpsc::Sender<Note>) {
         Some(Ok(s)) => {
             let gist = s.gist();
             tracing::info!(grant = %grant_id, summary = %s.render(), "{gist}");
-            queue(&tx, Note::GrantEnded { gist });
+            queue(&tx, Note::GrantEnded { ended: s.ended, gist });
         }
         Some(Err(e)) => {
             tracing::warn!(grant = %grant_id, error = %crate::ErrorChain(&e), "the grant ended; no summary of it")
