@@ -140,7 +140,8 @@ pub struct GrantSummary {
     pub granted_at: String,
     /// When it was to end (the `expires_at` its record names).
     pub ends_at: Option<String>,
-    /// When it ended (the ending record's time); `None` with [`Ending::NotEnded`].
+    /// When it ended: the ending record's time (for a grant whose expiry
+    /// `support revoke` was first to see, its `ends_at`); `None` with [`Ending::NotEnded`].
     pub ended_at: Option<String>,
     /// How it ended.
     pub ended: Ending,
@@ -269,7 +270,9 @@ fn summarize_entries(entries: &[Entry<'_>], grant: Option<&str>) -> Result<Grant
                     let already = r.detail.as_deref().is_some_and(|d| d.contains("already expired"));
                     summary.ended = if already { Ending::Expired } else { Ending::Revoked };
                     summary.by = Some(if already { "expiry" } else { "owner" }.into());
-                    summary.ended_at = Some(r.ts.clone());
+                    // An expiry first seen by `revoke` ended when the grant ran out, not at the revoke.
+                    summary.ended_at =
+                        if already { summary.ends_at.clone() } else { None }.or_else(|| Some(r.ts.clone()));
                     ended = true;
                 }
                 Event::ConsentExpired if ours(r) => {

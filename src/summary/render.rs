@@ -52,7 +52,8 @@ fn outcome(a: &ActionRun) -> String {
 
 impl GrantSummary {
     /// How the grant ended, in a few words: `revoked by the owner at T`,
-    /// `expired at T`, `replaced by g-… at T`, `in force until T` / `no end on record`.
+    /// `expired at T`, `replaced by grant g-… at T`, `in force until T`,
+    /// `ran out at T (no end on record: ...)`. Local time.
     pub fn ending(&self) -> String {
         let at = self.ended_at.as_deref().map(local).unwrap_or_default();
         match self.ended {
@@ -61,8 +62,11 @@ impl GrantSummary {
             Ending::Replaced => {
                 format!("replaced by grant {} at {at}", printable(self.replaced_by.as_deref().unwrap_or("?")))
             }
-            Ending::NotEnded => match &self.ends_at {
-                Some(t) => format!("no end on record (to end at {})", local(t)),
+            Ending::NotEnded => match self.ends_at.as_deref().map(|t| (t, crate::time::parse_rfc3339(t))) {
+                Some((t, Some(end))) if end > chrono::Utc::now() => format!("in force until {}", local(t)),
+                Some((t, _)) => {
+                    format!("ran out at {} (no end on record: no daemon was running to record it)", local(t))
+                }
                 None => "no end on record".into(),
             },
         }
@@ -110,8 +114,10 @@ impl GrantSummary {
         let _ = writeln!(out, "Ended: {}", self.ending());
         let who = if self.operators.is_empty() { "nobody".into() } else { printable(&self.operators.join(", ")) };
         let _ = writeln!(out, "Who acted: {who}");
-        let _ = writeln!(out, "\n{}:", plural(self.actions.len(), "action", "actions"));
-        if !self.actions.is_empty() {
+        if self.actions.is_empty() {
+            out.push_str("\nNo action ran.\n");
+        } else {
+            let _ = writeln!(out, "\n{}:", plural(self.actions.len(), "action", "actions"));
             let mut t = Listing::new(&[
                 ("started", Wrap::Words),
                 ("operator", Wrap::Words),

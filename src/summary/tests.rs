@@ -302,3 +302,26 @@ fn records_alone_are_checked_for_links_and_need_the_record_before_the_span() {
     let s = summarize(&gap, Some("g-2")).unwrap();
     assert!(!s.chain.ok && s.chain.error.as_deref().unwrap().contains("seq 12 follows seq 10"), "{:?}", s.chain);
 }
+
+#[test]
+fn a_grant_with_no_end_on_record_is_in_force_or_ran_out_and_a_late_revoke_is_an_expiry() {
+    let at = |secs: i64| crate::time::rfc3339(chrono::Utc::now() + chrono::TimeDelta::seconds(secs));
+    for (ends_at, words) in [(at(3600), "in force until "), (at(-3600), "ran out at ")] {
+        let (_dir, paths) = write_log(&[]);
+        let mut log = AuditLog::open(&paths).unwrap();
+        let mut g = record(&Granted("g-1", 1, None));
+        g.detail = Some(format!("expires_at {ends_at}"));
+        log.append(g).unwrap();
+        let s = load(&paths, None).unwrap();
+        assert_eq!(s.ended, Ending::NotEnded);
+        assert!(s.ending().starts_with(words), "{}", s.ending());
+        assert!(s.render().contains("No action ran."));
+        // `support revoke` of a grant that had run out with no daemon to record it.
+        let mut r = record(&Revoked("g-1"));
+        r.detail = Some("the grant had already expired".into());
+        log.append(r).unwrap();
+        let s = load(&paths, None).unwrap();
+        assert_eq!((s.ended, s.by.as_deref()), (Ending::Expired, Some("expiry")));
+        assert_eq!(s.ended_at.as_deref(), Some(ends_at.as_str()), "it ended when it ran out");
+    }
+}
