@@ -125,6 +125,15 @@ fn a_grant_s_tasks_warning_and_end_are_notified_and_stop_from_a_notification_kil
     assert_eq!(by, ["owner", "expiry"]);
     assert_eq!(s["chain"]["ok"], true);
     device.home.run(&["summary", &grant_id]).code(0).says("2 actions:").says("stopped by owner").says("verifies.");
+
+    // A revoke ends a grant too: the daemon waits for the revoke's record, written after it is told.
+    device.home.run(&["allow", "--tier", "1", "--minutes", "10"]).code(0);
+    device.home.run(&["revoke"]).code(0).says("No action ran.");
+    let revoked = server.wait_for("of the revoke", |n| n.summary == "Support has ended: revoked");
+    assert!(
+        revoked.body.contains(") revoked by the owner at ") && revoked.body.contains(": 0 actions, 0 denied"),
+        "{revoked:#?}"
+    );
 }
 
 trait WaitTimeout {
