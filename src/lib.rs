@@ -28,6 +28,7 @@
 //!   checked against the device key), cancel.
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
+//! - [`clock`]: the daemon's wall and monotonic clocks, one seam a test can step.
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
 //! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339 and local time.
 //! - [`Secret`]: a secret string whose `Debug` and `Display` print `***`.
@@ -42,6 +43,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod consent;
 pub mod control_api;
 pub mod daemon;
@@ -61,6 +63,7 @@ pub mod transcript;
 pub mod trust;
 
 pub use audit::{AuditError, AuditLog, Event, Record};
+pub use clock::Clock;
 pub use consent::{Consent, Grant, Off, Tier};
 pub use daemon::{Daemon, DaemonError};
 pub use error::{Error, ErrorChain};

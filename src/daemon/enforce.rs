@@ -72,7 +72,8 @@ impl Daemon {
 
     /// [`Daemon::consent_changed`], from synchronous code.
     pub(super) fn refresh_consent_sync(&self) {
-        let now = Utc::now();
+        let clock = &self.inner.options.clock;
+        let now = clock.wall();
         let read = consent::read(&self.inner.paths, now);
         if let Consent::Live(g) = &read {
             self.count_used(g);
@@ -83,8 +84,8 @@ impl Daemon {
             Consent::Live(g) => {
                 let left = (g.expires_at - now).to_std().unwrap_or_default();
                 let key = (g.grant_id.clone(), g.expires_at);
-                let deadline = *state.consent.deadlines.entry(key).or_insert_with(|| Instant::now() + left);
-                if Instant::now() >= deadline {
+                let deadline = *state.consent.deadlines.entry(key).or_insert_with(|| clock.mono() + left);
+                if clock.mono() >= deadline {
                     (Consent::Off(Off::Expired(g)), StoppedBy::Expiry)
                 } else {
                     (Consent::Live(g), StoppedBy::Revoke)
@@ -146,8 +147,10 @@ impl Daemon {
         let state = self.state();
         let g = state.consent.effective.live()?;
         let mono = state.consent.deadlines.get(&(g.grant_id.clone(), g.expires_at)).copied()?;
-        let wall = Instant::now() + (g.expires_at - Utc::now()).to_std().unwrap_or_default();
-        Some(tokio::time::Instant::from_std(mono.min(wall)))
+        let clock = &self.inner.options.clock;
+        let left_mono = mono.saturating_duration_since(clock.mono());
+        let left_wall = (g.expires_at - clock.wall()).to_std().unwrap_or_default();
+        Some(tokio::time::Instant::now() + left_mono.min(left_wall))
     }
 
     /// Watches the consent file (inotify, with a 10 s poll as a safety net,

@@ -103,7 +103,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Settings for [`run`] and [`Daemon::start`].
 ///
 /// # Defaults
-/// `max_tasks = 8`, no relay link.
+/// `max_tasks = 8`, no relay link, the system's clocks.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The most tasks running at once; more are denied `BUSY`.
@@ -115,11 +115,14 @@ pub struct Options {
     /// `support daemon` gives `/proc/self/exe`. Default `None`: a command
     /// is moved into its cgroup once it runs.
     pub cgroup_helper: Option<std::path::PathBuf>,
+    /// The wall and monotonic clocks the decisions read (grant, freshness,
+    /// records). Default: the system's; a test steps its own ([`crate::Clock`]).
+    pub clock: crate::Clock,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 8, link: None, cgroup_helper: None }
+        Options { max_tasks: 8, link: None, cgroup_helper: None, clock: crate::Clock::default() }
     }
 }
 
@@ -252,11 +255,12 @@ impl Daemon {
         let catalogue = Catalogue::load(paths)?;
         let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
         audit.set_lock_timeout(Some(AUDIT_LOCK_TIMEOUT));
+        audit.set_clock(options.clock.clone());
         // Orphans of our tasks come back to us, not to init (prctl(2)).
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| DaemonError::Io { what: "prctl(PR_SET_CHILD_SUBREAPER)".into(), source: e.into() })?;
         let device_id = key.public_key().device_id();
-        let started_at = Utc::now();
+        let started_at = options.clock.wall();
         // A predecessor's nonces, from the record: its commands never run twice (replay.rs).
         let mut replay = ReplayCache::new(REPLAY_CAPACITY);
         let remembered = replay.load(paths, started_at)?;
