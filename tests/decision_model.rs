@@ -1,0 +1,120 @@
+//! A model-based property test of the daemon's whole decision path: random
+//! interleavings of grants (tiers, lengths, scopes, budgets), revokes, time
+//! passing, the wall clock set forward and back, trust changes, restarts
+//! and crashes, an audit store that fails, and commands (valid, untrusted,
+//! altered, replayed, stale, future-dated, for another device, unknown),
+//! each checked against a small model of what may run (`model.rs`).
+//!
+//! The daemon runs in this process on a real home (tmpfs when there is
+//! one, so 1,000 sequences fit in CI), with real files, real audit records
+//! read back from disk, real processes, and a stepped [`support::Clock`].
+//! A restart is a new daemon on the same home after `shutdown`; a crash
+//! drops the daemon and its runtime without it. After every step the
+//! daemon re-reads the grant, as its watcher does at a change or at the
+//! grant's end (the watcher's own timing is tested in real time elsewhere:
+//! tests/full_disk.rs, tests/grant_lab.rs).
+//!
+//! Cases: `SUPPORT_PROPTEST_CASES` (default 1000).
+
+#[path = "decision_model/model.rs"]
+mod model;
+#[path = "decision_model/sut.rs"]
+mod sut;
+
+use model::{Cmd, Model, Step, Who};
+use proptest::prelude::*;
+
+fn who() -> impl Strategy<Value = Who> {
+    prop_oneof![3 => Just(Who::Alice), 1 => Just(Who::Bob)]
+}
+
+/// An action by index into [`model::ACTIONS`] (the last is not catalogued).
+fn action() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => 0..5usize, 1 => Just(5usize)]
+}
+
+/// A command's offset from the operator's clock: multiples of 10 s plus
+/// 5, so that no freshness check falls within 5 s of its boundary.
+fn offset() -> impl Strategy<Value = i64> {
+    prop_oneof![(-12i64..12).prop_map(|n| n * 10 + 5), (-60i64..60).prop_map(|n| n * 10 + 5)]
+}
+
+fn cmd() -> impl Strategy<Value = Cmd> {
+    prop_oneof![
+        8 => (who(), action()).prop_map(|(who, action)| Cmd::Valid { who, action }),
+        1 => action().prop_map(|action| Cmd::Stranger { action }),
+        1 => action().prop_map(|action| Cmd::Altered { action }),
+        1 => action().prop_map(|action| Cmd::OtherDevice { action }),
+        2 => (action(), offset()).prop_map(|(action, offset)| Cmd::Skewed { action, offset }),
+        3 => (any::<usize>(), any::<bool>())
+            .prop_map(|(back, new_request_id)| Cmd::Replay { back, new_request_id }),
+    ]
+}
+
+fn names(max: usize) -> impl Strategy<Value = Option<Vec<usize>>> {
+    prop_oneof![3 => Just(None), 1 => prop::sample::subsequence((0..max).collect::<Vec<_>>(), 1..=max).prop_map(Some)]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    // Lengths and moves in whole multiples of 10 s: see `offset`.
+    let length = prop_oneof![(1u64..=60).prop_map(|n| n * 10), (1u64..=2880).prop_map(|n| n * 10)];
+    prop_oneof![
+        4 => (1u8..=4, length, names(2), names(5), prop_oneof![3 => Just(None), 1 => (1u32..=3).prop_map(Some)])
+            .prop_map(|(tier, secs, operators, only, max_actions)| Step::Allow { tier, secs, operators, only, max_actions }),
+        1 => Just(Step::Revoke),
+        2 => prop_oneof![(1i64..=30).prop_map(|n| n * 10), (1i64..=3000).prop_map(|n| n * 10)].prop_map(Step::Pass),
+        2 => prop_oneof![(-40i64..=40).prop_map(|n| n * 10), (-3000i64..=3000).prop_map(|n| n * 10)].prop_map(Step::SetWall),
+        1 => any::<bool>().prop_map(Step::TrustBob),
+        1 => Just(Step::Restart),
+        1 => Just(Step::Crash),
+        1 => Just(Step::BreakAudit),
+        1 => Just(Step::HealAudit),
+        12 => cmd().prop_map(Step::Send),
+    ]
+}
+
+fn cases() -> u32 {
+    std::env::var("SUPPORT_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+}
+
+/// Runs `steps` on a fresh home and its model; the first disagreement fails.
+fn check(steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut sut = sut::Sut::new();
+    let mut model = Model::new();
+    model.started();
+    for (i, step) in steps.iter().enumerate() {
+        sut.apply(i, step, &mut model)?;
+    }
+    sut.finish(&mut model)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        // A failure is shrunk, but not for ever: each run starts a daemon.
+        max_shrink_iters: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_decision_agrees_with_the_model(steps in prop::collection::vec(step(), 1..28)) {
+        check(&steps)?;
+    }
+}
+
+/// A sequence run as given (regressions below), failing with its message.
+fn replay(steps: &[Step]) {
+    if let Err(e) = check(steps) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn a_valid_command_runs_and_a_replay_of_it_is_refused() {
+    use Step::*;
+    let grant = Allow { tier: 1, secs: 600, operators: None, only: None, max_actions: None };
+    let run = Send(Cmd::Valid { who: Who::Alice, action: 1 });
+    let again = Send(Cmd::Replay { back: 0, new_request_id: false });
+    replay(&[grant, run, again, Restart]);
+}
