@@ -262,7 +262,11 @@ impl Sut {
     }
 
     fn sign(&self, key: &KeyPair, device: &str, action: usize, offset: i64) -> Run {
-        let issued = Utc::now() + self.passed + TimeDelta::seconds(offset);
+        // Rounded up to the millisecond that `issued_at` carries: a command
+        // signed in the millisecond the daemon started is not issued before it.
+        let now = Utc::now();
+        let up = now.timestamp_millis() + i64::from(!now.timestamp_subsec_nanos().is_multiple_of(1_000_000));
+        let issued = chrono::DateTime::from_timestamp_millis(up).unwrap() + self.passed + TimeDelta::seconds(offset);
         let request_id = support::protocol::new_request_id();
         Run::signed(key, &request_id, device, ACTIONS[action].0, BTreeMap::new(), issued)
     }
@@ -337,7 +341,7 @@ impl Sut {
                     self.running.push(Running { request_id: run.request_id.clone(), frames });
                 } else {
                     let end = up.rt.block_on(wait_result(&mut frames));
-                    ensure!(end == Some(Status::Ok), "step {i}: quick ended {end:?}");
+                    ensure!(end.as_ref().map(|e| e.0) == Some(Status::Ok), "step {i}: quick ended {end:?}");
                 }
             }
             (Expect::Deny(codes), Err(denial)) if codes.contains(&denial.code) => {
@@ -380,7 +384,11 @@ impl Sut {
             let still = model.running.iter().any(|t| t.request_id == task.request_id);
             if must_stop || !still {
                 let end = up.rt.block_on(wait_result(&mut task.frames));
-                ensure!(end == Some(Status::Cancelled), "step {i} ({step:?}): {} ended {end:?}", task.request_id);
+                ensure!(
+                    end.as_ref().map(|e| e.0) == Some(Status::Cancelled),
+                    "step {i} ({step:?}): {} ended {end:?}",
+                    task.request_id
+                );
             } else {
                 let early = task.frames.try_recv();
                 ensure!(
@@ -448,12 +456,17 @@ fn is_counted(code: &str) -> bool {
     ["UNTRUSTED_OPERATOR", "BAD_SIGNATURE", "BAD_FRAME", "REPLAY", "STALE_COMMAND"].contains(&code)
 }
 
+/// How a task ended: its status, what stopped it, why.
+type Ended = (Status, Option<support::StoppedBy>, Option<String>);
+
 /// The task's end, within [`END_WITHIN`]; `None` if none came.
-async fn wait_result(frames: &mut mpsc::Receiver<DeviceFrame>) -> Option<Status> {
+async fn wait_result(frames: &mut mpsc::Receiver<DeviceFrame>) -> Option<Ended> {
     let deadline = tokio::time::Instant::now() + END_WITHIN;
     loop {
         match tokio::time::timeout_at(deadline, frames.recv()).await {
-            Ok(Some(DeviceFrame::Result { status, .. })) => return Some(status),
+            Ok(Some(DeviceFrame::Result { status, cancelled_by, reason, .. })) => {
+                return Some((status, cancelled_by, reason));
+            }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => return None,
         }
