@@ -118,3 +118,16 @@ fn a_valid_command_runs_and_a_replay_of_it_is_refused() {
     let again = Send(Cmd::Replay { back: 0, new_request_id: false });
     replay(&[grant, run, again, Restart]);
 }
+
+/// Found by the model: a new grant whose scope leaves a running task out
+/// (its action, or its operator) did not stop it; only a lower tier did.
+#[test]
+fn a_new_grant_that_leaves_a_running_task_out_of_its_scope_stops_it() {
+    use Step::*;
+    let open = Allow { tier: 2, secs: 600, operators: None, only: None, max_actions: None };
+    let slow = Send(Cmd::Valid { who: Who::Alice, action: 1 });
+    let other_action = Allow { tier: 2, secs: 600, operators: None, only: Some(vec![4]), max_actions: None };
+    replay(&[open.clone(), slow.clone(), other_action]);
+    let other_operator = Allow { tier: 2, secs: 600, operators: Some(vec![1]), only: None, max_actions: None };
+    replay(&[open, slow, other_operator]);
+}

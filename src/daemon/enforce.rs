@@ -103,15 +103,24 @@ impl Daemon {
             r.detail = Some(format!("expired at {}", crate::time::rfc3339(g.expires_at)));
             records.push(r);
         }
-        let live_tier = effective.live().map(|g| g.tier.get()).unwrap_or(0);
-        let by = if effective.live().is_some() { StoppedBy::TierLowered } else { by_when_off };
         let changed = state.consent.effective != effective;
-        state.consent.effective = effective;
-        for task in state.tasks.values().filter(|t| t.info.tier > live_tier) {
+        for task in state.tasks.values() {
+            // A task runs only while the grant covers it: its tier, and its
+            // operator and action when the grant names them (a new grant
+            // may narrow the scope of the one the task started under).
+            let by = match effective.live() {
+                None => by_when_off,
+                Some(g) if g.tier.get() < task.info.tier => StoppedBy::TierLowered,
+                Some(g) if !g.allows_operator(&task.info.operator) || !g.allows_action(&task.info.action) => {
+                    StoppedBy::Revoke
+                }
+                Some(_) => continue,
+            };
             if task.stop(by) {
                 tracing::info!(task = %task.info.task_id, by = by.as_str(), "stopping a task the grant no longer covers");
             }
         }
+        state.consent.effective = effective;
         drop(state);
         if changed {
             self.publish(&WatchEvent::Status { status: Box::new(self.status_view()) });
