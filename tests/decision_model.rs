@@ -79,6 +79,11 @@ fn cases() -> u32 {
 
 /// Runs `steps` on a fresh home and its model; the first disagreement fails.
 fn check(steps: &[Step]) -> Result<(), TestCaseError> {
+    // One daemon per process, as in production: a daemon kills the orphans
+    // re-parented to its process that no task of its own claims (kill.rs),
+    // so two in one test process would kill each other's tasks.
+    static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_DAEMON.lock().unwrap_or_else(|p| p.into_inner());
     let mut sut = sut::Sut::new();
     let mut model = Model::new();
     model.started();
