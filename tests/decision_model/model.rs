@@ -3,7 +3,7 @@
 //! case's start: `t` is true time (the operators' clocks, and the
 //! monotonic clock), `t + skew` is the device's wall clock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use support::DenyCode;
 
@@ -86,6 +86,8 @@ pub struct Sent {
     pub issued: i64,
     pub nonce: String,
     pub action: usize,
+    /// The daemon start it was signed after (see [`Model::epoch`]).
+    pub epoch: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +126,7 @@ pub enum Expect {
     Undelivered,
 }
 
+#[derive(Clone)]
 pub struct Model {
     pub t: i64,
     pub skew: i64,
@@ -133,13 +136,20 @@ pub struct Model {
     /// Per grant id: actions started.
     used: HashMap<String, u32>,
     pub bob_trusted: bool,
-    /// Nonces whose command passed signature, device and freshness: never again.
-    seen: HashSet<String>,
+    /// Nonces whose command passed signature, device and freshness (and
+    /// when it was issued): never again.
+    seen: HashMap<String, i64>,
+    /// At most the newest `issued` the daemon's replay cache may have
+    /// dropped since its start (it refuses what was issued no later as stale).
+    forgot_upto: Option<i64>,
     pub running: Vec<Task>,
     pub up: bool,
     pub broken: bool,
     /// The running daemon's start (device wall clock, s).
     not_before: i64,
+    /// Starts so far: a command issued in the very second of a start is
+    /// stale if it was signed before it (the real milliseconds decide).
+    pub epoch: u64,
 }
 
 fn deny(codes: &[DenyCode]) -> Expect {
@@ -155,11 +165,13 @@ impl Model {
             deadlines: HashMap::new(),
             used: HashMap::new(),
             bob_trusted: false,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
+            forgot_upto: None,
             running: Vec::new(),
             up: false,
             broken: false,
             not_before: 0,
+            epoch: 0,
         }
     }
 
@@ -173,6 +185,8 @@ impl Model {
         self.running.clear();
         self.deadlines.clear();
         self.not_before = self.wall();
+        self.forgot_upto = None;
+        self.epoch += 1;
         self.refresh();
     }
 
@@ -193,6 +207,28 @@ impl Model {
         let t = self.t;
         let deadline = *self.deadlines.entry(g.id.clone()).or_insert(t + (g.expires - now));
         (self.t < deadline).then_some(g)
+    }
+
+    /// What the daemon's replay cache drops as a command comes in: what was
+    /// issued 240 s before the device's clock (an upper bound: every nonce
+    /// ever seen counts, whether or not this daemon held it).
+    pub fn prune(&mut self) {
+        if !self.up {
+            return;
+        }
+        let horizon = self.wall() - 240;
+        for &issued in self.seen.values() {
+            if issued <= horizon && self.forgot_upto.is_none_or(|f| issued > f) {
+                self.forgot_upto = Some(issued);
+            }
+        }
+    }
+
+    /// Whether a command issued at `issued` may be refused as stale for a
+    /// nonce the daemon's cache dropped (then the model's decision is one
+    /// possible answer, `STALE_COMMAND` the other).
+    pub fn may_have_forgotten(&self, issued: i64) -> bool {
+        self.forgot_upto.is_some_and(|f| issued <= f)
     }
 
     /// Re-reads the grant: what it no longer covers stops. Returns the
@@ -221,12 +257,15 @@ impl Model {
         if c.bad_signature {
             return deny(&[DenyCode::BadSignature]);
         }
-        if (self.wall() - c.issued).abs() > FRESHNESS_S || c.issued < self.not_before {
+        let before_start = c.issued < self.not_before || (c.issued == self.not_before && c.epoch < self.epoch);
+        if (self.wall() - c.issued).abs() > FRESHNESS_S || before_start {
             return deny(&[DenyCode::StaleCommand]);
         }
-        if !self.seen.insert(c.nonce.clone()) {
-            return deny(&[DenyCode::Replay]);
+        if self.seen.contains_key(&c.nonce) {
+            let forgotten = if self.may_have_forgotten(c.issued) { Some(DenyCode::StaleCommand) } else { None };
+            return Expect::Deny([Some(DenyCode::Replay), forgotten].into_iter().flatten().collect());
         }
+        self.seen.insert(c.nonce.clone(), c.issued);
         let (_, tier, slow) = ACTIONS[c.action];
         if c.action == ACTIONS.len() - 1 {
             return deny(&[DenyCode::UnknownAction]);

@@ -10,7 +10,7 @@ use chrono::{TimeDelta, Utc};
 use proptest::test_runner::TestCaseError;
 use support::consent::{self, Grant, Tier};
 use support::daemon::{Daemon, Options};
-use support::{AuditLog, Clock, DeviceFrame, Event, KeyPair, Paths, Record, Run, Status};
+use support::{AuditLog, Clock, DenyCode, DeviceFrame, Event, KeyPair, Paths, Record, Run, Status};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
@@ -272,13 +272,14 @@ impl Sut {
     }
 
     fn send(&mut self, i: usize, cmd: &Cmd, model: &mut Model) -> Result<(), TestCaseError> {
-        let t = model.t;
+        let (t, epoch) = (model.t, model.epoch);
         let sent = |run: &Run, signer, bad_signature, issued, action| Sent {
             signer,
             bad_signature,
             issued,
             nonce: run.nonce.clone(),
             action,
+            epoch,
         };
         let device = self.device_id.clone();
         let (run, seen) = match cmd {
@@ -323,13 +324,24 @@ impl Sut {
             }
         };
         self.sent.push((run.clone(), seen.clone()));
-        let expect = model.decide(&seen, &run.request_id);
+        model.prune();
+        let before = model.clone();
+        let mut expect = model.decide(&seen, &run.request_id);
         let Some(up) = &self.up else {
             ensure!(expect == Expect::Undelivered, "step {i}: no daemon is up, the model expects {expect:?}");
             return Ok(());
         };
         let (tx, mut frames) = mpsc::channel(64);
         let outcome = up.rt.block_on(up.daemon.submit(run.clone(), tx));
+        if let Err(d) = &outcome
+            && d.code == DenyCode::StaleCommand
+            && before.may_have_forgotten(seen.issued)
+            && expect != Expect::Undelivered
+        {
+            // Issued no later than a nonce the cache may have dropped: refused, nothing remembered.
+            *model = before;
+            expect = Expect::Deny(vec![DenyCode::StaleCommand]);
+        }
         let records = if model.broken { Vec::new() } else { self.records() };
         let on_record = |event: Event| {
             records.iter().any(|r| r.event == event && r.request_id.as_deref() == Some(run.request_id.as_str()))
