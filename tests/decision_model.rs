@@ -151,3 +151,20 @@ fn a_command_is_not_run_again_after_the_clock_is_set_forward_and_back() {
     // The same by time passing on both clocks, then the wall clock set back.
     replay(&[grant, run.clone(), Pass(300), run, SetWall(-300), first]);
 }
+
+/// Found with the model, by a sequence written while reading replay.rs:
+/// reading the nonces back at a start stopped at the first record older
+/// than five minutes, but with the clock set back and forward again an
+/// older record (by seq) can be newer (by time), so a command issued
+/// ahead of the clock, seen before the restart, ran again after it.
+/// Not fixed yet: a sound stop needs record times that do not go back.
+#[test]
+#[ignore = "a counterexample not fixed yet (issue 18): the nonces read back at a start stop at the first old record"]
+fn a_command_seen_before_a_restart_is_not_run_after_it_whatever_the_clock_did() {
+    use Step::*;
+    let grant = Allow { tier: 1, secs: 600, operators: None, only: None, max_actions: None };
+    let ahead = Send(Cmd::Skewed { action: 0, offset: 115 });
+    let stranger = Send(Cmd::Stranger { action: 0 });
+    let again = Send(Cmd::Replay { back: 1, new_request_id: false });
+    replay(&[grant, ahead, SetWall(-400), stranger, SetWall(400), Restart, again]);
+}
