@@ -6,8 +6,8 @@
 //! nonce 240 s after its `issued_at`. It does not survive the daemon, but
 //! the record does: the nonce and `issued_at` of every command whose
 //! signature held go into its `action.started` or `action.denied` record,
-//! fsynced before it runs, and each start reads them back from the newest
-//! records of the audit log ([`ReplayCache::load`]). A command issued
+//! fsynced before it runs, and each start reads them back from the
+//! records of the last minutes ([`ReplayCache::load`]). A command issued
 //! before the start is stale anyway (the gate's `not_before`), so what
 //! the log gives back are the commands issued ahead of the device's clock
 //! that a predecessor saw, which would otherwise run again.
@@ -102,9 +102,13 @@ impl ReplayCache {
 }
 
 impl ReplayCache {
-    /// Remembers the nonces that the audit log's newest records carry
-    /// (see the module docs), reading back only as far as a record of a
-    /// command that can still be fresh at `now` could be; returns how many.
+    /// Remembers the nonces that the audit log's records of the last five
+    /// minutes carry (see the module docs); returns how many. Every record
+    /// is read: record times go back when the wall clock is set back, so a
+    /// record older by seq than one of an hour ago can be of a minute ago,
+    /// and stopping at the first old record would miss its nonce (a
+    /// counterexample of tests/decision_model.rs). The cost is one read of
+    /// the log per start, a chunk (1 MiB) at a time.
     ///
     /// # Errors
     /// As [`crate::audit::newest_first`]: then the daemon must not start,
@@ -116,7 +120,7 @@ impl ReplayCache {
         let mut loaded = 0;
         crate::audit::newest_first(paths, |r| {
             if crate::time::parse_rfc3339(&r.ts).is_some_and(|ts| ts < horizon) {
-                return ControlFlow::Break(());
+                return ControlFlow::Continue(());
             }
             if let (Some(nonce), Some(issued_at)) = (&r.nonce, &r.issued_at)
                 && !self.contains(nonce)
