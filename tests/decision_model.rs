@@ -79,11 +79,7 @@ fn cases() -> u32 {
 
 /// Runs `steps` on a fresh home and its model; the first disagreement fails.
 fn check(steps: &[Step]) -> Result<(), TestCaseError> {
-    // One daemon per process, as in production: a daemon kills the orphans
-    // re-parented to its process that no task of its own claims (kill.rs),
-    // so two in one test process would kill each other's tasks.
-    static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE_DAEMON.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = sut::one_daemon();
     let mut sut = sut::Sut::new();
     let mut model = Model::new();
     model.started();
@@ -165,4 +161,58 @@ fn a_command_seen_before_a_restart_is_not_run_after_it_whatever_the_clock_did() 
     let stranger = Send(Cmd::Stranger { action: 0 });
     let again = Send(Cmd::Replay { back: 1, new_request_id: false });
     replay(&[grant, ahead, SetWall(-400), stranger, SetWall(400), Restart, again]);
+}
+
+/// The process [`a_task_left_by_a_sigkilled_daemon_dies_even_if_the_next_start_fails`]
+/// kills: a real daemon with a slow task running, in `MODEL_CRASH_HOME`.
+#[test]
+#[ignore = "the child process of a_task_left_by_a_sigkilled_daemon_dies_even_if_the_next_start_fails"]
+fn crashing_daemon() {
+    let home = std::env::var_os("MODEL_CRASH_HOME").expect("run by the crash test, with MODEL_CRASH_HOME");
+    let paths = support::Paths::under(home.into());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let daemon = support::Daemon::start(&paths, Default::default()).unwrap();
+        let alice = support::KeyPair::load(&paths.home.join("alice.key")).unwrap();
+        // A millisecond on: issued_at carries milliseconds, and must not fall before the start.
+        let issued = chrono::Utc::now() + chrono::TimeDelta::milliseconds(1);
+        let run = support::Run::signed(&alice, "r-left", daemon.device_id(), "slow-1", [].into(), issued);
+        let (tx, _rx) = tokio::sync::mpsc::channel(64);
+        daemon.submit(run, tx).await.expect("accepted");
+        while !daemon.status_view().tasks.iter().any(|t| t.pid.is_some()) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        println!("READY");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Found by a real SIGKILL beside the model: a daemon killed mid-task,
+/// then a start that fails (its audit store fails) left the task's
+/// process running, with nothing to end it at its grant's end.
+#[test]
+fn a_task_left_by_a_sigkilled_daemon_dies_even_if_the_next_start_fails() {
+    use std::io::BufRead as _;
+    let _one = sut::one_daemon();
+    let (paths, _dir) = sut::home_for_a_real_daemon();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["crashing_daemon", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("MODEL_CRASH_HOME", &paths.home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("READY"))), "the child daemon never got its task running");
+    let tasks: serde_json::Value = serde_json::from_slice(&std::fs::read(paths.tasks()).unwrap()).unwrap();
+    let pid = tasks[0]["pid"].as_i64().expect("a pid in tasks.json") as i32;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(sut::alive(pid), "the task outlives its daemon");
+    sut::break_audit(&paths);
+    assert!(support::Daemon::start(&paths, Default::default()).is_err(), "a start with its audit store failing");
+    let left = sut::alive(pid);
+    sut::heal_audit(&paths);
+    let daemon = support::Daemon::start(&paths, Default::default()).expect("the start after");
+    drop(daemon);
+    assert!(!left, "the task of the killed daemon still ran after a start that failed");
 }

@@ -249,11 +249,18 @@ impl Daemon {
                 }
             }
         }
-        // The log before the device key: a key that exists with no log and
-        // no audit.key shows an earlier chain was removed (`audit.reset`).
-        let mut audit = AuditLog::open(paths)?;
-        let catalogue = Catalogue::load(paths)?;
-        let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
+        let (mut audit, catalogue, key) = match open_parts(paths) {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Fail closed: a crashed predecessor's tasks must not run on
+                // with no daemon to end them at their grant's end.
+                let killed = files::kill_listed(paths);
+                if killed > 0 {
+                    tracing::error!(killed, "cannot start; killed what the previous daemon's tasks left");
+                }
+                return Err(e);
+            }
+        };
         audit.set_lock_timeout(Some(AUDIT_LOCK_TIMEOUT));
         audit.set_clock(options.clock.clone());
         // Orphans of our tasks come back to us, not to init (prctl(2)).
@@ -446,6 +453,16 @@ impl Daemon {
         *lock(&self.inner.control_port) = Some(port);
     }
 }
+/// The audit log, the catalogue and the device key, in that order: the
+/// log before the key, since a key that exists with no log and no
+/// audit.key shows an earlier chain was removed (`audit.reset`).
+fn open_parts(paths: &Paths) -> Result<(AuditLog, Catalogue, KeyPair), DaemonError> {
+    let audit = AuditLog::open(paths)?;
+    let catalogue = Catalogue::load(paths)?;
+    let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
+    Ok((audit, catalogue, key))
+}
+
 /// Runs the daemon until `shutdown` resolves: serves the control API on
 /// `listener` (loopback), writes `daemon.json`, tells systemd it is ready
 /// (sd_notify `READY=1`), enforces consent, then stops every task and

@@ -3,7 +3,6 @@
 //! against the model and the audit log read back from disk.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
@@ -72,6 +71,47 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// One daemon per process, as in production: a daemon kills the orphans
+/// re-parented to its process that no task of its own claims (kill.rs),
+/// so two in one test process would kill each other's tasks.
+pub fn one_daemon() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_DAEMON.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A home with the model's catalogue and alice trusted (her key in
+/// `alice.key`) and a tier 1 grant of 10 minutes, for a real daemon.
+pub fn home_for_a_real_daemon() -> (Paths, tempfile::TempDir) {
+    let dir = tmp();
+    let paths = Paths::under(dir.path().join("home"));
+    prepare(&paths);
+    let (alice, _) = KeyPair::load_or_create(&paths.home.join("alice.key")).unwrap();
+    support::trust::add(&paths, "alice", &alice.public_key().to_string(), Utc::now()).unwrap();
+    let g = Grant::new(Tier::new(1).unwrap(), Duration::from_secs(600), None, Utc::now()).unwrap();
+    consent::write(&paths, &g).unwrap();
+    (paths, dir)
+}
+
+/// The catalogue of [`super::model::ACTIONS`] in `policy.d/model.toml`.
+fn prepare(paths: &Paths) {
+    paths.ensure_dirs().unwrap();
+    std::fs::create_dir_all(paths.policy_dir()).unwrap();
+    std::fs::write(paths.policy_dir().join("model.toml"), policy()).unwrap();
+}
+
+/// A real failing store: the log's path is a directory, so every open and
+/// every append fails in the kernel (EISDIR).
+pub fn break_audit(paths: &Paths) {
+    std::fs::rename(paths.audit(), paths.audit().with_extension("aside")).unwrap();
+    std::fs::create_dir(paths.audit()).unwrap();
+}
+
+/// The log back in its place.
+pub fn heal_audit(paths: &Paths) {
+    std::fs::remove_dir(paths.audit()).unwrap();
+    std::fs::rename(paths.audit().with_extension("aside"), paths.audit()).unwrap();
+}
+
 fn policy() -> String {
     let mut text = String::new();
     for (name, tier, slow) in &ACTIONS[..ACTIONS.len() - 1] {
@@ -85,9 +125,7 @@ impl Sut {
     pub fn new() -> Sut {
         let dir = tmp();
         let paths = Paths::under(dir.path().join("home"));
-        paths.ensure_dirs().unwrap();
-        std::fs::create_dir_all(paths.policy_dir()).unwrap();
-        std::fs::write(paths.policy_dir().join("model.toml"), policy()).unwrap();
+        prepare(&paths);
         let (alice, _) = KeyPair::generate();
         let (bob, _) = KeyPair::generate();
         let (stranger, _) = KeyPair::generate();
@@ -110,10 +148,6 @@ impl Sut {
         };
         sut.start().expect("the first start");
         sut
-    }
-
-    fn audit_path(&self) -> PathBuf {
-        self.paths.audit()
     }
 
     fn start(&mut self) -> Result<(), String> {
@@ -208,18 +242,14 @@ impl Sut {
             }
             Step::BreakAudit => {
                 if !model.broken {
-                    // A real failing store: the path is a directory, so every
-                    // open and every append fails in the kernel (EISDIR).
-                    std::fs::rename(self.audit_path(), self.audit_path().with_extension("aside")).unwrap();
-                    std::fs::create_dir(self.audit_path()).unwrap();
+                    break_audit(&self.paths);
                     model.broken = true;
                     self.intact = false;
                 }
             }
             Step::HealAudit => {
                 if model.broken {
-                    std::fs::remove_dir(self.audit_path()).unwrap();
-                    std::fs::rename(self.audit_path().with_extension("aside"), self.audit_path()).unwrap();
+                    heal_audit(&self.paths);
                     model.broken = false;
                 }
                 if self.up.is_none() {
@@ -395,12 +425,15 @@ impl Sut {
             let must_stop = stopped.contains(&task.request_id);
             let still = model.running.iter().any(|t| t.request_id == task.request_id);
             if must_stop || !still {
+                let view = up.daemon.status_view();
+                let pid = view.tasks.iter().find(|t| t.request_id == task.request_id).and_then(|t| t.pid);
                 let end = up.rt.block_on(wait_result(&mut task.frames));
                 ensure!(
                     end.as_ref().map(|e| e.0) == Some(Status::Cancelled),
                     "step {i} ({step:?}): {} ended {end:?}",
                     task.request_id
                 );
+                ensure!(!pid.is_some_and(alive), "step {i} ({step:?}): {} ended, its process lives", task.request_id);
             } else {
                 let early = task.frames.try_recv();
                 ensure!(
@@ -466,6 +499,12 @@ impl Sut {
 /// (src/daemon/denials.rs): anyone on the path can cause them.
 fn is_counted(code: &str) -> bool {
     ["UNTRUSTED_OPERATOR", "BAD_SIGNATURE", "BAD_FRAME", "REPLAY", "STALE_COMMAND"].contains(&code)
+}
+
+/// Whether `pid` is a live process (present in /proc, not a zombie).
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
 }
 
 /// How a task ended: its status, what stopped it, why.
