@@ -28,6 +28,7 @@
 //!   checked against the device key), cancel.
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
+//! - [`clock`]: the daemon's wall and monotonic clocks, one seam a test can step.
 //! - [`summary`]: what ran under a grant, from its span of the audit log (`support summary`).
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
 //! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339 and local time.
@@ -43,6 +44,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod consent;
 pub mod control_api;
 pub mod daemon;
@@ -63,6 +65,7 @@ pub mod transcript;
 pub mod trust;
 
 pub use audit::{AuditError, AuditLog, Event, Record};
+pub use clock::Clock;
 pub use consent::{Consent, Grant, Off, Tier};
 pub use daemon::{Daemon, DaemonError};
 pub use error::{Error, ErrorChain};

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
 use ring::hmac;
 
 use super::chain::{Parsed, seal};
@@ -32,6 +31,8 @@ pub struct AuditLog {
     /// Why a chain begun now (no log, no key) is not a first start: what
     /// shows that an earlier chain existed. Said in an `audit.reset` record.
     earlier: Option<String>,
+    /// Stamps each record's `ts` (the daemon's clock; the system's by default).
+    clock: crate::Clock,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -97,7 +98,16 @@ impl AuditLog {
         // log and no key means a chain was there and both files went.
         let earlier = (key.is_none() && paths.device_key().exists())
             .then(|| "device.key exists, so a daemon has run in this home and kept a chain here".to_string());
-        Ok(AuditLog { paths: paths.clone(), path, file, key, cached: None, lock_timeout: None, earlier })
+        Ok(AuditLog {
+            paths: paths.clone(),
+            path,
+            file,
+            key,
+            cached: None,
+            lock_timeout: None,
+            earlier,
+            clock: crate::Clock::default(),
+        })
     }
 
     /// Makes each append give up with [`AuditError::LockTimeout`] when
@@ -105,6 +115,12 @@ impl AuditLog {
     /// then denies with `AUDIT_UNAVAILABLE` rather than hang).
     pub fn set_lock_timeout(&mut self, timeout: Option<Duration>) {
         self.lock_timeout = timeout;
+    }
+
+    /// Stamps records by `clock` (the daemon's, so that its records and
+    /// its decisions read one clock) instead of the system's.
+    pub fn set_clock(&mut self, clock: crate::Clock) {
+        self.clock = clock;
     }
 
     /// Seals and appends one record; returns it as written.
@@ -138,8 +154,9 @@ impl AuditLog {
         let (mut len, mut head, torn) = self.position_locked(cached, &key)?;
         let mut out = Vec::with_capacity(records.len() * 320);
         let key = &key;
+        let now = self.clock.wall();
         let seal_one = |record: &mut Record, head: &mut Head, out: &mut Vec<u8>| {
-            seal(key, record, head, Utc::now(), out);
+            seal(key, record, head, now, out);
             *head = Head { seq: record.seq, mac: record.mac.clone() };
         };
         if let Some(keep) = torn {
@@ -198,10 +215,11 @@ impl AuditLog {
         let ours = self.file.metadata().map_err(|source| AuditError::Write { path: self.path.clone(), source })?;
         let same = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino());
         if !same {
-            let timeout = self.lock_timeout;
+            let (timeout, clock) = (self.lock_timeout, self.clock.clone());
             let held = self.cached.as_ref().map(|(_, h)| h.seq).filter(|_| self.key.is_some());
             *self = AuditLog::open(&self.paths)?;
             self.lock_timeout = timeout;
+            self.clock = clock;
             if let Some(seq) = held
                 && self.key.is_none()
             {

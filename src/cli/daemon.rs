@@ -104,7 +104,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         // The running image itself, even if its file was replaced since.
         let cgroup_helper = Some(std::path::PathBuf::from("/proc/self/exe"));
         let notify = daemon::NotifyOptions::from_env();
-        let options = Options { max_tasks: args.max_tasks.into(), link, cgroup_helper, notify };
+        let options = Options { max_tasks: args.max_tasks.into(), link, cgroup_helper, notify, ..Options::default() };
         daemon::run(&ctx.paths, options, listener, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -21,7 +21,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
 use super::gate::{self, Approved, Decision, Denial, Snapshot, Verdict};
@@ -87,7 +86,7 @@ impl Daemon {
     async fn admit(&self, run: &Run) -> Result<Admitted, Refusal> {
         self.consent_changed().await;
         let trusted = crate::trust::list(&self.inner.paths);
-        let now = Utc::now();
+        let now = self.inner.options.clock.wall();
         let decision = {
             let mut state = self.state();
             state.replay.prune(now);
@@ -161,7 +160,7 @@ impl Daemon {
             params: run.params.clone(),
             operator: approved.operator.clone(),
             grant_id: approved.grant.grant_id.clone(),
-            started_at: crate::time::rfc3339(Utc::now()),
+            started_at: crate::time::rfc3339(self.inner.options.clock.wall()),
             pid: None,
             start_ticks: None,
             cgroup: cgroup.as_ref().map(|c| c.dir().to_path_buf()),

@@ -116,7 +116,7 @@ impl Daemon {
     /// returns whether it is to be recorded in full. The first of a window
     /// starts the timer that closes it.
     pub(super) fn count_unverified(&self, code: DenyCode, sender: Option<&str>) -> bool {
-        let (full, opened) = crate::lock(&self.inner.denials).count(code, sender, Utc::now());
+        let (full, opened) = crate::lock(&self.inner.denials).count(code, sender, self.inner.options.clock.wall());
         if opened {
             // The timer does not keep the daemon (and its home's lock) alive.
             let me = std::sync::Arc::downgrade(&self.inner);

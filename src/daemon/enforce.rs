@@ -72,7 +72,8 @@ impl Daemon {
 
     /// [`Daemon::consent_changed`], from synchronous code.
     pub(super) fn refresh_consent_sync(&self) {
-        let now = Utc::now();
+        let clock = &self.inner.options.clock;
+        let now = clock.wall();
         let read = consent::read(&self.inner.paths, now);
         if let Consent::Live(g) = &read {
             self.count_used(g);
@@ -83,8 +84,8 @@ impl Daemon {
             Consent::Live(g) => {
                 let left = (g.expires_at - now).to_std().unwrap_or_default();
                 let key = (g.grant_id.clone(), g.expires_at);
-                let deadline = *state.consent.deadlines.entry(key).or_insert_with(|| Instant::now() + left);
-                if Instant::now() >= deadline {
+                let deadline = *state.consent.deadlines.entry(key).or_insert_with(|| clock.mono() + left);
+                if clock.mono() >= deadline {
                     (Consent::Off(Off::Expired(g)), StoppedBy::Expiry)
                 } else {
                     (Consent::Live(g), StoppedBy::Revoke)
@@ -102,15 +103,24 @@ impl Daemon {
             r.detail = Some(format!("expired at {}", crate::time::rfc3339(g.expires_at)));
             records.push(r);
         }
-        let live_tier = effective.live().map(|g| g.tier.get()).unwrap_or(0);
-        let by = if effective.live().is_some() { StoppedBy::TierLowered } else { by_when_off };
         let changed = state.consent.effective != effective;
-        state.consent.effective = effective;
-        for task in state.tasks.values().filter(|t| t.info.tier > live_tier) {
+        for task in state.tasks.values() {
+            // A task runs only while the grant covers it: its tier, and its
+            // operator and action when the grant names them (a new grant
+            // may narrow the scope of the one the task started under).
+            let by = match effective.live() {
+                None => by_when_off,
+                Some(g) if g.tier.get() < task.info.tier => StoppedBy::TierLowered,
+                Some(g) if !g.allows_operator(&task.info.operator) || !g.allows_action(&task.info.action) => {
+                    StoppedBy::Revoke
+                }
+                Some(_) => continue,
+            };
             if task.stop(by) {
                 tracing::info!(task = %task.info.task_id, by = by.as_str(), "stopping a task the grant no longer covers");
             }
         }
+        state.consent.effective = effective;
         drop(state);
         if changed {
             self.publish(&WatchEvent::Status { status: Box::new(self.status_view()) });
@@ -146,8 +156,10 @@ impl Daemon {
         let state = self.state();
         let g = state.consent.effective.live()?;
         let mono = state.consent.deadlines.get(&(g.grant_id.clone(), g.expires_at)).copied()?;
-        let wall = Instant::now() + (g.expires_at - Utc::now()).to_std().unwrap_or_default();
-        Some(tokio::time::Instant::from_std(mono.min(wall)))
+        let clock = &self.inner.options.clock;
+        let left_mono = mono.saturating_duration_since(clock.mono());
+        let left_wall = (g.expires_at - clock.wall()).to_std().unwrap_or_default();
+        Some(tokio::time::Instant::now() + left_mono.min(left_wall))
     }
 
     /// Watches the consent file (inotify, with a 10 s poll as a safety net,

@@ -221,7 +221,7 @@ fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Chil
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    cmd.spawn()
+    super::kill::spawning(|| cmd.spawn())
 }
 
 /// The file `name` names for a process with environment `env` in `cwd`,

@@ -104,6 +104,34 @@ fn read_tasks_at<T: serde::de::DeserializeOwned>(
     Ok(Some(serde_json::from_slice(&bytes).map_err(|e| e.to_string())))
 }
 
+/// Kills what `t`, a task of a daemon that died, left on this boot;
+/// returns how many processes.
+fn kill_left(t: &TaskView) -> usize {
+    // Unknown pid (a crash before the spawn): find it by marker only.
+    let pgid = t.pid.unwrap_or(-1);
+    let ticks = t.start_ticks.unwrap_or(0);
+    let cgroup = t.cgroup.clone().map(tree::TaskCgroup::at);
+    super::kill::kill_leftovers(&t.task_id, pgid, ticks, cgroup.as_ref())
+}
+
+/// Kills what the tasks `tasks.json` lists (this boot's) left, recording
+/// nothing and leaving the file as it is, for a start that fails before
+/// [`Daemon::recover`] (its audit log cannot be opened, say): a dead
+/// daemon's task must not run on past its grant because its successor
+/// cannot start. The next start that can write records audits them
+/// (`task.aborted`). Returns how many processes were killed.
+pub(super) fn kill_listed(paths: &Paths) -> usize {
+    let this_boot = boot_id();
+    let mut killed = 0;
+    for file in [paths.tasks_before_run_dir(), paths.tasks()] {
+        let Ok(Some(Ok(tasks))) = read_tasks_at::<TaskView>(&file) else { continue };
+        for t in tasks.iter().filter(|t| !t.boot_id.is_empty() && t.boot_id == this_boot) {
+            killed += kill_left(t);
+        }
+    }
+    killed
+}
+
 impl Daemon {
     /// Kills what a daemon that died mid-task left, as `tasks.json` names it
     /// (and the file where daemons before `run/` kept it, once).
@@ -134,11 +162,7 @@ impl Daemon {
                 records.push(r);
                 continue;
             }
-            // Unknown pid (a crash before the spawn): find it by marker only.
-            let pgid = t.pid.unwrap_or(-1);
-            let ticks = t.start_ticks.unwrap_or(0);
-            let cgroup = t.cgroup.clone().map(tree::TaskCgroup::at);
-            let killed = super::kill::kill_leftovers(&t.task_id, pgid, ticks, cgroup.as_ref());
+            let killed = kill_left(t);
             let mut r = task_record(Event::TaskAborted, t);
             r.detail = Some(format!(
                 "the daemon stopped without finishing this task; {killed} leftover process{} killed",

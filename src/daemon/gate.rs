@@ -4,7 +4,8 @@
 //! The checks run in DESIGN §1 order and the first failure decides:
 //! shape (`BAD_FRAME`), a trusted operator key (`UNTRUSTED_OPERATOR`), its
 //! signature and device (`BAD_SIGNATURE`), freshness within ±120 s
-//! (`STALE_COMMAND`), an unseen nonce (`REPLAY`, or `BUSY` when the replay
+//! (`STALE_COMMAND`), an unseen nonce (`REPLAY`; `STALE_COMMAND` when
+//! issued no later than a nonce the cache forgot; `BUSY` when the replay
 //! cache is full), the action (`UNKNOWN_ACTION`), its parameters
 //! (`INVALID_PARAMS`), a live grant (`NO_CONSENT`) and its tier
 //! (`TIER_INSUFFICIENT`), then the grant's scope (DESIGN §11): the
@@ -159,6 +160,14 @@ pub fn decide(run: &Run, snap: Snapshot<'_>) -> Decision {
     }
     if snap.replay.contains(&run.nonce) {
         decision.verdict = deny(DenyCode::Replay, "this command's nonce was already used");
+        return decision;
+    }
+    if snap.replay.forgot(issued) {
+        decision.verdict = deny(
+            DenyCode::StaleCommand,
+            "issued no later than a command whose nonce the device no longer holds (its clock was set back?); \
+             send it again",
+        );
         return decision;
     }
     if snap.replay.is_full() {
@@ -487,6 +496,12 @@ mod tests {
         w.replay.insert("nonce-new-00000000", &crate::time::rfc3339(later), later);
         assert_eq!(w.replay.len(), 1);
         assert!(w.replay.contains("nonce-new-00000000"));
+        // A forgotten nonce's command is stale even with the clock set back to it.
+        let newest_dropped = crate::time::parse_rfc3339(&crate::time::rfc3339(now)).unwrap();
+        assert!(w.replay.forgot(newest_dropped));
+        assert!(!w.replay.forgot(newest_dropped + TimeDelta::milliseconds(1)));
+        assert_eq!(code(&w.decide(&w.run("disk-usage", &[], 1))), Some(DenyCode::StaleCommand));
+        assert_eq!(code(&w.decide(&w.run("disk-usage", &[], -1))), None, "issued after it");
     }
 
     fn scoped(w: &mut World, operators: Option<&[&str]>, only: Option<&[&str]>, max_actions: Option<u32>) {

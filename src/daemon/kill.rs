@@ -552,6 +552,15 @@ fn reap_orphans(pids: &BTreeSet<i32>, leader: i32) {
     }
 }
 
+/// Runs `spawn` (a task's fork and exec) with no kill running: until its
+/// exec, a new child carries the daemon's environment, not its task's
+/// marker, and a kill of another task would take it for an unclaimed
+/// orphan (a counterexample of tests/decision_model.rs).
+pub(super) fn spawning<T>(spawn: impl FnOnce() -> T) -> T {
+    let _one = crate::lock(&KILLING);
+    spawn()
+}
+
 /// Reaps every zombie child of ours that is not one of `leaders`
 /// (orphans re-parented to the subreaper after their task ended). With
 /// no child at all (the usual case between tasks) it reads no `/proc`.

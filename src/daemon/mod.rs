@@ -106,7 +106,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Settings for [`run`] and [`Daemon::start`].
 ///
 /// # Defaults
-/// `max_tasks = 8`, no relay link, no desktop notifications.
+/// `max_tasks = 8`, no relay link, no desktop notifications, the system's clocks.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The most tasks running at once; more are denied `BUSY`.
@@ -120,11 +120,20 @@ pub struct Options {
     pub cgroup_helper: Option<std::path::PathBuf>,
     /// Desktop notifications (`notify.rs`); default none.
     pub notify: NotifyOptions,
+    /// The wall and monotonic clocks the decisions read (grant, freshness,
+    /// records). Default: the system's; a test steps its own ([`crate::Clock`]).
+    pub clock: crate::Clock,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 8, link: None, cgroup_helper: None, notify: NotifyOptions::default() }
+        Options {
+            max_tasks: 8,
+            link: None,
+            cgroup_helper: None,
+            notify: NotifyOptions::default(),
+            clock: crate::Clock::default(),
+        }
     }
 }
 
@@ -251,17 +260,25 @@ impl Daemon {
                 }
             }
         }
-        // The log before the device key: a key that exists with no log and
-        // no audit.key shows an earlier chain was removed (`audit.reset`).
-        let mut audit = AuditLog::open(paths)?;
-        let catalogue = Catalogue::load(paths)?;
-        let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
+        let (mut audit, catalogue, key) = match open_parts(paths) {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Fail closed: a crashed predecessor's tasks must not run on
+                // with no daemon to end them at their grant's end.
+                let killed = files::kill_listed(paths);
+                if killed > 0 {
+                    tracing::error!(killed, "cannot start; killed what the previous daemon's tasks left");
+                }
+                return Err(e);
+            }
+        };
         audit.set_lock_timeout(Some(AUDIT_LOCK_TIMEOUT));
+        audit.set_clock(options.clock.clone());
         // Orphans of our tasks come back to us, not to init (prctl(2)).
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| DaemonError::Io { what: "prctl(PR_SET_CHILD_SUBREAPER)".into(), source: e.into() })?;
         let device_id = key.public_key().device_id();
-        let started_at = Utc::now();
+        let started_at = options.clock.wall();
         // A predecessor's nonces, from the record: its commands never run twice (replay.rs).
         let mut replay = ReplayCache::new(REPLAY_CAPACITY);
         let remembered = replay.load(paths, started_at)?;
@@ -447,6 +464,16 @@ impl Daemon {
         *lock(&self.inner.control_port) = Some(port);
     }
 }
+/// The audit log, the catalogue and the device key, in that order: the
+/// log before the key, since a key that exists with no log and no
+/// audit.key shows an earlier chain was removed (`audit.reset`).
+fn open_parts(paths: &Paths) -> Result<(AuditLog, Catalogue, KeyPair), DaemonError> {
+    let audit = AuditLog::open(paths)?;
+    let catalogue = Catalogue::load(paths)?;
+    let (key, _) = KeyPair::load_or_create(&paths.device_key())?;
+    Ok((audit, catalogue, key))
+}
+
 /// Runs the daemon until `shutdown` resolves: serves the control API on
 /// `listener` (loopback), writes `daemon.json`, tells systemd it is ready
 /// (sd_notify `READY=1`), enforces consent, then stops every task and

@@ -6,11 +6,17 @@
 //! nonce 240 s after its `issued_at`. It does not survive the daemon, but
 //! the record does: the nonce and `issued_at` of every command whose
 //! signature held go into its `action.started` or `action.denied` record,
-//! fsynced before it runs, and each start reads them back from the newest
-//! records of the audit log ([`ReplayCache::load`]). A command issued
+//! fsynced before it runs, and each start reads them back from the
+//! records of the last minutes ([`ReplayCache::load`]). A command issued
 //! before the start is stale anyway (the gate's `not_before`), so what
 //! the log gives back are the commands issued ahead of the device's clock
 //! that a predecessor saw, which would otherwise run again.
+//!
+//! Forgetting a nonce is safe only while its command stays stale, and a
+//! wall clock set back makes an old command fresh again. So the cache
+//! keeps the newest `issued_at` it has forgotten ([`ReplayCache::forgot`]),
+//! and the gate refuses a command issued no later than that as stale:
+//! its nonce may be one the cache no longer holds.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -29,6 +35,8 @@ use crate::protocol::FRESHNESS_S;
 pub struct ReplayCache {
     seen: HashMap<String, DateTime<Utc>>,
     max_entries: usize,
+    /// The newest `issued_at` of a nonce dropped (see the module docs).
+    forgotten: Option<DateTime<Utc>>,
 }
 
 /// How long a nonce is kept after its `issued_at` (seconds).
@@ -37,7 +45,7 @@ pub(crate) const REPLAY_KEEP_S: i64 = 2 * FRESHNESS_S;
 impl ReplayCache {
     /// An empty cache holding at most `max_entries` nonces.
     pub fn new(max_entries: usize) -> ReplayCache {
-        ReplayCache { seen: HashMap::new(), max_entries }
+        ReplayCache { seen: HashMap::new(), max_entries, forgotten: None }
     }
 
     /// Whether `nonce` was seen.
@@ -50,10 +58,24 @@ impl ReplayCache {
         self.seen.len() >= self.max_entries
     }
 
-    /// Drops the nonces too old to matter at `now`.
+    /// Whether a command issued at `issued` may carry a nonce this cache
+    /// has dropped (then it must not run: the gate calls it stale).
+    pub fn forgot(&self, issued: DateTime<Utc>) -> bool {
+        self.forgotten.is_some_and(|f| issued <= f)
+    }
+
+    /// Drops the nonces too old to matter at `now`, remembering the
+    /// newest `issued_at` dropped.
     pub fn prune(&mut self, now: DateTime<Utc>) {
         let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
-        self.seen.retain(|_, t| *t >= horizon);
+        let forgotten = &mut self.forgotten;
+        self.seen.retain(|_, t| {
+            let keep = *t >= horizon;
+            if !keep && forgotten.is_none_or(|f| *t > f) {
+                *forgotten = Some(*t);
+            }
+            keep
+        });
     }
 
     /// Remembers `nonce` issued at `issued_at` (RFC 3339), dropping nonces
@@ -61,8 +83,7 @@ impl ReplayCache {
     pub fn insert(&mut self, nonce: &str, issued_at: &str, now: DateTime<Utc>) {
         let issued = crate::time::parse_rfc3339(issued_at).unwrap_or(now);
         if self.seen.len() >= self.max_entries / 2 {
-            let horizon = now - TimeDelta::seconds(REPLAY_KEEP_S);
-            self.seen.retain(|_, t| *t >= horizon);
+            self.prune(now);
         }
         if self.seen.len() < self.max_entries {
             self.seen.insert(nonce.to_string(), issued);
@@ -81,9 +102,13 @@ impl ReplayCache {
 }
 
 impl ReplayCache {
-    /// Remembers the nonces that the audit log's newest records carry
-    /// (see the module docs), reading back only as far as a record of a
-    /// command that can still be fresh at `now` could be; returns how many.
+    /// Remembers the nonces that the audit log's records of the last five
+    /// minutes carry (see the module docs); returns how many. Every record
+    /// is read: record times go back when the wall clock is set back, so a
+    /// record older by seq than one of an hour ago can be of a minute ago,
+    /// and stopping at the first old record would miss its nonce (a
+    /// counterexample of tests/decision_model.rs). The cost is one read of
+    /// the log per start, a chunk (1 MiB) at a time.
     ///
     /// # Errors
     /// As [`crate::audit::newest_first`]: then the daemon must not start,
@@ -95,7 +120,7 @@ impl ReplayCache {
         let mut loaded = 0;
         crate::audit::newest_first(paths, |r| {
             if crate::time::parse_rfc3339(&r.ts).is_some_and(|ts| ts < horizon) {
-                return ControlFlow::Break(());
+                return ControlFlow::Continue(());
             }
             if let (Some(nonce), Some(issued_at)) = (&r.nonce, &r.issued_at)
                 && !self.contains(nonce)
