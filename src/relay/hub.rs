@@ -22,7 +22,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use super::hello::Who;
 use super::metrics::Metrics;
 use super::presence::Presence;
-use super::registry::{self, Registry, Stamp};
+use super::registry::{Registry, Stamp};
+use super::store::Store;
 use super::{MAX_INFLIGHT_PER_OPERATOR, MAX_UNAUTHENTICATED, PEER_QUEUE, RUNS_PER_SECOND, SEND_TIMEOUT};
 use crate::lock;
 use crate::protocol::{self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, RelayCode, Role, Run};
@@ -71,7 +72,8 @@ pub(crate) struct Joined {
 /// Everything the relay's sessions share.
 pub(crate) struct Hub {
     pub(crate) dir: PathBuf,
-    registry: Mutex<(Registry, Stamp)>,
+    /// Where the registry lives: `registry.json`, or the cluster's NATS.
+    pub(crate) store: Arc<dyn Store>,
     devices: Mutex<HashMap<String, Peer>>,
     operators: Mutex<HashMap<u64, Peer>>,
     /// By (device id, request id).
@@ -91,10 +93,17 @@ pub(crate) struct Hub {
 
 impl Hub {
     /// A hub with no peers, over the registry of `dir` as last read.
+    #[cfg(test)]
     pub(crate) fn new(dir: PathBuf, registry: (Registry, Stamp), shutdown: watch::Receiver<bool>) -> Hub {
+        let store = Arc::new(super::store::FileStore::new(&dir, registry));
+        Hub::over(dir, store, shutdown)
+    }
+
+    /// A hub with no peers, with its state directory `dir` and its registry in `store`.
+    pub(crate) fn over(dir: PathBuf, store: Arc<dyn Store>, shutdown: watch::Receiver<bool>) -> Hub {
         Hub {
             dir,
-            registry: Mutex::new(registry),
+            store,
             devices: Mutex::default(),
             operators: Mutex::default(),
             inflight: Mutex::default(),
@@ -122,23 +131,9 @@ impl Hub {
         self
     }
 
-    /// The registry, re-read first if the file changed since.
+    /// The registry as this relay knows it now (re-read first if the file changed since).
     pub(crate) fn registry(&self) -> MutexGuard<'_, (Registry, Stamp)> {
-        let mut cached = lock(&self.registry);
-        if registry::stamp(&self.dir) != cached.1 {
-            match Registry::load(&self.dir) {
-                Ok(fresh) => *cached = fresh,
-                Err(e) => {
-                    tracing::error!(error = %crate::ErrorChain(&e), "cannot re-read the registry; keeping the last good copy")
-                }
-            }
-        }
-        cached
-    }
-
-    /// Replaces the cached registry with one just written.
-    pub(crate) fn set_registry(&self, fresh: (Registry, Stamp)) {
-        *lock(&self.registry) = fresh;
+        self.store.cached()
     }
 
     /// Makes an authenticated peer reachable; a device's older connection

@@ -66,18 +66,26 @@ pub struct Listing {
 /// As [`Registry::load`].
 pub fn devices(dir: &Path) -> Result<Listing, RegistryError> {
     let (registry, _) = Registry::load(dir)?;
+    Ok(devices_in(dir, registry))
+}
+
+/// As [`devices`], with the devices of `registry` (the cluster's, with
+/// `--cluster`); a `live.json` that cannot be read counts as empty.
+pub fn devices_in(dir: &Path, registry: Registry) -> Listing {
     if !state::is_running(dir) {
-        return Ok(Listing { devices: join(&registry, &HashMap::new()), source: Source::NotRunning });
+        return Listing { devices: join(&registry, &HashMap::new()), source: Source::NotRunning };
     }
     if let Some(devices) = admin::query(dir) {
-        return Ok(Listing { devices, source: Source::Relay });
+        return Listing { devices, source: Source::Relay };
     }
-    let live: LiveFile = paths::read_capped(&RelayPaths::new(dir).live(), MAX_SNAPSHOT_BYTES)?
+    let live: LiveFile = paths::read_capped(&RelayPaths::new(dir).live(), MAX_SNAPSHOT_BYTES)
+        .ok()
+        .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let written_at = crate::time::parse_rfc3339(&live.written_at);
     let known = live.devices.into_iter().map(|d| (d.device_id.clone(), d)).collect();
-    Ok(Listing { devices: join(&registry, &known), source: Source::Snapshot(written_at) })
+    Listing { devices: join(&registry, &known), source: Source::Snapshot(written_at) }
 }
 
 /// One entry per registry device: what is `known` of it, named as the registry names it.

@@ -62,7 +62,8 @@ impl Relay {
         Relay::start_in(dir, state, listen, extra)
     }
 
-    fn start_in(dir: tempfile::TempDir, state: PathBuf, listen: &str, extra: &[&str]) -> Relay {
+    /// As [`Relay::start_with`], in `dir` with the state directory `state` (made by the caller, or not).
+    pub fn start_in(dir: tempfile::TempDir, state: PathBuf, listen: &str, extra: &[&str]) -> Relay {
         let mut child = Command::new(bin())
             .args(["relay", "--state"])
             .arg(&state)

@@ -1,0 +1,139 @@
+//! Relays sharing one registry over a real `nats-server -js` on an
+//! ephemeral loopback port (issue 15): a token enrols one device across
+//! the cluster even when relays take it at the same moment; an admin
+//! change made through any relay's state directory takes effect on every
+//! relay; the relays read the registry again by themselves after NATS restarts.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::nats::{Nats, clustered_relay};
+use common::net::{Device, Relay};
+use common::{Home, new_public_key};
+use support::protocol::{FromRelay, RelayCode};
+use support::relay::cluster::{ClusterConfig, NatsRegistry, connect};
+use support::relay::registry::Enroll;
+
+async fn registry(nats: &Nats) -> Arc<NatsRegistry> {
+    let config = ClusterConfig { url: nats.url(), creds: None, ca: None };
+    Arc::new(NatsRegistry::open(connect(&config).await.unwrap(), &config.url).await.unwrap())
+}
+
+/// The link's last error as `support status` reports it, once it says `want`.
+fn wait_link_error(device: &Device, want: &str) {
+    device.wait_until(want, |s| {
+        s["daemon"]["connected"] == false
+            && s["daemon"]["link"]["last_error"].as_str().is_some_and(|e| e.contains(want))
+    });
+}
+
+/// An operator session on `relay` with the key in `path`, once the relay admits it (15 s at most).
+async fn admitted(relay: &Relay, path: &std::path::Path) -> support::operator::Session {
+    let url: support::dial::RelayUrl = relay.url().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let key = support::KeyPair::load(path).unwrap();
+        match support::operator::Session::connect(&url, relay.client_tls(), key).await {
+            Ok(s) => return s,
+            Err(e) => assert!(Instant::now() < deadline, "the relay never admitted the operator: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (10 s at most) for the relay to end `session` as its admin removed it.
+async fn told_removed(session: &mut support::operator::Session) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match session.recv(deadline.saturating_duration_since(Instant::now())).await {
+            Ok(FromRelay::Error { code: RelayCode::Unauthorized, message, .. }) => {
+                assert!(message.contains("removed"), "{message}");
+                return;
+            }
+            Ok(other) => assert!(Instant::now() < deadline, "still served; last frame {other:?}"),
+            Err(e) => panic!("the session ended without being told why: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_relays_taking_one_token_at_once_exactly_one_enrols_its_device() {
+    let nats = Nats::start();
+    let (a, b) = (registry(&nats).await, registry(&nats).await);
+    const ROUNDS: usize = 10;
+    const CONTENDERS: usize = 8;
+    for round in 0..ROUNDS {
+        let (token, _) = a.new_token(chrono::Duration::minutes(10)).await.unwrap();
+        let tasks: Vec<_> = (0..CONTENDERS)
+            .map(|i| {
+                let relay = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let id = format!("d-{round}-{i}");
+                    relay.enroll(&id, &new_public_key(), "host", Some(&token)).await.unwrap()
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap());
+        }
+        let pinned = outcomes.iter().filter(|o| **o == Enroll::Pinned).count();
+        assert_eq!(pinned, 1, "round {round}: {outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| **o == Enroll::BadToken).count(), CONTENDERS - 1, "{outcomes:?}");
+    }
+    let r = b.read_registry().await.unwrap();
+    assert_eq!(r.devices.len(), ROUNDS, "one device per token");
+    assert!(r.tokens.iter().all(|t| t.used_by.is_some()), "every token is spent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_nats_admit_the_same_peers_and_a_removal_through_either_ends_sessions_on_the_other() {
+    let nats = Nats::start();
+    let (a, b) = (clustered_relay(&nats), clustered_relay(&nats));
+    let (_key, key_path) = a.operator("desk");
+    // A token made through B enrols a device at A, once for the whole cluster.
+    let token = b.token();
+    let ca = a.ca();
+    let device = Device::start(Home::new(), &a.url(), &["--relay-ca", ca.to_str().unwrap(), "--enroll", &token], true);
+    let tokens = a.admin(&["tokens", "--json"]).code(0).json();
+    assert_eq!(tokens[0]["used_by"], device.device_id.as_str(), "{tokens}");
+    let stranger =
+        Device::start(Home::new(), &b.url(), &["--relay-ca", b.ca().to_str().unwrap(), "--enroll", &token], false);
+    wait_link_error(&stranger, "UNAUTHORIZED");
+
+    // Admitted through A's state directory, the operator is admitted by B, which lists the device enrolled at A.
+    let mut session = admitted(&b, &key_path).await;
+    let listed = session.devices().await.unwrap();
+    assert!(listed.iter().any(|d| d.device_id == device.device_id), "{listed:?}");
+
+    a.admin(&["remove-operator", "desk"]).code(0).says("every relay of the cluster");
+    told_removed(&mut session).await;
+    let key = support::KeyPair::load(&key_path).unwrap();
+    let url: support::dial::RelayUrl = b.url().parse().unwrap();
+    assert!(support::operator::Session::connect(&url, b.client_tls(), key).await.is_err(), "refused from now on");
+
+    // Removed through B's state directory, the device connected to A is cut off.
+    b.admin(&["remove-device", &device.device_id]).code(0);
+    wait_link_error(&device, "UNAUTHORIZED");
+    assert_eq!(a.admin(&["devices", "--json"]).code(0).json(), serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_nats_restarts_a_relay_reads_the_registry_again_and_removals_still_reach_it() {
+    let mut nats = Nats::start();
+    let relay = clustered_relay(&nats);
+    let (_desk, desk_path) = relay.operator("desk");
+    let mut desk = admitted(&relay, &desk_path).await;
+    nats.stop();
+    // NATS down: the operator already connected is still served.
+    assert!(desk.devices().await.is_ok());
+    nats.up();
+    // An operator added after the restart is admitted; a removal still ends a session.
+    let (_late, late_path) = relay.operator("late");
+    let _late = admitted(&relay, &late_path).await;
+    relay.admin(&["remove-operator", "desk"]).code(0);
+    told_removed(&mut desk).await;
+}
