@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::{Nats, clustered_relay};
 use common::net::{Device, Relay};
-use common::{Home, new_public_key};
+use common::{Home, Run, new_public_key};
 use support::protocol::{FromRelay, RelayCode};
 use support::relay::cluster::{ClusterConfig, NatsRegistry, connect};
 use support::relay::registry::Enroll;
@@ -136,4 +136,67 @@ async fn after_nats_restarts_a_relay_reads_the_registry_again_and_removals_still
     let _late = admitted(&relay, &late_path).await;
     relay.admin(&["remove-operator", "desk"]).code(0);
     told_removed(&mut desk).await;
+}
+
+/// A tier-1 diagnostic that sleeps 30 s (for a cancel).
+const SLOW: &str = "[[action]]\nname = \"slow\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"sleeps\"\n\
+                    argv = [\"sleep\", \"30\"]\ntimeout_s = 60\n";
+
+/// Waits (15 s at most) until `relay` lists `device_id` online.
+fn wait_online(relay: &Relay, device_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = relay.admin(&["devices", "--json"]).code(0).json();
+        if listed.as_array().unwrap().iter().any(|d| d["device_id"] == device_id && d["online"] == true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{device_id} never online on {}: {listed}", relay.addr);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_on_one_relay_of_three_runs_cancels_and_is_denied_on_a_device_held_by_another() {
+    use support::operator::Outcome;
+    use support::protocol::DenyCode;
+    let nats = Nats::start();
+    let (a, b, c) = (clustered_relay(&nats), clustered_relay(&nats), clustered_relay(&nats));
+    let (key, key_path) = b.operator("desk");
+    let (device, other) = tokio::task::block_in_place(|| {
+        let home = Home::new();
+        common::net::add_policy(&home, SLOW);
+        let ca = a.ca();
+        let device = Device::start(home, &a.url(), &["--relay-ca", ca.to_str().unwrap(), "--enroll", &a.token()], true);
+        device.trust("desk", &key);
+        let other = Device::enrolled(&c);
+        (device, other)
+    });
+    let id = device.device_id.clone();
+    tokio::task::block_in_place(|| {
+        wait_online(&b, &id);
+        wait_online(&b, &other.device_id);
+    });
+    let mut desk = admitted(&b, &key_path).await;
+    // A denial, signed by the device, passes through unchanged: the operator checks it.
+    let run = desk.command(&id, "system-info", Default::default());
+    match desk.run(&run, |_| {}, std::future::pending()).await.unwrap() {
+        Outcome::Denied { code, .. } => assert_eq!(code, DenyCode::NoConsent),
+        other => panic!("expected NO_CONSENT, got {other:?}"),
+    }
+    tokio::task::block_in_place(|| device.allow(1));
+    // The CLI on B runs a diagnostic on the device held by A, streamed and signed as on one relay.
+    tokio::task::block_in_place(|| {
+        let out = Run::from(b.operator_cli(&key_path, &["run", &id, "system-info"]).output().unwrap());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        out.code(0).says("ok ·");
+        assert!(out.stdout.starts_with(host.trim()), "{}", out.stdout);
+    });
+    // A cancel from B stops the task on A.
+    let run = desk.command(&id, "slow", Default::default());
+    common::net::cancel_once_accepted(&mut desk, &run).await;
+    // A device of relay C that never trusted the operator: its denial comes back too.
+    let run = desk.command(&other.device_id, "system-info", Default::default());
+    assert!(matches!(desk.run(&run, |_| {}, std::future::pending()).await.unwrap(), Outcome::Denied { .. }));
+    assert!(b.metric("commands_routed_total") >= 3 && a.metric("commands_routed_total") >= 3);
+    assert!(b.metrics().contains("cluster_connected 1"));
 }

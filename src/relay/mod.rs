@@ -128,7 +128,8 @@ impl Default for Options {
 /// caller runs before it says it is ready).
 ///
 /// # Errors
-/// None today; the `Result` leaves room for start-up failures.
+/// [`RelayError::Registry`] when the relay is of a cluster and its
+/// presence bucket cannot be opened.
 pub async fn run(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -139,16 +140,23 @@ pub async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%listen, state = %state.dir.display(), "relay running");
-    let store: Arc<dyn store::Store> = match options.cluster.clone() {
-        Some(nats) => nats,
-        None => Arc::new(store::FileStore::new(&state.dir, state.registry.clone())),
+    let (store, route): (Arc<dyn store::Store>, _) = match options.cluster.clone() {
+        Some(nats) => {
+            let (client, url) = nats.client();
+            let route = Arc::new(cluster::route::Route::open(client, url).await?);
+            tracing::info!(relay = %route.relay, "relay of a cluster");
+            (nats, Some(route))
+        }
+        None => (Arc::new(store::FileStore::new(&state.dir, state.registry.clone())), None),
     };
     let synced = tokio::spawn(store.clone().serve(shutdown_rx.clone()));
     let hub = Arc::new(
         hub::Hub::over(state.dir.clone(), store, shutdown_rx.clone())
             .with_unauthenticated_limit(options.max_unauthenticated)
-            .with_run_rate(options.max_runs_per_second),
+            .with_run_rate(options.max_runs_per_second)
+            .with_cluster(route.clone()),
     );
+    let routed = route.map(|r| tokio::spawn(cluster::route::serve(hub.clone(), r, shutdown_rx.clone())));
     let writer = tokio::spawn(presence::keep_snapshot(state.dir.clone(), hub.presence.clone(), shutdown_rx.clone()));
     let witnessed = tokio::spawn(witness::keep_flushed(hub.clone(), shutdown_rx.clone()));
     let admin = state
@@ -199,6 +207,9 @@ pub async fn run(
     let _ = writer.await;
     let _ = watcher.await;
     let _ = synced.await;
+    if let Some(routed) = routed {
+        let _ = routed.await;
+    }
     let _ = witnessed.await;
     if let Some(admin) = admin {
         let _ = admin.await;

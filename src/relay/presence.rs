@@ -121,6 +121,36 @@ fn offline(device_id: &str) -> DeviceEntry {
     }
 }
 
+/// Leaves only a device's id, name, presence and key: what an operator its
+/// owner does not trust may see (the key lets any operator check the
+/// device's signed answers).
+fn mask(entry: &mut DeviceEntry) {
+    *entry = DeviceEntry {
+        name: std::mem::take(&mut entry.name),
+        online: entry.online,
+        public_key: entry.public_key.take(),
+        ..offline(&entry.device_id)
+    };
+}
+
+/// `local`, the listing of a device this relay does not hold, as the relay
+/// of the cluster that holds it reported it (`held`), named, keyed and
+/// alerted as the registry says; masked (see [`mask`]) unless `trusted`.
+pub(crate) fn held_elsewhere(local: &DeviceEntry, held: &DeviceEntry, trusted: bool) -> DeviceEntry {
+    let mut entry = DeviceEntry {
+        device_id: local.device_id.clone(),
+        name: local.name.clone(),
+        public_key: local.public_key.clone(),
+        audit_alert: local.audit_alert.clone(),
+        online: true,
+        ..held.clone()
+    };
+    if !trusted {
+        mask(&mut entry);
+    }
+    entry
+}
+
 /// What the running relay knows of each device it has heard from since it started.
 #[derive(Default)]
 pub(crate) struct Presence {
@@ -174,16 +204,16 @@ impl Presence {
         let mut all = self.listing(registry);
         for entry in &mut all {
             if !trusted.get(&entry.device_id).is_some_and(|t| t.iter().any(|f| f == fingerprint)) {
-                // The key stays: it is what lets any operator check a device's signed answers.
-                *entry = DeviceEntry {
-                    name: std::mem::take(&mut entry.name),
-                    online: entry.online,
-                    public_key: entry.public_key.take(),
-                    ..offline(&entry.device_id)
-                };
+                mask(entry);
             }
         }
         all
+    }
+
+    /// What this relay last heard of `device_id`, and whom its owner trusts.
+    pub(crate) fn entry(&self, device_id: &str) -> (DeviceEntry, Vec<String>) {
+        let entry = lock(&self.entries).get(device_id).cloned().unwrap_or_else(|| offline(device_id));
+        (entry, lock(&self.trusted).get(device_id).cloned().unwrap_or_default())
     }
 
     fn snapshot(&self) -> Vec<DeviceEntry> {

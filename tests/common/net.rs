@@ -236,6 +236,31 @@ impl Device {
     }
 }
 
+/// Runs `run` on `session`, cancels it as soon as the device accepted it,
+/// and asserts the device ended it as cancelled by the operator.
+pub async fn cancel_once_accepted(session: &mut Session, run: &support::Run) {
+    use support::protocol::{DeviceFrame, Status, StoppedBy};
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let on_frame = |f: &support::protocol::DeviceFrame| {
+        if matches!(f, support::protocol::DeviceFrame::Accepted { .. }) {
+            let _ = tx.take().map(|t| t.send(()));
+        }
+    };
+    let outcome = session.run(run, on_frame, async { rx.await.unwrap_or(()) }).await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            support::operator::Outcome::Finished(DeviceFrame::Result {
+                status: Status::Cancelled,
+                cancelled_by: Some(StoppedBy::Operator),
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+}
+
 /// A raw TLS WebSocket to `path` on the relay, for framing tests.
 pub async fn raw_ws(relay: &Relay, path: &str) -> dial::Ws {
     let tcp = tokio::net::TcpStream::connect(&relay.addr).await.unwrap();

@@ -165,6 +165,11 @@ impl NatsRegistry {
         })
     }
 
+    /// The NATS client this registry talks through, and its server's URL.
+    pub(crate) fn client(&self) -> (async_nats::Client, &str) {
+        (self.js.client(), &self.url)
+    }
+
     fn failed(&self, what: impl std::fmt::Display) -> RegistryError {
         RegistryError::Cluster { what: what.to_string(), url: self.url.clone() }
     }

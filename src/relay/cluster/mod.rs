@@ -13,8 +13,10 @@
 //!
 //! - `mod.rs`: [`ClusterConfig`] (flags and `relay.toml`) and [`connect`].
 //! - `kv`: [`NatsRegistry`]: the registry in a key-value bucket.
+//! - `route`: presence in an expiring bucket, and routing on core NATS subjects.
 
 mod kv;
+pub(crate) mod route;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
