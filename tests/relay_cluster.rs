@@ -200,3 +200,120 @@ async fn an_operator_on_one_relay_of_three_runs_cancels_and_is_denied_on_a_devic
     assert!(b.metric("commands_routed_total") >= 3 && a.metric("commands_routed_total") >= 3);
     assert!(b.metrics().contains("cluster_connected 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_relay_holding_a_device_dies_the_device_is_back_through_another_within_the_backoff() {
+    let nats = Nats::start();
+    let mut a = clustered_relay(&nats);
+    let b = common::nats::clustered_relay_like(&nats, &a);
+    let c = clustered_relay(&nats);
+    let (key, key_path) = c.operator("desk");
+    let device = tokio::task::block_in_place(|| {
+        let ca = a.ca();
+        let (a_url, b_url) = (a.url(), b.url());
+        let flags = ["--relay-ca", ca.to_str().unwrap(), "--relay", &b_url, "--enroll", &a.token()];
+        let device = Device::start(Home::new(), &a_url, &flags, true);
+        device.trust("desk", &key);
+        device.allow(1);
+        wait_online(&c, &device.device_id);
+        device
+    });
+    assert_eq!(device.home.status()["daemon"]["link"]["relay"], a.url().as_str(), "the first relay first");
+    let mut desk = admitted(&c, &key_path).await;
+    let run = desk.command(&device.device_id, "system-info", Default::default());
+    assert!(matches!(
+        desk.run(&run, |_| {}, std::future::pending()).await.unwrap(),
+        support::operator::Outcome::Finished(_)
+    ));
+
+    // Relay A dies without a word; the device's link moves on to B.
+    let killed = Instant::now();
+    a.proc.0.kill().unwrap();
+    let _ = a.proc.0.wait();
+    let b_url = b.url();
+    tokio::task::block_in_place(|| {
+        device.wait_until("back through B", |s| {
+            s["daemon"]["connected"] == true && s["daemon"]["link"]["relay"] == b_url.as_str()
+        });
+    });
+    let back = killed.elapsed();
+    // The first wait of the backoff is 1 s ± 30 %; a second on top for the reconnect itself.
+    assert!(back < Duration::from_millis(2300), "back after {back:?}");
+    // Reachable again from the operator on C, before A's presence entry has expired.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let run = desk.command(&device.device_id, "system-info", Default::default());
+        match desk.run(&run, |_| {}, std::future::pending()).await {
+            Ok(support::operator::Outcome::Finished(_)) => break,
+            other => assert!(Instant::now() < deadline, "not reachable through B: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/healthz` of `relay`: its `status`.
+fn health(relay: &Relay) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(relay.ca())
+        .arg(format!("https://{}/healthz", relay.addr))
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    body["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits (20 s at most) until `relay`'s `/healthz` says `want`.
+fn wait_health(relay: &Relay, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(relay) != want {
+        assert!(Instant::now() < deadline, "/healthz never said {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_a_relay_serves_its_own_peers_refuses_cross_relay_requests_and_recovers_by_itself() {
+    use support::operator::Outcome;
+    let mut nats = Nats::start();
+    let (a, b) = (clustered_relay(&nats), clustered_relay(&nats));
+    let (key, key_path) = a.operator("desk");
+    let device = tokio::task::block_in_place(|| {
+        let device = Device::enrolled(&a);
+        device.trust("desk", &key);
+        device.allow(1);
+        wait_online(&b, &device.device_id);
+        device
+    });
+    let id = device.device_id.clone();
+    let (mut here, mut there) = (admitted(&a, &key_path).await, admitted(&b, &key_path).await);
+    let finished = |o: Outcome| matches!(o, Outcome::Finished(_));
+    let run = there.command(&id, "system-info", Default::default());
+    assert!(finished(there.run(&run, |_| {}, std::future::pending()).await.unwrap()));
+
+    nats.stop();
+    tokio::task::block_in_place(|| {
+        wait_health(&a, "degraded");
+        wait_health(&b, "degraded");
+    });
+    assert!(b.metrics().contains("cluster_connected 0"));
+    let run = there.command(&id, "system-info", Default::default());
+    match there.run(&run, |_| {}, std::future::pending()).await.unwrap() {
+        Outcome::Relay { code, message } => {
+            assert_eq!(code, RelayCode::ClusterUnavailable, "{message}");
+            assert!(message.contains("cannot reach its cluster"), "{message}");
+        }
+        other => panic!("expected CLUSTER_UNAVAILABLE, got {other:?}"),
+    }
+    // The device and the operator on the same relay do not need NATS.
+    let run = here.command(&id, "system-info", Default::default());
+    assert!(finished(here.run(&run, |_| {}, std::future::pending()).await.unwrap()));
+
+    nats.up();
+    tokio::task::block_in_place(|| {
+        wait_health(&a, "ok");
+        wait_health(&b, "ok");
+    });
+    let run = there.command(&id, "system-info", Default::default());
+    assert!(finished(there.run(&run, |_| {}, std::future::pending()).await.unwrap()), "cross-relay again");
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::net::Proc;
+use super::net::{Proc, Relay};
 
 /// How long the server may take to answer with JetStream on.
 const READY_WITHIN: Duration = Duration::from_secs(15);
@@ -83,12 +83,28 @@ impl Nats {
 /// A relay of the cluster on `nats`: `support relay serve` whose state
 /// directory holds a `relay.toml` naming the cluster, so every admin
 /// command of [`Relay`] (`admin`, `token`, `operator`) goes to the cluster too.
-pub fn clustered_relay(nats: &Nats) -> super::net::Relay {
+pub fn clustered_relay(nats: &Nats) -> Relay {
+    clustered(nats, None)
+}
+
+/// As [`clustered_relay`], with `other`'s certificate and key: relays
+/// behind one name, which a daemon given all of them recognises by one CA.
+pub fn clustered_relay_like(nats: &Nats, other: &Relay) -> Relay {
+    clustered(nats, Some(other))
+}
+
+fn clustered(nats: &Nats, like: Option<&Relay>) -> Relay {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("relay");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(state.join("relay.toml"), format!("cluster = \"{}\"\n", nats.url())).unwrap();
-    super::net::Relay::start_in(dir, state, "127.0.0.1:0", &[])
+    if let Some(other) = like {
+        for file in ["cert.pem", "key.pem"] {
+            std::fs::copy(other.state.join(file), state.join(file)).unwrap();
+            std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    Relay::start_in(dir, state, "127.0.0.1:0", &[])
 }
