@@ -317,3 +317,42 @@ async fn without_nats_a_relay_serves_its_own_peers_refuses_cross_relay_requests_
     let run = there.command(&id, "system-info", Default::default());
     assert!(finished(there.run(&run, |_| {}, std::future::pending()).await.unwrap()), "cross-relay again");
 }
+
+/// A device's connection to `relay` with `key`, enrolling with `token` the first time.
+async fn raw_device(relay: &Relay, key: &support::KeyPair, token: Option<String>) -> support::dial::Ws {
+    use support::dial::{self, DeviceHello};
+    let url: support::dial::RelayUrl = relay.url().parse().unwrap();
+    let hello = DeviceHello { enroll_token: token.map(support::Secret::new), name: Some("twice".into()) };
+    dial::connect(&url, relay.client_tls(), support::protocol::Role::Device, key, hello).await.unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_connected_to_two_relays_belongs_to_its_newest_connection_cluster_wide() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let nats = Nats::start();
+    let (a, b) = (clustered_relay(&nats), clustered_relay(&nats));
+    let key = support::KeyPair::generate().0;
+    let token = tokio::task::block_in_place(|| a.token());
+    let mut stale = raw_device(&a, &key, Some(token)).await;
+    let id = key.public_key().device_id();
+    tokio::task::block_in_place(|| wait_online(&b, &id));
+    let _newest = raw_device(&b, &key, None).await;
+    // Relay A ends its connection as replaced, though the newer one is on B.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stale.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.reason.to_string()),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    });
+    let reason = closed.await.expect("relay A kept the stale connection");
+    assert_eq!(reason.as_deref(), Some("replaced by a newer connection"));
+    // Both relays list it online, held by B.
+    tokio::task::block_in_place(|| {
+        wait_online(&a, &id);
+        wait_online(&b, &id);
+    });
+}
