@@ -356,3 +356,25 @@ async fn a_device_connected_to_two_relays_belongs_to_its_newest_connection_clust
         wait_online(&b, &id);
     });
 }
+
+#[test]
+fn a_single_relays_registry_moves_into_the_cluster_once_and_never_over_what_is_there() {
+    let nats = Nats::start();
+    let mut relay = Relay::start("127.0.0.1:0");
+    relay.operator("desk");
+    let device = Device::enrolled(&relay);
+    let url = nats.url();
+    relay.admin(&["migrate", "--to", &url]).code(1).says("stop it first");
+    relay.proc.term();
+    relay.admin(&["migrate", "--to", &url]).code(0).says("records written").says("cluster = ");
+    relay.admin(&["migrate", "--to", &url]).code(0).says("0 records written");
+    let operators = relay.admin(&["--cluster", &url, "operators", "--json"]).code(0).json();
+    assert_eq!(operators[0]["name"], "desk", "{operators}");
+    let devices = relay.admin(&["--cluster", &url, "devices", "--json"]).code(0).json();
+    assert_eq!(devices[0]["device_id"], device.device_id.as_str(), "{devices}");
+    // Renamed in the cluster: the file's old name is a conflict, left as the cluster has it.
+    relay.admin(&["--cluster", &url, "rename-device", &device.device_id, "moved"]).code(0);
+    relay.admin(&["migrate", "--to", &url]).code(1).says("another value for device.");
+    let devices = relay.admin(&["--cluster", &url, "devices", "--json"]).code(0).json();
+    assert_eq!(devices[0]["name"], "moved");
+}

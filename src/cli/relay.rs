@@ -101,6 +101,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy this state directory's registry.json into a cluster's NATS
+    /// (never over a record already there), for a single relay joining a
+    /// cluster; stop the relay first, then set `cluster` in relay.toml.
+    Migrate {
+        /// The cluster's NATS: nats://HOST:PORT (--cluster-creds and --cluster-ca apply).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Clear the audit alert standing against a device, once you have
     /// looked into it; the witnessed head stays, so later tampering is
     /// flagged again.
@@ -158,6 +166,12 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             drop(runtime);
             return serve(dir, a, cluster);
         }
+        Command::Migrate { to } => {
+            let to = ClusterConfig::resolve(&dir, Some(to), args.cluster_creds.clone(), args.cluster_ca.clone())
+                .map_err(Error::Usage)?
+                .expect("a URL was given");
+            return runtime.block_on(migrate(&dir, &to)).map_err(reg);
+        }
         c => c,
     };
     let store: Arc<dyn Store> = match &cluster {
@@ -166,7 +180,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     };
     let clustered = cluster.is_some();
     match command {
-        Command::Serve(_) => unreachable!("served above"),
+        Command::Serve(_) | Command::Migrate { .. } => unreachable!("handled above"),
         Command::EnrollToken { ttl } => {
             let ttl: Duration = ttl.into();
             if !(60..=30 * 86_400).contains(&ttl.as_secs()) {
@@ -269,6 +283,34 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `support relay migrate --to URL`: `registry.json` of `dir` into the cluster's bucket.
+/// Exit 1 while a relay runs with `dir` (it could change the file meanwhile) or on a conflict.
+async fn migrate(dir: &std::path::Path, to: &ClusterConfig) -> Result<ExitCode, registry::RegistryError> {
+    if relay::is_running(dir) {
+        let why = format!(
+            "a relay is running with {}; stop it first, so that nothing changes during the move",
+            dir.display()
+        );
+        return Err(registry::RegistryError::Conflict(why));
+    }
+    let (file, _) = registry::Registry::load(dir)?;
+    let imported = open_cluster(to).await?.import(&file).await?;
+    eprintln!(
+        "{} records written to {}, {} there already",
+        imported.written,
+        cluster::REGISTRY_BUCKET,
+        imported.skipped
+    );
+    if !imported.conflicts.is_empty() {
+        let keys = imported.conflicts.join(", ");
+        return Err(registry::RegistryError::Conflict(format!(
+            "the cluster holds another value for {keys}; left as the cluster has it"
+        )));
+    }
+    eprintln!("Now add to {}: cluster = {:?}", dir.join("relay.toml").display(), to.url);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Connects to the cluster's NATS and opens its registry.

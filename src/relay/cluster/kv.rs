@@ -48,6 +48,17 @@ const MAX_VALUE_BYTES: i32 = 64 << 10;
 /// How long the watch waits between attempts to start again after it failed.
 const REWATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// What [`NatsRegistry::import`] did.
+#[derive(Debug, Default)]
+pub struct Imported {
+    /// Records written.
+    pub written: usize,
+    /// Records the bucket held already, with the same value.
+    pub skipped: usize,
+    /// Keys the bucket held with another value (left as they were).
+    pub conflicts: Vec<String>,
+}
+
 /// The registry in the cluster's key-value bucket, with this relay's copy of it.
 pub struct NatsRegistry {
     js: async_nats::jetstream::Context,
@@ -367,6 +378,37 @@ impl NatsRegistry {
             self.put(&wkey, encode(&w)).await?;
         }
         Ok(cleared)
+    }
+
+    /// Copies every record of `registry` (a single relay's `registry.json`)
+    /// into the bucket, never over a record that is there already: one with
+    /// the same value is skipped, one with another value is a conflict,
+    /// named by its key (and left as the bucket has it).
+    ///
+    /// # Errors
+    /// [`RegistryError::Cluster`] when NATS does not answer.
+    pub async fn import(&self, registry: &Registry) -> Result<Imported, RegistryError> {
+        let mut records: Vec<(String, Bytes)> = Vec::new();
+        records.extend(registry.devices.iter().map(|(id, d)| (device_key(id), encode(d))));
+        records.extend(registry.operators.iter().map(|(name, o)| (operator_key(name), encode(o))));
+        records.extend(registry.tokens.iter().map(|t| (token_key(&t.sha256), encode(t))));
+        records.extend(registry.witness.iter().map(|(id, w)| (witness_key(id), encode(w))));
+        let mut imported = Imported::default();
+        for (key, value) in records {
+            match self.kv.create(&key, value.clone()).await {
+                Ok(_) => imported.written += 1,
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                    let there = self.kv.get(&key).await.map_err(|e| self.failed(format!("cannot read {key}: {e}")))?;
+                    let same = there.as_deref().is_some_and(|v| {
+                        serde_json::from_slice::<serde_json::Value>(v).ok()
+                            == serde_json::from_slice::<serde_json::Value>(&value).ok()
+                    });
+                    if same { imported.skipped += 1 } else { imported.conflicts.push(key) }
+                }
+                Err(e) => return Err(self.failed(format!("cannot write {key}: {e}"))),
+            }
+        }
+        Ok(imported)
     }
 
     /// Keeps this relay's copy in step with the bucket until `shutdown`:

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use kv::{NatsRegistry, REGISTRY_BUCKET};
+pub use kv::{Imported, NatsRegistry, REGISTRY_BUCKET};
 
 use super::registry::RegistryError;
 use crate::paths;
