@@ -199,6 +199,17 @@ async fn an_operator_on_one_relay_of_three_runs_cancels_and_is_denied_on_a_devic
     assert!(matches!(desk.run(&run, |_| {}, std::future::pending()).await.unwrap(), Outcome::Denied { .. }));
     assert!(b.metric("commands_routed_total") >= 3 && a.metric("commands_routed_total") >= 3);
     assert!(b.metrics().contains("cluster_connected 1"));
+    // `devices` from a machine with no relay running reads the cluster's presence.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["relay", "--state"])
+        .arg(elsewhere.path().join("relay"))
+        .args(["--cluster", &nats.url(), "devices", "--json"])
+        .output()
+        .unwrap();
+    let listed = Run::from(out).code(0).json();
+    let held = listed.as_array().unwrap().iter().find(|d| d["device_id"] == id.as_str()).unwrap();
+    assert_eq!((held["online"].as_bool(), held["tier"].as_u64()), (Some(true), Some(1)), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,9 +174,13 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         }
         c => c,
     };
-    let store: Arc<dyn Store> = match &cluster {
+    let nats = match &cluster {
+        Some(c) => Some(runtime.block_on(open_cluster(c)).map_err(reg)?),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &nats {
+        Some(n) => n.clone(),
         None => Arc::new(FileStore::at(&dir)),
-        Some(c) => runtime.block_on(open_cluster(c)).map_err(reg)?,
     };
     let clustered = cluster.is_some();
     match command {
@@ -263,12 +267,14 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             clear_alert(&registry, &device, runtime.block_on(store.clear_alert(&device)).map_err(reg)?)
         }
         Command::Devices { json } => {
-            let listing = relay::devices_in(&dir, runtime.block_on(store.load()).map_err(reg)?);
+            let mut listing = relay::devices_in(&dir, runtime.block_on(store.load()).map_err(reg)?);
+            if let (relay::Source::NotRunning, Some(n)) = (&listing.source, &nats) {
+                let (client, url) = n.client();
+                let held = runtime.block_on(cluster::route::present(client, url)).map_err(reg)?;
+                listing.devices = cluster::route::listed(listing.devices, &held);
+                listing.source = relay::Source::Cluster;
+            }
             match listing.source {
-                relay::Source::NotRunning if !json && clustered => eprintln!(
-                    "(no relay is running with {}; presence is not shared across the cluster yet, so every device shows offline here)",
-                    dir.display()
-                ),
                 relay::Source::NotRunning if !json => {
                     eprintln!("(no relay is running with {}; every device shows offline)", dir.display());
                 }

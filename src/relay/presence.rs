@@ -47,6 +47,9 @@ pub enum Source {
     Snapshot(Option<DateTime<Utc>>),
     /// No relay holds the state directory: every device shows offline.
     NotRunning,
+    /// No relay holds the state directory; the cluster's presence bucket
+    /// says which devices a relay of the cluster holds now (`--cluster`).
+    Cluster,
 }
 
 /// Every enrolled device, and where its presence came from.

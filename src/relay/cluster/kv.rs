@@ -41,8 +41,6 @@ use crate::protocol::AuditAlert;
 /// The bucket that holds the registry. Made with one replica if missing;
 /// in production make it first with three (`nats kv add support_registry --replicas 3 --history 1`).
 pub const REGISTRY_BUCKET: &str = "support_registry";
-/// How long reading the whole bucket may take.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest value accepted for one record (bytes).
 const MAX_VALUE_BYTES: i32 = 64 << 10;
 /// How long the watch waits between attempts to start again after it failed.
@@ -149,7 +147,7 @@ fn apply(r: &mut Registry, key: &str, value: Option<&[u8]>) {
     }
 }
 
-fn entry_value(e: &kv::Entry) -> Option<&[u8]> {
+pub(super) fn entry_value(e: &kv::Entry) -> Option<&[u8]> {
     (e.operation == Operation::Put).then_some(e.value.as_ref())
 }
 
@@ -457,33 +455,9 @@ impl NatsRegistry {
 /// Every record in the bucket, and the watch that read them, which goes
 /// on with every later change.
 async fn read_all(js: &async_nats::jetstream::Context, kv: &kv::Store) -> Result<(Registry, Watch), String> {
-    let mut w = kv.watch_with_history(">").await.map_err(|e| format!("cannot watch {REGISTRY_BUCKET}: {e}"))?;
-    // Asked now: the store's own `status` is what it read when it was opened.
-    let mut stream = js
-        .get_stream(format!("KV_{REGISTRY_BUCKET}"))
-        .await
-        .map_err(|e| format!("cannot read the state of {REGISTRY_BUCKET}: {e}"))?;
-    let messages =
-        stream.info().await.map_err(|e| format!("cannot read the state of {REGISTRY_BUCKET}: {e}"))?.state.messages;
     let mut registry = Registry::default();
-    if messages == 0 {
-        return Ok((registry, w));
-    }
-    let read = async {
-        while let Some(e) = w.next().await {
-            let e = e.map_err(|e| format!("cannot read {REGISTRY_BUCKET}: {e}"))?;
-            apply(&mut registry, &e.key, entry_value(&e));
-            if e.delta == 0 {
-                return Ok(());
-            }
-        }
-        Err(format!("the watch on {REGISTRY_BUCKET} ended"))
-    };
-    match tokio::time::timeout(LOAD_TIMEOUT, read).await {
-        Ok(Ok(())) => Ok((registry, w)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("cannot read {REGISTRY_BUCKET} within {} s", LOAD_TIMEOUT.as_secs())),
-    }
+    let w = super::read_bucket(js, kv, REGISTRY_BUCKET, |e| apply(&mut registry, &e.key, entry_value(e))).await?;
+    Ok((registry, w))
 }
 
 impl Store for NatsRegistry {

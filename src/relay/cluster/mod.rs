@@ -167,6 +167,42 @@ async fn bucket(
     js.get_key_value(name).await.map_err(|e| format!("cannot open the key-value bucket {name}: {e}"))
 }
 
+/// Reads every key of the bucket `name` (whose stream is `KV_<name>`),
+/// giving each entry to `each`, within 30 s; returns the watch that read
+/// them, which goes on with every later change.
+async fn read_bucket(
+    js: &async_nats::jetstream::Context,
+    kv: &async_nats::jetstream::kv::Store,
+    name: &str,
+    mut each: impl FnMut(&async_nats::jetstream::kv::Entry),
+) -> Result<async_nats::jetstream::kv::Watch, String> {
+    use futures_util::StreamExt as _;
+    const READ_WITHIN: Duration = Duration::from_secs(30);
+    let mut w = kv.watch_with_history(">").await.map_err(|e| format!("cannot watch {name}: {e}"))?;
+    // Asked now: the store's own `status` is what it read when it was opened.
+    let mut stream =
+        js.get_stream(format!("KV_{name}")).await.map_err(|e| format!("cannot read the state of {name}: {e}"))?;
+    let messages = stream.info().await.map_err(|e| format!("cannot read the state of {name}: {e}"))?.state.messages;
+    if messages == 0 {
+        return Ok(w);
+    }
+    let read = async {
+        while let Some(e) = w.next().await {
+            let e = e.map_err(|e| format!("cannot read {name}: {e}"))?;
+            each(&e);
+            if e.delta == 0 {
+                return Ok(());
+            }
+        }
+        Err(format!("the watch on {name} ended"))
+    };
+    match tokio::time::timeout(READ_WITHIN, read).await {
+        Ok(Ok(())) => Ok(w),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("cannot read {name} within {} s", READ_WITHIN.as_secs())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

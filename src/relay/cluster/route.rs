@@ -36,6 +36,8 @@ use crate::protocol::{DeviceEntry, RelayCode, Run};
 
 /// The bucket of who holds which device.
 pub const PRESENCE_BUCKET: &str = "support_presence";
+/// The presence bucket's description.
+const PRESENCE_ABOUT: &str = "support relays: which relay holds each device (expires)";
 /// How long a device stays present without a heartbeat: three heartbeats.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(90);
 /// How long a request to another relay may take before it is refused.
@@ -122,8 +124,7 @@ impl Route {
     /// [`RegistryError::Cluster`] when JetStream does not answer.
     pub(crate) async fn open(client: async_nats::Client, url: &str) -> Result<Route, RegistryError> {
         let js = async_nats::jetstream::new(client.clone());
-        let about = "support relays: which relay holds each device (expires)";
-        let presence = super::bucket(&js, PRESENCE_BUCKET, about, PRESENCE_TTL, 64 << 10)
+        let presence = super::bucket(&js, PRESENCE_BUCKET, PRESENCE_ABOUT, PRESENCE_TTL, 64 << 10)
             .await
             .map_err(|what| RegistryError::Cluster { what, url: url.into() })?;
         let relay = format!("r-{}", crate::random_hex(8));
@@ -197,6 +198,39 @@ impl Route {
             tracing::debug!(error = %e, "cannot pass an answer to the operator's relay");
         }
     }
+}
+
+/// Who holds each device now, as the presence bucket on `client` says
+/// (for `support relay devices` with no relay running here).
+///
+/// # Errors
+/// [`RegistryError::Cluster`] when the bucket cannot be read.
+pub(crate) async fn present(client: async_nats::Client, url: &str) -> Result<HashMap<String, Held>, RegistryError> {
+    let failed = |what: String| RegistryError::Cluster { what, url: url.into() };
+    let js = async_nats::jetstream::new(client);
+    let kv = super::bucket(&js, PRESENCE_BUCKET, PRESENCE_ABOUT, PRESENCE_TTL, 64 << 10).await.map_err(failed)?;
+    let mut held = HashMap::new();
+    super::read_bucket(&js, &kv, PRESENCE_BUCKET, |e| {
+        let Some(id) = e.key.strip_prefix("device.") else { return };
+        match super::kv::entry_value(e).and_then(|v| serde_json::from_slice::<Held>(v).ok()) {
+            Some(h) => held.insert(id.to_string(), h),
+            None => held.remove(id),
+        };
+    })
+    .await
+    .map_err(failed)?;
+    Ok(held)
+}
+
+/// `listing` (every device offline) with what `held` says of each device
+/// a relay of the cluster holds now, unmasked (the admin's listing).
+pub(crate) fn listed(mut listing: Vec<DeviceEntry>, held: &HashMap<String, Held>) -> Vec<DeviceEntry> {
+    for entry in &mut listing {
+        if let Some(h) = held.get(&entry.device_id) {
+            *entry = super::super::presence::held_elsewhere(entry, &h.entry, true);
+        }
+    }
+    listing
 }
 
 /// Serves the cluster's side of `hub` until `shutdown`: requests for its
