@@ -389,3 +389,54 @@ fn a_single_relays_registry_moves_into_the_cluster_once_and_never_over_what_is_t
     let devices = relay.admin(&["--cluster", &url, "devices", "--json"]).code(0).json();
     assert_eq!(devices[0]["name"], "moved");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_removed_through_one_relay_tells_an_operator_on_another_that_its_request_is_gone() {
+    use support::operator::Outcome;
+    use support::protocol::DeviceFrame;
+    let nats = Nats::start();
+    let (a, b) = (clustered_relay(&nats), clustered_relay(&nats));
+    let (key, key_path) = b.operator("desk");
+    let device = tokio::task::block_in_place(|| {
+        let home = Home::new();
+        common::net::add_policy(&home, SLOW);
+        let ca = a.ca();
+        let device = Device::start(home, &a.url(), &["--relay-ca", ca.to_str().unwrap(), "--enroll", &a.token()], true);
+        device.trust("desk", &key);
+        device.allow(1);
+        wait_online(&b, &device.device_id);
+        device
+    });
+    let id = device.device_id.clone();
+    let mut desk = admitted(&b, &key_path).await;
+    let run = desk.command(&id, "slow", Default::default());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let on_frame = |f: &DeviceFrame| {
+        if matches!(f, DeviceFrame::Accepted { .. }) {
+            let _ = tx.take().map(|t| t.send(()));
+        }
+    };
+    let state = a.state.clone();
+    let remove = async move {
+        rx.await.unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(common::bin())
+                .args(["relay", "--state"])
+                .arg(&state)
+                .args(["remove-device", &id])
+                .output()
+                .unwrap()
+        });
+        Run::from(out.await.unwrap()).code(0);
+    };
+    let (outcome, ()) = tokio::join!(desk.run(&run, on_frame, std::future::pending()), remove);
+    match outcome.unwrap() {
+        Outcome::Relay { code, message } => {
+            assert_eq!(code, RelayCode::DeviceOffline, "{message}");
+            assert!(message.contains("removed"), "{message}");
+        }
+        other => panic!("expected DEVICE_OFFLINE for the request in flight, got {other:?}"),
+    }
+    tokio::task::block_in_place(|| wait_link_error(&device, "UNAUTHORIZED"));
+}

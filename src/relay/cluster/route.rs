@@ -247,7 +247,8 @@ pub(crate) async fn serve(hub: Arc<Hub>, route: Arc<Route>, mut shutdown: watch:
             return tracing::error!(error = %e, "cannot subscribe to the cluster's subjects; cross-relay requests fail");
         }
     };
-    let mut presence = route.presence.watch_all().await.ok();
+    // With history: a relay that starts after the others learns at once who holds what.
+    let mut presence = route.presence.watch_with_history(">").await.ok();
     loop {
         tokio::select! {
             Some(m) = devices.next() => {
@@ -272,7 +273,7 @@ pub(crate) async fn serve(hub: Arc<Hub>, route: Arc<Route>, mut shutdown: watch:
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = crate::stopped(&mut shutdown) => return,
                     }
-                    presence = route.presence.watch_all().await.ok();
+                    presence = route.presence.watch_with_history(">").await.ok();
                 }
             },
             _ = crate::stopped(&mut shutdown) => return,
@@ -294,7 +295,11 @@ fn heard_presence(hub: &Hub, route: &Route, e: &kv::Entry) {
         return;
     }
     hub.held_elsewhere(device_id, held.since_ns);
-    lock(&route.remote).insert(device_id.to_string(), (held, Instant::now()));
+    // Aged as the bucket ages it: from when it was written, not when we read it.
+    let written_s = e.created.unix_timestamp();
+    let age = u64::try_from(chrono::Utc::now().timestamp() - written_s).unwrap_or(0);
+    let heard = Instant::now().checked_sub(Duration::from_secs(age)).unwrap_or_else(Instant::now);
+    lock(&route.remote).insert(device_id.to_string(), (held, heard));
 }
 
 /// Now, as [`Held::since_ns`] counts.
