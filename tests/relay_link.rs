@@ -466,25 +466,7 @@ async fn operators_see_only_their_own_requests_and_revoke_cancels_a_running_fix(
     tokio::task::block_in_place(|| device.allow(2));
     let mut alice2 = relay.session(&a_path).await;
     let run = alice2.command(&id, "slow", BTreeMap::new());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let mut tx = Some(tx);
-    let on_frame = |f: &DeviceFrame| {
-        if matches!(f, DeviceFrame::Accepted { .. }) {
-            let _ = tx.take().map(|t| t.send(()));
-        }
-    };
-    let outcome = alice2.run(&run, on_frame, async { rx.await.unwrap_or(()) }).await.unwrap();
-    assert!(
-        matches!(
-            outcome,
-            Outcome::Finished(DeviceFrame::Result {
-                status: Status::Cancelled,
-                cancelled_by: Some(StoppedBy::Operator),
-                ..
-            })
-        ),
-        "{outcome:?}"
-    );
+    common::net::cancel_once_accepted(&mut alice2, &run).await;
 }
 
 /// Reads of `/proc/PID/io`'s `syscr`: read syscalls the process made so far.

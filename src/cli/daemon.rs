@@ -25,8 +25,10 @@ pub struct Args {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_tasks: u16,
     /// The relay to keep a link to: wss://HOST:PORT (also `relay` in daemon.toml).
+    /// Repeat it for the relays of a cluster: after a failure the link
+    /// tries the next, in turn, with the same backoff.
     #[arg(long, value_name = "URL")]
-    relay: Option<String>,
+    relay: Vec<String>,
     /// Recognise the relay by this CA certificate (PEM), or `system` for the system roots.
     #[arg(long, value_name = "PEM|system")]
     relay_ca: Option<String>,
@@ -43,10 +45,18 @@ pub struct Args {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    relay: Option<String>,
+    relay: Option<Relays>,
     relay_ca: Option<String>,
     relay_fingerprint: Option<String>,
     enroll: Option<crate::Secret>,
+}
+
+/// `relay` in `daemon.toml`: one URL, or a list of the relays of a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Relays {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// The relay link from the flags and `daemon.toml`, or `None` when neither names a relay.
@@ -59,13 +69,20 @@ fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
         }
         None => FileConfig::default(),
     };
-    let Some(relay) = args.relay.clone().or(file.relay) else {
+    let relays = match (args.relay.is_empty(), file.relay) {
+        (false, _) => args.relay.clone(),
+        (true, Some(Relays::One(url))) => vec![url],
+        (true, Some(Relays::Many(urls))) => urls,
+        (true, None) => Vec::new(),
+    };
+    let parse = |r: &String| r.parse().map_err(|e: crate::dial::DialError| Error::Usage(e.to_string()));
+    let mut urls = relays.iter().map(parse).collect::<Result<Vec<RelayUrl>, Error>>()?.into_iter();
+    let Some(url) = urls.next() else {
         if args.relay_ca.is_some() || args.relay_fingerprint.is_some() || args.enroll.is_some() {
             return Err(Error::Usage("--relay-ca, --relay-fingerprint and --enroll need --relay URL".into()));
         }
         return Ok(None);
     };
-    let url: RelayUrl = relay.parse().map_err(|e: crate::dial::DialError| Error::Usage(e.to_string()))?;
     let (ca, fp) = if args.relay_ca.is_some() || args.relay_fingerprint.is_some() {
         (args.relay_ca.clone(), args.relay_fingerprint.clone())
     } else {
@@ -74,7 +91,12 @@ fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
     let usage = |e: crate::tls::TlsError| Error::Usage(crate::ErrorChain(&e).to_string());
     let trust = RelayTrust::from_flags(ca.as_deref(), fp.as_deref()).map_err(usage)?;
     let tls = trust.client_config().map_err(usage)?;
-    Ok(Some(LinkConfig { url, tls, enroll_token: args.enroll.clone().map(crate::Secret::new).or(file.enroll) }))
+    Ok(Some(LinkConfig {
+        url,
+        more: urls.collect(),
+        tls,
+        enroll_token: args.enroll.clone().map(crate::Secret::new).or(file.enroll),
+    }))
 }
 
 /// A parse error of `daemon.toml` as its message and line, never the
@@ -120,5 +142,19 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_toml_names_one_relay_or_the_relays_of_a_cluster() {
+        let one: FileConfig = toml::from_str("relay = \"wss://a:1\"").unwrap();
+        assert!(matches!(one.relay, Some(Relays::One(u)) if u == "wss://a:1"));
+        let many: FileConfig = toml::from_str("relay = [\"wss://a:1\", \"wss://b:2\"]").unwrap();
+        assert!(matches!(many.relay, Some(Relays::Many(u)) if u == ["wss://a:1", "wss://b:2"]));
+        assert!(toml::from_str::<FileConfig>("relay = 3").is_err());
     }
 }

@@ -9,10 +9,13 @@ use super::out::outln;
 use super::relay_admin as admin;
 use super::{Ctx, print_json};
 use crate::identity::PublicKey;
+use crate::relay::cluster::{self, ClusterConfig, NatsRegistry};
+use crate::relay::store::{FileStore, Store};
 use crate::relay::{self, registry};
 use crate::text::printable;
 use crate::tls::Identity;
 use crate::{Error, ErrorChain, Secret};
+use std::sync::Arc;
 
 /// `support relay`.
 #[derive(Debug, clap::Args)]
@@ -21,6 +24,17 @@ pub struct Args {
     /// [default: the `relay` directory in the support state directory].
     #[arg(long, global = true, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// Share one registry with other relays through NATS with JetStream:
+    /// nats://HOST:PORT, comma-separated for several (also `cluster` in
+    /// relay.toml in the state directory).
+    #[arg(long, global = true, value_name = "URL")]
+    cluster: Option<String>,
+    /// A NATS credentials file (.creds) for --cluster (also `cluster_creds` in relay.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    cluster_creds: Option<PathBuf>,
+    /// Verify --cluster's NATS by this CA certificate and require TLS (also `cluster_ca` in relay.toml).
+    #[arg(long, global = true, value_name = "PEM")]
+    cluster_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +101,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy this state directory's registry.json into a cluster's NATS
+    /// (never over a record already there), for a single relay joining a
+    /// cluster; stop the relay first, then set `cluster` in relay.toml.
+    Migrate {
+        /// The cluster's NATS: nats://HOST:PORT (--cluster-creds and --cluster-ca apply).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Clear the audit alert standing against a device, once you have
     /// looked into it; the witnessed head stays, so later tampering is
     /// flagged again.
@@ -132,15 +154,44 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         registry::RegistryError::File(f) => file_error(&dir, f),
         e => Error::Failed(ErrorChain(&e).to_string()),
     };
-    match args.command {
-        Command::Serve(a) => serve(dir, a),
+    let cluster =
+        ClusterConfig::resolve(&dir, args.cluster.clone(), args.cluster_creds.clone(), args.cluster_ca.clone())
+            .map_err(Error::Usage)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
+    let command = match args.command {
+        Command::Serve(a) => {
+            drop(runtime);
+            return serve(dir, a, cluster);
+        }
+        Command::Migrate { to } => {
+            let to = ClusterConfig::resolve(&dir, Some(to), args.cluster_creds.clone(), args.cluster_ca.clone())
+                .map_err(Error::Usage)?
+                .expect("a URL was given");
+            return runtime.block_on(migrate(&dir, &to)).map_err(reg);
+        }
+        c => c,
+    };
+    let nats = match &cluster {
+        Some(c) => Some(runtime.block_on(open_cluster(c)).map_err(reg)?),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &nats {
+        Some(n) => n.clone(),
+        None => Arc::new(FileStore::at(&dir)),
+    };
+    let clustered = cluster.is_some();
+    match command {
+        Command::Serve(_) | Command::Migrate { .. } => unreachable!("handled above"),
         Command::EnrollToken { ttl } => {
             let ttl: Duration = ttl.into();
             if !(60..=30 * 86_400).contains(&ttl.as_secs()) {
                 return Err(Error::Usage("--ttl must be between 1m and 30d".into()));
             }
             let ttl = chrono::Duration::from_std(ttl).map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?;
-            let (token, expires_at) = registry::new_token(&dir, ttl).map_err(reg)?;
+            let (token, expires_at) = runtime.block_on(store.new_token(ttl)).map_err(reg)?;
             // Printing it is this command's job; nothing else here may show it.
             let token = Secret::new(token);
             outln!("{}", token.expose())?;
@@ -159,7 +210,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 return Err(Error::Usage(format!("operator name {name:?}: 1 to 64 of A-Z a-z 0-9 . _ -")));
             }
             let key: PublicKey = public_key.trim().parse().map_err(|e| Error::Usage(format!("{e}")))?;
-            match registry::add_operator(&dir, &name, &key) {
+            match runtime.block_on(store.add_operator(&name, &key)) {
                 Ok(true) => eprintln!("operator {name} admitted ({})", key.fingerprint()),
                 Ok(false) => eprintln!("operator {name} was already admitted with that key"),
                 Err(registry::RegistryError::Conflict(m)) => return Err(Error::Usage(m)),
@@ -168,24 +219,20 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::RemoveOperator { name } => {
-            if !registry::remove_operator(&dir, &name).map_err(reg)? {
+            if !runtime.block_on(store.remove_operator(&name)).map_err(reg)? {
                 return Err(Error::Usage(format!(
                     "no operator named {:?} (support relay operators lists them)",
                     printable(&name)
                 )));
             }
-            eprintln!("operator {name} removed; {}", live_effect(&dir, "its open connections"));
+            eprintln!("operator {name} removed; {}", live_effect(&dir, clustered, "its open connections"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Operators { json } => {
-            let (registry, _) = registry::Registry::load(&dir).map_err(reg)?;
-            admin::print_operators(&registry, json)
-        }
+        Command::Operators { json } => admin::print_operators(&runtime.block_on(store.load()).map_err(reg)?, json),
         Command::Tokens { json } => {
-            let (registry, _) = registry::Registry::load(&dir).map_err(reg)?;
-            admin::print_tokens(&registry, chrono::Utc::now(), json)
+            admin::print_tokens(&runtime.block_on(store.load()).map_err(reg)?, chrono::Utc::now(), json)
         }
-        Command::RevokeToken { id } => match registry::revoke_token(&dir, id.trim()) {
+        Command::RevokeToken { id } => match runtime.block_on(store.revoke_token(id.trim())) {
             Ok(Some(t)) => {
                 eprintln!("token {} revoked: no device can enroll with it", t.id());
                 Ok(ExitCode::SUCCESS)
@@ -198,26 +245,35 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             Err(e) => Err(reg(e)),
         },
         Command::RemoveDevice { device } => {
-            let id = admin::resolve_enrolled(&dir, &device, reg)?;
-            if !registry::remove_device(&dir, &id).map_err(reg)? {
+            let id = admin::resolve_enrolled(&runtime.block_on(store.load()).map_err(reg)?, &device)?;
+            if !runtime.block_on(store.remove_device(&id)).map_err(reg)? {
                 return Err(Error::Failed(format!("device {id} was removed meanwhile")));
             }
-            eprintln!("device {id} removed; {}", live_effect(&dir, "its connection"));
+            eprintln!("device {id} removed; {}", live_effect(&dir, clustered, "its connection"));
             eprintln!("It can come back only with a new token: support relay enroll-token");
             Ok(ExitCode::SUCCESS)
         }
         Command::RenameDevice { device, name } => {
             let name = super::device_name::check_name(&name)?;
-            let id = admin::resolve_enrolled(&dir, &device, reg)?;
-            if !registry::rename_device(&dir, &id, name).map_err(reg)? {
+            let id = admin::resolve_enrolled(&runtime.block_on(store.load()).map_err(reg)?, &device)?;
+            if !runtime.block_on(store.rename_device(&id, name)).map_err(reg)? {
                 return Err(Error::Failed(format!("device {id} was removed meanwhile")));
             }
             eprintln!("device {id} is now named {name}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::ClearAlert { device } => clear_alert(&dir, &device, reg),
+        Command::ClearAlert { device } => {
+            let registry = runtime.block_on(store.load()).map_err(reg)?;
+            clear_alert(&registry, &device, runtime.block_on(store.clear_alert(&device)).map_err(reg)?)
+        }
         Command::Devices { json } => {
-            let listing = relay::devices(&dir).map_err(reg)?;
+            let mut listing = relay::devices_in(&dir, runtime.block_on(store.load()).map_err(reg)?);
+            if let (relay::Source::NotRunning, Some(n)) = (&listing.source, &nats) {
+                let (client, url) = n.client();
+                let held = runtime.block_on(cluster::route::present(client, url)).map_err(reg)?;
+                listing.devices = cluster::route::listed(listing.devices, &held);
+                listing.source = relay::Source::Cluster;
+            }
             match listing.source {
                 relay::Source::NotRunning if !json => {
                     eprintln!("(no relay is running with {}; every device shows offline)", dir.display());
@@ -235,9 +291,46 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     }
 }
 
+/// `support relay migrate --to URL`: `registry.json` of `dir` into the cluster's bucket.
+/// Exit 1 while a relay runs with `dir` (it could change the file meanwhile) or on a conflict.
+async fn migrate(dir: &std::path::Path, to: &ClusterConfig) -> Result<ExitCode, registry::RegistryError> {
+    if relay::is_running(dir) {
+        let why = format!(
+            "a relay is running with {}; stop it first, so that nothing changes during the move",
+            dir.display()
+        );
+        return Err(registry::RegistryError::Conflict(why));
+    }
+    let (file, _) = registry::Registry::load(dir)?;
+    let imported = open_cluster(to).await?.import(&file).await?;
+    eprintln!(
+        "{} records written to {}, {} there already",
+        imported.written,
+        cluster::REGISTRY_BUCKET,
+        imported.skipped
+    );
+    if !imported.conflicts.is_empty() {
+        let keys = imported.conflicts.join(", ");
+        return Err(registry::RegistryError::Conflict(format!(
+            "the cluster holds another value for {keys}; left as the cluster has it"
+        )));
+    }
+    eprintln!("Now add to {}: cluster = {:?}", dir.join("relay.toml").display(), to.url);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the cluster's NATS and opens its registry.
+async fn open_cluster(config: &ClusterConfig) -> Result<Arc<NatsRegistry>, registry::RegistryError> {
+    let client = cluster::connect(config).await?;
+    Ok(Arc::new(NatsRegistry::open(client, &config.url).await?))
+}
+
 /// What a removal did to a running relay's live connections, for the
 /// message: `what` ("its connection") ended now, or will within a second.
-fn live_effect(dir: &std::path::Path, what: &str) -> String {
+fn live_effect(dir: &std::path::Path, clustered: bool, what: &str) -> String {
+    if clustered {
+        return format!("every relay of the cluster ends {what} as soon as it sees the change");
+    }
     if !relay::is_running(dir) {
         return "no relay is running with this state directory".into();
     }
@@ -294,7 +387,7 @@ fn relay_error(dir: &std::path::Path, e: relay::RelayError) -> Error {
     }
 }
 
-fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
+fn serve(dir: PathBuf, a: ServeArgs, cluster: Option<ClusterConfig>) -> Result<ExitCode, Error> {
     // Before READY=1 and `listening on`: a relay that says it is ready must be able to run.
     let state = relay::State::open(dir.clone()).map_err(|e| relay_error(&dir, e))?;
     let identity = match (&a.cert, &a.key, a.self_signed) {
@@ -316,6 +409,11 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
         .build()
         .map_err(|e| Error::Failed(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
+        // Before `listening on`: a relay of a cluster is ready once it holds the cluster's registry.
+        let cluster = match &cluster {
+            Some(c) => Some(open_cluster(c).await.map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
             .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
@@ -332,6 +430,7 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
             max_connections: a.max_connections,
             max_unauthenticated: a.max_unauthenticated,
             max_runs_per_second: a.max_runs_per_second,
+            cluster,
         };
         relay::run(listener, tls, state, options, super::daemon::shutdown_signal())
             .await
@@ -340,18 +439,18 @@ fn serve(dir: PathBuf, a: ServeArgs) -> Result<ExitCode, Error> {
     })
 }
 
-/// `support relay clear-alert DEVICE`: exit 2 for a device not enrolled.
+/// `support relay clear-alert DEVICE` once the store answered with what
+/// it `cleared`: exit 2 for a device not enrolled in `r`.
 fn clear_alert(
-    dir: &std::path::Path,
+    r: &registry::Registry,
     device: &str,
-    reg: impl Fn(registry::RegistryError) -> Error,
+    cleared: Option<crate::protocol::AuditAlert>,
 ) -> Result<ExitCode, Error> {
-    let (r, _) = registry::Registry::load(dir).map_err(&reg)?;
     if !r.devices.contains_key(device) {
         let device = crate::text::printable(device);
         return Err(Error::Usage(format!("no enrolled device {device:?} (see `support relay devices`)")));
     }
-    match registry::clear_alert(dir, device).map_err(&reg)? {
+    match cleared {
         Some(a) => eprintln!("cleared the {} audit alert of {device} (found {})", a.kind.as_str(), a.detected_at),
         None => eprintln!("no audit alert stands against {device}"),
     }

@@ -1,7 +1,6 @@
 //! The listings and look-ups of `support relay …` admin commands:
 //! `operators`, `tokens`, and a device named by id or name.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -11,17 +10,15 @@ use super::print_json;
 use super::table::{Listing, Wrap};
 use crate::Error;
 use crate::identity::PublicKey;
-use crate::relay::registry::{Registry, RegistryError};
+use crate::relay::registry::Registry;
 use crate::text::printable;
 
 /// The id of the enrolled device `given` names (its id, or its unique
-/// name) in the registry of `dir`; `reg` turns a registry failure into the
-/// command's error.
+/// name) in `registry`.
 ///
 /// # Errors
-/// As [`super::device_name::resolve`]; a registry failure as `reg` makes it.
-pub(crate) fn resolve_enrolled(dir: &Path, given: &str, reg: impl Fn(RegistryError) -> Error) -> Result<String, Error> {
-    let (registry, _) = Registry::load(dir).map_err(reg)?;
+/// As [`super::device_name::resolve`].
+pub(crate) fn resolve_enrolled(registry: &Registry, given: &str) -> Result<String, Error> {
     super::device_name::resolve(given, registry.devices.iter().map(|(id, d)| (id.as_str(), d.name.as_str()))).map_err(
         |e| match e {
             Error::Usage(m) => Error::Usage(m.replace("support operator devices", "support relay devices")),

@@ -62,6 +62,10 @@ const GOING_AWAY: &str = "the relay is restarting (it closed the connection with
 pub struct LinkConfig {
     /// The relay's `wss://` URL.
     pub url: RelayUrl,
+    /// Other relays of the same cluster (`--relay` repeated): after a
+    /// failed or ended session the link tries the next, `url` first, in
+    /// turn, with the same backoff. Every one is recognised by `tls`.
+    pub more: Vec<RelayUrl>,
     /// TLS 1.3 with the relay pinned (its CA or its certificate's fingerprint).
     pub tls: Arc<rustls::ClientConfig>,
     /// A one-time enrollment token, sent until the relay has pinned the device.
@@ -213,15 +217,16 @@ pub(crate) async fn run(
     frames_tx: mpsc::Sender<Outgoing>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    daemon.set_link(|s| s.relay = Some(config.url.to_string()));
+    let relays: Vec<RelayUrl> = std::iter::once(config.url.clone()).chain(config.more.iter().cloned()).collect();
     let mut queue = OfflineQueue::default();
     let mut failures = 0usize;
-    loop {
+    for url in relays.iter().cycle() {
         daemon.set_link(|s| {
+            s.relay = Some(url.to_string());
             s.attempts += 1;
             s.next_attempt_at = None;
         });
-        let ended = session(&daemon, &config, &mut frames, &frames_tx, &mut queue, &mut shutdown).await;
+        let ended = session(&daemon, &config, url, &mut frames, &frames_tx, &mut queue, &mut shutdown).await;
         let Some(error) = ended.error else { break };
         tracing::warn!(error = %error, "relay link down");
         // Healthy: up long enough, or ended by the relay announcing a restart.
@@ -267,6 +272,7 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, fr
 async fn session(
     daemon: &Daemon,
     config: &LinkConfig,
+    url: &RelayUrl,
     frames: &mut mpsc::Receiver<Outgoing>,
     frames_tx: &mpsc::Sender<Outgoing>,
     queue: &mut OfflineQueue,
@@ -274,7 +280,7 @@ async fn session(
 ) -> Ended {
     let hello = DeviceHello { enroll_token: config.enroll_token.clone(), name: host_name() };
     let dialled = tokio::select! {
-        r = dial::connect(&config.url, config.tls.clone(), Role::Device, daemon.device_key(), hello) => r,
+        r = dial::connect(url, config.tls.clone(), Role::Device, daemon.device_key(), hello) => r,
         _ = crate::stopped(shutdown) => return Ended { authenticated: None, error: None, going_away: false },
     };
     let (mut ws, mut witness) = match dialled {
@@ -530,7 +536,13 @@ mod tests {
         let tls = crate::tls::RelayTrust::Fingerprint([0; 32]).client_config().unwrap();
         let (tx, rx) = mpsc::channel(4);
         let (stop_tx, stop) = watch::channel(false);
-        let link = tokio::spawn(run(daemon.clone(), LinkConfig { url, tls, enroll_token: None }, rx, tx, stop));
+        let link = tokio::spawn(run(
+            daemon.clone(),
+            LinkConfig { url, more: Vec::new(), tls, enroll_token: None },
+            rx,
+            tx,
+            stop,
+        ));
         let start = Instant::now();
         let mut attempts_at = Vec::new();
         while attempts_at.len() < BACKOFF_S.len() + 1 {

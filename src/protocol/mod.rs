@@ -377,6 +377,10 @@ pub enum RelayCode {
     BadFrame,
     /// The relay's limit for this peer is reached (in-flight requests, queue).
     Busy,
+    /// The device is held by another relay of the cluster and this relay
+    /// cannot reach the cluster's NATS now (`--cluster`; it reconnects by
+    /// itself): devices and operators connected to this relay are still served.
+    ClusterUnavailable,
 }
 
 impl RelayCode {
@@ -387,6 +391,7 @@ impl RelayCode {
             RelayCode::DeviceOffline => "DEVICE_OFFLINE",
             RelayCode::BadFrame => "BAD_FRAME",
             RelayCode::Busy => "BUSY",
+            RelayCode::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
         }
     }
 }

@@ -139,19 +139,15 @@ pub(crate) fn reload(dir: &Path) -> Option<usize> {
 }
 
 /// Acts on registry changes made without the admin socket (a relay whose
-/// socket could not be bound, a hand edit): checks the file once a second
-/// and ends the sessions of peers removed from it, until `shutdown`.
+/// socket could not be bound, a hand edit, another relay of the cluster):
+/// ends the sessions of peers removed from the registry whenever its store
+/// says it changed (the file: checked once a second), until `shutdown`.
 pub(crate) async fn watch_registry(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
-    let mut seen = super::registry::stamp(&hub.dir);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = hub.store.changed() => {}
             _ = crate::stopped(&mut shutdown) => return,
         }
-        let now = super::registry::stamp(&hub.dir);
-        if now != seen {
-            seen = now;
-            hub.evict_removed();
-        }
+        hub.evict_removed();
     }
 }

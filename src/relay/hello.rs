@@ -108,18 +108,13 @@ async fn enroll(
         return Err(unauthorized(if token.is_none() { NOT_ENROLLED } else { BAD_TOKEN }));
     }
     let name = crate::text::display_name(name.as_deref().unwrap_or(""), 64, "unnamed");
-    let dir = hub.dir.clone();
-    let (i, k, n, t) = (id.clone(), public_key.clone(), name.clone(), token.clone());
-    let done = tokio::task::spawn_blocking(move || registry::enroll(&dir, &i, &k, &n, t.as_deref())).await;
-    let (outcome, fresh, stamp) = match done {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
+    let outcome = match hub.store.enroll(&id, &public_key, &name, token.as_deref()).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
             tracing::error!(error = %crate::ErrorChain(&e), "cannot enroll");
             return Err(unauthorized(CANNOT_WRITE));
         }
-        Err(_) => return Err(unauthorized(CANNOT_WRITE)),
     };
-    hub.set_registry((fresh, stamp));
     match outcome {
         Enroll::Pinned => {
             tracing::info!(device_id = %id, name = %name, "device enrolled");

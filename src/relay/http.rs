@@ -110,7 +110,10 @@ fn route(
 ) -> Response<Full<Bytes>> {
     let role = match req.uri().path() {
         "/healthz" if req.method() == Method::GET => {
-            let body = serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}).to_string();
+            // A relay cut off from its cluster still serves its own peers: degraded, not down.
+            let degraded = hub.cluster.as_ref().is_some_and(|r| !r.connected());
+            let status = if degraded { "degraded" } else { "ok" };
+            let body = serde_json::json!({"status": status, "version": env!("CARGO_PKG_VERSION")}).to_string();
             return reply(StatusCode::OK, "application/json", body);
         }
         "/metrics" if req.method() == Method::GET => {

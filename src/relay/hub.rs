@@ -19,10 +19,12 @@ use std::fmt::Write as _;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use super::cluster::route::Route;
 use super::hello::Who;
 use super::metrics::Metrics;
 use super::presence::Presence;
-use super::registry::{self, Registry, Stamp};
+use super::registry::{Registry, Stamp};
+use super::store::Store;
 use super::{MAX_INFLIGHT_PER_OPERATOR, MAX_UNAUTHENTICATED, PEER_QUEUE, RUNS_PER_SECOND, SEND_TIMEOUT};
 use crate::lock;
 use crate::protocol::{self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, RelayCode, Role, Run};
@@ -36,6 +38,9 @@ struct Peer {
     kill: oneshot::Sender<Removed>,
     /// The key it proved (`ed25519:…`).
     key: String,
+    /// When it was authenticated (ns since the Unix epoch): of a device's
+    /// connections on the relays of a cluster, the newest wins.
+    since_ns: i64,
 }
 
 /// Why the relay's admin ended a session: told to the peer in an `error`
@@ -55,6 +60,11 @@ struct Inflight {
     operator_key: String,
     /// When that connection ended, if it did: the answers then go nowhere.
     orphaned_at: Option<Instant>,
+    /// On the device's relay, for an operator connection on another relay
+    /// of the cluster: that connection's subject, where the answers go.
+    reply: Option<String>,
+    /// On the operator's relay, for a device another relay holds: that relay's id.
+    held_by: Option<String>,
 }
 
 /// What a session holds once the hub knows it.
@@ -71,11 +81,12 @@ pub(crate) struct Joined {
 /// Everything the relay's sessions share.
 pub(crate) struct Hub {
     pub(crate) dir: PathBuf,
-    registry: Mutex<(Registry, Stamp)>,
+    /// Where the registry lives: `registry.json`, or the cluster's NATS.
+    pub(crate) store: Arc<dyn Store>,
     devices: Mutex<HashMap<String, Peer>>,
     operators: Mutex<HashMap<u64, Peer>>,
     /// By (device id, request id).
-    inflight: Mutex<HashMap<(String, String), Inflight>>,
+    inflight: Arc<Mutex<HashMap<(String, String), Inflight>>>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) metrics: Metrics,
     /// Audit witness records not yet written to the registry.
@@ -87,17 +98,26 @@ pub(crate) struct Hub {
     unauthenticated_max: usize,
     /// `run` frames a second per operator connection ([`super::RUNS_PER_SECOND`] unless set).
     pub(crate) runs_per_second: u32,
+    /// The cluster's routing and presence (`--cluster`), if any.
+    pub(crate) cluster: Option<Arc<Route>>,
 }
 
 impl Hub {
     /// A hub with no peers, over the registry of `dir` as last read.
+    #[cfg(test)]
     pub(crate) fn new(dir: PathBuf, registry: (Registry, Stamp), shutdown: watch::Receiver<bool>) -> Hub {
+        let store = Arc::new(super::store::FileStore::new(&dir, registry));
+        Hub::over(dir, store, shutdown)
+    }
+
+    /// A hub with no peers, with its state directory `dir` and its registry in `store`.
+    pub(crate) fn over(dir: PathBuf, store: Arc<dyn Store>, shutdown: watch::Receiver<bool>) -> Hub {
         Hub {
             dir,
-            registry: Mutex::new(registry),
+            store,
             devices: Mutex::default(),
             operators: Mutex::default(),
-            inflight: Mutex::default(),
+            inflight: Arc::default(),
             presence: Arc::default(),
             metrics: Metrics::default(),
             witness: Default::default(),
@@ -106,7 +126,14 @@ impl Hub {
             unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
             unauthenticated_max: MAX_UNAUTHENTICATED,
             runs_per_second: RUNS_PER_SECOND,
+            cluster: None,
         }
+    }
+
+    /// The same hub routing to the other relays of a cluster through `route`.
+    pub(crate) fn with_cluster(mut self, route: Option<Arc<Route>>) -> Hub {
+        self.cluster = route;
+        self
     }
 
     /// The same hub letting each operator connection send `per_second` runs a second.
@@ -122,23 +149,9 @@ impl Hub {
         self
     }
 
-    /// The registry, re-read first if the file changed since.
+    /// The registry as this relay knows it now (re-read first if the file changed since).
     pub(crate) fn registry(&self) -> MutexGuard<'_, (Registry, Stamp)> {
-        let mut cached = lock(&self.registry);
-        if registry::stamp(&self.dir) != cached.1 {
-            match Registry::load(&self.dir) {
-                Ok(fresh) => *cached = fresh,
-                Err(e) => {
-                    tracing::error!(error = %crate::ErrorChain(&e), "cannot re-read the registry; keeping the last good copy")
-                }
-            }
-        }
-        cached
-    }
-
-    /// Replaces the cached registry with one just written.
-    pub(crate) fn set_registry(&self, fresh: (Registry, Stamp)) {
-        *lock(&self.registry) = fresh;
+        self.store.cached()
     }
 
     /// Makes an authenticated peer reachable; a device's older connection
@@ -147,13 +160,15 @@ impl Hub {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let (kill_tx, kill) = oneshot::channel();
-        let peer = Peer { conn, tx, kill: kill_tx, key: who.key.clone() };
+        let since_ns = super::cluster::route::since_now();
+        let peer = Peer { conn, tx, kill: kill_tx, key: who.key.clone(), since_ns };
         match role {
             Role::Device => {
                 if lock(&self.devices).insert(who.id.clone(), peer).is_some() {
                     tracing::info!("a newer connection replaces the device's old one");
                 }
                 self.presence.online(&who.id);
+                self.hold(&who.id, since_ns);
             }
             Role::Operator => {
                 lock(&self.operators).insert(conn, peer);
@@ -173,10 +188,14 @@ impl Hub {
         match role {
             Role::Device => {
                 let mut devices = lock(&self.devices);
-                if devices.get(&who.id).is_some_and(|p| p.conn == conn) {
-                    devices.remove(&who.id);
+                if let Some(p) =
+                    devices.get(&who.id).is_some_and(|p| p.conn == conn).then(|| devices.remove(&who.id)).flatten()
+                {
                     drop(devices);
                     self.presence.offline(&who.id);
+                    if let Some(route) = &self.cluster {
+                        route.release(&who.id, p.since_ns);
+                    }
                 }
             }
             Role::Operator => {
@@ -210,8 +229,19 @@ impl Hub {
             // Removed by the admin; its session is ending.
             return error(RelayCode::Unauthorized, "this operator was removed from the relay by its admin".into());
         }
-        let Some(tx) = lock(&self.devices).get(&run.device_id).map(|p| p.tx.clone()) else {
-            return error(RelayCode::DeviceOffline, format!("device {} is not connected to the relay", run.device_id));
+        let local = lock(&self.devices).get(&run.device_id).map(|p| p.tx.clone());
+        let held_by = match (&local, &self.cluster) {
+            (Some(_), _) => None,
+            (None, Some(route)) => match self.held_elsewhere_by(route, &run.device_id) {
+                Ok(relay) => Some(relay),
+                Err((code, message)) => return error(code, message),
+            },
+            (None, None) => {
+                return error(
+                    RelayCode::DeviceOffline,
+                    format!("device {} is not connected to the relay", run.device_id),
+                );
+            }
         };
         let key = (run.device_id.clone(), run.request_id.clone());
         {
@@ -232,9 +262,19 @@ impl Hub {
             if inflight.values().filter(|i| i.operator_conn == conn).count() >= MAX_INFLIGHT_PER_OPERATOR {
                 return error(RelayCode::Busy, format!("at most {MAX_INFLIGHT_PER_OPERATOR} requests in flight"));
             }
-            let entry = Inflight { operator_conn: conn, operator_key: from.key.clone(), orphaned_at: None };
+            let entry = Inflight {
+                operator_conn: conn,
+                operator_key: from.key.clone(),
+                orphaned_at: None,
+                reply: None,
+                held_by: held_by.clone(),
+            };
             inflight.insert(key.clone(), entry);
         }
+        let (Some(tx), None) = (local, &held_by) else {
+            self.relay_run(conn, held_by.unwrap_or_default(), run);
+            return None;
+        };
         if tx.try_send(protocol::encode(&FromRelay::Run(run))).is_err() {
             lock(&self.inflight).remove(&key);
             return error(RelayCode::Busy, "the device's queue is full; try again".into());
@@ -248,6 +288,8 @@ impl Hub {
         let mine = lock(&self.inflight)
             .get(&(device_id.clone(), request_id.clone()))
             .is_some_and(|i| i.operator_key == from.key && i.orphaned_at.is_none());
+        let held_by =
+            lock(&self.inflight).get(&(device_id.clone(), request_id.clone())).and_then(|i| i.held_by.clone());
         let tx = lock(&self.devices).get(&device_id).map(|p| p.tx.clone());
         let error = |code, message: &str| FromRelay::Error {
             code,
@@ -257,6 +299,9 @@ impl Hub {
         if !mine {
             self.metrics.rejected("bad_cancel");
             return error(RelayCode::BadFrame, "no request of yours with that id is in flight on that device");
+        }
+        if let (None, Some(relay)) = (&tx, held_by) {
+            return self.relay_cancel(from, relay, device_id, request_id);
         }
         let Some(tx) = tx else { return error(RelayCode::DeviceOffline, "the device is not connected to the relay") };
         if tx.try_send(protocol::encode(&FromRelay::Cancel { request_id: request_id.clone() })).is_err() {
@@ -269,14 +314,18 @@ impl Hub {
     pub(crate) async fn route_answer(&self, device_id: &str, frame: DeviceFrame) {
         let key = (device_id.to_string(), frame.request_id().to_string());
         let done = matches!(frame, DeviceFrame::Result { .. } | DeviceFrame::Denied { .. });
-        let conn = {
+        let (conn, reply) = {
             let mut inflight = lock(&self.inflight);
-            let conn = inflight.get(&key).filter(|i| i.orphaned_at.is_none()).map(|i| i.operator_conn);
+            let found = inflight.get(&key).filter(|i| i.orphaned_at.is_none());
+            let (conn, reply) = (found.map(|i| i.operator_conn), found.and_then(|i| i.reply.clone()));
             if done {
                 inflight.remove(&key);
             }
-            conn
+            (conn, reply)
         };
+        if let (Some(reply), Some(route)) = (reply, &self.cluster) {
+            return route.answer(&reply, protocol::encode(&FromRelay::Answer(frame))).await;
+        }
         let Some(tx) = conn.and_then(|c| lock(&self.operators).get(&c).map(|p| p.tx.clone())) else {
             // The operator left, the relay restarted, or the device made it up.
             // An orphan's answers go to no one: never to whoever asks next.
@@ -292,12 +341,17 @@ impl Hub {
     /// A device's heartbeat arrived.
     pub(crate) fn heard(&self, device_id: &str, hb: Heartbeat) {
         self.presence.heard(device_id, hb);
+        if let Some(since_ns) = lock(&self.devices).get(device_id).map(|p| p.since_ns) {
+            self.hold(device_id, since_ns);
+        }
     }
 
     /// Every enrolled device with what the relay knows of it now.
     pub(crate) fn list(&self) -> Vec<DeviceEntry> {
         let registry = self.registry();
-        self.presence.listing(&registry.0)
+        let listing = self.presence.listing(&registry.0);
+        drop(registry);
+        self.with_held_elsewhere(listing, None)
     }
 
     /// Whether `who` is still in the registry (re-read if the file
@@ -355,18 +409,21 @@ impl Hub {
         let ended = gone_devices.len() + gone_operators.len();
         for (id, peer) in gone_devices {
             self.presence.offline(&id);
-            let orphaned: Vec<(String, u64)> = {
+            let orphaned: Vec<(String, u64, Option<String>)> = {
                 let mut inflight = lock(&self.inflight);
                 let keys: Vec<(String, String)> = inflight.keys().filter(|(d, _)| *d == id).cloned().collect();
-                keys.into_iter().filter_map(|k| inflight.remove(&k).map(|i| (k.1, i.operator_conn))).collect()
+                keys.into_iter().filter_map(|k| inflight.remove(&k).map(|i| (k.1, i.operator_conn, i.reply))).collect()
             };
-            for (request_id, conn) in orphaned {
+            for (request_id, conn, reply) in orphaned {
                 let error = FromRelay::Error {
                     code: RelayCode::DeviceOffline,
                     message: format!("device {id} was removed from the relay by its admin"),
                     request_id: Some(request_id),
                 };
-                if let Some(p) = lock(&self.operators).get(&conn) {
+                if let (Some(reply), Some(route)) = (reply, self.cluster.clone()) {
+                    let text = protocol::encode(&error);
+                    tokio::spawn(async move { route.answer(&reply, text).await });
+                } else if let Some(p) = lock(&self.operators).get(&conn) {
                     let _ = p.tx.try_send(protocol::encode(&error));
                 }
             }
@@ -380,6 +437,8 @@ impl Hub {
             for (device_id, request_id) in &cancelled {
                 if let Some(d) = lock(&self.devices).get(device_id) {
                     let _ = d.tx.try_send(protocol::encode(&FromRelay::Cancel { request_id: request_id.clone() }));
+                } else if let Some(route) = &self.cluster {
+                    self.cancel_elsewhere(route, &peer, device_id, request_id);
                 }
             }
             tracing::info!(
@@ -398,7 +457,9 @@ impl Hub {
     /// Every enrolled device, as operator `who` may see it (see [`Presence::listing_for`]).
     pub(crate) fn list_for(&self, who: &Who) -> Vec<DeviceEntry> {
         let registry = self.registry();
-        self.presence.listing_for(&registry.0, &who.id)
+        let listing = self.presence.listing_for(&registry.0, &who.id);
+        drop(registry);
+        self.with_held_elsewhere(listing, Some(&who.id))
     }
 
     /// `GET /metrics`.
@@ -415,6 +476,13 @@ impl Hub {
                 .count()
         };
         let mut text = self.metrics.text(devices, operators, alerted);
+        if let Some(route) = &self.cluster {
+            let up = u8::from(route.connected());
+            let _ = writeln!(
+                text,
+                "# HELP cluster_connected Whether the relay reaches its cluster's NATS (0: degraded, cross-relay requests are refused).\n# TYPE cluster_connected gauge\ncluster_connected {up}"
+            );
+        }
         let waiting = self.unauthenticated_max.saturating_sub(self.unauthenticated.available_permits());
         let _ = writeln!(
             text,
@@ -423,6 +491,8 @@ impl Hub {
         text
     }
 }
+
+mod relayed;
 
 /// Forgets orphaned requests older than [`ORPHAN_TTL`], and the oldest
 /// past [`MAX_ORPHANS`].

@@ -24,8 +24,11 @@
 //! - `metrics`: the counters behind `/metrics`.
 //! - `witness`: the audit witness: each device's chain must extend the head the relay holds.
 //! - [`registry`]: `registry.json`: devices, operators, enrolment tokens.
+//! - `store`: the registry behind a trait: the file, or the cluster's NATS.
+//! - [`cluster`]: relays sharing one registry over NATS (`--cluster`).
 
 mod admin;
+pub mod cluster;
 mod hello;
 mod http;
 mod hub;
@@ -34,6 +37,7 @@ mod presence;
 pub mod registry;
 mod session;
 mod state;
+pub(crate) mod store;
 mod witness;
 
 use std::future::Future;
@@ -45,7 +49,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::paths;
-pub use presence::{Listing, LiveFile, Source, devices};
+pub use presence::{Listing, LiveFile, Source, devices, devices_in};
 use registry::RegistryError;
 pub use state::{State, is_running, owner_to_run_as};
 
@@ -104,6 +108,8 @@ pub struct Options {
     /// `run` frames a second per operator connection (bursts of twice as
     /// many); past it the relay answers `BUSY` and does not forward the run.
     pub max_runs_per_second: u32,
+    /// The cluster's registry (`--cluster`), opened; `None`: `registry.json`.
+    pub cluster: Option<Arc<cluster::NatsRegistry>>,
 }
 
 impl Default for Options {
@@ -112,6 +118,7 @@ impl Default for Options {
             max_connections: 100_000,
             max_unauthenticated: MAX_UNAUTHENTICATED,
             max_runs_per_second: RUNS_PER_SECOND,
+            cluster: None,
         }
     }
 }
@@ -121,7 +128,8 @@ impl Default for Options {
 /// caller runs before it says it is ready).
 ///
 /// # Errors
-/// None today; the `Result` leaves room for start-up failures.
+/// [`RelayError::Registry`] when the relay is of a cluster and its
+/// presence bucket cannot be opened.
 pub async fn run(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -132,11 +140,23 @@ pub async fn run(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%listen, state = %state.dir.display(), "relay running");
+    let (store, route): (Arc<dyn store::Store>, _) = match options.cluster.clone() {
+        Some(nats) => {
+            let (client, url) = nats.client();
+            let route = Arc::new(cluster::route::Route::open(client, url).await?);
+            tracing::info!(relay = %route.relay, "relay of a cluster");
+            (nats, Some(route))
+        }
+        None => (Arc::new(store::FileStore::new(&state.dir, state.registry.clone())), None),
+    };
+    let synced = tokio::spawn(store.clone().serve(shutdown_rx.clone()));
     let hub = Arc::new(
-        hub::Hub::new(state.dir.clone(), state.registry.clone(), shutdown_rx.clone())
+        hub::Hub::over(state.dir.clone(), store, shutdown_rx.clone())
             .with_unauthenticated_limit(options.max_unauthenticated)
-            .with_run_rate(options.max_runs_per_second),
+            .with_run_rate(options.max_runs_per_second)
+            .with_cluster(route.clone()),
     );
+    let routed = route.map(|r| tokio::spawn(cluster::route::serve(hub.clone(), r, shutdown_rx.clone())));
     let writer = tokio::spawn(presence::keep_snapshot(state.dir.clone(), hub.presence.clone(), shutdown_rx.clone()));
     let witnessed = tokio::spawn(witness::keep_flushed(hub.clone(), shutdown_rx.clone()));
     let admin = state
@@ -186,6 +206,10 @@ pub async fn run(
     connections.abort_all();
     let _ = writer.await;
     let _ = watcher.await;
+    let _ = synced.await;
+    if let Some(routed) = routed {
+        let _ = routed.await;
+    }
     let _ = witnessed.await;
     if let Some(admin) = admin {
         let _ = admin.await;

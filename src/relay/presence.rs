@@ -47,6 +47,9 @@ pub enum Source {
     Snapshot(Option<DateTime<Utc>>),
     /// No relay holds the state directory: every device shows offline.
     NotRunning,
+    /// No relay holds the state directory; the cluster's presence bucket
+    /// says which devices a relay of the cluster holds now (`--cluster`).
+    Cluster,
 }
 
 /// Every enrolled device, and where its presence came from.
@@ -66,18 +69,26 @@ pub struct Listing {
 /// As [`Registry::load`].
 pub fn devices(dir: &Path) -> Result<Listing, RegistryError> {
     let (registry, _) = Registry::load(dir)?;
+    Ok(devices_in(dir, registry))
+}
+
+/// As [`devices`], with the devices of `registry` (the cluster's, with
+/// `--cluster`); a `live.json` that cannot be read counts as empty.
+pub fn devices_in(dir: &Path, registry: Registry) -> Listing {
     if !state::is_running(dir) {
-        return Ok(Listing { devices: join(&registry, &HashMap::new()), source: Source::NotRunning });
+        return Listing { devices: join(&registry, &HashMap::new()), source: Source::NotRunning };
     }
     if let Some(devices) = admin::query(dir) {
-        return Ok(Listing { devices, source: Source::Relay });
+        return Listing { devices, source: Source::Relay };
     }
-    let live: LiveFile = paths::read_capped(&RelayPaths::new(dir).live(), MAX_SNAPSHOT_BYTES)?
+    let live: LiveFile = paths::read_capped(&RelayPaths::new(dir).live(), MAX_SNAPSHOT_BYTES)
+        .ok()
+        .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let written_at = crate::time::parse_rfc3339(&live.written_at);
     let known = live.devices.into_iter().map(|d| (d.device_id.clone(), d)).collect();
-    Ok(Listing { devices: join(&registry, &known), source: Source::Snapshot(written_at) })
+    Listing { devices: join(&registry, &known), source: Source::Snapshot(written_at) }
 }
 
 /// One entry per registry device: what is `known` of it, named as the registry names it.
@@ -111,6 +122,36 @@ fn offline(device_id: &str) -> DeviceEntry {
         audit_alert: None,
         public_key: None,
     }
+}
+
+/// Leaves only a device's id, name, presence and key: what an operator its
+/// owner does not trust may see (the key lets any operator check the
+/// device's signed answers).
+fn mask(entry: &mut DeviceEntry) {
+    *entry = DeviceEntry {
+        name: std::mem::take(&mut entry.name),
+        online: entry.online,
+        public_key: entry.public_key.take(),
+        ..offline(&entry.device_id)
+    };
+}
+
+/// `local`, the listing of a device this relay does not hold, as the relay
+/// of the cluster that holds it reported it (`held`), named, keyed and
+/// alerted as the registry says; masked (see [`mask`]) unless `trusted`.
+pub(crate) fn held_elsewhere(local: &DeviceEntry, held: &DeviceEntry, trusted: bool) -> DeviceEntry {
+    let mut entry = DeviceEntry {
+        device_id: local.device_id.clone(),
+        name: local.name.clone(),
+        public_key: local.public_key.clone(),
+        audit_alert: local.audit_alert.clone(),
+        online: true,
+        ..held.clone()
+    };
+    if !trusted {
+        mask(&mut entry);
+    }
+    entry
 }
 
 /// What the running relay knows of each device it has heard from since it started.
@@ -166,16 +207,16 @@ impl Presence {
         let mut all = self.listing(registry);
         for entry in &mut all {
             if !trusted.get(&entry.device_id).is_some_and(|t| t.iter().any(|f| f == fingerprint)) {
-                // The key stays: it is what lets any operator check a device's signed answers.
-                *entry = DeviceEntry {
-                    name: std::mem::take(&mut entry.name),
-                    online: entry.online,
-                    public_key: entry.public_key.take(),
-                    ..offline(&entry.device_id)
-                };
+                mask(entry);
             }
         }
         all
+    }
+
+    /// What this relay last heard of `device_id`, and whom its owner trusts.
+    pub(crate) fn entry(&self, device_id: &str) -> (DeviceEntry, Vec<String>) {
+        let entry = lock(&self.entries).get(device_id).cloned().unwrap_or_else(|| offline(device_id));
+        (entry, lock(&self.trusted).get(device_id).cloned().unwrap_or_default())
     }
 
     fn snapshot(&self) -> Vec<DeviceEntry> {

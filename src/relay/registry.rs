@@ -49,6 +49,15 @@ pub enum RegistryError {
     /// An admin change that conflicts with what is there.
     #[error("{0}")]
     Conflict(String),
+    /// The cluster's registry (JetStream key-value, `--cluster`) cannot be
+    /// reached or read; `what` says what was being done.
+    #[error("{what} (the cluster's NATS at {url})")]
+    Cluster {
+        /// What was being done, and what NATS said.
+        what: String,
+        /// The cluster's NATS URL.
+        url: String,
+    },
 }
 
 /// An enrolled device.
@@ -232,16 +241,32 @@ fn open_lock(path: &Path) -> Result<File, RegistryError> {
     })?)
 }
 
+/// A fresh enrolment token: `et-` and 32 random bytes, base64url.
+pub(crate) fn random_token() -> String {
+    use base64::Engine as _;
+    let mut raw = [0u8; 32];
+    crate::fill_random(&mut raw);
+    format!("et-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Why `t` cannot be revoked, if it was used: remove its device instead.
+pub(crate) fn used_conflict(t: &TokenRecord) -> Option<RegistryError> {
+    let (Some(at), by) = (t.used_at, &t.used_by) else { return None };
+    let by = by.as_deref().unwrap_or("a device");
+    Some(RegistryError::Conflict(format!(
+        "token {} was used by {by} at {}; remove that device instead (support relay remove-device {by})",
+        t.id(),
+        crate::time::rfc3339(at)
+    )))
+}
+
 /// Makes a one-time token valid for `ttl` and records its hash. Returns
 /// the token (`et-` and 32 random bytes, base64url): shown once, never stored.
 ///
 /// # Errors
 /// As [`Registry::update`].
 pub fn new_token(dir: &Path, ttl: chrono::Duration) -> Result<(String, DateTime<Utc>), RegistryError> {
-    use base64::Engine as _;
-    let mut raw = [0u8; 32];
-    crate::fill_random(&mut raw);
-    let token = format!("et-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    let token = random_token();
     let now = Utc::now();
     let expires_at = now + ttl;
     let sha256 = token_hash(&token);
@@ -329,13 +354,8 @@ pub fn revoke_token(dir: &Path, given: &str) -> Result<Option<TokenRecord>, Regi
                 Err(RegistryError::Conflict(format!("{given:?} names {} tokens; give the whole hash", found.len())))
             };
         };
-        if let (Some(at), by) = (r.tokens[i].used_at, &r.tokens[i].used_by) {
-            let by = by.as_deref().unwrap_or("a device");
-            return Err(RegistryError::Conflict(format!(
-                "token {} was used by {by} at {}; remove that device instead (support relay remove-device {by})",
-                r.tokens[i].id(),
-                crate::time::rfc3339(at)
-            )));
+        if let Some(conflict) = used_conflict(&r.tokens[i]) {
+            return Err(conflict);
         }
         Ok(Some(r.tokens.remove(i)))
     })?;

@@ -21,7 +21,7 @@ use chrono::Utc;
 use tokio::sync::{Notify, watch};
 
 use super::hub::Hub;
-use super::registry::{self, WitnessRecord};
+use super::registry::WitnessRecord;
 use crate::lock;
 use crate::protocol::{AlertKind, AuditAlert, AuditHead, ChainState, FromRelay, Heartbeat, WitnessProof};
 
@@ -158,21 +158,13 @@ async fn flush(hub: &Hub) {
     if batch.is_empty() {
         return;
     }
-    let (dir, written) = (hub.dir.clone(), batch.clone());
-    match tokio::task::spawn_blocking(move || registry::witness(&dir, written)).await {
-        Ok(Ok(fresh)) => {
-            hub.set_registry(fresh);
-            // Keep what changed again while we wrote.
-            lock(&hub.witness.records).retain(|id, w| batch.get(id) != Some(w));
-        }
-        Ok(Err(e)) => {
+    match hub.store.witness(batch.clone()).await {
+        // Keep what changed again while we wrote.
+        Ok(()) => lock(&hub.witness.records).retain(|id, w| batch.get(id) != Some(w)),
+        Err(e) => {
             tracing::error!(error = %crate::ErrorChain(&e), "cannot record the witnessed audit heads; will retry");
             hub.metrics.witness_write_failed();
             // Retried by `keep_flushed` a second later, and each second after.
-            hub.witness.changed.notify_one();
-        }
-        Err(_) => {
-            hub.metrics.witness_write_failed();
             hub.witness.changed.notify_one();
         }
     }
@@ -198,6 +190,7 @@ pub(crate) async fn keep_flushed(hub: Arc<Hub>, mut shutdown: watch::Receiver<bo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::registry;
 
     const MAC_A: &str = "aa";
     const MAC_B: &str = "bb";

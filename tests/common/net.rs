@@ -62,7 +62,8 @@ impl Relay {
         Relay::start_in(dir, state, listen, extra)
     }
 
-    fn start_in(dir: tempfile::TempDir, state: PathBuf, listen: &str, extra: &[&str]) -> Relay {
+    /// As [`Relay::start_with`], in `dir` with the state directory `state` (made by the caller, or not).
+    pub fn start_in(dir: tempfile::TempDir, state: PathBuf, listen: &str, extra: &[&str]) -> Relay {
         let mut child = Command::new(bin())
             .args(["relay", "--state"])
             .arg(&state)
@@ -233,6 +234,31 @@ impl Device {
     pub fn allow(&self, tier: u8) {
         self.home.run(&["allow", "--tier", &tier.to_string(), "--minutes", "10", "--yes"]).code(0);
     }
+}
+
+/// Runs `run` on `session`, cancels it as soon as the device accepted it,
+/// and asserts the device ended it as cancelled by the operator.
+pub async fn cancel_once_accepted(session: &mut Session, run: &support::Run) {
+    use support::protocol::{DeviceFrame, Status, StoppedBy};
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let on_frame = |f: &support::protocol::DeviceFrame| {
+        if matches!(f, support::protocol::DeviceFrame::Accepted { .. }) {
+            let _ = tx.take().map(|t| t.send(()));
+        }
+    };
+    let outcome = session.run(run, on_frame, async { rx.await.unwrap_or(()) }).await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            support::operator::Outcome::Finished(DeviceFrame::Result {
+                status: Status::Cancelled,
+                cancelled_by: Some(StoppedBy::Operator),
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
 }
 
 /// A raw TLS WebSocket to `path` on the relay, for framing tests.
