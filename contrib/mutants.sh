@@ -15,33 +15,43 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# FILE and the cargo test arguments that exercise it: unit tests beside the
-# code first (seconds per mutant), the integration tests that attack it after.
+# FILE, the test targets that exercise it (given to every cargo call, so a
+# mutant builds only those), and after `|` a test name filter: unit tests
+# beside the code first (seconds per mutant), the integration tests that
+# attack it after.
 declare -A tests=(
-  [src/daemon/gate.rs]="--lib daemon::gate"
-  [src/daemon/replay.rs]="--lib daemon::"
-  [src/daemon/control_request.rs]="--test decoders"
-  [src/consent.rs]="--lib consent:: --test grant_scope"
-  [src/audit/chain.rs]="--lib audit::"
-  [src/audit/log.rs]="--lib audit:: --test audit_log"
-  [src/audit/read.rs]="--lib audit:: --test audit_log"
-  [src/policy/rules.rs]="--lib policy:: --test catalogue"
-  [src/protocol/signed.rs]="--lib protocol:: --test relay_forgery"
-  [src/protocol/answer.rs]="--lib protocol:: --test relay_forgery"
-  [src/trust.rs]="--lib trust:: --test trust"
+  [src/daemon/gate.rs]="--lib|daemon::gate"
+  [src/daemon/replay.rs]="--lib|daemon::"
+  [src/daemon/control_request.rs]="--test=decoders|"
+  [src/consent.rs]="--lib --test=grant_scope|"
+  [src/audit/chain.rs]="--lib|audit::"
+  [src/audit/log.rs]="--lib --test=audit_log|"
+  [src/audit/read.rs]="--lib --test=audit_log|"
+  [src/policy/rules.rs]="--lib --test=catalogue|"
+  [src/protocol/signed.rs]="--lib --test=relay_forgery|"
+  [src/protocol/answer.rs]="--lib --test=relay_forgery|"
+  [src/trust.rs]="--lib --test=trust|"
 )
 order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src/consent.rs src/audit/chain.rs
   src/audit/log.rs src/audit/read.rs src/policy/rules.rs src/protocol/signed.rs src/protocol/answer.rs src/trust.rs)
 
+# A target dir of its own: cargo names a path package's artifacts by its
+# path relative to the workspace, so the mutated copy and this tree would
+# share artifacts in one target dir, and a build of one can pass for the
+# other's (a mutant "missed" that was never built). MUTANTS_TARGET_DIR to move it.
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$PWD/target/mutants/build}"
 jobs=${MUTANTS_JOBS:-1}
 common=(--no-shuffle -j "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --minimum-test-timeout 60)
 
 run_file() {
-  local file=$1 name
+  local file=$1 name targets filter args=()
   name=$(basename "${file%.rs}")
   mkdir -p "target/mutants/$name"
-  # shellcheck disable=SC2086 # the test arguments are words
-  nice -n 19 cargo mutants "${common[@]}" --file "$file" --output "target/mutants/$name" -- ${tests[$file]}
+  targets=${tests[$file]%%|*}
+  filter=${tests[$file]#*|}
+  for t in $targets; do args+=("--cargo-arg=$t"); done
+  # shellcheck disable=SC2086 # an empty filter is no argument
+  nice -n 19 cargo mutants "${common[@]}" --file "$file" --output "target/mutants/$name" "${args[@]}" -- $filter
 }
 
 case "${1:-}" in

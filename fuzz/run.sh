@@ -21,7 +21,8 @@ esac
 target=$1
 seconds=${2:-600}
 printf '%s\n' "${targets[@]}" | grep -qx "$target" || { echo "no target $target (--list)" >&2; exit 2; }
-nice -n 19 cargo afl build --release --bin "$target"
+# FUZZ_NO_BUILD=1 fuzzes the binary as built, e.g. while src/ is being edited.
+[[ -n "${FUZZ_NO_BUILD:-}" ]] || nice -n 19 cargo afl build --release --bin "$target"
 mkdir -p "out/$target"
 # No UI (runs in the background), no CPU pinning (a shared machine),
 # and the kernel's core_pattern left as it is.
