@@ -363,7 +363,14 @@ pub fn read(paths: &Paths, now: DateTime<Utc>) -> Consent {
         // Unsafe, oversized or unreadable: all mean no consent.
         Err(e) => return Consent::Off(Off::Unsafe(crate::ErrorChain(&e).to_string())),
     };
-    let grant: Grant = match serde_json::from_slice(&bytes) {
+    decode(&bytes, now)
+}
+
+/// The consent that the bytes of a `consent.json` (read within its cap)
+/// give at `now`: [`Consent::Live`] only for a grant that parses, passes
+/// [`Grant`]'s checks and has not expired; every doubt is [`Consent::Off`].
+pub fn decode(bytes: &[u8], now: DateTime<Utc>) -> Consent {
+    let grant: Grant = match serde_json::from_slice(bytes) {
         Ok(g) => g,
         Err(e) => return Consent::Off(Off::Malformed(e.to_string())),
     };

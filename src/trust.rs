@@ -79,9 +79,19 @@ pub fn list(paths: &Paths) -> Result<Vec<Operator>, TrustError> {
     let path = paths.trusted_operators();
     paths::check_dir(&paths.config_dir)?;
     let Some(bytes) = paths::read_capped(&path, MAX_TRUST_BYTES)? else { return Ok(Vec::new()) };
-    let malformed = |message: String| TrustError::Malformed { path: path.clone(), message };
-    let text = String::from_utf8(bytes).map_err(|_| malformed("not UTF-8".into()))?;
-    let file: TrustFile = toml::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+    parse(&bytes, &path)
+}
+
+/// The operators listed in the bytes of a `trusted_operators.toml` read
+/// from `path` (named in errors): every name valid, every key parsed.
+///
+/// # Errors
+/// [`TrustError::Malformed`] for bytes that are not UTF-8, not the TOML
+/// above, or hold an invalid name or key: never a partial list.
+pub fn parse(bytes: &[u8], path: &std::path::Path) -> Result<Vec<Operator>, TrustError> {
+    let malformed = |message: String| TrustError::Malformed { path: path.into(), message };
+    let text = std::str::from_utf8(bytes).map_err(|_| malformed("not UTF-8".into()))?;
+    let file: TrustFile = toml::from_str(text).map_err(|e| malformed(e.to_string()))?;
     for op in &file.operator {
         if !valid_name(&op.name) {
             return Err(malformed(format!("operator name `{}` is not valid", op.name)));

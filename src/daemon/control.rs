@@ -44,7 +44,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
@@ -53,13 +53,13 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::Daemon;
+use super::control_request::{Refused, Route, check_head};
 use crate::audit::{Event, Record};
 use crate::control_api::{ApiError, ConsentChanged, Stopped, StoppedAll, TaskList, WatchEvent};
 use crate::protocol::StoppedBy;
 use crate::secret::Secret;
 
-/// The largest request body (bytes).
-pub const MAX_BODY: u64 = 64 * 1024;
+pub use super::control_request::MAX_BODY;
 /// How long a client has to send its request headers, from the start of
 /// its connection (a whole request is one short line and three headers).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -245,40 +245,6 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 impl Shared {
-    /// RFC 9112 §3.2: exactly one `Host`; §3.2.2: an absolute-form target's
-    /// authority stands for the host, so one naming another than the
-    /// `Host` (or another scheme) is refused rather than half-believed.
-    /// Then DESIGN §6: the one `Host` must name this port on loopback.
-    fn host_ok(&self, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
-        let mut hosts = req.headers().get_all(HOST).iter();
-        let (host, second) = (hosts.next(), hosts.next());
-        if second.is_some() {
-            return Err((StatusCode::BAD_REQUEST, "exactly one Host header is allowed (RFC 9112 §3.2)"));
-        }
-        let host = host.and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let uri = req.uri();
-        if let Some(authority) = uri.authority()
-            && (uri.scheme() != Some(&hyper::http::uri::Scheme::HTTP) || !authority.as_str().eq_ignore_ascii_case(host))
-        {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "an absolute-form target must be http:// with the Host's own authority (RFC 9112 §3.2.2)",
-            ));
-        }
-        let p = self.port;
-        if host == format!("127.0.0.1:{p}") || host == format!("localhost:{p}") || host == format!("[::1]:{p}") {
-            Ok(())
-        } else {
-            Err((StatusCode::FORBIDDEN, "Host must be 127.0.0.1:PORT, localhost:PORT or [::1]:PORT"))
-        }
-    }
-
-    fn secret_ok(&self, req: &Request<Incoming>) -> bool {
-        let Some(value) = req.headers().get(AUTHORIZATION) else { return false };
-        let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
-        self.secret.eq_bytes(token)
-    }
-
     /// Records a refused request, at most once per window.
     async fn record_unauthorized(&self, req: &Request<Incoming>, peer: Peer) {
         let suppressed = {
@@ -310,55 +276,12 @@ impl Shared {
     }
 }
 
-/// The routes: path pattern → the one method it takes.
-fn route(path: &str) -> Option<(Method, Route)> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["", "v1", "status"] => Some((Method::GET, Route::Status)),
-        ["", "v1", "tasks"] => Some((Method::GET, Route::Tasks)),
-        ["", "v1", "tasks", "stop"] => Some((Method::POST, Route::StopAll)),
-        ["", "v1", "tasks", id, "stop"] => Some((Method::POST, Route::Stop(id.to_string()))),
-        ["", "v1", "tasks", id] => Some((Method::GET, Route::Task(id.to_string()))),
-        ["", "v1", "consent", "changed"] => Some((Method::POST, Route::ConsentChanged)),
-        ["", "v1", "events"] => Some((Method::GET, Route::Events)),
-        _ => None,
-    }
-}
-
-enum Route {
-    Status,
-    Tasks,
-    Task(String),
-    Stop(String),
-    StopAll,
-    ConsentChanged,
-    Events,
-}
-
 async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Response<Body> {
-    if let Err((status, why)) = shared.host_ok(&req) {
-        return error(status, why);
-    }
-    if req.headers().contains_key(ORIGIN) {
-        return error(StatusCode::FORBIDDEN, "requests with an Origin header are refused");
-    }
-    if !shared.secret_ok(&req) {
-        shared.record_unauthorized(&req, peer).await;
-        return error(StatusCode::UNAUTHORIZED, "Authorization: Bearer <the secret file's contents> is required");
-    }
-    let Some((method, route)) = route(req.uri().path()) else {
-        return error(StatusCode::NOT_FOUND, "no such endpoint");
+    let route = match check_head(req.method(), req.uri(), req.headers(), shared.port, &shared.secret) {
+        Ok(route) => route,
+        Err(refused) => return refusal(shared, &req, peer, refused).await,
     };
-    if req.method() != method {
-        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, &format!("this endpoint takes {method} only"));
-        resp.headers_mut().insert(ALLOW, method.as_str().parse().expect("a method is a header value"));
-        return resp;
-    }
-    if method == Method::POST {
-        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY) {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("bodies are at most {MAX_BODY} bytes"));
-        }
+    if req.method() == Method::POST {
         let body = Limited::new(req.into_body(), MAX_BODY as usize);
         match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
             Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
@@ -394,6 +317,25 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Response
             respond(StatusCode::OK, &ConsentChanged { status: daemon.status_view() })
         }
         Route::Events => events(daemon, shared.stop.clone()),
+    }
+}
+
+/// The answer to a refused head; an unauthorized one is also recorded.
+async fn refusal(shared: &Shared, req: &Request<Incoming>, peer: Peer, refused: Refused) -> Response<Body> {
+    match refused {
+        Refused::Host(status, why) => error(status, why),
+        Refused::Origin => error(StatusCode::FORBIDDEN, "requests with an Origin header are refused"),
+        Refused::Unauthorized => {
+            shared.record_unauthorized(req, peer).await;
+            error(StatusCode::UNAUTHORIZED, "Authorization: Bearer <the secret file's contents> is required")
+        }
+        Refused::NotFound => error(StatusCode::NOT_FOUND, "no such endpoint"),
+        Refused::Method(method) => {
+            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, &format!("this endpoint takes {method} only"));
+            resp.headers_mut().insert(ALLOW, method.as_str().parse().expect("a method is a header value"));
+            resp
+        }
+        Refused::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, &format!("bodies are at most {MAX_BODY} bytes")),
     }
 }
 

@@ -101,7 +101,16 @@ fn read_tasks_at<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
 ) -> Result<Option<Result<Vec<T>, String>>, FileError> {
     let Some(bytes) = paths::read_capped(path, TASKS_CAP)? else { return Ok(None) };
-    Ok(Some(serde_json::from_slice(&bytes).map_err(|e| e.to_string())))
+    Ok(Some(decode_tasks(&bytes)))
+}
+
+/// The tasks in the bytes of a `tasks.json` (read within its 4 MiB cap):
+/// a JSON array of [`TaskView`] (or of a reader's narrower `T`).
+///
+/// # Errors
+/// serde_json's message when the bytes are not such an array.
+pub fn decode_tasks<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 /// Kills what `t`, a task of a daemon that died, left on this boot;

@@ -443,6 +443,7 @@ mod tests {
             )
         };
         assert_eq!(code(&snap(w.now - TimeDelta::seconds(6))), None);
+        assert_eq!(code(&snap(w.now - TimeDelta::seconds(5))), None, "issued as the daemon started");
         assert_eq!(code(&snap(w.now - TimeDelta::seconds(4))), Some(DenyCode::StaleCommand));
     }
 

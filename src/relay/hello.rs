@@ -27,7 +27,22 @@ pub(crate) struct Who {
 }
 
 /// A failed `hello`: the metric's reason, and the code and message sent.
-pub(crate) struct Refusal(pub(crate) &'static str, pub(crate) RelayCode, pub(crate) String);
+#[derive(Debug)]
+pub struct Refusal(pub &'static str, pub RelayCode, pub String);
+
+/// A `hello` whose signature verifies over the nonce for its role, and
+/// whose id belongs to its key; the registry is not consulted yet.
+#[derive(Debug)]
+pub struct Proven {
+    /// The device id, or the operator key's fingerprint.
+    pub id: String,
+    /// The proven key, `ed25519:…` as [`PublicKey`] prints it.
+    pub public_key: String,
+    /// A device's one-time enrollment token, if it brought one.
+    pub enroll_token: Option<String>,
+    /// A device's host name as it said it (not yet made printable).
+    pub name: Option<String>,
+}
 
 const NOT_ENROLLED: &str = "this device is not enrolled: start the daemon with --enroll TOKEN";
 const BAD_TOKEN: &str = "the enrollment token is unknown, used or expired";
@@ -44,9 +59,15 @@ fn unauthorized(message: &str) -> Refusal {
     Refusal("unauthorized", RelayCode::Unauthorized, message.to_string())
 }
 
-/// Checks the `hello` in `text` against the `nonce` sent on the `role`
-/// endpoint, enrolling a new device whose token is live.
-pub(crate) async fn authenticate(hub: &Hub, role: Role, nonce: &str, text: &str) -> Result<Who, Refusal> {
+/// Decodes the `hello` in `text` (one frame within [`protocol::MAX_HELLO_BYTES`]
+/// as the socket read it) sent on the `role` endpoint, and checks its
+/// signature over `nonce` ([`protocol::hello_bytes`]) and that its id is
+/// its key's (an operator's fingerprint, a device's id). No I/O.
+///
+/// # Errors
+/// `bad_hello` / `BAD_FRAME` for anything but a `hello` of this role;
+/// `unauthorized` / `UNAUTHORIZED` for a key, signature or id that fails.
+pub fn prove_hello(role: Role, nonce: &str, text: &str) -> Result<Proven, Refusal> {
     let bad = |m: String| Refusal("bad_hello", RelayCode::BadFrame, m);
     let frame = protocol::decode::<ToRelay>(text).map_err(|e| bad(e.to_string()))?;
     let ToRelay::Hello { role: said, id, public_key, sig, enroll_token, name, .. } = frame else {
@@ -61,12 +82,20 @@ pub(crate) async fn authenticate(hub: &Hub, role: Role, nonce: &str, text: &str)
         .map_err(|_| unauthorized("malformed signature"))?;
     key.verify(&protocol::hello_bytes(role, nonce, &id, &public_key), &sig)
         .map_err(|_| unauthorized("the hello signature does not verify"))?;
-    let public_key = key.to_string();
+    match role {
+        Role::Operator if id != key.fingerprint() => Err(unauthorized("an operator's id is its key's fingerprint")),
+        Role::Device if id != key.device_id() => Err(unauthorized("the device id does not belong to this key")),
+        _ => Ok(Proven { id, public_key: key.to_string(), enroll_token, name }),
+    }
+}
+
+/// Checks the `hello` in `text` against the `nonce` sent on the `role`
+/// endpoint ([`prove_hello`]), then against the registry, enrolling a new
+/// device whose token is live.
+pub(crate) async fn authenticate(hub: &Hub, role: Role, nonce: &str, text: &str) -> Result<Who, Refusal> {
+    let Proven { id, public_key, enroll_token, name } = prove_hello(role, nonce, text)?;
     match role {
         Role::Operator => {
-            if id != key.fingerprint() {
-                return Err(unauthorized("an operator's id is its key's fingerprint"));
-            }
             let registry = hub.registry();
             let name = registry.0.operator_named(&public_key).ok_or_else(|| {
                 unauthorized("this operator key is not registered on the relay (support relay add-operator NAME KEY)")
@@ -74,9 +103,6 @@ pub(crate) async fn authenticate(hub: &Hub, role: Role, nonce: &str, text: &str)
             Ok(Who { id, name: name.to_string(), key: public_key })
         }
         Role::Device => {
-            if id != key.device_id() {
-                return Err(unauthorized("the device id does not belong to this key"));
-            }
             if let Some(d) = hub.registry().0.devices.get(&id) {
                 return if d.public_key == public_key {
                     Ok(Who { id, name: d.name.clone(), key: public_key })

@@ -49,6 +49,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::paths;
+pub use hello::{Proven, Refusal, prove_hello};
 pub use presence::{Listing, LiveFile, Source, devices, devices_in};
 use registry::RegistryError;
 pub use state::{State, is_running, owner_to_run_as};

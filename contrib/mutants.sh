@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# cargo-mutants on the code that decides (issue 18 item 3): every mutant
+# that builds must make a test fail.
+#
+#   contrib/mutants.sh                    each decision file with the tests that cover it
+#   contrib/mutants.sh FILE               one of them (its tests as below)
+#   contrib/mutants.sh --in-diff [BASE]   the lines this branch changes since BASE (default main),
+#                                         against the whole test suite
+#   contrib/mutants.sh --list             the mutants, without running them
+#
+# Needs `cargo install cargo-mutants`. Runs niced, one job at a time
+# (MUTANTS_JOBS to change), results in target/mutants/<name>/mutants.out
+# (caught.txt, missed.txt, timeout.txt, unviable.txt). Exits non-zero when
+# a mutant is missed or times out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# FILE, the test targets that exercise it (given to every cargo call, so a
+# mutant builds only those), and after `|` a test name filter: unit tests
+# beside the code first (seconds per mutant), the integration tests that
+# attack it after.
+declare -A tests=(
+  [src/daemon/gate.rs]="--lib|daemon::gate"
+  [src/daemon/replay.rs]="--lib|daemon::"
+  [src/daemon/control_request.rs]="--test=decoders|"
+  [src/consent.rs]="--lib --test=grant_scope|"
+  [src/audit/chain.rs]="--lib|audit::"
+  [src/audit/log.rs]="--lib --test=audit_log|"
+  [src/audit/read.rs]="--lib --test=audit_log|"
+  [src/policy/rules.rs]="--lib --test=catalogue|"
+  [src/protocol/signed.rs]="--lib --test=relay_forgery|"
+  [src/protocol/answer.rs]="--lib --test=relay_forgery|"
+  [src/trust.rs]="--lib --test=trust|"
+)
+order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src/consent.rs src/audit/chain.rs
+  src/audit/log.rs src/audit/read.rs src/policy/rules.rs src/protocol/signed.rs src/protocol/answer.rs src/trust.rs)
+
+# A target dir of its own: cargo names a path package's artifacts by its
+# path relative to the workspace, so the mutated copy and this tree would
+# share artifacts in one target dir, and a build of one can pass for the
+# other's (a mutant "missed" that was never built). MUTANTS_TARGET_DIR to move it.
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$PWD/target/mutants/build}"
+jobs=${MUTANTS_JOBS:-1}
+common=(--no-shuffle -j "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --minimum-test-timeout 60)
+
+run_file() {
+  local file=$1 name targets filter args=()
+  name=$(basename "${file%.rs}")
+  mkdir -p "target/mutants/$name"
+  targets=${tests[$file]%%|*}
+  filter=${tests[$file]#*|}
+  for t in $targets; do args+=("--cargo-arg=$t"); done
+  # shellcheck disable=SC2086 # an empty filter is no argument
+  nice -n 19 cargo mutants "${common[@]}" --file "$file" --output "target/mutants/$name" "${args[@]}" -- $filter
+}
+
+case "${1:-}" in
+  --list)
+    for f in "${order[@]}"; do cargo mutants --list --file "$f"; done ;;
+  --in-diff)
+    base=${2:-main}
+    mkdir -p target/mutants/diff
+    git diff "$base...HEAD" > target/mutants/branch.diff
+    nice -n 19 cargo mutants "${common[@]}" --in-diff target/mutants/branch.diff --output target/mutants/diff ;;
+  "")
+    status=0
+    for f in "${order[@]}"; do run_file "$f" || status=$?; done
+    exit "$status" ;;
+  *)
+    [[ -n "${tests[$1]:-}" ]] || { echo "not a decision file: $1 (see the table in $0)" >&2; exit 2; }
+    run_file "$1" ;;
+esac
