@@ -172,6 +172,7 @@ fn rebinding_hosts_are_refused_and_no_cors_header_is_sent() {
 fn allow_and_revoke_from_the_console_go_the_cli_s_way_and_say_via_console() {
     let d = daemon();
     let s = Session::login(&login_url(&d.home));
+    assert_eq!(s.get("/console/api/summary").status, 404, "no grant yet");
     let r = s.post("/console/api/allow", r#"{"tier":3,"minutes":5,"reason":"agent fix"}"#);
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("confirmation is needed"), "{r:?}");
@@ -205,6 +206,12 @@ fn allow_and_revoke_from_the_console_go_the_cli_s_way_and_say_via_console() {
     let second = s.get(&format!("/console/api/audit?limit=1&before={next}")).json();
     assert!(second["records"][0]["seq"].as_u64().unwrap() < next);
     assert!(support::audit::verify(&support::Paths::under(d.home.path.clone())).is_ok());
+    // What ran under it, as `support summary` says.
+    let summary = s.get("/console/api/summary");
+    assert_eq!(summary.status, 200, "{summary:?}");
+    assert_eq!(summary.json()["grant_id"], grant_id.as_str());
+    assert!(summary.json()["text"].as_str().unwrap().contains(&grant_id));
+    assert_eq!(s.get("/console/api/summary?grant=g-0000000000000000").status, 404);
 }
 
 #[test]
