@@ -12,8 +12,8 @@
 //! 2. the route: 404 for an unknown path, 405 for a known path with another
 //!    method (GET changes nothing; every change is a POST);
 //! 3. the `/console/api/` GETs need the session cookie (401), and a
-//!    `Sec-Fetch-Site`, when the browser sends one, of `same-origin`
-//!    (403: another page's `<script>` or `<img>` reads nothing);
+//!    `Sec-Fetch-Site`, when the browser sends one, of `same-origin` or
+//!    `none` (403: another page's `<script>` or `<img>` reads nothing);
 //! 4. every POST needs, in this order, the session cookie, an `Origin`
 //!    exactly `http://127.0.0.1:PORT`, an `X-CSRF-Token` equal to the
 //!    session's (constant time) and `Content-Type: application/json`
@@ -276,7 +276,8 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
                 return shared.refuse(&req, peer, StatusCode::UNAUTHORIZED, "no console session").await;
             };
             let fetched = req.headers().get("sec-fetch-site").map(HeaderValue::as_bytes);
-            if fetched.is_some_and(|site| site != b"same-origin") {
+            // `none`: the owner typed the address; `same-origin`: the page's own fetch.
+            if fetched.is_some_and(|site| site != b"same-origin" && site != b"none") {
                 return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "read from another origin").await;
             }
             api::get(&shared.daemon, get, req.uri().query().unwrap_or(""), &sid, &csrf, shared.stop.clone()).await
