@@ -9,8 +9,7 @@ use hyper::{HeaderMap, Method, StatusCode, Uri};
 
 use crate::secret::Secret;
 
-/// The largest request body (bytes).
-pub const MAX_BODY: u64 = 64 * 1024;
+pub use super::http::MAX_BODY;
 
 /// What a request that passed every check asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +28,8 @@ pub enum Route {
     ConsentChanged,
     /// `GET /v1/events`.
     Events,
+    /// `POST /v1/console/login`: a one-time login link to the owner's console.
+    ConsoleLogin,
 }
 
 /// Why a request's head was refused, and so how it is answered.
@@ -88,16 +89,25 @@ pub fn check_head(
 /// (or another scheme) is refused rather than half-believed. Then DESIGN
 /// §6: the one `Host` must name this port on loopback.
 fn host_ok(uri: &Uri, headers: &HeaderMap, port: u16) -> Result<(), Refused> {
+    check_host(uri, headers, port).map_err(|(status, why)| Refused::Host(status, why))
+}
+
+/// The `Host` check alone, shared with the owner's console: the status
+/// (400 or 403) and the message of a refusal.
+///
+/// # Errors
+/// See [`check_head`]'s first step.
+pub fn check_host(uri: &Uri, headers: &HeaderMap, port: u16) -> Result<(), (StatusCode, &'static str)> {
     let mut hosts = headers.get_all(HOST).iter();
     let (host, second) = (hosts.next(), hosts.next());
     if second.is_some() {
-        return Err(Refused::Host(StatusCode::BAD_REQUEST, "exactly one Host header is allowed (RFC 9112 §3.2)"));
+        return Err((StatusCode::BAD_REQUEST, "exactly one Host header is allowed (RFC 9112 §3.2)"));
     }
     let host = host.and_then(|h| h.to_str().ok()).unwrap_or_default();
     if let Some(authority) = uri.authority()
         && (uri.scheme() != Some(&Scheme::HTTP) || !authority.as_str().eq_ignore_ascii_case(host))
     {
-        return Err(Refused::Host(
+        return Err((
             StatusCode::BAD_REQUEST,
             "an absolute-form target must be http:// with the Host's own authority (RFC 9112 §3.2.2)",
         ));
@@ -106,7 +116,7 @@ fn host_ok(uri: &Uri, headers: &HeaderMap, port: u16) -> Result<(), Refused> {
     if host == format!("127.0.0.1:{p}") || host == format!("localhost:{p}") || host == format!("[::1]:{p}") {
         Ok(())
     } else {
-        Err(Refused::Host(StatusCode::FORBIDDEN, "Host must be 127.0.0.1:PORT, localhost:PORT or [::1]:PORT"))
+        Err((StatusCode::FORBIDDEN, "Host must be 127.0.0.1:PORT, localhost:PORT or [::1]:PORT"))
     }
 }
 
@@ -127,6 +137,7 @@ fn route(path: &str) -> Option<(Method, Route)> {
         ["", "v1", "tasks", id] => Some((Method::GET, Route::Task(id.to_string()))),
         ["", "v1", "consent", "changed"] => Some((Method::POST, Route::ConsentChanged)),
         ["", "v1", "events"] => Some((Method::GET, Route::Events)),
+        ["", "v1", "console", "login"] => Some((Method::POST, Route::ConsoleLogin)),
         _ => None,
     }
 }

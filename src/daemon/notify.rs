@@ -476,34 +476,21 @@ async fn discard(mut rx: mpsc::Receiver<Note>, mut stop: watch::Receiver<bool>) 
     }
 }
 
-/// The notification's **Open console** action: runs `support console`
-/// (the running binary, `/proc/self/exe`, in this daemon's home), which
-/// asks the daemon for a one-time login and opens the console in the
-/// browser. This is the one place the action is made: h-console's
-/// `support console` fills it; until that subcommand exists it fails, and
-/// the failure is logged.
+/// The notification's **Open console** action: the daemon issues a
+/// one-time login link itself ([`Daemon::console_login`]: the owner clicked
+/// on their own desktop, and a `support console` started by the daemon
+/// would be refused as running inside its tree) and opens it with
+/// `xdg-open`; a failure is logged.
 pub(super) fn open_console(daemon: &Daemon) {
-    let paths = &daemon.inner.paths;
-    let mut cmd = tokio::process::Command::new("/proc/self/exe");
-    cmd.arg("console").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-    if paths.config_dir == paths.home && paths.state_dir == paths.home {
-        cmd.env("SUPPORT_HOME", &paths.home);
-    }
-    match cmd.spawn() {
-        Ok(mut child) => {
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-                    Ok(Ok(status)) if status.success() => {}
-                    Ok(Ok(status)) => tracing::warn!(%status, "`support console` from a notification failed"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "`support console` from a notification failed"),
-                    Err(_) => {
-                        let _ = child.kill().await;
-                    }
-                }
-            });
+    let Some(login) = daemon.console_login() else {
+        tracing::warn!("Open console: the daemon does not serve the console");
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        if let Err(why) = super::open_in_browser(&login.url) {
+            tracing::warn!(%why, "Open console: could not open a browser");
         }
-        Err(e) => tracing::warn!(error = %e, "cannot run `support console` from a notification"),
-    }
+    });
 }
 
 #[cfg(test)]

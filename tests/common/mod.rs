@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent_host;
+pub mod console;
 pub mod lab;
 pub mod nats;
 pub mod net;
