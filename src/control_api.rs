@@ -12,6 +12,7 @@
 //! | `POST /v1/tasks/stop` | [`StoppedAll`] |
 //! | `POST /v1/consent/changed` | [`ConsentChanged`] |
 //! | `GET /v1/events` | NDJSON, one [`WatchEvent`] a line |
+//! | `POST /v1/console/login` | [`ConsoleLogin`] (403 from inside a task's tree) |
 //!
 //! Every POST takes an empty body (at most 64 KiB are read and dropped).
 //! Any status other than 2xx carries an [`ApiError`].
@@ -90,7 +91,7 @@ pub struct LinkStatus {
 }
 
 /// The grant as the daemon enforces it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentView {
     /// Whether a grant is live.
     pub enabled: bool,
@@ -105,6 +106,15 @@ pub struct ConsentView {
     /// The live grant's scope and the actions started under it (`None` while off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<crate::protocol::GrantScope>,
+    /// When the live grant was made, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<String>,
+    /// The login name that made the live grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_by: Option<String>,
+    /// The owner's reason for the live grant, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `GET /v1/status`: the daemon, its link, its tasks and the grant it enforces.
@@ -190,6 +200,17 @@ pub struct StoppedAll {
 pub struct ConsentChanged {
     /// The daemon's status now.
     pub status: StatusView,
+}
+
+/// `POST /v1/console/login`: a one-time login link to the owner's console.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConsoleLogin {
+    /// The token: 43 characters of base64url, usable once.
+    pub token: String,
+    /// `http://127.0.0.1:PORT/console/login?token=TOKEN`.
+    pub url: String,
+    /// When the token stops working (60 s after it was issued), RFC 3339 UTC.
+    pub expires_at: String,
 }
 
 /// The body of every answer that is not 2xx.

@@ -9,7 +9,8 @@
 //! # Layout
 //!
 //! - [`paths`]: where every file lives; safe create/open (modes, no links, owner check).
-//! - [`consent`]: the grant: tiers, read/write/remove, expiry.
+//! - [`consent`]: the grant: tiers, read/write/remove, expiry; `consent_change`: the owner's
+//!   grant and revocation with their records, one path for the CLI and the console.
 //! - [`policy`]: the action catalogue: load, validate, render argv from typed params.
 //! - [`audit`]: the hash-chained audit log: append, verify, recover, list, prove a witnessed head.
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
@@ -43,6 +44,7 @@
 pub mod audit;
 pub mod cli;
 pub mod consent;
+mod consent_change;
 pub mod control_api;
 pub mod daemon;
 pub mod dial;

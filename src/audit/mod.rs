@@ -126,6 +126,16 @@ pub enum Event {
     /// whole log and its key were removed. `detail` says what showed it.
     #[serde(rename = "audit.reset")]
     AuditReset,
+    /// The owner's console (`support console`) refused a request: a bad
+    /// login link, or a state change without the session cookie, the
+    /// console's own `Origin` or the session's CSRF token; or a login asked
+    /// for from inside a task's tree. At most one record per window, the
+    /// next counting those left out (as `control.unauthorized`).
+    #[serde(rename = "console.refused")]
+    ConsoleRefused,
+    /// A login link of the owner's console was used: a browser session began.
+    #[serde(rename = "console.login")]
+    ConsoleLogin,
 }
 
 impl Event {
@@ -152,6 +162,8 @@ impl Event {
             Event::ConsentWatcherRestarted => "consent.watcher_restarted",
             Event::ActionDeniedAggregated => "action.denied.aggregated",
             Event::AuditReset => "audit.reset",
+            Event::ConsoleRefused => "console.refused",
+            Event::ConsoleLogin => "console.login",
         }
     }
 }
@@ -220,6 +232,10 @@ pub struct Record {
     /// Anything else worth keeping, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Through what the owner made the change, when not the CLI:
+    /// `console` (the owner's console in the browser). Absent: the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// The command's nonce (`action.started`, and `action.denied` once the
     /// command's signature held), so that a restarted daemon still knows
     /// it was used (see `daemon::replay`).
@@ -259,6 +275,7 @@ impl Record {
             by: None,
             reason: None,
             detail: None,
+            via: None,
             nonce: None,
             issued_at: None,
             prev: String::new(),

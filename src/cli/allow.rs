@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::Ctx;
 use super::out::outln;
+use crate::Error;
 use crate::audit::{Event, Record};
 use crate::consent::{self, Grant, Tier};
-use crate::{Error, ErrorChain};
 
 /// Grant support a tier of actions for a while.
 #[derive(Debug, clap::Args)]
@@ -169,35 +169,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         .map_err(Error::Usage)?;
 
     // The record comes first: a grant that cannot be audited is not made.
-    let mut record = Record::new(Event::ConsentGranted);
-    record.grant_id = Some(grant.grant_id.clone());
-    record.tier = Some(grant.tier.get());
-    record.reason.clone_from(&grant.reason);
-    record.detail = Some(match grant.scope_words() {
-        Some(scope) => format!("expires_at {}; {scope}", crate::time::rfc3339(grant.expires_at)),
-        None => format!("expires_at {}", crate::time::rfc3339(grant.expires_at)),
-    });
-    ctx.audit(record)?;
-    if let Err(e) = consent::write(&ctx.paths, &grant) {
-        // The rename may have landed before a later step failed: make sure no grant stands.
-        let removed = consent::remove(&ctx.paths);
-        let mut undo = Record::new(Event::ConsentRevoked);
-        undo.grant_id = Some(grant.grant_id.clone());
-        undo.detail = Some(match &removed {
-            Ok(_) => "the grant could not be written and was withdrawn; no grant is in force".into(),
-            Err(r) => format!("the grant could not be written, nor the consent file removed: {}", ErrorChain(r)),
-        });
-        let _ = ctx.audit(undo);
-        return Err(match removed {
-            Ok(_) => e.into(),
-            Err(r) => Error::Failed(format!(
-                "{}; and the consent file could not be removed ({}), so a grant may stand: remove {} by hand",
-                ErrorChain(&e),
-                ErrorChain(&r),
-                ctx.paths.consent().display()
-            )),
-        });
-    }
+    crate::consent_change::grant(&ctx.paths, &grant, None, &mut |r| ctx.audit(r))?;
     // A lower tier than before stops the tasks above it now.
     let told = super::client::tell_consent_changed(&ctx.paths);
     outln!("Granted tier {}: {}.", grant.tier, grant.tier.allows())?;

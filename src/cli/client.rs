@@ -116,8 +116,9 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::DaemonUnreachable`] when it does not answer in time;
-    /// [`Error::Failed`] with the daemon's message for any other status,
-    /// or when the answer is not a `T`.
+    /// [`Error::Refused`] with the daemon's message for a 403;
+    /// [`Error::Failed`] with it for any other status, or when the answer
+    /// is not a `T`.
     pub fn call<T: DeserializeOwned>(&self, method: &str, path: &str) -> Result<T, Error> {
         self.call_found(method, path)?.ok_or_else(|| Error::Failed(format!("the daemon has no {path}")))
     }
@@ -146,6 +147,9 @@ impl Client {
                 }
                 let message = serde_json::from_slice::<ApiError>(&body).map(|e| e.error);
                 let message = crate::text::printable(message.as_deref().unwrap_or("no message"));
+                if status == hyper::StatusCode::FORBIDDEN {
+                    return Err(Error::Refused(format!("the daemon refused: {message}")));
+                }
                 Err(Error::Failed(format!("the daemon answered {status}: {message}")))
             };
             tokio::time::timeout(REQUEST_TIMEOUT, work)

@@ -21,6 +21,10 @@ pub struct Args {
     /// The control API's port on 127.0.0.1 (0: any free port, written to daemon.json).
     #[arg(long, default_value_t = 0, value_name = "PORT")]
     control_port: u16,
+    /// The owner's console's port on 127.0.0.1 (also `console_port` in daemon.toml;
+    /// 0: any free port, written to daemon.json).
+    #[arg(long, value_name = "PORT")]
+    console_port: Option<u16>,
     /// The most tasks running at once; more are denied BUSY.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_tasks: u16,
@@ -47,18 +51,23 @@ struct FileConfig {
     relay_ca: Option<String>,
     relay_fingerprint: Option<String>,
     enroll: Option<crate::Secret>,
+    console_port: Option<u16>,
 }
 
-/// The relay link from the flags and `daemon.toml`, or `None` when neither names a relay.
-fn link_config(ctx: &Ctx, args: &Args) -> Result<Option<LinkConfig>, Error> {
+/// `daemon.toml`, or the defaults when there is none.
+fn file_config(ctx: &Ctx) -> Result<FileConfig, Error> {
     let path = ctx.paths.daemon_config();
-    let file: FileConfig = match crate::paths::read_secret(&path, 64 * 1024)? {
+    Ok(match crate::paths::read_secret(&path, 64 * 1024)? {
         Some(bytes) => {
             let text = String::from_utf8(bytes).map_err(|_| Error::Usage(format!("{}: not UTF-8", path.display())))?;
             toml::from_str(&text).map_err(|e| Error::Usage(toml_error(&path, &text, &e)))?
         }
         None => FileConfig::default(),
-    };
+    })
+}
+
+/// The relay link from the flags and `daemon.toml`, or `None` when neither names a relay.
+fn link_config(args: &Args, file: FileConfig) -> Result<Option<LinkConfig>, Error> {
     let Some(relay) = args.relay.clone().or(file.relay) else {
         if args.relay_ca.is_some() || args.relay_fingerprint.is_some() || args.enroll.is_some() {
             return Err(Error::Usage("--relay-ca, --relay-fingerprint and --enroll need --relay URL".into()));
@@ -87,7 +96,9 @@ fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
-    let link = link_config(ctx, &args)?;
+    let file = file_config(ctx)?;
+    let console_port = args.console_port.or(file.console_port).unwrap_or(0);
+    let link = link_config(&args, file)?;
     // One thread runs everything; audit appends go to a blocking thread
     // that ends one second after its last use, so an idle daemon keeps
     // just this thread and the inotify watcher's.
@@ -103,7 +114,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             .map_err(|e| Error::Failed(format!("cannot listen on 127.0.0.1:{}: {e}", args.control_port)))?;
         // The running image itself, even if its file was replaced since.
         let cgroup_helper = Some(std::path::PathBuf::from("/proc/self/exe"));
-        let options = Options { max_tasks: args.max_tasks.into(), link, cgroup_helper };
+        let options = Options { max_tasks: args.max_tasks.into(), link, cgroup_helper, console_port };
         daemon::run(&ctx.paths, options, listener, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -18,6 +18,7 @@ mod actions;
 mod allow;
 mod audit;
 mod client;
+mod console;
 mod daemon;
 mod demo;
 mod device_name;
@@ -74,6 +75,8 @@ pub enum Command {
     Stop(tasks::StopArgs),
     /// Follow what the daemon does, live.
     Watch(tasks::WatchArgs),
+    /// Open the owner's console in the browser: see and stop what support does.
+    Console(console::Args),
     /// Run the relay, or administer its registry (enroll tokens, operators, devices).
     Relay(relay::Args),
     /// The support side: keys, devices, run an action, cancel.
@@ -135,6 +138,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Tasks(a) => tasks::tasks(&ctx, a),
         Command::Stop(a) => tasks::stop(&ctx, a),
         Command::Watch(a) => tasks::watch(&ctx, a),
+        Command::Console(a) => console::run(&ctx, a),
         Command::Relay(a) => relay::run(&ctx, a),
         Command::Operator(a) => operator::run(a),
         Command::Demo(a) => demo::run(a),

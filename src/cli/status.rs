@@ -262,7 +262,7 @@ mod tests {
                 grant_id: None,
                 expires_at: None,
                 off_reason: (!enabled).then(|| "expired at 2026-11-22T10:01:00Z".into()),
-                scope: None,
+                ..ConsentView::default()
             },
         });
         Seen::Up(Box::new(serde_json::from_value(view).unwrap()))

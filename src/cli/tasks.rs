@@ -261,17 +261,15 @@ pub(crate) fn render_line(task_id: &str, line: &Line) -> String {
     let at = crate::time::parse_rfc3339(&line.ts)
         .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S").to_string())
         .unwrap_or_default();
-    let label = match (&line.kind, line.stream) {
-        (LineKind::Text, _) => paint("agent:", "36"),
-        (LineKind::Thinking, _) => paint("thinking:", "2"),
-        (LineKind::ToolUse, _) => paint("tool:", "33"),
-        (LineKind::ToolResult, _) => paint("result:", "2"),
-        (LineKind::Error, _) => paint("ERROR:", "31"),
-        (LineKind::Result, _) => paint("done:", "32"),
-        (LineKind::System | LineKind::Notice, _) => paint("·", "2"),
-        (LineKind::Raw, crate::protocol::Stream::Stderr) => paint("stderr:", "2"),
-        (LineKind::Raw, crate::protocol::Stream::Stdout) => String::new(),
+    // The colour goes with the label, which the console shows the same.
+    let colour = match line.kind {
+        LineKind::Text => "36",
+        LineKind::ToolUse => "33",
+        LineKind::Error => "31",
+        LineKind::Result => "32",
+        _ => "2",
     };
+    let label = if line.label().is_empty() { String::new() } else { paint(line.label(), colour) };
     let text = printable(&line.text);
     let sep = if label.is_empty() { "" } else { " " };
     format!("{at} [{task_id}] {label}{sep}{text}")

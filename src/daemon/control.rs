@@ -15,11 +15,16 @@
 //!    [`UNAUTHORIZED_WINDOW`], the next counting those left out);
 //! 4. the route: 404 for an unknown path, 405 for a known path with
 //!    another method (state changes only on POST);
-//! 5. a body over [`MAX_BODY`] bytes: 413.
+//! 5. a body over [`MAX_BODY`](super::http::MAX_BODY) bytes: 413.
+//!
+//! `POST /v1/console/login` (a login link to the owner's console) is
+//! refused (403, audited) when the process that asks runs inside one of
+//! the daemon's tasks: its pid from `SO_PEERCRED`, or for the TCP port
+//! from the kernel's socket table (`guard::tcp_peer_pid`).
 //!
 //! Connections are not kept alive; a connection's headers must all arrive
-//! within [`HEADER_TIMEOUT`] of its start (one deadline, however they
-//! trickle) and a body within [`BODY_TIMEOUT`]; at most [`MAX_CONNECTIONS`]
+//! within [`HEADER_TIMEOUT`](super::http::HEADER_TIMEOUT) of its start (one deadline, however they
+//! trickle) and a body within [`BODY_TIMEOUT`](super::http::BODY_TIMEOUT); at most [`MAX_CONNECTIONS`]
 //! are served at once.
 //!
 //! The same API, with the same checks, is served on `control.sock`
@@ -33,38 +38,25 @@
 //! The requests and their answers are the types of [`crate::control_api`],
 //! which the CLI deserialises: its module docs list them.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::Daemon;
+use super::http::{Body, RateLimit, StreamBody, error, respond};
 use crate::audit::{Event, Record};
-use crate::control_api::{ApiError, ConsentChanged, Stopped, StoppedAll, TaskList, WatchEvent};
+use crate::control_api::{ConsentChanged, Stopped, StoppedAll, TaskList, WatchEvent};
 use crate::protocol::StoppedBy;
 use crate::secret::Secret;
 
-/// The largest request body (bytes).
-pub const MAX_BODY: u64 = 64 * 1024;
-/// How long a client has to send its request headers, from the start of
-/// its connection (a whole request is one short line and three headers).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a client has to send its body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once on the TCP port; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Connections served at once on `control.sock` (the owner's own), apart
@@ -75,8 +67,6 @@ pub const UNAUTHORIZED_WINDOW: Duration = Duration::from_secs(10);
 /// How often an idle `/v1/events` stream gets a `ping` line.
 const EVENTS_PING: Duration = Duration::from_secs(15);
 
-type Body = BoxBody<Bytes, Infallible>;
-
 struct Shared {
     daemon: Daemon,
     port: u16,
@@ -86,25 +76,20 @@ struct Shared {
     stop: watch::Receiver<bool>,
 }
 
-struct RateLimit {
-    window_start: Option<Instant>,
-    suppressed: u64,
-}
-
 /// Who is on the other end of a control connection.
 #[derive(Clone, Copy, Debug)]
 enum Peer {
     /// The TCP port: any local user.
     Tcp(SocketAddr),
-    /// `control.sock`: a process of this uid.
-    Socket(u32),
+    /// `control.sock`: a process of this uid, and its pid (`SO_PEERCRED`).
+    Socket(u32, Option<i32>),
 }
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Peer::Tcp(addr) => write!(f, "{addr}"),
-            Peer::Socket(uid) => write!(f, "control.sock (uid {uid})"),
+            Peer::Socket(uid, _) => write!(f, "control.sock (uid {uid})"),
         }
     }
 }
@@ -137,13 +122,7 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let shared = Arc::new(Shared {
-        daemon,
-        port,
-        secret,
-        unauthorized: Mutex::new(RateLimit { window_start: None, suppressed: 0 }),
-        stop: stop.clone(),
-    });
+    let shared = Arc::new(Shared { daemon, port, secret, unauthorized: Mutex::default(), stop: stop.clone() });
     let on_socket = socket.map(|socket| tokio::spawn(serve_socket(socket, shared.clone(), stop.clone())));
     serve_tcp(listener, shared, stop).await;
     if let Some(task) = on_socket {
@@ -151,25 +130,11 @@ pub async fn serve(
     }
 }
 
-async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = crate::stopped(&mut stop) => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = crate::stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control API accept failed");
-                    continue;
-                }
-            },
-        };
-        spawn_connection(stream, Peer::Tcp(peer), permit, shared.clone());
-    }
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    super::http::accept_loop(listener, MAX_CONNECTIONS, stop, "control API", |stream, peer, permit| {
+        spawn_connection(stream, Peer::Tcp(peer), permit, shared.clone())
+    })
+    .await;
 }
 
 async fn serve_socket(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -191,12 +156,13 @@ async fn serve_socket(listener: UnixListener, shared: Arc<Shared>, mut stop: wat
                 }
             },
         };
-        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let cred = stream.peer_cred().ok();
+        let uid = cred.map(|c| c.uid());
         if uid != Some(me) {
             tracing::warn!(peer_uid = ?uid, "control.sock: refused a peer of another user");
             continue;
         }
-        spawn_connection(stream, Peer::Socket(me), permit, shared.clone());
+        spawn_connection(stream, Peer::Socket(me, cred.and_then(|c| c.pid())), permit, shared.clone());
     }
 }
 
@@ -205,74 +171,15 @@ fn spawn_connection<S>(stream: S, peer: Peer, permit: OwnedSemaphorePermit, shar
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut stop = shared.stop.clone();
+    let stop = shared.stop.clone();
     let span = tracing::debug_span!("control", %peer);
-    tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req, peer).await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(false);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(error = %e, "control connection ended") },
-                _ = crate::stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-                }
-            }
-        },
-        span,
-    ));
-}
-
-fn respond(status: StatusCode, body: &impl Serialize) -> Response<Body> {
-    let mut text = serde_json::to_string(body).unwrap_or_default();
-    text.push('\n');
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(text)).boxed())
-        .expect("static parts build")
-}
-
-fn error(status: StatusCode, message: &str) -> Response<Body> {
-    respond(status, &ApiError { error: message.into() })
+    super::http::spawn_connection(stream, permit, stop, span, move |req| {
+        let shared = shared.clone();
+        async move { handle(&shared, req, peer).await }
+    });
 }
 
 impl Shared {
-    /// RFC 9112 §3.2: exactly one `Host`; §3.2.2: an absolute-form target's
-    /// authority stands for the host, so one naming another than the
-    /// `Host` (or another scheme) is refused rather than half-believed.
-    /// Then DESIGN §6: the one `Host` must name this port on loopback.
-    fn host_ok(&self, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
-        let mut hosts = req.headers().get_all(HOST).iter();
-        let (host, second) = (hosts.next(), hosts.next());
-        if second.is_some() {
-            return Err((StatusCode::BAD_REQUEST, "exactly one Host header is allowed (RFC 9112 §3.2)"));
-        }
-        let host = host.and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let uri = req.uri();
-        if let Some(authority) = uri.authority()
-            && (uri.scheme() != Some(&hyper::http::uri::Scheme::HTTP) || !authority.as_str().eq_ignore_ascii_case(host))
-        {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "an absolute-form target must be http:// with the Host's own authority (RFC 9112 §3.2.2)",
-            ));
-        }
-        let p = self.port;
-        if host == format!("127.0.0.1:{p}") || host == format!("localhost:{p}") || host == format!("[::1]:{p}") {
-            Ok(())
-        } else {
-            Err((StatusCode::FORBIDDEN, "Host must be 127.0.0.1:PORT, localhost:PORT or [::1]:PORT"))
-        }
-    }
-
     fn secret_ok(&self, req: &Request<Incoming>) -> bool {
         let Some(value) = req.headers().get(AUTHORIZATION) else { return false };
         let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
@@ -281,20 +188,7 @@ impl Shared {
 
     /// Records a refused request, at most once per window.
     async fn record_unauthorized(&self, req: &Request<Incoming>, peer: Peer) {
-        let suppressed = {
-            let mut rl = crate::lock(&self.unauthorized);
-            let now = Instant::now();
-            match rl.window_start {
-                Some(start) if now.duration_since(start) < UNAUTHORIZED_WINDOW => {
-                    rl.suppressed += 1;
-                    return;
-                }
-                _ => {
-                    rl.window_start = Some(now);
-                    std::mem::take(&mut rl.suppressed)
-                }
-            }
-        };
+        let Some(suppressed) = crate::lock(&self.unauthorized).admit(UNAUTHORIZED_WINDOW) else { return };
         let why = if req.headers().contains_key(AUTHORIZATION) { "wrong secret" } else { "no secret" };
         let path: String = req.uri().path().chars().take(128).filter(|c| c.is_ascii_graphic()).collect();
         let mut r = Record::new(Event::ControlUnauthorized);
@@ -321,6 +215,7 @@ fn route(path: &str) -> Option<(Method, Route)> {
         ["", "v1", "tasks", id] => Some((Method::GET, Route::Task(id.to_string()))),
         ["", "v1", "consent", "changed"] => Some((Method::POST, Route::ConsentChanged)),
         ["", "v1", "events"] => Some((Method::GET, Route::Events)),
+        ["", "v1", "console", "login"] => Some((Method::POST, Route::ConsoleLogin)),
         _ => None,
     }
 }
@@ -333,10 +228,11 @@ enum Route {
     StopAll,
     ConsentChanged,
     Events,
+    ConsoleLogin,
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Response<Body> {
-    if let Err((status, why)) = shared.host_ok(&req) {
+    if let Err((status, why)) = super::http::host_ok(&req, shared.port) {
         return error(status, why);
     }
     if req.headers().contains_key(ORIGIN) {
@@ -350,23 +246,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Response
         return error(StatusCode::NOT_FOUND, "no such endpoint");
     };
     if req.method() != method {
-        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, &format!("this endpoint takes {method} only"));
-        resp.headers_mut().insert(ALLOW, method.as_str().parse().expect("a method is a header value"));
-        return resp;
+        return super::http::method_not_allowed(&method);
     }
-    if method == Method::POST {
-        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY) {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("bodies are at most {MAX_BODY} bytes"));
-        }
-        let body = Limited::new(req.into_body(), MAX_BODY as usize);
-        match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
-            Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time"),
-            Ok(Err(_)) => {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("bodies are at most {MAX_BODY} bytes"));
-            }
-            Ok(Ok(_)) => {}
-        }
+    if method == Method::POST
+        && let Err(refused) = super::http::read_body(req).await
+    {
+        return refused;
     }
     let daemon = &shared.daemon;
     match route {
@@ -394,12 +279,25 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: Peer) -> Response
             respond(StatusCode::OK, &ConsentChanged { status: daemon.status_view() })
         }
         Route::Events => events(daemon, shared.stop.clone()),
+        Route::ConsoleLogin => {
+            let pid = match peer {
+                Peer::Socket(_, pid) => pid,
+                Peer::Tcp(addr) => {
+                    let local = SocketAddr::from(([127, 0, 0, 1], shared.port));
+                    tokio::task::spawn_blocking(move || super::guard::tcp_peer_pid(addr, local)).await.ok().flatten()
+                }
+            };
+            match daemon.console_login_for(pid).await {
+                Ok(login) => respond(StatusCode::OK, &login),
+                Err((status, why)) => error(status, &why),
+            }
+        }
     }
 }
 
 /// The `/v1/events` stream.
 fn events(daemon: &Daemon, mut stop: watch::Receiver<bool>) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let (tx, body) = StreamBody::channel(64);
     let mut events = daemon.subscribe();
     let line = |e: &WatchEvent| Bytes::from(serde_json::to_string(e).unwrap_or_default() + "\n");
     let first = line(&WatchEvent::Status { status: Box::new(daemon.status_view()) });
@@ -425,22 +323,5 @@ fn events(daemon: &Daemon, mut stop: watch::Receiver<bool>) -> Response<Body> {
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(CONTENT_TYPE, "application/x-ndjson")
-        .body(EventBody { rx }.boxed())
-        .expect("static parts build")
-}
-
-struct EventBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl hyper::body::Body for EventBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
+    body.respond("application/x-ndjson")
 }

@@ -45,6 +45,10 @@ pub struct DaemonInfo {
     pub version: String,
     /// This device's id.
     pub device_id: String,
+    /// The owner's console's port on 127.0.0.1 (`support console`);
+    /// absent from a daemon of an older version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_port: Option<u16>,
 }
 
 /// Reads `daemon.json`, `None` when there is none (or it is unreadable).

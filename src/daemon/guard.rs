@@ -219,6 +219,72 @@ fn from_task_record(paths: &Paths) -> Option<String> {
     (!found.is_empty()).then(|| found.join("; "))
 }
 
+/// The evidence that process `pid`, a caller of the daemon's control API
+/// (its pid from `SO_PEERCRED` or [`tcp_peer_pid`]), runs inside one of
+/// `tasks` (the daemon's own table): the checks of [`inside_task`], seen
+/// from the daemon: the marker in its environment, descent from this
+/// process (the daemon, a subreaper), a task's process group, or a task's
+/// cgroup. `None` when none finds any.
+pub(crate) fn peer_inside_task(pid: i32, tasks: &[crate::control_api::TaskView]) -> Option<String> {
+    let mut found = Vec::new();
+    if let Some(Some(value)) = tree::marker_of(pid) {
+        found.push(format!("its environment carries {MARKER_ENV}={}, the marker of support's tasks", short(&value)));
+    }
+    let daemon = std::process::id() as i32;
+    let parent_of = |p: i32| {
+        let child = tree::stat(p)?;
+        let parent = tree::stat(child.ppid)?;
+        (parent.start_ticks <= child.start_ticks).then_some(child.ppid)
+    };
+    if descends_from(pid, daemon, parent_of) {
+        found.push(format!("process {pid} descends from the support daemon, which runs support's tasks"));
+    }
+    if let Some(me) = tree::stat(pid) {
+        for t in tasks {
+            if t.pid == Some(me.pgid) && t.start_ticks.is_none_or(|ticks| me.start_ticks >= ticks) {
+                found.push(format!("its process group ({}) is support task {}'s", me.pgid, short(&t.task_id)));
+            }
+        }
+    }
+    if let Some(text) = tree::read_proc(Path::new(&format!("/proc/{pid}/cgroup")), 64 << 10)
+        && let Some(path) = String::from_utf8_lossy(&text).lines().find_map(|l| l.strip_prefix("0::"))
+        && path.split('/').any(|c| c.starts_with("support-t-"))
+    {
+        found.push(format!("its cgroup ({}) is a support task's", short(path.trim())));
+    }
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
+/// The most processes looked at when finding a connection's owner.
+const MAX_PROCS: usize = 65_536;
+
+/// The pid of a process holding the client end of the loopback TCP
+/// connection from `peer` to `local` (an IPv4 address pair, as accepted):
+/// its inode from `/proc/net/tcp` (proc(5): hex `ADDR:PORT` in the
+/// kernel's byte order), then the process with `socket:[INODE]` among its
+/// open descriptors. `None` when either is not found (another user's
+/// process, whose descriptors cannot be read, or a connection gone).
+pub(crate) fn tcp_peer_pid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<i32> {
+    let (std::net::SocketAddr::V4(peer), std::net::SocketAddr::V4(local)) = (peer, local) else { return None };
+    let hex = |a: std::net::SocketAddrV4| format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port());
+    let (want_local, want_remote) = (hex(peer), hex(local));
+    let table = tree::read_proc(Path::new("/proc/net/tcp"), 16 << 20)?;
+    let inode = String::from_utf8_lossy(&table).lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        (f.len() > 9 && f[1] == want_local && f[2] == want_remote).then(|| f[9].to_string())
+    })?;
+    let target = format!("socket:[{inode}]");
+    let procs = fs::read_dir("/proc").ok()?;
+    procs.take(MAX_PROCS).filter_map(Result::ok).find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let fds = fs::read_dir(entry.path().join("fd")).ok()?;
+        fds.take(MAX_FDS)
+            .filter_map(Result::ok)
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()))
+            .then_some(pid)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +310,18 @@ mod tests {
         assert_eq!(flock_holders(locks, 420), vec![Holder { pid: 705, dev: Some((0, 0x2f)) }]);
         assert!(flock_holders("", 42).is_empty());
         assert!(flock_holders("garbage\n\0\u{fffd}", 42).is_empty());
+    }
+
+    #[test]
+    fn finds_the_process_at_the_other_end_of_a_loopback_connection() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
+        let (_accepted, peer) = server.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert_eq!(tcp_peer_pid(peer, server.local_addr().unwrap()), Some(std::process::id() as i32));
+        let me = std::process::id() as i32;
+        // The test process is no task of its own daemon.
+        assert_eq!(peer_inside_task(me, &[]), None);
     }
 
     #[test]

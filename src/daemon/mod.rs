@@ -24,6 +24,8 @@
 //!   HTTP client of a loopback agent host.
 //! - `guard.rs`: the escalation guard's evidence, for the CLI's `allow` and `trust add`.
 //! - `control.rs`: the loopback control API (its messages: [`crate::control_api`]).
+//! - `console/`: the owner's console in the browser, on a second loopback port.
+//! - `http.rs`: what the two loopback HTTP servers share (Host check, caps, deadlines, permits).
 //! - `link.rs`: the one outbound connection to the relay.
 //! - [`gate`]: the decision, pure.
 //! - `replay.rs`: the replay cache, and its nonces read back from the audit log at start.
@@ -31,7 +33,8 @@
 //! # Files (all under the home's state directory)
 //! - `daemon.lock`: held (flock) while a daemon runs: one per home.
 //! - `daemon.json`: `pid`, `control_port`, `started_at`, `version`,
-//!   `device_id`; written once the control API is bound, removed on exit.
+//!   `device_id`, `console_port`; written once the control API and the
+//!   console are bound, removed on exit.
 //! - `control.sock`: the control API for the owner's own processes (0600,
 //!   same-uid peers), bound at start, removed on exit.
 //! - `run/tasks.json`: the running tasks, so that the next start after a
@@ -40,6 +43,7 @@
 mod admit;
 mod agent;
 mod agent_host;
+mod console;
 mod control;
 mod denials;
 mod end;
@@ -48,6 +52,7 @@ pub mod exec;
 mod files;
 pub mod gate;
 pub(crate) mod guard;
+mod http;
 pub mod kill;
 mod link;
 mod records;
@@ -73,6 +78,7 @@ use crate::lock;
 use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, PolicyError};
 use crate::protocol::StoppedBy;
+pub use console::serve as serve_console;
 pub use denials::{DENIAL_WINDOW, RECORDED_SENDERS};
 use enforce::ConsentState;
 pub use files::{DaemonInfo, ensure_secret, is_running, read_info};
@@ -103,7 +109,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Settings for [`run`] and [`Daemon::start`].
 ///
 /// # Defaults
-/// `max_tasks = 8`, no relay link.
+/// `max_tasks = 8`, no relay link, the console on any free port.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The most tasks running at once; more are denied `BUSY`.
@@ -115,11 +121,14 @@ pub struct Options {
     /// `support daemon` gives `/proc/self/exe`. Default `None`: a command
     /// is moved into its cgroup once it runs.
     pub cgroup_helper: Option<std::path::PathBuf>,
+    /// The owner's console's port on 127.0.0.1 (0: any free port; it is
+    /// written to `daemon.json`), for [`run`].
+    pub console_port: u16,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 8, link: None, cgroup_helper: None }
+        Options { max_tasks: 8, link: None, cgroup_helper: None, console_port: 0 }
     }
 }
 
@@ -202,6 +211,8 @@ struct Inner {
     recent: Mutex<VecDeque<Finished>>,
     /// Denials of unverified senders, counted in windows (`denials.rs`).
     denials: Mutex<denials::DenialWindow>,
+    /// The owner's console: its port, login tokens and sessions (`console/`).
+    console: Mutex<console::State>,
 }
 
 /// A handle on the running daemon; clones share it.
@@ -282,6 +293,7 @@ impl Daemon {
                 cgroup,
                 recent: Mutex::new(VecDeque::new()),
                 denials: Mutex::default(),
+                console: Mutex::default(),
             }),
         };
         if let Some(cg) = &daemon.inner.cgroup {
@@ -368,6 +380,9 @@ impl Daemon {
                 expires_at: Some(crate::time::rfc3339(g.expires_at)),
                 off_reason: None,
                 scope: Some(state.scope_of(g)),
+                granted_at: Some(crate::time::rfc3339(g.granted_at)),
+                granted_by: Some(g.granted_by.user.clone()),
+                reason: g.reason.clone(),
             },
             Consent::Off(off) => ConsentView {
                 enabled: false,
@@ -376,6 +391,9 @@ impl Daemon {
                 expires_at: None,
                 off_reason: Some(off.reason()),
                 scope: None,
+                granted_at: None,
+                granted_by: None,
+                reason: None,
             },
         };
         StatusView {
@@ -460,9 +478,17 @@ pub async fn run(
         listener.local_addr().map_err(|source| DaemonError::Io { what: "control API address".into(), source })?.port();
     daemon.set_control_port(port);
     let secret = ensure_secret(paths)?;
+    let console_port = daemon.inner.options.console_port;
+    let console = TcpListener::bind(("127.0.0.1", console_port)).await.map_err(|source| DaemonError::Io {
+        what: format!("cannot listen on 127.0.0.1:{console_port} for the console"),
+        source,
+    })?;
+    let console_port =
+        console.local_addr().map_err(|source| DaemonError::Io { what: "console address".into(), source })?.port();
     let info = DaemonInfo {
         pid: std::process::id(),
         control_port: port,
+        console_port: Some(console_port),
         started_at: crate::time::rfc3339(daemon.inner.started_at),
         version: env!("CARGO_PKG_VERSION").into(),
         device_id: daemon.device_id().into(),
@@ -471,6 +497,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let socket = control::bind_socket(paths);
     let server = tokio::spawn(control::serve(listener, socket, daemon.clone(), secret, stop_rx.clone()));
+    let console = tokio::spawn(console::serve(console, daemon.clone(), stop_rx.clone()));
     let watcher = {
         let (d, rx) = (daemon.clone(), stop_rx.clone());
         tokio::spawn(async move { d.enforce_consent(rx).await })
@@ -483,13 +510,14 @@ pub async fn run(
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY=1 failed");
     }
-    tracing::info!(port, device_id = %daemon.device_id(), "daemon ready; control API on 127.0.0.1");
+    tracing::info!(port, console_port, device_id = %daemon.device_id(), "daemon ready; control API on 127.0.0.1");
     shutdown.await;
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = console.await;
     let _ = watcher.await;
     if let Some(link) = link {
         let _ = link.await;

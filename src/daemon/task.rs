@@ -23,6 +23,9 @@ pub(super) struct TaskEntry {
     stop: watch::Sender<Option<StoppedBy>>,
     done: watch::Receiver<Option<TaskResult>>,
     transcript: Arc<Mutex<Transcript>>,
+    /// Through what the owner stopped it, when not the CLI (`console`):
+    /// goes on its `task.stopped` record.
+    stop_via: Option<&'static str>,
 }
 
 impl TaskEntry {
@@ -33,7 +36,7 @@ impl TaskEntry {
         done: watch::Receiver<Option<TaskResult>>,
         transcript: Arc<Mutex<Transcript>>,
     ) -> TaskEntry {
-        TaskEntry { info, stop, done, transcript }
+        TaskEntry { info, stop, done, transcript, stop_via: None }
     }
 
     /// Asks the task to stop, `by` whom, unless a stop was asked already.
@@ -123,7 +126,11 @@ impl Daemon {
         let result = exec::run(spec, out_tx, stop, hooks).await;
         let _ = forward.await;
         let transcript_sha256 = info.agent.then(|| lock(&transcript).digest());
-        let records = end_records(&info, &result, transcript_sha256);
+        let mut records = end_records(&info, &result, transcript_sha256);
+        let via = self.state().tasks.get(&info.task_id).and_then(|t| t.stop_via);
+        for r in records.iter_mut().filter(|r| r.event == crate::audit::Event::TaskStopped) {
+            r.via = via.map(str::to_string);
+        }
         if let Err(e) = self.audit(records).await {
             tracing::error!(error = %crate::ErrorChain(&e), "could not record the end of a task");
         }
@@ -179,10 +186,23 @@ impl Daemon {
     /// Stops one task and waits (at most 5 s) for its end. `None` when no
     /// such task runs.
     pub async fn stop_task(&self, task_id: &str, by: StoppedBy) -> Option<TaskResult> {
+        self.stop_task_via(task_id, by, None).await
+    }
+
+    /// [`Daemon::stop_task`], the stop made through `via` (`console`),
+    /// which its `task.stopped` record carries when this stop is the first.
+    pub(super) async fn stop_task_via(
+        &self,
+        task_id: &str,
+        by: StoppedBy,
+        via: Option<&'static str>,
+    ) -> Option<TaskResult> {
         let mut done = {
-            let state = self.state();
-            let task = state.tasks.get(task_id)?;
-            task.stop(by);
+            let mut state = self.state();
+            let task = state.tasks.get_mut(task_id)?;
+            if task.stop(by) {
+                task.stop_via = via;
+            }
             task.done.clone()
         };
         let waited = tokio::time::timeout(SHUTDOWN_WAIT, done.wait_for(Option::is_some)).await;

@@ -75,6 +75,25 @@ impl LineKind {
     }
 }
 
+impl Line {
+    /// The label `support watch` and the owner's console show before the
+    /// text: `agent:`, `thinking:`, `tool:`, `result:`, `ERROR:`, `done:`,
+    /// `·` (session events and notices), `stderr:`, or none for raw stdout.
+    pub fn label(&self) -> &'static str {
+        match (&self.kind, self.stream) {
+            (LineKind::Text, _) => "agent:",
+            (LineKind::Thinking, _) => "thinking:",
+            (LineKind::ToolUse, _) => "tool:",
+            (LineKind::ToolResult, _) => "result:",
+            (LineKind::Error, _) => "ERROR:",
+            (LineKind::Result, _) => "done:",
+            (LineKind::System | LineKind::Notice, _) => "·",
+            (LineKind::Raw, Stream::Stderr) => "stderr:",
+            (LineKind::Raw, Stream::Stdout) => "",
+        }
+    }
+}
+
 /// One transcript line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {

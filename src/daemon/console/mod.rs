@@ -1,0 +1,366 @@
+//! The owner's console (issue 14): a page on 127.0.0.1, served by the
+//! daemon on a second loopback port, that shows the grant, the running
+//! tasks and their transcripts, the audit log and the last grant's
+//! summary, live, and stops, revokes and allows.
+//!
+//! Cookies are not isolated by port: a page on any other loopback port is
+//! same-site, and its requests carry the console's cookie. So every
+//! request is checked in this order, and the first failure answers:
+//!
+//! 1. the `Host`, as on the control API (`http.rs`: 400, then 403 for DNS
+//!    rebinding);
+//! 2. the route: 404 for an unknown path, 405 for a known path with another
+//!    method (GET changes nothing; every change is a POST);
+//! 3. the `/console/api/` GETs need the session cookie (401), and a
+//!    `Sec-Fetch-Site`, when the browser sends one, of `same-origin`
+//!    (403: another page's `<script>` or `<img>` reads nothing);
+//! 4. every POST needs, in this order, the session cookie, an `Origin`
+//!    exactly `http://127.0.0.1:PORT`, an `X-CSRF-Token` equal to the
+//!    session's (constant time) and `Content-Type: application/json`
+//!    (403 each), then a body of at most 64 KiB (413) within 5 s (408).
+//!
+//! Refusals are audited as `console.refused`, at most one record per
+//! [`REFUSED_WINDOW`], the next counting those left out. No CORS header is
+//! ever sent; every answer carries [`SECURITY_HEADERS`].
+//!
+//! # Paths
+//! - `GET /console/login?token=T`: a login token (`POST /v1/console/login`
+//!   on the control API, see `sessions.rs`) for a session: 303 to
+//!   `/console/` with the cookie `support_console=SID; HttpOnly;
+//!   SameSite=Strict; Path=/console`; a used, expired or unknown token: 401.
+//! - `GET /console/` (the page, or without a session a page saying to run
+//!   `support console`), `/console/app.js`, `/console/app.css`: embedded.
+//! - `GET /console/api/session` `{"csrf"}`, `/console/api/status`
+//!   (`StatusView`), `/console/api/events` (server-sent events),
+//!   `/console/api/audit`, `/console/api/summary` (`api.rs`).
+//! - `POST /console/api/tasks/{id}/stop`, `/console/api/revoke`,
+//!   `/console/api/allow` (`api.rs`); each change is audited with
+//!   `via: "console"`.
+
+mod api;
+mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, COOKIE, HeaderName, HeaderValue, LOCATION, ORIGIN, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::Daemon;
+use super::http::{Body, RateLimit, error};
+use crate::audit::{Event, Record};
+use crate::control_api::ConsoleLogin;
+use sessions::LOGIN_TTL;
+
+/// Connections served at once on the console's port.
+pub const MAX_CONNECTIONS: usize = 32;
+/// At most one `console.refused` record per window.
+pub const REFUSED_WINDOW: Duration = Duration::from_secs(10);
+/// The session cookie's name.
+pub const COOKIE_NAME: &str = "support_console";
+/// The CSRF token's request header.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Headers on every answer of the console: the page runs only its own
+/// script and style, no other page may frame it, nothing is sniffed,
+/// cached, or told where the owner came from (the login token is in a URL).
+pub const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("content-security-policy", "default-src 'self'; frame-ancestors 'none'"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+    ("x-frame-options", "DENY"),
+];
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+const SIGNED_OUT_HTML: &str = include_str!("assets/signed-out.html");
+const LINK_USED_HTML: &str = include_str!("assets/link-used.html");
+
+/// The console's part of the daemon: its port, login tokens and sessions,
+/// and the rate limit of its refusal records.
+#[derive(Default)]
+pub(super) struct State {
+    port: Option<u16>,
+    logins: sessions::Logins,
+    refused: RateLimit,
+}
+
+impl Daemon {
+    /// The console's port on 127.0.0.1, once it is served.
+    pub fn console_port(&self) -> Option<u16> {
+        crate::lock(&self.inner.console).port
+    }
+
+    /// A one-time login link to the console, valid for [`LOGIN_TTL`].
+    /// The caller has checked who asks (the control API refuses a caller
+    /// inside a task's tree, [`Daemon::console_login_for`]). `None` while the
+    /// console is not served.
+    pub fn console_login(&self) -> Option<ConsoleLogin> {
+        let mut state = crate::lock(&self.inner.console);
+        let port = state.port?;
+        let token = state.logins.issue(Instant::now());
+        let expires = chrono::Utc::now() + chrono::TimeDelta::from_std(LOGIN_TTL).unwrap_or_default();
+        Some(ConsoleLogin {
+            url: format!("http://127.0.0.1:{port}/console/login?token={}", token.expose()),
+            token: token.expose().to_string(),
+            expires_at: crate::time::rfc3339(expires),
+        })
+    }
+
+    /// `POST /v1/console/login` from process `pid` (`None`: it could not
+    /// be told): the login link, unless that process runs inside one of
+    /// this daemon's tasks (`guard::peer_inside_task`) or cannot be told,
+    /// which is refused (403) and audited as `console.refused`, as `allow`
+    /// refuses from inside a task. 503 while the console is not served.
+    pub(super) async fn console_login_for(&self, pid: Option<i32>) -> Result<ConsoleLogin, (StatusCode, String)> {
+        let tasks = self.tasks();
+        let evidence = match pid {
+            None => Some("the process that asked cannot be told (its connection is not found in /proc)".to_string()),
+            Some(pid) => tokio::task::spawn_blocking(move || super::guard::peer_inside_task(pid, &tasks))
+                .await
+                .unwrap_or_else(|_| Some("the check of the asking process failed".into())),
+        };
+        if let Some(evidence) = evidence {
+            let why = format!(
+                "console login refused: it was asked for from inside a support task ({evidence}). \
+                 Only the owner, outside support's tasks, may open the console."
+            );
+            let mut r = Record::new(Event::ConsoleRefused);
+            r.reason = Some("login asked for from inside a task".into());
+            r.detail = Some(crate::text::brief(&evidence));
+            // Every such attempt stands on the record (as `allow`'s), but a
+            // task looping on it is counted, not written each time.
+            self.record_console_refusal(r).await;
+            return Err((StatusCode::FORBIDDEN, why));
+        }
+        self.console_login()
+            .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "the daemon does not serve the console".to_string()))
+    }
+
+    /// Writes a `console.refused` record unless one was written in this
+    /// [`REFUSED_WINDOW`]; the next one written says how many were left out.
+    async fn record_console_refusal(&self, mut r: Record) {
+        let Some(suppressed) = crate::lock(&self.inner.console).refused.admit(REFUSED_WINDOW) else { return };
+        if suppressed > 0 {
+            let more = format!("{suppressed} more refused since the last record");
+            r.detail = Some(match r.detail.take() {
+                Some(d) => format!("{d}; {more}"),
+                None => more,
+            });
+        }
+        r.via = Some("console".into());
+        if let Err(e) = self.audit(vec![r]).await {
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record console.refused");
+        }
+    }
+}
+
+/// Serves the console on `listener` (127.0.0.1) until `stop` turns true.
+pub async fn serve(listener: TcpListener, daemon: Daemon, stop: watch::Receiver<bool>) {
+    let Ok(local) = listener.local_addr() else { return };
+    crate::lock(&daemon.inner.console).port = Some(local.port());
+    let shared = Arc::new(Shared { daemon, port: local.port(), stop: stop.clone() });
+    super::http::accept_loop(listener, MAX_CONNECTIONS, stop, "console", |stream, peer, permit| {
+        let shared = shared.clone();
+        let span = tracing::debug_span!("console", %peer);
+        super::http::spawn_connection(stream, permit, shared.stop.clone(), span, move |req| {
+            let shared = shared.clone();
+            async move { secured(handle(&shared, req, peer).await) }
+        });
+    })
+    .await;
+}
+
+struct Shared {
+    daemon: Daemon,
+    port: u16,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The session whose id a `support_console` cookie holds, with its
+    /// CSRF token. Every such cookie is tried: a page on another loopback
+    /// port may set one of its own (cookies are not isolated by port),
+    /// which must not shadow the owner's.
+    fn session(&self, req: &Request<Incoming>) -> Option<(String, crate::Secret)> {
+        let mut logins = crate::lock(&self.daemon.inner.console);
+        let now = Instant::now();
+        for header in req.headers().get_all(COOKIE) {
+            let Ok(text) = header.to_str() else { continue };
+            for pair in text.split(';') {
+                if let Some((name, value)) = pair.trim().split_once('=')
+                    && name == COOKIE_NAME
+                    && let Some(csrf) = logins.logins.session(value, now)
+                {
+                    return Some((value.to_string(), csrf));
+                }
+            }
+        }
+        None
+    }
+
+    /// Audits a refused request (rate-limited) and returns `status` with `why`.
+    async fn refuse(&self, req: &Request<Incoming>, peer: SocketAddr, status: StatusCode, why: &str) -> Response<Body> {
+        let path: String = req.uri().path().chars().take(128).filter(|c| c.is_ascii_graphic()).collect();
+        let mut r = Record::new(Event::ConsoleRefused);
+        r.reason = Some(why.into());
+        r.detail = Some(format!("{} {path} from {peer}: {}", req.method(), status.as_u16()));
+        self.daemon.record_console_refusal(r).await;
+        error(status, why)
+    }
+}
+
+/// The routes: path → the one method it takes.
+fn route(path: &str) -> Option<(Method, Route)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let get = |r| Some((Method::GET, r));
+    let post = |r| Some((Method::POST, r));
+    match segments.as_slice() {
+        ["", "console"] => get(Route::Root),
+        ["", "console", ""] => get(Route::Page),
+        ["", "console", "app.js"] => get(Route::Asset(APP_JS, "text/javascript; charset=utf-8")),
+        ["", "console", "app.css"] => get(Route::Asset(APP_CSS, "text/css; charset=utf-8")),
+        ["", "console", "login"] => get(Route::Login),
+        ["", "console", "api", "session"] => get(Route::Api(api::Get::Session)),
+        ["", "console", "api", "status"] => get(Route::Api(api::Get::Status)),
+        ["", "console", "api", "events"] => get(Route::Api(api::Get::Events)),
+        ["", "console", "api", "audit"] => get(Route::Api(api::Get::Audit)),
+        ["", "console", "api", "summary"] => get(Route::Api(api::Get::Summary)),
+        ["", "console", "api", "tasks", id, "stop"] => post(Route::Change(api::Post::Stop(id.to_string()))),
+        ["", "console", "api", "revoke"] => post(Route::Change(api::Post::Revoke)),
+        ["", "console", "api", "allow"] => post(Route::Change(api::Post::Allow)),
+        _ => None,
+    }
+}
+
+enum Route {
+    Root,
+    Page,
+    Asset(&'static str, &'static str),
+    Login,
+    Api(api::Get),
+    Change(api::Post),
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if let Err((status, why)) = super::http::host_ok(&req, shared.port) {
+        return shared.refuse(&req, peer, status, why).await;
+    }
+    let Some((method, route)) = route(req.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "no such page");
+    };
+    if req.method() != method {
+        return super::http::method_not_allowed(&method);
+    }
+    match route {
+        Route::Root => redirect("/console/"),
+        Route::Page => match shared.session(&req) {
+            Some(_) => html(StatusCode::OK, INDEX_HTML),
+            None => html(StatusCode::OK, SIGNED_OUT_HTML),
+        },
+        Route::Asset(text, kind) => page(StatusCode::OK, text, kind),
+        Route::Login => login(shared, &req, peer).await,
+        Route::Api(get) => {
+            let Some((sid, csrf)) = shared.session(&req) else {
+                return shared.refuse(&req, peer, StatusCode::UNAUTHORIZED, "no console session").await;
+            };
+            let fetched = req.headers().get("sec-fetch-site").map(HeaderValue::as_bytes);
+            if fetched.is_some_and(|site| site != b"same-origin") {
+                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "read from another origin").await;
+            }
+            api::get(&shared.daemon, get, req.uri().query().unwrap_or(""), &sid, &csrf, shared.stop.clone()).await
+        }
+        Route::Change(post) => {
+            let Some((sid, _)) = shared.session(&req) else {
+                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "no console session").await;
+            };
+            if req.headers().get(ORIGIN).map(HeaderValue::as_bytes) != Some(shared.origin().as_bytes()) {
+                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "Origin is not the console's own").await;
+            }
+            let presented = req.headers().get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+            let csrf_ok = crate::lock(&shared.daemon.inner.console).logins.csrf_ok(&sid, presented, Instant::now());
+            if !csrf_ok {
+                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "no or wrong X-CSRF-Token").await;
+            }
+            let json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+            if !json {
+                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "Content-Type must be application/json").await;
+            }
+            let body = match super::http::read_body(req).await {
+                Ok(b) => b,
+                Err(refused) => return refused,
+            };
+            api::post(&shared.daemon, post, &body).await
+        }
+    }
+}
+
+/// `GET /console/login?token=T`.
+async fn login(shared: &Shared, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let token = req.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("token=")).unwrap_or("");
+    let (redeemed, sessions) = {
+        let mut state = crate::lock(&shared.daemon.inner.console);
+        let redeemed = state.logins.redeem(token, Instant::now());
+        (redeemed, state.logins.sessions())
+    };
+    let Ok(sid) = redeemed else {
+        let _ = shared.refuse(req, peer, StatusCode::UNAUTHORIZED, "a login link used, expired or unknown").await;
+        return html(StatusCode::UNAUTHORIZED, LINK_USED_HTML);
+    };
+    let mut r = Record::new(Event::ConsoleLogin);
+    r.via = Some("console".into());
+    r.detail = Some(format!("a browser session began (from {peer}; {sessions} session(s) now)"));
+    if let Err(e) = shared.daemon.audit(vec![r]).await {
+        // A session no record shows is not begun.
+        tracing::error!(error = %crate::ErrorChain(&e), "could not record console.login");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the audit log cannot be written; no session was begun");
+    }
+    let mut resp = redirect("/console/");
+    let cookie = format!("{COOKIE_NAME}={}; HttpOnly; SameSite=Strict; Path=/console", sid.expose());
+    resp.headers_mut().insert(SET_COOKIE, HeaderValue::from_str(&cookie).expect("base64url is a header value"));
+    resp
+}
+
+fn redirect(to: &'static str) -> Response<Body> {
+    let mut resp = page(StatusCode::SEE_OTHER, "", "text/plain; charset=utf-8");
+    resp.headers_mut().insert(LOCATION, HeaderValue::from_static(to));
+    resp
+}
+
+fn html(status: StatusCode, text: &'static str) -> Response<Body> {
+    page(status, text, "text/html; charset=utf-8")
+}
+
+fn page(status: StatusCode, text: &'static str, kind: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, kind)
+        .body(Full::new(Bytes::from_static(text.as_bytes())).boxed())
+        .expect("static parts build")
+}
+
+/// Every answer with [`SECURITY_HEADERS`], and never a CORS header.
+fn secured(mut resp: Response<Body>) -> Response<Body> {
+    let headers = resp.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    let cors: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("access-control-")).cloned().collect();
+    for name in cors {
+        headers.remove(name);
+    }
+    resp
+}
