@@ -21,10 +21,12 @@ use serde_json::{Value, json};
 
 /// The page's elements, as the top of the console's app.js documents them.
 mod ids {
-    pub const BANNER: &str = "#banner";
-    pub const TIER: &str = "#banner-tier";
+    pub const ON: &str = "#banner[data-state=\"on\"]";
+    pub const OFF: &str = "#banner[data-state=\"off\"]";
+    pub const LIVE: &str = "#connection[data-connected=\"true\"]";
+    pub const TIER: &str = "#tier";
     pub const COUNTDOWN: &str = "#countdown";
-    pub const TASKS: &str = "#tasks";
+    pub const GRANTED_BY: &str = "#granted-by";
     pub const TRANSCRIPT: &str = "#transcript";
     pub const REVOKE: &str = "#revoke";
     pub const ALLOW_TIER: &str = "#allow-tier";
@@ -32,11 +34,18 @@ mod ids {
     pub const ALLOW_REASON: &str = "#allow-reason";
     pub const ALLOW_CONFIRM: &str = "#allow-confirm";
     pub const ALLOW_SUBMIT: &str = "#allow-submit";
-    pub const ALLOW_MESSAGE: &str = "#allow-message";
+    pub const ERROR: &str = "#error";
+    pub const LINK_USED: &str = "#link-used";
+    pub const SIGNED_OUT: &str = "#signed-out";
+
+    /// The row of task `id`.
+    pub fn task(id: &str) -> String {
+        format!("#tasks tr[data-task-id=\"{id}\"]")
+    }
 
     /// The Stop button of task `id`.
     pub fn stop(id: &str) -> String {
-        format!("button[data-stop=\"{id}\"]")
+        format!("{} button.stop", task(id))
     }
 }
 
@@ -53,7 +62,7 @@ async fn page_status(b: &Browser) -> u64 {
 async fn logged_in(owner: &Owner, width: u32, height: u32) -> Browser {
     let b = Browser::start(width, height).await;
     b.goto(&owner.login_url()).await;
-    b.find(ids::BANNER).await;
+    b.find(ids::LIVE).await;
     b
 }
 
@@ -65,7 +74,7 @@ async fn the_token_url_logs_in_once_and_leaves_the_address_bar() {
     let url = owner.login_url();
     b.goto(&url).await;
     assert_eq!(b.url().await, format!("{}/console/", owner.origin()), "the token is gone from the address bar");
-    b.find(ids::BANNER).await;
+    b.find(ids::LIVE).await;
     let cookies = b.client().get_all_cookies().await.unwrap();
     let cookie = cookies.iter().find(|c| c.name() == "support_console").expect("the session cookie");
     assert_eq!(cookie.http_only(), Some(true));
@@ -78,12 +87,13 @@ async fn the_token_url_logs_in_once_and_leaves_the_address_bar() {
     b.client().delete_all_cookies().await.unwrap();
     b.goto(&url).await;
     assert_eq!(page_status(&b).await, 401);
-    let text = b.text("body").await;
-    assert!(text.contains("used or has expired"), "{text}");
+    let text = b.text(ids::LINK_USED).await;
+    assert!(text.contains("used or has expired") && text.contains("support console"), "{text}");
+    assert!(b.client().get_all_cookies().await.unwrap().is_empty(), "no session from a used link");
     b.goto(&format!("{}/console/", owner.origin())).await;
-    let text = b.text("body").await;
+    let text = b.text(ids::SIGNED_OUT).await;
     assert!(text.contains("support console"), "the page asks to log in: {text}");
-    assert!(b.js("return document.querySelector(arguments[0]) === null || document.querySelector(arguments[0]).innerText === '';", vec![json!(ids::TIER)]).await == json!(true), "no data without a session");
+    assert_eq!(b.js("return document.getElementById('tier');", vec![]).await, Value::Null, "no data without a session");
 
     // A token nobody was given (as an expired one: unknown to the daemon).
     let forged = format!("{}/console/login?token=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", owner.origin());
@@ -97,17 +107,20 @@ async fn the_banner_shows_the_tier_and_a_countdown_that_goes_down() {
     let owner = Owner::start();
     owner.allow(2, 30);
     let b = logged_in(&owner, 1024, 900).await;
-    let banner = b.wait_text(ids::BANNER, "the banner says ON", |t| t.contains("ON")).await;
-    assert!(banner.contains("the printer jams"), "the reason: {banner}");
-    let tier = b.wait_text(ids::TIER, "the tier", |t| t.contains('2')).await;
-    assert!(tier.to_lowercase().contains("fix"), "what tier 2 allows: {tier}");
+    b.find(ids::ON).await;
+    assert!(b.text("#support-state").await.contains("ON"), "said in words, not only in colour");
+    let by = b.text(ids::GRANTED_BY).await;
+    assert!(by.contains("the printer jams"), "the reason: {by}");
+    let tier = b.wait_text(ids::TIER, "the tier", |t| t.contains("Tier 2")).await;
+    assert!(tier.contains("fixes"), "what tier 2 allows: {tier}");
     let first = seconds(&b.wait_text(ids::COUNTDOWN, "a countdown", |t| seconds(t).is_some()).await).unwrap();
     assert!((29 * 60..=30 * 60).contains(&first), "30 minutes left: {first} s");
     let later = b.wait_text(ids::COUNTDOWN, "the countdown goes down", |t| seconds(t).is_some_and(|s| s < first)).await;
     assert!(seconds(&later).unwrap() >= first - 5, "{later} after {first} s");
     // Revoked from the CLI: the banner turns OFF without a reload.
     owner.home().run(&["revoke"]).code(0);
-    b.wait_text(ids::BANNER, "the banner says OFF", |t| t.contains("OFF")).await;
+    b.find(ids::OFF).await;
+    assert!(b.text("#support-state").await.contains("OFF"));
 }
 
 /// The seconds a countdown shows (`29:59`, `1:02:03`), if it shows one.
@@ -126,8 +139,9 @@ async fn the_agent_works_live_in_the_page_and_one_click_stops_its_whole_tree() {
     let b = logged_in(&owner, 1024, 900).await;
     // The page is loaded before the agent starts: what follows comes live.
     let (operator, task, pids) = owner.start_agent("the printer jams");
-    let tasks = b.wait_text(ids::TASKS, "the agent task is listed", |t| t.contains("desk")).await;
-    assert!(tasks.contains("support is operating your agent"), "{tasks}");
+    let row = b.find(&format!("{}[data-agent=\"true\"][data-operator=\"desk\"]", ids::task(&task))).await;
+    let text = row.text().await.unwrap();
+    assert!(text.contains("support is operating your agent"), "{text}");
     b.wait_text(ids::TRANSCRIPT, "the agent's lines", |t| t.contains("Looking into: the printer jams")).await;
     let transcript = b.wait_text(ids::TRANSCRIPT, "the tool's result", |t| t.contains("no jobs queued")).await;
     assert!(transcript.contains("Bash: lpstat -o"), "the tool use, labelled: {transcript}");
@@ -143,7 +157,12 @@ async fn the_agent_works_live_in_the_page_and_one_click_stops_its_whole_tree() {
     let stopped = owner.audit().into_iter().find(|r| r["event"] == "task.stopped").expect("task.stopped");
     assert_eq!(stopped["by"], "owner");
     assert_eq!(stopped["via"], "console", "{stopped}");
-    b.wait_text(ids::TASKS, "the task leaves the list", |t| !t.contains("support is operating")).await;
+    b.wait_js(
+        &format!("return document.querySelector('{}') === null;", ids::task(&task).replace('\'', "\\'")),
+        "the task leaves the list",
+        |v| v == &json!(true),
+    )
+    .await;
 }
 
 /// Waits (30 s at most) until none of `pids` is alive.
@@ -165,14 +184,14 @@ async fn revoke_kills_a_running_shell_task() {
     let cmd = format!("echo $$ >> {0}; sleep 1000 & echo $! >> {0}; wait", pidfile.display());
     let operator = owner.operator_spawn(&["shell", &owner.device.device_id, "--", &cmd]);
     let pids = common::wait_pids(&pidfile, 2);
-    b.wait_text(ids::TASKS, "the shell task is listed", |t| t.contains("shell")).await;
+    b.find("#tasks tr[data-action=\"shell\"]").await;
     b.click(ids::REVOKE).await;
     wait_gone(&pids).await;
     finished(operator).code(1);
     assert_eq!(owner.status()["enabled"], false);
     let revoked = owner.audit().into_iter().find(|r| r["event"] == "consent.revoked").expect("consent.revoked");
     assert_eq!(revoked["via"], "console", "{revoked}");
-    b.wait_text(ids::BANNER, "the banner says OFF", |t| t.contains("OFF")).await;
+    b.find(ids::OFF).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,21 +199,40 @@ async fn allow_at_tier_3_needs_the_confirmation() {
     let _one = SERIAL.lock().await;
     let owner = Owner::start();
     let b = logged_in(&owner, 1024, 900).await;
+    b.find(ids::OFF).await;
     b.find(ids::ALLOW_TIER).await.select_by_value("3").await.unwrap();
     let minutes = b.find(ids::ALLOW_MINUTES).await;
     minutes.clear().await.unwrap();
     minutes.send_keys("15").await.unwrap();
     b.find(ids::ALLOW_REASON).await.send_keys("the agent fixes the printer").await.unwrap();
     let confirm = b.find(ids::ALLOW_CONFIRM).await;
-    if confirm.is_selected().await.unwrap() {
-        confirm.click().await.unwrap();
-    }
+    assert!(confirm.is_displayed().await.unwrap(), "tier 3 shows the confirmation");
+    assert!(!confirm.is_selected().await.unwrap(), "never ticked in advance");
     b.click(ids::ALLOW_SUBMIT).await;
-    b.wait_text(ids::ALLOW_MESSAGE, "the page asks for the confirmation", |t| t.contains("confirm")).await;
+    b.wait_text(ids::ERROR, "the page asks for the confirmation", |t| t.contains("confirmation")).await;
     assert_eq!(owner.status()["enabled"], false, "nothing granted without the confirmation");
+
+    // The daemon asks for it too, whatever a page sends: the page's own
+    // session and token, tier 3, no confirmation.
+    let refused = b
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             (async () => {
+               const s = await (await fetch('/console/api/session')).json();
+               const r = await fetch('/console/api/allow', { method: 'POST',
+                 headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': s.csrf },
+                 body: JSON.stringify({ tier: 3, minutes: 15, reason: 'no box ticked', confirm: false }) });
+               done([r.status, await r.text()]);
+             })().catch((e) => done([0, String(e)]));",
+        )
+        .await;
+    assert_eq!(refused[0], 400, "{refused}");
+    assert!(refused[1].as_str().unwrap().contains("confirmation is needed"), "{refused}");
+    assert_eq!(owner.status()["enabled"], false);
+
     b.find(ids::ALLOW_CONFIRM).await.click().await.unwrap();
     b.click(ids::ALLOW_SUBMIT).await;
-    b.wait_text(ids::BANNER, "the banner says ON", |t| t.contains("ON")).await;
+    b.find(ids::ON).await;
     let status = owner.status();
     assert_eq!(status["tier"], 3, "{status}");
     assert_eq!(status["reason"], "the agent fixes the printer");
@@ -202,6 +240,7 @@ async fn allow_at_tier_3_needs_the_confirmation() {
     assert!((14 * 60..=15 * 60).contains(&remaining), "{remaining}");
     let granted = owner.audit().into_iter().find(|r| r["event"] == "consent.granted").expect("consent.granted");
     assert_eq!(granted["via"], "console", "{granted}");
+    assert_eq!(granted["tier"], 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +252,7 @@ async fn a_page_on_another_loopback_port_cannot_stop_revoke_allow_or_read() {
     let (operator, task, pids) = owner.start_tree(&owner.work.path().join("tree.pids"));
     // The owner is logged in, so the browser holds the session cookie.
     let b = logged_in(&owner, 1024, 900).await;
-    b.wait_text(ids::TASKS, "the task is listed", |t| t.contains("tree")).await;
+    b.find(&ids::task(&task)).await;
     let seq = owner.last_seq();
 
     let evil = attacker::serve(attacker::page(owner.console_port(), &task)).await;
@@ -313,6 +352,16 @@ async fn a_360_px_window_scrolls_no_wider() {
     let widths =
         b.js("return [document.documentElement.scrollWidth, document.documentElement.clientWidth];", vec![]).await;
     assert!(widths[0].as_u64().unwrap() <= 360, "no horizontal scroll at 360 px: {widths}");
+    // Nor inside: no box scrolls sideways (the tables' scrollers included).
+    let wide = b
+        .js(
+            "return [...document.querySelectorAll('body *')]
+               .filter((e) => e.scrollWidth > e.clientWidth + 1 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+               .map((e) => e.id || e.className || e.tagName);",
+            vec![],
+        )
+        .await;
+    assert_eq!(wide, json!([]), "boxes that scroll sideways at 360 px");
     b.screenshot(&browser::target_dir().join("console-360.png")).await;
     b.click(&ids::stop(&task)).await;
     wait_gone(&pids).await;

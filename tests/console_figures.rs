@@ -24,10 +24,10 @@ use common::lab::survivors;
 use console::{Owner, finished};
 
 /// The page's elements, as the top of the console's app.js documents them.
-const BANNER: &str = "#banner";
+const LIVE: &str = "#connection[data-connected=\"true\"]";
 
 fn stop_button(id: &str) -> String {
-    format!("button[data-stop=\"{id}\"]")
+    format!("#tasks tr[data-task-id=\"{id}\"] button.stop")
 }
 
 /// Stops measured each way.
@@ -74,7 +74,7 @@ async fn console_figures() {
     owner.allow(1, 60);
     let b = Browser::start(1024, 900).await;
     b.goto(&owner.login_url()).await;
-    b.find(BANNER).await;
+    b.find(LIVE).await;
     assert_eq!(b.js(OBSERVE, vec![]).await, serde_json::json!(true));
 
     // The baseline reader: `support watch --json`, connected (its first line) before the ticker starts.

@@ -107,6 +107,11 @@ impl Browser {
         self.client.execute(script, args).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
+    /// Runs `script` asynchronously: it ends by calling its last argument with the value.
+    pub async fn js_async(&self, script: &str) -> Value {
+        self.client.execute_async(script, vec![]).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
     /// The element at `css`, waiting for it (at most [`PATIENCE`]).
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
