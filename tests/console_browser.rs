@@ -9,14 +9,14 @@ mod attacker;
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
-#[path = "common/console.rs"]
-mod console;
+#[path = "common/owner.rs"]
+mod owner;
 
 use std::time::Duration;
 
 use browser::{Browser, REBIND_HOST, http};
 use common::lab::survivors;
-use console::{Owner, finished};
+use owner::{Owner, finished};
 use serde_json::{Value, json};
 
 /// The page's elements, as the top of the console's app.js documents them.

@@ -6,22 +6,24 @@
 //!   DOM (a MutationObserver stamps it), against `support watch --json`
 //!   reading the same line from the control API;
 //! - a Stop: from the click on the task's Stop button to the last of the
-//!   tree's 10 processes gone from /proc, against `support stop TASK_ID`.
+//!   tree's 10 processes gone from /proc, against `support stop TASK_ID`,
+//!   and beside a click on a heading (which does nothing): the browser's
+//!   own round trip through WebDriver.
 //!
 //! `cargo test --test console_figures -- --ignored --nocapture`
 
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
-#[path = "common/console.rs"]
-mod console;
+#[path = "common/owner.rs"]
+mod owner;
 
 use std::io::BufRead as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use browser::Browser;
 use common::lab::survivors;
-use console::{Owner, finished};
+use owner::{Owner, finished};
 
 /// The page's elements, as the top of the console's app.js documents them.
 const LIVE: &str = "#connection[data-connected=\"true\"]";
@@ -31,7 +33,10 @@ fn stop_button(id: &str) -> String {
 }
 
 /// Stops measured each way.
-const STOPS: usize = 20;
+const STOPS: usize = 30;
+
+/// An element a click on which does nothing (a heading): the browser's own round trip.
+const INERT: &str = "#tasks-heading";
 
 /// Records, for each `tick I NS` text that enters the page, `[I, NS, ms since the epoch]`.
 const OBSERVE: &str = r#"
@@ -49,6 +54,10 @@ new MutationObserver((muts) => {
     for (const n of m.addedNodes) scan(n.textContent, t);
   }
 }).observe(document.body, { childList: true, subtree: true, characterData: true });
+window.__clicks = [];
+document.addEventListener("click", (e) => {
+  if (e.target.closest("button.stop")) window.__clicks.push(performance.timeOrigin + performance.now());
+}, true);
 return true;
 "#;
 
@@ -64,7 +73,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn row(what: &str, v: &mut [f64]) {
-    println!("{what:<44} n={:<3} p50 {:>8.1} ms   p99 {:>8.1} ms", v.len(), pct(v, 50.0), pct(v, 99.0));
+    println!("{what:<46} n={:<3} p50 {:>8.1} ms   p99 {:>8.1} ms", v.len(), pct(v, 50.0), pct(v, 99.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,11 +124,17 @@ async fn console_figures() {
     let _ = watch.wait();
 
     let mut click = Vec::new();
+    let mut inert = Vec::new();
+    let mut in_page = Vec::new();
     let mut cli_stop = Vec::new();
+    let heading = b.find(INERT).await;
     for i in 0..STOPS * 2 {
         let (operator, task, pids) = owner.start_tree(&owner.work.path().join(format!("tree-{i}.pids")));
         let started = if i % 2 == 0 {
             let button = b.find(&stop_button(&task)).await;
+            let t0 = Instant::now();
+            heading.click().await.unwrap();
+            inert.push(t0.elapsed().as_secs_f64() * 1e3);
             let t0 = Instant::now();
             button.click().await.unwrap();
             t0
@@ -133,6 +148,13 @@ async fn console_figures() {
             std::thread::sleep(Duration::from_micros(500));
         }
         let took = started.elapsed().as_secs_f64() * 1e3;
+        let gone = now_ns() as f64 / 1e6;
+        if i % 2 == 0 {
+            let clicks = b.js("return window.__clicks;", vec![]).await;
+            let at =
+                clicks.as_array().and_then(|a| a.last()).and_then(|v| v.as_f64()).expect("the click reached the page");
+            in_page.push(gone - at);
+        }
         if i % 2 == 0 {
             click.push(took)
         } else {
@@ -145,5 +167,7 @@ async fn console_figures() {
     row("line: task prints -> page DOM", &mut page);
     row("line: task prints -> `support watch` (base)", &mut cli);
     row("stop: click Stop -> tree gone from /proc", &mut click);
+    row("stop: the page's click event -> tree gone", &mut in_page);
+    row("click on a heading (the browser's round trip)", &mut inert);
     row("stop: `support stop ID` -> tree gone (base)", &mut cli_stop);
 }
