@@ -325,6 +325,22 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_below_the_daemon_or_with_the_marker_is_inside_a_task() {
+        // This test process plays the daemon: its child descends from it.
+        let mut child = std::process::Command::new("sleep").arg("30").env_remove(MARKER_ENV).spawn().unwrap();
+        let found = peer_inside_task(child.id() as i32, &[]).expect("evidence");
+        assert!(found.contains("descends from the support daemon"), "{found}");
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut marked =
+            std::process::Command::new("sleep").arg("30").env(MARKER_ENV, "t-0123456789abcdef").spawn().unwrap();
+        let found = peer_inside_task(marked.id() as i32, &[]).expect("evidence");
+        assert!(found.contains("SUPPORTD_TASK=t-0123456789abcdef"), "{found}");
+        let _ = marked.kill();
+        let _ = marked.wait();
+    }
+
+    #[test]
     fn walks_parent_links_to_the_target_and_no_further() {
         // 40 -> 30 -> 20 -> 10 -> 1; 50 is unreadable; 60 <-> 61 loop.
         let parent = |pid| match pid {

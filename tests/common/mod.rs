@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent_host;
+pub mod console;
 pub mod lab;
 pub mod net;
 pub mod walker;
