@@ -14,7 +14,8 @@ mod owner;
 
 use std::time::Duration;
 
-use browser::{Browser, REBIND_HOST, http};
+use browser::{Browser, REBIND_HOST};
+use common::console::request;
 use common::lab::survivors;
 use owner::{Owner, finished};
 use serde_json::{Value, json};
@@ -311,31 +312,26 @@ async fn a_rebinding_host_is_refused() {
     b.goto(&url).await;
     assert_eq!(b.url().await, format!("{}/console/", owner.origin()), "the token still logs in on the real name");
 
-    // The same from a plain client, cookie and all, on each path.
+    // A change through the rebound name with everything else right (the
+    // browser's own session cookie, the console's Origin, the CSRF token):
+    // refused too (tests/console.rs tries the other Hosts on the GETs).
     let cookie = b.client().get_named_cookie("support_console").await.unwrap();
     let cookie = format!("support_console={}", cookie.value());
-    for path in ["/console/", "/console/app.js", "/console/api/session", "/console/api/events", "/console/api/audit"] {
-        for host in [format!("{REBIND_HOST}:{port}"), format!("127.0.0.1.nip.io:{port}"), "127.0.0.1".into()] {
-            let reply = http(port, "GET", path, &[("Host", &host), ("Cookie", &cookie)], "").unwrap();
-            assert_eq!(reply.status, 403, "GET {path} with Host {host}: {reply:?}");
-            assert!(reply.header("access-control-allow-origin").is_none());
-        }
-    }
-    let session = http(port, "GET", "/console/api/session", &[("Cookie", &cookie)], "").unwrap();
+    let session = request(port, "GET", "/console/api/session", &[("Cookie", &cookie)], "");
     assert_eq!(session.status, 200, "the real Host is served: {session:?}");
-    let csrf = serde_json::from_str::<Value>(&session.body).unwrap()["csrf"].as_str().unwrap().to_string();
-    let origin = owner.origin();
+    let csrf = session.json()["csrf"].as_str().unwrap().to_string();
+    let (host, origin) = (format!("{REBIND_HOST}:{port}"), owner.origin());
     let headers = [
-        ("Host", format!("{REBIND_HOST}:{port}")),
-        ("Cookie", cookie.clone()),
-        ("Origin", origin.clone()),
-        ("X-CSRF-Token", csrf),
-        ("Content-Type", "application/json".into()),
+        ("Host", host.as_str()),
+        ("Cookie", &cookie),
+        ("Origin", &origin),
+        ("X-CSRF-Token", &csrf),
+        ("Content-Type", "application/json"),
     ];
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let body = r#"{"tier":1,"minutes":5,"reason":"rebound","confirm":true}"#;
-    let reply = http(port, "POST", "/console/api/allow", &headers, body).unwrap();
+    let reply = request(port, "POST", "/console/api/allow", &headers, body);
     assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(reply.header("access-control-allow-origin").is_none());
     assert_eq!(owner.status()["enabled"], false, "nothing granted through a rebound name");
 }
 

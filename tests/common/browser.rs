@@ -182,7 +182,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // The client cannot be awaited here: end the session over a plain
         // request, so chromedriver quits chromium, then end its process group.
-        let _ = http(self.driver_port, "DELETE", &format!("/session/{}", self.session), &[], "");
+        let _ = http(self.driver_port, "DELETE", &format!("/session/{}", self.session));
         kill_group(&mut self.driver);
     }
 }
@@ -239,7 +239,8 @@ fn start_driver() -> (Child, u16) {
         .expect("chromedriver prints `started successfully on port N` within 30 s");
     let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Ok(reply) = http(port, "GET", "/status", &[], "")
+        if let Ok(reply) = http(port, "GET", "/status")
+            && reply.status == 200
             && serde_json::from_str::<Value>(&reply.body).is_ok_and(|v| v["value"]["ready"] == true)
         {
             break;
@@ -250,23 +251,15 @@ fn start_driver() -> (Child, u16) {
     (guard.0.take().unwrap(), port)
 }
 
-/// One HTTP/1.1 request to 127.0.0.1:`port` over a plain socket, with the
-/// headers given as they are (a `Host` among them replaces the default):
-/// the status, the headers (lower-case names) and the body. Used where a
-/// browser would not send what a test needs (a rebinding `Host`), and
-/// where no async runtime can be awaited (drop).
-pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<Reply> {
+/// One HTTP/1.1 request to chromedriver on 127.0.0.1:`port` over a plain
+/// socket, read up to the end its headers announce (chromedriver keeps the
+/// connection open): where no async runtime can be awaited (drop), and
+/// before a session exists (`/status`).
+fn http(port: u16, method: &str, path: &str) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(req.as_bytes())?;
     // Some servers (chromedriver) keep the connection open despite
     // `Connection: close`: read up to the end the headers announce.
@@ -285,61 +278,26 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
         }
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
-    Ok(Reply { status, headers, body })
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(Reply { status, body: body.to_string() })
 }
 
 /// An answer read by [`http`].
 #[derive(Debug)]
-pub struct Reply {
+struct Reply {
     /// The status code (0 when the status line could not be read).
-    pub status: u16,
-    /// The headers, names in lower case, in order.
-    pub headers: Vec<(String, String)>,
-    /// The body, de-chunked.
-    pub body: String,
+    status: u16,
+    body: String,
 }
 
-impl Reply {
-    /// The first value of header `name` (lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// Whether `raw` holds a whole response: its headers and the body they announce.
+/// Whether `raw` holds a whole response: its headers and the
+/// `Content-Length` bytes they announce (chromedriver always sends one).
 fn complete(raw: &[u8]) -> bool {
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
     let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    let body = &raw[end + 4..];
-    if let Some(len) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
-        return len.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
-    }
-    if head.contains("transfer-encoding: chunked") {
-        return body.ends_with(b"0\r\n\r\n");
-    }
-    false
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
+    let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|n| n.trim().parse().ok());
+    len.is_some_and(|n: usize| raw.len() - end - 4 >= n)
 }
 
 /// `target/` of this build (CARGO_TARGET_TMPDIR is `target/tmp`), where
