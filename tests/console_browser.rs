@@ -102,6 +102,24 @@ async fn the_token_url_logs_in_once_and_leaves_the_address_bar() {
     assert_eq!(page_status(&b).await, 401);
 }
 
+/// A login link lives 60 s (`LOGIN_TTL`); nothing can be awaited but the
+/// clock, so this test waits 61 s, without holding [`SERIAL`]: the other
+/// browser tests run meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_link_older_than_60_s_is_refused() {
+    let owner = Owner::start();
+    let url = owner.login_url();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let _one = SERIAL.lock().await;
+    let b = Browser::start(1024, 900).await;
+    b.goto(&url).await;
+    assert_eq!(page_status(&b).await, 401);
+    assert!(b.text(ids::LINK_USED).await.contains("used or has expired"));
+    assert!(b.client().get_all_cookies().await.unwrap().is_empty(), "no session from an expired link");
+    let refused = owner.audit().into_iter().find(|r| r["event"] == "console.refused").expect("console.refused");
+    assert!(refused.to_string().contains("login"), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_banner_shows_the_tier_and_a_countdown_that_goes_down() {
     let _one = SERIAL.lock().await;
