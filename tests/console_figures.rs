@@ -6,7 +6,8 @@
 //!   DOM (a MutationObserver stamps it), against `support watch --json`
 //!   reading the same line from the control API;
 //! - a Stop: from the click on the task's Stop button to the last of the
-//!   tree's 10 processes gone from /proc, against `support stop TASK_ID`,
+//!   tree's 10 processes gone from /proc, against `support stop TASK_ID`
+//!   and the control API's `POST /v1/tasks/ID/stop` (what it sends),
 //!   and beside a click on a heading (which does nothing): the browser's
 //!   own round trip through WebDriver.
 //!
@@ -128,20 +129,36 @@ async fn console_figures() {
     let mut in_page = Vec::new();
     let mut cli_stop = Vec::new();
     let heading = b.find(INERT).await;
-    for i in 0..STOPS * 2 {
+    let mut api_stop = Vec::new();
+    let paths = support::Paths::under(owner.home().path.clone());
+    let secret = std::fs::read_to_string(paths.secret()).unwrap().trim().to_string();
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(paths.daemon_info()).unwrap()).unwrap();
+    let control_port = info["control_port"].as_u64().unwrap() as u16;
+    for i in 0..STOPS * 3 {
         let (operator, task, pids) = owner.start_tree(&owner.work.path().join(format!("tree-{i}.pids")));
-        let started = if i % 2 == 0 {
-            let button = b.find(&stop_button(&task)).await;
-            let t0 = Instant::now();
-            heading.click().await.unwrap();
-            inert.push(t0.elapsed().as_secs_f64() * 1e3);
-            let t0 = Instant::now();
-            button.click().await.unwrap();
-            t0
-        } else {
-            let t0 = Instant::now();
-            owner.home().run(&["stop", &task]).code(0);
-            t0
+        let started = match i % 3 {
+            0 => {
+                let button = b.find(&stop_button(&task)).await;
+                let t0 = Instant::now();
+                heading.click().await.unwrap();
+                inert.push(t0.elapsed().as_secs_f64() * 1e3);
+                let t0 = Instant::now();
+                button.click().await.unwrap();
+                t0
+            }
+            1 => {
+                let t0 = Instant::now();
+                owner.home().run(&["stop", &task]).code(0);
+                t0
+            }
+            _ => {
+                let bearer = format!("Bearer {secret}");
+                let t0 = Instant::now();
+                let path = format!("/v1/tasks/{task}/stop");
+                let r = common::console::request(control_port, "POST", &path, &[("Authorization", &bearer)], "");
+                assert_eq!(r.status, 200, "{r:?}");
+                t0
+            }
         };
         while !survivors(&pids).is_empty() {
             assert!(started.elapsed() < Duration::from_secs(30), "the tree outlived a stop");
@@ -149,16 +166,19 @@ async fn console_figures() {
         }
         let took = started.elapsed().as_secs_f64() * 1e3;
         let gone = now_ns() as f64 / 1e6;
-        if i % 2 == 0 {
-            let clicks = b.js("return window.__clicks;", vec![]).await;
-            let at =
-                clicks.as_array().and_then(|a| a.last()).and_then(|v| v.as_f64()).expect("the click reached the page");
-            in_page.push(gone - at);
-        }
-        if i % 2 == 0 {
-            click.push(took)
-        } else {
-            cli_stop.push(took)
+        match i % 3 {
+            0 => {
+                click.push(took);
+                let clicks = b.js("return window.__clicks;", vec![]).await;
+                let at = clicks
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .and_then(|v| v.as_f64())
+                    .expect("the click reached the page");
+                in_page.push(gone - at);
+            }
+            1 => cli_stop.push(took),
+            _ => api_stop.push(took),
         }
         finished(operator).code(1);
     }
@@ -170,4 +190,5 @@ async fn console_figures() {
     row("stop: the page's click event -> tree gone", &mut in_page);
     row("click on a heading (the browser's round trip)", &mut inert);
     row("stop: `support stop ID` -> tree gone (base)", &mut cli_stop);
+    row("stop: control API POST -> tree gone (base)", &mut api_stop);
 }
