@@ -67,6 +67,8 @@ pub(crate) struct Revoked {
     pub message: String,
     /// Whether `tell` reached a running daemon.
     pub told: bool,
+    /// The grant that ended (live, or expired with its file still there).
+    pub ended: Option<String>,
 }
 
 /// Removes the consent file, calls `tell` (a running daemon stops the
@@ -89,6 +91,10 @@ pub(crate) fn revoke(
     let told = tell();
     let mut record = Record::new(Event::ConsentRevoked);
     record.via = via.map(str::to_string);
+    let ended = match &before {
+        Consent::Live(g) | Consent::Off(Off::Expired(g)) => Some(g.grant_id.clone()),
+        Consent::Off(_) => None,
+    };
     let message = match &before {
         Consent::Live(g) => {
             record.grant_id = Some(g.grant_id.clone());
@@ -117,5 +123,5 @@ pub(crate) fn revoke(
     append(record).map_err(|e| {
         Error::Failed(format!("the grant is revoked, but the audit record could not be written: {}", ErrorChain(&e)))
     })?;
-    Ok(Revoked { message, told })
+    Ok(Revoked { message, told, ended })
 }

@@ -29,6 +29,7 @@
 //!   checked against the device key), cancel.
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
+//! - [`summary`]: what ran under a grant, from its span of the audit log (`support summary`).
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
 //! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339 and local time.
 //! - [`Secret`]: a secret string whose `Debug` and `Display` print `***`.
@@ -56,6 +57,7 @@ pub mod policy;
 pub mod protocol;
 pub mod relay;
 mod secret;
+pub mod summary;
 mod text;
 mod time;
 pub mod tls;

@@ -1,19 +1,17 @@
 //! The owner's console over plain HTTP: the real `support daemon` binary
 //! and `support console --no-open` for the login and the web's attacks
-//! (Origin, CSRF, cookie, Host, CORS, GET), and an in-process daemon with a
-//! real task for the live transcript and Stop.
+//! (Origin, CSRF, cookie, Host, CORS, GET). A real task's live transcript
+//! and Stop: `console_tasks.rs`.
 
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use common::console::{Resp, Session, request, split_url};
-use common::lab::{Lab, finish, records, survivors};
+use common::lab::records;
 use common::net::Device;
 use common::{Home, Run};
 use support::audit::Event;
-use support::{Status, StoppedBy};
 
 /// A daemon (the binary) in a fresh home, with no relay.
 fn daemon() -> Device {
@@ -172,6 +170,7 @@ fn rebinding_hosts_are_refused_and_no_cors_header_is_sent() {
 fn allow_and_revoke_from_the_console_go_the_cli_s_way_and_say_via_console() {
     let d = daemon();
     let s = Session::login(&login_url(&d.home));
+    assert_eq!(s.get("/console/api/summary").status, 404, "no grant yet");
     let r = s.post("/console/api/allow", r#"{"tier":3,"minutes":5,"reason":"agent fix"}"#);
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("confirmation is needed"), "{r:?}");
@@ -205,6 +204,12 @@ fn allow_and_revoke_from_the_console_go_the_cli_s_way_and_say_via_console() {
     let second = s.get(&format!("/console/api/audit?limit=1&before={next}")).json();
     assert!(second["records"][0]["seq"].as_u64().unwrap() < next);
     assert!(support::audit::verify(&support::Paths::under(d.home.path.clone())).is_ok());
+    // What ran under it, as `support summary` says.
+    let summary = s.get("/console/api/summary");
+    assert_eq!(summary.status, 200, "{summary:?}");
+    assert_eq!(summary.json()["grant_id"], grant_id.as_str());
+    assert!(summary.json()["text"].as_str().unwrap().contains(&grant_id));
+    assert_eq!(s.get("/console/api/summary?grant=g-0000000000000000").status, 404);
 }
 
 #[test]
@@ -224,74 +229,16 @@ fn home_run_with(home: &Home, args: &[&str], env: (&str, &str)) -> Run {
     Run::from(home.cmd(args).env(env.0, env.1).output().unwrap())
 }
 
-/// The whole daemon in this process (the subreaper of its tasks' trees),
-/// with its console on an ephemeral port.
-struct InProcess {
-    lab: Lab,
-    _stop: tokio::sync::watch::Sender<bool>,
-}
-
-async fn in_process() -> InProcess {
-    let lab = Lab::start();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(support::daemon::serve_console(listener, lab.daemon.clone(), stop_rx));
-    InProcess { lab, _stop: stop }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_streams_a_task_s_lines_and_stops_its_whole_tree() {
-    let p = in_process().await;
-    let lab = &p.lab;
-    lab.grant(1, Duration::from_secs(600));
-    lab.daemon.consent_changed().await;
-    let url = lab.daemon.console_login().expect("the console is served").url;
-    let session = tokio::task::spawn_blocking(move || Session::login(&url)).await.unwrap();
-    let session = std::sync::Arc::new(session);
-    // The stream is open before the task starts: its first line comes live.
-    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
-    let watching = {
-        let s = session.clone();
-        tokio::task::spawn_blocking(move || {
-            s.events(|stream| {
-                let first = stream.next().expect("a first event");
-                let _ = opened_tx.send(first);
-                let tasks = stream
-                    .until(&|name, data| name == "tasks" && data["tasks"].as_array().is_some_and(|t| !t.is_empty()));
-                let line = stream
-                    .until(&|name, data| name == "line" && data["text"].as_str().is_some_and(|t| t.contains("ready")));
-                (tasks, line)
-            })
-        })
-    };
-    let (name, first) = opened_rx.await.unwrap();
-    assert_eq!(name, "status");
-    assert_eq!(first["consent"]["tier"], 1);
-    let (outcome, mut rx) = lab.submit(lab.tree("tree")).await;
-    let task_id = outcome.expect("accepted");
-    let pids = lab.pids(10).await;
-    let (tasks, line) = tokio::time::timeout(Duration::from_secs(30), watching).await.unwrap().unwrap();
-    assert_eq!(tasks["tasks"][0]["task_id"], task_id.as_str());
-    assert_eq!(tasks["tasks"][0]["operator"], "alice");
-    assert_eq!(line["task_id"], task_id.as_str());
-    assert_eq!(line["label"], "", "raw stdout has no label, as in `support watch`");
-    // Stop, through the console.
-    let path = format!("/console/api/tasks/{task_id}/stop");
-    let s = session.clone();
-    let stopped = tokio::task::spawn_blocking(move || s.post(&path, "{}")).await.unwrap();
-    assert_eq!(stopped.status, 200, "{stopped:?}");
-    assert_eq!(stopped.json()["result"]["status"], "cancelled");
-    assert_eq!(survivors(&pids), Vec::<i32>::new(), "the whole tree is gone");
-    let (result, _) = finish(&mut rx).await;
-    assert_eq!(result.status, Status::Cancelled);
-    assert_eq!(result.cancelled_by, Some(StoppedBy::Owner), "the operator is told the owner stopped it");
-    let stop = records(&lab.paths).into_iter().find(|r| r.event == Event::TaskStopped).expect("task.stopped");
-    assert_eq!(stop.by.as_deref(), Some("owner"));
-    assert_eq!(stop.via.as_deref(), Some("console"));
-    assert_eq!(stop.task_id.as_deref(), Some(task_id.as_str()));
-    assert!(support::audit::verify(&lab.paths).is_ok(), "via is in the MAC'd bytes and the chain holds");
-    let s = session.clone();
-    let gone =
-        tokio::task::spawn_blocking(move || s.post("/console/api/tasks/t-0000000000000000/stop", "{}")).await.unwrap();
-    assert_eq!(gone.status, 404);
+#[test]
+fn the_console_listens_on_console_port_from_daemon_toml() {
+    let home = Home::new();
+    std::fs::create_dir_all(&home.path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = home.file("daemon.toml");
+    std::fs::write(&config, format!("console_port = {port}\n")).unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let child = home.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let d = Device::spawned(home, child, false);
+    assert_eq!(console_port(&d.home), port);
+    assert_eq!(split_url(&login_url(&d.home)).0, port);
 }

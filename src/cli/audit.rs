@@ -88,8 +88,18 @@ fn time(r: &Record) -> String {
     crate::time::parse_rfc3339(&r.ts).map(super::local).unwrap_or_else(|| printable(&r.ts))
 }
 
-/// The one-cell summary of how a record ended.
+/// The one-cell summary of how a record ended, and through what the
+/// owner made the change when not the CLI (`via console`).
 fn outcome(r: &Record) -> String {
+    let ended = ending(r);
+    match &r.via {
+        Some(via) if ended.is_empty() => format!("via {}", printable(via)),
+        Some(via) => format!("{ended} (via {})", printable(via)),
+        None => ended,
+    }
+}
+
+fn ending(r: &Record) -> String {
     if r.event == crate::audit::Event::ActionDeniedAggregated
         && let (Some(code), Some(count)) = (&r.code, r.detail.as_deref().and_then(|d| d.split(' ').next()))
     {

@@ -1,7 +1,6 @@
 //! `support console [--no-open]`
 
-use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
 
 use super::Ctx;
 use super::client::Client;
@@ -9,9 +8,6 @@ use super::out::outln;
 use crate::Error;
 use crate::audit::{Event, Record};
 use crate::control_api::ConsoleLogin;
-
-/// How long `xdg-open` may take before the browser is taken as started.
-const OPEN_WAIT: Duration = Duration::from_secs(10);
 
 /// Open the owner's console in the browser: the grant, the running tasks
 /// and their transcripts live, Stop, Revoke, Allow, and the audit log.
@@ -42,7 +38,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         outln!("  {}", login.url)?;
         return Ok(ExitCode::SUCCESS);
     }
-    match open(&login.url) {
+    match crate::daemon::open_in_browser(&login.url) {
         Ok(()) => outln!(
             "The console opens in your browser. If it does not, run {}.",
             ctx.command_line(&["console", "--no-open"])
@@ -53,25 +49,4 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `xdg-open URL`; an error says why it did not open.
-fn open(url: &str) -> Result<(), String> {
-    let mut child = std::process::Command::new("xdg-open")
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("xdg-open: {e}"))?;
-    let deadline = Instant::now() + OPEN_WAIT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("xdg-open {status}")),
-            Ok(None) if Instant::now() >= deadline => return Ok(()),
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("xdg-open: {e}")),
-        }
-    }
 }

@@ -114,7 +114,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             .map_err(|e| Error::Failed(format!("cannot listen on 127.0.0.1:{}: {e}", args.control_port)))?;
         // The running image itself, even if its file was replaced since.
         let cgroup_helper = Some(std::path::PathBuf::from("/proc/self/exe"));
-        let options = Options { max_tasks: args.max_tasks.into(), link, cgroup_helper, console_port };
+        let notify = daemon::NotifyOptions::from_env();
+        let options = Options { max_tasks: args.max_tasks.into(), link, cgroup_helper, notify, console_port };
         daemon::run(&ctx.paths, options, listener, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })

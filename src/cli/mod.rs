@@ -31,7 +31,8 @@ mod relay;
 mod relay_admin;
 mod revoke;
 mod status;
-mod table;
+mod summary;
+pub(crate) mod table;
 mod tasks;
 mod trust;
 
@@ -59,6 +60,8 @@ pub enum Command {
     Status(status::Args),
     /// List or verify the audit log.
     Audit(audit::Args),
+    /// Show what ran under a grant (the last one by default).
+    Summary(summary::Args),
     /// List what support may do under the grant in force.
     Actions(actions::Args),
     /// Check or try the action catalogue.
@@ -131,6 +134,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Revoke(a) => revoke::run(&ctx, a),
         Command::Status(a) => status::run(&ctx, a),
         Command::Audit(a) => audit::run(&ctx, a),
+        Command::Summary(a) => summary::run(&ctx, a),
         Command::Actions(a) => actions::run(&ctx, a),
         Command::Policy(c) => policy::run(&ctx, c),
         Command::Trust(c) => trust::run(&ctx, c),

@@ -69,6 +69,12 @@ impl Listing {
         Ok(())
     }
 
+    /// The table's lines, fitted as [`Listing::print`] fits them, for text
+    /// that is printed later (a grant's summary).
+    pub fn lines(self) -> Vec<String> {
+        self.render(width())
+    }
+
     /// The table's lines for a width in columns (`None`: no wrapping), with no trailing spaces.
     fn render(self, width: Option<u16>) -> Vec<String> {
         let mut table = Table::new();

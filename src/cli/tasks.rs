@@ -321,6 +321,7 @@ fn audit_line(ctx: &Ctx, r: &Record, now: &str) -> String {
         ("code", &r.code),
         ("status", &r.status),
         ("by", &r.by),
+        ("via", &r.via),
         ("reason", &r.reason),
         ("detail", &r.detail),
     ];

@@ -27,6 +27,7 @@
 //! - `console/`: the owner's console in the browser, on a second loopback port.
 //! - `http.rs`: what the two loopback HTTP servers share (Host check, caps, deadlines, permits).
 //! - `link.rs`: the one outbound connection to the relay.
+//! - `notify.rs`: desktop notifications on the session D-Bus, and each ended grant's summary in the log.
 //! - [`gate`]: the decision, pure.
 //! - `replay.rs`: the replay cache, and its nonces read back from the audit log at start.
 //!
@@ -55,6 +56,7 @@ pub(crate) mod guard;
 mod http;
 pub mod kill;
 mod link;
+mod notify;
 mod records;
 mod replay;
 mod task;
@@ -78,12 +80,14 @@ use crate::lock;
 use crate::paths::{self, FileError, Paths};
 use crate::policy::{Catalogue, PolicyError};
 use crate::protocol::StoppedBy;
+pub(crate) use console::open_in_browser;
 pub use console::serve as serve_console;
 pub use denials::{DENIAL_WINDOW, RECORDED_SENDERS};
 use enforce::ConsentState;
 pub use files::{DaemonInfo, ensure_secret, is_running, read_info};
 use gate::ReplayCache;
 pub use link::{HEARTBEAT_ENV, LinkConfig, LinkStatus};
+pub use notify::{GRANT_WARNING, GRANT_WARNING_ENV, NotifyOptions};
 pub use records::RECORDED_VALUE_BYTES;
 use task::{Finished, TaskEntry};
 
@@ -109,7 +113,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Settings for [`run`] and [`Daemon::start`].
 ///
 /// # Defaults
-/// `max_tasks = 8`, no relay link, the console on any free port.
+/// `max_tasks = 8`, no relay link, no desktop notifications, the console on any free port.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// The most tasks running at once; more are denied `BUSY`.
@@ -121,6 +125,8 @@ pub struct Options {
     /// `support daemon` gives `/proc/self/exe`. Default `None`: a command
     /// is moved into its cgroup once it runs.
     pub cgroup_helper: Option<std::path::PathBuf>,
+    /// Desktop notifications (`notify.rs`); default none.
+    pub notify: NotifyOptions,
     /// The owner's console's port on 127.0.0.1 (0: any free port; it is
     /// written to `daemon.json`), for [`run`].
     pub console_port: u16,
@@ -128,7 +134,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 8, link: None, cgroup_helper: None, console_port: 0 }
+        Options { max_tasks: 8, link: None, cgroup_helper: None, notify: NotifyOptions::default(), console_port: 0 }
     }
 }
 
@@ -502,6 +508,7 @@ pub async fn run(
         let (d, rx) = (daemon.clone(), stop_rx.clone());
         tokio::spawn(async move { d.enforce_consent(rx).await })
     };
+    let notifier = notify::spawn(daemon.clone(), daemon.inner.options.notify.clone(), stop_rx.clone());
     let link = daemon.inner.options.link.clone().map(|config| {
         let (tx, rx) = mpsc::channel(256);
         let span = tracing::info_span!("link", relay = %config.url);
@@ -519,6 +526,7 @@ pub async fn run(
     let _ = server.await;
     let _ = console.await;
     let _ = watcher.await;
+    let _ = notifier.await;
     if let Some(link) = link {
         let _ = link.await;
     }

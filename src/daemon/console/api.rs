@@ -16,6 +16,7 @@ use crate::audit::{Event, Record};
 use crate::consent::{Grant, Tier};
 use crate::control_api::{Stopped, TaskList, WatchEvent};
 use crate::protocol::StoppedBy;
+use crate::summary::SummaryError;
 
 /// How often an idle event stream gets a comment line, and its session is checked.
 const EVENTS_PING: std::time::Duration = std::time::Duration::from_secs(15);
@@ -94,10 +95,28 @@ pub(super) async fn get(
     }
 }
 
-/// `GET /console/api/summary?grant=ID`: `crate::summary` is not in this
-/// build yet (issue 14 item 5 builds it); the page says so.
-async fn summary(_daemon: &Daemon, _query: &str) -> Response<Body> {
-    error(StatusCode::NOT_IMPLEMENTED, "the summary of a grant is not available in this version")
+/// `GET /console/api/summary?grant=ID` (none: the last grant): the
+/// summary as `support summary --json` prints it, plus `text`, as
+/// `support summary` prints it. 404 when there is no such grant.
+async fn summary(daemon: &Daemon, query: &str) -> Response<Body> {
+    let grant = AuditQuery::parse(query).grant;
+    let paths = daemon.inner.paths.clone();
+    let loaded = tokio::task::spawn_blocking(move || crate::summary::load(&paths, grant.as_deref())).await;
+    match loaded {
+        Ok(Ok(summary)) => respond(StatusCode::OK, &SummaryView { text: summary.render(), summary: &summary }),
+        Ok(Err(e @ (SummaryError::NoGrant | SummaryError::UnknownGrant(_)))) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &crate::ErrorChain(&e).to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "making the summary failed"),
+    }
+}
+
+#[derive(Serialize)]
+struct SummaryView<'a> {
+    #[serde(flatten)]
+    summary: &'a crate::summary::GrantSummary,
+    text: String,
 }
 
 /// `?before=SEQ&limit=N&grant=ID&operator=NAME&event=EVENT`.
@@ -273,6 +292,9 @@ fn translate(daemon: &Daemon, text: &str) -> Vec<Bytes> {
         }
         WatchEvent::Audit { record } => {
             let mut out = vec![sse("audit", &record)];
+            if matches!(record.event, Event::ConsentRevoked | Event::ConsentExpired) {
+                out.push(sse("summary", &serde_json::json!({ "grant_id": record.grant_id })));
+            }
             if matches!(record.event, Event::ActionStarted | Event::ActionFinished | Event::TaskAborted) {
                 // An ended task leaves the table just after its record.
                 let ended = (record.event != Event::ActionStarted).then_some(record.task_id.as_deref()).flatten();

@@ -364,3 +364,33 @@ fn secured(mut resp: Response<Body>) -> Response<Body> {
     }
     resp
 }
+
+/// How long `xdg-open` may take before the browser is taken as started.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens `url` with `xdg-open` (freedesktop xdg-utils), waiting at most
+/// [`OPEN_WAIT`] for it; for `support console` and the notification's
+/// Open console action.
+///
+/// # Errors
+/// Why it did not open: no `xdg-open`, or its failure status.
+pub(crate) fn open_in_browser(url: &str) -> Result<(), String> {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("xdg-open: {e}"))?;
+    let deadline = Instant::now() + OPEN_WAIT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("xdg-open {status}")),
+            Ok(None) if Instant::now() >= deadline => return Ok(()),
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("xdg-open: {e}")),
+        }
+    }
+}
