@@ -282,7 +282,7 @@ async fn a_page_on_another_loopback_port_cannot_stop_revoke_allow_or_read() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let report: Vec<Value> = serde_json::from_str(&b.text("#report").await).unwrap();
-    assert_eq!(report.len(), 39, "every attempt reported: {report:?}");
+    assert_eq!(report.len(), 40, "every attempt reported: {report:?}");
     for r in &report {
         let read = r["read"].as_str().unwrap_or("");
         assert!(read.is_empty(), "the page read {read:?} through {}", r["what"]);
@@ -305,7 +305,11 @@ async fn a_page_on_another_loopback_port_cannot_stop_revoke_allow_or_read() {
     }
     assert!(new.iter().any(|r| r["event"] == "console.refused"), "the refusals are on record: {new:?}");
 
-    // The owner's own console still works: the refusals were the checks, not a broken page.
+    // The owner's own console still works, the planted cookie beside its
+    // own: the refusals were the checks, not a broken page.
+    b.goto(&format!("{}/console/api/session", owner.origin())).await;
+    let cookies = b.client().get_all_cookies().await.unwrap();
+    assert_eq!(cookies.iter().filter(|c| c.name() == "support_console").count(), 2, "planted: {cookies:?}");
     b.goto(&format!("{}/console/", owner.origin())).await;
     b.click(&ids::stop(&task)).await;
     wait_gone(&pids).await;

@@ -2,7 +2,8 @@
 //! page, loaded in the same browser as the owner's console, tries every
 //! way a web page has to change or read the console (fetch with and
 //! without guessed headers, a beacon, form posts, `<img>`, `<script>`,
-//! `EventSource`, an `<iframe>`) and writes what it got into its DOM
+//! `EventSource`, an `<iframe>`, a planted cookie of the console's name)
+//! and writes what it got into its DOM
 //! (`#report`, a JSON array of `{what, outcome, read}`) for the test to
 //! read. Cookies are not isolated by port, so this page is same-site with
 //! the console and the browser sends the session cookie along: only the
@@ -140,6 +141,10 @@ function frameRead(what, path) {
 }
 
 async function main() {
+  // Cookies are not isolated by port: plant one of the console's name on
+  // a longer path (sent first), hoping it shadows the owner's session.
+  document.cookie = "support_console=planted-by-another-port; path=/console/api";
+  note("planted cookie", "tried", null);
   const json = { "Content-Type": "application/json" };
   const guessed = { "Content-Type": "application/json", "X-CSRF-Token": "guessed-token", "Origin": C };
   const changes = [
