@@ -197,7 +197,7 @@ fn admitted_is_sound(method: &Method, map: &HeaderMap, route: &Route) -> Result<
     prop_assert!(!map.contains_key(hyper::header::ORIGIN));
     let bearer = format!("Bearer {SECRET}");
     prop_assert_eq!(map.get(hyper::header::AUTHORIZATION).unwrap().as_bytes(), bearer.as_bytes());
-    let post = matches!(route, Route::Stop(_) | Route::StopAll | Route::ConsentChanged);
+    let post = matches!(route, Route::Stop(_) | Route::StopAll | Route::ConsentChanged | Route::ConsoleLogin);
     prop_assert_eq!(*method == Method::POST, post);
     Ok(())
 }
