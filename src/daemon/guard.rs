@@ -334,6 +334,14 @@ mod tests {
         let _ = child.wait();
         let mut marked =
             std::process::Command::new("sleep").arg("30").env(MARKER_ENV, "t-0123456789abcdef").spawn().unwrap();
+        // spawn() returns once the exec has closed its close-on-exec pipe,
+        // which the kernel does before it lays out the new environment: for
+        // a moment the process is `sleep` with an empty /proc/PID/environ.
+        let environ = format!("/proc/{}/environ", marked.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read(&environ).map_or(0, |b| b.len()) == 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         let found = peer_inside_task(marked.id() as i32, &[]).expect("evidence");
         assert!(found.contains("SUPPORTD_TASK=t-0123456789abcdef"), "{found}");
         let _ = marked.kill();
