@@ -159,9 +159,14 @@
         "data-action": t.action,
         "data-operator": t.operator,
       });
-      const first = el("td", {}, t.task_id);
+      const first = el("td", { "data-label": "Task" }, t.task_id);
       if (t.agent) first.append(el("span", { class: "agent-note" }, "support is operating your agent"));
-      row.append(first, el("td", {}, t.operator), el("td", {}, `${t.action} (tier ${t.tier})`), el("td", {}, localTime(t.started_at)));
+      row.append(
+        first,
+        el("td", { "data-label": "Operator" }, t.operator),
+        el("td", { "data-label": "Action" }, `${t.action} (tier ${t.tier})`),
+        el("td", { "data-label": "Since" }, localTime(t.started_at)),
+      );
       const cell = el("td");
       const stop = el("button", { type: "button", class: "stop", "aria-label": `Stop task ${t.task_id} (${t.action})` }, "Stop");
       stop.addEventListener("click", () => stopTask(t.task_id, stop));
@@ -217,7 +222,12 @@
 
   function auditRow(r) {
     const row = el("tr", { "data-seq": String(r.seq), "data-event": r.event });
-    row.append(el("td", {}, r.seq), el("td", {}, localTime(r.ts)), el("td", {}, r.event), el("td", {}, recordDetails(r)));
+    row.append(
+      el("td", { "data-label": "Seq" }, r.seq),
+      el("td", { "data-label": "When" }, localTime(r.ts)),
+      el("td", { "data-label": "Event" }, r.event),
+      el("td", { "data-label": "Details" }, recordDetails(r)),
+    );
     return row;
   }
 
