@@ -82,4 +82,27 @@ async fn the_console_streams_a_task_s_lines_and_stops_its_whole_tree() {
     let gone =
         tokio::task::spawn_blocking(move || s.post("/console/api/tasks/t-0000000000000000/stop", "{}")).await.unwrap();
     assert_eq!(gone.status, 404);
+
+    // A task that reads the secret and asks the control API for a login
+    // itself (no `support console` to refuse it first) is refused by the
+    // daemon: 403, `console.refused`, no link.
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = control.local_addr().unwrap().port();
+    let secret = support::daemon::ensure_secret(&lab.paths).unwrap();
+    let (_stop_control, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(support::daemon::serve_control(control, None, lab.daemon.clone(), secret, stop_rx));
+    lab.grant(4, Duration::from_secs(600));
+    lab.daemon.consent_changed().await;
+    let secret_file = lab.paths.secret();
+    let cmd = format!(
+        "curl -sS -X POST -H \"Authorization: Bearer $(cat '{}')\" -w ' status=%{{http_code}}' http://127.0.0.1:{port}/v1/console/login",
+        secret_file.display()
+    );
+    let (outcome, mut rx) = lab.submit(lab.command("shell", &[("cmd", &cmd)])).await;
+    outcome.expect("the shell command is accepted");
+    let (_, output) = finish(&mut rx).await;
+    assert!(output.contains("status=403"), "{output}");
+    assert!(!output.contains("token"), "no login link for a task: {output}");
+    let refused = records(&lab.paths).into_iter().filter(|r| r.event == Event::ConsoleRefused).collect::<Vec<_>>();
+    assert_eq!(refused.len(), 1, "{refused:?}");
 }

@@ -83,6 +83,7 @@ use crate::policy::{Catalogue, PolicyError};
 use crate::protocol::StoppedBy;
 pub(crate) use console::open_in_browser;
 pub use console::serve as serve_console;
+pub use control::serve as serve_control;
 pub use denials::{DENIAL_WINDOW, RECORDED_SENDERS};
 use enforce::ConsentState;
 pub use files::{DaemonInfo, decode_tasks, ensure_secret, is_running, read_info};
