@@ -198,7 +198,14 @@ pub async fn run(
 /// Starts one command: in its task's cgroup from its first instruction
 /// when the cgroup has a helper ([`tree::TaskCgroup::spawn_with`]: one
 /// more exec, of `support __enter-cgroup`), otherwise directly.
-fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Child> {
+///
+/// `registered` runs with the child (its pid known) before any kill may
+/// run again: a task's leader is a child of the daemon, and until the task
+/// is registered as running, and its exec has laid out the environment with
+/// the task's marker (the kernel closes the exec's close-on-exec pipe, which
+/// `spawn` waits for, before it does), another task's kill would take it
+/// for an unclaimed orphan (counterexamples of tests/decision_model.rs).
+fn spawn(spec: &Spec, argv: &[String], with_stdin: bool, registered: impl FnOnce(&Child)) -> std::io::Result<Child> {
     let program = program(&argv[0], &spec.env, &spec.cwd);
     let helper = spec.cgroup.as_ref().and_then(|cg| Some((cg.spawn_with()?, cg.dir().join("cgroup.procs"))));
     let mut cmd = match helper {
@@ -221,7 +228,11 @@ fn spawn(spec: &Spec, argv: &[String], with_stdin: bool) -> std::io::Result<Chil
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    super::kill::spawning(|| cmd.spawn())
+    super::kill::spawning(|| {
+        let child = cmd.spawn()?;
+        registered(&child);
+        Ok(child)
+    })
 }
 
 /// The file `name` names for a process with environment `env` in `cwd`,
@@ -400,7 +411,18 @@ async fn run_one(
     if let Some(by) = *stop.borrow() {
         return End::Stopped(by);
     }
-    let mut child = match spawn(spec, argv, stdin.is_some()) {
+    let ticks = std::cell::Cell::new(0);
+    let registered = |child: &Child| {
+        // No pid means it has already been reaped.
+        let Some(pid) = child.id().map(|p| p as i32) else { return };
+        if let Some(cg) = &spec.cgroup {
+            cg.add(pid);
+        }
+        let start_ticks = tree::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
+        ticks.set(start_ticks);
+        hooks.spawned(pid, start_ticks);
+    };
+    let mut child = match spawn(spec, argv, stdin.is_some(), registered) {
         Ok(c) => c,
         Err(e) => {
             let why = format!("could not start `{}`: {e}", argv[0]);
@@ -413,11 +435,7 @@ async fn run_one(
     let Some(pid) = child.id().map(|p| p as i32) else {
         return End::Exited(child.wait().await.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(9)));
     };
-    if let Some(cg) = &spec.cgroup {
-        cg.add(pid);
-    }
-    let start_ticks = tree::stat(pid).map(|s| s.start_ticks).unwrap_or(0);
-    hooks.spawned(pid, start_ticks);
+    let start_ticks = ticks.get();
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         let text = text.to_owned();
         tokio::spawn(async move {

@@ -552,10 +552,13 @@ fn reap_orphans(pids: &BTreeSet<i32>, leader: i32) {
     }
 }
 
-/// Runs `spawn` (a task's fork and exec) with no kill running: until its
-/// exec, a new child carries the daemon's environment, not its task's
-/// marker, and a kill of another task would take it for an unclaimed
-/// orphan (a counterexample of tests/decision_model.rs).
+/// Runs `spawn` (a task's fork and exec, then its registration as a
+/// running task's leader) with no kill running: until its exec has laid
+/// out the new environment (after `spawn` returns: the kernel closes the
+/// close-on-exec pipe std waits on first), a new child shows the daemon's
+/// environment or none, not its task's marker, and until it is registered
+/// it is no other task's known leader, so a kill of another task would take
+/// it for an unclaimed orphan (counterexamples of tests/decision_model.rs).
 pub(super) fn spawning<T>(spawn: impl FnOnce() -> T) -> T {
     let _one = crate::lock(&KILLING);
     spawn()
