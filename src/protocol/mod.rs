@@ -554,7 +554,10 @@ pub fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, FrameErro
     }
     serde_json::from_str(text).map_err(|e| {
         let mut why = e.to_string();
-        why.truncate(200);
+        // At a character boundary: a message may quote the peer's text.
+        if let Some((cut, _)) = why.char_indices().nth(200) {
+            why.truncate(cut);
+        }
         FrameError::Malformed(why)
     })
 }
