@@ -163,6 +163,25 @@ fn a_command_seen_before_a_restart_is_not_run_after_it_whatever_the_clock_did() 
     replay(&[grant, ahead, SetWall(-400), stranger, SetWall(400), Restart, again]);
 }
 
+/// Found by the model (CI, on main): a command refused `AUDIT_UNAVAILABLE`
+/// while the audit store failed had its nonce only in the replay cache,
+/// since its `action.denied` record could not be written. After the wall
+/// clock was set back and the daemon restarted, nothing gave that nonce
+/// back and the command was no longer issued before the start, so the
+/// same command, replayed, passed the replay check; here, with the grant
+/// still live, it would have run although its operator was told nothing
+/// ran. Once before the audit store heals and once after, the restart
+/// the same.
+#[test]
+fn a_command_refused_while_the_audit_store_failed_does_not_run_when_replayed_after_a_restart() {
+    use Step::*;
+    let grant = Allow { tier: 1, secs: 600, operators: None, only: None, max_actions: None };
+    let run = Send(Cmd::Valid { who: Who::Alice, action: 0 });
+    let again = Send(Cmd::Replay { back: 0, new_request_id: false });
+    replay(&[grant.clone(), BreakAudit, run.clone(), HealAudit, SetWall(-10), Restart, again.clone()]);
+    replay(&[grant, BreakAudit, run, SetWall(-10), Restart, HealAudit, Restart, again]);
+}
+
 /// The process [`a_task_left_by_a_sigkilled_daemon_dies_even_if_the_next_start_fails`]
 /// kills: a real daemon with a slow task running, in `MODEL_CRASH_HOME`.
 #[test]

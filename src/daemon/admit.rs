@@ -283,6 +283,17 @@ impl Daemon {
             }
             if let Err(e) = self.audit(vec![record]).await {
                 tracing::error!(error = %crate::ErrorChain(&e), code = denial.code.as_str(), "could not record a denial");
+                if signed {
+                    // Its nonce is in no record: kept for the next start elsewhere (replay.rs).
+                    let (paths, nonce, issued_at) =
+                        (self.inner.paths.clone(), run.nonce.clone(), run.issued_at.clone());
+                    let kept =
+                        tokio::task::spawn_blocking(move || super::replay::record_lost(&paths, &nonce, &issued_at))
+                            .await;
+                    if !matches!(kept, Ok(Ok(()))) {
+                        tracing::error!("the nonce of a refused command could not be kept for the next start either");
+                    }
+                }
             }
             tracing::info!(code = denial.code.as_str(), message = %denial.message, "denied a command");
         } else {

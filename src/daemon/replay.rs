@@ -17,6 +17,15 @@
 //! keeps the newest `issued_at` it has forgotten ([`ReplayCache::forgot`]),
 //! and the gate refuses a command issued no later than that as stale:
 //! its nonce may be one the cache no longer holds.
+//!
+//! A verified command whose record could not be written (the audit store
+//! failing: it was refused `AUDIT_UNAVAILABLE`) leaves its nonce nowhere
+//! in the log. Its nonce and `issued_at` go instead into `run/lost-nonces`
+//! ([`record_lost`], fsynced), which each start reads back too: without
+//! it, a restart after the clock was set back let the same command run (a
+//! counterexample of tests/decision_model.rs). The file is bounded: past
+//! [`LOST_MAX`] entries it collapses into one floor, the newest
+//! `issued_at` among them, below which every command is stale.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -130,6 +139,119 @@ impl ReplayCache {
             }
             ControlFlow::Continue(())
         })?;
+        Ok(loaded + self.load_lost(paths, now)?)
+    }
+
+    /// Remembers the nonces of `run/lost-nonces` (see the module docs);
+    /// returns how many.
+    fn load_lost(&mut self, paths: &Paths, now: DateTime<Utc>) -> Result<usize, crate::AuditError> {
+        let mut loaded = 0;
+        for (issued_at, nonce) in read_lost(paths)? {
+            match nonce {
+                Some(nonce) if !self.contains(&nonce) => {
+                    self.insert(&nonce, &issued_at, now);
+                    loaded += 1;
+                }
+                Some(_) => {}
+                None => {
+                    let floor = crate::time::parse_rfc3339(&issued_at).unwrap_or(now);
+                    if self.forgotten.is_none_or(|f| floor > f) {
+                        self.forgotten = Some(floor);
+                    }
+                }
+            }
+        }
         Ok(loaded)
+    }
+}
+
+/// The most entries `run/lost-nonces` keeps before it collapses into a floor.
+pub(crate) const LOST_MAX: usize = 1024;
+
+fn lost_path(paths: &Paths) -> std::path::PathBuf {
+    paths.run_dir().join("lost-nonces")
+}
+
+/// The entries of `run/lost-nonces`: `issued_at` and the nonce, or no
+/// nonce for a floor. A line that does not parse is a floor at its
+/// `issued_at` if it has one, and is otherwise skipped.
+fn read_lost(paths: &Paths) -> Result<Vec<(String, Option<String>)>, crate::AuditError> {
+    let path = lost_path(paths);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(crate::paths::FileError::Io { op: "read", path, source }.into()),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            let issued_at = v.get("issued_at")?.as_str()?.to_string();
+            Some((issued_at, v.get("nonce").and_then(|n| n.as_str()).map(str::to_string)))
+        })
+        .collect())
+}
+
+/// Makes the nonce of a verified command whose record could not be
+/// written durable in `run/lost-nonces`, for the next start (see the
+/// module docs). Past [`LOST_MAX`] entries the file becomes one floor.
+///
+/// # Errors
+/// When the file cannot be read or written: then only this daemon's
+/// memory holds the nonce.
+pub(crate) fn record_lost(paths: &Paths, nonce: &str, issued_at: &str) -> Result<(), crate::AuditError> {
+    let mut entries = read_lost(paths)?;
+    entries.push((issued_at.to_string(), Some(nonce.to_string())));
+    if entries.len() > LOST_MAX {
+        // The string as signed, not reformatted: its fraction of a second matters.
+        let newest = entries
+            .iter()
+            .filter_map(|(t, _)| Some((crate::time::parse_rfc3339(t)?, t)))
+            .max()
+            .map_or_else(|| issued_at.to_string(), |(_, t)| t.clone());
+        entries = vec![(newest, None)];
+    }
+    let mut text = String::new();
+    for (issued_at, nonce) in &entries {
+        let line = match nonce {
+            Some(n) => serde_json::json!({ "issued_at": issued_at, "nonce": n }),
+            None => serde_json::json!({ "issued_at": issued_at }),
+        };
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let path = lost_path(paths);
+    std::fs::create_dir_all(paths.run_dir()).map_err(|source| crate::paths::FileError::Io {
+        op: "create",
+        path: paths.run_dir(),
+        source,
+    })?;
+    crate::paths::write_atomic(&path, text.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_nonces_come_back_at_a_start_and_past_the_bound_become_a_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let now = Utc::now();
+        let at = |s: i64| crate::time::rfc3339_millis(now + TimeDelta::milliseconds(s));
+        record_lost(&paths, "nonce-a", &at(0)).unwrap();
+        let mut cache = ReplayCache::new(64);
+        assert_eq!(cache.load_lost(&paths, now).unwrap(), 1);
+        assert!(cache.contains("nonce-a"));
+        assert!(!cache.forgot(now));
+        for i in 1..=LOST_MAX {
+            record_lost(&paths, &format!("nonce-{i}"), &at(i as i64)).unwrap();
+        }
+        let mut cache = ReplayCache::new(64);
+        assert_eq!(cache.load_lost(&paths, now).unwrap(), 0);
+        let newest = crate::time::parse_rfc3339(&at(LOST_MAX as i64)).unwrap();
+        assert!(cache.forgot(newest));
+        assert!(!cache.forgot(newest + TimeDelta::milliseconds(1)));
     }
 }
