@@ -29,7 +29,7 @@
 //! - `link.rs`: the one outbound connection to the relay.
 //! - `notify.rs`: desktop notifications on the session D-Bus, and each ended grant's summary in the log.
 //! - [`gate`]: the decision, pure.
-//! - `replay.rs`: the replay cache, and its nonces read back from the audit log at start.
+//! - `replay.rs`: the replay cache, and its nonces read back from the audit log (and `run/lost-nonces`) at start.
 //!
 //! # Files (all under the home's state directory)
 //! - `daemon.lock`: held (flock) while a daemon runs: one per home.
@@ -40,6 +40,8 @@
 //!   same-uid peers), bound at start, removed on exit.
 //! - `run/tasks.json`: the running tasks, so that the next start after a
 //!   crash can kill what was left and audit `task.aborted`.
+//! - `run/lost-nonces`: the nonces of verified commands whose record could
+//!   not be written (audit store failing), read back at start (`replay.rs`).
 
 mod admit;
 mod agent;
