@@ -173,24 +173,32 @@ fn lost_path(paths: &Paths) -> std::path::PathBuf {
 }
 
 /// The entries of `run/lost-nonces`: `issued_at` and the nonce, or no
-/// nonce for a floor. A line that does not parse is a floor at its
-/// `issued_at` if it has one, and is otherwise skipped.
+/// nonce for a floor. Read without following links and capped at
+/// [`LOST_CAP`] bytes; a line that is not an entry is an error, never
+/// skipped: the file is written whole (temp + rename), so such a line is
+/// damage, and a skipped one would be a forgotten nonce.
 fn read_lost(paths: &Paths) -> Result<Vec<(String, Option<String>)>, crate::AuditError> {
     let path = lost_path(paths);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(crate::paths::FileError::Io { op: "read", path, source }.into()),
+    let Some(bytes) = crate::paths::read_capped(&path, LOST_CAP)? else { return Ok(Vec::new()) };
+    let damaged = |n: usize| {
+        let source = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("line {n} is not an entry of issued_at and nonce; move the file away to start without it"),
+        );
+        crate::AuditError::from(crate::paths::FileError::Io { op: "read", path: path.clone(), source })
     };
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            let issued_at = v.get("issued_at")?.as_str()?.to_string();
-            Some((issued_at, v.get("nonce").and_then(|n| n.as_str()).map(str::to_string)))
-        })
-        .collect())
+    let mut entries = Vec::new();
+    for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|_| damaged(i + 1))?;
+        let issued_at = v.get("issued_at").and_then(|t| t.as_str()).ok_or_else(|| damaged(i + 1))?;
+        entries.push((issued_at.to_string(), v.get("nonce").and_then(|n| n.as_str()).map(str::to_string)));
+    }
+    Ok(entries)
 }
+
+/// The largest `run/lost-nonces` read (bytes): [`LOST_MAX`] entries of a
+/// few hundred bytes each fit many times over.
+const LOST_CAP: u64 = 1 << 20;
 
 /// Makes the nonce of a verified command whose record could not be
 /// written durable in `run/lost-nonces`, for the next start (see the
@@ -253,5 +261,25 @@ mod tests {
         let newest = crate::time::parse_rfc3339(&at(LOST_MAX as i64)).unwrap();
         assert!(cache.forgot(newest));
         assert!(!cache.forgot(newest + TimeDelta::milliseconds(1)));
+    }
+
+    #[test]
+    fn a_damaged_or_linked_lost_nonces_file_is_refused_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let now = Utc::now();
+        record_lost(&paths, "nonce-a", &crate::time::rfc3339_millis(now)).unwrap();
+        let file = lost_path(&paths);
+        let good = std::fs::read_to_string(&file).unwrap();
+        for damage in ["{\"nonce\":\"nonce-b\"}\n", "not json\n"] {
+            crate::paths::write_atomic(&file, format!("{good}{damage}").as_bytes()).unwrap();
+            let err = ReplayCache::new(64).load_lost(&paths, now).unwrap_err();
+            assert!(crate::ErrorChain(&err).to_string().contains("line 2"), "{}", crate::ErrorChain(&err));
+        }
+        std::fs::remove_file(&file).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, &good).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+        assert!(ReplayCache::new(64).load_lost(&paths, now).is_err(), "a link is not followed");
     }
 }
