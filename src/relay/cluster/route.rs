@@ -252,9 +252,13 @@ pub(crate) async fn serve(hub: Arc<Hub>, route: Arc<Route>, mut shutdown: watch:
     loop {
         tokio::select! {
             Some(m) = devices.next() => {
-                let answer = match serde_json::from_slice::<Envelope>(&m.payload) {
-                    Ok(envelope) if m.payload.len() <= MAX_ROUTED_BYTES => hub.relayed_request(envelope),
-                    _ => Delivered { error: Some((RelayCode::BadFrame, "not a request envelope".into())) },
+                // The cap before the parse: no parser runs over more than a frame's worth.
+                let envelope = (m.payload.len() <= MAX_ROUTED_BYTES)
+                    .then(|| serde_json::from_slice::<Envelope>(&m.payload).ok())
+                    .flatten();
+                let answer = match envelope {
+                    Some(envelope) => hub.relayed_request(envelope),
+                    None => Delivered { error: Some((RelayCode::BadFrame, "not a request envelope".into())) },
                 };
                 if let Some(reply) = m.reply {
                     let _ = route.client.publish(reply, Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())).await;
@@ -262,7 +266,9 @@ pub(crate) async fn serve(hub: Arc<Hub>, route: Arc<Route>, mut shutdown: watch:
             }
             Some(m) = operators.next() => {
                 let conn = m.subject.rsplit('.').next().and_then(|c| c.parse().ok());
-                if let (Some(conn), Ok(text)) = (conn, std::str::from_utf8(&m.payload)) {
+                if m.payload.len() > MAX_ROUTED_BYTES {
+                    tracing::warn!(bytes = m.payload.len(), "an answer routed over NATS is larger than a frame; dropped");
+                } else if let (Some(conn), Ok(text)) = (conn, std::str::from_utf8(&m.payload)) {
                     hub.relayed_answer(conn, text).await;
                 }
             }
