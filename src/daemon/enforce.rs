@@ -180,7 +180,7 @@ impl Daemon {
                 _ = poll.tick() => {}
                 _ = async { tokio::time::sleep_until(expiry.unwrap_or_else(tokio::time::Instant::now)).await }, if expiry.is_some() => {}
                 _ = async { sigchld.as_mut().expect("guarded").recv().await }, if sigchld.is_some() => {
-                    kill::reap_strays(&self.leaders());
+                    kill::reap_strays(|| self.leaders());
                     continue;
                 }
             }

@@ -564,12 +564,19 @@ pub(super) fn spawning<T>(spawn: impl FnOnce() -> T) -> T {
     spawn()
 }
 
-/// Reaps every zombie child of ours that is not one of `leaders`
+/// Reaps every zombie child of ours that is not one of `leaders()`
 /// (orphans re-parented to the subreaper after their task ended). With
 /// no child at all (the usual case between tasks) it reads no `/proc`.
-pub fn reap_strays(leaders: &[i32]) {
+///
+/// `leaders` is asked only once `KILLING` is held, which a spawn holds
+/// until its leader is registered: a list read before could miss a task
+/// spawned meanwhile whose leader had already exited, and its zombie,
+/// reaped here, would leave tokio's `wait` with `ECHILD` and the task
+/// with no exit status (a counterexample of tests/decision_model.rs at
+/// 69,000 cases, where it showed as "killed by signal 9").
+pub fn reap_strays(leaders: impl FnOnce() -> Vec<i32>) {
     let _one = crate::lock(&KILLING);
-    reap_dead_children(leaders);
+    reap_dead_children(&leaders());
 }
 
 /// [`reap_strays`], for a caller that holds `KILLING`.
@@ -608,5 +615,38 @@ mod tests {
         child.wait().unwrap();
         // The pid is reaped and its group is gone (unless re-used at once, which the check would report).
         assert_eq!(killpg(Pid::from_raw(pid), None), Err(Errno::ESRCH));
+    }
+
+    /// Found by tests/decision_model.rs at 69,000 cases: a reap that read
+    /// the leaders before the lock reaped a task spawned meanwhile whose
+    /// leader had already exited, and the task ended "killed by signal 9".
+    #[test]
+    fn a_reap_asks_for_the_leaders_only_after_a_spawn_and_leaves_its_zombie() {
+        let registered = Mutex::new(Vec::<i32>::new());
+        let (asked, was_asked) = std::sync::mpsc::channel();
+        let leaders = || {
+            let _ = asked.send(());
+            crate::lock(&registered).clone()
+        };
+        let mut child = std::thread::scope(|s| {
+            let (child, reaper) = spawning(|| {
+                let reaper = s.spawn(|| reap_strays(leaders));
+                // Never while a spawn holds the lock (the old order asked at once).
+                let during = was_asked.recv_timeout(Duration::from_millis(300));
+                assert!(during.is_err(), "the leaders were read while a spawn was under way");
+                let child = std::process::Command::new("true").spawn().unwrap();
+                let pid = child.id() as i32;
+                crate::lock(&registered).push(pid);
+                let give_up = Instant::now() + Duration::from_secs(5);
+                while tree::stat(pid).is_some_and(|s| s.state != b'Z') && Instant::now() < give_up {
+                    std::thread::yield_now();
+                }
+                (child, reaper)
+            });
+            reaper.join().unwrap();
+            child
+        });
+        // Still ours to wait for: its status was not taken by the reap.
+        assert!(child.wait().unwrap().success());
     }
 }

@@ -144,7 +144,7 @@ impl Daemon {
         drop(forget);
         let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
         let _ = done.send(Some(result));
-        kill::reap_strays(&self.leaders());
+        kill::reap_strays(|| self.leaders());
     }
 
     /// The process group leaders of the running tasks.
