@@ -19,20 +19,37 @@ pub struct Desk {
     /// Where operators connect, when not on `device` (a cluster).
     other: Option<Relay>,
     /// The cluster's NATS (killed last, after the relays).
-    _nats: Option<Nats>,
+    cluster_nats: Option<Nats>,
 }
 
 impl Desk {
     /// One relay, for devices and operators alike.
     pub fn one() -> Desk {
-        Desk { device: Relay::start("127.0.0.1:0"), other: None, _nats: None }
+        Desk { device: Relay::start("127.0.0.1:0"), other: None, cluster_nats: None }
     }
 
     /// Two relays of a cluster: devices on the first, operators on the second.
     pub fn across() -> Desk {
         let nats = Nats::start();
         let (device, other) = (clustered_relay(&nats), clustered_relay(&nats));
-        Desk { device, other: Some(other), _nats: Some(nats) }
+        Desk { device, other: Some(other), cluster_nats: Some(nats) }
+    }
+
+    /// The cluster's NATS (`None` for one relay).
+    pub fn nats(&mut self) -> Option<&mut Nats> {
+        self.cluster_nats.as_mut()
+    }
+
+    /// Waits (20 s at most) until every relay's `/metrics` says `cluster_connected` is `up`.
+    pub fn wait_cluster(&self, up: bool) {
+        let want = format!("cluster_connected {}", u8::from(up));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for relay in std::iter::once(&self.device).chain(&self.other) {
+            while !relay.metrics().contains(&want) {
+                assert!(Instant::now() < deadline, "{} never said {want}", relay.addr);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// Whether the operators are on another relay than the devices.
