@@ -237,7 +237,8 @@ async fn an_operators_run_rate_is_its_own_relays_not_the_device_relays() {
     let mut on_b = session(&b).await;
     assert_eq!(burst(&mut on_b, &device.device_id, 6).await, 0, "B's rate, not A's, applies to B's operator");
     let mut on_c = session(&c).await;
-    assert!(burst(&mut on_c, &device.device_id, 6).await >= 3, "C's own rate (a burst of 2) applies on C");
+    // Of six at once, four over a burst of two; two or more, however slow the machine.
+    assert!(burst(&mut on_c, &device.device_id, 6).await >= 2, "C's own rate (a burst of 2) applies on C");
     let mut on_a = session(&a).await;
-    assert!(burst(&mut on_a, &device.device_id, 6).await >= 3, "and A's to A's own operators");
+    assert!(burst(&mut on_a, &device.device_id, 6).await >= 2, "and A's to A's own operators");
 }

@@ -15,9 +15,13 @@
 //! device's newest connection and what its last heartbeat said ([`Held`]).
 //! It is written when the device connects and at each heartbeat, and
 //! expires after [`PRESENCE_TTL`] (or [`PRESENCE_TTL_ENV`], for tests), so
-//! the devices of a relay that died go offline by themselves. A relay that sees another relay take a device
-//! with a newer connection ends its own: the newest connection wins,
-//! cluster-wide.
+//! the devices of a relay that died go offline by themselves. A relay that
+//! sees another relay take a device with a newer connection ends its own:
+//! the newest connection wins, cluster-wide.
+//!
+//! When the link to NATS drops, the requests routed across relays end at
+//! once ([`Hub::cluster_lost`]): core NATS keeps nothing for a relay that
+//! is away, so their answers may never come.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
