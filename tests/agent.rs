@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::desk::Desk;
 use common::lab::survivors;
 use common::net::{Device, Relay, add_policy};
 use common::wait_pids;
@@ -44,9 +45,10 @@ fn operator(relay: &Relay, key: &Path, args: &[&str]) -> std::process::Command {
     cmd
 }
 
-/// A device whose `[agent]` runs the fake agent in `workdir`, trusting `desk`.
-fn agent_device(relay: &Relay, key: &support::KeyPair, workdir: &Path, extra: &str) -> Device {
-    let home = Home::new();
+/// A device on `relays`' device relay whose `[agent]` runs the fake agent
+/// in `workdir`, trusting `desk`, once the operators' relay lists it.
+fn agent_device(relays: &Desk, key: &support::KeyPair, workdir: &Path, extra: &str) -> Device {
+    let (home, relay) = (Home::new(), &relays.device);
     add_policy(&home, &format!("{}\n{extra}", agent_policy(workdir, 3)));
     let device = Device::start(
         home,
@@ -55,18 +57,30 @@ fn agent_device(relay: &Relay, key: &support::KeyPair, workdir: &Path, extra: &s
         true,
     );
     device.trust("desk", key);
+    relays.wait_online(&device.device_id);
     device
 }
 
 #[test]
 fn the_owner_watches_the_agent_through_the_relay_and_stops_it() {
-    let relay = Relay::start("127.0.0.1:0");
-    let (key, key_path) = relay.operator("desk");
+    owner_watches_and_stops(&Desk::one());
+}
+
+#[test]
+fn the_owner_stops_the_agent_of_an_operator_on_another_relay_of_the_cluster() {
+    owner_watches_and_stops(&Desk::across());
+}
+
+/// An agent task driven by an operator on `relays`' operator relay: the
+/// owner watches its transcript and stops it; the operator is told so.
+fn owner_watches_and_stops(relays: &Desk) {
+    let relay = relays.operator();
+    let (key, key_path) = relays.add_operator("desk");
     let work = tempfile::tempdir().unwrap();
-    let device = agent_device(&relay, &key, work.path(), "");
+    let device = agent_device(relays, &key, work.path(), "");
     device.allow(3);
     let pidfile = work.path().join("agent.pids");
-    let agent = operator(&relay, &key_path, &["agent", &device.device_id, "the printer jams", "--mode", "build"])
+    let agent = operator(relay, &key_path, &["agent", &device.device_id, "the printer jams", "--mode", "build"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -133,10 +147,22 @@ fn deny_code(outcome: &Outcome) -> Option<(DenyCode, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiers_busy_revoke_and_a_disabled_shell() {
-    let relay = Relay::start("127.0.0.1:0");
-    let (key, key_path) = relay.operator("desk");
+    tiers_busy_revoke(tokio::task::block_in_place(Desk::one)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_busy_revoke_and_a_disabled_shell_for_an_operator_on_another_relay() {
+    tiers_busy_revoke(tokio::task::block_in_place(Desk::across)).await;
+}
+
+/// Tiers, one agent at a time and a revoke mid-task, from `relays`' operator relay.
+async fn tiers_busy_revoke(relays: Desk) {
+    let relay = relays.operator();
     let work = tempfile::tempdir().unwrap();
-    let device = agent_device(&relay, &key, work.path(), "[shell]\nenabled = false\n");
+    let (key_path, device) = tokio::task::block_in_place(|| {
+        let (key, key_path) = relays.add_operator("desk");
+        (key_path, agent_device(&relays, &key, work.path(), "[shell]\nenabled = false\n"))
+    });
     let mut session = relay.session(&key_path).await;
     let none = || std::future::pending::<()>();
     let agent = |session: &mut support::operator::Session, prompt: &str| {
@@ -152,7 +178,7 @@ async fn tiers_busy_revoke_and_a_disabled_shell() {
 
     // The shell is off on this device: denied whatever the tier, and the message says why.
     device.home.run(&["allow", "--tier", "4", "--minutes", "10", "--yes"]).code(0);
-    let shell = operator(&relay, &key_path, &["shell", &device.device_id, "--", "echo", "hi"]).output().unwrap();
+    let shell = operator(relay, &key_path, &["shell", &device.device_id, "--", "echo", "hi"]).output().unwrap();
     let shell = Run::from(shell);
     shell.code(4).says("UNKNOWN_ACTION").says("[shell] enabled = false");
 
@@ -183,6 +209,42 @@ async fn tiers_busy_revoke_and_a_disabled_shell() {
         other => panic!("{other:?}"),
     }
     assert_eq!(survivors(&pids), Vec::<i32>::new(), "survivors after revoke");
+}
+
+#[test]
+fn a_tier_4_shell_command_runs_and_its_signed_output_comes_back() {
+    shell_command(&Desk::one());
+}
+
+#[test]
+fn a_tier_4_shell_command_runs_on_a_device_of_another_relay_of_the_cluster() {
+    shell_command(&Desk::across());
+}
+
+/// `support operator shell` from `relays`' operator relay at tier 4 (and
+/// refused at tier 3): the command's output, checked against the device's
+/// signatures by the CLI, and its record on the device.
+fn shell_command(relays: &Desk) {
+    let (key, key_path) = relays.add_operator("desk");
+    let work = tempfile::tempdir().unwrap();
+    let device = agent_device(relays, &key, work.path(), "");
+    let shell = |cmd: &str| {
+        Run::from(operator(relays.operator(), &key_path, &["shell", &device.device_id, "--", cmd]).output().unwrap())
+    };
+    device.allow(3);
+    shell("echo $((6 * 7))").code(4).says("TIER_INSUFFICIENT");
+    device.allow(4);
+    let out = shell("echo $((6 * 7)) | tr 4 x; echo to-stderr >&2; exit 3");
+    assert!(out.stdout.contains("x2"), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("to-stderr") || out.stderr.contains("to-stderr"), "{}\n{}", out.stdout, out.stderr);
+    assert_ne!(out.code, 0, "the command's failure is the operator's: {}", out.stderr);
+    let audit = device.home.run(&["audit", "--json", "--limit", "20"]).stdout;
+    let finished = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["event"] == "action.finished" && r["action"] == "shell")
+        .expect("the shell command is on the owner's record");
+    assert_eq!(finished["exit_code"], 3, "{finished}");
 }
 
 #[test]

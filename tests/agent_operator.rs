@@ -8,7 +8,8 @@ mod common;
 
 use std::process::Stdio;
 
-use common::net::{Device, Relay, add_policy};
+use common::desk::Desk;
+use common::net::{Device, add_policy};
 use common::{Home, Run};
 
 /// The API key's value: it must reach the agent and nothing else.
@@ -16,7 +17,8 @@ const API_KEY: &str = "sk-ant-test-not-a-real-key-4711";
 
 /// A daemon whose `[agent]` is tests/fixtures/agent-env.sh, started with
 /// proxy, CA, session and key variables in its environment.
-fn env_device(relay: &Relay, key: &support::KeyPair, work: &std::path::Path) -> Device {
+fn env_device(relays: &Desk, key: &support::KeyPair, work: &std::path::Path) -> Device {
+    let relay = &relays.device;
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent-env.sh");
     let home = Home::new();
     add_policy(
@@ -49,6 +51,7 @@ fn env_device(relay: &Relay, key: &support::KeyPair, work: &std::path::Path) -> 
     device.device_id = device.home.status()["device_id"].as_str().unwrap().to_string();
     device.trust("desk", key);
     device.allow(3);
+    relays.wait_online(&device.device_id);
     device
 }
 
@@ -73,10 +76,21 @@ fn digest_line(out: &str) -> String {
 
 #[test]
 fn the_agent_gets_proxy_ca_session_and_its_key_and_both_sides_print_one_digest() {
-    let relay = Relay::start("127.0.0.1:0");
-    let (key, key_path) = relay.operator("desk");
+    agent_env_and_digest(&Desk::one());
+}
+
+#[test]
+fn an_operator_on_another_relay_of_the_cluster_prints_the_same_digest_as_the_owner() {
+    agent_env_and_digest(&Desk::across());
+}
+
+/// An agent task from `relays`' operator relay: its environment, and one
+/// digest of its streamed, signed transcript on both sides.
+fn agent_env_and_digest(relays: &Desk) {
+    let relay = relays.operator();
+    let (key, key_path) = relays.add_operator("desk");
     let work = tempfile::tempdir().unwrap();
-    let device = env_device(&relay, &key, work.path());
+    let device = env_device(relays, &key, work.path());
     let out = relay.operator_cli(&key_path, &["agent", &device.device_id, "print your environment"]).output().unwrap();
     let run = Run::from(out);
     run.code(0);
@@ -109,10 +123,11 @@ fn the_agent_gets_proxy_ca_session_and_its_key_and_both_sides_print_one_digest()
 
 #[test]
 fn an_agent_without_progress_fails_with_its_reason_on_both_sides() {
-    let relay = Relay::start("127.0.0.1:0");
-    let (key, key_path) = relay.operator("desk");
+    let relays = Desk::one();
+    let relay = relays.operator();
+    let (key, key_path) = relays.add_operator("desk");
     let work = tempfile::tempdir().unwrap();
-    let device = env_device(&relay, &key, work.path());
+    let device = env_device(&relays, &key, work.path());
     let out = relay.operator_cli(&key_path, &["agent", &device.device_id, "then retry"]).output().unwrap();
     let run = Run::from(out);
     run.code(1).says("failed: no progress for 1 s");

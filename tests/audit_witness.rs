@@ -8,6 +8,7 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::desk::Desk;
 use common::net::{Device, Relay};
 use common::{Home, Run};
 use serde_json::Value;
@@ -269,26 +270,38 @@ fn an_untouched_log_is_never_flagged_over_heartbeats_reconnects_and_relay_restar
 
 #[test]
 fn an_operator_the_owner_does_not_trust_sees_no_grant_and_no_audit_state() {
-    let relay = Relay::start("127.0.0.1:0");
-    let (key, trusted) = relay.operator("desk");
-    let (_, stranger) = relay.operator("mallory");
-    let device = daemon(Home::new(), &relay, Some(relay.token()));
+    alert_only_to_the_trusted(&Desk::one());
+}
+
+#[test]
+fn an_operator_on_another_relay_of_the_cluster_sees_the_audit_alert_only_if_trusted() {
+    alert_only_to_the_trusted(&Desk::across());
+}
+
+/// A cut log flagged by the device's relay, as the operators' relay shows it.
+fn alert_only_to_the_trusted(relays: &Desk) {
+    let relay = relays.operator();
+    let (key, trusted) = relays.add_operator("desk");
+    let (_, stranger) = relays.add_operator("mallory");
+    let device = daemon(Home::new(), &relays.device, Some(relays.device.token()));
     device.trust("desk", &key);
     device.allow(4);
     wait_witnessed_all(&device);
     keep_lines(&device.home.file("audit.jsonl"), 1);
-    wait_alert(&relay, &device);
-    let full = operator(&relay, &trusted, &["devices", "--json"]).code(0).json();
+    let alert = wait_alert(&relays.device, &device);
+    assert_eq!(alert["kind"], "truncated", "{alert}");
+    assert_eq!(wait_alert(relay, &device), alert, "the operators' relay shows the device relay's alert");
+    let full = operator(relay, &trusted, &["devices", "--json"]).code(0).json();
     assert_eq!(full[0]["tier"], 4, "{full}");
     assert!(full[0]["audit_head"].is_object() && full[0]["audit_alert"].is_object(), "{full}");
-    let bare = operator(&relay, &stranger, &["devices", "--json"]).code(0).json();
+    let bare = operator(relay, &stranger, &["devices", "--json"]).code(0).json();
     let d = &bare[0];
     assert_eq!((d["device_id"].as_str(), d["online"].as_bool()), (Some(device.device_id.as_str()), Some(true)));
     for field in ["tier", "expires_at", "running_tasks", "audit_head", "audit_alert", "last_heartbeat", "version"] {
         assert!(d[field].is_null(), "{field} shown to an operator the owner does not trust: {bare}");
     }
     // The relay's admin sees everything.
-    assert_eq!(entry(&relay, &device.device_id)["tier"], 4);
+    assert_eq!(entry(relay, &device.device_id)["tier"], 4);
 }
 
 /// A device of our own making: what the relay does with its heartbeats.

@@ -440,3 +440,64 @@ async fn a_device_removed_through_one_relay_tells_an_operator_on_another_that_it
     }
     tokio::task::block_in_place(|| wait_link_error(&device, "UNAUTHORIZED"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_devices_and_three_operators_on_three_relays_list_and_reach_every_device_as_on_one_relay() {
+    use support::operator::Outcome;
+    use support::protocol::DenyCode;
+    let nats = Nats::start();
+    let relays = [clustered_relay(&nats), clustered_relay(&nats), clustered_relay(&nats)];
+    let names = ["ann", "ben", "cat"];
+    let keys: Vec<_> = names.iter().zip(&relays).map(|(name, relay)| relay.operator(name)).collect();
+    // Two devices per relay; device k trusts operators k and k + 1 (mod 3), so each operator is trusted by four.
+    let trusts = |k: usize, op: usize| op == k % 3 || op == (k + 1) % 3;
+    let devices: Vec<Device> = tokio::task::block_in_place(|| {
+        let devices: Vec<Device> = (0..6)
+            .map(|k| {
+                let device = Device::enrolled(&relays[k / 2]);
+                for (op, (key, _)) in keys.iter().enumerate().filter(|(op, _)| trusts(k, *op)) {
+                    device.trust(names[op], key);
+                }
+                device.allow(1);
+                device
+            })
+            .collect();
+        for relay in &relays {
+            for d in &devices {
+                wait_online(relay, &d.device_id);
+            }
+        }
+        devices
+    });
+    for (op, (_, path)) in keys.iter().enumerate() {
+        let mut session = admitted(&relays[op], path).await;
+        // Every device, online, and what its owner lets this operator see of it: as one relay lists them.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let listed = session.devices().await.unwrap();
+            let as_one_relay = listed.len() == devices.len()
+                && devices.iter().enumerate().all(|(k, d)| {
+                    listed
+                        .iter()
+                        .any(|e| e.device_id == d.device_id && e.online && (e.tier == Some(1)) == trusts(k, op))
+                });
+            if as_one_relay {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} lists {listed:?}", names[op]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every device reached: run by the four that trust it, refused (signed) by the two that do not.
+        for (k, d) in devices.iter().enumerate() {
+            let run = session.command(&d.device_id, "system-info", Default::default());
+            match (session.run(&run, |_| {}, std::future::pending()).await.unwrap(), trusts(k, op)) {
+                (Outcome::Finished(_), true) => {}
+                (Outcome::Denied { code: DenyCode::UntrustedOperator, .. }, false) => {}
+                (other, trusted) => panic!("{} on device {k} (trusted: {trusted}): {other:?}", names[op]),
+            }
+        }
+    }
+    for relay in &relays {
+        assert!(relay.metric("commands_routed_total") >= 6, "{}", relay.metrics());
+    }
+}

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use common::desk::Desk;
 use common::net::{Device, Relay, add_policy, raw_ws};
 use common::{Home, Run};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -82,13 +83,24 @@ fn diagnostics_round_trip_through_the_relay_with_real_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_denial_code_comes_back_through_the_relay() {
-    let relay = Relay::start("127.0.0.1:0");
-    let (trusted, trusted_path) = relay.operator("desk");
-    let (_, stranger_path) = relay.operator("stranger");
-    let device = tokio::task::block_in_place(|| {
-        let d = Device::enrolled(&relay);
+    denials(Desk::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_denial_code_comes_back_from_a_device_on_another_relay_of_the_cluster() {
+    denials(tokio::task::block_in_place(Desk::across)).await;
+}
+
+/// Each denial code, signed by the device, reaches an operator on `relays`' operator relay.
+async fn denials(relays: Desk) {
+    let relay = relays.operator();
+    let (trusted_path, stranger_path, device) = tokio::task::block_in_place(|| {
+        let (trusted, trusted_path) = relays.add_operator("desk");
+        let (_, stranger_path) = relays.add_operator("stranger");
+        let d = Device::enrolled(&relays.device);
         d.trust("desk", &trusted);
-        d
+        relays.wait_online(&d.device_id);
+        (trusted_path, stranger_path, d)
     });
     let id = device.device_id.clone();
     let mut desk = relay.session(&trusted_path).await;
@@ -158,7 +170,7 @@ async fn every_denial_code_comes_back_through_the_relay() {
     }
     // The CLI says it too, with exit 4.
     tokio::task::block_in_place(|| {
-        operator_run(&relay, &trusted_path, &["run", &id, "clear-print-queue"]).code(4).says("TIER_INSUFFICIENT");
+        operator_run(relay, &trusted_path, &["run", &id, "clear-print-queue"]).code(4).says("TIER_INSUFFICIENT");
     });
 }
 
@@ -395,22 +407,34 @@ fn the_daemon_reconnects_after_the_relay_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_only_their_own_requests_and_revoke_cancels_a_running_fix() {
-    let relay = Relay::start("127.0.0.1:0");
-    let (a_key, a_path) = relay.operator("alice");
-    let (b_key, b_path) = relay.operator("bob");
-    let device = tokio::task::block_in_place(|| {
+    own_requests_and_revoke(Desk::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_on_another_relay_see_only_their_own_requests_and_revoke_cancels_a_running_fix() {
+    own_requests_and_revoke(tokio::task::block_in_place(Desk::across)).await;
+}
+
+/// Two operators on `relays`' operator relay, one device on its device relay:
+/// each sees only its own requests, a revoke ends a running fix, a cancel works.
+async fn own_requests_and_revoke(relays: Desk) {
+    let relay = relays.operator();
+    let (a_path, b_path, device) = tokio::task::block_in_place(|| {
+        let (a_key, a_path) = relays.add_operator("alice");
+        let (b_key, b_path) = relays.add_operator("bob");
         let home = Home::new();
         add_policy(&home, &slow_policy());
         let d = Device::start(
             home,
-            &relay.url(),
-            &["--relay-ca", relay.ca().to_str().unwrap(), "--enroll", &relay.token()],
+            &relays.device.url(),
+            &["--relay-ca", relays.device.ca().to_str().unwrap(), "--enroll", &relays.device.token()],
             true,
         );
         d.trust("alice", &a_key);
         d.trust("bob", &b_key);
         d.allow(2);
-        d
+        relays.wait_online(&d.device_id);
+        (a_path, b_path, d)
     });
     let id = device.device_id.clone();
     let mut alice = relay.session(&a_path).await;

@@ -4,6 +4,7 @@
 
 pub mod agent_host;
 pub mod console;
+pub mod desk;
 pub mod lab;
 pub mod nats;
 pub mod net;

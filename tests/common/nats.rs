@@ -28,10 +28,25 @@ impl Nats {
 
     /// `nats-server -js -a 127.0.0.1 -p PORT -sd DIR` on a free port, once it serves clients.
     pub fn start() -> Nats {
+        Nats::start_with("")
+    }
+
+    /// As [`Nats::start`], with `config` (nats-server's configuration
+    /// syntax, e.g. `max_payload: 4MB`) as its configuration file.
+    pub fn start_with(config: &str) -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut nats = Nats { dir: tempfile::tempdir().unwrap(), port, proc: None };
+        std::fs::write(nats.dir.path().join("nats.conf"), config).unwrap();
         nats.up();
         nats
+    }
+
+    /// Kills it (SIGKILL): no goodbye to its clients.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -52,6 +67,8 @@ impl Nats {
         let store: PathBuf = self.dir.path().join("store");
         let log = std::fs::File::create(self.dir.path().join(format!("nats-{}.log", self.port))).unwrap();
         let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(self.dir.path().join("nats.conf"))
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(&store)
             .stdin(Stdio::null())
@@ -93,7 +110,16 @@ pub fn clustered_relay_like(nats: &Nats, other: &Relay) -> Relay {
     clustered(nats, Some(other))
 }
 
+/// As [`clustered_relay`], with `extra` flags for `serve` and `env` for the relay.
+pub fn clustered_relay_with(nats: &Nats, extra: &[&str], env: &[(&str, &str)]) -> Relay {
+    clustered_in(nats, None, extra, env)
+}
+
 fn clustered(nats: &Nats, like: Option<&Relay>) -> Relay {
+    clustered_in(nats, like, &[], &[])
+}
+
+fn clustered_in(nats: &Nats, like: Option<&Relay>, extra: &[&str], env: &[(&str, &str)]) -> Relay {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("relay");
@@ -106,5 +132,5 @@ fn clustered(nats: &Nats, like: Option<&Relay>) -> Relay {
             std::fs::set_permissions(state.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
         }
     }
-    Relay::start_in(dir, state, "127.0.0.1:0", &[])
+    Relay::start_env(dir, state, "127.0.0.1:0", extra, env)
 }

@@ -64,12 +64,24 @@ impl Relay {
 
     /// As [`Relay::start_with`], in `dir` with the state directory `state` (made by the caller, or not).
     pub fn start_in(dir: tempfile::TempDir, state: PathBuf, listen: &str, extra: &[&str]) -> Relay {
+        Relay::start_env(dir, state, listen, extra, &[])
+    }
+
+    /// As [`Relay::start_in`], with `env` set for the relay.
+    pub fn start_env(
+        dir: tempfile::TempDir,
+        state: PathBuf,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
         let mut child = Command::new(bin())
             .args(["relay", "--state"])
             .arg(&state)
             .args(["serve", "--self-signed", "--listen", listen])
             .args(extra)
             .env("SUPPORT_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join(format!("relay-{}.log", now_ns()))).unwrap())
             .spawn()

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use kv::{Imported, NatsRegistry, REGISTRY_BUCKET};
+pub use route::{MAX_ROUTED_BYTES, PRESENCE_TTL_ENV};
 
 use super::registry::RegistryError;
 use crate::paths;

@@ -14,10 +14,14 @@
 //! [`PRESENCE_BUCKET`] holds, by `device.<device id>`, which relay holds the
 //! device's newest connection and what its last heartbeat said ([`Held`]).
 //! It is written when the device connects and at each heartbeat, and
-//! expires after [`PRESENCE_TTL`], so the devices of a relay that died go
-//! offline by themselves. A relay that sees another relay take a device
-//! with a newer connection ends its own: the newest connection wins,
-//! cluster-wide.
+//! expires after [`PRESENCE_TTL`] (or [`PRESENCE_TTL_ENV`], for tests), so
+//! the devices of a relay that died go offline by themselves. A relay that
+//! sees another relay take a device with a newer connection ends its own:
+//! the newest connection wins, cluster-wide.
+//!
+//! When the link to NATS drops, the requests routed across relays end at
+//! once ([`Hub::cluster_lost`]): core NATS keeps nothing for a relay that
+//! is away, so their answers may never come.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,10 +44,20 @@ pub const PRESENCE_BUCKET: &str = "support_presence";
 const PRESENCE_ABOUT: &str = "support relays: which relay holds each device (expires)";
 /// How long a device stays present without a heartbeat: three heartbeats.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(90);
+/// An environment variable that sets the presence expiry in whole seconds,
+/// 1 to 3600, instead of [`PRESENCE_TTL`]: for tests of a dead relay's
+/// devices going offline, which should not wait 90 s. Under 90 s the relay
+/// writes its devices' presence again every third of it, as heartbeats
+/// (every 30 s) would not keep them. The presence bucket keeps the expiry
+/// of the relay that made it; every relay of a cluster should be given the same.
+pub const PRESENCE_TTL_ENV: &str = "SUPPORT_RELAY_PRESENCE_TTL_S";
 /// How long a request to another relay may take before it is refused.
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest frame passed between relays (bytes): a WebSocket frame's cap.
-const MAX_ROUTED_BYTES: usize = 1 << 20;
+pub const MAX_ROUTED_BYTES: usize = 1 << 20;
+/// How often the link to NATS is looked at: a loss ends the requests
+/// routed across relays ([`Hub::cluster_lost`]) within this.
+const CONNECTION_POLL: Duration = Duration::from_millis(100);
 
 /// Who holds a device now, as [`PRESENCE_BUCKET`] says.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,6 +113,8 @@ pub(crate) struct Route {
     pub(crate) relay: String,
     client: async_nats::Client,
     presence: kv::Store,
+    /// How long a presence entry holds ([`presence_ttl`]).
+    ttl: Duration,
     /// Devices held by other relays, with when we heard it.
     remote: Mutex<HashMap<String, (Held, Instant)>>,
 }
@@ -113,6 +129,18 @@ pub(crate) fn operator_subject(relay: &str, conn: u64) -> String {
     format!("support.relay.{relay}.operator.{conn}")
 }
 
+/// The presence expiry: [`PRESENCE_TTL_ENV`] if set, else [`PRESENCE_TTL`].
+///
+/// # Errors
+/// A message naming the variable when it is not whole seconds from 1 to 3600.
+pub(crate) fn presence_ttl() -> Result<Duration, String> {
+    let Ok(text) = std::env::var(PRESENCE_TTL_ENV) else { return Ok(PRESENCE_TTL) };
+    match text.trim().parse::<u64>() {
+        Ok(s @ 1..=3600) => Ok(Duration::from_secs(s)),
+        _ => Err(format!("{PRESENCE_TTL_ENV}={text:?}: give whole seconds from 1 to 3600")),
+    }
+}
+
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
@@ -123,12 +151,12 @@ impl Route {
     /// # Errors
     /// [`RegistryError::Cluster`] when JetStream does not answer.
     pub(crate) async fn open(client: async_nats::Client, url: &str) -> Result<Route, RegistryError> {
+        let failed = |what| RegistryError::Cluster { what, url: url.into() };
+        let ttl = presence_ttl().map_err(failed)?;
         let js = async_nats::jetstream::new(client.clone());
-        let presence = super::bucket(&js, PRESENCE_BUCKET, PRESENCE_ABOUT, PRESENCE_TTL, 64 << 10)
-            .await
-            .map_err(|what| RegistryError::Cluster { what, url: url.into() })?;
+        let presence = super::bucket(&js, PRESENCE_BUCKET, PRESENCE_ABOUT, ttl, 64 << 10).await.map_err(failed)?;
         let relay = format!("r-{}", crate::random_hex(8));
-        Ok(Route { relay, client, presence, remote: Mutex::default() })
+        Ok(Route { relay, client, presence, ttl, remote: Mutex::default() })
     }
 
     /// Whether the client is connected to NATS now.
@@ -136,9 +164,9 @@ impl Route {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// The relay holding `device_id`, if another one does (and said so within [`PRESENCE_TTL`]).
+    /// The relay holding `device_id`, if another one does (and said so within the presence expiry).
     pub(crate) fn holder(&self, device_id: &str) -> Option<Held> {
-        lock(&self.remote).get(device_id).filter(|(_, at)| at.elapsed() < PRESENCE_TTL).map(|(h, _)| h.clone())
+        lock(&self.remote).get(device_id).filter(|(_, at)| at.elapsed() < self.ttl).map(|(h, _)| h.clone())
     }
 
     /// Records (in the background) that this relay holds `device_id` since `since_ns`.
@@ -208,7 +236,8 @@ impl Route {
 pub(crate) async fn present(client: async_nats::Client, url: &str) -> Result<HashMap<String, Held>, RegistryError> {
     let failed = |what: String| RegistryError::Cluster { what, url: url.into() };
     let js = async_nats::jetstream::new(client);
-    let kv = super::bucket(&js, PRESENCE_BUCKET, PRESENCE_ABOUT, PRESENCE_TTL, 64 << 10).await.map_err(failed)?;
+    let ttl = presence_ttl().map_err(failed)?;
+    let kv = super::bucket(&js, PRESENCE_BUCKET, PRESENCE_ABOUT, ttl, 64 << 10).await.map_err(failed)?;
     let mut held = HashMap::new();
     super::read_bucket(&js, &kv, PRESENCE_BUCKET, |e| {
         let Some(id) = e.key.strip_prefix("device.") else { return };
@@ -249,8 +278,21 @@ pub(crate) async fn serve(hub: Arc<Hub>, route: Arc<Route>, mut shutdown: watch:
     };
     // With history: a relay that starts after the others learns at once who holds what.
     let mut presence = route.presence.watch_with_history(">").await.ok();
+    // Heartbeats (every 30 s) keep three to an expiry of 90 s; a shorter one is kept here.
+    let refresh = (route.ttl < PRESENCE_TTL).then_some(route.ttl / 3);
+    let mut refreshed = tokio::time::interval(refresh.unwrap_or(PRESENCE_TTL));
+    let mut polled = tokio::time::interval(CONNECTION_POLL);
+    let mut was_connected = route.connected();
     loop {
         tokio::select! {
+            _ = refreshed.tick(), if refresh.is_some() => hub.hold_all(),
+            _ = polled.tick() => {
+                let connected = route.connected();
+                if was_connected && !connected {
+                    hub.cluster_lost();
+                }
+                was_connected = connected;
+            }
             Some(m) = devices.next() => {
                 // The cap before the parse: no parser runs over more than a frame's worth.
                 let envelope = (m.payload.len() <= MAX_ROUTED_BYTES)
@@ -302,9 +344,9 @@ fn heard_presence(hub: &Hub, route: &Route, e: &kv::Entry) {
     }
     hub.held_elsewhere(device_id, held.since_ns);
     // Aged as the bucket ages it: from when it was written, not when we read it.
-    let written_s = e.created.unix_timestamp();
-    let age = u64::try_from(chrono::Utc::now().timestamp() - written_s).unwrap_or(0);
-    let heard = Instant::now().checked_sub(Duration::from_secs(age)).unwrap_or_else(Instant::now);
+    let written_ns = e.created.unix_timestamp_nanos();
+    let age = u64::try_from(i128::from(now_ns()) - written_ns).unwrap_or(0);
+    let heard = Instant::now().checked_sub(Duration::from_nanos(age)).unwrap_or_else(Instant::now);
     lock(&route.remote).insert(device_id.to_string(), (held, heard));
 }
 

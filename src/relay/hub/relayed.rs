@@ -28,6 +28,57 @@ impl Hub {
         }
     }
 
+    /// Records again that this relay holds each of its devices (an expiry
+    /// shorter than heartbeats keep: see [`crate::relay::cluster::PRESENCE_TTL_ENV`]).
+    pub(crate) fn hold_all(&self) {
+        let held: Vec<(String, i64)> = lock(&self.devices).iter().map(|(id, p)| (id.clone(), p.since_ns)).collect();
+        for (device_id, since_ns) in held {
+            self.hold(&device_id, since_ns);
+        }
+    }
+
+    /// The link to NATS dropped. Core NATS keeps nothing for a subscriber
+    /// that is away, so answers routed across relays may be lost from now
+    /// on: rather than leave an operator waiting for a result that may
+    /// never come, each request this relay routed to another ends now with
+    /// `CLUSTER_UNAVAILABLE`; each this relay's devices run for an operator
+    /// on another relay is orphaned, as when a local operator leaves (the
+    /// task goes on to its end, the owner's stop or the grant's end, and
+    /// its answers go to no one). Documented in PROTOCOL.md §14.
+    pub(crate) fn cluster_lost(&self) {
+        let ended: Vec<(u64, String, String)> = {
+            let mut inflight = lock(&self.inflight);
+            let now = std::time::Instant::now();
+            for i in inflight.values_mut().filter(|i| i.reply.is_some() && i.orphaned_at.is_none()) {
+                i.orphaned_at = Some(now);
+            }
+            let mut ended = Vec::new();
+            inflight.retain(|(device_id, request_id), i| {
+                let routed = i.held_by.is_some() && i.orphaned_at.is_none();
+                if routed {
+                    ended.push((i.operator_conn, device_id.clone(), request_id.clone()));
+                }
+                !routed
+            });
+            ended
+        };
+        for (conn, device_id, request_id) in ended {
+            let Some(tx) = lock(&self.operators).get(&conn).map(|p| p.tx.clone()) else { continue };
+            self.metrics.rejected("cluster_unavailable");
+            let message = format!(
+                "the relay lost its cluster while device {device_id} (held by another relay) ran the request: \
+                 how it ends is not known here; it goes on until it ends, its owner stops it or the grant ends, \
+                 and the owner's audit log has it"
+            );
+            let text = protocol::encode(&FromRelay::Error {
+                code: RelayCode::ClusterUnavailable,
+                message,
+                request_id: Some(request_id),
+            });
+            tokio::spawn(async move { tokio::time::timeout(protocol::SEND_TIMEOUT, tx.send(text)).await });
+        }
+    }
+
     /// The relay that holds `device_id`, which this relay does not.
     pub(super) fn held_elsewhere_by(&self, route: &Route, device_id: &str) -> Result<String, Unreachable> {
         if !route.connected() {
@@ -235,7 +286,11 @@ impl Hub {
         for entry in listing.iter_mut().filter(|e| !e.online) {
             if let Some(held) = route.holder(&entry.device_id) {
                 let trusted = fingerprint.is_none_or(|f| held.trusted.iter().any(|t| t == f));
-                *entry = presence::held_elsewhere(entry, &held.entry, trusted);
+                // From the registry again: a masked `entry` lost it, and an
+                // operator the owner trusts must see the alert wherever it connects.
+                let alert = self.registry().0.witness.get(&entry.device_id).and_then(|w| w.alert.clone());
+                let local = DeviceEntry { audit_alert: alert, ..entry.clone() };
+                *entry = presence::held_elsewhere(&local, &held.entry, trusted);
             }
         }
         listing
