@@ -27,130 +27,18 @@
 //!
 //! Reproduce: `cargo bench --bench relay`.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{BIN, Relay, Rig, enroll_all, percentile, raise_fd_limit, rss_kib, trip};
 use support::KeyPair;
-use support::dial::{self, DeviceHello, RelayUrl};
-use support::operator::{Outcome, Session};
+use support::dial::{self, DeviceHello};
 use support::protocol::answer::{AnswerCheck, Chain};
 use support::protocol::{self, DeviceFrame, FromRelay, Role, Status, ToRelay};
-use support::tls::RelayTrust;
-
-const BIN: &str = env!("CARGO_BIN_EXE_support");
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-struct Relay {
-    child: Child,
-    addr: String,
-    state: PathBuf,
-    bin: String,
-}
-
-impl Relay {
-    fn start(state: &Path, listen: &str) -> Relay {
-        Relay::start_with(BIN, state, listen)
-    }
-
-    /// `bin relay serve --self-signed` with its state in `state`.
-    fn start_with(bin: &str, state: &Path, listen: &str) -> Relay {
-        // The round trip sends ~300 runs a second on one connection, over
-        // the default rate limit (20); the bucket itself costs nanoseconds.
-        // A baseline binary from before the limit has no such option.
-        let unlimited: &[&str] = if bin == BIN { &["--max-runs-per-second", "1000000"] } else { &[] };
-        let mut child = Command::new(bin)
-            .args(["relay", "--state"])
-            .arg(state)
-            .args(["serve", "--self-signed", "--listen", listen])
-            .args(unlimited)
-            .stdout(Stdio::piped())
-            .stderr(log_file(state, "relay"))
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = lines.next().unwrap().unwrap().strip_prefix("listening on ").unwrap().to_string();
-        let _fingerprint = lines.next();
-        Relay { child, addr, state: state.into(), bin: bin.into() }
-    }
-
-    fn stop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-
-    fn url(&self) -> RelayUrl {
-        format!("wss://{}", self.addr).parse().unwrap()
-    }
-
-    fn tls(&self) -> Arc<rustls::ClientConfig> {
-        RelayTrust::CaFile(self.state.join("cert.pem")).client_config().unwrap()
-    }
-
-    fn admin(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.bin).args(["relay", "--state"]).arg(&self.state).args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A log file beside the relay's state directory (kept with SUPPORT_BENCH_KEEP=1).
-fn log_file(state: &Path, what: &str) -> std::fs::File {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    std::fs::File::create(state.with_file_name(format!("{what}-{n}.log"))).unwrap()
-}
-
-fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    // Root may raise the hard limit too; otherwise the soft one goes up to it.
-    if setrlimit(Resource::RLIMIT_NOFILE, 200_000, 200_000).is_err() {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-    getrlimit(Resource::RLIMIT_NOFILE).unwrap().0
-}
-
-/// Writes a registry with `n` enrolled devices; returns their keys.
-fn enroll_all(state: &Path, n: usize) -> Vec<KeyPair> {
-    let keys: Vec<KeyPair> = (0..n).map(|_| KeyPair::generate().0).collect();
-    let devices: serde_json::Map<String, serde_json::Value> = keys
-        .iter()
-        .map(|k| {
-            let v = serde_json::json!({"public_key": k.public_key().to_string(), "name": "bench", "enrolled_at": "2026-01-01T00:00:00Z"});
-            (k.public_key().device_id(), v)
-        })
-        .collect();
-    std::fs::create_dir_all(state).unwrap();
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(state.join("registry.json")).unwrap();
-    f.write_all(serde_json::json!({"devices": devices}).to_string().as_bytes()).unwrap();
-    keys
-}
 
 fn idle_devices(runtime: &tokio::runtime::Runtime, targets: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
@@ -218,118 +106,6 @@ fn idle_devices(runtime: &tokio::runtime::Runtime, targets: &[usize]) {
     }
     drop(held);
     relay.stop();
-}
-
-/// A relay and an enrolled daemon (both the binary `bin`), an operator
-/// key the relay admits and the owner trusts, and a `noop` action under a
-/// tier-1 grant.
-struct Rig {
-    relay: Relay,
-    daemon: Child,
-    home: PathBuf,
-    op_key: PathBuf,
-    device_id: String,
-}
-
-impl Rig {
-    fn start(bin: &str, dir: &Path) -> Rig {
-        std::fs::create_dir_all(dir).unwrap();
-        let state = dir.join("relay");
-        let home = dir.join("owner");
-        let relay = Relay::start_with(bin, &state, "127.0.0.1:0");
-        let op_key = dir.join("op.key");
-        let public = {
-            let out = Command::new(bin).args(["operator", "keygen", "--out"]).arg(&op_key).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
-        relay.admin(&["add-operator", "bench", &public]);
-        let token = relay.admin(&["enroll-token"]);
-        let rig_owner = |args: &[&str]| owner(bin, &home, args);
-        rig_owner(&["trust", "add", "bench", &public]);
-        std::fs::create_dir_all(home.join("policy.d")).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(home.join("policy.d/bench.toml"))
-            .unwrap();
-        f.write_all(b"[[action]]\nname = \"noop\"\ntier = 1\nkind = \"diagnostic\"\ndescription = \"does nothing\"\nargv = [\"true\"]\ntimeout_s = 10\n").unwrap();
-        rig_owner(&["allow", "--tier", "1", "--minutes", "60"]);
-        let daemon = Command::new(bin)
-            .args(["daemon", "--relay", &format!("wss://{}", relay.addr), "--relay-ca"])
-            .arg(state.join("cert.pem"))
-            .args(["--enroll", &token])
-            .env("SUPPORT_HOME", &home)
-            .stderr(log_file(&state, "daemon"))
-            .spawn()
-            .unwrap();
-        let mut rig = Rig { relay, daemon, home, op_key, device_id: String::new() };
-        rig.wait_connected();
-        let s: serde_json::Value = serde_json::from_str(&owner(bin, &rig.home, &["status", "--json"])).unwrap();
-        rig.device_id = s["device_id"].as_str().unwrap().into();
-        rig
-    }
-
-    fn connected(&self) -> bool {
-        let s: serde_json::Value =
-            serde_json::from_str(&owner(&self.relay.bin, &self.home, &["status", "--json"])).unwrap_or_default();
-        s["daemon"]["connected"] == true
-    }
-
-    fn wait_connected(&self) -> Duration {
-        let t0 = Instant::now();
-        while !self.connected() {
-            assert!(t0.elapsed() < Duration::from_secs(120), "the daemon never connected");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        t0.elapsed()
-    }
-
-    async fn session(&self) -> Session {
-        Session::connect(&self.relay.url(), self.relay.tls(), KeyPair::load(&self.op_key).unwrap()).await.unwrap()
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.daemon.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.daemon.wait();
-    }
-}
-
-/// The owner's `support ARGS` in `home`; its stdout.
-fn owner(bin: &str, home: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin).args(args).env("SUPPORT_HOME", home).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// One `noop` through `session`: checked ([`Session::run`]: device key,
-/// every answer's signature and place), or read as it comes without a
-/// check (what an operator did before answers were signed).
-async fn trip(session: &mut Session, device_id: &str, checked: bool) -> Duration {
-    let run = session.command(device_id, "noop", BTreeMap::new());
-    let t0 = Instant::now();
-    if checked {
-        let outcome = session.run(&run, |_| {}, std::future::pending()).await.unwrap();
-        let trip = t0.elapsed();
-        assert!(matches!(outcome, Outcome::Finished(DeviceFrame::Result { status: Status::Ok, .. })), "{outcome:?}");
-        return trip;
-    }
-    session.send_raw(&protocol::encode(&ToRelay::Run(run.clone()))).await.unwrap();
-    loop {
-        match session.recv(Duration::from_secs(10)).await.unwrap() {
-            FromRelay::Answer(DeviceFrame::Result { request_id, status, .. }) if request_id == run.request_id => {
-                assert_eq!(status, Status::Ok);
-                return t0.elapsed();
-            }
-            FromRelay::Answer(DeviceFrame::Denied { code, .. }) => panic!("denied {code}"),
-            _ => {}
-        }
-    }
 }
 
 fn round_trip(runtime: &tokio::runtime::Runtime, runs: usize) {

@@ -90,7 +90,7 @@ pub use denials::{DENIAL_WINDOW, RECORDED_SENDERS};
 use enforce::ConsentState;
 pub use files::{DaemonInfo, decode_tasks, ensure_secret, is_running, read_info};
 use gate::ReplayCache;
-pub use link::{HEARTBEAT_ENV, LinkConfig, LinkStatus};
+pub use link::{BACKOFF_S, HEALTHY_AFTER, HEARTBEAT_ENV, JITTER, LinkConfig, LinkStatus, backoff};
 pub use notify::{GRANT_WARNING, GRANT_WARNING_ENV, NotifyOptions};
 pub use records::RECORDED_VALUE_BYTES;
 use task::{Finished, TaskEntry};

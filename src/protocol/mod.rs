@@ -22,7 +22,8 @@ pub mod signed;
 pub mod witness;
 
 pub use limits::{
-    DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, MAX_HELLO_BYTES, PING_EVERY, SEND_TIMEOUT, hello_ws_config, ws_config,
+    DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, MAX_HELLO_BYTES, PING_EVERY, SEND_TIMEOUT, hello_ws_config,
+    relay_ws_config, ws_config,
 };
 pub use presence::{AuditHead, DeviceEntry, GrantScope, Heartbeat};
 pub use signed::{RUN_CONTEXT, hello_bytes};

@@ -75,13 +75,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
 
     async fn close(&mut self, code: CloseCode, reason: &str) {
         let frame = CloseFrame { code, reason: reason.to_string().into() };
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+        let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame)))).await;
     }
 
     /// Sends an `error` frame without a request id, then closes with `code`.
     async fn refuse(&mut self, error: RelayCode, message: &str, code: CloseCode, reason: &str) {
-        self.send(&refusal(error, message)).await;
-        self.close(code, reason).await;
+        Box::pin(async {
+            self.send(&refusal(error, message)).await;
+            self.close(code, reason).await;
+        })
+        .await;
     }
 }
 
@@ -110,14 +113,18 @@ where
     // frame header's length is checked before any of its payload is kept.
     let ws = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(protocol::hello_ws_config())).await;
     let mut greeting = Ws { ws };
-    let who = greet(&hub, &mut greeting, role).await;
+    // Boxed, as the rarer paths below are: the session's task holds the
+    // largest of its states for as long as the peer stays, and an idle
+    // device should pay only for waiting (issue 15's memory figure).
+    let who = Box::pin(greet(&hub, &mut greeting, role)).await;
     drop(unauthenticated);
     let Some(who) = who else { return };
     // tokio-tungstenite 0.30 cannot change a live stream's limits, so the
     // stream is rebuilt with the full ones. Anything a peer sent between
     // its hello and hello_ack would be lost; peers send nothing then (PROTOCOL.md).
     let ws =
-        WebSocketStream::from_raw_socket(greeting.ws.into_inner(), WsRole::Server, Some(protocol::ws_config())).await;
+        WebSocketStream::from_raw_socket(greeting.ws.into_inner(), WsRole::Server, Some(protocol::relay_ws_config()))
+            .await;
     let mut peer = Ws { ws };
     tracing::Span::current().record("id", who.id.as_str());
     // Reachable before hello_ack, so whoever sees the ack sees the peer online.
@@ -210,7 +217,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(hub: &Hub, peer: &mut Ws<S>, r
                     }
                     Ok(Ok(Some(text))) => text,
                 };
-                let Some(answer) = answer(hub, role, who, conn, &mut runs, &text).await else { continue };
+                let Some(answer) = Box::pin(answer(hub, role, who, conn, &mut runs, &text)).await else { continue };
                 if !peer.send(&answer).await {
                     return;
                 }
