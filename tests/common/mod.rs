@@ -7,6 +7,7 @@ pub mod console;
 pub mod lab;
 pub mod nats;
 pub mod net;
+pub mod tree_run;
 pub mod walker;
 
 use std::path::{Path, PathBuf};
