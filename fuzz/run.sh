@@ -4,19 +4,19 @@
 #
 #   fuzz/run.sh TARGET [SECONDS]     e.g. fuzz/run.sh hello 600
 #   fuzz/run.sh --list               the targets
-#   fuzz/run.sh --seeds              rewrites corpus/ from the crate's encoders
+#   fuzz/run.sh --seeds [GROUP...]   rewrites corpus/ from the crate's encoders (GROUP: seeds.rs main)
 #
 # Caps: a run of one input over 1000 ms is a hang (-t), over 512 MiB of
 # memory a crash (-m). Needs `cargo install cargo-afl` (stable toolchain);
 # the first `cargo afl` builds AFL++ itself with the system's cc.
 set -euo pipefail
 cd "$(dirname "$0")"
-targets=(frame_to_relay frame_from_relay hello control_request audit_recovery consent policy trusted_operators tasks_json transcript)
+targets=(frame_to_relay frame_from_relay hello control_request console_request audit_recovery consent policy trusted_operators tasks_json transcript)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 case "${1:-}" in
   ""|-h|--help) sed -n '2,12p' "$0"; exit 2 ;;
   --list) printf '%s\n' "${targets[@]}"; exit 0 ;;
-  --seeds) nice -n 19 cargo afl build --release --bin seeds; "$CARGO_TARGET_DIR/release/seeds"; exit 0 ;;
+  --seeds) nice -n 19 cargo afl build --release --bin seeds; "$CARGO_TARGET_DIR/release/seeds" "${@:2}"; exit 0 ;;
 esac
 target=$1
 seconds=${2:-600}

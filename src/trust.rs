@@ -101,6 +101,15 @@ pub fn parse(bytes: &[u8], path: &std::path::Path) -> Result<Vec<Operator>, Trus
     Ok(file.operator)
 }
 
+/// Whether `read` (as [`list`] returns it) still trusts the key
+/// `public_key` (`ed25519:...`) that signed a running task's command: an
+/// unreadable or damaged file trusts no one (fail closed, as the gate
+/// refuses every command then), nor does a key that does not parse.
+pub fn still_trusts(read: &Result<Vec<Operator>, TrustError>, public_key: &str) -> bool {
+    let (Ok(operators), Ok(key)) = (read, public_key.parse::<PublicKey>()) else { return false };
+    operators.iter().any(|o| o.public_key.parse::<PublicKey>().is_ok_and(|k| k == key))
+}
+
 /// Checks a name and key for [`add`] without writing anything.
 ///
 /// # Errors

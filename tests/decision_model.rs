@@ -64,7 +64,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Revoke),
         2 => prop_oneof![(1i64..=30).prop_map(|n| n * 10), (1i64..=3000).prop_map(|n| n * 10)].prop_map(Step::Pass),
         2 => prop_oneof![(-40i64..=40).prop_map(|n| n * 10), (-3000i64..=3000).prop_map(|n| n * 10)].prop_map(Step::SetWall),
-        1 => any::<bool>().prop_map(Step::TrustBob),
+        // Twice the others: a removal must often find bob's task running.
+        2 => any::<bool>().prop_map(Step::TrustBob),
         1 => Just(Step::Restart),
         1 => Just(Step::Crash),
         1 => Just(Step::BreakAudit),
@@ -251,4 +252,16 @@ fn stopping_one_task_does_not_kill_another_being_started() {
         let diagnostic = Send(Cmd::Valid { who: Who::Alice, action: 1 });
         replay(&[open, fix, diagnostic, lower]);
     }
+}
+
+/// Decided with the owner (issue 18): removing an operator's trust ends
+/// the tasks that operator started, at once (`by: trust_removed`), while
+/// another operator's task runs on; trusted again, his next command runs.
+#[test]
+fn removing_bob_s_trust_stops_his_running_task_and_only_his() {
+    use Step::*;
+    let open = Allow { tier: 2, secs: 600, operators: None, only: None, max_actions: None };
+    let bob = Send(Cmd::Valid { who: Who::Bob, action: 1 });
+    let alice = Send(Cmd::Valid { who: Who::Alice, action: 2 });
+    replay(&[TrustBob(true), open, bob.clone(), alice, TrustBob(false), bob.clone(), TrustBob(true), bob]);
 }

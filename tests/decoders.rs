@@ -19,6 +19,9 @@ use support::protocol::{self, DeviceFrame, FrameError, FromRelay, Role, Run, Str
 use support::transcript::Transcript;
 use support::{Catalogue, KeyPair, Paths, Secret};
 
+#[path = "decoders/console_request.rs"]
+mod console_request;
+
 const PORT: u16 = 41_234;
 const SECRET: &str = "decoder-test-secret";
 const NONCE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

@@ -11,48 +11,20 @@ mod common;
 #[path = "common/notify_server.rs"]
 mod notify_server;
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 
-use common::lab::{survivors, test_policy};
-use common::net::{Device, Relay, add_policy};
-use common::{Home, Run, wait_pids};
+use common::lab::survivors;
+use common::net::{Device, Relay};
+use common::tree_run::{linked_device, run_tree};
+use common::{Run, wait_pids};
 use notify_server::{Bus, NotifyServer};
 
 /// A daemon linked to `relay` in a home with the test catalogue, trusting
 /// `key` as `desk`, with `env` on top of its environment.
 fn device(relay: &Relay, key: &support::KeyPair, env: &[(&str, &str)]) -> Device {
-    let home = Home::new();
-    add_policy(&home, &test_policy());
-    let log = std::fs::File::create(home.path.with_extension("daemon.log")).unwrap();
-    let mut cmd = home.cmd(&[
-        "daemon",
-        "--relay",
-        &relay.url(),
-        "--relay-ca",
-        relay.ca().to_str().unwrap(),
-        "--enroll",
-        &relay.token(),
-    ]);
-    cmd.env("SUPPORT_LOG", "info,support=debug")
-        .env_remove("DBUS_SESSION_BUS_ADDRESS")
-        .stdout(Stdio::null())
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let device = Device::spawned(home, cmd.spawn().unwrap(), true);
+    let device = linked_device(relay, env);
     device.trust("desk", key);
     device
-}
-
-/// `support operator run DEVICE tree pidfile=PIDFILE`, left running.
-fn run_tree(relay: &Relay, key: &std::path::Path, device: &Device, pidfile: &std::path::Path) -> Child {
-    relay
-        .operator_cli(key, &["run", &device.device_id, "tree", &format!("pidfile={}", pidfile.display())])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn records(device: &Device) -> Vec<serde_json::Value> {

@@ -13,6 +13,9 @@ use support::control_api::TaskView;
 use support::protocol::{self, FromRelay, Role, ToRelay};
 use support::{Catalogue, Consent, Paths};
 
+mod console;
+pub use console::{CONSOLE_PORT, CSRF, SID, TOKEN, console_request};
+
 /// The nonce every `hello` seed is signed over.
 pub const HELLO_NONCE: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 /// The control API's port and secret for the request target.
@@ -67,21 +70,7 @@ pub fn hello(data: &[u8]) {
 /// checked; a request that passes must have named this port on loopback,
 /// carried no Origin and the right secret.
 pub fn control_request(data: &[u8]) {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = req.parse(data) else { return };
-    let (Some(method), Some(path)) = (req.method, req.path) else { return };
-    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else { return };
-    let Ok(uri) = path.parse::<http::Uri>() else { return };
-    let mut map = http::HeaderMap::new();
-    for h in req.headers.iter() {
-        let (Ok(name), Ok(value)) =
-            (http::HeaderName::from_bytes(h.name.as_bytes()), http::HeaderValue::from_bytes(h.value))
-        else {
-            return;
-        };
-        map.append(name, value);
-    }
+    let Some((method, uri, map, _)) = parse_head(data) else { return };
     let secret = support::Secret::new(CONTROL_SECRET);
     let checked = support::daemon::control_request::check_head(&method, &uri, &map, CONTROL_PORT, &secret);
     if checked.is_ok() {
@@ -93,6 +82,23 @@ pub fn control_request(data: &[u8]) {
         let auth = map.get(http::header::AUTHORIZATION).expect("an admitted request carries the secret");
         assert_eq!(auth.as_bytes(), format!("Bearer {CONTROL_SECRET}").as_bytes());
     }
+}
+
+/// A request head as hyper takes it (httparse, then the `http` types; at
+/// most 32 headers): method, target, headers and the head's length in
+/// bytes (the body follows). `None` where hyper would refuse it first.
+pub(crate) fn parse_head(data: &[u8]) -> Option<(http::Method, http::Uri, http::HeaderMap, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = req.parse(data) else { return None };
+    let method = http::Method::from_bytes(req.method?.as_bytes()).ok()?;
+    let uri = req.path?.parse::<http::Uri>().ok()?;
+    let mut map = http::HeaderMap::new();
+    for h in req.headers.iter() {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        map.append(name, http::HeaderValue::from_bytes(h.value).ok()?);
+    }
+    Some((method, uri, map, len))
 }
 
 /// `consent.json`: a live grant re-encodes to the same grant.

@@ -223,7 +223,7 @@ pub struct Record {
     /// (see `crate::transcript`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript_sha256: Option<String>,
-    /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown.
+    /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown, trust_removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     /// Why, in words (a grant's reason, a denial's message).

@@ -507,6 +507,9 @@ async fn run_action(
                         "cancelled: the grant's tier was lowered".into()
                     }
                     (Status::Cancelled, Some(StoppedBy::Shutdown)) => "cancelled: the daemon shut down".into(),
+                    (Status::Cancelled, Some(StoppedBy::TrustRemoved)) => {
+                        "cancelled: the owner no longer trusts your key (trust removed)".into()
+                    }
                     (Status::Cancelled, None) => "cancelled".into(),
                 };
                 let cut = if truncated { ", output truncated" } else { "" };

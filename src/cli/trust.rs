@@ -20,7 +20,7 @@ pub enum Command {
         /// The key printed by `support operator keygen`.
         public_key: String,
     },
-    /// Stop trusting an operator.
+    /// Stop trusting an operator; any task they started stops now.
     Remove {
         /// The operator's name.
         name: String,
@@ -67,13 +67,20 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
         Command::Remove { name } => {
             // Withdrawing trust must work even when the audit log cannot be written.
             let op = trust::remove(&ctx.paths, &name)?;
-            ctx.audit(record(Event::TrustRemoved, &op.name, &op.public_key)).map_err(|e| {
+            let audited = ctx.audit(record(Event::TrustRemoved, &op.name, &op.public_key));
+            // Their running tasks stop now (after the record, so it comes
+            // first in the log), whether or not it could be written.
+            let told = super::client::tell_consent_changed(&ctx.paths);
+            audited.map_err(|e| {
                 Error::Failed(format!(
                     "`{name}` is no longer trusted, but the audit record could not be written: {}",
                     crate::ErrorChain(&e)
                 ))
             })?;
             outln!("`{name}` is no longer trusted.")?;
+            if told {
+                outln!("Any task of theirs that was running is stopped (`task.stopped`, by: trust_removed).")?;
+            }
         }
         Command::List { json } => {
             let ops = trust::list(&ctx.paths)?;

@@ -178,7 +178,15 @@ impl Daemon {
                 .effective
                 .live()
                 .filter(|g| g.grant_id == approved.grant.grant_id && g.tier >= approved.action.tier);
-            let refused = if let Some(grant) = still {
+            // So is the operator's trust, read under the lock: a `trust
+            // remove` after this read finds the task in the table and stops it.
+            let trusted = crate::trust::still_trusts(&crate::trust::list(&self.inner.paths), &run.operator);
+            let refused = if !trusted {
+                Some(Denial {
+                    code: DenyCode::UntrustedOperator,
+                    message: "the owner stopped trusting this operator while the command was being checked".into(),
+                })
+            } else if let Some(grant) = still {
                 let agent_task = state.tasks.values().find(|t| t.info.agent).map(|t| t.info.task_id.as_str());
                 let used = state.consent.used.get(&grant.grant_id).copied();
                 gate::budget_left(grant, used)
@@ -194,7 +202,7 @@ impl Daemon {
                 if let Some(n) = state.consent.used.get_mut(&approved.grant.grant_id) {
                     *n = n.saturating_add(1);
                 }
-                let entry = TaskEntry::new(info.clone(), stop_tx, done_rx, transcript.clone());
+                let entry = TaskEntry::new(info.clone(), run.operator.clone(), stop_tx, done_rx, transcript.clone());
                 state.tasks.insert(task_id.clone(), entry);
                 self.persist_tasks(&state);
             }

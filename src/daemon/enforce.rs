@@ -1,7 +1,9 @@
 //! Consent enforcement: the grant as the daemon enforces it, re-read on
 //! every change (inotify, `POST /v1/consent/changed`, a poll as a safety
 //! net) and at its expiry, which it measures on two clocks; a task the
-//! grant no longer covers is stopped.
+//! grant no longer covers is stopped. So is a task whose operator the
+//! owner no longer trusts (`trusted_operators.toml`, re-read on the same
+//! changes and watched too): `by: trust_removed`.
 //!
 //! The watcher is supervised ([`Daemon::enforce_consent`]): if it ends or
 //! panics while the daemon runs, nothing would stop a task at its grant's
@@ -78,6 +80,10 @@ impl Daemon {
         if let Consent::Live(g) = &read {
             self.count_used(g);
         }
+        let trusted = crate::trust::list(&self.inner.paths);
+        if let Err(e) = &trusted {
+            tracing::error!(error = %crate::ErrorChain(e), "the trusted operators cannot be read; no task may run");
+        }
         let mut records = Vec::new();
         let mut state = self.state();
         let (effective, by_when_off) = match read {
@@ -114,6 +120,8 @@ impl Daemon {
                 Some(g) if !g.allows_operator(&task.info.operator) || !g.allows_action(&task.info.action) => {
                     StoppedBy::Revoke
                 }
+                // And only while the owner trusts the key that signed its command.
+                Some(_) if !crate::trust::still_trusts(&trusted, &task.operator_key) => StoppedBy::TrustRemoved,
                 Some(_) => continue,
             };
             if task.stop(by) {
@@ -258,12 +266,14 @@ impl Daemon {
     }
 }
 
-/// Watches the state directory for changes to `consent.json`. `None` if
-/// inotify is unavailable (the poll still runs).
+/// Watches the state directory for changes to `consent.json`, and the
+/// config directory for `trusted_operators.toml`. `None` if inotify is
+/// unavailable or the state directory cannot be watched (the poll still
+/// runs).
 fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
-    let file = paths.consent();
-    let name = file.file_name().map(|n| n.to_owned());
+    let (consent, trust) = (paths.consent(), paths.trusted_operators());
+    let names: Vec<_> = [&consent, &trust].iter().filter_map(|f| f.file_name().map(|n| n.to_owned())).collect();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Our own reads of the file raise open/access events: only a change counts,
         // or each read would wake the watcher to read it again.
@@ -271,7 +281,9 @@ fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::Recomm
         // anything may have changed: re-read then too.
         let changed = match &event {
             Ok(e) if e.kind.is_access() => false,
-            Ok(e) => e.need_rescan() || e.paths.iter().any(|p| p.file_name() == name.as_deref()),
+            Ok(e) => {
+                e.need_rescan() || e.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+            }
             Err(_) => true,
         };
         if changed {
@@ -280,11 +292,17 @@ fn consent_watcher(paths: &Paths, tx: mpsc::Sender<()>) -> Option<notify::Recomm
     })
     .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; polling the grant every second"))
     .ok()?;
-    let dir = file.parent()?;
+    let dir = consent.parent()?;
     watcher
         .watch(dir, notify::RecursiveMode::NonRecursive)
         .map_err(|e| tracing::warn!(error = %e, "cannot watch {}; polling", dir.display()))
         .ok()?;
+    if let Some(config) = trust.parent().filter(|c| *c != dir)
+        && let Err(e) = watcher.watch(config, notify::RecursiveMode::NonRecursive)
+    {
+        // The poll re-reads it then (every CONSENT_POLL_WATCHED).
+        tracing::warn!(error = %e, "cannot watch {}; its trusted operators are re-read on the poll", config.display());
+    }
     Some(watcher)
 }
 

@@ -57,16 +57,6 @@ pub(super) fn method_not_allowed(method: &hyper::Method) -> Response<Body> {
     resp
 }
 
-/// The `Host` check of both servers against DNS rebinding
-/// ([`super::control_request::check_host`]: RFC 9112 §3.2 and §3.2.2, then
-/// DESIGN §6's loopback names for `port`).
-///
-/// # Errors
-/// The status (400 or 403) and the message to answer with.
-pub(super) fn host_ok(req: &Request<Incoming>, port: u16) -> Result<(), (StatusCode, &'static str)> {
-    super::control_request::check_host(req.uri(), req.headers(), port)
-}
-
 /// Reads a request body of at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
 ///
 /// # Errors

@@ -25,7 +25,8 @@
 //! - `guard.rs`: the escalation guard's evidence, for the CLI's `allow` and `trust add`.
 //! - `control.rs`: the loopback control API (its messages: [`crate::control_api`]).
 //! - `console/`: the owner's console in the browser, on a second loopback port.
-//! - `http.rs`: what the two loopback HTTP servers share (Host check, caps, deadlines, permits).
+//! - `http.rs`: what the two loopback HTTP servers share (caps, deadlines, permits).
+//! - [`console_request`]: the console's checks on a request, no I/O (fuzzed).
 //! - `link.rs`: the one outbound connection to the relay.
 //! - `notify.rs`: desktop notifications on the session D-Bus, and each ended grant's summary in the log.
 //! - [`gate`]: the decision, pure.
@@ -47,6 +48,7 @@ mod admit;
 mod agent;
 mod agent_host;
 mod console;
+pub mod console_request;
 mod control;
 pub mod control_request;
 mod denials;

@@ -20,6 +20,9 @@ use crate::transcript::{self, Transcript};
 /// and never moved between tables.
 pub(super) struct TaskEntry {
     pub(super) info: TaskView,
+    /// The key (`ed25519:...`) that signed the command: the task runs only
+    /// while the owner trusts it (`enforce.rs`).
+    pub(super) operator_key: String,
     stop: watch::Sender<Option<StoppedBy>>,
     done: watch::Receiver<Option<TaskResult>>,
     transcript: Arc<Mutex<Transcript>>,
@@ -32,11 +35,12 @@ impl TaskEntry {
     /// The entry of a task that `stop` stops and whose end arrives on `done`.
     pub(super) fn new(
         info: TaskView,
+        operator_key: String,
         stop: watch::Sender<Option<StoppedBy>>,
         done: watch::Receiver<Option<TaskResult>>,
         transcript: Arc<Mutex<Transcript>>,
     ) -> TaskEntry {
-        TaskEntry { info, stop, done, transcript, stop_via: None }
+        TaskEntry { info, operator_key, stop, done, transcript, stop_via: None }
     }
 
     /// Asks the task to stop, `by` whom, unless a stop was asked already.
@@ -352,7 +356,7 @@ pub(super) fn fake_task(daemon: &Daemon, task_id: &str) -> watch::Receiver<Optio
     let (stop_tx, stop_rx) = watch::channel(None);
     let (_done, done_rx) = watch::channel(None);
     let transcript = Arc::new(Mutex::new(Transcript::new(false)));
-    let entry = TaskEntry::new(info, stop_tx, done_rx, transcript);
+    let entry = TaskEntry::new(info, "ed25519:fake".into(), stop_tx, done_rx, transcript);
     daemon.state().tasks.insert(task_id.to_string(), entry);
     stop_rx
 }

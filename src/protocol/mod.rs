@@ -196,6 +196,9 @@ pub enum StoppedBy {
     TierLowered,
     /// The daemon is shutting down.
     Shutdown,
+    /// The owner no longer trusts the operator whose command started it
+    /// (`support trust remove`, or an edit of `trusted_operators.toml`).
+    TrustRemoved,
 }
 
 impl StoppedBy {
@@ -208,6 +211,7 @@ impl StoppedBy {
             StoppedBy::Expiry => "expiry",
             StoppedBy::TierLowered => "tier_lowered",
             StoppedBy::Shutdown => "shutdown",
+            StoppedBy::TrustRemoved => "trust_removed",
         }
     }
 }

@@ -71,7 +71,7 @@ pub struct ActionRun {
     pub output_bytes: Option<u64>,
     /// Why it ended, where the exit code does not say it.
     pub reason: Option<String>,
-    /// Who stopped it, when someone did (owner, operator, revoke, expiry, tier_lowered, shutdown).
+    /// Who stopped it, when someone did (owner, operator, revoke, expiry, tier_lowered, shutdown, trust_removed).
     pub stopped_by: Option<String>,
     /// When it started: the `action.started` record's time, RFC 3339 UTC.
     pub started_at: String,
@@ -109,7 +109,7 @@ pub struct Stop {
     /// Its operator.
     pub operator: Option<String>,
     /// Who or what stopped it: owner, operator, revoke, expiry,
-    /// tier_lowered, shutdown; `aborted` for a task a dead daemon left.
+    /// tier_lowered, shutdown, trust_removed; `aborted` for a task a dead daemon left.
     pub by: String,
 }
 

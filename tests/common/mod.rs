@@ -8,6 +8,7 @@ pub mod desk;
 pub mod lab;
 pub mod nats;
 pub mod net;
+pub mod tree_run;
 pub mod walker;
 
 use std::path::{Path, PathBuf};

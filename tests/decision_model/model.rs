@@ -231,17 +231,30 @@ impl Model {
         self.forgot_upto.is_some_and(|f| issued <= f)
     }
 
-    /// Re-reads the grant: what it no longer covers stops. Returns the
-    /// request ids of the tasks stopped.
-    pub fn refresh(&mut self) -> Vec<String> {
+    /// Re-reads the grant and the trusted operators: what the grant no
+    /// longer covers stops, and so does what an operator the owner no
+    /// longer trusts started (SECURITY.md: a trust removal ends that
+    /// operator's tasks at once). Returns the request ids of the tasks
+    /// stopped, each with `true` where the grant still covered it, so the
+    /// trust removal is what stopped it (`by: trust_removed`).
+    pub fn refresh(&mut self) -> Vec<(String, bool)> {
         if !self.up {
             return Vec::new();
         }
         let live = self.live();
-        let (keep, stop): (Vec<Task>, Vec<Task>) =
-            self.running.drain(..).partition(|task| live.as_ref().is_some_and(|g| g.covers(task)));
+        let trusted = |task: &Task| task.operator == 0 || self.bob_trusted;
+        let mut keep = Vec::new();
+        let mut stop = Vec::new();
+        for task in std::mem::take(&mut self.running) {
+            let covered = live.as_ref().is_some_and(|g| g.covers(&task));
+            if covered && trusted(&task) {
+                keep.push(task);
+            } else {
+                stop.push((task.request_id, covered));
+            }
+        }
         self.running = keep;
-        stop.into_iter().map(|t| t.request_id).collect()
+        stop
     }
 
     /// The decision on `c`, and its effect on the model.

@@ -9,7 +9,7 @@ use chrono::{TimeDelta, Utc};
 use proptest::test_runner::TestCaseError;
 use support::consent::{self, Grant, Tier};
 use support::daemon::{Daemon, Options};
-use support::{AuditLog, Clock, DenyCode, DeviceFrame, Event, KeyPair, Paths, Record, Run, Status};
+use support::{AuditLog, Clock, DenyCode, DeviceFrame, Event, KeyPair, Paths, Record, Run, Status, StoppedBy};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
@@ -240,7 +240,7 @@ impl Sut {
                     self.check_counted()?;
                     drop(up);
                     for task in &mut self.running {
-                        stopped.push(task.request_id.clone());
+                        stopped.push((task.request_id.clone(), false));
                     }
                 }
                 model.stopped();
@@ -429,16 +429,22 @@ impl Sut {
 
     /// Every task the model stopped has ended, its processes gone; every
     /// task it keeps still runs.
-    fn check_running(&mut self, i: usize, step: &Step, model: &Model, stopped: &[String]) -> Result<(), TestCaseError> {
+    fn check_running(
+        &mut self,
+        i: usize,
+        step: &Step,
+        model: &Model,
+        stopped: &[(String, bool)],
+    ) -> Result<(), TestCaseError> {
         let Some(up) = &self.up else {
             self.running.clear();
             return Ok(());
         };
         let mut kept = Vec::new();
         for mut task in self.running.drain(..) {
-            let must_stop = stopped.contains(&task.request_id);
+            let must_stop = stopped.iter().find(|(id, _)| *id == task.request_id);
             let still = model.running.iter().any(|t| t.request_id == task.request_id);
-            if must_stop || !still {
+            if must_stop.is_some() || !still {
                 let view = up.daemon.status_view();
                 let pid = view.tasks.iter().find(|t| t.request_id == task.request_id).and_then(|t| t.pid);
                 let end = up.rt.block_on(wait_result(&mut task.frames));
@@ -448,6 +454,14 @@ impl Sut {
                     task.request_id
                 );
                 ensure!(!pid.is_some_and(alive), "step {i} ({step:?}): {} ended, its process lives", task.request_id);
+                if must_stop.is_some_and(|(_, untrusted)| *untrusted) {
+                    let by = end.as_ref().and_then(|e| e.1);
+                    ensure!(
+                        by == Some(StoppedBy::TrustRemoved),
+                        "step {i} ({step:?}): {} of an operator no longer trusted ended by {by:?}",
+                        task.request_id
+                    );
+                }
             } else {
                 let early = task.frames.try_recv();
                 ensure!(

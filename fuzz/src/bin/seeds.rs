@@ -14,7 +14,7 @@ use support::protocol::{
     TaskResult, ToRelay,
 };
 use support::{KeyPair, Paths};
-use support_fuzz::{CONTROL_PORT, CONTROL_SECRET, HELLO_NONCE, now};
+use support_fuzz::{CONSOLE_PORT, CONTROL_PORT, CONTROL_SECRET, HELLO_NONCE, now};
 
 /// Base64url without padding (RFC 4648 §5), as the wire has signatures.
 fn base64url(bytes: &[u8]) -> String {
@@ -169,6 +169,75 @@ fn control_requests() {
     }
 }
 
+/// What the console receives from the page (`assets/app.js`) in Chromium:
+/// the login link, the page, reads, the three changes, and the refusals
+/// `tests/console.rs` sends; `$SID`, `$CSRF` and `$TOKEN` stand for the
+/// session table's secrets (`support_fuzz::console_request`).
+fn console_requests() {
+    let p = CONSOLE_PORT;
+    let browser = "Connection: keep-alive\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0.0.0 Safari/537.36\r\n\
+                   Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-GB,en;q=0.9\r\n";
+    let host = format!("Host: 127.0.0.1:{p}\r\n");
+    let cookie = "Cookie: support_console=$SID\r\n";
+    let read = format!("{host}{browser}Accept: */*\r\nSec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: cors\r\n{cookie}");
+    let change = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\n{host}{browser}Content-Length: {}\r\nContent-Type: application/json\r\n\
+             X-CSRF-Token: $CSRF\r\nOrigin: http://127.0.0.1:{p}\r\nSec-Fetch-Site: same-origin\r\n{cookie}\r\n{body}",
+            body.len()
+        )
+    };
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\n{read}\r\n");
+    let seeds = [
+        ("login", format!("GET /console/login?token=$TOKEN HTTP/1.1\r\n{host}{browser}Sec-Fetch-Site: none\r\n\r\n")),
+        ("root", format!("GET /console HTTP/1.1\r\n{host}\r\n")),
+        ("page", format!("GET /console/ HTTP/1.1\r\n{host}{browser}Accept: text/html\r\n{cookie}\r\n")),
+        ("page-signed-out", format!("GET /console/ HTTP/1.1\r\n{host}\r\n")),
+        ("app-js", get("/console/app.js")),
+        ("app-css", get("/console/app.css")),
+        ("session", get("/console/api/session")),
+        ("status", get("/console/api/status")),
+        ("events", get("/console/api/events").replace("Accept: */*", "Accept: text/event-stream")),
+        ("audit", get("/console/api/audit")),
+        ("audit-page", get("/console/api/audit?before=120&limit=50&event=action.started&operator=al%20ice")),
+        ("audit-grant", get("/console/api/audit?grant=g-0123456789abcdef&limit=9999")),
+        ("summary", get("/console/api/summary")),
+        ("summary-grant", get("/console/api/summary?grant=g-0123456789abcdef")),
+        ("allow", change("/console/api/allow", r#"{"tier":2,"minutes":30,"reason":"printer","confirm":false}"#)),
+        ("allow-tier4", change("/console/api/allow", r#"{"tier":4,"minutes":480,"confirm":true}"#)),
+        ("allow-unconfirmed", change("/console/api/allow", r#"{"tier":3,"minutes":10}"#)),
+        ("allow-bad", change("/console/api/allow", r#"{"tier":9,"minutes":0,"x":1}"#)),
+        ("revoke", change("/console/api/revoke", "{}")),
+        ("stop", change("/console/api/tasks/t-0123456789abcdef/stop", "{}")),
+        ("login-unknown", format!("GET /console/login?token=made-up HTTP/1.1\r\n{host}\r\n")),
+        ("rebinding", get("/console/api/status").replace(&host, "Host: evil.example:41235\r\n")),
+        ("two-hosts", get("/console/api/status").replace(&host, &format!("{host}{host}"))),
+        ("no-cookie", get("/console/api/status").replace(cookie, "")),
+        ("cross-site-read", get("/console/api/audit").replace("same-origin", "cross-site")),
+        ("wrong-method", format!("POST /console/api/status HTTP/1.1\r\n{read}\r\n")),
+        ("not-found", get("/console/api/nothing")),
+        (
+            "other-origin",
+            change("/console/api/revoke", "{}").replace(&format!("http://127.0.0.1:{p}"), "http://127.0.0.1:8080"),
+        ),
+        ("no-origin", change("/console/api/revoke", "{}").replace(&format!("Origin: http://127.0.0.1:{p}\r\n"), "")),
+        ("wrong-csrf", change("/console/api/revoke", "{}").replace("$CSRF", "$CSRFx")),
+        ("no-csrf", change("/console/api/revoke", "{}").replace("X-CSRF-Token: $CSRF\r\n", "")),
+        (
+            "form-post",
+            change("/console/api/revoke", "a=1").replace("application/json", "application/x-www-form-urlencoded"),
+        ),
+        (
+            "other-port-cookie",
+            change("/console/api/revoke", "{}")
+                .replace(cookie, "Cookie: support_console=planted; support_console=$SID\r\n"),
+        ),
+    ];
+    for (name, request) in seeds {
+        put("console_request", name, request);
+    }
+}
+
 fn consents() {
     let grant =
         Grant::new(Tier::new(2).expect("tier 2"), std::time::Duration::from_secs(3600), Some("printer".into()), now())
@@ -268,14 +337,24 @@ fn agents() {
     }
 }
 
+/// `seeds [GROUP...]`: every group, or only those named.
 fn main() {
-    frames();
-    hellos();
-    control_requests();
-    consents();
-    policies();
-    trusted();
-    tasks();
-    audit();
-    agents();
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let groups: [(&str, fn()); 10] = [
+        ("frames", frames),
+        ("hellos", hellos),
+        ("control_requests", control_requests),
+        ("console_requests", console_requests),
+        ("consents", consents),
+        ("policies", policies),
+        ("trusted", trusted),
+        ("tasks", tasks),
+        ("audit", audit),
+        ("agents", agents),
+    ];
+    for (name, write) in groups {
+        if only.is_empty() || only.iter().any(|o| o == name) {
+            write();
+        }
+    }
 }

@@ -7,10 +7,11 @@ use std::ops::ControlFlow;
 
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::super::Daemon;
+use super::super::console_request::{AllowRequest, AuditQuery, Get, Post};
 use super::super::http::{Body, StreamBody, error, respond};
 use crate::audit::{Event, Record};
 use crate::consent::{Grant, Tier};
@@ -20,28 +21,8 @@ use crate::summary::SummaryError;
 
 /// How often an idle event stream gets a comment line, and its session is checked.
 const EVENTS_PING: std::time::Duration = std::time::Duration::from_secs(15);
-/// Records per audit page, unless `limit` says fewer.
-const AUDIT_PAGE: usize = 50;
-/// The most records per audit page.
-const AUDIT_PAGE_MAX: usize = 500;
 /// What the console writes on every record of a change it makes.
 pub(super) const VIA: &str = "console";
-
-/// A read.
-pub(super) enum Get {
-    Session,
-    Status,
-    Events,
-    Audit,
-    Summary,
-}
-
-/// A change.
-pub(super) enum Post {
-    Stop(String),
-    Revoke,
-    Allow,
-}
 
 /// `GET /console/api/session`: the session's CSRF token, and the tiers
 /// (number, name, what each allows) for the page's banner and Allow form.
@@ -62,7 +43,6 @@ struct TierView {
 pub(super) async fn get(
     daemon: &Daemon,
     what: Get,
-    query: &str,
     sid: &str,
     csrf: &crate::Secret,
     stop: watch::Receiver<bool>,
@@ -82,8 +62,7 @@ pub(super) async fn get(
         }
         Get::Status => respond(StatusCode::OK, &daemon.status_view()),
         Get::Events => events(daemon, sid.to_string(), stop),
-        Get::Audit => {
-            let query = AuditQuery::parse(query);
+        Get::Audit(query) => {
             let d = daemon.clone();
             match tokio::task::spawn_blocking(move || audit_page(&d, &query)).await {
                 Ok(Ok(page)) => respond(StatusCode::OK, &page),
@@ -91,15 +70,14 @@ pub(super) async fn get(
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reading the audit log failed"),
             }
         }
-        Get::Summary => summary(daemon, query).await,
+        Get::Summary(grant) => summary(daemon, grant).await,
     }
 }
 
 /// `GET /console/api/summary?grant=ID` (none: the last grant): the
 /// summary as `support summary --json` prints it, plus `text`, as
 /// `support summary` prints it. 404 when there is no such grant.
-async fn summary(daemon: &Daemon, query: &str) -> Response<Body> {
-    let grant = AuditQuery::parse(query).grant;
+async fn summary(daemon: &Daemon, grant: Option<String>) -> Response<Body> {
     let paths = daemon.inner.paths.clone();
     let loaded = tokio::task::spawn_blocking(move || crate::summary::load(&paths, grant.as_deref())).await;
     match loaded {
@@ -117,70 +95,6 @@ struct SummaryView<'a> {
     #[serde(flatten)]
     summary: &'a crate::summary::GrantSummary,
     text: String,
-}
-
-/// `?before=SEQ&limit=N&grant=ID&operator=NAME&event=EVENT`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct AuditQuery {
-    before: Option<u64>,
-    limit: usize,
-    grant: Option<String>,
-    operator: Option<String>,
-    event: Option<String>,
-}
-
-impl AuditQuery {
-    fn parse(query: &str) -> AuditQuery {
-        let mut q = AuditQuery { limit: AUDIT_PAGE, ..AuditQuery::default() };
-        for (key, value) in query.split('&').filter_map(|kv| kv.split_once('=')) {
-            let value = percent_decode(value);
-            let value = (!value.is_empty()).then_some(value);
-            match key {
-                "before" => q.before = value.and_then(|v| v.parse().ok()),
-                "limit" => {
-                    q.limit = value.and_then(|v| v.parse().ok()).unwrap_or(AUDIT_PAGE).clamp(1, AUDIT_PAGE_MAX);
-                }
-                "grant" => q.grant = value,
-                "operator" => q.operator = value,
-                "event" => q.event = value,
-                _ => {}
-            }
-        }
-        q
-    }
-
-    fn matches(&self, r: &Record) -> bool {
-        self.before.is_none_or(|b| r.seq < b)
-            && self.grant.as_ref().is_none_or(|g| r.grant_id.as_ref() == Some(g))
-            && self.operator.as_ref().is_none_or(|o| r.operator.as_ref() == Some(o))
-            && self.event.as_ref().is_none_or(|e| r.event.as_str() == e)
-    }
-}
-
-/// `%XX` and `+` decoded (application/x-www-form-urlencoded); a bad
-/// escape stays as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-                match hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Serialize)]
@@ -308,18 +222,6 @@ fn translate(daemon: &Daemon, text: &str) -> Vec<Bytes> {
     }
 }
 
-/// `POST /console/api/allow`'s body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AllowBody {
-    tier: u8,
-    minutes: u64,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    confirm: bool,
-}
-
 /// The answer to a change: what was done, for people, and the status after it.
 #[derive(Serialize)]
 struct Changed {
@@ -327,7 +229,7 @@ struct Changed {
     status: crate::control_api::StatusView,
 }
 
-pub(super) async fn post(daemon: &Daemon, what: Post, body: &[u8]) -> Response<Body> {
+pub(super) async fn post(daemon: &Daemon, what: Post) -> Response<Body> {
     match what {
         Post::Stop(id) => {
             if !daemon.tasks().iter().any(|t| t.task_id == id) {
@@ -359,7 +261,7 @@ pub(super) async fn post(daemon: &Daemon, what: Post, body: &[u8]) -> Response<B
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the revocation failed"),
             }
         }
-        Post::Allow => allow(daemon, body).await,
+        Post::Allow(asked) => allow(daemon, asked).await,
     }
 }
 
@@ -368,33 +270,11 @@ fn append(daemon: &Daemon, r: Record) -> Result<Record, crate::Error> {
     written.pop().ok_or_else(|| crate::Error::Failed("the audit record was not written".into()))
 }
 
-/// `POST /console/api/allow`: a grant as `support allow --tier N --minutes
-/// M [--reason R] [--yes]` makes it (tiers 3 and 4 need `confirm`, as
-/// `--yes`), without a scope.
-async fn allow(daemon: &Daemon, body: &[u8]) -> Response<Body> {
-    let asked: AllowBody = match serde_json::from_slice(body) {
-        Ok(a) => a,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("the body must be {{tier, minutes, reason, confirm}}: {e}"),
-            );
-        }
-    };
-    let Some(tier) = Tier::new(asked.tier) else {
-        return error(StatusCode::BAD_REQUEST, &format!("the tier is 1 to 4:\n{}", Tier::table()));
-    };
-    if !(1..=480).contains(&asked.minutes) {
-        return error(StatusCode::BAD_REQUEST, "minutes are 1 to 480 (8 hours)");
-    }
-    if tier.needs_confirmation() && !asked.confirm {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("tier {tier} lets support do {}: a confirmation is needed", tier.allows()),
-        );
-    }
-    let reason = asked.reason.filter(|r| !r.trim().is_empty());
-    let duration = std::time::Duration::from_secs(asked.minutes * 60);
+/// `POST /console/api/allow`: the grant `asked` (checked by
+/// `console_request::check_body`), without a scope.
+async fn allow(daemon: &Daemon, asked: AllowRequest) -> Response<Body> {
+    let AllowRequest { tier, minutes, reason } = asked;
+    let duration = std::time::Duration::from_secs(minutes * 60);
     let grant = match Grant::new(tier, duration, reason, chrono::Utc::now()) {
         Ok(g) => g,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
@@ -415,30 +295,5 @@ async fn allow(daemon: &Daemon, body: &[u8]) -> Response<Body> {
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &crate::ErrorChain(&e).to_string()),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the grant failed"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn audit_queries_parse_and_clamp() {
-        let q = AuditQuery::parse("before=40&limit=9999&grant=g-1&operator=al%20ice&event=action.started&x=1");
-        assert_eq!(q.before, Some(40));
-        assert_eq!(q.limit, AUDIT_PAGE_MAX);
-        assert_eq!(q.grant.as_deref(), Some("g-1"));
-        assert_eq!(q.operator.as_deref(), Some("al ice"));
-        assert_eq!(q.event.as_deref(), Some("action.started"));
-        let q = AuditQuery::parse("limit=0&grant=&before=x");
-        assert_eq!(q, AuditQuery { limit: 1, ..AuditQuery::default() });
-        assert_eq!(AuditQuery::parse("").limit, AUDIT_PAGE);
-    }
-
-    #[test]
-    fn percent_escapes_decode_and_bad_ones_stay() {
-        assert_eq!(percent_decode("a%2Cb+c"), "a,b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

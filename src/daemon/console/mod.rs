@@ -5,10 +5,11 @@
 //!
 //! Cookies are not isolated by port: a page on any other loopback port is
 //! same-site, and its requests carry the console's cookie. So every
-//! request is checked in this order, and the first failure answers:
+//! request is checked in this order, and the first failure answers; the
+//! checks are `console_request.rs`, with no I/O (fuzzed, `fuzz/`):
 //!
-//! 1. the `Host`, as on the control API (`http.rs`: 400, then 403 for DNS
-//!    rebinding);
+//! 1. the `Host`, as on the control API (`control_request::check_host`:
+//!    400, then 403 for DNS rebinding);
 //! 2. the route: 404 for an unknown path, 405 for a known path with another
 //!    method (GET changes nothing; every change is a POST);
 //! 3. the `/console/api/` GETs need the session cookie (401), and a
@@ -17,7 +18,8 @@
 //! 4. every POST needs, in this order, the session cookie, an `Origin`
 //!    exactly `http://127.0.0.1:PORT`, an `X-CSRF-Token` equal to the
 //!    session's (constant time) and `Content-Type: application/json`
-//!    (403 each), then a body of at most 64 KiB (413) within 5 s (408).
+//!    (403 each), then a body of at most 64 KiB (413) within 5 s (408),
+//!    and an allow's body checked (400).
 //!
 //! Refusals are audited as `console.refused`, at most one record per
 //! [`REFUSED_WINDOW`], the next counting those left out. No CORS header is
@@ -38,7 +40,7 @@
 //!   `via: "console"`.
 
 mod api;
-mod sessions;
+pub(super) mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,12 +49,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, COOKIE, HeaderName, HeaderValue, LOCATION, ORIGIN, SET_COOKIE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, SET_COOKIE};
+use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Daemon;
+use super::console_request::{self as request, Admitted, Asset, COOKIE_NAME, Refused};
 use super::http::{Body, RateLimit, error};
 use crate::audit::{Event, Record};
 use crate::control_api::ConsoleLogin;
@@ -62,10 +65,6 @@ use sessions::LOGIN_TTL;
 pub const MAX_CONNECTIONS: usize = 32;
 /// At most one `console.refused` record per window.
 pub const REFUSED_WINDOW: Duration = Duration::from_secs(10);
-/// The session cookie's name.
-pub const COOKIE_NAME: &str = "support_console";
-/// The CSRF token's request header.
-pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Headers on every answer of the console: the page runs only its own
 /// script and style, no other page may frame it, nothing is sniffed,
 /// cached, or told where the owner came from (the login token is in a URL).
@@ -185,142 +184,61 @@ struct Shared {
 }
 
 impl Shared {
-    fn origin(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The session whose id a `support_console` cookie holds, with its
-    /// CSRF token. Every such cookie is tried: a page on another loopback
-    /// port may set one of its own (cookies are not isolated by port),
-    /// which must not shadow the owner's.
-    fn session(&self, req: &Request<Incoming>) -> Option<(String, crate::Secret)> {
-        let mut logins = crate::lock(&self.daemon.inner.console);
-        let now = Instant::now();
-        for header in req.headers().get_all(COOKIE) {
-            let Ok(text) = header.to_str() else { continue };
-            for pair in text.split(';') {
-                if let Some((name, value)) = pair.trim().split_once('=')
-                    && name == COOKIE_NAME
-                    && let Some(csrf) = logins.logins.session(value, now)
-                {
-                    return Some((value.to_string(), csrf));
-                }
-            }
+    /// Answers a refusal: `console.refused` on the record (rate-limited)
+    /// where [`Refused::audited`] says, then its status and why.
+    async fn refuse(&self, req: &Request<Incoming>, peer: SocketAddr, refused: Refused) -> Response<Body> {
+        let (status, why) = (refused.status(), refused.why());
+        if refused.audited() {
+            let path: String = req.uri().path().chars().take(128).filter(|c| c.is_ascii_graphic()).collect();
+            let mut r = Record::new(Event::ConsoleRefused);
+            r.reason = Some(why.clone());
+            r.detail = Some(format!("{} {path} from {peer}: {}", req.method(), status.as_u16()));
+            self.daemon.record_console_refusal(r).await;
         }
-        None
-    }
-
-    /// Audits a refused request (rate-limited) and returns `status` with `why`.
-    async fn refuse(&self, req: &Request<Incoming>, peer: SocketAddr, status: StatusCode, why: &str) -> Response<Body> {
-        let path: String = req.uri().path().chars().take(128).filter(|c| c.is_ascii_graphic()).collect();
-        let mut r = Record::new(Event::ConsoleRefused);
-        r.reason = Some(why.into());
-        r.detail = Some(format!("{} {path} from {peer}: {}", req.method(), status.as_u16()));
-        self.daemon.record_console_refusal(r).await;
-        error(status, why)
+        match refused {
+            Refused::Method(want) => super::http::method_not_allowed(&want),
+            Refused::LoginUsed => html(status, LINK_USED_HTML),
+            _ => error(status, &why),
+        }
     }
 }
 
-/// The routes: path → the one method it takes.
-fn route(path: &str) -> Option<(Method, Route)> {
-    let segments: Vec<&str> = path.split('/').collect();
-    let get = |r| Some((Method::GET, r));
-    let post = |r| Some((Method::POST, r));
-    match segments.as_slice() {
-        ["", "console"] => get(Route::Root),
-        ["", "console", ""] => get(Route::Page),
-        ["", "console", "app.js"] => get(Route::Asset(APP_JS, "text/javascript; charset=utf-8")),
-        ["", "console", "app.css"] => get(Route::Asset(APP_CSS, "text/css; charset=utf-8")),
-        ["", "console", "login"] => get(Route::Login),
-        ["", "console", "api", "session"] => get(Route::Api(api::Get::Session)),
-        ["", "console", "api", "status"] => get(Route::Api(api::Get::Status)),
-        ["", "console", "api", "events"] => get(Route::Api(api::Get::Events)),
-        ["", "console", "api", "audit"] => get(Route::Api(api::Get::Audit)),
-        ["", "console", "api", "summary"] => get(Route::Api(api::Get::Summary)),
-        ["", "console", "api", "tasks", id, "stop"] => post(Route::Change(api::Post::Stop(id.to_string()))),
-        ["", "console", "api", "revoke"] => post(Route::Change(api::Post::Revoke)),
-        ["", "console", "api", "allow"] => post(Route::Change(api::Post::Allow)),
-        _ => None,
-    }
-}
-
-enum Route {
-    Root,
-    Page,
-    Asset(&'static str, &'static str),
-    Login,
-    Api(api::Get),
-    Change(api::Post),
-}
-
+/// One request: decided by `console_request` (the code the fuzz target
+/// and the decoder tests search), then served.
 async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if let Err((status, why)) = super::http::host_ok(&req, shared.port) {
-        return shared.refuse(&req, peer, status, why).await;
-    }
-    let Some((method, route)) = route(req.uri().path()) else {
-        return error(StatusCode::NOT_FOUND, "no such page");
+    let decided = {
+        let mut state = crate::lock(&shared.daemon.inner.console);
+        request::check_head(req.method(), req.uri(), req.headers(), shared.port, &mut state.logins, Instant::now())
     };
-    if req.method() != method {
-        return super::http::method_not_allowed(&method);
-    }
-    match route {
-        Route::Root => redirect("/console/"),
-        Route::Page => match shared.session(&req) {
-            Some(_) => html(StatusCode::OK, INDEX_HTML),
-            None => html(StatusCode::OK, SIGNED_OUT_HTML),
-        },
-        Route::Asset(text, kind) => page(StatusCode::OK, text, kind),
-        Route::Login => login(shared, &req, peer).await,
-        Route::Api(get) => {
-            let Some((sid, csrf)) = shared.session(&req) else {
-                return shared.refuse(&req, peer, StatusCode::UNAUTHORIZED, "no console session").await;
-            };
-            let fetched = req.headers().get("sec-fetch-site").map(HeaderValue::as_bytes);
-            // `none`: the owner typed the address; `same-origin`: the page's own fetch.
-            if fetched.is_some_and(|site| site != b"same-origin" && site != b"none") {
-                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "read from another origin").await;
-            }
-            api::get(&shared.daemon, get, req.uri().query().unwrap_or(""), &sid, &csrf, shared.stop.clone()).await
-        }
-        Route::Change(post) => {
-            let Some((sid, _)) = shared.session(&req) else {
-                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "no console session").await;
-            };
-            if req.headers().get(ORIGIN).map(HeaderValue::as_bytes) != Some(shared.origin().as_bytes()) {
-                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "Origin is not the console's own").await;
-            }
-            let presented = req.headers().get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
-            let csrf_ok = crate::lock(&shared.daemon.inner.console).logins.csrf_ok(&sid, presented, Instant::now());
-            if !csrf_ok {
-                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "no or wrong X-CSRF-Token").await;
-            }
-            let json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-                v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-            });
-            if !json {
-                return shared.refuse(&req, peer, StatusCode::FORBIDDEN, "Content-Type must be application/json").await;
-            }
+    let admitted = match decided {
+        Ok(admitted) => admitted,
+        Err(refused) => return shared.refuse(&req, peer, refused).await,
+    };
+    match admitted {
+        Admitted::Root => redirect("/console/"),
+        Admitted::Page { signed_in: true } => html(StatusCode::OK, INDEX_HTML),
+        Admitted::Page { signed_in: false } => html(StatusCode::OK, SIGNED_OUT_HTML),
+        Admitted::Asset(Asset::AppJs) => page(StatusCode::OK, APP_JS, "text/javascript; charset=utf-8"),
+        Admitted::Asset(Asset::AppCss) => page(StatusCode::OK, APP_CSS, "text/css; charset=utf-8"),
+        Admitted::Login { sid, sessions } => login(shared, &sid, sessions, peer).await,
+        Admitted::Read { get, sid, csrf } => api::get(&shared.daemon, get, &sid, &csrf, shared.stop.clone()).await,
+        Admitted::Change { change, sid: _ } => {
             let body = match super::http::read_body(req).await {
                 Ok(b) => b,
                 Err(refused) => return refused,
             };
-            api::post(&shared.daemon, post, &body).await
+            match request::check_body(&change, &body) {
+                Ok(post) => api::post(&shared.daemon, post).await,
+                // A body's refusal is not audited (`Refused::audited`), so the head is not needed.
+                Err(refused) => error(refused.status(), &refused.why()),
+            }
         }
     }
 }
 
-/// `GET /console/login?token=T`.
-async fn login(shared: &Shared, req: &Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let token = req.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("token=")).unwrap_or("");
-    let (redeemed, sessions) = {
-        let mut state = crate::lock(&shared.daemon.inner.console);
-        let redeemed = state.logins.redeem(token, Instant::now());
-        (redeemed, state.logins.sessions())
-    };
-    let Ok(sid) = redeemed else {
-        let _ = shared.refuse(req, peer, StatusCode::UNAUTHORIZED, "a login link used, expired or unknown").await;
-        return html(StatusCode::UNAUTHORIZED, LINK_USED_HTML);
-    };
+/// `GET /console/login?token=T` whose token began session `sid`: the
+/// cookie, once `console.login` is on the record.
+async fn login(shared: &Shared, sid: &crate::Secret, sessions: usize, peer: SocketAddr) -> Response<Body> {
     let mut r = Record::new(Event::ConsoleLogin);
     r.via = Some("console".into());
     r.detail = Some(format!("a browser session began (from {peer}; {sessions} session(s) now)"));
