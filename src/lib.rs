@@ -30,6 +30,8 @@
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
 //! - [`clock`]: the daemon's wall and monotonic clocks, one seam a test can step.
+//! - [`recording`]: interactive sessions as asciicast v2 files: the writer (0600, capped, digest), a bounded
+//!   reader, the listing, retention.
 //! - [`summary`]: what ran under a grant, from its span of the audit log (`support summary`).
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
 //! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339 and local time.
@@ -57,6 +59,7 @@ pub mod operator;
 pub mod paths;
 pub mod policy;
 pub mod protocol;
+pub mod recording;
 pub mod relay;
 mod secret;
 pub mod summary;
