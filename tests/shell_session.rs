@@ -360,3 +360,39 @@ async fn the_operators_connection_ending_ends_the_session_and_its_tree() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn a_session_works_through_a_relay_of_a_cluster_that_does_not_hold_the_device() {
+    use common::nats::{Nats, clustered_relay};
+    let nats = Nats::start();
+    let (a, b) = (clustered_relay(&nats), clustered_relay(&nats));
+    let home = Home::new();
+    add_policy(&home, POLICY);
+    let device = Device::start(home, &a.url(), &["--relay-ca", a.ca().to_str().unwrap(), "--enroll", &a.token()], true);
+    let (key, key_path) = b.operator("desk");
+    device.trust("desk", &key);
+    device.allow(4);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = common::Run::from(b.operator_cli(&key_path, &["devices", "--json"]).output().unwrap());
+        if out.code == 0
+            && out
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["device_id"] == device.device_id.as_str() && d["online"] == true)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the device never showed online through B: {}", out.stdout);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Keystrokes go B → NATS → A → device in order; the signed output comes back the same way.
+    let mut op = Operator::shell(&b, &key_path, &device.device_id);
+    op.expect("accepted as task");
+    op.type_in("echo x-$((2*3)); echo y-$((3*3))\r");
+    op.expect("x-6\r\ny-9\r\n");
+    op.type_in("exit 5\r");
+    assert_eq!(op.exit_code(), 5, "{}", op.text());
+}
