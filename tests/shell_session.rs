@@ -104,9 +104,14 @@ impl Operator {
 
 /// A relay, a device at tier `tier` running `POLICY`, and an operator it trusts.
 fn setup(tier: u8) -> (Relay, Device, std::path::PathBuf) {
+    setup_with(tier, POLICY)
+}
+
+/// As [`setup`], with the catalogue addition `policy`.
+fn setup_with(tier: u8, policy: &str) -> (Relay, Device, std::path::PathBuf) {
     let relay = Relay::start("127.0.0.1:0");
     let home = Home::new();
-    add_policy(&home, POLICY);
+    add_policy(&home, policy);
     let device = Device::start(
         home,
         &relay.url(),
@@ -395,4 +400,18 @@ fn a_session_works_through_a_relay_of_a_cluster_that_does_not_hold_the_device() 
     op.expect("x-6\r\ny-9\r\n");
     op.type_in("exit 5\r");
     assert_eq!(op.exit_code(), 5, "{}", op.text());
+}
+
+#[test]
+fn the_recordings_cap_and_the_idle_timeout_end_a_session_with_a_clear_message() {
+    let (relay, device, key) = setup_with(4, &format!("{POLICY}max_recording_bytes = 4000\nidle_timeout_s = 2\n"));
+    let mut op = Operator::shell(&relay, &key, &device.device_id);
+    op.expect("accepted as task");
+    op.type_in("sleep 1000 & yes output | head -c 100000\r");
+    assert_eq!(op.exit_code(), 1, "{}", op.text());
+    op.expect("reached its cap of 4000 bytes ([shell] max_recording_bytes), so the session ends");
+    let mut op = Operator::shell(&relay, &key, &device.device_id);
+    op.expect("accepted as task");
+    assert_eq!(op.exit_code(), 1, "{}", op.text());
+    op.expect("the session was idle (no input, no output) for 2 s");
 }

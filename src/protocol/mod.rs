@@ -59,12 +59,6 @@ pub struct Run {
 }
 
 impl Run {
-    /// Whether this `run` opens an interactive session: the `shell`
-    /// action without `cmd` (docs/PROTOCOL.md, "Interactive sessions").
-    pub fn is_session(&self) -> bool {
-        self.action == "shell" && !self.params.contains_key("cmd")
-    }
-
     /// Checks the shape of the ids: `request_id`, `device_id` and `nonce`
     /// are each one safe segment of bounded length.
     ///
@@ -203,8 +197,7 @@ pub enum StoppedBy {
     TierLowered,
     /// The daemon is shutting down.
     Shutdown,
-    /// An interactive session whose link to the relay was lost: no operator
-    /// can see or steer it any more.
+    /// An interactive session whose device lost its link to the relay.
     LinkLost,
 }
 
@@ -302,20 +295,18 @@ pub enum DeviceFrame {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         sig: String,
     },
-    /// Bytes an interactive session's pty wrote (see [`session`]), as they
-    /// were: `data` is base64 (standard, padded) of at most 16 KiB.
+    /// Bytes an interactive session's pty wrote, as they were (see [`session`]).
     Terminal {
         /// The request it answers.
         request_id: String,
         /// 0, 1, ... per request.
         seq: u64,
-        /// The bytes, base64.
+        /// The bytes, base64 (standard, padded), at most 16 KiB decoded.
         data: String,
         /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
         #[serde(default, skip_serializing_if = "answer::is_zero")]
         index: u64,
-        /// Answers of this request the device left out since it signed the
-        /// previous one (its offline queue was full), said under its signature.
+        /// As for `output`: answers left out since the previous one signed.
         #[serde(default, skip_serializing_if = "answer::is_zero")]
         dropped: u64,
         /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
@@ -477,8 +468,7 @@ pub enum ToRelay {
     },
     /// An operator asks for the device list.
     ListDevices {},
-    /// An operator's keystrokes or window size for its running session
-    /// (`input`, `resize`; see [`session`]).
+    /// An operator's `input` or `resize` for its running session (see [`session`]).
     #[serde(untagged)]
     Session(SessionInput),
     /// A device's answer about a command (routed to the operator that sent it).
@@ -564,8 +554,7 @@ pub enum FromRelay {
         /// The standing alert, if any.
         alert: Option<AuditAlert>,
     },
-    /// To a device: an operator's `input` or `resize` for a running
-    /// session, as the operator sent it.
+    /// To a device: an operator's `input` or `resize`, as the operator sent it.
     #[serde(untagged)]
     Session(SessionInput),
     /// To an operator: the device's answer about its request.

@@ -105,6 +105,14 @@ pub fn input_bytes(device_id: &str, request_id: &str, nonce: &str, seq: u64, con
     out
 }
 
+impl Run {
+    /// Whether this `run` opens an interactive session: the `shell`
+    /// action without `cmd` (docs/PROTOCOL.md, section 16).
+    pub fn is_session(&self) -> bool {
+        self.action == "shell" && !self.params.contains_key("cmd")
+    }
+}
+
 impl SessionInput {
     /// The device it is for.
     pub fn device_id(&self) -> &str {
