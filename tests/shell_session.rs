@@ -153,12 +153,19 @@ fn pid_after(op: &Operator, marker: &str) -> i32 {
 fn a_session_echoes_resizes_interrupts_exits_with_the_shells_status_and_is_watched_and_recorded() {
     let (relay, device, key) = setup(4);
     let mut watch = device.home.cmd(&["watch", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let mut watch_out = watch.stdout.take().unwrap();
+    let watch_out = watch.stdout.take().unwrap();
+    let (first_tx, first) = std::sync::mpsc::channel();
     let watched = std::thread::spawn(move || {
         let mut all = String::new();
-        let _ = watch_out.read_to_string(&mut all);
+        for line in std::io::BufRead::lines(std::io::BufReader::new(watch_out)).map_while(Result::ok) {
+            let _ = first_tx.send(());
+            all.push_str(&line);
+            all.push('\n');
+        }
         all
     });
+    // The stream's first event (the status) says the watch is subscribed.
+    first.recv_timeout(Duration::from_secs(30)).expect("support watch printed nothing");
     let mut op = Operator::shell(&relay, &key, &device.device_id);
     op.expect("accepted as task");
     op.type_in("echo hi-$((6*7))\r");
@@ -224,6 +231,15 @@ fn a_session_echoes_resizes_interrupts_exits_with_the_shells_status_and_is_watch
         }
     }
     assert!(String::from_utf8_lossy(&shown).contains("hi-42"), "{events}");
+    // The recording's output events replay to exactly the bytes the owner was shown live.
+    let replayed: String = cast
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(replayed.as_bytes(), &shown[..], "the recording replays to other bytes");
     assert_eq!(sizes.first(), Some(&(Some(80), Some(24))), "{events}");
     assert!(sizes.contains(&(Some(120), Some(50))), "{events}");
 }
