@@ -15,7 +15,8 @@
 //! - [`audit`]: the hash-chained audit log: append, verify, recover, list, prove a witnessed head.
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
 //! - [`protocol`]: every relay frame, both directions; the signed bytes (`run`, `hello`, the device's
-//!   answers, with the chain that checks them); size limits; the audit witness's frames.
+//!   answers, with the chain that checks them; an interactive session's operator frames); size
+//!   limits; the audit witness's frames.
 //! - [`daemon`]: admitting a command (the gate, then register, then launch), the replay cache, a running task, the executor, how
 //!   its commands' ends add up to a result (with a reason), and
 //!   the tree kill, consent enforcement (supervised), audit-record building, unverified denials counted, its
@@ -30,6 +31,8 @@
 //! - [`transcript`]: a task's output as lines for people, agent JSON summarised; the digest (daemon and operator).
 //! - [`trust`]: the operators the owner trusts.
 //! - [`clock`]: the daemon's wall and monotonic clocks, one seam a test can step.
+//! - [`recording`]: interactive sessions as asciicast v2 files: the writer (0600, capped, digest), a bounded
+//!   reader, the listing, retention.
 //! - [`summary`]: what ran under a grant, from its span of the audit log (`support summary`).
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
 //! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339 and local time.
@@ -57,6 +60,7 @@ pub mod operator;
 pub mod paths;
 pub mod policy;
 pub mod protocol;
+pub mod recording;
 pub mod relay;
 mod secret;
 pub mod summary;

@@ -27,6 +27,7 @@ mod guard;
 mod operator;
 mod out;
 mod policy;
+mod recordings;
 mod relay;
 mod relay_admin;
 mod revoke;
@@ -34,6 +35,7 @@ mod status;
 mod summary;
 pub(crate) mod table;
 mod tasks;
+mod terminal;
 mod trust;
 
 /// support: let a support team help with this machine, only as far and as
@@ -80,6 +82,10 @@ pub enum Command {
     Watch(tasks::WatchArgs),
     /// Open the owner's console in the browser: see and stop what support does.
     Console(console::Args),
+    /// List the recordings of interactive shell sessions.
+    Recordings(recordings::ListArgs),
+    /// Replay a recorded interactive session in this terminal.
+    Play(recordings::PlayArgs),
     /// Run the relay, or administer its registry (enroll tokens, operators, devices).
     Relay(relay::Args),
     /// The support side: keys, devices, run an action, cancel.
@@ -143,6 +149,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Stop(a) => tasks::stop(&ctx, a),
         Command::Watch(a) => tasks::watch(&ctx, a),
         Command::Console(a) => console::run(&ctx, a),
+        Command::Recordings(a) => recordings::list(&ctx, a),
+        Command::Play(a) => recordings::play(&ctx, a),
         Command::Relay(a) => relay::run(&ctx, a),
         Command::Operator(a) => operator::run(a),
         Command::Demo(a) => demo::run(a),

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub mod answer;
 pub mod limits;
 pub mod presence;
+pub mod session;
 pub mod signed;
 pub mod witness;
 
@@ -26,6 +27,7 @@ pub use limits::{
     relay_ws_config, ws_config,
 };
 pub use presence::{AuditHead, DeviceEntry, GrantScope, Heartbeat};
+pub use session::{Keys, SessionInput};
 pub use signed::{RUN_CONTEXT, hello_bytes};
 pub use witness::{AlertKind, AuditAlert, ChainState, WitnessProof};
 
@@ -199,6 +201,8 @@ pub enum StoppedBy {
     /// The owner no longer trusts the operator whose command started it
     /// (`support trust remove`, or an edit of `trusted_operators.toml`).
     TrustRemoved,
+    /// An interactive session whose device lost its link to the relay.
+    LinkLost,
 }
 
 impl StoppedBy {
@@ -212,6 +216,7 @@ impl StoppedBy {
             StoppedBy::TierLowered => "tier_lowered",
             StoppedBy::Shutdown => "shutdown",
             StoppedBy::TrustRemoved => "trust_removed",
+            StoppedBy::LinkLost => "link_lost",
         }
     }
 }
@@ -289,6 +294,24 @@ pub enum DeviceFrame {
         index: u64,
         /// Answers of this request the device left out since it signed the
         /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
+    },
+    /// Bytes an interactive session's pty wrote, as they were (see [`session`]).
+    Terminal {
+        /// The request it answers.
+        request_id: String,
+        /// 0, 1, ... per request.
+        seq: u64,
+        /// The bytes, base64 (standard, padded), at most 16 KiB decoded.
+        data: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        index: u64,
+        /// As for `output`: answers left out since the previous one signed.
         #[serde(default, skip_serializing_if = "answer::is_zero")]
         dropped: u64,
         /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
@@ -410,8 +433,8 @@ impl fmt::Display for RelayCode {
 /// Every frame a device or an operator sends to the relay.
 ///
 /// A device sends `hello`, `heartbeat` and its answers (`accepted`,
-/// `output`, `result`, `denied`); an operator sends `hello`, `run`,
-/// `cancel` and `list_devices`. The relay refuses a frame sent by the
+/// `output`, `terminal`, `result`, `denied`); an operator sends `hello`, `run`,
+/// `cancel`, `list_devices`, `input` and `resize`. The relay refuses a frame sent by the
 /// wrong role with `BAD_FRAME`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -450,6 +473,9 @@ pub enum ToRelay {
     },
     /// An operator asks for the device list.
     ListDevices {},
+    /// An operator's `input` or `resize` for its running session (see [`session`]).
+    #[serde(untagged)]
+    Session(SessionInput),
     /// A device's answer about a command (routed to the operator that sent it).
     #[serde(untagged)]
     Answer(DeviceFrame),
@@ -464,6 +490,8 @@ impl ToRelay {
             ToRelay::Run(_) => "run",
             ToRelay::Cancel { .. } => "cancel",
             ToRelay::ListDevices {} => "list_devices",
+            ToRelay::Session(s) => s.kind(),
+            ToRelay::Answer(DeviceFrame::Terminal { .. }) => "terminal",
             ToRelay::Answer(DeviceFrame::Accepted { .. }) => "accepted",
             ToRelay::Answer(DeviceFrame::Output { .. }) => "output",
             ToRelay::Answer(DeviceFrame::Result { .. }) => "result",
@@ -531,6 +559,9 @@ pub enum FromRelay {
         /// The standing alert, if any.
         alert: Option<AuditAlert>,
     },
+    /// To a device: an operator's `input` or `resize`, as the operator sent it.
+    #[serde(untagged)]
+    Session(SessionInput),
     /// To an operator: the device's answer about its request.
     #[serde(untagged)]
     Answer(DeviceFrame),
