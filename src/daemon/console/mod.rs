@@ -29,7 +29,9 @@
 //!   `/console/` with the cookie `support_console=SID; HttpOnly;
 //!   SameSite=Strict; Path=/console`; a used, expired or unknown token: 401.
 //! - `GET /console/` (the page, or without a session a page saying to run
-//!   `support console`), `/console/app.js`, `/console/app.css`: embedded.
+//!   `support console`), `/console/app.js`, `/console/app.css`,
+//!   `/console/terminal.js` (the read-only terminal), and xterm.js under
+//!   `/console/vendor/` (`xterm.js`, `xterm.css`, `xterm.LICENSE`): embedded.
 //! - `GET /console/api/session` `{"csrf"}`, `/console/api/status`
 //!   (`StatusView`), `/console/api/events` (server-sent events),
 //!   `/console/api/audit`, `/console/api/summary` (`api.rs`).
@@ -80,6 +82,11 @@ pub const SECURITY_HEADERS: [(&str, &str); 5] = [
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+const TERMINAL_JS: &str = include_str!("assets/terminal.js");
+/// xterm.js, vendored byte for byte (`assets/vendor/README.md`: version, source, digests).
+const XTERM_JS: &str = include_str!("assets/vendor/xterm.js");
+const XTERM_CSS: &str = include_str!("assets/vendor/xterm.css");
+const XTERM_LICENSE: &str = include_str!("assets/vendor/xterm.LICENSE");
 const SIGNED_OUT_HTML: &str = include_str!("assets/signed-out.html");
 const LINK_USED_HTML: &str = include_str!("assets/link-used.html");
 
@@ -231,6 +238,10 @@ fn route(path: &str) -> Option<(Method, Route)> {
         ["", "console", ""] => get(Route::Page),
         ["", "console", "app.js"] => get(Route::Asset(APP_JS, "text/javascript; charset=utf-8")),
         ["", "console", "app.css"] => get(Route::Asset(APP_CSS, "text/css; charset=utf-8")),
+        ["", "console", "terminal.js"] => get(Route::Asset(TERMINAL_JS, "text/javascript; charset=utf-8")),
+        ["", "console", "vendor", "xterm.js"] => get(Route::Asset(XTERM_JS, "text/javascript; charset=utf-8")),
+        ["", "console", "vendor", "xterm.css"] => get(Route::Asset(XTERM_CSS, "text/css; charset=utf-8")),
+        ["", "console", "vendor", "xterm.LICENSE"] => get(Route::Asset(XTERM_LICENSE, "text/plain; charset=utf-8")),
         ["", "console", "login"] => get(Route::Login),
         ["", "console", "api", "session"] => get(Route::Api(api::Get::Session)),
         ["", "console", "api", "status"] => get(Route::Api(api::Get::Status)),
