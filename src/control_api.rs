@@ -45,6 +45,10 @@ pub struct TaskView {
     /// Drives the owner's agent (an action of kind `agent`): one at a time.
     #[serde(default)]
     pub agent: bool,
+    /// An interactive shell session (the `shell` action without `cmd`):
+    /// its pty's output comes as `terminal` events.
+    #[serde(default)]
+    pub interactive: bool,
     /// The command's parameters as the operator signed them.
     pub params: BTreeMap<String, String>,
     /// The owner's name for the operator.
@@ -240,6 +244,22 @@ pub enum WatchEvent {
         task_id: String,
         /// The line.
         line: Line,
+    },
+    /// Bytes an interactive session's pty wrote, as they came.
+    Terminal {
+        /// The task.
+        task_id: String,
+        /// The bytes, base64 (standard, padded).
+        data: String,
+    },
+    /// An interactive session's window size: at its start and on every resize.
+    TerminalSize {
+        /// The task.
+        task_id: String,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
     },
     /// Sent every 15 s so that a reader can tell a quiet daemon from a hung one.
     Ping,

@@ -22,8 +22,10 @@ use crate::dial::{self, DeviceHello, DialError, RelayUrl, Welcome, Ws};
 use crate::identity::{KeyPair, PublicKey};
 use crate::protocol::answer::{self, AnswerCheck, AnswerError};
 use crate::protocol::{
-    DEAD_AFTER, DenyCode, DeviceEntry, DeviceFrame, FromRelay, PING_EVERY, RelayCode, Role, Run, ToRelay,
+    DEAD_AFTER, DenyCode, DeviceEntry, DeviceFrame, FromRelay, Keys, PING_EVERY, RelayCode, Role, Run, SessionInput,
+    ToRelay,
 };
+use tokio::sync::mpsc;
 
 /// An operator's connection to the relay, authenticated.
 pub struct Session {
@@ -150,7 +152,36 @@ impl Session {
         on_frame: &mut impl FnMut(&DeviceFrame),
         cancel: impl Future<Output = ()>,
     ) -> Result<Outcome, DialError> {
+        self.follow_with(run, on_frame, cancel, None).await
+    }
+
+    /// Learns the device's key, sends the session `run` ([`Run::is_session`])
+    /// and follows it as [`Session::run`] does; once the device has
+    /// accepted it, each of `keys` goes to the device as the next signed
+    /// `input` or `resize` frame ([`SessionInput::signed`]).
+    ///
+    /// # Errors
+    /// As [`Session::run`].
+    pub async fn interact(
+        &mut self,
+        run: &Run,
+        mut on_frame: impl FnMut(&DeviceFrame),
+        keys: &mut mpsc::Receiver<Keys>,
+    ) -> Result<Outcome, DialError> {
+        self.device_key(&run.device_id).await?;
+        self.send_raw(&crate::protocol::encode(&ToRelay::Run(run.clone()))).await?;
+        self.follow_with(run, &mut on_frame, std::future::pending(), Some(keys)).await
+    }
+
+    async fn follow_with(
+        &mut self,
+        run: &Run,
+        on_frame: &mut impl FnMut(&DeviceFrame),
+        cancel: impl Future<Output = ()>,
+        mut keys: Option<&mut mpsc::Receiver<Keys>>,
+    ) -> Result<Outcome, DialError> {
         tokio::pin!(cancel);
+        let (mut accepted, mut seq) = (false, 0u64);
         let mut check = self.device_keys.get(&run.device_id).map(|key| AnswerCheck::new(*key, run));
         let mut cancel_sent = false;
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -173,6 +204,16 @@ impl Session {
                     continue;
                 }
                 _ = tokio::time::sleep_until(last_heard + DEAD_AFTER) => return Err(DialError::Timeout("waiting for the relay (50 s without a word)")),
+                k = async { keys.as_mut().expect("guarded").recv().await }, if accepted && keys.is_some() => {
+                    let Some(k) = k else {
+                        keys = None;
+                        continue;
+                    };
+                    let frame = ToRelay::Session(SessionInput::signed(&self.key, run, seq, &k));
+                    seq += 1;
+                    dial::send(&mut self.ws, &frame).await?;
+                    continue;
+                }
                 _ = &mut cancel, if !cancel_sent => {
                     cancel_sent = true;
                     let frame = ToRelay::Cancel { device_id: run.device_id.clone(), request_id: run.request_id.clone() };
@@ -189,6 +230,7 @@ impl Session {
                         );
                     };
                     check.check(&f)?;
+                    accepted |= matches!(f, DeviceFrame::Accepted { .. });
                     on_frame(&f);
                     match f {
                         DeviceFrame::Result { .. } => return Ok(Outcome::Finished(f)),

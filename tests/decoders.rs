@@ -144,6 +144,7 @@ fn task() -> TaskView {
         action: "service-status".into(),
         tier: 1,
         agent: true,
+        interactive: false,
         params: BTreeMap::from([("unit".into(), "cups".into())]),
         operator: "alice".into(),
         grant_id: "g-1".into(),

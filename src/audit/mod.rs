@@ -223,6 +223,10 @@ pub struct Record {
     /// (see `crate::transcript`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript_sha256: Option<String>,
+    /// An interactive session's recording (`STATE/recordings/<task_id>.cast`):
+    /// SHA-256 of the whole file, 64 hex digits (`action.finished`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_sha256: Option<String>,
     /// Who stopped a task: owner, operator, revoke, expiry, tier_lowered, shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
@@ -272,6 +276,7 @@ impl Record {
             output_bytes: None,
             output_sha256: None,
             transcript_sha256: None,
+            recording_sha256: None,
             by: None,
             reason: None,
             detail: None,

@@ -35,6 +35,7 @@ mod status;
 mod summary;
 pub(crate) mod table;
 mod tasks;
+mod terminal;
 mod trust;
 
 /// support: let a support team help with this machine, only as far and as

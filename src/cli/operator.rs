@@ -93,16 +93,19 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
-    /// Run a raw shell command on a device (tier 4): `/bin/sh -c "CMD ..."`
-    /// as the owner, with the usual output cap and timeout; exits like `run`.
+    /// An interactive shell on a device (tier 4), or with `-- CMD ...` one
+    /// raw shell command (`/bin/sh -c "CMD ..."` as the owner, with the
+    /// usual output cap and timeout); exits with the shell's status, like `run`.
     ///
-    /// The words after `--` are joined with spaces, as ssh(1) does, and the
-    /// device's shell parses them.
+    /// Without a command this terminal goes raw and works in the owner's
+    /// login shell on a pseudo-terminal there, watched live by the owner
+    /// and recorded; exit the shell to end it. The words after `--` are
+    /// joined with spaces, as ssh(1) does, and the device's shell parses them.
     Shell {
         /// The device id, or its name if no other device has it.
         device: String,
-        /// The command line.
-        #[arg(last = true, required = true, value_name = "CMD")]
+        /// The command line; none opens an interactive shell.
+        #[arg(last = true, value_name = "CMD")]
         cmd: Vec<String>,
         /// Print every frame as one JSON line instead.
         #[arg(long)]
@@ -144,7 +147,7 @@ fn prompt_text(prompt: String) -> Result<String, Error> {
     Ok(text)
 }
 
-fn failed(e: DialError) -> Error {
+pub(crate) fn failed(e: DialError) -> Error {
     match e {
         DialError::Refused { code: RelayCode::Unauthorized, message } => {
             Error::Refused(format!("the relay refused this operator: {}", printable(&message)))
@@ -200,7 +203,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
                 BTreeMap::from([("prompt".to_string(), prompt_text(prompt.clone())?), ("mode".into(), mode.into())]);
             Some((device.clone(), "agent".to_string(), params, Print { json: *json, raw: *raw }))
         }
-        Command::Shell { device, cmd, json, raw } => {
+        Command::Shell { device, cmd, json, raw } if !cmd.is_empty() => {
             let params = BTreeMap::from([("cmd".to_string(), cmd.join(" "))]);
             Some((device.clone(), "shell".to_string(), params, Print { json: *json, raw: *raw }))
         }
@@ -213,9 +216,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
             return run_action(&mut session, &device, &action, params, print).await;
         }
         match command {
-            Command::Keygen { .. } | Command::Run { .. } | Command::Agent { .. } | Command::Shell { .. } => {
-                unreachable!("handled above")
+            Command::Shell { device, .. } => {
+                let device = device_id(&mut session, &device).await?;
+                super::terminal::interactive(&mut session, &device).await
             }
+            Command::Keygen { .. } | Command::Run { .. } | Command::Agent { .. } => unreachable!("handled above"),
             Command::Devices { json } => devices(&mut session, json).await,
             Command::Cancel { device, request_id } => {
                 let device = device_id(&mut session, &device).await?;
@@ -479,6 +484,19 @@ async fn run_action(
         }
     };
     let outcome = session.run(&run, on_frame, interrupted).await.map_err(failed)?;
+    if let (false, Some(t), Outcome::Finished(DeviceFrame::Result { .. })) = (json, &transcript, &outcome) {
+        // As the owner's `support tasks TASK_ID` ends: the two lines can be compared.
+        let _ = writeln!(std::io::stdout(), "transcript: {} lines, sha256 {}", t.total(), t.digest());
+    }
+    ended(outcome, &run, json)
+}
+
+/// How a request ended, said on stderr (unless `json`), as the command's
+/// exit: the remote exit code, 4 if refused, 3 if the device is offline.
+///
+/// # Errors
+/// A denial, the relay's refusal, or a request that ended without a result.
+pub(crate) fn ended(outcome: Outcome, run: &Run, json: bool) -> Result<ExitCode, Error> {
     match outcome {
         Outcome::Finished(DeviceFrame::Result {
             status,
@@ -491,10 +509,6 @@ async fn run_action(
             ..
         }) => {
             if !json {
-                if let Some(t) = &transcript {
-                    // As the owner's `support tasks TASK_ID` ends: the two lines can be compared.
-                    let _ = writeln!(std::io::stdout(), "transcript: {} lines, sha256 {}", t.total(), t.digest());
-                }
                 let how = match (status, cancelled_by) {
                     (Status::Ok, _) => "ok".to_string(),
                     (Status::Failed, _) => failed_line(exit_code, reason.as_deref()),
@@ -507,6 +521,9 @@ async fn run_action(
                         "cancelled: the grant's tier was lowered".into()
                     }
                     (Status::Cancelled, Some(StoppedBy::Shutdown)) => "cancelled: the daemon shut down".into(),
+                    (Status::Cancelled, Some(StoppedBy::LinkLost)) => {
+                        "cancelled: the device lost its link to the relay".into()
+                    }
                     (Status::Cancelled, None) => "cancelled".into(),
                 };
                 let cut = if truncated { ", output truncated" } else { "" };
@@ -522,7 +539,7 @@ async fn run_action(
         Outcome::Denied { code, message } => {
             let message = printable(&message);
             let message = message.strip_prefix(&format!("{code}: ")).unwrap_or(&message);
-            match doubt_about_a_denial(code, &run) {
+            match doubt_about_a_denial(code, run) {
                 Some(doubt) => Err(Error::Failed(format!("denied: {code}: {message}\n{doubt}"))),
                 None => Err(Error::Refused(format!("denied: {code}: {message}"))),
             }

@@ -18,6 +18,16 @@ pub(crate) fn line(args: fmt::Arguments<'_>) -> Result<(), Error> {
     out.write_fmt(args).and_then(|()| out.write_all(b"\n")).map_err(Error::Stdout)
 }
 
+/// Writes `bytes` to stdout as they are, flushed (an interactive
+/// session's terminal output in `support watch`).
+///
+/// # Errors
+/// As [`line`].
+pub(crate) fn raw(bytes: &[u8]) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush()).map_err(Error::Stdout)
+}
+
 /// `println!` that returns `Result<(), Error>` instead of panicking; see [`line`].
 macro_rules! outln {
     ($($arg:tt)*) => {

@@ -235,12 +235,15 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
     }
     // The stream stops at the first line stdout cannot take; that error is the command's.
     let mut failed = None;
+    let mut sessions = Sessions::default();
     client.stream("/v1/events", |line| {
         let shown = if args.json {
             outln!("{line}")
         } else {
             match serde_json::from_str::<WatchEvent>(line) {
-                Ok(event) => render_event(ctx, &event).map_or(Ok(()), |text| outln!("{text}")),
+                Ok(event) => sessions
+                    .show(&event)
+                    .and_then(|()| render_event(ctx, &event).map_or(Ok(()), |text| outln!("{text}"))),
                 // A daemon of another version: show what it is, never drop it silently.
                 Err(_) => outln!("{}", unknown_event(line)),
             }
@@ -283,7 +286,42 @@ fn render_event(ctx: &Ctx, event: &WatchEvent) -> Option<String> {
         WatchEvent::Audit { record } => Some(audit_line(ctx, record, &now.to_string())),
         WatchEvent::Transcript { task_id, line } => Some(render_line(&printable(task_id), line)),
         WatchEvent::Lagged { missed } => Some(format!("{now} ({missed} events missed: this terminal read too slowly)")),
+        // Shown by `Sessions`, as the bytes came.
+        WatchEvent::Terminal { .. } | WatchEvent::TerminalSize { .. } => None,
         WatchEvent::Ping => None,
+    }
+}
+
+/// The interactive sessions `watch` is showing: each one's terminal
+/// output goes to stdout as the pty wrote it (escape sequences and all, so
+/// the owner sees what the operator sees), between a header at its first
+/// output and a footer at its end.
+#[derive(Default)]
+struct Sessions {
+    open: std::collections::BTreeSet<String>,
+}
+
+impl Sessions {
+    fn show(&mut self, event: &WatchEvent) -> Result<(), Error> {
+        use base64::Engine as _;
+        match event {
+            WatchEvent::Terminal { task_id, data } => {
+                if self.open.insert(task_id.clone()) {
+                    let id = printable(task_id);
+                    outln!("\n{}", paint(&format!("──── interactive shell {id}: its terminal, live ────"), "1"))?;
+                }
+                let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default();
+                super::out::raw(&bytes)
+            }
+            WatchEvent::Audit { record } if record.event == crate::audit::Event::ActionFinished => {
+                let Some(id) = record.task_id.as_ref().filter(|id| self.open.remove(*id)) else { return Ok(()) };
+                let how = record.status.as_deref().map(printable).unwrap_or_default();
+                let code = record.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+                let id = printable(id);
+                outln!("\n{}", paint(&format!("──── end of interactive shell {id} ({how}{code}) ────"), "1"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

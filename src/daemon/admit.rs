@@ -60,6 +60,8 @@ pub(super) struct Registered {
     pub(super) transcript: Arc<Mutex<Transcript>>,
     /// Takes the entry out again however admission or the driver ends.
     pub(super) forget: ForgetOnDrop,
+    /// An interactive session's checked operator frames.
+    pub(super) keys: Option<mpsc::Receiver<crate::protocol::Keys>>,
 }
 
 impl Daemon {
@@ -157,6 +159,7 @@ impl Daemon {
             action: approved.action.name.clone(),
             tier: approved.action.tier.get(),
             agent,
+            interactive: run.is_session(),
             params: run.params.clone(),
             operator: approved.operator.clone(),
             grant_id: approved.grant.grant_id.clone(),
@@ -169,6 +172,18 @@ impl Daemon {
         let (stop_tx, stop) = watch::channel(None);
         let (done, done_rx) = watch::channel(None);
         let transcript = Arc::new(Mutex::new(Transcript::new(agent)));
+        let (inlet, keys) = match run.is_session() {
+            true => match super::session::Inlet::new(&self.inner.device_id, run) {
+                Some((inlet, keys)) => (Some(inlet), Some(keys)),
+                None => {
+                    return Err(Denial {
+                        code: DenyCode::BadSignature,
+                        message: "the session's operator key does not parse".into(),
+                    });
+                }
+            },
+            false => (None, None),
+        };
         let refused = {
             let mut state = self.state();
             // The grant is checked again where the task is registered: a
@@ -194,7 +209,8 @@ impl Daemon {
                 if let Some(n) = state.consent.used.get_mut(&approved.grant.grant_id) {
                     *n = n.saturating_add(1);
                 }
-                let entry = TaskEntry::new(info.clone(), stop_tx, done_rx, transcript.clone());
+                let mut entry = TaskEntry::new(info.clone(), stop_tx, done_rx, transcript.clone());
+                entry.session = inlet;
                 state.tasks.insert(task_id.clone(), entry);
                 self.persist_tasks(&state);
             }
@@ -220,7 +236,7 @@ impl Daemon {
             // Set by the run loop, which sees the transcript's progress.
             idle: None,
         };
-        Ok(Registered { spec, info, stop, done, transcript, forget })
+        Ok(Registered { spec, info, stop, done, transcript, forget, keys })
     }
 
     /// Step 3: `action.started` is made durable, then the task starts.

@@ -229,6 +229,8 @@ pub(crate) async fn run(
         let ended = session(&daemon, &config, url, &mut frames, &frames_tx, &mut queue, &mut shutdown).await;
         let Some(error) = ended.error else { break };
         tracing::warn!(error = %error, "relay link down");
+        // A session's operator is on the other side of the link: it ends with it.
+        daemon.stop_sessions(StoppedBy::LinkLost);
         // Healthy: up long enough, or ended by the relay announcing a restart.
         if ended.authenticated.is_some_and(|t| ended.going_away || t.elapsed() >= HEALTHY_AFTER) {
             failures = 0;
@@ -415,6 +417,7 @@ fn handle(daemon: &Daemon, text: &str, frames_tx: &mpsc::Sender<Outgoing>, admit
                 d.stop_task(&task.task_id, StoppedBy::Operator).await;
             });
         }
+        Ok(FromRelay::Session(input)) => daemon.session_input(input),
         Ok(FromRelay::Witnessed { seq, alert }) => {
             if let Some(a) = &alert
                 && daemon.link_status().audit_alert.as_ref() != Some(a)

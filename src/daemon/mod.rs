@@ -29,6 +29,8 @@
 //! - `link.rs`: the one outbound connection to the relay.
 //! - `notify.rs`: desktop notifications on the session D-Bus, and each ended grant's summary in the log.
 //! - [`gate`]: the decision, pure.
+//! - `session.rs`: an interactive session (the `shell` action without `cmd`): its
+//!   operator frames checked in, its run loop; `pty.rs`: its process on a pseudo-terminal.
 //! - `replay.rs`: the replay cache, and its nonces read back from the audit log (and `run/lost-nonces`) at start.
 //!
 //! # Files (all under the home's state directory)
@@ -60,8 +62,10 @@ mod http;
 pub mod kill;
 mod link;
 mod notify;
+mod pty;
 mod records;
 mod replay;
+mod session;
 mod task;
 pub mod tree;
 

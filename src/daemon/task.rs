@@ -26,6 +26,8 @@ pub(super) struct TaskEntry {
     /// Through what the owner stopped it, when not the CLI (`console`):
     /// goes on its `task.stopped` record.
     stop_via: Option<&'static str>,
+    /// An interactive session's way in for its operator's frames.
+    pub(super) session: Option<super::session::Inlet>,
 }
 
 impl TaskEntry {
@@ -36,7 +38,7 @@ impl TaskEntry {
         done: watch::Receiver<Option<TaskResult>>,
         transcript: Arc<Mutex<Transcript>>,
     ) -> TaskEntry {
-        TaskEntry { info, stop, done, transcript, stop_via: None }
+        TaskEntry { info, stop, done, transcript, stop_via: None, session: None }
     }
 
     /// Asks the task to stop, `by` whom, unless a stop was asked already.
@@ -73,7 +75,52 @@ impl Daemon {
 
     /// Runs an accepted task to its end and records it.
     pub(super) async fn drive(self, task: super::admit::Registered, frames: mpsc::Sender<DeviceFrame>) {
-        let super::admit::Registered { mut spec, info, stop, done, transcript, forget } = task;
+        let super::admit::Registered { spec, info, stop, done, transcript, forget, keys } = task;
+        let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
+        let (result, recording_sha256) = match keys {
+            Some(keys) => self.drive_session(&spec, &info, keys, &frames, stop, hooks).await,
+            None => (self.run_task(spec, &info, &transcript, &frames, stop, hooks).await, None),
+        };
+        let transcript_sha256 = info.agent.then(|| lock(&transcript).digest());
+        let mut records = end_records(&info, &result, transcript_sha256);
+        let via = self.state().tasks.get(&info.task_id).and_then(|t| t.stop_via);
+        for r in records.iter_mut().filter(|r| r.event == crate::audit::Event::TaskStopped) {
+            r.via = via.map(str::to_string);
+        }
+        if let Some(r) = records.iter_mut().find(|r| r.event == crate::audit::Event::ActionFinished) {
+            r.recording_sha256 = recording_sha256;
+            let refused = self.refused_input(&info.task_id);
+            if refused > 0 {
+                r.detail = Some(format!("{refused} operator frame(s) refused (bad signature, order or session)"));
+            }
+        }
+        if let Err(e) = self.audit(records).await {
+            tracing::error!(error = %crate::ErrorChain(&e), "could not record the end of a task");
+        }
+        {
+            let mut recent = lock(&self.inner.recent);
+            if recent.len() >= RECENT_TASKS {
+                recent.pop_front();
+            }
+            recent.push_back(Finished { info: info.clone(), result: result.clone(), transcript });
+        }
+        drop(forget);
+        let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
+        let _ = done.send(Some(result));
+        kill::reap_strays(&self.leaders());
+    }
+
+    /// Runs a task's commands to their end, its output going to `frames`,
+    /// the transcript and the watchers.
+    async fn run_task(
+        &self,
+        mut spec: exec::Spec,
+        info: &TaskView,
+        transcript: &Arc<Mutex<Transcript>>,
+        frames: &mpsc::Sender<DeviceFrame>,
+        stop: watch::Receiver<Option<StoppedBy>>,
+        hooks: Arc<dyn exec::Hooks>,
+    ) -> TaskResult {
         let limit = self.catalogue().agent.idle_timeout_s;
         let progress = (info.agent && limit > 0).then(|| {
             let (tx, rx) = watch::channel(None);
@@ -81,7 +128,6 @@ impl Daemon {
             tx
         });
         let (out_tx, mut out_rx) = mpsc::channel::<exec::Chunk>(OUTPUT_CHANNEL);
-        let hooks: Arc<dyn exec::Hooks> = Arc::new(TaskHooks { daemon: self.clone(), task_id: info.task_id.clone() });
         let forward = {
             let frames = frames.clone();
             let me = self.clone();
@@ -125,26 +171,7 @@ impl Daemon {
         };
         let result = exec::run(spec, out_tx, stop, hooks).await;
         let _ = forward.await;
-        let transcript_sha256 = info.agent.then(|| lock(&transcript).digest());
-        let mut records = end_records(&info, &result, transcript_sha256);
-        let via = self.state().tasks.get(&info.task_id).and_then(|t| t.stop_via);
-        for r in records.iter_mut().filter(|r| r.event == crate::audit::Event::TaskStopped) {
-            r.via = via.map(str::to_string);
-        }
-        if let Err(e) = self.audit(records).await {
-            tracing::error!(error = %crate::ErrorChain(&e), "could not record the end of a task");
-        }
-        {
-            let mut recent = lock(&self.inner.recent);
-            if recent.len() >= RECENT_TASKS {
-                recent.pop_front();
-            }
-            recent.push_back(Finished { info: info.clone(), result: result.clone(), transcript });
-        }
-        drop(forget);
-        let _ = frames.send(DeviceFrame::result(&info.request_id, &result)).await;
-        let _ = done.send(Some(result));
-        kill::reap_strays(&self.leaders());
+        result
     }
 
     /// The process group leaders of the running tasks.

@@ -140,11 +140,15 @@ pub struct AgentConfig {
     pub idle_timeout_s: u64,
 }
 
-/// The `[shell]` section: tier 4 raw shell commands.
+/// The `[shell]` section: tier 4 raw shell commands, and interactive
+/// sessions (the `shell` action without `cmd`).
 ///
 /// # Defaults
 /// `enabled = true`, `argv = ["/bin/sh", "-c"]`, `cwd = "~"`,
-/// `timeout_s = 300`, `max_output_bytes = 1 MiB`, `env = []`.
+/// `timeout_s = 300`, `max_output_bytes = 1 MiB`, `env = []`; for
+/// sessions: no `program` (the owner's login shell), `idle_timeout_s = 900`,
+/// `record_input = true`, `keep_recordings_days = 30`,
+/// `max_recording_bytes = 64 MiB`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShellConfig {
@@ -167,6 +171,33 @@ pub struct ShellConfig {
     /// Environment variable names passed through besides PATH, HOME, LANG, USER.
     #[serde(default)]
     pub env: Vec<String>,
+    /// An interactive session's program (absolute path, run with no
+    /// arguments on the pty); `None`: the owner's login shell (the passwd
+    /// entry of the daemon's uid, else `$SHELL`, else /bin/sh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// Seconds with no input and no output after which a session ends.
+    #[serde(default = "default_session_idle")]
+    pub idle_timeout_s: u64,
+    /// Whether a session's recording holds what the operator typed too.
+    #[serde(default = "yes")]
+    pub record_input: bool,
+    /// Recordings older than this many days are removed at the daemon's start.
+    #[serde(default = "default_keep_days")]
+    pub keep_recordings_days: u64,
+    /// A session whose recording reaches this many bytes ends.
+    #[serde(default = "default_recording_bytes")]
+    pub max_recording_bytes: u64,
+}
+
+fn default_session_idle() -> u64 {
+    900
+}
+fn default_keep_days() -> u64 {
+    30
+}
+fn default_recording_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// The default `[agent]` argv: Claude Code printing stream-JSON.

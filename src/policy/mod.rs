@@ -290,9 +290,16 @@ impl Catalogue {
                 name: "shell".into(),
                 tier: Tier::SHELL,
                 kind: Kind::Shell,
-                description: "Run a raw shell command as you".into(),
+                description: "Run a raw shell command as you, or without cmd an interactive shell".into(),
                 commands: vec![argv],
-                params: vec![text_param("cmd", MAX_VALUE_BYTES, "the shell command line")],
+                params: vec![
+                    Param {
+                        required: false,
+                        ..text_param("cmd", MAX_VALUE_BYTES, "the shell command line; none opens an interactive shell")
+                    },
+                    cells_param("cols", "an interactive shell's columns"),
+                    cells_param("rows", "an interactive shell's rows"),
+                ],
                 timeout_s: s.timeout_s,
                 max_output_bytes: s.max_output_bytes,
                 env: s.env.clone(),
@@ -301,6 +308,18 @@ impl Catalogue {
                 mode_args: BTreeMap::new(),
             }
         })
+    }
+}
+
+/// An optional window side of an interactive session, 1 to [`crate::protocol::session::MAX_CELLS`].
+fn cells_param(name: &str, description: &str) -> Param {
+    Param {
+        name: name.into(),
+        ty: ParamType::Integer { min: 1, max: i64::from(crate::protocol::session::MAX_CELLS), owned_process: false },
+        max_len: 4,
+        required: false,
+        default: None,
+        description: description.into(),
     }
 }
 

@@ -396,6 +396,14 @@ fn check_loopback_endpoint(endpoint: &str) -> Result<(), String> {
 /// The `[shell]` section: its limits, env, cwd and argv (which may name a shell).
 fn check_shell(s: &ShellConfig) -> Result<(), String> {
     check_limits(s.timeout_s, s.max_output_bytes)?;
+    if let Some(p) = &s.program
+        && (!p.starts_with('/') || p.contains('\0'))
+    {
+        return Err(format!("program must be an absolute path, not `{p}`"));
+    }
+    if s.idle_timeout_s == 0 || s.max_recording_bytes == 0 {
+        return Err("idle_timeout_s and max_recording_bytes must be above 0".into());
+    }
     check_env(&s.env)?;
     check_cwd(&s.cwd)?;
     check_argv(&s.argv, |_| false, Kind::Shell)

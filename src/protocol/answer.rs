@@ -118,6 +118,18 @@ impl DeviceFrame {
         }
     }
 
+    /// A `terminal` frame of `bytes`, not yet signed.
+    pub fn terminal(request_id: &str, seq: u64, bytes: &[u8]) -> DeviceFrame {
+        DeviceFrame::Terminal {
+            request_id: request_id.into(),
+            seq,
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+            index: 0,
+            dropped: 0,
+            sig: String::new(),
+        }
+    }
+
     /// A `denied` frame, not yet signed.
     pub fn denied(request_id: &str, code: DenyCode, message: &str) -> DeviceFrame {
         DeviceFrame::Denied {
@@ -153,6 +165,7 @@ impl DeviceFrame {
         match self {
             DeviceFrame::Accepted { request_id, .. }
             | DeviceFrame::Output { request_id, .. }
+            | DeviceFrame::Terminal { request_id, .. }
             | DeviceFrame::Result { request_id, .. }
             | DeviceFrame::Denied { request_id, .. } => request_id,
         }
@@ -163,6 +176,7 @@ impl DeviceFrame {
         match self {
             DeviceFrame::Accepted { .. } => "accepted",
             DeviceFrame::Output { .. } => "output",
+            DeviceFrame::Terminal { .. } => "terminal",
             DeviceFrame::Result { .. } => "result",
             DeviceFrame::Denied { .. } => "denied",
         }
@@ -173,6 +187,7 @@ impl DeviceFrame {
         match self {
             DeviceFrame::Accepted { index, dropped, sig, .. }
             | DeviceFrame::Output { index, dropped, sig, .. }
+            | DeviceFrame::Terminal { index, dropped, sig, .. }
             | DeviceFrame::Result { index, dropped, sig, .. }
             | DeviceFrame::Denied { index, dropped, sig, .. } => (*index, *dropped, sig),
         }
@@ -182,6 +197,7 @@ impl DeviceFrame {
         match self {
             DeviceFrame::Accepted { index, dropped, sig, .. }
             | DeviceFrame::Output { index, dropped, sig, .. }
+            | DeviceFrame::Terminal { index, dropped, sig, .. }
             | DeviceFrame::Result { index, dropped, sig, .. }
             | DeviceFrame::Denied { index, dropped, sig, .. } => (index, dropped, sig),
         }
@@ -403,6 +419,15 @@ impl AnswerCheck {
                 self.replaced |= data.contains('\u{FFFD}');
                 Phase::Running
             }
+            (Phase::Running, DeviceFrame::Terminal { data, .. }) => {
+                // Checked as signed; the digest is of the bytes the pty wrote.
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|_| sequence("a `terminal` answer's data must be base64"))?;
+                self.received += bytes.len() as u64;
+                self.digest.update(&bytes);
+                Phase::Running
+            }
             (Phase::Running, DeviceFrame::Result { output_bytes, output_sha256, .. }) => {
                 let got = hex::encode(self.digest.clone().finish());
                 if (*output_bytes, output_sha256.as_str()) != (self.received, got.as_str())
@@ -417,7 +442,9 @@ impl AnswerCheck {
                 }
                 Phase::Done
             }
-            (Phase::Running, _) => return Err(sequence("after `accepted` only `output` or `result` may come")),
+            (Phase::Running, _) => {
+                return Err(sequence("after `accepted` only `output`, `terminal` or `result` may come"));
+            }
             (Phase::Done, _) => return Err(sequence("the request had already ended")),
         };
         self.prev = sha256(&bytes);

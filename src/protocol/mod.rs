@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub mod answer;
 pub mod limits;
 pub mod presence;
+pub mod session;
 pub mod signed;
 pub mod witness;
 
@@ -25,6 +26,7 @@ pub use limits::{
     DEAD_AFTER, FRESHNESS_S, MAX_FRAME_BYTES, MAX_HELLO_BYTES, PING_EVERY, SEND_TIMEOUT, hello_ws_config, ws_config,
 };
 pub use presence::{AuditHead, DeviceEntry, GrantScope, Heartbeat};
+pub use session::{Keys, SessionInput};
 pub use signed::{RUN_CONTEXT, hello_bytes};
 pub use witness::{AlertKind, AuditAlert, ChainState, WitnessProof};
 
@@ -57,6 +59,12 @@ pub struct Run {
 }
 
 impl Run {
+    /// Whether this `run` opens an interactive session: the `shell`
+    /// action without `cmd` (docs/PROTOCOL.md, "Interactive sessions").
+    pub fn is_session(&self) -> bool {
+        self.action == "shell" && !self.params.contains_key("cmd")
+    }
+
     /// Checks the shape of the ids: `request_id`, `device_id` and `nonce`
     /// are each one safe segment of bounded length.
     ///
@@ -195,6 +203,9 @@ pub enum StoppedBy {
     TierLowered,
     /// The daemon is shutting down.
     Shutdown,
+    /// An interactive session whose link to the relay was lost: no operator
+    /// can see or steer it any more.
+    LinkLost,
 }
 
 impl StoppedBy {
@@ -207,6 +218,7 @@ impl StoppedBy {
             StoppedBy::Expiry => "expiry",
             StoppedBy::TierLowered => "tier_lowered",
             StoppedBy::Shutdown => "shutdown",
+            StoppedBy::LinkLost => "link_lost",
         }
     }
 }
@@ -278,6 +290,26 @@ pub enum DeviceFrame {
         /// The pipe it came from.
         stream: Stream,
         /// The text, at most 16 KiB.
+        data: String,
+        /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        index: u64,
+        /// Answers of this request the device left out since it signed the
+        /// previous one (its offline queue was full), said under its signature.
+        #[serde(default, skip_serializing_if = "answer::is_zero")]
+        dropped: u64,
+        /// The device key's Ed25519 signature over [`answer::answer_bytes`], base64url.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sig: String,
+    },
+    /// Bytes an interactive session's pty wrote (see [`session`]), as they
+    /// were: `data` is base64 (standard, padded) of at most 16 KiB.
+    Terminal {
+        /// The request it answers.
+        request_id: String,
+        /// 0, 1, ... per request.
+        seq: u64,
+        /// The bytes, base64.
         data: String,
         /// This answer's place among the request's answers: 0, 1, ... (see [`answer`]).
         #[serde(default, skip_serializing_if = "answer::is_zero")]
@@ -405,8 +437,8 @@ impl fmt::Display for RelayCode {
 /// Every frame a device or an operator sends to the relay.
 ///
 /// A device sends `hello`, `heartbeat` and its answers (`accepted`,
-/// `output`, `result`, `denied`); an operator sends `hello`, `run`,
-/// `cancel` and `list_devices`. The relay refuses a frame sent by the
+/// `output`, `terminal`, `result`, `denied`); an operator sends `hello`, `run`,
+/// `cancel`, `list_devices`, `input` and `resize`. The relay refuses a frame sent by the
 /// wrong role with `BAD_FRAME`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -445,6 +477,10 @@ pub enum ToRelay {
     },
     /// An operator asks for the device list.
     ListDevices {},
+    /// An operator's keystrokes or window size for its running session
+    /// (`input`, `resize`; see [`session`]).
+    #[serde(untagged)]
+    Session(SessionInput),
     /// A device's answer about a command (routed to the operator that sent it).
     #[serde(untagged)]
     Answer(DeviceFrame),
@@ -459,6 +495,8 @@ impl ToRelay {
             ToRelay::Run(_) => "run",
             ToRelay::Cancel { .. } => "cancel",
             ToRelay::ListDevices {} => "list_devices",
+            ToRelay::Session(s) => s.kind(),
+            ToRelay::Answer(DeviceFrame::Terminal { .. }) => "terminal",
             ToRelay::Answer(DeviceFrame::Accepted { .. }) => "accepted",
             ToRelay::Answer(DeviceFrame::Output { .. }) => "output",
             ToRelay::Answer(DeviceFrame::Result { .. }) => "result",
@@ -526,6 +564,10 @@ pub enum FromRelay {
         /// The standing alert, if any.
         alert: Option<AuditAlert>,
     },
+    /// To a device: an operator's `input` or `resize` for a running
+    /// session, as the operator sent it.
+    #[serde(untagged)]
+    Session(SessionInput),
     /// To an operator: the device's answer about its request.
     #[serde(untagged)]
     Answer(DeviceFrame),

@@ -65,6 +65,8 @@ struct Inflight {
     reply: Option<String>,
     /// On the operator's relay, for a device another relay holds: that relay's id.
     held_by: Option<String>,
+    /// An interactive session ([`Run::is_session`]): it ends when its operator's connection does.
+    session: bool,
 }
 
 /// What a session holds once the hub knows it.
@@ -199,15 +201,23 @@ impl Hub {
                 }
             }
             Role::Operator => {
-                lock(&self.operators).remove(&conn);
+                let peer = lock(&self.operators).remove(&conn);
                 // Held until the device ends them (or a day passes): a
                 // request id the device still answers is never free to claim.
                 let mut inflight = lock(&self.inflight);
                 let now = Instant::now();
-                for i in inflight.values_mut().filter(|i| i.operator_conn == conn) {
+                let mut sessions = Vec::new();
+                for (k, i) in inflight.iter_mut().filter(|(_, i)| i.operator_conn == conn) {
                     i.orphaned_at = Some(now);
+                    if i.session {
+                        sessions.push(k.clone());
+                    }
                 }
                 forget_old_orphans(&mut inflight, now);
+                drop(inflight);
+                if let Some(peer) = peer {
+                    self.end_sessions(&peer, &sessions);
+                }
             }
         }
     }
@@ -268,6 +278,7 @@ impl Hub {
                 orphaned_at: None,
                 reply: None,
                 held_by: held_by.clone(),
+                session: run.is_session(),
             };
             inflight.insert(key.clone(), entry);
         }
@@ -493,6 +504,7 @@ impl Hub {
 }
 
 mod relayed;
+mod sessions;
 
 /// Forgets orphaned requests older than [`ORPHAN_TTL`], and the oldest
 /// past [`MAX_ORPHANS`].

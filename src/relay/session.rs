@@ -300,6 +300,7 @@ async fn answer(hub: &Hub, role: Role, who: &Who, conn: u64, runs: &mut RunBucke
         (Role::Operator, ToRelay::Cancel { device_id, request_id }) => {
             Some(hub.route_cancel(who, device_id, request_id))
         }
+        (Role::Operator, ToRelay::Session(input)) => hub.route_session(who, input).await,
         (Role::Operator, ToRelay::ListDevices {}) => Some(FromRelay::Devices { devices: hub.list_for(who) }),
         (_, other) => {
             hub.metrics.rejected("wrong_role");

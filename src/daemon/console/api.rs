@@ -303,6 +303,9 @@ fn translate(daemon: &Daemon, text: &str) -> Vec<Bytes> {
             }
             out
         }
+        // An interactive session's pty, for the console's terminal widget.
+        e @ WatchEvent::Terminal { .. } => vec![sse("terminal", &e)],
+        e @ WatchEvent::TerminalSize { .. } => vec![sse("terminal_size", &e)],
         WatchEvent::Lagged { missed } => vec![sse("lagged", &serde_json::json!({ "missed": missed }))],
         WatchEvent::Ping => Vec::new(),
     }

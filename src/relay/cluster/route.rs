@@ -4,8 +4,8 @@
 //! Each relay has a random id (`r-` and 16 hex digits) and two subjects:
 //!
 //! - `support.relay.<relay>.device.<device id>`: requests for a device this
-//!   relay holds ([`Envelope`]: a `run` or a `cancel` from an operator
-//!   connection on another relay); the answer is a [`Delivered`].
+//!   relay holds ([`Envelope`]: a `run`, a session's `input` or `resize`,
+//!   or a `cancel` from an operator connection on another relay); the answer is a [`Delivered`].
 //! - `support.relay.<relay>.operator.<conn>`: the frames for operator
 //!   connection `conn` of this relay, each the text of one `FromRelay`
 //!   frame exactly as the device's relay would have sent it on its own
@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use super::super::hub::Hub;
 use super::super::registry::RegistryError;
 use crate::lock;
-use crate::protocol::{DeviceEntry, RelayCode, Run};
+use crate::protocol::{DeviceEntry, RelayCode, Run, SessionInput};
 
 /// The bucket of who holds which device.
 pub const PRESENCE_BUCKET: &str = "support_presence";
@@ -70,6 +70,15 @@ pub(crate) enum Envelope {
         reply: String,
         /// The frame, as the operator signed it.
         run: Run,
+    },
+    /// An operator's `input` or `resize` for its own running session.
+    Session {
+        /// As in `Run`: only the connection that asked may send them.
+        reply: String,
+        /// The key that connection proved.
+        operator_key: String,
+        /// The frame, as the operator signed it.
+        input: SessionInput,
     },
     /// An operator's `cancel` of its own request.
     Cancel {
@@ -189,6 +198,15 @@ impl Route {
                 RelayCode::ClusterUnavailable,
                 format!("the relay holding device {device_id} did not answer within {} s", ROUTE_TIMEOUT.as_secs()),
             )),
+        }
+    }
+
+    /// Publishes `envelope` to the relay `relay`, for `device_id`, awaiting
+    /// no answer: frames published one after another arrive in that order.
+    pub(crate) async fn publish(&self, relay: &str, device_id: &str, envelope: &Envelope) {
+        let payload = Bytes::from(serde_json::to_vec(envelope).unwrap_or_default());
+        if let Err(e) = self.client.publish(device_subject(relay, device_id), payload).await {
+            tracing::debug!(error = %e, "cannot pass a session frame to the device's relay");
         }
     }
 

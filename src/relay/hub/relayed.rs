@@ -151,6 +151,7 @@ impl Hub {
                         orphaned_at: None,
                         reply: Some(reply),
                         held_by: None,
+                        session: false,
                     };
                     inflight.insert(key.clone(), entry);
                 }
@@ -161,6 +162,7 @@ impl Hub {
                 self.metrics.routed();
                 Delivered::default()
             }
+            Envelope::Session { reply, operator_key, input } => self.relayed_session(&reply, &operator_key, input),
             Envelope::Cancel { reply, operator_key, device_id, request_id } => {
                 let key = (device_id.clone(), request_id.clone());
                 let mine = lock(&self.inflight).get(&key).is_some_and(|i| {
