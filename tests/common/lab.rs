@@ -221,7 +221,7 @@ pub async fn finish(rx: &mut mpsc::Receiver<DeviceFrame>) -> (TaskResult, String
                     output,
                 );
             }
-            DeviceFrame::Accepted { .. } => {}
+            DeviceFrame::Accepted { .. } | DeviceFrame::Terminal { .. } => {}
             DeviceFrame::Denied { code, message, .. } => panic!("denied {code}: {message}"),
         }
     }
