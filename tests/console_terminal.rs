@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use browser::Browser;
 use common::lab::survivors;
-use fantoccini::actions::{InputSource as _, KeyAction, KeyActions};
+use fantoccini::actions::{InputSource as _, KeyAction, KeyActions, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
 use operator_pty::OnPty;
 use owner::Owner;
 use serde_json::json;
@@ -89,6 +89,39 @@ async fn an_operators_shell_shows_live_in_a_read_only_terminal_beside_stop_and_o
         json!(["rgb(255, 255, 255)", "rgb(255, 0, 0)", "inline-block"]),
         "xterm's styles under the CSP"
     );
+
+    // A hyperlink the shell prints (OSC 8) does nothing when the owner clicks it:
+    // no confirm(), no window, no navigation (xterm's default would ask, then open it).
+    op.type_text("printf '\\033]8;;http://127.0.0.1:9/owned\\033\\\\LINK-%s\\033]8;;\\033\\\\\\n' 7\r");
+    b.wait_text(&rows, "the hyperlink", |t| t.contains("LINK-7")).await;
+    let at = b
+        .js(
+            "window.__asked = 0; window.__opened = 0;
+             window.confirm = () => { window.__asked++; return true; };
+             window.open = () => { window.__opened++; return null; };
+             const rows = document.querySelector(arguments[0]);
+             const link = [...rows.querySelectorAll('span')].find((s) => s.textContent.includes('LINK-7'));
+             const r = link.getBoundingClientRect();
+             return [r.left + 8, r.top + r.height / 2];",
+            vec![json!(rows)],
+        )
+        .await;
+    let (x, y) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+    let url = b.url().await;
+    let mouse = MouseActions::new("owner-mouse".into())
+        .then(PointerAction::MoveTo { duration: None, x, y })
+        .pause(Duration::from_millis(100))
+        .then(PointerAction::MoveBy { duration: None, x: 2.0, y: 0.0 })
+        .pause(Duration::from_millis(100))
+        .then(PointerAction::Down { button: MOUSE_BUTTON_LEFT })
+        .then(PointerAction::Up { button: MOUSE_BUTTON_LEFT });
+    b.client().perform_actions(mouse).await.unwrap();
+    let hovered = b.js("return document.querySelector(arguments[0]).matches(':hover');", vec![json!(box_)]).await;
+    assert_eq!(hovered, json!(true), "the pointer was over the terminal");
+    let after = b.js("return [window.__asked, window.__opened];", vec![]).await;
+    assert_eq!(after, json!([0, 0]), "a click on the link asked or opened");
+    assert_eq!(b.url().await, url);
+    assert_eq!(b.client().windows().await.unwrap().len(), 1);
 
     // The owner cannot type into it: keys pressed in the terminal reach neither shell nor operator.
     b.click(&box_).await;

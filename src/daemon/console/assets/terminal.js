@@ -104,6 +104,10 @@
       scrollback: 2000,
       convertEol: false,
       screenReaderMode: false,
+      // An OSC 8 hyperlink the remote shell printed does nothing when
+      // clicked: the owner is never sent to an address an operator chose
+      // (xterm's default asks confirm() and then opens it).
+      linkHandler: { activate() {}, allowNonHttpProtocols: false },
     });
     term.open(container);
     return {
