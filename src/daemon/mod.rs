@@ -30,7 +30,8 @@
 //! - `notify.rs`: desktop notifications on the session D-Bus, and each ended grant's summary in the log.
 //! - [`gate`]: the decision, pure.
 //! - `session.rs`: an interactive session (the `shell` action without `cmd`): its
-//!   operator frames checked in, its run loop; `pty.rs`: its process on a pseudo-terminal.
+//!   operator frames checked in, its run loop; `pty.rs`: its process on a pseudo-terminal;
+//!   `session_record.rs`: its recording, written on a thread of its own.
 //! - `replay.rs`: the replay cache, and its nonces read back from the audit log (and `run/lost-nonces`) at start.
 //!
 //! # Files (all under the home's state directory)
@@ -66,6 +67,7 @@ mod pty;
 mod records;
 mod replay;
 mod session;
+mod session_record;
 mod task;
 pub mod tree;
 
@@ -335,6 +337,15 @@ impl Daemon {
             tracing::info!(nonces = remembered, "nonces of recent commands read back from the audit log");
         }
         daemon.recover()?;
+        let keep_days = daemon.inner.catalogue.shell.keep_recordings_days;
+        match crate::recording::prune(&crate::recording::dir(&paths.state_dir), keep_days, std::time::SystemTime::now())
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(removed = n, keep_days, "old session recordings removed ([shell] keep_recordings_days)")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot prune the session recordings"),
+        }
         let mut started = Record::new(Event::DaemonStarted);
         started.detail = Some(format!(
             "pid {}, version {}, device {}",

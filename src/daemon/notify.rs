@@ -123,6 +123,16 @@ const CONSOLE_ACTION: &[(&str, &str)] = &[("console", "Open console")];
 impl Note {
     fn show(&self) -> Shown {
         match self {
+            Note::TaskStarted { task_id, operator, action, tier: 4, params }
+                if action == "shell" && !params.contains_key("cmd") =>
+            {
+                let body = format!(
+                    "{} opened an interactive shell as you (tier 4, task {task_id}). Every keystroke's effect shows live in the console and `support watch`, and it is recorded; Stop ends it.",
+                    crate::text::brief(operator)
+                );
+                let summary = "Support opened an interactive shell".to_string();
+                Shown { summary, body, urgency: 2, actions: TASK_ACTIONS, task: Some(task_id.clone()) }
+            }
             Note::TaskStarted { task_id, operator, action, tier, params } => {
                 let (summary, urgency) = match tier {
                     3 => ("Support is operating your agent".to_string(), 2),
@@ -521,6 +531,17 @@ mod tests {
             assert!(body.starts_with("alice&lt;b&gt; runs memory (tier"), "{body}");
             assert!(body.contains("unit=&lt;a href=\"x\"&gt;cups&lt;/a&gt;") && !body.contains('<'), "{body}");
         }
+        let session = Note::TaskStarted {
+            task_id: "t-2".into(),
+            operator: "bob<i>".into(),
+            action: "shell".into(),
+            tier: 4,
+            params: [("cols".to_string(), "80".to_string())].into(),
+        }
+        .show();
+        assert_eq!((session.summary.as_str(), session.urgency), ("Support opened an interactive shell", 2));
+        assert!(body_text(&session.body, true).starts_with("bob&lt;i&gt; opened an interactive shell as you"));
+        assert_eq!((session.actions, session.task.as_deref()), (TASK_ACTIONS, Some("t-2")));
         let warn = Note::GrantWarning { grant_id: "g-1".into(), tier: 2, left: Duration::from_secs(299) }.show();
         assert_eq!(warn.summary, "Support ends in 5 minutes");
         assert_eq!((warn.actions, warn.task), (CONSOLE_ACTION, None));

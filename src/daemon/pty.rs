@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::exec::{CHUNK_BYTES, Spec};
 use super::tree;
 
+/// The terminal type a session's programs are told (`TERM`).
+pub(super) const TERM: &str = "xterm-256color";
+
 /// What the pty's reader thread may hold unsent: chunks.
 const OUTPUT_QUEUE: usize = 16;
 
@@ -89,7 +92,7 @@ impl Pty {
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
-        cmd.env("TERM", "xterm-256color");
+        cmd.env("TERM", TERM);
         cmd.cwd(&spec.cwd);
         let (mut child, pid, start_ticks) = super::kill::spawning(|| {
             let child = pair.slave.spawn_command(cmd).map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -17,10 +17,11 @@ use base64::Engine as _;
 use tokio::sync::{mpsc, watch};
 
 use super::pty::{self, Pty};
-use super::{Daemon, exec, kill};
+use super::{Daemon, exec, kill, session_record};
 use crate::control_api::{TaskView, WatchEvent};
 use crate::protocol::session::{InputCheck, Keys};
 use crate::protocol::{DeviceFrame, SessionInput, Status, StoppedBy, TaskResult};
+use crate::recording::Header;
 
 /// Operator frames checked but not yet written to the pty, per session.
 const KEYS_QUEUE: usize = 256;
@@ -210,12 +211,20 @@ pub(super) async fn run(
     let at = || started.elapsed();
     let mut end = Ending { exited: None, stopped: None, reason: None, give_up_at: None };
     let mut idle_at = tokio::time::Instant::now() + settings.idle;
-    let mut keys_open = true;
+    let (mut keys_open, mut output_open) = (true, true);
     loop {
+        if !output_open && (end.exited.is_some() || !end.live()) {
+            break;
+        }
         let give_up = end.give_up_at;
         tokio::select! {
-            chunk = output.recv() => {
-                let Some(data) = chunk else { break };
+            chunk = output.recv(), if output_open => {
+                let Some(data) = chunk else {
+                    // The pty is closed everywhere; the shell's exit status is on its way.
+                    output_open = false;
+                    end.give_up_at.get_or_insert(tokio::time::Instant::now() + DRAIN_LIMIT);
+                    continue;
+                };
                 idle_at = tokio::time::Instant::now() + settings.idle;
                 bytes += data.len() as u64;
                 digest.update(&data);
@@ -305,6 +314,21 @@ pub(super) async fn run(
     }
 }
 
+/// The result of a session that never started, `why`.
+fn not_started(why: String) -> TaskResult {
+    tracing::error!(%why, "a session could not start");
+    TaskResult {
+        status: Status::Failed,
+        exit_code: None,
+        duration_ms: 0,
+        truncated: false,
+        output_bytes: 0,
+        output_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, b"")),
+        cancelled_by: None,
+        reason: Some(why),
+    }
+}
+
 /// A stop came: the tree is killed at once.
 fn stopped(tree: &kill::Tree<'_>, end: &mut Ending, by: StoppedBy) {
     kill::kill_tree(tree);
@@ -336,7 +360,37 @@ impl Daemon {
     ) -> (TaskResult, Option<String>) {
         let shell = self.catalogue().shell.clone();
         let settings = Settings::of(&shell, info);
-        let result = run(self, spec, info, settings, keys, frames, stop, hooks, None).await;
-        (result, None)
+        let header = Header {
+            width: settings.size.0,
+            height: settings.size.1,
+            timestamp: chrono::Utc::now().timestamp(),
+            title: format!("{} on {}: interactive shell {}", info.operator, self.device_id(), info.task_id),
+            env: [("SHELL".to_string(), settings.program.clone()), ("TERM".to_string(), pty::TERM.to_string())].into(),
+        };
+        let (state_dir, task_id) = (self.inner.paths.state_dir.clone(), info.task_id.clone());
+        let (max, input) = (shell.max_recording_bytes, shell.record_input);
+        let started =
+            tokio::task::spawn_blocking(move || session_record::start(&state_dir, &task_id, &header, max, input)).await;
+        let started = match started {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return (not_started(format!("{e}; the session does not start without it")), None),
+            Err(e) => return (not_started(format!("the recording could not be started: {e}")), None),
+        };
+        let result = run(self, spec, info, settings, keys, frames, stop, hooks, Some(started.recording)).await;
+        let finished = tokio::task::spawn_blocking(move || started.finished.join()).await;
+        match finished {
+            Ok(Ok(Ok(f))) => {
+                tracing::info!(file = %f.path.display(), bytes = f.bytes, "the session's recording is complete");
+                (result, Some(f.sha256))
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %e, "the session's recording could not be finished");
+                (result, None)
+            }
+            _ => {
+                tracing::error!("the session's recording thread failed");
+                (result, None)
+            }
+        }
     }
 }
