@@ -160,4 +160,24 @@ async fn an_operators_shell_shows_live_in_a_read_only_terminal_beside_stop_and_o
     let stopped = owner.audit().into_iter().find(|r| r["event"] == "task.stopped").expect("task.stopped");
     assert_eq!((&stopped["task_id"], &stopped["via"]), (&json!(task), &json!("console")), "{stopped}");
     assert!(shown(&b, &task).await.is_empty());
+
+    // The session was recorded: its digest is on the record, and it plays back.
+    let deadline = Instant::now() + browser::PATIENCE;
+    let listed = loop {
+        let out = owner.home().run(&["recordings", "--json"]).code(0).stdout.clone();
+        let row = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["id"] == task.as_str());
+        if let Some(row) = row.filter(|r| r["matches_record"] == json!(true)) {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no recording of {task} matching its record: {out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(listed["title"].as_str().is_some(), "{listed}");
+    let played = owner.home().cmd(&["play", &task, "--speed", "1000"]).output().unwrap();
+    assert!(played.status.success(), "{}", String::from_utf8_lossy(&played.stderr));
+    let played = String::from_utf8_lossy(&played.stdout);
+    assert!(played.contains("hello-42") && played.contains("after-2"), "{played:?}");
 }
