@@ -140,6 +140,16 @@ async fn an_operators_shell_shows_live_in_a_read_only_terminal_beside_stop_and_o
     b.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a real screenshot");
 
+    // In a 360 px window the page still scrolls no wider: the terminal scrolls inside its own box.
+    b.client().set_window_size(360, 800).await.unwrap();
+    let widths = b
+        .wait_js("return [document.documentElement.scrollWidth, window.innerWidth];", "the window narrows", |v| {
+            v[1].as_u64().is_some_and(|w| w <= 400)
+        })
+        .await;
+    assert!(widths[0].as_u64() <= widths[1].as_u64(), "the page scrolls sideways at {widths}");
+    b.client().set_window_size(1200, 900).await.unwrap();
+
     // One click on Stop ends the session: the shell is gone, the operator is told, the terminal closes.
     let shell: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     let clicked = Instant::now();
