@@ -15,7 +15,8 @@
 //! - [`audit`]: the hash-chained audit log: append, verify, recover, list, prove a witnessed head.
 //! - [`identity`]: Ed25519 key pairs, public keys, fingerprints, device ids, signatures.
 //! - [`protocol`]: every relay frame, both directions; the signed bytes (`run`, `hello`, the device's
-//!   answers, with the chain that checks them); size limits; the audit witness's frames.
+//!   answers, with the chain that checks them; an interactive session's operator frames); size
+//!   limits; the audit witness's frames.
 //! - [`daemon`]: admitting a command (the gate, then register, then launch), the replay cache, a running task, the executor, how
 //!   its commands' ends add up to a result (with a reason), and
 //!   the tree kill, consent enforcement (supervised), audit-record building, unverified denials counted, its

@@ -257,3 +257,142 @@ fn a_tier_3_grant_refuses_the_session() {
     assert!(op.text().contains("TIER_INSUFFICIENT"), "{}", op.text());
     assert!(!records(&paths(&device)).iter().any(|r| r.event == Event::ActionStarted));
 }
+
+/// Reads the session's answers (each checked against the device key) until
+/// its `result`; returns the terminal bytes shown and the result.
+async fn answers(
+    session: &mut support::operator::Session,
+    check: &mut support::protocol::answer::AnswerCheck,
+    until: Option<&str>,
+    shown: &mut Vec<u8>,
+) -> Option<support::protocol::DeviceFrame> {
+    use support::protocol::{DeviceFrame, FromRelay};
+    loop {
+        let frame = session.recv(Duration::from_secs(30)).await.expect("an answer within 30 s");
+        let FromRelay::Answer(f) = frame else { continue };
+        check.check(&f).expect("every answer verifies");
+        match &f {
+            DeviceFrame::Terminal { data, .. } => {
+                shown.extend(base64::engine::general_purpose::STANDARD.decode(data).unwrap());
+                if until.is_some_and(|u| String::from_utf8_lossy(shown).contains(u)) {
+                    return None;
+                }
+            }
+            DeviceFrame::Result { .. } | DeviceFrame::Denied { .. } => return Some(f),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_frames_altered_replayed_reordered_or_foreign_are_refused_and_the_session_goes_on() {
+    use support::protocol::{Keys, SessionInput, ToRelay, encode};
+    let (relay, device, key_path) = tokio::task::spawn_blocking(|| setup(4)).await.unwrap();
+    let key = support::KeyPair::load(&key_path).unwrap();
+    let mut session = relay.session(&key_path).await;
+    let device_key = session.device_key(&device.device_id).await.unwrap().unwrap();
+    let run = session.command(&device.device_id, "shell", Default::default());
+    let mut check = support::protocol::answer::AnswerCheck::new(device_key, &run);
+    session.send_raw(&encode(&ToRelay::Run(run.clone()))).await.unwrap();
+    let mut shown = Vec::new();
+    let send = async |session: &mut support::operator::Session, frame: &SessionInput| {
+        session.send_raw(&encode(&ToRelay::Session(frame.clone()))).await.unwrap();
+    };
+    answers(&mut session, &mut check, Some("# "), &mut shown).await;
+    let typed = |seq, text: &str| SessionInput::signed(&key, &run, seq, &Keys::Data(text.as_bytes().to_vec()));
+    // Altered on the way: the signature no longer holds.
+    let mut altered = typed(0, "echo ok-$((1+1))\r");
+    if let SessionInput::Input { data, .. } = &mut altered {
+        *data = base64::engine::general_purpose::STANDARD.encode("echo evil-$((2+2))\r");
+    }
+    send(&mut session, &altered).await;
+    // A frame signed by another key the owner trusts, for this very session.
+    let (other, _) = support::KeyPair::generate();
+    device.trust("bob", &other);
+    send(&mut session, &SessionInput::signed(&other, &run, 0, &Keys::Data(b"echo bob-$((3+3))\r".to_vec()))).await;
+    // The real frame 0 passes, then is replayed; frame 2 comes before 1.
+    send(&mut session, &typed(0, "echo one-$((0+1))\r")).await;
+    answers(&mut session, &mut check, Some("one-1\r\n"), &mut shown).await;
+    send(&mut session, &typed(0, "echo one-$((0+1))\r")).await;
+    send(&mut session, &typed(2, "echo two-$((1+1))\r")).await;
+    send(&mut session, &typed(1, "echo three-$((1+2))\r")).await;
+    answers(&mut session, &mut check, Some("three-3\r\n"), &mut shown).await;
+    send(&mut session, &typed(2, "exit 0\r")).await;
+    let result = answers(&mut session, &mut check, None, &mut shown).await.unwrap();
+    assert!(matches!(result, support::protocol::DeviceFrame::Result { exit_code: Some(0), .. }), "{result:?}");
+    let text = String::from_utf8_lossy(&shown);
+    assert_eq!(text.matches("one-1\r\n").count(), 1, "the replay ran: {text}");
+    for never in ["evil-4", "bob-6", "two-2"] {
+        assert!(!text.contains(never), "{never} reached the shell: {text}");
+    }
+    let all = records(&paths(&device));
+    let finished = all.iter().rfind(|r| r.event == Event::ActionFinished).unwrap();
+    assert_eq!(finished.detail.as_deref(), Some("4 operator frame(s) refused (bad signature, order or session)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_connection_ending_ends_the_session_and_its_tree() {
+    use support::protocol::{Keys, SessionInput, ToRelay, encode};
+    let (relay, device, key_path) = tokio::task::spawn_blocking(|| setup(4)).await.unwrap();
+    let key = support::KeyPair::load(&key_path).unwrap();
+    let mut session = relay.session(&key_path).await;
+    let device_key = session.device_key(&device.device_id).await.unwrap().unwrap();
+    let run = session.command(&device.device_id, "shell", Default::default());
+    let mut check = support::protocol::answer::AnswerCheck::new(device_key, &run);
+    session.send_raw(&encode(&ToRelay::Run(run.clone()))).await.unwrap();
+    let mut shown = Vec::new();
+    answers(&mut session, &mut check, Some("# "), &mut shown).await;
+    let frame = SessionInput::signed(&key, &run, 0, &Keys::Data(b"sleep 300 & echo bg=$!=$((5*5))\r".to_vec()));
+    session.send_raw(&encode(&ToRelay::Session(frame))).await.unwrap();
+    answers(&mut session, &mut check, Some("=25\r\n"), &mut shown).await;
+    let text = String::from_utf8_lossy(&shown).into_owned();
+    let bg: i32 = text.rsplit("\nbg=").next().unwrap().split('=').next().unwrap().parse().unwrap();
+    drop(session);
+    tokio::task::spawn_blocking(move || gone(bg)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = records(&paths(&device));
+        if let Some(f) = all.iter().rfind(|r| r.event == Event::ActionFinished) {
+            assert_eq!(f.by.as_deref(), Some("operator"), "{f:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session did not end with its operator's connection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_session_works_through_a_relay_of_a_cluster_that_does_not_hold_the_device() {
+    use common::nats::{Nats, clustered_relay};
+    let nats = Nats::start();
+    let (a, b) = (clustered_relay(&nats), clustered_relay(&nats));
+    let home = Home::new();
+    add_policy(&home, POLICY);
+    let device = Device::start(home, &a.url(), &["--relay-ca", a.ca().to_str().unwrap(), "--enroll", &a.token()], true);
+    let (key, key_path) = b.operator("desk");
+    device.trust("desk", &key);
+    device.allow(4);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = common::Run::from(b.operator_cli(&key_path, &["devices", "--json"]).output().unwrap());
+        if out.code == 0
+            && out
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["device_id"] == device.device_id.as_str() && d["online"] == true)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the device never showed online through B: {}", out.stdout);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Keystrokes go B → NATS → A → device in order; the signed output comes back the same way.
+    let mut op = Operator::shell(&b, &key_path, &device.device_id);
+    op.expect("accepted as task");
+    op.type_in("echo x-$((2*3)); echo y-$((3*3))\r");
+    op.expect("x-6\r\ny-9\r\n");
+    op.type_in("exit 5\r");
+    assert_eq!(op.exit_code(), 5, "{}", op.text());
+}

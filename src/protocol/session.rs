@@ -337,6 +337,50 @@ mod tests {
     }
 
     #[test]
+    fn terminal_answers_are_chained_and_a_relay_that_alters_one_is_caught() {
+        use super::super::answer::{AnswerCheck, AnswerError, Chain};
+        use super::super::{DeviceFrame, TaskResult};
+        let (operator, device) = (KeyPair::generate().0, KeyPair::generate().0);
+        let device_id = device.public_key().device_id();
+        let run = Run::signed(&operator, "r-1", &device_id, "shell", BTreeMap::new(), chrono::Utc::now());
+        let mut chain = Chain::new(&device_id, &run);
+        let mut signed = |mut f: DeviceFrame| {
+            chain.sign(&device, &mut f);
+            f
+        };
+        let accepted = signed(DeviceFrame::accepted("r-1", "t-1"));
+        let out = signed(DeviceFrame::terminal("r-1", 0, b"\x1b[1mhi\xff\r\n"));
+        let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, b"\x1b[1mhi\xff\r\n"));
+        let result = TaskResult {
+            status: crate::Status::Failed,
+            exit_code: Some(3),
+            duration_ms: 5,
+            truncated: false,
+            output_bytes: 9,
+            output_sha256: digest,
+            cancelled_by: None,
+            reason: None,
+        };
+        let end = signed(DeviceFrame::result("r-1", &result));
+        let mut honest = AnswerCheck::new(device.public_key(), &run);
+        for f in [&accepted, &out, &end] {
+            honest.check(f).unwrap();
+        }
+        // One byte of the pty's output changed on the way.
+        let mut altered = out.clone();
+        if let DeviceFrame::Terminal { data, .. } = &mut altered {
+            *data = base64::engine::general_purpose::STANDARD.encode(b"\x1b[1mhI\xff\r\n");
+        }
+        let mut check = AnswerCheck::new(device.public_key(), &run);
+        check.check(&accepted).unwrap();
+        assert!(matches!(check.check(&altered), Err(AnswerError::Signature { index: 1, .. })));
+        // Left out: the result no longer follows.
+        let mut check = AnswerCheck::new(device.public_key(), &run);
+        check.check(&accepted).unwrap();
+        assert!(matches!(check.check(&end), Err(AnswerError::Order { expected: 1, got: 2, .. })));
+    }
+
+    #[test]
     fn the_wire_form_is_one_tagged_object() {
         let key = KeyPair::generate().0;
         let run = session(&key);
