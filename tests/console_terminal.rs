@@ -156,7 +156,8 @@ async fn an_operators_shell_shows_live_in_a_read_only_terminal_beside_stop_and_o
     b.click(&format!("#tasks tr[data-task-id=\"{task}\"] button.stop")).await;
     let code = op.exit_code().await;
     assert_ne!(code, 0, "the operator's session ended by a Stop: {:?}", op.output());
-    assert!(op.output().contains("stopped by the owner"), "{:?}", op.output());
+    // Its last words may still be on their way from the pty when it has exited.
+    op.wait_for("the operator is told", "stopped by the owner").await;
     while !survivors(&[shell]).is_empty() {
         assert!(clicked.elapsed() < browser::PATIENCE, "the shell {shell} survived the Stop");
         tokio::time::sleep(Duration::from_millis(5)).await;
