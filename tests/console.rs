@@ -84,7 +84,13 @@ fn a_login_link_works_once_and_sets_a_strict_http_only_cookie() {
         secured(&r);
         assert_eq!(r.status, 401, "{api}");
     }
-    for asset in ["/console/app.js", "/console/app.css"] {
+    let vendor = [
+        "/console/terminal.js",
+        "/console/vendor/xterm.js",
+        "/console/vendor/xterm.css",
+        "/console/vendor/xterm.LICENSE",
+    ];
+    for asset in ["/console/app.js", "/console/app.css"].into_iter().chain(vendor) {
         let r = request(port, "GET", asset, &[], "");
         secured(&r);
         assert_eq!(r.status, 200, "{asset}");

@@ -86,6 +86,37 @@ fn play_replays_the_same_bytes_as_recorded_at_its_real_pace() {
 }
 
 #[test]
+fn a_recording_changed_after_its_session_no_longer_matches_its_record() {
+    let h = Home::new();
+    let done = record(&h, "t-rec");
+    record(&h, "t-unrecorded");
+    let mut finished = support::Record::new(support::Event::ActionFinished);
+    finished.task_id = Some("t-rec".into());
+    finished.recording_sha256 = Some(done.sha256.clone());
+    support::AuditLog::open(&support::Paths::under(h.path.clone())).unwrap().append(finished).unwrap();
+    let listed = |h: &Home| -> BTreeMap<String, serde_json::Value> {
+        let out = h.run(&["recordings", "--json"]).code(0).stdout.clone();
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["id"].as_str().unwrap().to_string(), v))
+            .collect()
+    };
+    let rows = listed(&h);
+    assert_eq!(rows["t-rec"]["matches_record"], true, "{rows:?}");
+    assert_eq!(rows["t-rec"]["recorded_sha256"], done.sha256.as_str());
+    assert!(rows["t-unrecorded"]["matches_record"].is_null(), "{rows:?}");
+    h.run(&["recordings"]).code(0).says("matches");
+
+    // Someone rewrites what the shell showed, keeping the file well-formed.
+    let text = std::fs::read_to_string(&done.path).unwrap().replace("ok", "no");
+    std::fs::write(&done.path, text).unwrap();
+    let rows = listed(&h);
+    assert_eq!(rows["t-rec"]["matches_record"], false, "{rows:?}");
+    assert_ne!(rows["t-rec"]["sha256"], rows["t-rec"]["recorded_sha256"]);
+    h.run(&["recordings"]).code(0).says("ALTERED");
+}
+
+#[test]
 fn a_bad_an_oversized_or_a_linked_file_plays_nothing_and_exits_1() {
     let h = Home::new();
     record(&h, "t-good");

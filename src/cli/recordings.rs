@@ -1,6 +1,8 @@
 //! `support recordings [--json]` and `support play ID [--speed X] [--idle-limit S]`
 
+use std::collections::HashMap;
 use std::io::Write as _;
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,7 +14,9 @@ use crate::recording::{self, ReadError, Reader};
 
 /// List the recordings of interactive sessions (in the state directory's
 /// `recordings/`): id, start, title (who opened it, on what), duration,
-/// size and SHA-256 (compare it with the session's `action.finished` record).
+/// size, SHA-256, and whether that digest is the one on the session's
+/// `action.finished` record (`recording_sha256`): a file changed after its
+/// session ended says "ALTERED".
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Print one JSON object per recording, one per line.
@@ -37,10 +41,46 @@ pub struct PlayArgs {
     idle_limit: Option<f64>,
 }
 
+/// A recording as listed: its summary, and the digest its session's
+/// `action.finished` record holds (in the MAC'd audit chain), if any.
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    summary: recording::Summary,
+    /// `recording_sha256` of the task's `action.finished` record.
+    recorded_sha256: Option<String>,
+    /// Whether the file's digest is that one; `None` with no record (a
+    /// session still running, or a file support did not write).
+    matches_record: Option<bool>,
+}
+
+/// Each task's `recording_sha256` on its `action.finished` record.
+fn recorded_digests(ctx: &Ctx) -> Result<HashMap<String, String>, Error> {
+    let mut found = HashMap::new();
+    crate::audit::newest_first(&ctx.paths, |r| {
+        if r.event == crate::audit::Event::ActionFinished
+            && let (Some(task), Some(digest)) = (r.task_id, r.recording_sha256)
+        {
+            found.entry(task).or_insert(digest);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(found)
+}
+
 pub(crate) fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode, Error> {
     let dir = recording::dir(&ctx.paths.state_dir);
     crate::paths::check_dir(&dir)?;
     let all = recording::list(&dir).map_err(|e| Error::Failed(format!("cannot list {}: {e}", dir.display())))?;
+    let mut recorded = if all.is_empty() { HashMap::new() } else { recorded_digests(ctx)? };
+    let all: Vec<Listed> = all
+        .into_iter()
+        .map(|summary| {
+            let recorded_sha256 = recorded.remove(&summary.id);
+            let matches_record = recorded_sha256.as_ref().map(|r| summary.sha256.as_ref() == Some(r));
+            Listed { summary, recorded_sha256, matches_record }
+        })
+        .collect();
     if args.json {
         for s in &all {
             outln!("{}", serde_json::to_string(s).expect("a summary serialises"))?;
@@ -58,8 +98,9 @@ pub(crate) fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode, Error> {
         ("duration", Wrap::Words),
         ("size", Wrap::Words),
         ("sha256", Wrap::Text),
+        ("record", Wrap::Words),
     ]);
-    for s in &all {
+    for Listed { summary: s, matches_record, .. } in &all {
         let started = s.started.as_deref().and_then(crate::time::parse_rfc3339).map(crate::time::local);
         let duration = s.duration_s.map(|d| humantime::format_duration(Duration::from_secs(d as u64)).to_string());
         let digest = match (&s.sha256, &s.error) {
@@ -74,6 +115,11 @@ pub(crate) fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode, Error> {
             duration.unwrap_or_else(|| "-".into()),
             format!("{} B", s.bytes),
             digest,
+            match matches_record {
+                Some(true) => "matches".into(),
+                Some(false) => "ALTERED".into(),
+                None => "-".into(),
+            },
         ]);
     }
     table.print()?;

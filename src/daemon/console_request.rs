@@ -39,6 +39,14 @@ pub enum Asset {
     AppJs,
     /// `GET /console/app.css`.
     AppCss,
+    /// `GET /console/terminal.js`: the owner's read-only view of an interactive session.
+    TerminalJs,
+    /// `GET /console/vendor/xterm.js`: xterm.js, vendored (assets/vendor/README).
+    XtermJs,
+    /// `GET /console/vendor/xterm.css`.
+    XtermCss,
+    /// `GET /console/vendor/xterm.LICENSE`: xterm.js's licence.
+    XtermLicense,
 }
 
 /// A read of `/console/api/`, with its query decoded.
@@ -102,7 +110,7 @@ pub enum Admitted {
         /// Whether a cookie named a standing session.
         signed_in: bool,
     },
-    /// `GET /console/app.js` or `app.css`.
+    /// `GET` of an embedded file: `/console/app.js`, `app.css`, `terminal.js`, `vendor/...`.
     Asset(Asset),
     /// `GET /console/login?token=T` with a token that was outstanding: it
     /// is used, and this session begun.
@@ -362,6 +370,10 @@ fn route(path: &str) -> Option<(Method, Route)> {
         ["", "console", ""] => get(Route::Page),
         ["", "console", "app.js"] => get(Route::Asset(Asset::AppJs)),
         ["", "console", "app.css"] => get(Route::Asset(Asset::AppCss)),
+        ["", "console", "terminal.js"] => get(Route::Asset(Asset::TerminalJs)),
+        ["", "console", "vendor", "xterm.js"] => get(Route::Asset(Asset::XtermJs)),
+        ["", "console", "vendor", "xterm.css"] => get(Route::Asset(Asset::XtermCss)),
+        ["", "console", "vendor", "xterm.LICENSE"] => get(Route::Asset(Asset::XtermLicense)),
         ["", "console", "login"] => get(Route::Login),
         ["", "console", "api", "session"] => read(ReadPath::Session),
         ["", "console", "api", "status"] => read(ReadPath::Status),

@@ -212,7 +212,11 @@ impl Recorder {
         };
         let mut bytes = serde_json::to_vec(&line).expect("a header serialises");
         bytes.push(b'\n');
-        recorder.write_line(&bytes)?;
+        if let Err(e) = recorder.write_line(&bytes) {
+            // Ours and empty: a session that cannot start leaves no file behind.
+            let _ = std::fs::remove_file(&recorder.path);
+            return Err(e);
+        }
         Ok(recorder)
     }
 

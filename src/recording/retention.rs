@@ -31,8 +31,9 @@ pub fn prune(dir: &Path, keep_days: u64, now: SystemTime) -> io::Result<usize> {
             continue;
         }
         let path = entry.path();
-        let meta = fs::symlink_metadata(&path)?;
-        if !meta.is_file() || meta.modified()? >= cutoff {
+        // Gone or unreadable since the listing: not ours to judge now.
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if !meta.is_file() || !meta.modified().is_ok_and(|m| m < cutoff) {
             continue;
         }
         let Ok(file) =

@@ -142,6 +142,7 @@ fn the_cap_stops_the_recording_with_whole_events_and_a_true_digest() {
 fn a_header_over_the_cap_is_refused() {
     let home = tempfile::tempdir().unwrap();
     assert!(matches!(Recorder::create(home.path(), "t-4", &header(), 10), Err(RecordError::CapReached { .. })));
+    assert!(!home.path().join("t-4.cast").exists(), "the refused recording left a file");
 }
 
 #[test]

@@ -31,7 +31,9 @@
 //!   `/console/` with the cookie `support_console=SID; HttpOnly;
 //!   SameSite=Strict; Path=/console`; a used, expired or unknown token: 401.
 //! - `GET /console/` (the page, or without a session a page saying to run
-//!   `support console`), `/console/app.js`, `/console/app.css`: embedded.
+//!   `support console`), `/console/app.js`, `/console/app.css`,
+//!   `/console/terminal.js` (the read-only terminal), and xterm.js under
+//!   `/console/vendor/` (`xterm.js`, `xterm.css`, `xterm.LICENSE`): embedded.
 //! - `GET /console/api/session` `{"csrf"}`, `/console/api/status`
 //!   (`StatusView`), `/console/api/events` (server-sent events),
 //!   `/console/api/audit`, `/console/api/summary` (`api.rs`).
@@ -79,6 +81,11 @@ pub const SECURITY_HEADERS: [(&str, &str); 5] = [
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+const TERMINAL_JS: &str = include_str!("assets/terminal.js");
+/// xterm.js, vendored byte for byte (`assets/vendor/README.md`: version, source, digests).
+const XTERM_JS: &str = include_str!("assets/vendor/xterm.js");
+const XTERM_CSS: &str = include_str!("assets/vendor/xterm.css");
+const XTERM_LICENSE: &str = include_str!("assets/vendor/xterm.LICENSE");
 const SIGNED_OUT_HTML: &str = include_str!("assets/signed-out.html");
 const LINK_USED_HTML: &str = include_str!("assets/link-used.html");
 
@@ -220,6 +227,10 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         Admitted::Page { signed_in: false } => html(StatusCode::OK, SIGNED_OUT_HTML),
         Admitted::Asset(Asset::AppJs) => page(StatusCode::OK, APP_JS, "text/javascript; charset=utf-8"),
         Admitted::Asset(Asset::AppCss) => page(StatusCode::OK, APP_CSS, "text/css; charset=utf-8"),
+        Admitted::Asset(Asset::TerminalJs) => page(StatusCode::OK, TERMINAL_JS, "text/javascript; charset=utf-8"),
+        Admitted::Asset(Asset::XtermJs) => page(StatusCode::OK, XTERM_JS, "text/javascript; charset=utf-8"),
+        Admitted::Asset(Asset::XtermCss) => page(StatusCode::OK, XTERM_CSS, "text/css; charset=utf-8"),
+        Admitted::Asset(Asset::XtermLicense) => page(StatusCode::OK, XTERM_LICENSE, "text/plain; charset=utf-8"),
         Admitted::Login { sid, sessions } => login(shared, &sid, sessions, peer).await,
         Admitted::Read { get, sid, csrf } => api::get(&shared.daemon, get, &sid, &csrf, shared.stop.clone()).await,
         Admitted::Change { change, sid: _ } => {

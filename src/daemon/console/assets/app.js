@@ -22,6 +22,10 @@
 //   #audit           table; rows tr[data-seq][data-event], newest first; #audit-more for older;
 //                    #audit-filter with #audit-grant, #audit-operator, #audit-event, #audit-apply, #audit-clear
 //   #audit-verified  the chain's status, [data-ok=true|false]
+//   tr.terminal-row[data-terminal-for=ID]  right after task ID's row (beside its Stop): the live,
+//                    read-only terminal of an interactive session (terminal.js), opened by the
+//                    first `terminal`/`terminal_size` event, closed when the task ends;
+//                    its .terminal[data-cols][data-rows] holds the xterm.js element
 //   #summary         the last grant's summary
 //   #error           the last error (hidden when none); #notice the last change made
 "use strict";
@@ -35,6 +39,10 @@
   let auditFilter = {};
   let auditNext = null;
   const knownTasks = new Map();
+  // Interactive sessions' terminals: task id -> {row, box, widget, listed}.
+  const terminals = new Map();
+  // Tasks whose end is on record: late bytes open no terminal for them.
+  const endedTasks = new Set();
 
   function el(tag, attrs, text) {
     const e = document.createElement(tag);
@@ -173,6 +181,15 @@
       cell.append(stop);
       row.append(cell);
       body.append(row);
+      const term = terminals.get(t.task_id);
+      if (term) {
+        term.listed = true;
+        body.append(term.row);
+      }
+    }
+    const listed = new Set(tasks.map((t) => t.task_id));
+    for (const [id, term] of terminals) {
+      if (!listed.has(id) && term.listed) closeTerminal(id);
     }
     const select = $("transcript-task");
     for (const t of tasks) {
@@ -192,6 +209,50 @@
       showError(`Stop failed: ${e.message}`);
       button.disabled = false;
     }
+  }
+
+  // An interactive session's live terminal, read only.
+  function openTerminal(id, size) {
+    let term = terminals.get(id);
+    if (term || endedTasks.has(id) || !window.SupportTerminal) return term;
+    const row = el("tr", { class: "terminal-row", "data-terminal-for": id });
+    const cell = el("td", { colspan: "5" });
+    const label = `Live terminal of task ${id}, read only: you watch, you cannot type`;
+    const box = el("div", { class: "terminal", role: "region", "aria-label": label });
+    cell.append(el("p", { class: "terminal-note" }, label), box);
+    row.append(cell);
+    const taskRow = $("tasks").querySelector(`tr[data-task-id="${CSS.escape(id)}"]`);
+    if (taskRow) taskRow.after(row);
+    else $("tasks").querySelector("tbody").append(row);
+    const widget = window.SupportTerminal.open(box, size);
+    term = { row, box, widget, listed: !!taskRow };
+    box.dataset.cols = String(widget.term.cols);
+    box.dataset.rows = String(widget.term.rows);
+    terminals.set(id, term);
+    return term;
+  }
+
+  function closeTerminal(id) {
+    const term = terminals.get(id);
+    if (!term) return;
+    terminals.delete(id);
+    term.widget.dispose();
+    term.row.remove();
+  }
+
+  function terminalData(ev) {
+    const bytes = window.SupportTerminal && window.SupportTerminal.decode(ev.data);
+    if (!bytes) return;
+    const term = openTerminal(ev.task_id);
+    if (term) term.widget.write(bytes);
+  }
+
+  function terminalSize(ev) {
+    const term = openTerminal(ev.task_id, { cols: ev.cols, rows: ev.rows });
+    if (!term) return;
+    term.widget.resize(ev.cols, ev.rows);
+    term.box.dataset.cols = String(term.widget.term.cols);
+    term.box.dataset.rows = String(term.widget.term.rows);
   }
 
   // The transcript.
@@ -263,6 +324,10 @@
   }
 
   function liveRecord(r) {
+    if ((r.event === "action.finished" || r.event === "task.aborted") && r.task_id) {
+      endedTasks.add(r.task_id);
+      closeTerminal(r.task_id);
+    }
     if (matchesFilter(r)) {
       const body = $("audit").querySelector("tbody");
       if (!body.querySelector(`tr[data-seq="${r.seq}"]`)) body.prepend(auditRow(r));
@@ -364,6 +429,8 @@
     on("status", renderStatus);
     on("tasks", (t) => renderTasks(t.tasks || []));
     on("line", addLine);
+    on("terminal", terminalData);
+    on("terminal_size", terminalSize);
     on("audit", liveRecord);
     on("summary", () => loadSummary());
     on("lagged", (l) => showNotice(`${l.missed} events were missed; the view was refreshed.`));
