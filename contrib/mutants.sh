@@ -21,15 +21,15 @@ cd "$(dirname "$0")/.."
 # attack it after.
 declare -A tests=(
   [src/daemon/gate.rs]="--lib|daemon::gate"
-  [src/daemon/replay.rs]="--lib|daemon::"
-  [src/daemon/control_request.rs]="--test=decoders|"
+  [src/daemon/replay.rs]="--lib|daemon::replay daemon::gate"
+  [src/daemon/control_request.rs]="--test=decoders|control_request"
   [src/consent.rs]="--lib --test=grant_scope|"
   [src/audit/chain.rs]="--lib|audit::"
   [src/audit/log.rs]="--lib --test=audit_log|"
   [src/audit/read.rs]="--lib --test=audit_log|"
   [src/policy/rules.rs]="--lib --test=catalogue|"
-  [src/protocol/signed.rs]="--lib --test=relay_forgery|"
-  [src/protocol/answer.rs]="--lib --test=relay_forgery|"
+  [src/protocol/signed.rs]="--lib|protocol::"
+  [src/protocol/answer.rs]="--lib|protocol::"
   [src/trust.rs]="--lib --test=trust|"
 )
 order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src/consent.rs src/audit/chain.rs
