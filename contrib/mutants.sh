@@ -16,9 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # FILE, the test targets that exercise it (given to every cargo call, so a
-# mutant builds only those), and after `|` a test name filter: unit tests
-# beside the code first (seconds per mutant), the integration tests that
-# attack it after.
+# mutant builds only those), after `|` a test name filter (words: any of
+# them), and after a second `|` a regex of the mutants to run (`-F`; all of
+# the file's without it). Unit tests beside the code where they cover it
+# (one build of the lib's tests per mutant), else the integration tests
+# that attack it.
 declare -A tests=(
   [src/daemon/gate.rs]="--lib|daemon::gate"
   [src/daemon/replay.rs]="--lib|daemon::replay daemon::gate"
@@ -30,10 +32,16 @@ declare -A tests=(
   [src/policy/rules.rs]="--lib --test=catalogue|"
   [src/protocol/signed.rs]="--lib|protocol::"
   [src/protocol/answer.rs]="--lib|protocol::"
-  [src/trust.rs]="--lib --test=trust|"
+  [src/trust.rs]="--test=trust|"
+  # The console's request checks: the session cookie and CSRF token
+  # (sessions.rs), then route, Host, cookie, Sec-Fetch-Site, Origin, CSRF
+  # and Content-Type in `handle` (mod.rs; its other functions build pages).
+  [src/daemon/console/sessions.rs]="--lib|daemon::console"
+  [src/daemon/console/mod.rs]="--test=console|cookie hosts|in (handle|route|Shared::session)"
 )
-order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src/consent.rs src/audit/chain.rs
-  src/audit/log.rs src/audit/read.rs src/policy/rules.rs src/protocol/signed.rs src/protocol/answer.rs src/trust.rs)
+order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src/protocol/signed.rs
+  src/protocol/answer.rs src/trust.rs src/audit/chain.rs src/daemon/console/sessions.rs src/daemon/console/mod.rs
+  src/consent.rs src/policy/rules.rs src/audit/log.rs src/audit/read.rs)
 
 # A target dir of its own: cargo names a path package's artifacts by its
 # path relative to the workspace, so the mutated copy and this tree would
@@ -44,12 +52,12 @@ jobs=${MUTANTS_JOBS:-1}
 common=(--no-shuffle -j "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --minimum-test-timeout 60)
 
 run_file() {
-  local file=$1 name targets filter args=()
+  local file=$1 name targets filter re args=()
   name=$(basename "${file%.rs}")
   mkdir -p "target/mutants/$name"
-  targets=${tests[$file]%%|*}
-  filter=${tests[$file]#*|}
+  IFS='|' read -r targets filter re <<< "${tests[$file]}"
   for t in $targets; do args+=("--cargo-arg=$t"); done
+  [[ -z $re ]] || args+=(-F "$re")
   # shellcheck disable=SC2086 # an empty filter is no argument
   nice -n 19 cargo mutants "${common[@]}" --file "$file" --output "target/mutants/$name" "${args[@]}" -- $filter
 }
