@@ -49,7 +49,10 @@ order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src
 # other's (a mutant "missed" that was never built). MUTANTS_TARGET_DIR to move it.
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$PWD/target/mutants/build}"
 jobs=${MUTANTS_JOBS:-1}
-common=(--no-shuffle -j "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --minimum-test-timeout 60)
+# No debug info for this crate (its dependencies keep theirs, so they stay
+# built): a mutant's build is mostly this crate's compile and link.
+common=(--no-shuffle -j "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --minimum-test-timeout 60
+  --cargo-arg=--config=profile.dev.package.support.debug=0)
 
 run_file() {
   local file=$1 name targets filter re args=()
