@@ -49,6 +49,9 @@ order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src
 # other's (a mutant "missed" that was never built). MUTANTS_TARGET_DIR to move it.
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$PWD/target/mutants/build}"
 jobs=${MUTANTS_JOBS:-1}
+# A failing property is a caught mutant: shrinking it to a small case is
+# for a human reading a failure, and can take minutes.
+export PROPTEST_MAX_SHRINK_ITERS=${PROPTEST_MAX_SHRINK_ITERS:-0}
 # No debug info for this crate (its dependencies keep theirs, so they stay
 # built): a mutant's build is mostly this crate's compile and link.
 common=(--no-shuffle -j "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --minimum-test-timeout 60
