@@ -3,7 +3,8 @@
 # that builds must make a test fail.
 #
 #   contrib/mutants.sh                    each decision file with the tests that cover it
-#   contrib/mutants.sh FILE               one of them (its tests as below)
+#   contrib/mutants.sh FILE [ARGS]        one of them (its tests as below), ARGS to cargo mutants
+#                                         (`-F REGEX`: rerun the mutants that matched, e.g. missed ones)
 #   contrib/mutants.sh --in-diff [BASE]   the lines this branch changes since BASE (default main),
 #                                         against the whole test suite
 #   contrib/mutants.sh --list             the mutants, without running them
@@ -58,7 +59,7 @@ common=(--no-shuffle -j "$jobs" --timeout "${MUTANTS_TIMEOUT:-300}" --minimum-te
   --cargo-arg=--config=profile.dev.package.support.debug=0)
 
 run_file() {
-  local file=$1 name targets filter re args=()
+  local file=$1 name targets filter re args=("${@:2}")
   name=$(basename "${file%.rs}")
   mkdir -p "target/mutants/$name"
   IFS='|' read -r targets filter re <<< "${tests[$file]}"
@@ -82,5 +83,5 @@ case "${1:-}" in
     exit "$status" ;;
   *)
     [[ -n "${tests[$1]:-}" ]] || { echo "not a decision file: $1 (see the table in $0)" >&2; exit 2; }
-    run_file "$1" ;;
+    run_file "$@" ;;
 esac
