@@ -65,8 +65,13 @@ run_file() {
   IFS='|' read -r targets filter re <<< "${tests[$file]}"
   for t in $targets; do args+=("--cargo-arg=$t"); done
   [[ -z $re ]] || args+=(-F "$re")
-  # shellcheck disable=SC2086 # an empty filter is no argument
-  nice -n 19 cargo mutants "${common[@]}" --file "$file" --output "target/mutants/$name" "${args[@]}" -- $filter
+  # The filter's words go to the test binaries, after cargo test's own
+  # `--` (cargo test itself takes one name only).
+  if [[ -n $filter ]]; then
+    args+=(--cargo-test-arg=--)
+    for word in $filter; do args+=("--cargo-test-arg=$word"); done
+  fi
+  nice -n 19 cargo mutants "${common[@]}" --file "$file" --output "target/mutants/$name" "${args[@]}"
 }
 
 case "${1:-}" in
