@@ -38,7 +38,7 @@ declare -A tests=(
   # (sessions.rs), then route, Host, cookie, Sec-Fetch-Site, Origin, CSRF
   # and Content-Type in `handle` (mod.rs; its other functions build pages).
   [src/daemon/console/sessions.rs]="--lib|daemon::console"
-  [src/daemon/console/mod.rs]="--test=console|cookie hosts|in (handle|route|Shared::session)"
+  [src/daemon/console/mod.rs]="--test=console||in (handle|route|Shared::session)"
 )
 order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src/protocol/signed.rs
   src/protocol/answer.rs src/trust.rs src/audit/chain.rs src/daemon/console/sessions.rs src/daemon/console/mod.rs
