@@ -80,8 +80,9 @@ impl ReplayCache {
         let forgotten = &mut self.forgotten;
         self.seen.retain(|_, t| {
             let keep = *t >= horizon;
-            if !keep && forgotten.is_none_or(|f| *t > f) {
-                *forgotten = Some(*t);
+            if !keep {
+                // The newest of the two (an Option orders None first).
+                *forgotten = (*forgotten).max(Some(*t));
             }
             keep
         });
@@ -155,9 +156,7 @@ impl ReplayCache {
                 Some(_) => {}
                 None => {
                     let floor = crate::time::parse_rfc3339(&issued_at).unwrap_or(now);
-                    if self.forgotten.is_none_or(|f| floor > f) {
-                        self.forgotten = Some(floor);
-                    }
+                    self.forgotten = self.forgotten.max(Some(floor));
                 }
             }
         }
