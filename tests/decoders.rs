@@ -299,6 +299,8 @@ fn control_request_checks_refuse_in_their_documented_order() {
     assert_eq!(check("POST", "/v1/tasks/stop", &fits), Ok(Route::StopAll));
     assert_eq!(check("POST", "/v1/tasks/t-1/stop/", &ok), Ok(Route::Stop("t-1".into())));
     assert_eq!(check("POST", "/v1/consent/changed", &ok), Ok(Route::ConsentChanged));
+    assert_eq!(check("POST", "/v1/console/login", &ok), Ok(Route::ConsoleLogin));
+    assert_eq!(check("GET", "/v1/tasks/t-1", &ok), Ok(Route::Task("t-1".into())));
     assert_eq!(check("GET", "/v1/events", &[("host", "localhost:41234"), ok[1]]), Ok(Route::Events));
     assert_eq!(check("GET", "/v1/tasks", &[("host", "[::1]:41234"), ok[1]]), Ok(Route::Tasks));
 }

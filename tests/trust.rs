@@ -73,3 +73,23 @@ fn trust_is_withdrawn_even_when_the_audit_log_is_broken() {
         .says("`alice` is no longer trusted, but the audit record could not be written");
     assert_eq!(h.run(&["trust", "list", "--json"]).code(0).json(), serde_json::json!([]));
 }
+
+#[test]
+fn a_long_trust_file_is_read_whole_and_one_over_a_mebibyte_is_refused() {
+    let h = Home::new();
+    h.run(&["trust", "add", "alice", &new_public_key()]).code(0);
+    let path = h.file("trusted_operators.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for i in 0..40 {
+        text.push_str(&format!(
+            "\n[[operator]]\nname = \"op-{i}\"\npublic_key = \"{}\"\nadded_at = \"2026-12-01T10:00:00Z\"\n",
+            new_public_key()
+        ));
+    }
+    assert!(text.len() > 4096, "{} bytes", text.len());
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(h.run(&["trust", "list", "--json"]).code(0).json().as_array().unwrap().len(), 41);
+    text.push_str(&format!("# {}\n", "x".repeat(1 << 20)));
+    std::fs::write(&path, &text).unwrap();
+    h.run(&["trust", "list"]).code(1).says("trusted_operators.toml").says("larger than 1048576 bytes");
+}

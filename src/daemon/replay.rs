@@ -80,8 +80,9 @@ impl ReplayCache {
         let forgotten = &mut self.forgotten;
         self.seen.retain(|_, t| {
             let keep = *t >= horizon;
-            if !keep && forgotten.is_none_or(|f| *t > f) {
-                *forgotten = Some(*t);
+            if !keep {
+                // The newest of the two (an Option orders None first).
+                *forgotten = (*forgotten).max(Some(*t));
             }
             keep
         });
@@ -155,9 +156,7 @@ impl ReplayCache {
                 Some(_) => {}
                 None => {
                     let floor = crate::time::parse_rfc3339(&issued_at).unwrap_or(now);
-                    if self.forgotten.is_none_or(|f| floor > f) {
-                        self.forgotten = Some(floor);
-                    }
+                    self.forgotten = self.forgotten.max(Some(floor));
                 }
             }
         }
@@ -253,9 +252,17 @@ mod tests {
         assert_eq!(cache.load_lost(&paths, now).unwrap(), 1);
         assert!(cache.contains("nonce-a"));
         assert!(!cache.forgot(now));
-        for i in 1..=LOST_MAX {
-            record_lost(&paths, &format!("nonce-{i}"), &at(i as i64)).unwrap();
+        // All but the last two entries written at once (1,022 fsynced rewrites
+        // would take most of this module's test time), as record_lost writes them.
+        let mut text = std::fs::read_to_string(lost_path(&paths)).unwrap();
+        for i in 1..LOST_MAX - 1 {
+            text +=
+                &(serde_json::json!({ "issued_at": at(i as i64), "nonce": format!("nonce-{i}") }).to_string() + "\n");
         }
+        crate::paths::write_atomic(&lost_path(&paths), text.as_bytes()).unwrap();
+        record_lost(&paths, &format!("nonce-{}", LOST_MAX - 1), &at(LOST_MAX as i64 - 1)).unwrap();
+        assert_eq!(read_lost(&paths).unwrap().len(), LOST_MAX, "at the bound, not past it");
+        record_lost(&paths, &format!("nonce-{LOST_MAX}"), &at(LOST_MAX as i64)).unwrap();
         let mut cache = ReplayCache::new(64);
         assert_eq!(cache.load_lost(&paths, now).unwrap(), 0);
         let newest = crate::time::parse_rfc3339(&at(LOST_MAX as i64)).unwrap();
@@ -281,5 +288,130 @@ mod tests {
         std::fs::write(&elsewhere, &good).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
         assert!(ReplayCache::new(64).load_lost(&paths, now).is_err(), "a link is not followed");
+    }
+
+    fn at(t: DateTime<Utc>) -> String {
+        crate::time::rfc3339_millis(t)
+    }
+
+    #[test]
+    fn a_nonce_is_held_240_s_after_its_issued_at_and_then_forgotten() {
+        let issued = crate::time::parse_rfc3339(&at(Utc::now())).unwrap();
+        let mut cache = ReplayCache::new(8);
+        cache.insert("nonce-a", &at(issued), issued);
+        assert!(!cache.is_empty());
+        cache.prune(issued + TimeDelta::seconds(240));
+        assert!(cache.contains("nonce-a"), "still fresh by a clock 120 s behind");
+        assert!(!cache.forgot(issued), "a nonce held is not forgotten");
+        cache.prune(issued + TimeDelta::seconds(240) + TimeDelta::milliseconds(1));
+        assert!(!cache.contains("nonce-a"));
+        assert!(cache.is_empty());
+        assert!(cache.forgot(issued));
+    }
+
+    #[test]
+    fn the_forgotten_floor_is_the_newest_nonce_dropped_not_one_kept() {
+        let t0 = crate::time::parse_rfc3339(&at(Utc::now())).unwrap();
+        let mut cache = ReplayCache::new(8);
+        cache.insert("nonce-old", &at(t0), t0);
+        cache.insert("nonce-new", &at(t0 + TimeDelta::seconds(10)), t0);
+        cache.prune(t0 + TimeDelta::seconds(245));
+        assert!(cache.contains("nonce-new"));
+        assert!(cache.forgot(t0));
+        assert!(!cache.forgot(t0 + TimeDelta::milliseconds(1)), "the kept nonce is no floor");
+        cache.prune(t0 + TimeDelta::seconds(255));
+        assert!(cache.forgot(t0 + TimeDelta::seconds(10)), "a later drop raises the floor");
+        // An older one dropped afterwards does not lower it.
+        cache.insert("nonce-older", &at(t0 - TimeDelta::seconds(5)), t0);
+        cache.prune(t0 + TimeDelta::seconds(255));
+        assert!(cache.forgot(t0 + TimeDelta::seconds(10)));
+    }
+
+    #[test]
+    fn a_full_cache_takes_no_more_and_one_under_half_full_keeps_old_nonces() {
+        let now = crate::time::parse_rfc3339(&at(Utc::now())).unwrap();
+        let mut cache = ReplayCache::new(8);
+        for i in 0..9 {
+            cache.insert(&format!("nonce-{i}"), &at(now), now);
+        }
+        assert_eq!(cache.len(), 8);
+        assert!(!cache.contains("nonce-8"));
+        // Below half full nothing is pruned: an old nonce still reads as
+        // seen (REPLAYED), and nothing is forgotten.
+        let mut cache = ReplayCache::new(8);
+        cache.insert("nonce-old", &at(now), now);
+        let later = now + TimeDelta::seconds(REPLAY_KEEP_S + 60);
+        cache.insert("nonce-new", &at(later), later);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.contains("nonce-old"));
+        assert!(!cache.forgot(now));
+    }
+
+    #[test]
+    fn a_start_reads_back_the_nonces_of_the_last_five_minutes_and_the_lost_ones() {
+        use crate::audit::{AuditLog, Event, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let clock = crate::Clock::stepped();
+        let mut log = AuditLog::open(&paths).unwrap();
+        log.set_clock(clock.clone());
+        let record = |nonce: &str| {
+            let mut r = Record::new(Event::ActionStarted);
+            r.nonce = Some(nonce.into());
+            r.issued_at = Some(at(clock.wall()));
+            r
+        };
+        let first = log.append(record("nonce-a")).unwrap();
+        clock.set_wall_by(TimeDelta::seconds(10));
+        log.append(record("nonce-b")).unwrap();
+        log.append(Record::new(Event::ConsentRevoked)).unwrap();
+        record_lost(&paths, "nonce-c", &at(clock.wall())).unwrap();
+        let ts = crate::time::parse_rfc3339(&first.ts).unwrap();
+        // Horizon: now - 300 s; a record at it is read, one before it is not.
+        let edge = ts + TimeDelta::seconds(300);
+        let mut cache = ReplayCache::new(64);
+        assert_eq!(cache.load(&paths, edge).unwrap(), 3);
+        assert!(cache.contains("nonce-a") && cache.contains("nonce-b") && cache.contains("nonce-c"));
+        let mut cache = ReplayCache::new(64);
+        assert_eq!(cache.load(&paths, edge + TimeDelta::microseconds(1)).unwrap(), 2);
+        assert!(!cache.contains("nonce-a") && cache.contains("nonce-b"));
+        // Each nonce is counted once, however often it is read.
+        assert_eq!(cache.load(&paths, edge).unwrap(), 1, "only nonce-a is new");
+        assert_eq!(cache.load_lost(&paths, edge).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_lost_floor_raises_the_forgotten_one_never_lowers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let t0 = crate::time::parse_rfc3339(&at(Utc::now())).unwrap();
+        let floor = |cache: &mut ReplayCache, t: DateTime<Utc>| {
+            std::fs::create_dir_all(paths.run_dir()).unwrap();
+            let line = serde_json::json!({ "issued_at": at(t) }).to_string();
+            crate::paths::write_atomic(&lost_path(&paths), format!("{line}\n").as_bytes()).unwrap();
+            cache.load_lost(&paths, t0).unwrap()
+        };
+        let mut cache = ReplayCache::new(8);
+        cache.insert("nonce-a", &at(t0), t0);
+        cache.prune(t0 + TimeDelta::seconds(REPLAY_KEEP_S + 1));
+        assert!(cache.forgot(t0) && !cache.forgot(t0 + TimeDelta::milliseconds(1)));
+        assert_eq!(floor(&mut cache, t0 - TimeDelta::seconds(1)), 0);
+        assert!(cache.forgot(t0), "an older floor leaves the newer one");
+        floor(&mut cache, t0 + TimeDelta::seconds(1));
+        assert!(cache.forgot(t0 + TimeDelta::seconds(1)), "a newer floor raises it");
+    }
+
+    #[test]
+    fn a_lost_nonces_file_already_past_the_bound_collapses_at_the_next_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let now = crate::time::parse_rfc3339(&at(Utc::now())).unwrap();
+        let text: String = (0..LOST_MAX + 10)
+            .map(|i| serde_json::json!({ "issued_at": at(now), "nonce": format!("nonce-{i}") }).to_string() + "\n")
+            .collect();
+        std::fs::create_dir_all(paths.run_dir()).unwrap();
+        crate::paths::write_atomic(&lost_path(&paths), text.as_bytes()).unwrap();
+        record_lost(&paths, "nonce-last", &at(now + TimeDelta::seconds(1))).unwrap();
+        assert_eq!(read_lost(&paths).unwrap(), vec![(at(now + TimeDelta::seconds(1)), None)]);
     }
 }

@@ -108,3 +108,20 @@ fn hello_signatures_are_bound_to_role_nonce_and_key() {
     assert!(!ok(Role::Operator, "n1"));
     assert!(!ok(Role::Device, "n2"));
 }
+
+/// docs/PROTOCOL.md section 4's `hello` bytes, built here from the
+/// strings of its example: each part on a line of its own (no part can
+/// run into the next), the role's context first, no newline at the end.
+#[test]
+fn hello_bytes_are_the_documented_lines() {
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let (nonce, id, pk) = (
+        "7a7c3d5fe44817f6cb25fa8d8a4e35c7b6a8e2ca6a4fdaa6ee1a4faae76c04dc",
+        "SHA256:wyrVmJB7qOeBhKGyDd9eT6nDNabzTZ/9PzhzbVade5c",
+        "ed25519:AIwgGtZml7ZTWA9V9BTXhoz6af_uLZBgoFQxuD3UyFc",
+    );
+    let operator = String::from_utf8(hello_bytes(Role::Operator, nonce, id, pk)).unwrap();
+    assert!(doc.contains(&format!("```\n{operator}\n```")), "docs/PROTOCOL.md lacks:\n{operator}");
+    let device = hello_bytes(Role::Device, nonce, id, pk);
+    assert_eq!(device, [b"support-hello-device-v1\n" as &[u8], &operator.as_bytes()[26..]].concat());
+}

@@ -240,3 +240,30 @@ fn the_worked_example_in_protocol_md_is_what_the_code_signs() {
 fn wrap_hex(bytes: &[u8]) -> String {
     bytes.chunks(32).map(hex::encode).collect::<Vec<_>>().join("\n")
 }
+
+/// Output that was not UTF-8 travels with U+FFFD in place of the bad
+/// bytes, and the device's `result` hashes the bytes as they were: the
+/// check takes that result, and says no answer was left out.
+#[test]
+fn a_result_over_output_that_was_not_utf8_is_taken_and_nothing_is_called_left_out() {
+    let (device, operator) = (seeded(1), seeded(100));
+    let run = run_for(&device, &operator, "r-1", "00112233445566778899aabbccddeeff");
+    let id = device.public_key().device_id();
+    let raw = b"ok \xff\n";
+    let mut frames = vec![accepted("r-1"), output("r-1", 0, &String::from_utf8_lossy(raw)), output("r-1", 1, "more\n")];
+    let mut last = result("r-1", "");
+    if let DeviceFrame::Result { output_sha256, output_bytes, .. } = &mut last {
+        let all = [raw as &[u8], b"more\n"].concat();
+        (*output_sha256, *output_bytes) = (hex::encode(sha256(&all)), all.len() as u64);
+    }
+    frames.push(last);
+    let mut chain = Chain::new(&id, &run);
+    frames.iter_mut().for_each(|f| chain.sign(&device, f));
+    let mut check = AnswerCheck::new(device.public_key(), &run);
+    frames.iter().try_for_each(|f| check.check(f)).unwrap();
+    assert_eq!(check.dropped(), 0);
+    let honest = answers(&device, &run, &["one\n"]);
+    let mut check = AnswerCheck::new(device.public_key(), &run);
+    honest.iter().try_for_each(|f| check.check(f)).unwrap();
+    assert_eq!(check.dropped(), 0, "an honest chain leaves nothing out");
+}
