@@ -35,13 +35,14 @@ declare -A tests=(
   [src/protocol/answer.rs]="--lib|protocol::"
   [src/trust.rs]="--test=trust|"
   # The console's request checks: the session cookie and CSRF token
-  # (sessions.rs), then route, Host, cookie, Sec-Fetch-Site, Origin, CSRF
-  # and Content-Type in `handle` (mod.rs; its other functions build pages).
+  # (sessions.rs), then route, Host, cookie, Sec-Fetch-Site, Origin, CSRF,
+  # Content-Type and the allow body in the pure decoder the server calls
+  # (console_request.rs), against its unit tests and the decoder proptests.
   [src/daemon/console/sessions.rs]="--lib|daemon::console"
-  [src/daemon/console/mod.rs]="--test=console||in (handle|route|Shared::session)"
+  [src/daemon/console_request.rs]="--lib --test=decoders|console_request"
 )
 order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src/protocol/signed.rs
-  src/protocol/answer.rs src/trust.rs src/audit/chain.rs src/daemon/console/sessions.rs src/daemon/console/mod.rs
+  src/protocol/answer.rs src/trust.rs src/audit/chain.rs src/daemon/console/sessions.rs src/daemon/console_request.rs
   src/consent.rs src/policy/rules.rs src/audit/log.rs src/audit/read.rs)
 
 # A target dir of its own: cargo names a path package's artifacts by its
