@@ -113,3 +113,22 @@ pub(super) fn first_bad_mac(key: &hmac::Key, parsed: &[Parsed<'_>], threads: usi
         handles.into_iter().filter_map(|(at, h)| h.join().map_or(Some(at), |found| found.map(|j| at + j))).min()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line shorter than its fixed fields (a torn tail, a stray byte) is
+    /// not a record: refused, never sliced out of bounds (found by cargo-mutants).
+    #[test]
+    fn a_line_too_short_to_hold_a_record_is_refused_at_every_length() {
+        let record = br#"{"seq":1,"prev":"0000000000000000000000000000000000000000000000000000000000000000","mac":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
+        let shortest = b"{\"seq\":".len() + 2 + PREV_SUFFIX + MAC_SUFFIX;
+        for len in 0..shortest {
+            let line = vec![b'0'; len];
+            assert!(Parsed::from_line(&line).is_none(), "{len} bytes");
+            let cut = &record[record.len() - len.min(record.len())..];
+            assert!(Parsed::from_line(cut).is_none(), "the last {len} bytes of a record");
+        }
+    }
+}
