@@ -196,7 +196,7 @@ fn a_removed_operators_shell_ends_within_2_s_and_its_task_is_cancelled_on_the_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn before_hello_a_big_frame_is_closed_1009_and_strangers_past_the_bound_are_refused() {
+async fn before_hello_a_big_frame_is_closed_1009_and_strangers_past_the_bound_wait_unaccepted() {
     let relay = Relay::start_with("127.0.0.1:0", &["--max-unauthenticated", "4"]);
     let (key, key_path) = relay.operator("desk");
     let device = tokio::task::block_in_place(|| {
@@ -236,26 +236,54 @@ async fn before_hello_a_big_frame_is_closed_1009_and_strangers_past_the_bound_ar
         assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))), "the challenge");
         strangers.push(ws);
     }
-    // A fifth is closed at once: its TLS handshake never completes.
-    let tcp = tokio::net::TcpStream::connect(&relay.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(relay.client_tls())
-        .connect(support::tls::server_name("127.0.0.1").unwrap(), tcp);
-    assert!(tokio::time::timeout(Duration::from_secs(3), tls).await.expect("refused at once").is_err());
+    let held_since = Instant::now();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", relay.proc.0.id())).unwrap().count();
+    let fds_full = fds();
+    // 32 more, each sending its ClientHello: none is accepted (no TLS answer,
+    // no refusal, no descriptor in the relay); they wait in the kernel's backlog.
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (addr, tls) = (relay.addr.clone(), relay.client_tls());
+        waiting.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(tls).connect(support::tls::server_name("127.0.0.1").unwrap(), tcp).await
+        });
+    }
     // Those already in are served meanwhile.
     let run = desk.command(&device.device_id, "system-info", Default::default());
     let outcome = desk.run(&run, |_| {}, std::future::pending()).await.unwrap();
     assert!(matches!(outcome, support::operator::Outcome::Finished(_)), "{outcome:?}");
-
-    drop(strangers);
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.join_next()).await;
+    assert!(
+        early.is_err(),
+        "a connection past the bound was answered: {:?}",
+        early.map(|j| j.map(|r| r.map(|t| t.is_ok())))
+    );
+    assert!(fds() <= fds_full + 4, "the relay holds connections past the bound: {} fds, {fds_full} when full", fds());
+    // The strangers never send hello: its timeout frees their places, and the
+    // connections that waited are served then, TLS and the challenge.
+    let served =
+        tokio::time::timeout(Duration::from_secs(15), waiting.join_next()).await.expect("served once places free");
+    let tls = served.unwrap().unwrap().expect("a connection that waited completes its TLS handshake");
+    assert!(
+        held_since.elapsed() >= support::relay::HELLO_TIMEOUT - Duration::from_millis(500),
+        "{:?}",
+        held_since.elapsed()
+    );
+    let url = format!("wss://{}/v1/device", relay.addr);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, tls, Some(support::protocol::ws_config())).await.unwrap();
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))), "the challenge");
+    drop((ws, strangers, waiting));
     let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let n = relay.metric("handshakes_failed_total{reason=\"unauthenticated_limit\"}");
+    let paused = loop {
+        let n = relay.metric("accept_paused_total");
         if n > 0 || Instant::now() > deadline {
             break n;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(refused >= 1, "{}", relay.metrics());
+    assert!(paused >= 1, "{}", relay.metrics());
     assert!(relay.metrics().contains("unauthenticated_connections "));
     // Room again once the strangers have gone.
     tokio::task::block_in_place(|| {

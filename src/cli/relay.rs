@@ -138,7 +138,7 @@ struct ServeArgs {
     /// Connections held at once.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     max_connections: usize,
-    /// Connections not yet past hello held at once; more are closed when accepted.
+    /// Connections not yet past hello held at once; more wait in the kernel's backlog.
     #[arg(long, default_value_t = relay::MAX_UNAUTHENTICATED, value_name = "N")]
     max_unauthenticated: usize,
     /// Runs one operator connection may send a second (bursts of twice as many); more are refused BUSY.

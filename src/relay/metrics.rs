@@ -15,6 +15,7 @@ pub(crate) struct Metrics {
     handshakes_failed: Mutex<BTreeMap<&'static str, u64>>,
     audit_alerts: Mutex<BTreeMap<&'static str, u64>>,
     witness_write_failures: AtomicU64,
+    accept_paused: AtomicU64,
 }
 
 impl Metrics {
@@ -31,6 +32,12 @@ impl Metrics {
     /// A TLS handshake, upgrade or `hello` failed, for `reason` (`timeout`, `origin`, …).
     pub(crate) fn handshake_failed(&self, reason: &'static str) {
         bump(&self.handshakes_failed, reason);
+    }
+
+    /// The accept loop found `--max-unauthenticated` connections waiting for
+    /// `hello` and stopped accepting until one of them is through or gone.
+    pub(crate) fn accept_paused(&self) {
+        self.accept_paused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A device's audit chain failed the witness, of `kind` (`truncated`, …),
@@ -85,6 +92,12 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP {name} Registry writes of witnessed audit heads that failed (retried).\n# TYPE {name} counter\n{name} {failed}"
+        );
+        let name = "accept_paused_total";
+        let paused = self.accept_paused.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {name} Times accepting paused at --max-unauthenticated (further connections waited in the kernel's backlog).\n# TYPE {name} counter\n{name} {paused}"
         );
         out
     }

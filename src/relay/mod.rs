@@ -67,7 +67,7 @@ pub const MAX_INFLIGHT_PER_OPERATOR: usize = 256;
 /// default (`--max-runs-per-second`); twice as many at once.
 pub const RUNS_PER_SECOND: u32 = 20;
 /// Connections not yet past `hello` (TLS, HTTP, challenge) held at once;
-/// one more is closed as soon as it is accepted.
+/// past it the relay stops accepting and more wait in the kernel's backlog.
 pub const MAX_UNAUTHENTICATED: usize = 1024;
 /// Frames queued for one peer.
 const PEER_QUEUE: usize = 64;
@@ -104,7 +104,7 @@ pub enum RelayError {
 pub struct Options {
     /// Connections (TLS + WebSocket) at once; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Connections not yet past `hello` at once; one more is closed when accepted.
+    /// Connections not yet past `hello` at once; more wait in the kernel's backlog.
     pub max_unauthenticated: usize,
     /// `run` frames a second per operator connection (bursts of twice as
     /// many); past it the relay answers `BUSY` and does not forward the run.
@@ -175,6 +175,22 @@ pub async fn run(
             _ = &mut shutdown => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
+        // A place is waited for before accept, as `permit` is: past
+        // --max-unauthenticated the relay stops accepting and further connections wait in the kernel's
+        // accept backlog (past it the kernel drops their SYNs, which clients
+        // resend) instead of being accepted and closed. A flood of strangers
+        // still holds at most the cap in user space, the hello timeout still
+        // frees places, and devices reconnecting in a crowd (a relay of a
+        // cluster died) wait a moment instead of falling to a longer backoff.
+        // Not held across accept, so the gauge counts connections only.
+        if hub.unauthenticated.available_permits() == 0 {
+            hub.metrics.accept_paused();
+            tracing::debug!("accepting paused: too many connections not yet past hello");
+            tokio::select! {
+                _ = &mut shutdown => break,
+                p = hub.unauthenticated.acquire() => drop(p.expect("the semaphore is never closed")),
+            }
+        }
         let (tcp, addr) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -187,11 +203,8 @@ pub async fn run(
                 }
             },
         };
-        // Closed at once rather than queued: a flood of strangers must not
-        // hold memory, and devices and operators already in are not affected.
+        // Only this loop takes places, so the one seen free above is still free.
         let Ok(unauthenticated) = hub.unauthenticated.clone().try_acquire_owned() else {
-            hub.metrics.handshake_failed("unauthenticated_limit");
-            tracing::debug!(peer = %addr, "refused: too many connections not yet past hello");
             drop(tcp);
             continue;
         };
