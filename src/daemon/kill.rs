@@ -174,8 +174,9 @@ impl Tree<'_> {
 
     /// Where a freeze starts, read without a scan: the leader, the
     /// daemon's children the module's rules give to this task, and the
-    /// cgroup's members.
-    fn roots(&self) -> Vec<i32> {
+    /// cgroup's members. A child of the daemon for which `known` holds
+    /// (met already by this freeze) is left out unread.
+    fn roots(&self, known: &dyn Fn(i32) -> bool) -> Vec<i32> {
         let me = std::process::id() as i32;
         let others = (self.others)();
         let mut roots = Vec::new();
@@ -184,7 +185,7 @@ impl Tree<'_> {
         }
         // Unreadable (no CONFIG_PROC_CHILDREN): the confirming scan finds them.
         for pid in tree::children(me).unwrap_or_default() {
-            if pid != self.pgid && !others.leaders.contains(&pid) && orphan_is_ours(pid, &others.tasks) {
+            if pid != self.pgid && !known(pid) && !others.leaders.contains(&pid) && orphan_is_ours(pid, &others.tasks) {
                 roots.push(pid);
             }
         }
@@ -226,7 +227,7 @@ fn kill_all(tree: &Tree<'_>, group: Option<i32>) -> usize {
     // Zombies left by members that exited make every scan longer: reap
     // them first (a dead process is nobody's to kill).
     reap_dead_children(&tree.leaders());
-    freeze_and_kill(group, &|| tree.roots(), &|| tree.find(), tree.pgid)
+    freeze_and_kill(group, &|known| tree.roots(known), &|| tree.find(), tree.pgid)
 }
 
 /// Kills what a command left behind once its leader has exited and been
@@ -276,7 +277,7 @@ pub fn kill_leftovers(task_id: &str, pgid: i32, start_ticks: u64, cgroup: Option
         }
         found
     };
-    let killed = freeze_and_kill(None, &|| find().into_iter().collect(), &find, -1);
+    let killed = freeze_and_kill(None, &|_| find().into_iter().collect(), &find, -1);
     if let Some(cg) = cgroup {
         cg.remove();
     }
@@ -370,17 +371,13 @@ type Held = BTreeMap<i32, u64>;
 
 /// Freezes and kills, round after round, until a freeze finds no live
 /// member that was not already killed (the module's docs), or
-/// [`KILL_LIMIT`]. `roots` gives cheap starting points, `scan` a full
-/// `/proc` scan to confirm a freeze is whole; `group` is SIGSTOPped and
+/// [`KILL_LIMIT`]. `roots` gives cheap starting points (it may leave out
+/// the pids its argument says are known), `scan` a full `/proc` scan to
+/// confirm a freeze is whole; `group` is SIGSTOPped and
 /// SIGKILLed as a whole too. Reaps the dead among them that are this
 /// process's children, but not `leader` (tokio reaps it). Returns how
 /// many processes were killed.
-fn freeze_and_kill(
-    group: Option<i32>,
-    roots: &dyn Fn() -> Vec<i32>,
-    scan: &dyn Fn() -> BTreeSet<i32>,
-    leader: i32,
-) -> usize {
+fn freeze_and_kill(group: Option<i32>, roots: &Roots<'_>, scan: &dyn Fn() -> BTreeSet<i32>, leader: i32) -> usize {
     let give_up_at = Instant::now() + KILL_LIMIT;
     if let Some(g) = group.filter(|g| *g > 1) {
         // Most of a tree at once; the walk finds the rest.
@@ -419,12 +416,16 @@ fn same(pid: i32, ticks: u64) -> bool {
     tree::stat(pid).is_some_and(|s| s.start_ticks == ticks)
 }
 
+/// Where a freeze starts (`Tree::roots`): given which pids are known.
+type Roots<'a> = dyn Fn(&dyn Fn(i32) -> bool) -> Vec<i32> + 'a;
+
 /// SIGSTOPs every live member not in `killed` and returns them once the
 /// set is closed: every one stopped, none with a child outside it or
 /// `killed`, the daemon's children (through `roots`) and a full `scan`
 /// finding no other. At `give_up_at`, what it holds so far.
-fn freeze(roots: &dyn Fn() -> Vec<i32>, scan: &dyn Fn() -> BTreeSet<i32>, killed: &Held, give_up_at: Instant) -> Held {
-    let mut f = Freeze { held: Held::new(), seen: BTreeSet::new(), foreign: BTreeSet::new(), killed };
+fn freeze(roots: &Roots<'_>, scan: &dyn Fn() -> BTreeSet<i32>, killed: &Held, give_up_at: Instant) -> Held {
+    let mut f =
+        Freeze { held: Held::new(), seen: BTreeSet::new(), dead: BTreeSet::new(), foreign: BTreeSet::new(), killed };
     loop {
         // Chase first: stop what is new until a look finds nothing more,
         // and only then wait for the stopped to be stopped. (A walker that
@@ -460,6 +461,12 @@ struct Freeze<'a> {
     held: Held,
     /// Every (pid, start time) met, the dead included.
     seen: BTreeSet<(i32, u64)>,
+    /// Pids met as zombies. A look skips them, and the held and killed,
+    /// unread: a walk leaves the daemon a zombie per generation, and a
+    /// look that read each of them again would fall behind the walk. (A
+    /// zombie is not reaped under the kill, so its pid is not re-used; the
+    /// confirming scan reads every process all the same.)
+    dead: BTreeSet<i32>,
     /// Members it may not signal (EPERM: another user's, as after a
     /// set-user-ID program changed its real user): their children are
     /// still walked.
@@ -472,21 +479,27 @@ impl Freeze<'_> {
     /// SIGSTOPs every new child of a member held, killed or foreign, and
     /// every new one of `roots` (the daemon's own children read last: see
     /// the module's step 3). Returns whether any was new.
-    fn look(&mut self, roots: &dyn Fn() -> Vec<i32>) -> bool {
+    fn look(&mut self, roots: &Roots<'_>) -> bool {
         let mut new = false;
         let mut frontier: Vec<i32> = self.held.keys().chain(self.killed.keys()).chain(&self.foreign).copied().collect();
         while let Some(pid) = frontier.pop() {
             for child in tree::children(pid).unwrap_or_default() {
-                if self.hold(child) {
+                if !self.known(child) && self.hold(child) {
                     new = true;
                     frontier.push(child);
                 }
             }
         }
-        for pid in roots() {
+        for pid in roots(&|pid| self.known(pid)) {
             new |= self.hold(pid);
         }
         new
+    }
+
+    /// Whether a look may skip `pid` unread: met as a zombie, or held or
+    /// killed by pid (a re-used pid is left to the confirming scan).
+    fn known(&self, pid: i32) -> bool {
+        self.dead.contains(&pid) || self.held.contains_key(&pid) || self.killed.contains_key(&pid)
     }
 
     /// SIGSTOPs `pid` and holds it, unless it is dead, held or killed
@@ -499,7 +512,11 @@ impl Freeze<'_> {
         let Some(before) = tree::stat(pid) else { return false };
         let first = self.seen.insert((pid, before.start_ticks));
         let known = |h: &Held| h.get(&pid) == Some(&before.start_ticks);
-        if before.dead() || known(&self.held) || known(self.killed) || self.foreign.contains(&pid) {
+        if before.dead() {
+            self.dead.insert(pid);
+            return first;
+        }
+        if known(&self.held) || known(self.killed) || self.foreign.contains(&pid) {
             return first;
         }
         if kill(Pid::from_raw(pid), Signal::SIGSTOP) == Err(Errno::EPERM) {
