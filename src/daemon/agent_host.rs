@@ -93,8 +93,9 @@ pub(super) async fn run_http(
     }
     let fail = |delivered: &mut Delivered, why: String| {
         let why = cut(why.trim());
-        let keep = delivered.take(format!("support: {why}\n").as_bytes()).to_vec();
-        let _ = out.try_send(Chunk { stream: Stream::Stderr, data: keep });
+        let text = format!("support: {why}\n");
+        let keep = delivered.take(text.as_bytes());
+        delivered.offer(out, Stream::Stderr, keep);
         End::Failed(why)
     };
     let at = http.addr;
@@ -192,9 +193,10 @@ pub(super) async fn run_http(
             if keep.is_empty() || out.is_closed() {
                 continue;
             }
-            let chunk = Chunk { stream: Stream::Stdout, data: keep.to_vec() };
             tokio::select! {
-                _ = out.send(chunk) => {}
+                permit = out.reserve() => if let Ok(permit) = permit {
+                    delivered.deliver(permit, Stream::Stdout, keep);
+                },
                 by = stop_requested(stop) => return End::Stopped(by),
                 _ = tokio::time::sleep_until(deadline) => return End::TimedOut,
             }

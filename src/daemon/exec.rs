@@ -117,26 +117,47 @@ pub fn environment(
     env
 }
 
-/// Counts, hashes and caps what is delivered.
+/// Counts, hashes and caps what is delivered: handed to the reader of a
+/// task's output, so that the result's `output_bytes` and
+/// `output_sha256` cover exactly the chunks the operator can receive.
 pub(super) struct Delivered {
     bytes: u64,
     max: u64,
-    /// Output went past `max`: the rest is read and dropped.
+    /// Output went past `max` (the rest is read and dropped), or a chunk
+    /// was lost to a slow reader as the task ended.
     pub(super) truncated: bool,
     digest: ring::digest::Context,
 }
 
 impl Delivered {
-    /// The part of `data` still within the cap.
+    /// The part of `data` still within the cap (not counted until it is
+    /// handed on with [`Delivered::deliver`] or [`Delivered::offer`]).
     pub(super) fn take<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         let room = self.max.saturating_sub(self.bytes);
         let keep = &data[..data.len().min(room as usize)];
         if keep.len() < data.len() {
             self.truncated = true;
         }
-        self.bytes += keep.len() as u64;
-        self.digest.update(keep);
         keep
+    }
+
+    /// Hands `data` (from [`Delivered::take`]) to the reader through
+    /// `permit`, and counts it.
+    pub(super) fn deliver(&mut self, permit: mpsc::Permit<'_, Chunk>, stream: Stream, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        self.digest.update(data);
+        permit.send(Chunk { stream, data: data.to_vec() });
+    }
+
+    /// Hands `data` on if the reader has room now. Otherwise it is lost,
+    /// not counted, and the output is marked truncated (a task that is
+    /// ending does not wait for a slow reader).
+    pub(super) fn offer(&mut self, out: &mpsc::Sender<Chunk>, stream: Stream, data: &[u8]) {
+        match out.try_reserve() {
+            Ok(permit) => self.deliver(permit, stream, data),
+            Err(mpsc::error::TrySendError::Full(())) => self.truncated = true,
+            Err(mpsc::error::TrySendError::Closed(())) => {}
+        }
     }
 }
 
@@ -426,8 +447,11 @@ async fn run_one(
         Ok(c) => c,
         Err(e) => {
             let why = format!("could not start `{}`: {e}", argv[0]);
-            let keep = delivered.take(format!("support: {why}\n").as_bytes()).to_vec();
-            let _ = out.send(Chunk { stream: Stream::Stderr, data: keep }).await;
+            let text = format!("support: {why}\n");
+            let keep = delivered.take(text.as_bytes());
+            if let Ok(permit) = out.reserve().await {
+                delivered.deliver(permit, Stream::Stderr, keep);
+            }
             return End::Failed(why);
         }
     };
@@ -510,15 +534,16 @@ async fn run_one(
         };
         let keep = delivered.take(data);
         if !keep.is_empty() && !out.is_closed() {
-            let chunk = Chunk { stream, data: keep.to_vec() };
             if !phase.live() {
                 // Ending: a slow reader loses the last output rather than delay the kill.
-                let _ = out.try_send(chunk);
+                delivered.offer(out, stream, keep);
                 continue;
             }
             // A slow reader slows the task, but never holds off a stop or the timeout.
             tokio::select! {
-                _ = out.send(chunk) => {}
+                permit = out.reserve() => if let Ok(permit) = permit {
+                    delivered.deliver(permit, stream, keep);
+                },
                 by = stop_requested(stop) => {
                     kill::kill_tree(&tree);
                     phase = phase.killed(Instant::now(), Some(by));
@@ -550,6 +575,51 @@ async fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn delivered(max: u64) -> Delivered {
+        Delivered { bytes: 0, max, truncated: false, digest: ring::digest::Context::new(&ring::digest::SHA256) }
+    }
+
+    /// The count and digest are of what the reader got: a chunk lost to a
+    /// full queue as a task ends is not in them, and the output says
+    /// truncated (else the operator's check of the result would fail).
+    #[test]
+    fn a_chunk_lost_to_a_slow_reader_is_not_counted_and_marks_the_output_truncated() {
+        let (out, mut rx) = mpsc::channel::<Chunk>(1);
+        let mut d = delivered(1 << 20);
+        let keep = d.take(b"first");
+        d.offer(&out, Stream::Stdout, keep);
+        d.offer(&out, Stream::Stdout, b"lost");
+        assert!(d.truncated);
+        assert_eq!(d.bytes, 5);
+        let got = rx.try_recv().unwrap().data;
+        assert_eq!(got, b"first");
+        let want = ring::digest::digest(&ring::digest::SHA256, &got);
+        assert_eq!(d.digest.finish().as_ref(), want.as_ref());
+    }
+
+    /// A closed reader loses nothing it could have read: not truncated.
+    #[test]
+    fn a_chunk_offered_to_a_closed_reader_is_neither_counted_nor_truncated() {
+        let (out, rx) = mpsc::channel::<Chunk>(1);
+        drop(rx);
+        let mut d = delivered(1 << 20);
+        d.offer(&out, Stream::Stdout, b"gone");
+        assert!(!d.truncated);
+        assert_eq!(d.bytes, 0);
+    }
+
+    /// The cap counts what was handed on, and cuts at it.
+    #[test]
+    fn take_cuts_at_the_cap_of_what_was_delivered() {
+        let (out, mut rx) = mpsc::channel::<Chunk>(4);
+        let mut d = delivered(6);
+        let keep = d.take(b"abcd");
+        d.offer(&out, Stream::Stdout, keep);
+        assert_eq!(d.take(b"efgh"), b"ef");
+        assert!(d.truncated);
+        assert_eq!(rx.try_recv().unwrap().data, b"abcd");
+    }
 
     #[test]
     fn a_fifo_in_place_of_a_program_is_passed_over_without_blocking() {

@@ -212,6 +212,8 @@ pub(super) async fn run(
     let mut end = Ending { exited: None, stopped: None, reason: None, give_up_at: None };
     let mut idle_at = tokio::time::Instant::now() + settings.idle;
     let (mut keys_open, mut output_open) = (true, true);
+    // Output not sent to the operator (a slow link as the session ended).
+    let mut lost = false;
     loop {
         if !output_open && (end.exited.is_some() || !end.live()) {
             break;
@@ -226,8 +228,6 @@ pub(super) async fn run(
                     continue;
                 };
                 idle_at = tokio::time::Instant::now() + settings.idle;
-                bytes += data.len() as u64;
-                digest.update(&data);
                 daemon.publish(&WatchEvent::Terminal {
                     task_id: info.task_id.clone(),
                     data: base64::engine::general_purpose::STANDARD.encode(&data),
@@ -235,16 +235,28 @@ pub(super) async fn run(
                 if let Some(r) = &recording {
                     r.note(Recorded::Output(at(), data.clone()));
                 }
-                let frame = DeviceFrame::terminal(&info.request_id, seq, &data);
-                seq += 1;
-                if !end.live() {
+                // The result's count and digest cover the frames handed to the
+                // link, and only those: what the operator can check it received.
+                let permit = if end.live() {
+                    tokio::select! {
+                        permit = frames.reserve() => permit.ok(),
+                        by = exec::stop_requested(&mut stop) => {
+                            stopped(&tree, &mut end, by);
+                            None
+                        }
+                    }
+                } else {
                     // Ending: a slow link loses the last output rather than delay the kill.
-                    let _ = frames.try_send(frame);
-                    continue;
-                }
-                tokio::select! {
-                    _ = frames.send(frame) => {}
-                    by = exec::stop_requested(&mut stop) => stopped(&tree, &mut end, by),
+                    frames.try_reserve().ok()
+                };
+                match permit {
+                    Some(permit) => {
+                        bytes += data.len() as u64;
+                        digest.update(&data);
+                        permit.send(DeviceFrame::terminal(&info.request_id, seq, &data));
+                        seq += 1;
+                    }
+                    None => lost = true,
                 }
             }
             k = keys.recv(), if keys_open && end.live() => match k {
@@ -306,7 +318,7 @@ pub(super) async fn run(
         status,
         exit_code,
         duration_ms: started.elapsed().as_millis() as u64,
-        truncated: false,
+        truncated: lost,
         output_bytes: bytes,
         output_sha256: hex::encode(digest.finish()),
         cancelled_by,
