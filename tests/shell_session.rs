@@ -29,8 +29,12 @@ struct Operator {
     master: Box<dyn portable_pty::MasterPty + Send>,
     writer: Box<dyn std::io::Write + Send>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
-    seen: Arc<(Mutex<Vec<u8>>, Condvar)>,
+    seen: Arc<(Mutex<Screen>, Condvar)>,
 }
+
+/// What the operator's terminal showed, and whether its reader met the end
+/// (every fd of the pty's slave side closed).
+type Screen = (Vec<u8>, bool);
 
 impl Operator {
     fn shell(relay: &Relay, key: &Path, device: &str) -> Operator {
@@ -46,20 +50,22 @@ impl Operator {
         drop(pair.slave);
         let mut reader = pair.master.try_clone_reader().unwrap();
         let writer = pair.master.take_writer().unwrap();
-        let seen = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let seen = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
         let into = seen.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = reader.read(&mut buf) {
-                into.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                into.0.lock().unwrap().0.extend_from_slice(&buf[..n]);
                 into.1.notify_all();
             }
+            into.0.lock().unwrap().1 = true;
+            into.1.notify_all();
         });
         Operator { master: pair.master, writer, child, seen }
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.0.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.seen.0.lock().unwrap().0).into_owned()
     }
 
     /// Waits (at most 30 s) until the screen shows `needle` after byte `from`; returns where it ends.
@@ -68,7 +74,7 @@ impl Operator {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = self.seen.0.lock().unwrap();
         loop {
-            let text = String::from_utf8_lossy(&seen[from.min(seen.len())..]).into_owned();
+            let text = String::from_utf8_lossy(&seen.0[from.min(seen.0.len())..]).into_owned();
             if let Some(at) = text.find(needle) {
                 return from + at + needle.len();
             }
@@ -88,12 +94,18 @@ impl Operator {
         self.writer.flush().unwrap();
     }
 
-    /// The CLI's exit code, waited for (at most 30 s).
+    /// The CLI's exit code, waited for (at most 30 s), once all it wrote has been read.
     #[track_caller]
     fn exit_code(&mut self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                let mut seen = self.seen.0.lock().unwrap();
+                while !seen.1 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    assert!(!left.is_zero(), "the operator's terminal never closed");
+                    seen = self.seen.1.wait_timeout(seen, left).unwrap().0;
+                }
                 return status.exit_code();
             }
             assert!(Instant::now() < deadline, "the operator CLI did not exit; it shows:\n{}", self.text());
