@@ -183,7 +183,8 @@ async fn read_bucket(
     // Asked now: the store's own `status` is what it read when it was opened.
     let mut stream =
         js.get_stream(format!("KV_{name}")).await.map_err(|e| format!("cannot read the state of {name}: {e}"))?;
-    let messages = stream.info().await.map_err(|e| format!("cannot read the state of {name}: {e}"))?.state.messages;
+    let info = stream.info().await.map_err(|e| format!("cannot read the state of {name}: {e}"))?;
+    let (messages, last) = (info.state.messages, info.state.last_sequence);
     if messages == 0 {
         return Ok(w);
     }
@@ -191,7 +192,11 @@ async fn read_bucket(
         while let Some(e) = w.next().await {
             let e = e.map_err(|e| format!("cannot read {name}: {e}"))?;
             each(&e);
-            if e.delta == 0 {
+            // Caught up: nothing pending, or at the stream's last message as
+            // it was once the watch began. (Should the pending count be off,
+            // as with keys rewritten under the watch, the second still ends
+            // the read: every later write has a later sequence.)
+            if e.delta == 0 || e.revision >= last {
                 return Ok(());
             }
         }
