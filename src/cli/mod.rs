@@ -18,6 +18,7 @@ mod actions;
 mod allow;
 mod audit;
 mod client;
+mod completions;
 mod console;
 mod daemon;
 mod demo;
@@ -37,6 +38,7 @@ pub(crate) mod table;
 mod tasks;
 mod terminal;
 mod trust;
+mod version;
 
 /// support: let a support team help with this machine, only as far and as
 /// long as you say, with every step on the record.
@@ -92,6 +94,12 @@ pub enum Command {
     Operator(operator::Args),
     /// The whole loop on this machine: relay, daemon, operator, grant, denials, audit.
     Demo(demo::Args),
+    /// Show the version, the commit it was built from and the protocol version.
+    Version(version::Args),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages of every command into a directory.
+    Man(completions::ManArgs),
     /// How the daemon starts a command inside its task's cgroup.
     #[command(name = "__enter-cgroup", hide = true)]
     EnterCgroup(enter_cgroup::Args),
@@ -131,6 +139,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
     let command = match cli.command {
         // Before the home is resolved: it needs none, and runs in a task's environment.
         Command::EnterCgroup(a) => return Ok(enter_cgroup::run(a)),
+        // Nor do these: they describe the binary.
+        Command::Version(a) => return version::run(a),
+        Command::Completions(a) => return completions::completions(a),
+        Command::Man(a) => return completions::man(a),
         c => c,
     };
     let paths = Paths::resolve(cli.home.clone())?;
@@ -155,6 +167,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Operator(a) => operator::run(a),
         Command::Demo(a) => demo::run(a),
         Command::EnterCgroup(a) => Ok(enter_cgroup::run(a)),
+        Command::Version(a) => version::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
     }
 }
 

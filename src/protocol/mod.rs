@@ -31,6 +31,11 @@ pub use session::{Keys, SessionInput};
 pub use signed::{RUN_CONTEXT, hello_bytes};
 pub use witness::{AlertKind, AuditAlert, ChainState, WitnessProof};
 
+/// The relay protocol's version (docs/PROTOCOL.md's title): the `v1` of the
+/// WebSocket paths ([`Role::path`]) and of the signed context strings
+/// ([`RUN_CONTEXT`], [`answer::ANSWER_CONTEXT`], [`session::INPUT_CONTEXT`]).
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// A new request id: `r-` and 16 random hex digits.
 pub fn new_request_id() -> String {
     format!("r-{}", crate::random_hex(8))

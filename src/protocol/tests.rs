@@ -125,3 +125,16 @@ fn hello_bytes_are_the_documented_lines() {
     let device = hello_bytes(Role::Device, nonce, id, pk);
     assert_eq!(device, [b"support-hello-device-v1\n" as &[u8], &operator.as_bytes()[26..]].concat());
 }
+
+/// One version for the paths and every signed context: bumping one
+/// without the others would make `support version` lie.
+#[test]
+fn the_protocol_version_is_the_one_in_the_paths_and_the_signed_contexts() {
+    let v = format!("v{PROTOCOL_VERSION}");
+    for role in [Role::Device, Role::Operator] {
+        assert!(role.path().starts_with(&format!("/{v}/")), "{}", role.path());
+    }
+    for context in [RUN_CONTEXT, answer::ANSWER_CONTEXT, session::INPUT_CONTEXT] {
+        assert!(context.ends_with(format!("-{v}\n").as_bytes()), "{}", String::from_utf8_lossy(context));
+    }
+}
