@@ -9,7 +9,20 @@ use support::cli::Cli;
 use support::{Error, PolicyError, TrustError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let json = wants_json(std::env::args_os().skip(1));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version are not errors; the rest is a usage error (exit 2).
+        Err(e) if json && e.use_stderr() => {
+            // clap's first paragraph is the error; after a blank line come usage and tips.
+            let text = e.render().to_string();
+            let error: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).collect();
+            let error = error.join("\n");
+            print_json_error("usage", error.strip_prefix("error: ").unwrap_or(&error));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     init_tracing(
         matches!(&cli.command, support::cli::Command::Daemon(_))
             || matches!(&cli.command, support::cli::Command::Relay(a) if a.is_serve()),
@@ -18,7 +31,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             let code = exit_code(&err);
-            if code != 0 {
+            if code != 0 && json {
+                print_json_error(error_code(&err), &ErrorChain(&err).to_string());
+            } else if code != 0 {
                 // A closed stderr leaves nowhere to say it; the exit code still does.
                 let _ = writeln!(std::io::stderr(), "support: {}", ErrorChain(&err));
             }
@@ -87,6 +102,36 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
+/// Whether the command line asks for JSON (`--json` before any `--`):
+/// then an error is one JSON object on stderr, [`print_json_error`].
+fn wants_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.take_while(|a| a != "--").any(|a| a == "--json")
+}
+
+/// `{"error": {"code": CODE, "message": MESSAGE}}` on one line of stderr.
+fn print_json_error(code: &str, message: &str) {
+    let line = serde_json::json!({ "error": { "code": code, "message": message } });
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The stable name of an error's kind, for scripts (`error.code` with
+/// `--json`); the exit code ([`exit_code`]) is the same as without.
+fn error_code(err: &Error) -> &'static str {
+    match err {
+        Error::Usage(_) => "usage",
+        Error::Refused(_) => "refused",
+        Error::DaemonUnreachable(_) => "daemon_unreachable",
+        Error::Stdout(_) => "stdout",
+        Error::File(_) => "file",
+        Error::Policy(PolicyError::File(_)) => "policy_file",
+        Error::Policy(_) => "policy",
+        Error::Audit(_) => "audit",
+        Error::Trust(_) => "trust",
+        Error::Daemon(_) => "daemon",
+        _ => "failed",
+    }
+}
+
 /// DESIGN §4: 1 error, 2 usage or invalid input, 3 daemon unreachable, 4 refused;
 /// 0, said nowhere, when stdout's reader went away (`| head -1` has what it wanted).
 fn exit_code(err: &Error) -> u8 {
@@ -107,6 +152,16 @@ fn exit_code(err: &Error) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::{LossyStderr, color_allowed};
+
+    #[test]
+    fn json_is_asked_for_by_a_flag_before_any_double_dash() {
+        let args = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>().into_iter();
+        assert!(super::wants_json(args(&["status", "--json"])));
+        assert!(super::wants_json(args(&["relay", "devices", "--json"])));
+        assert!(!super::wants_json(args(&["status"])));
+        assert!(!super::wants_json(args(&["operator", "run", "d", "--", "tool", "--json"])));
+        assert!(!super::wants_json(args(&["allow", "--reason", "--json=x"])));
+    }
 
     #[test]
     fn a_log_write_never_fails() {

@@ -69,12 +69,17 @@ fn a_closed_stdout_exits_0_quietly() {
 #[test]
 fn a_stdout_that_cannot_be_written_is_an_error_said_once() {
     let h = home_with_history();
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let out = h.cmd(&["audit", "--json"]).stdout(full).output().unwrap();
-    let run = Run::from(out);
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let run = Run::from(h.cmd(&["audit"]).stdout(full()).output().unwrap());
     run.code(1).says("support: cannot write to stdout: ");
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert_eq!(run.stderr.matches("No space left").count(), 1, "{}", run.stderr);
+    // With --json, the one line is the error as JSON (tests/cli_scripting.rs).
+    let run = Run::from(h.cmd(&["audit", "--json"]).stdout(full()).output().unwrap());
+    run.code(1);
+    let v: serde_json::Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(v["error"]["code"], "stdout", "{v}");
+    assert_eq!(v["error"]["message"].as_str().unwrap().matches("No space left").count(), 1, "{v}");
 }
 
 #[test]

@@ -39,6 +39,10 @@ pub struct Args {
     /// At most K actions start under the grant (1 or more). Default: no limit.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     max_actions: Option<u32>,
+    /// Print the grant made as one JSON object (`grant`, as `consent.json`
+    /// holds it, and `daemon_told`).
+    #[arg(long)]
+    json: bool,
 }
 
 impl Args {
@@ -172,6 +176,10 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     crate::consent_change::grant(&ctx.paths, &grant, None, &mut |r| ctx.audit(r))?;
     // A lower tier than before stops the tasks above it now.
     let told = super::client::tell_consent_changed(&ctx.paths);
+    if args.json {
+        super::print_json(&serde_json::json!({ "grant": grant, "daemon_told": told }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!("Granted tier {}: {}.", grant.tier, grant.tier.allows())?;
     if let Some(scope) = grant.scope_words() {
         outln!("Scope: {scope}.")?;

@@ -14,17 +14,23 @@ pub struct Args {
     /// Show at most N records (0: all).
     #[arg(long, value_name = "N", default_value_t = 50)]
     limit: usize,
-    /// Print one record per line, as stored.
+    /// Print one record per line, as stored; with --verify, one object
+    /// (`ok`, `records`, `head`: `{seq, mac}` or null).
     #[arg(long)]
     json: bool,
     /// Check the whole chain; exit 1 naming the first bad seq.
-    #[arg(long, conflicts_with_all = ["json", "limit"])]
+    #[arg(long, conflicts_with = "limit")]
     verify: bool,
 }
 
 pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     if args.verify {
         let v = audit::verify(&ctx.paths)?;
+        if args.json {
+            let head = (v.records > 0).then(|| serde_json::json!({ "seq": v.head.seq, "mac": v.head.mac }));
+            super::print_json(&serde_json::json!({ "ok": true, "records": v.records, "head": head }))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         outln!("ok: {} records", v.records)?;
         if v.records > 0 {
             outln!("head: seq {} mac {}", v.head.seq, v.head.mac)?;

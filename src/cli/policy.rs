@@ -16,6 +16,9 @@ pub enum Command {
     Check {
         /// A TOML catalogue file.
         path: Option<PathBuf>,
+        /// Print one JSON object: `ok`, `path` (or null), `actions` (their names).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the exact argv an action would run with these parameters; runs nothing.
     Render {
@@ -28,17 +31,23 @@ pub enum Command {
 
 pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
     match command {
-        Command::Check { path: Some(path) } => {
+        Command::Check { path: Some(path), json } => {
             let mut cat = Catalogue::default_only()?;
             cat.merge_file(&path)?;
+            if json {
+                return checked(Some(&path), &cat);
+            }
             outln!(
                 "ok: {} is valid; with the default catalogue it makes {} actions",
                 path.display(),
                 cat.actions().len()
             )?;
         }
-        Command::Check { path: None } => {
+        Command::Check { path: None, json } => {
             let cat = Catalogue::load(&ctx.paths)?;
+            if json {
+                return checked(None, &cat);
+            }
             outln!(
                 "ok: the catalogue in force has {} actions (default + {})",
                 cat.actions().len(),
@@ -58,6 +67,13 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policy check --json`: the catalogue passed.
+fn checked(path: Option<&std::path::Path>, cat: &Catalogue) -> Result<ExitCode, Error> {
+    let names: Vec<String> = cat.actions().into_iter().map(|a| a.name.clone()).collect();
+    super::print_json(&serde_json::json!({ "ok": true, "path": path, "actions": names }))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,9 +10,14 @@ use crate::{Error, ErrorChain};
 
 /// Withdraw the grant now. Exits 0 whether or not one was in force.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print one JSON object: `revoked` (the grant that ended, or null),
+    /// `message`, `daemon_told`, and `summary` (as `support summary --json`, or null).
+    #[arg(long)]
+    json: bool,
+}
 
-pub(crate) fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode, Error> {
+pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let revoked = crate::consent_change::revoke(
         &ctx.paths,
         ctx.now,
@@ -20,6 +25,19 @@ pub(crate) fn run(ctx: &Ctx, _args: Args) -> Result<ExitCode, Error> {
         || super::client::tell_consent_changed(&ctx.paths),
         &mut |r| ctx.audit(r),
     )?;
+    if args.json {
+        if let (Some(id), true) = (&revoked.ended, revoked.told) {
+            wait_for_tasks_to_end(ctx, id);
+        }
+        let summary = revoked.ended.as_deref().and_then(|id| crate::summary::load(&ctx.paths, Some(id)).ok());
+        super::print_json(&serde_json::json!({
+            "revoked": revoked.ended,
+            "message": revoked.message,
+            "daemon_told": revoked.told,
+            "summary": summary,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!("{}", revoked.message)?;
     if revoked.told {
         outln!("The daemon was told; it stops any running task.")?;

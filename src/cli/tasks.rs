@@ -38,6 +38,10 @@ pub struct StopArgs {
     /// Stop every running task.
     #[arg(long)]
     all: bool,
+    /// Print one JSON object: `stopped`, a list of `{task_id, result}`
+    /// (the task's result, as `support tasks --json` shows it, or null).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Follow what the daemon does, live: grants, commands, output, stops.
@@ -177,6 +181,10 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
     let client = Client::find(&ctx.paths)?;
     if args.all {
         let all: StoppedAll = client.call("POST", "/v1/tasks/stop")?;
+        if args.json {
+            super::print_json(&serde_json::to_value(&all).expect("a stop serialises"))?;
+            return Ok(ExitCode::SUCCESS);
+        }
         if all.stopped.is_empty() {
             outln!("No task was running.")?;
         }
@@ -192,6 +200,10 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
             // The agent comes first: it is what the owner most often wants stopped.
             let agent: Vec<&TaskView> = tasks.iter().filter(|t| t.agent).collect();
             match (agent.as_slice(), tasks.as_slice()) {
+                (_, []) if args.json => {
+                    super::print_json(&serde_json::to_value(StoppedAll { stopped: Vec::new() }).expect("serialises"))?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 (_, []) => {
                     outln!("No task is running.")?;
                     return Ok(ExitCode::SUCCESS);
@@ -211,6 +223,10 @@ pub(crate) fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode, Error> {
     };
     task_id_arg(&id)?;
     match client.call_found::<Stopped>("POST", &format!("/v1/tasks/{id}/stop"))? {
+        Some(s) if args.json => {
+            super::print_json(&serde_json::to_value(StoppedAll { stopped: vec![s] }).expect("a stop serialises"))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(s) => {
             outln!("Stopped {id}: {}.", describe(s.result.as_ref()))?;
             Ok(ExitCode::SUCCESS)
