@@ -51,7 +51,16 @@ pub enum DialError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The TLS handshake failed (wrong certificate, old TLS, not TLS).
+    /// The relay's certificate is not one this client trusts: `why` says
+    /// what was presented and what to do ([`tls::explain_handshake`]).
+    #[error("the relay at {addr} is not the one you trust: {why}")]
+    Untrusted {
+        /// `HOST:PORT`.
+        addr: String,
+        /// What failed and the fix.
+        why: String,
+    },
+    /// The TLS handshake failed (old TLS, not TLS, ...).
     #[error("TLS handshake with {addr} failed")]
     Handshake {
         /// `HOST:PORT`.
@@ -180,7 +189,10 @@ pub async fn connect_over(
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
         .await
         .map_err(|_| DialError::Timeout("in the TLS handshake"))?
-        .map_err(|source| DialError::Handshake { addr: addr.clone(), source })?;
+        .map_err(|source| match tls::explain_handshake(&source, &url.host) {
+            Some(why) => DialError::Untrusted { addr: addr.clone(), why },
+            None => DialError::Handshake { addr: addr.clone(), source },
+        })?;
     let request =
         format!("{}{}", url.url, role.path()).into_client_request().map_err(|e| DialError::WebSocket(e.to_string()))?;
     let (mut ws, _) = tokio::time::timeout(

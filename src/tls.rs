@@ -47,6 +47,122 @@ pub enum TlsError {
     /// `--relay-fingerprint` or `--relay-ca` is malformed, or no system roots.
     #[error("{0}")]
     Trust(String),
+    /// The self-signed certificate kept in the state directory does not
+    /// name every `--san` asked for; `support relay rotate-cert` makes one that does.
+    #[error("{cert} does not name {}; it names {}", .missing.join(", "), .names.join(", "))]
+    MissingNames {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The names asked for that it lacks.
+        missing: Vec<String>,
+        /// The names it has.
+        names: Vec<String>,
+    },
+}
+
+/// How long a self-signed certificate made here is valid: a year (then
+/// `support relay rotate-cert`).
+pub const SELF_SIGNED_DAYS: i64 = 365;
+
+/// The names every self-signed certificate made here has, besides `--san`.
+const LOCAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// What a self-signed certificate in the state directory says of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Its DNS names and IP addresses (subjectAltName).
+    pub names: Vec<String>,
+    /// The end of its validity.
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    /// Its fingerprint ([`fingerprint`]).
+    pub fingerprint: String,
+}
+
+impl CertInfo {
+    /// Reads the leaf certificate's names and validity.
+    ///
+    /// # Errors
+    /// [`TlsError::Pem`] naming `path` when the DER is not a certificate.
+    pub fn of(cert: &CertificateDer<'_>, path: &Path) -> Result<CertInfo, TlsError> {
+        use x509_parser::extensions::GeneralName;
+        let bad = |why: String| TlsError::Pem { path: path.into(), why };
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| bad(format!("{e}")))?;
+        let mut names = Vec::new();
+        if let Some(san) = parsed.subject_alternative_name().map_err(|e| bad(format!("{e}")))? {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(n) => names.push(n.to_string()),
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(v4) = <[u8; 4]>::try_from(*b) {
+                            names.push(std::net::Ipv4Addr::from(v4).to_string());
+                        } else if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                            names.push(std::net::Ipv6Addr::from(v6).to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let not_after = chrono::DateTime::from_timestamp(parsed.validity().not_after.timestamp(), 0)
+            .ok_or_else(|| bad("its notAfter is out of range".into()))?;
+        Ok(CertInfo { names, not_after, fingerprint: fingerprint(cert) })
+    }
+}
+
+/// The relay presented another leaf certificate than the one pinned
+/// (`--relay-fingerprint`): carried in rustls's error to [`explain_handshake`].
+#[derive(Debug, thiserror::Error)]
+#[error("the relay presented {presented}, not the pinned {expected}")]
+pub struct PinMismatch {
+    /// The pinned fingerprint.
+    pub expected: String,
+    /// The one presented.
+    pub presented: String,
+}
+
+/// What a person can do about a failed handshake with the relay at
+/// `host`: the pinned and presented fingerprints, a CA to pass, a name the
+/// certificate lacks, an expiry. `None` for other failures (not TLS, an
+/// old TLS version), which rustls's own words describe.
+pub fn explain_handshake(err: &std::io::Error, host: &str) -> Option<String> {
+    use rustls::CertificateError as C;
+    let Some(rustls::Error::InvalidCertificate(cert)) = err.get_ref()?.downcast_ref::<rustls::Error>() else {
+        return None;
+    };
+    let ask =
+        "ask the relay's admin for its fingerprint (`support relay serve` and `support relay rotate-cert` print it)";
+    Some(match cert {
+        C::Other(other) => match other.0.downcast_ref::<PinMismatch>() {
+            Some(m) => format!(
+                "the relay presented the certificate {}, but --relay-fingerprint pins {}: either this is not your \
+                 relay, or its certificate was replaced; {ask} before you pin another",
+                m.presented, m.expected
+            ),
+            None => return None,
+        },
+        C::UnknownIssuer | C::BadSignature => format!(
+            "its certificate is not signed by a CA you trust ({}): pass --relay-ca FILE with the CA that signed \
+             it (for a self-signed relay, its cert.pem), or --relay-fingerprint sha256:HEX ({ask})",
+            if matches!(cert, C::BadSignature) { "BadSignature" } else { "UnknownIssuer" }
+        ),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            let names = match cert {
+                C::NotValidForNameContext { presented, .. } => format!(" (it names {})", presented.join(", ")),
+                _ => String::new(),
+            };
+            format!(
+                "its certificate does not name {host}{names}: connect by a name it has, or have the relay's admin \
+                 add it (`support relay rotate-cert --san {host}` for a self-signed relay)"
+            )
+        }
+        C::Expired | C::ExpiredContext { .. } => "its certificate has expired: the relay's admin renews it \
+             (`support relay rotate-cert` for a self-signed relay, then give clients the new fingerprint)"
+            .to_string(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "its certificate is not valid yet: check this machine's clock".to_string()
+        }
+        _ => return None,
+    })
 }
 
 /// The ring provider, shared by every config here.
@@ -103,25 +219,91 @@ impl Identity {
 
     /// The relay's self-signed identity in `dir` (`cert.pem`, `key.pem`,
     /// both 0600): made on first use for `localhost`, `127.0.0.1`, `::1`
-    /// and `sans`, then reused, so clients pinned to it stay pinned.
-    /// Returns whether it was made now.
+    /// and `sans`, valid for [`SELF_SIGNED_DAYS`], then reused, so clients
+    /// pinned to it stay pinned. Returns whether it was made now.
     ///
     /// # Errors
-    /// As [`Identity::from_pem`]; [`TlsError::Generate`] if rcgen fails.
+    /// As [`Identity::from_pem`]; [`TlsError::Generate`] if rcgen fails;
+    /// [`TlsError::MissingNames`] when the certificate kept lacks a name
+    /// of `sans` (it is not replaced behind pinned clients' backs).
     pub fn self_signed(dir: &Path, sans: &[String]) -> Result<(Identity, bool), TlsError> {
         paths::ensure_dir(dir)?;
         let files = paths::RelayPaths::new(dir);
-        let (cert, key) = (files.cert(), files.key());
+        let cert = files.cert();
         if paths::open_read(&cert)?.is_some() {
-            return Ok((Identity::from_pem(&cert, &key)?, false));
+            let identity = Identity::from_pem(&cert, &files.key())?;
+            let names = identity.info(&cert)?.names;
+            let missing: Vec<String> = sans.iter().filter(|s| !names.contains(s)).cloned().collect();
+            if !missing.is_empty() {
+                return Err(TlsError::MissingNames { cert, missing, names });
+            }
+            return Ok((identity, false));
         }
-        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
-        names.extend(sans.iter().filter(|s| !names.contains(s)).cloned().collect::<Vec<_>>());
-        let made = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+        Ok((Identity::make_self_signed(dir, sans)?, true))
+    }
+
+    /// Replaces the self-signed identity in `dir` with a new key and
+    /// certificate, valid for [`SELF_SIGNED_DAYS`] from now, naming what
+    /// the old one named and `sans`. Returns it and the old one's details.
+    ///
+    /// # Errors
+    /// As [`Identity::self_signed`].
+    pub fn rotate_self_signed(dir: &Path, sans: &[String]) -> Result<(Identity, Option<CertInfo>), TlsError> {
+        paths::ensure_dir(dir)?;
+        let files = paths::RelayPaths::new(dir);
+        let cert = files.cert();
+        let old = match paths::open_read(&cert)? {
+            Some(_) => Some(Identity::from_pem(&cert, &files.key())?.info(&cert)?),
+            None => None,
+        };
+        let mut names: Vec<String> = old.as_ref().map(|o| o.names.clone()).unwrap_or_default();
+        names.extend(sans.iter().cloned());
+        Ok((Identity::make_self_signed(dir, &names)?, old))
+    }
+
+    /// The leaf's names and validity; `path` names the file in errors.
+    ///
+    /// # Errors
+    /// As [`CertInfo::of`].
+    pub fn info(&self, path: &Path) -> Result<CertInfo, TlsError> {
+        let leaf =
+            self.chain.first().ok_or_else(|| TlsError::Pem { path: path.into(), why: "no certificate".into() })?;
+        CertInfo::of(leaf, path)
+    }
+
+    /// Makes and writes a new self-signed key and certificate in `dir`.
+    fn make_self_signed(dir: &Path, sans: &[String]) -> Result<Identity, TlsError> {
+        let files = paths::RelayPaths::new(dir);
+        let (cert, key) = (files.cert(), files.key());
+        let mut names: Vec<String> = LOCAL_NAMES.map(String::from).to_vec();
+        for san in sans {
+            if !names.contains(san) {
+                names.push(san.clone());
+            }
+        }
+        let failed = |e: rcgen::Error| TlsError::Generate(e.to_string());
+        let mut params = rcgen::CertificateParams::new(names).map_err(failed)?;
+        // A subject of its own: a client given another relay's cert.pem as
+        // its CA then finds no issuer by that name (UnknownIssuer).
+        let mut tag = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut tag)
+            .map_err(|_| TlsError::Generate("no randomness".into()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("support relay {}", hex::encode(tag)));
+        // From yesterday (a client whose clock is a little behind), for a year.
+        let day = |d: chrono::DateTime<chrono::Utc>| {
+            use chrono::Datelike as _;
+            rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8)
+        };
+        let now = chrono::Utc::now();
+        params.not_before = day(now - chrono::Duration::days(1));
+        params.not_after = day(now + chrono::Duration::days(SELF_SIGNED_DAYS));
+        let signing_key = rcgen::KeyPair::generate().map_err(failed)?;
+        let made = params.self_signed(&signing_key).map_err(failed)?;
         // The key first: a cert.pem without its key.pem would be reused and fail.
-        paths::write_atomic(&key, made.signing_key.serialize_pem().as_bytes())?;
-        paths::write_atomic(&cert, made.cert.pem().as_bytes())?;
-        Ok((Identity::from_pem(&cert, &key)?, true))
+        paths::write_atomic(&key, signing_key.serialize_pem().as_bytes())?;
+        paths::write_atomic(&cert, made.pem().as_bytes())?;
+        Identity::from_pem(&cert, &key)
     }
 
     /// The relay's server config: TLS 1.3 only (ChaCha20-Poly1305 preferred), no client certificates
@@ -255,11 +437,25 @@ impl RelayTrust {
 impl FromStr for RelayTrust {
     type Err = TlsError;
 
-    /// Parses `sha256:HEX` (64 hex digits; `:` between bytes allowed, case ignored).
+    /// Parses a SHA-256 fingerprint: `sha256:HEX` as `support relay serve`
+    /// prints it, `sha256 Fingerprint=AB:CD:...` as `openssl x509
+    /// -fingerprint -sha256` prints it (either case), or the 64 hex digits
+    /// alone; `:` between bytes allowed, case ignored.
     fn from_str(s: &str) -> Result<RelayTrust, TlsError> {
-        let bad = || TlsError::Trust(format!("--relay-fingerprint must be sha256: and 64 hex digits, not {s:?}"));
-        let hexits: String = s.strip_prefix("sha256:").ok_or_else(bad)?.chars().filter(|c| *c != ':').collect();
-        let bytes = hex::decode(hexits.to_ascii_lowercase()).map_err(|_| bad())?;
+        let bad = || {
+            TlsError::Trust(format!(
+                "--relay-fingerprint takes sha256:HEX (64 hex digits, as `support relay serve` prints it) or what \
+                 `openssl x509 -fingerprint -sha256` prints, not {s:?}"
+            ))
+        };
+        let t = s.trim();
+        let lower = t.to_ascii_lowercase();
+        let hexits = ["sha256:", "sha256 fingerprint=", "sha2-256 fingerprint="]
+            .iter()
+            .find_map(|p| lower.strip_prefix(p))
+            .unwrap_or(&lower);
+        let hexits: String = hexits.chars().filter(|c| *c != ':').collect();
+        let bytes = hex::decode(hexits).map_err(|_| bad())?;
         Ok(RelayTrust::Fingerprint(bytes.try_into().map_err(|_| bad())?))
     }
 }
@@ -294,7 +490,13 @@ impl ServerCertVerifier for PinnedLeaf {
         if got.as_ref() == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            let mismatch = PinMismatch {
+                expected: format!("sha256:{}", hex::encode(self.pin)),
+                presented: fingerprint(end_entity),
+            };
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                mismatch,
+            )))))
         }
     }
 

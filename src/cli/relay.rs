@@ -109,6 +109,17 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Replace the self-signed certificate with a new key and certificate
+    /// for a year, naming what the old one named and each --san; prints
+    /// the new fingerprint. Restart the relay to serve it.
+    RotateCert {
+        /// A name to add (DNS name or IP address); repeat for several.
+        #[arg(long, value_name = "NAME")]
+        san: Vec<String>,
+        /// One JSON object: `cert`, `names`, `not_after`, `fingerprint`, `previous` (or null).
+        #[arg(long)]
+        json: bool,
+    },
     /// Clear the audit alert standing against a device, once you have
     /// looked into it; the witnessed head stays, so later tampering is
     /// flagged again.
@@ -166,6 +177,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             drop(runtime);
             return serve(dir, a, cluster);
         }
+        Command::RotateCert { san, json } => return rotate_cert(&dir, &san, json),
         Command::Migrate { to } => {
             let to = ClusterConfig::resolve(&dir, Some(to), args.cluster_creds.clone(), args.cluster_ca.clone())
                 .map_err(Error::Usage)?
@@ -184,7 +196,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     };
     let clustered = cluster.is_some();
     match command {
-        Command::Serve(_) | Command::Migrate { .. } => unreachable!("handled above"),
+        Command::Serve(_) | Command::Migrate { .. } | Command::RotateCert { .. } => unreachable!("handled above"),
         Command::EnrollToken { ttl } => {
             let ttl: Duration = ttl.into();
             if !(60..=30 * 86_400).contains(&ttl.as_secs()) {
@@ -387,6 +399,59 @@ fn relay_error(dir: &std::path::Path, e: relay::RelayError) -> Error {
     }
 }
 
+/// A self-signed certificate that could not be used, with the fix for one
+/// that lacks a `--san`.
+fn self_signed_error(dir: &std::path::Path, e: crate::tls::TlsError) -> Error {
+    match &e {
+        crate::tls::TlsError::MissingNames { missing, .. } => {
+            let sans: Vec<String> =
+                missing.iter().map(|m| format!("--san {}", shlex::try_quote(m).unwrap_or_default())).collect();
+            Error::Usage(format!(
+                "{}; the certificate kept is not replaced by itself (clients pin it). To make a new one that names them \
+                 too: support relay --state {} rotate-cert {}; then give clients its fingerprint",
+                ErrorChain(&e),
+                dir.display(),
+                sans.join(" ")
+            ))
+        }
+        _ => Error::Failed(ErrorChain(&e).to_string()),
+    }
+}
+
+/// `support relay rotate-cert`: a new self-signed key and certificate.
+fn rotate_cert(dir: &std::path::Path, sans: &[String], json: bool) -> Result<ExitCode, Error> {
+    let (identity, old) = Identity::rotate_self_signed(dir, sans).map_err(|e| self_signed_error(dir, e))?;
+    let cert = crate::paths::RelayPaths::new(dir).cert();
+    let info = identity.info(&cert).map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
+    let previous = old.map(|o| o.fingerprint);
+    if json {
+        super::print_json(&serde_json::json!({
+            "cert": cert,
+            "names": info.names,
+            "not_after": info.not_after,
+            "fingerprint": info.fingerprint,
+            "previous": previous,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("{}", info.fingerprint)?;
+    eprintln!(
+        "made a new self-signed certificate {} for {}, valid until {}",
+        cert.display(),
+        info.names.join(", "),
+        super::local(info.not_after)
+    );
+    if let Some(p) = previous {
+        eprintln!(
+            "It replaces {p}: clients pinned to that one must be given the new fingerprint (--relay-fingerprint) or cert.pem (--relay-ca)."
+        );
+    }
+    eprintln!(
+        "Restart the relay to serve it (systemctl restart support-relay, or stop and start `support relay serve`)."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn serve(dir: PathBuf, a: ServeArgs, cluster: Option<ClusterConfig>) -> Result<ExitCode, Error> {
     // Before READY=1 and `listening on`: a relay that says it is ready must be able to run.
     let state = relay::State::open(dir.clone()).map_err(|e| relay_error(&dir, e))?;
@@ -395,10 +460,25 @@ fn serve(dir: PathBuf, a: ServeArgs, cluster: Option<ClusterConfig>) -> Result<E
             Identity::from_pem(cert, key).map_err(|e| Error::Usage(ErrorChain(&e).to_string()))?
         }
         (None, None, true) => {
-            let (identity, made) =
-                Identity::self_signed(&dir, &a.san).map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
+            let (identity, made) = Identity::self_signed(&dir, &a.san).map_err(|e| self_signed_error(&dir, e))?;
+            let cert = crate::paths::RelayPaths::new(&dir).cert();
+            let info = identity.info(&cert).map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
             let verb = if made { "made" } else { "reusing" };
-            eprintln!("{verb} the self-signed certificate {}", crate::paths::RelayPaths::new(&dir).cert().display());
+            eprintln!(
+                "{verb} the self-signed certificate {} for {}, valid until {}",
+                cert.display(),
+                info.names.join(", "),
+                super::local(info.not_after)
+            );
+            let left = info.not_after - chrono::Utc::now();
+            if left < chrono::Duration::days(30) {
+                eprintln!(
+                    "warning: it {} in {} days; make a new one with `support relay --state {} rotate-cert` and give clients its fingerprint",
+                    if left < chrono::Duration::zero() { "expired" } else { "expires" },
+                    left.num_days().abs(),
+                    dir.display()
+                );
+            }
             identity
         }
         _ => return Err(Error::Usage("give --cert PEM --key PEM, or --self-signed".into())),
