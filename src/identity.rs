@@ -96,8 +96,8 @@ pub enum KeyError {
     /// The key file is unsafe or unreadable.
     #[error(transparent)]
     File(#[from] FileError),
-    /// The file is not a PKCS#8 v1/v2 Ed25519 key.
-    #[error("{path}: not an Ed25519 PKCS#8 key file; move it aside to make a new one")]
+    /// The file is not a PKCS#8 v1/v2 Ed25519 key (PEM or DER).
+    #[error("{path}: not an Ed25519 PKCS#8 key file (PEM or DER); move it aside to make a new one")]
     Malformed {
         /// The key file.
         path: std::path::PathBuf,
@@ -128,18 +128,45 @@ impl KeyPair {
     /// readable or writable by others) or unreadable;
     /// [`KeyError::Malformed`] if it holds something else.
     pub fn load_or_create(path: &Path) -> Result<(KeyPair, bool), KeyError> {
-        if let Some(der) = paths::read_secret(path, KEY_FILE_CAP)? {
-            let pair = KeyPair::from_pkcs8(&der).ok_or_else(|| KeyError::Malformed { path: path.into() })?;
-            return Ok((pair, false));
+        if let Some(bytes) = paths::read_secret(path, KEY_FILE_CAP)? {
+            return Ok((KeyPair::parse_file(&bytes, path)?, false));
         }
         let (pair, der) = KeyPair::generate();
         if paths::create_new(path, &der)? {
             return Ok((pair, true));
         }
         // Another process made it first: use theirs.
-        let der = paths::read_secret(path, KEY_FILE_CAP)?.unwrap_or_default();
-        let pair = KeyPair::from_pkcs8(&der).ok_or_else(|| KeyError::Malformed { path: path.into() })?;
-        Ok((pair, false))
+        let bytes = paths::read_secret(path, KEY_FILE_CAP)?.unwrap_or_default();
+        Ok((KeyPair::parse_file(&bytes, path)?, false))
+    }
+
+    /// Makes a new key at `path` as PEM (`-----BEGIN PRIVATE KEY-----`,
+    /// PKCS#8, RFC 7468), 0600, with `O_EXCL`, fsynced: an operator's key,
+    /// which people move between machines and tools. Returns `None` when
+    /// the file exists (nothing is overwritten).
+    ///
+    /// # Errors
+    /// [`KeyError::File`] when it cannot be written.
+    pub fn create_pem(path: &Path) -> Result<Option<KeyPair>, KeyError> {
+        let (pair, v2) = KeyPair::generate();
+        // The v1 form (RFC 8410 §7), which OpenSSL and ssh-keygen read too.
+        let der = pkcs8_v1(&v2).expect("ring makes the RFC 8410 v2 form");
+        let unix = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        let text = pem::encode_config(&pem::Pem::new("PRIVATE KEY", der), unix);
+        Ok(paths::create_new(path, text.as_bytes())?.then_some(pair))
+    }
+
+    /// A key file's bytes: a PEM `PRIVATE KEY` block or the bare PKCS#8 DER.
+    fn parse_file(bytes: &[u8], path: &Path) -> Result<KeyPair, KeyError> {
+        let malformed = || KeyError::Malformed { path: path.into() };
+        if bytes.starts_with(b"-----BEGIN") {
+            let block = pem::parse(bytes).map_err(|_| malformed())?;
+            if block.tag() != "PRIVATE KEY" {
+                return Err(malformed());
+            }
+            return KeyPair::from_pkcs8(block.contents()).ok_or_else(malformed);
+        }
+        KeyPair::from_pkcs8(bytes).ok_or_else(malformed)
     }
 
     /// Reads an existing key file (as [`KeyPair::load_or_create`], without creating).
@@ -147,12 +174,12 @@ impl KeyPair {
     /// # Errors
     /// As [`KeyPair::load_or_create`], and [`FileError::Io`] when it is missing.
     pub fn load(path: &Path) -> Result<KeyPair, KeyError> {
-        let der = paths::read_secret(path, KEY_FILE_CAP)?.ok_or_else(|| FileError::Io {
+        let bytes = paths::read_secret(path, KEY_FILE_CAP)?.ok_or_else(|| FileError::Io {
             op: "read",
             path: path.into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         })?;
-        KeyPair::from_pkcs8(&der).ok_or_else(|| KeyError::Malformed { path: path.into() })
+        KeyPair::parse_file(&bytes, path)
     }
 
     /// The public half.
@@ -164,6 +191,18 @@ impl KeyPair {
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.pair.sign(message).as_ref().try_into().expect("Ed25519 signatures are 64 bytes")
     }
+}
+
+/// RFC 8410 §7's PKCS#8 v1 document of an Ed25519 key from ring's v2 one
+/// (RFC 5958: version 2, with the public key after the private one,
+/// ring's own template): the 32-byte seed under the v1 header. `None` for another shape.
+fn pkcs8_v1(v2: &[u8]) -> Option<Vec<u8>> {
+    const V2_HEAD: [u8; 16] =
+        [0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    const V1_HEAD: [u8; 16] =
+        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    let seed = v2.strip_prefix(&V2_HEAD[..])?.get(..32)?;
+    Some([&V1_HEAD[..], seed].concat())
 }
 
 impl FromStr for PublicKey {
@@ -202,6 +241,17 @@ impl fmt::Debug for PublicKey {
 
 #[cfg(test)]
 mod tests {
+
+    /// The v1 document made from a v2 one is the same key.
+    #[test]
+    fn a_v1_document_holds_the_same_key_as_the_v2_one() {
+        let (pair, v2) = crate::KeyPair::generate();
+        let v1 = pkcs8_v1(&v2).unwrap();
+        assert_eq!(v1.len(), 48);
+        assert_eq!(crate::KeyPair::from_pkcs8(&v1).unwrap().public_key(), pair.public_key());
+        assert_eq!(pkcs8_v1(&v1), None, "a v1 document is not taken for v2");
+    }
+
     use super::*;
     use ring::signature::{Ed25519KeyPair, KeyPair};
 

@@ -26,6 +26,7 @@ mod device_name;
 mod enter_cgroup;
 mod guard;
 mod operator;
+mod operator_profile;
 mod out;
 mod policy;
 mod recordings;
@@ -164,7 +165,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Recordings(a) => recordings::list(&ctx, a),
         Command::Play(a) => recordings::play(&ctx, a),
         Command::Relay(a) => relay::run(&ctx, a),
-        Command::Operator(a) => operator::run(a),
+        Command::Operator(a) => operator::run(&ctx.paths, a),
         Command::Demo(a) => demo::run(a),
         Command::EnterCgroup(a) => Ok(enter_cgroup::run(a)),
         Command::Version(a) => version::run(a),

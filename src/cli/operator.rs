@@ -1,23 +1,27 @@
 //! `support operator …`: the support side. Each subcommand but `keygen`
-//! connects to the relay with `--relay`, `--relay-ca`/`--relay-fingerprint`
-//! and `--key` (or `SUPPORT_OPERATOR_RELAY`, `SUPPORT_OPERATOR_RELAY_CA`,
-//! `SUPPORT_OPERATOR_RELAY_FINGERPRINT`, `SUPPORT_OPERATOR_KEY`).
+//! and `init` connects to the relay with `--relay`,
+//! `--relay-ca`/`--relay-fingerprint` and `--key` (or
+//! `SUPPORT_OPERATOR_RELAY`, `SUPPORT_OPERATOR_RELAY_CA`,
+//! `SUPPORT_OPERATOR_RELAY_FINGERPRINT`, `SUPPORT_OPERATOR_KEY`), and for
+//! what none of those give, the profile `support operator init` wrote
+//! ([`operator_profile`](super::operator_profile)).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::operator_profile::{self, Profile};
 use super::out::outln;
 use super::table::{Listing, Wrap};
 use super::{print_json, printable};
-use crate::Error;
 use crate::dial::{DialError, RelayUrl};
 use crate::identity::KeyPair;
 use crate::operator::{Outcome, Session};
 use crate::protocol::{DenyCode, DeviceFrame, RelayCode, Run, Status, StoppedBy, Stream};
 use crate::tls::RelayTrust;
 use crate::transcript::Transcript;
+use crate::{Error, Paths};
 
 /// Where the relay is and who we are.
 #[derive(Debug, clap::Args)]
@@ -47,6 +51,14 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Set this machine up as an operator once: make the key (PEM) and write
+    /// operator.toml with --relay and --relay-ca or --relay-fingerprint, which
+    /// every operator command then uses; prints the public key.
+    Init {
+        /// Replace an existing operator.toml (the key is kept if it exists).
+        #[arg(long)]
+        force: bool,
+    },
     /// Make an operator key pair; prints the public key to give the relay admin and the owner.
     Keygen {
         /// Where to write the private key (0600; refused if it exists).
@@ -164,26 +176,48 @@ fn usage(e: &(dyn std::error::Error + 'static)) -> Error {
 }
 
 impl Conn {
+    /// The flags (and their variables) over `profile`, field by field; the
+    /// relay's trust as a whole (a flag's CA and the profile's pin do not mix).
+    fn over(mut self, profile: Profile) -> Conn {
+        self.relay = self.relay.or(profile.relay);
+        if self.relay_ca.is_none() && self.relay_fingerprint.is_none() {
+            (self.relay_ca, self.relay_fingerprint) = (profile.relay_ca, profile.relay_fingerprint);
+        }
+        self.key = self.key.or(profile.key);
+        self
+    }
+
     async fn open(&self) -> Result<Session, Error> {
         let url: RelayUrl = self
             .relay
             .as_deref()
-            .ok_or_else(|| Error::Usage("give --relay wss://HOST:PORT (or SUPPORT_OPERATOR_RELAY)".into()))?
+            .ok_or_else(|| {
+                Error::Usage(
+                    "give --relay wss://HOST:PORT (or SUPPORT_OPERATOR_RELAY), or set it up once with \
+                     `support operator init --relay wss://HOST:PORT --relay-fingerprint sha256:HEX`"
+                        .into(),
+                )
+            })?
             .parse()
             .map_err(failed)?;
         let trust = RelayTrust::from_flags(self.relay_ca.as_deref(), self.relay_fingerprint.as_deref())
             .map_err(|e| usage(&e))?;
         let tls = trust.client_config().map_err(|e| usage(&e))?;
-        let path = self.key.as_ref().ok_or_else(|| Error::Usage("give --key FILE (or SUPPORT_OPERATOR_KEY)".into()))?;
+        let path = self.key.as_ref().ok_or_else(|| {
+            Error::Usage("give --key FILE (or SUPPORT_OPERATOR_KEY), or make one with `support operator init`".into())
+        })?;
         let key = KeyPair::load(path).map_err(|e| usage(&e))?;
         Session::connect(&url, tls, key).await.map_err(failed)
     }
 }
 
-pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
-    if let Command::Keygen { out } = &args.command {
-        return keygen(out);
+pub(crate) fn run(paths: &Paths, args: Args) -> Result<ExitCode, Error> {
+    match &args.command {
+        Command::Keygen { out } => return keygen(out),
+        Command::Init { force } => return init(paths, args.conn, *force),
+        _ => {}
     }
+    let args = Args { conn: args.conn.over(operator_profile::load(paths)?), command: args.command };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -220,7 +254,9 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, Error> {
                 let device = device_id(&mut session, &device).await?;
                 super::terminal::interactive(&mut session, &device).await
             }
-            Command::Keygen { .. } | Command::Run { .. } | Command::Agent { .. } => unreachable!("handled above"),
+            Command::Keygen { .. } | Command::Init { .. } | Command::Run { .. } | Command::Agent { .. } => {
+                unreachable!("handled above")
+            }
             Command::Devices { json } => devices(&mut session, json).await,
             Command::Cancel { device, request_id } => {
                 let device = device_id(&mut session, &device).await?;
@@ -255,19 +291,68 @@ fn keygen(out: &std::path::Path) -> Result<ExitCode, Error> {
     if std::fs::symlink_metadata(out).is_ok() {
         return Err(Error::Usage(format!("{} exists; choose another --out or remove it first", out.display())));
     }
+    let key = make_key(out)?;
+    eprintln!("Private key written to {} (PEM, 0600). Keep it secret.", out.display());
+    tell_public_key(&key)
+}
+
+/// Makes a PEM key at `out` (its directory too, 0700), refusing to overwrite.
+fn make_key(out: &std::path::Path) -> Result<KeyPair, Error> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
         && std::fs::symlink_metadata(dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     {
         crate::paths::ensure_dir(dir)?;
     }
-    let (key, _) = KeyPair::load_or_create(out).map_err(|e| Error::Failed(crate::ErrorChain(&e).to_string()))?;
+    KeyPair::create_pem(out)
+        .map_err(|e| Error::Failed(crate::ErrorChain(&e).to_string()))?
+        .ok_or_else(|| Error::Usage(format!("{} appeared meanwhile; run the command again", out.display())))
+}
+
+/// Prints the public key (stdout) and whom to give it to (stderr).
+fn tell_public_key(key: &KeyPair) -> Result<ExitCode, Error> {
     let public = key.public_key();
     outln!("{public}")?;
-    eprintln!("Private key written to {} (0600). Keep it secret.", out.display());
     eprintln!("fingerprint {}", public.fingerprint());
     eprintln!("Give the public key to the relay admin: support relay add-operator NAME {public}");
     eprintln!("and to the owner of each device:        support trust add NAME {public}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `support operator init`: the key (made unless `--key` names an existing
+/// one, or the default one exists) and operator.toml, from the flags.
+fn init(paths: &Paths, conn: Conn, force: bool) -> Result<ExitCode, Error> {
+    let file = operator_profile::path(paths);
+    if !force && std::fs::symlink_metadata(&file).is_ok() {
+        return Err(Error::Usage(format!(
+            "{} exists; pass --force to replace it (or edit it: flags and SUPPORT_OPERATOR_* override it)",
+            file.display()
+        )));
+    }
+    let relay = conn.relay.ok_or_else(|| Error::Usage("give --relay wss://HOST:PORT".into()))?;
+    let _: RelayUrl = relay.parse().map_err(failed)?;
+    // Checked now, and kept absolute: the profile is read from anywhere.
+    let relay_ca = conn.relay_ca.map(|ca| match ca.as_str() {
+        "system" => ca,
+        path => operator_profile::absolute(Path::new(path)).display().to_string(),
+    });
+    let trust =
+        RelayTrust::from_flags(relay_ca.as_deref(), conn.relay_fingerprint.as_deref()).map_err(|e| usage(&e))?;
+    trust.client_config().map_err(|e| usage(&e))?;
+    let key_path = operator_profile::absolute(&conn.key.unwrap_or_else(|| operator_profile::default_key(paths)));
+    let key = if std::fs::symlink_metadata(&key_path).is_ok() {
+        let key = KeyPair::load(&key_path).map_err(|e| usage(&e))?;
+        eprintln!("Using the key {} that is there.", key_path.display());
+        key
+    } else {
+        let key = make_key(&key_path)?;
+        eprintln!("Private key written to {} (PEM, 0600). Keep it secret.", key_path.display());
+        key
+    };
+    let profile =
+        Profile { relay: Some(relay), relay_ca, relay_fingerprint: conn.relay_fingerprint, key: Some(key_path) };
+    let written = operator_profile::save(paths, &profile)?;
+    eprintln!("Wrote {}: every `support operator` command uses it now.", written.display());
+    tell_public_key(&key)
 }
 
 async fn devices(session: &mut Session, json: bool) -> Result<ExitCode, Error> {
