@@ -33,6 +33,7 @@ mod recordings;
 mod relay;
 mod relay_admin;
 mod revoke;
+mod service;
 mod status;
 mod summary;
 pub(crate) mod table;
@@ -77,6 +78,9 @@ pub enum Command {
     Trust(trust::Command),
     /// Run the daemon in the foreground: it runs what operators send, within your grant.
     Daemon(daemon::Args),
+    /// Install, check or remove the daemon as a systemd service.
+    #[command(subcommand)]
+    Service(service::Command),
     /// List the tasks the daemon is running.
     Tasks(tasks::TasksArgs),
     /// Stop a running task now (its whole process tree).
@@ -158,6 +162,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Policy(c) => policy::run(&ctx, c),
         Command::Trust(c) => trust::run(&ctx, c),
         Command::Daemon(a) => daemon::run(&ctx, a),
+        Command::Service(c) => service::run(&ctx, c),
         Command::Tasks(a) => tasks::tasks(&ctx, a),
         Command::Stop(a) => tasks::stop(&ctx, a),
         Command::Watch(a) => tasks::watch(&ctx, a),

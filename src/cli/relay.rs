@@ -50,11 +50,17 @@ impl Args {
 enum Command {
     /// Run the relay in the foreground (systemd Type=notify ready).
     Serve(ServeArgs),
-    /// Print a one-time token that enrolls one device.
+    /// Print a one-time token that enrolls one device, and the one command
+    /// that enrols it and starts its daemon (`support service install ...`).
     EnrollToken {
         /// How long the token stays valid (1m to 30d), e.g. 1h, 30m.
         #[arg(long, default_value = "1h", value_name = "DURATION")]
         ttl: humantime::Duration,
+        /// The relay's address as devices reach it, for the command printed
+        /// [default: wss://NAME:8443, NAME the self-signed certificate's first
+        /// name that is not local].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
     /// Admit an operator's key to the relay.
     AddOperator { name: String, public_key: String },
@@ -197,7 +203,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     let clustered = cluster.is_some();
     match command {
         Command::Serve(_) | Command::Migrate { .. } | Command::RotateCert { .. } => unreachable!("handled above"),
-        Command::EnrollToken { ttl } => {
+        Command::EnrollToken { ttl, url } => {
             let ttl: Duration = ttl.into();
             if !(60..=30 * 86_400).contains(&ttl.as_secs()) {
                 return Err(Error::Usage("--ttl must be between 1m and 30d".into()));
@@ -208,9 +214,9 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             let token = Secret::new(token);
             outln!("{}", token.expose())?;
             eprintln!(
-                "One device may enroll with it until {} (it is stored only as a hash):\n  support daemon --relay wss://RELAY:PORT --relay-ca cert.pem --enroll {}",
+                "One device may enroll with it until {} (it is stored only as a hash). On the owner's machine:\n  {}",
                 super::local(expires_at),
-                token.expose()
+                install_line(&dir, url.as_deref(), token.expose())
             );
             let id = registry::token_hash(token.expose());
             let id = crate::text::head(&id, registry::TOKEN_ID_HEX);
@@ -397,6 +403,25 @@ fn relay_error(dir: &std::path::Path, e: relay::RelayError) -> Error {
         }
         e => Error::Failed(ErrorChain(&e).to_string()),
     }
+}
+
+/// The one command that enrols a device with `token` and starts its
+/// daemon: the relay at `url` (or the self-signed certificate's first
+/// non-local name), recognised by that certificate's fingerprint when the
+/// state directory has one, else by the system's CAs.
+fn install_line(dir: &std::path::Path, url: Option<&str>, token: &str) -> String {
+    let files = crate::paths::RelayPaths::new(dir);
+    let cert = Identity::from_pem(&files.cert(), &files.key()).ok().and_then(|i| i.info(&files.cert()).ok());
+    let url = url.map(str::to_string).unwrap_or_else(|| {
+        let local = ["localhost", "127.0.0.1", "::1"];
+        let name = cert.as_ref().and_then(|c| c.names.iter().find(|n| !local.contains(&n.as_str())).cloned());
+        format!("wss://{}:8443", name.as_deref().unwrap_or("RELAY-HOST"))
+    });
+    let trust = match &cert {
+        Some(c) => format!("--relay-fingerprint {}", c.fingerprint),
+        None => "--relay-ca system".to_string(),
+    };
+    format!("support service install --relay {} {trust} --enroll {token}", shlex::try_quote(&url).unwrap_or_default())
 }
 
 /// A self-signed certificate that could not be used, with the fix for one
