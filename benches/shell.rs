@@ -22,107 +22,63 @@
 //! without sshd the support figures print alone, with the reason).
 
 mod common;
+#[path = "../tests/common/operator_pty.rs"]
+mod operator_pty;
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Rig, owner, percentile};
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use operator_pty::OnPty;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const FILE_MIB: usize = 50;
 
-/// A program on a pty of the bench's own: what it writes is collected.
-struct OnPty {
-    writer: Box<dyn std::io::Write + Send>,
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    seen: Arc<(Mutex<Vec<u8>>, Condvar)>,
-    _master: Box<dyn portable_pty::MasterPty + Send>,
+/// The keystroke and `cat` figures, on any shell on a pty.
+trait Figures {
+    /// One byte typed until its echo is back; the time.
+    fn echo(&mut self, c: u8) -> Duration;
+    /// `cat FILE` typed, timed from Enter to the marker after it (MiB/s).
+    fn cat(&mut self, file: &Path, n: usize) -> f64;
+    /// `exit` typed; killed if still there after 30 s.
+    fn exit(&mut self);
 }
 
-impl OnPty {
-    fn spawn(cmd: CommandBuilder) -> OnPty {
-        let pair =
-            native_pty_system().openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 }).unwrap();
-        let child = pair.slave.spawn_command(cmd).unwrap();
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().unwrap();
-        let writer = pair.master.take_writer().unwrap();
-        let seen = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let into = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n @ 1..) = reader.read(&mut buf) {
-                common::lock(&into.0).extend_from_slice(&buf[..n]);
-                into.1.notify_all();
-            }
-        });
-        OnPty { writer, child, seen, _master: pair.master }
-    }
-
-    fn len(&self) -> usize {
-        common::lock(&self.seen.0).len()
-    }
-
-    fn type_in(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-        self.writer.flush().unwrap();
-    }
-
-    /// Waits until `needle` shows after byte `from`; where it ends. Each
-    /// byte is searched once, so a 50 MiB stream costs a linear scan.
-    fn expect_after(&self, from: usize, needle: &[u8]) -> usize {
-        let deadline = Instant::now() + PATIENCE;
-        let mut checked = from;
-        let mut seen = common::lock(&self.seen.0);
-        loop {
-            let start = checked.saturating_sub(needle.len()).max(from);
-            if let Some(at) = seen[start.min(seen.len())..].windows(needle.len()).position(|w| w == needle) {
-                return start + at + needle.len();
-            }
-            checked = seen.len();
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "never saw {:?}; the tail:\n{}", String::from_utf8_lossy(needle), tail(&seen));
-            seen = self.seen.1.wait_timeout(seen, left).unwrap().0;
-        }
-    }
-
-    /// One byte typed until its echo is back; the time.
+impl Figures for OnPty {
     fn echo(&mut self, c: u8) -> Duration {
         let from = self.len();
         let t0 = Instant::now();
-        self.type_in(&[c]);
-        self.expect_after(from, &[c]);
+        self.type_text([c]);
+        self.expect_after(from, [c]);
         t0.elapsed()
     }
 
-    /// `cat FILE` typed, timed from Enter to the marker after it (MiB/s).
     fn cat(&mut self, file: &Path, n: usize) -> f64 {
         let line = format!("cat {} && echo cat-done-$((40+{n}))", file.display());
         let from = self.len();
-        self.type_in(line.as_bytes());
-        let echoed = self.expect_after(from, line.as_bytes());
+        self.type_text(&line);
+        let echoed = self.expect_after(from, &line);
         let t0 = Instant::now();
-        self.type_in(b"\r");
-        self.expect_after(echoed, format!("cat-done-{}", 40 + n).as_bytes());
+        self.type_text("\r");
+        self.expect_after(echoed, format!("cat-done-{}", 40 + n));
         mib_per_s(t0.elapsed())
     }
 
     fn exit(&mut self) {
-        self.type_in(b"\x15exit\r");
+        self.type_text("\x15exit\r");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        while !self.exited() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        self.kill();
     }
 }
 
-fn tail(seen: &[u8]) -> String {
-    String::from_utf8_lossy(&seen[seen.len().saturating_sub(2000)..]).into_owned()
+/// `cmd` on an 80x24 pty of the bench's own, waiting up to [`PATIENCE`].
+fn on_pty(cmd: &Command) -> OnPty {
+    OnPty::spawn(cmd, 80, 24).with_patience(PATIENCE)
 }
 
 fn mib_per_s(d: Duration) -> f64 {
@@ -224,11 +180,11 @@ impl Sshd {
 
     /// `ssh -S CTL -tt 127.0.0.1 /bin/sh` on a pty, its prompt seen.
     fn session(&self) -> OnPty {
-        let mut cmd = CommandBuilder::new("ssh");
+        let mut cmd = Command::new("ssh");
         cmd.args(self.options());
         cmd.args(["-tt", "127.0.0.1", "/bin/sh"]);
-        cmd.cwd(&self.dir);
-        let mut pty = OnPty::spawn(cmd);
+        cmd.current_dir(&self.dir);
+        let mut pty = on_pty(&cmd);
         ready(&mut pty);
         pty
     }
@@ -244,8 +200,8 @@ impl Drop for Sshd {
 
 /// Waits until the shell on `pty` answers a command (its start is over).
 fn ready(pty: &mut OnPty) {
-    pty.type_in(b"echo ready-$((6*7))\r");
-    pty.expect_after(0, b"ready-42");
+    pty.type_text("echo ready-$((6*7))\r");
+    pty.expect("ready-42");
 }
 
 /// The operator environment for `support operator ...` against `rig`.
@@ -259,14 +215,10 @@ fn operator_env(rig: &Rig) -> [(&'static str, PathBuf); 3] {
 
 /// `support operator shell DEVICE` on a pty, the session accepted and its shell answering.
 fn support_session(rig: &Rig) -> OnPty {
-    let mut cmd = CommandBuilder::new(BIN);
-    cmd.args(["operator", "shell", &rig.device_id]);
-    for (k, v) in operator_env(rig) {
-        cmd.env(k, v);
-    }
-    cmd.env("NO_COLOR", "1");
-    let mut pty = OnPty::spawn(cmd);
-    pty.expect_after(0, b"accepted as task");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["operator", "shell", &rig.device_id]).envs(operator_env(rig)).env("NO_COLOR", "1");
+    let mut pty = on_pty(&cmd);
+    pty.expect("accepted as task");
     ready(&mut pty);
     pty
 }
@@ -334,7 +286,7 @@ fn main() {
     for batch in 0..keys.div_ceil(20) {
         let n = 20.min(keys - batch * 20);
         for pty in [Some(&mut support), ssh.as_mut()].into_iter().flatten() {
-            pty.type_in(b": ");
+            pty.type_text(": ");
         }
         for i in 0..n {
             let c = b'a' + (i % 26) as u8;
@@ -345,8 +297,8 @@ fn main() {
         }
         for pty in [Some(&mut support), ssh.as_mut()].into_iter().flatten() {
             let from = pty.len();
-            pty.type_in(format!("\recho batch-{batch}-$((1+1))\r").as_bytes());
-            pty.expect_after(from, format!("batch-{batch}-2").as_bytes());
+            pty.type_text(format!("\recho batch-{batch}-$((1+1))\r"));
+            pty.expect_after(from, format!("batch-{batch}-2"));
         }
     }
     summary("support operator shell (relay, recorded)", ours);
