@@ -13,10 +13,20 @@
 //! 2. Recording's cost on throughput: `cat` of a 50 MiB text file in the
 //!    recorded interactive session (time from the Enter key to the marker
 //!    echoed after it, on the operator's pty), MiB/s. There is no switch to
-//!    run a session unrecorded, so the baseline is the same `cat` through
-//!    the one-shot `support operator shell DEVICE -- cat FILE` (tier 4,
-//!    same relay and daemon, a pipe not a pty, NOT recorded, whole process
-//!    timed, connection included), and the same `cat` in the ssh session.
+//!    run a session unrecorded (recording every session is the promise, and
+//!    none was added for a bench), so the recording's own cost is measured
+//!    beside it in the same run: the library's `support::recording::Recorder`
+//!    (what the session's recorder thread runs) fed the same byte stream
+//!    (the file as the pty writes it, `\n` as `\r\n`, in the daemon's
+//!    `exec::CHUNK_BYTES` reads) into a file in the same kind of directory,
+//!    fsync at the end included, MiB/s of the file. From the two, the session
+//!    with that work taken out of its per-MiB time, `1 / (1/with - 1/recorder)`:
+//!    an upper bound on "without", as if the recorder's work were all on the
+//!    session's path (it runs on a thread of its own, beside it). Beside
+//!    them, as before, the one-shot `support operator shell DEVICE -- cat
+//!    FILE` (tier 4, same relay and daemon, a pipe not a pty, NOT recorded,
+//!    whole process timed, connection included), and the same `cat` in the
+//!    ssh session.
 //!
 //! Reproduce: `nice -n 19 cargo bench --bench shell` (as root, for sshd;
 //! without sshd the support figures print alone, with the reason).
@@ -242,6 +252,31 @@ fn one_shot_cat(rig: &Rig, file: &Path) -> f64 {
     mib_per_s(d)
 }
 
+/// The recorder alone on `file`'s bytes as a session's pty gives them: MiB/s (of the file).
+fn recorder_alone(file: &Path, dir: &Path, n: usize) -> f64 {
+    let pty_bytes: Vec<u8> = std::fs::read(file)
+        .unwrap()
+        .into_iter()
+        .flat_map(|b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] })
+        .collect();
+    let header = support::recording::Header {
+        width: 80,
+        height: 24,
+        timestamp: 0,
+        title: "bench".into(),
+        env: Default::default(),
+    };
+    let t0 = Instant::now();
+    let mut rec = support::recording::Recorder::create(dir, &format!("t-bench-{n}"), &header, u64::MAX).unwrap();
+    for chunk in pty_bytes.chunks(support::daemon::exec::CHUNK_BYTES) {
+        rec.output(t0.elapsed(), chunk).unwrap();
+    }
+    let done = rec.finish().unwrap();
+    let d = t0.elapsed();
+    std::fs::remove_file(done.path).unwrap();
+    mib_per_s(d)
+}
+
 /// A 50 MiB text file of 80-column lines.
 fn text_file(dir: &Path) -> PathBuf {
     let line: Vec<u8> = (0..79u8).map(|i| b'!' + (i % 90)).chain([b'\n']).collect();
@@ -310,8 +345,12 @@ fn main() {
     let file = text_file(dir.path());
     println!("`cat` of a {FILE_MIB} MiB text file (80-column lines), MiB/s, 3 runs each, taking turns:");
     let (mut recorded, mut one_shot, mut over_ssh) = (Vec::new(), Vec::new(), Vec::new());
+    let mut recorder = Vec::new();
+    let recordings = dir.path().join("recorder-alone");
+    std::fs::create_dir_all(&recordings).unwrap();
     for n in 0..3 {
         recorded.push(support.cat(&file, n));
+        recorder.push(recorder_alone(&file, &recordings, n));
         one_shot.push(one_shot_cat(&rig, &file));
         if let Some(ssh) = ssh.as_mut() {
             over_ssh.push(ssh.cat(&file, n));
@@ -328,10 +367,19 @@ fn main() {
         median
     };
     let with = show("interactive session, recorded (pty, operator's pty)", &recorded);
+    let alone = show("the recorder alone on the same bytes (Recorder, fsync'd)", &recorder);
     let without = show("one-shot `operator shell DEV -- cat`, not recorded (pipe)", &one_shot);
     if !over_ssh.is_empty() {
         show("ssh -S CTL -tt session (pty)", &over_ssh);
     }
+    let at_most = match 1.0 / with - 1.0 / alone {
+        left if left > 0.0 => format!("at most {:.1} MiB/s", 1.0 / left),
+        _ => "not bounded (the recorder alone was slower than the whole session)".into(),
+    };
+    println!(
+        "  the recording's share of the session's time per MiB: {:.0} %; the session without it, {at_most}",
+        100.0 * with / alone
+    );
     println!("  recorded session / unrecorded one-shot: {:.2}", with / without);
     support.exit();
     if let Some(mut ssh) = ssh {
