@@ -177,9 +177,17 @@ async fn a_relay_that_alters_drops_or_reorders_a_sessions_frames_is_caught_and_t
     };
     let check = |mode| tokio::task::block_in_place(|| check(mode));
 
+    let cast_of = |finished: &support::audit::Record| {
+        let task = finished.task_id.clone().unwrap();
+        std::fs::read_to_string(support::recording::dir(&paths(&device).state_dir).join(format!("{task}.cast")))
+            .unwrap()
+    };
+
     let (shown, finished) = check(Mode::AlterOutput);
     assert!(shown.contains("the signature does not verify with the device key of"), "{shown}");
     assert_eq!(finished.by.as_deref(), Some("operator"), "{finished:?}");
+    // The owner's recording holds what the shell really wrote.
+    assert!(cast_of(&finished).contains(MARK));
     for mode in [Mode::DropOutput, Mode::SwapOutputs] {
         let (shown, finished) = check(mode);
         assert!(shown.contains("expected answer") && shown.contains("dropped, reordered or repeated"), "{shown}");
@@ -196,8 +204,6 @@ async fn a_relay_that_alters_drops_or_reorders_a_sessions_frames_is_caught_and_t
     );
     assert_eq!(finished.detail.as_deref(), Some("1 operator frame(s) refused (bad signature, order or session)"));
     // Nothing of the relay's keystrokes reached the shell, nor its recording.
-    let task = finished.task_id.clone().unwrap();
-    let cast = std::fs::read_to_string(support::recording::dir(&paths(&device).state_dir).join(format!("{task}.cast")))
-        .unwrap();
-    assert!(!cast.contains("evil"), "{cast}");
+    let cast = cast_of(&finished);
+    assert!(!cast.contains("evil") && !cast.contains(MARK), "{cast}");
 }

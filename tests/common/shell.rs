@@ -50,9 +50,18 @@ pub fn gone(pid: i32) {
     }
 }
 
-/// The pid the session's shell printed after `marker=`.
+/// The pid the session's shell printed after `marker=` (the echo of the
+/// command typed, `marker=$!`, is passed over: it may come before the
+/// prompt, when the keys were typed before the shell started).
+#[track_caller]
 pub fn pid_after(op: &OnPty, marker: &str) -> i32 {
-    let at = op.expect(format!("\n{marker}="));
-    let end = op.expect_after(at, "\r\n");
-    op.output()[at..end - 2].trim().parse().unwrap_or_else(|_| panic!("no pid after {marker}=: {}", op.output()))
+    let mut from = 0;
+    loop {
+        let at = op.expect_after(from, format!("{marker}="));
+        let end = op.expect_after(at, "\r\n");
+        if let Ok(pid) = op.output()[at..end - 2].trim().parse() {
+            return pid;
+        }
+        from = at;
+    }
 }
