@@ -13,116 +13,82 @@
 //! 2. Recording's cost on throughput: `cat` of a 50 MiB text file in the
 //!    recorded interactive session (time from the Enter key to the marker
 //!    echoed after it, on the operator's pty), MiB/s. There is no switch to
-//!    run a session unrecorded, so the baseline is the same `cat` through
-//!    the one-shot `support operator shell DEVICE -- cat FILE` (tier 4,
-//!    same relay and daemon, a pipe not a pty, NOT recorded, whole process
-//!    timed, connection included), and the same `cat` in the ssh session.
+//!    run a session unrecorded (recording every session is the promise, and
+//!    none was added for a bench), so the recording's own cost is measured
+//!    beside it in the same run: the library's `support::recording::Recorder`
+//!    (what the session's recorder thread runs) fed the same byte stream
+//!    (the file as the pty writes it, `\n` as `\r\n`, in the daemon's
+//!    `exec::CHUNK_BYTES` reads) into a file in the same kind of directory,
+//!    fsync at the end included, MiB/s of the file. From the two, the session
+//!    with that work taken out of its per-MiB time, `1 / (1/with - 1/recorder)`:
+//!    an upper bound on "without", as if the recorder's work were all on the
+//!    session's path (it runs on a thread of its own, beside it). Beside
+//!    them, as before, the one-shot `support operator shell DEVICE -- cat
+//!    FILE` (tier 4, same relay and daemon, a pipe not a pty, NOT recorded,
+//!    whole process timed, connection included), and the same `cat` in the
+//!    ssh session.
 //!
 //! Reproduce: `nice -n 19 cargo bench --bench shell` (as root, for sshd;
 //! without sshd the support figures print alone, with the reason).
 
 mod common;
+#[path = "../tests/common/operator_pty.rs"]
+mod operator_pty;
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Rig, owner, percentile};
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use operator_pty::OnPty;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const FILE_MIB: usize = 50;
 
-/// A program on a pty of the bench's own: what it writes is collected.
-struct OnPty {
-    writer: Box<dyn std::io::Write + Send>,
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    seen: Arc<(Mutex<Vec<u8>>, Condvar)>,
-    _master: Box<dyn portable_pty::MasterPty + Send>,
+/// The keystroke and `cat` figures, on any shell on a pty.
+trait Figures {
+    /// One byte typed until its echo is back; the time.
+    fn echo(&mut self, c: u8) -> Duration;
+    /// `cat FILE` typed, timed from Enter to the marker after it (MiB/s).
+    fn cat(&mut self, file: &Path, n: usize) -> f64;
+    /// `exit` typed; killed if still there after 30 s.
+    fn exit(&mut self);
 }
 
-impl OnPty {
-    fn spawn(cmd: CommandBuilder) -> OnPty {
-        let pair =
-            native_pty_system().openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 }).unwrap();
-        let child = pair.slave.spawn_command(cmd).unwrap();
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().unwrap();
-        let writer = pair.master.take_writer().unwrap();
-        let seen = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let into = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n @ 1..) = reader.read(&mut buf) {
-                common::lock(&into.0).extend_from_slice(&buf[..n]);
-                into.1.notify_all();
-            }
-        });
-        OnPty { writer, child, seen, _master: pair.master }
-    }
-
-    fn len(&self) -> usize {
-        common::lock(&self.seen.0).len()
-    }
-
-    fn type_in(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-        self.writer.flush().unwrap();
-    }
-
-    /// Waits until `needle` shows after byte `from`; where it ends. Each
-    /// byte is searched once, so a 50 MiB stream costs a linear scan.
-    fn expect_after(&self, from: usize, needle: &[u8]) -> usize {
-        let deadline = Instant::now() + PATIENCE;
-        let mut checked = from;
-        let mut seen = common::lock(&self.seen.0);
-        loop {
-            let start = checked.saturating_sub(needle.len()).max(from);
-            if let Some(at) = seen[start.min(seen.len())..].windows(needle.len()).position(|w| w == needle) {
-                return start + at + needle.len();
-            }
-            checked = seen.len();
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "never saw {:?}; the tail:\n{}", String::from_utf8_lossy(needle), tail(&seen));
-            seen = self.seen.1.wait_timeout(seen, left).unwrap().0;
-        }
-    }
-
-    /// One byte typed until its echo is back; the time.
+impl Figures for OnPty {
     fn echo(&mut self, c: u8) -> Duration {
         let from = self.len();
         let t0 = Instant::now();
-        self.type_in(&[c]);
-        self.expect_after(from, &[c]);
+        self.type_text([c]);
+        self.expect_after(from, [c]);
         t0.elapsed()
     }
 
-    /// `cat FILE` typed, timed from Enter to the marker after it (MiB/s).
     fn cat(&mut self, file: &Path, n: usize) -> f64 {
         let line = format!("cat {} && echo cat-done-$((40+{n}))", file.display());
         let from = self.len();
-        self.type_in(line.as_bytes());
-        let echoed = self.expect_after(from, line.as_bytes());
+        self.type_text(&line);
+        let echoed = self.expect_after(from, &line);
         let t0 = Instant::now();
-        self.type_in(b"\r");
-        self.expect_after(echoed, format!("cat-done-{}", 40 + n).as_bytes());
+        self.type_text("\r");
+        self.expect_after(echoed, format!("cat-done-{}", 40 + n));
         mib_per_s(t0.elapsed())
     }
 
     fn exit(&mut self) {
-        self.type_in(b"\x15exit\r");
+        self.type_text("\x15exit\r");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        while !self.exited() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        self.kill();
     }
 }
 
-fn tail(seen: &[u8]) -> String {
-    String::from_utf8_lossy(&seen[seen.len().saturating_sub(2000)..]).into_owned()
+/// `cmd` on an 80x24 pty of the bench's own, waiting up to [`PATIENCE`].
+fn on_pty(cmd: &Command) -> OnPty {
+    OnPty::spawn(cmd, 80, 24).with_patience(PATIENCE)
 }
 
 fn mib_per_s(d: Duration) -> f64 {
@@ -224,11 +190,11 @@ impl Sshd {
 
     /// `ssh -S CTL -tt 127.0.0.1 /bin/sh` on a pty, its prompt seen.
     fn session(&self) -> OnPty {
-        let mut cmd = CommandBuilder::new("ssh");
+        let mut cmd = Command::new("ssh");
         cmd.args(self.options());
         cmd.args(["-tt", "127.0.0.1", "/bin/sh"]);
-        cmd.cwd(&self.dir);
-        let mut pty = OnPty::spawn(cmd);
+        cmd.current_dir(&self.dir);
+        let mut pty = on_pty(&cmd);
         ready(&mut pty);
         pty
     }
@@ -244,8 +210,8 @@ impl Drop for Sshd {
 
 /// Waits until the shell on `pty` answers a command (its start is over).
 fn ready(pty: &mut OnPty) {
-    pty.type_in(b"echo ready-$((6*7))\r");
-    pty.expect_after(0, b"ready-42");
+    pty.type_text("echo ready-$((6*7))\r");
+    pty.expect("ready-42");
 }
 
 /// The operator environment for `support operator ...` against `rig`.
@@ -259,14 +225,10 @@ fn operator_env(rig: &Rig) -> [(&'static str, PathBuf); 3] {
 
 /// `support operator shell DEVICE` on a pty, the session accepted and its shell answering.
 fn support_session(rig: &Rig) -> OnPty {
-    let mut cmd = CommandBuilder::new(BIN);
-    cmd.args(["operator", "shell", &rig.device_id]);
-    for (k, v) in operator_env(rig) {
-        cmd.env(k, v);
-    }
-    cmd.env("NO_COLOR", "1");
-    let mut pty = OnPty::spawn(cmd);
-    pty.expect_after(0, b"accepted as task");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["operator", "shell", &rig.device_id]).envs(operator_env(rig)).env("NO_COLOR", "1");
+    let mut pty = on_pty(&cmd);
+    pty.expect("accepted as task");
     ready(&mut pty);
     pty
 }
@@ -287,6 +249,31 @@ fn one_shot_cat(rig: &Rig, file: &Path) -> f64 {
     let status = child.wait().unwrap();
     let d = t0.elapsed();
     assert!(status.success() && n == FILE_MIB << 20, "one-shot cat: {status}, {n} bytes");
+    mib_per_s(d)
+}
+
+/// The recorder alone on `file`'s bytes as a session's pty gives them: MiB/s (of the file).
+fn recorder_alone(file: &Path, dir: &Path, n: usize) -> f64 {
+    let pty_bytes: Vec<u8> = std::fs::read(file)
+        .unwrap()
+        .into_iter()
+        .flat_map(|b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] })
+        .collect();
+    let header = support::recording::Header {
+        width: 80,
+        height: 24,
+        timestamp: 0,
+        title: "bench".into(),
+        env: Default::default(),
+    };
+    let t0 = Instant::now();
+    let mut rec = support::recording::Recorder::create(dir, &format!("t-bench-{n}"), &header, u64::MAX).unwrap();
+    for chunk in pty_bytes.chunks(support::daemon::exec::CHUNK_BYTES) {
+        rec.output(t0.elapsed(), chunk).unwrap();
+    }
+    let done = rec.finish().unwrap();
+    let d = t0.elapsed();
+    std::fs::remove_file(done.path).unwrap();
     mib_per_s(d)
 }
 
@@ -334,7 +321,7 @@ fn main() {
     for batch in 0..keys.div_ceil(20) {
         let n = 20.min(keys - batch * 20);
         for pty in [Some(&mut support), ssh.as_mut()].into_iter().flatten() {
-            pty.type_in(b": ");
+            pty.type_text(": ");
         }
         for i in 0..n {
             let c = b'a' + (i % 26) as u8;
@@ -345,8 +332,8 @@ fn main() {
         }
         for pty in [Some(&mut support), ssh.as_mut()].into_iter().flatten() {
             let from = pty.len();
-            pty.type_in(format!("\recho batch-{batch}-$((1+1))\r").as_bytes());
-            pty.expect_after(from, format!("batch-{batch}-2").as_bytes());
+            pty.type_text(format!("\recho batch-{batch}-$((1+1))\r"));
+            pty.expect_after(from, format!("batch-{batch}-2"));
         }
     }
     summary("support operator shell (relay, recorded)", ours);
@@ -358,8 +345,12 @@ fn main() {
     let file = text_file(dir.path());
     println!("`cat` of a {FILE_MIB} MiB text file (80-column lines), MiB/s, 3 runs each, taking turns:");
     let (mut recorded, mut one_shot, mut over_ssh) = (Vec::new(), Vec::new(), Vec::new());
+    let mut recorder = Vec::new();
+    let recordings = dir.path().join("recorder-alone");
+    std::fs::create_dir_all(&recordings).unwrap();
     for n in 0..3 {
         recorded.push(support.cat(&file, n));
+        recorder.push(recorder_alone(&file, &recordings, n));
         one_shot.push(one_shot_cat(&rig, &file));
         if let Some(ssh) = ssh.as_mut() {
             over_ssh.push(ssh.cat(&file, n));
@@ -376,10 +367,19 @@ fn main() {
         median
     };
     let with = show("interactive session, recorded (pty, operator's pty)", &recorded);
+    let alone = show("the recorder alone on the same bytes (Recorder, fsync'd)", &recorder);
     let without = show("one-shot `operator shell DEV -- cat`, not recorded (pipe)", &one_shot);
     if !over_ssh.is_empty() {
         show("ssh -S CTL -tt session (pty)", &over_ssh);
     }
+    let at_most = match 1.0 / with - 1.0 / alone {
+        left if left > 0.0 => format!("at most {:.1} MiB/s", 1.0 / left),
+        _ => "not bounded (the recorder alone was slower than the whole session)".into(),
+    };
+    println!(
+        "  the recording's share of the session's time per MiB: {:.0} %; the session without it, {at_most}",
+        100.0 * with / alone
+    );
     println!("  recorded session / unrecorded one-shot: {:.2}", with / without);
     support.exit();
     if let Some(mut ssh) = ssh {

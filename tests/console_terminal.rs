@@ -48,7 +48,7 @@ async fn an_operators_shell_shows_live_in_a_read_only_terminal_beside_stop_and_o
         .unwrap_or_else(|| panic!("no task id in {out:?}"))
         .to_string();
     let pidfile = owner.work.path().join("shell.pid");
-    op.type_text(&format!("echo $$ > {}; echo hello-$((6*7))\r", pidfile.display()));
+    op.type_text(format!("echo $$ > {}; echo hello-$((6*7))\r", pidfile.display()));
     op.wait_for("the operator sees the shell's answer", "hello-42").await;
 
     // Live in the page, in its own terminal, the row right after the task's (with its Stop).

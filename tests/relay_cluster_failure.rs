@@ -10,10 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::Home;
 use common::desk::Desk;
 use common::nats::{Nats, clustered_relay_with};
-use common::net::{Device, Relay, add_policy};
+use common::net::{Device, Relay};
 use support::operator::Outcome;
 use support::protocol::{DeviceFrame, FromRelay, RelayCode, Status, ToRelay};
 use support::relay::cluster::PRESENCE_TTL_ENV;
@@ -32,15 +31,7 @@ async fn nats_killed_while_a_cross_relay_task_runs_ends_the_operators_wait_and_t
     let mut relays = tokio::task::block_in_place(Desk::across);
     let (key_path, device) = tokio::task::block_in_place(|| {
         let (key, key_path) = relays.add_operator("desk");
-        let home = Home::new();
-        add_policy(&home, SLOW);
-        let relay = &relays.device;
-        let device = Device::start(
-            home,
-            &relay.url(),
-            &["--relay-ca", relay.ca().to_str().unwrap(), "--enroll", &relay.token()],
-            true,
-        );
+        let device = Device::enrolled_with(&relays.device, SLOW);
         device.trust("desk", &key);
         device.allow(1);
         relays.wait_online(&device.device_id);

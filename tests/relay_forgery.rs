@@ -1,22 +1,20 @@
-//! A relay that misbehaves on purpose: a man in the middle between the
-//! real `support operator` and the real relay. It ends the operator's TLS
-//! WebSocket with a certificate of its own (the operator pins it), dials
-//! the relay as the operator would, passes the challenge and hello through
-//! unchanged (the hello is signed over the relay's nonce) and then alters,
-//! drops, reorders, replays, splices and substitutes what the devices and
-//! the relay say. Each time the operator must exit 1, name the check that
-//! failed, and print nothing of the forged answer.
+//! A relay that misbehaves on purpose (the man in the middle of
+//! `common/mitm.rs`, between the real `support operator` and the real
+//! relay) alters, drops, reorders, replays, splices and substitutes what
+//! the devices and the relay say to one-shot commands. Each time the
+//! operator must exit 1, name the check that failed, and print nothing of
+//! the forged answer.
 
 mod common;
+#[path = "common/mitm.rs"]
+mod mitm;
 
 use std::sync::{Arc, Mutex};
 
-use common::net::{Device, Relay, raw_ws};
+use common::net::{Device, Relay};
 use common::{Run, bin};
-use futures_util::{SinkExt as _, StreamExt as _};
+use mitm::{Mitm, Sends, Tamper};
 use serde_json::Value;
-use support::tls::Identity;
-use tokio_tungstenite::tungstenite::Message;
 
 /// What the man in the middle does to the frames of one connection.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,35 +47,93 @@ struct Shared {
     results: Vec<Value>,
 }
 
-struct Mitm {
-    addr: String,
-    fingerprint: String,
+/// One connection's tamperer: the mode as the connection opened.
+struct Forger {
+    mode: Mode,
     shared: Arc<Mutex<Shared>>,
-    _dir: tempfile::TempDir,
+    held: Option<Value>,
+    sent_run: Option<Value>,
+    outputs: u32,
 }
 
-impl Mitm {
-    async fn start(relay: Arc<Relay>) -> Mitm {
-        let dir = tempfile::tempdir().unwrap();
-        let (identity, _) = Identity::self_signed(&dir.path().join("mitm"), &[]).unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+impl Tamper for Forger {
+    fn on_operator(&mut self, mut v: Value) -> Sends {
+        if v["type"] == "run" {
+            match &self.mode {
+                Mode::OtherDevice { from, to } if v["device_id"] == from.as_str() => {
+                    v["device_id"] = to.as_str().into()
+                }
+                Mode::LieOffline => {
+                    return Sends::down(
+                        serde_json::json!({"type": "error", "code": "DEVICE_OFFLINE", "message": "the device is gone", "request_id": v["request_id"]}),
+                    );
+                }
+                _ => {}
+            }
+            self.sent_run = Some(v.clone());
+        }
+        Sends::up(v)
+    }
+
+    fn on_relay(&mut self, mut v: Value) -> Sends {
+        let mut out = Sends::none();
+        match (&self.mode, v["type"].as_str().unwrap_or("")) {
+            (Mode::Honest, "result") => {
+                self.shared.lock().unwrap().results.push(v.clone());
+                out.down.push(v);
+            }
+            (Mode::AlterByte, "output") if self.outputs == 0 => {
+                self.outputs += 1;
+                v["data"] = v["data"].as_str().unwrap().replace("one", "onE").into();
+                out.down.push(v);
+            }
+            (Mode::DropOutput, "output") if self.outputs == 0 => self.outputs += 1,
+            (Mode::SwapOutputs, "output") if self.outputs == 0 => {
+                self.outputs += 1;
+                self.held = Some(v);
+            }
+            (Mode::SwapOutputs, "output") if self.outputs == 1 => {
+                self.outputs += 1;
+                out.down.push(v);
+                out.down.extend(self.held.take());
+            }
+            (Mode::ReplayResult, "result") => {
+                let mut old = self.shared.lock().unwrap().results.first().cloned().expect("an honest result first");
+                old["request_id"] = v["request_id"].clone();
+                out.down.push(old);
+            }
+            (Mode::Redeliver, "accepted" | "output") => {}
+            (Mode::Redeliver, "result") => out.up.push(self.sent_run.take().expect("the run went up first")),
+            (Mode::SubstituteKey { of, key }, "devices") => {
+                for d in v["devices"].as_array_mut().unwrap() {
+                    if d["device_id"] == of.as_str() {
+                        d["public_key"] = key.as_str().into();
+                    }
+                }
+                out.down.push(v);
+            }
+            _ => out.down.push(v),
+        }
+        out
+    }
+}
+
+/// The man in the middle, and the mode its next connection takes.
+struct Forgery {
+    mitm: Mitm,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Forgery {
+    async fn start(relay: Arc<Relay>) -> Forgery {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let state = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                let (acceptor, relay, state) = (acceptor.clone(), relay.clone(), state.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let Ok(down) = tokio_tungstenite::accept_async(tls).await else { return };
-                    let up = raw_ws(&relay, "/v1/operator").await;
-                    pump(down, up, state).await;
-                });
-            }
-        });
-        Mitm { addr, fingerprint: identity.fingerprint(), shared, _dir: dir }
+        let mitm = Mitm::start(relay, move || {
+            let mode = state.lock().unwrap().mode.clone().unwrap_or(Mode::Honest);
+            Box::new(Forger { mode, shared: state.clone(), held: None, sent_run: None, outputs: 0 })
+        })
+        .await;
+        Forgery { mitm, shared }
     }
 
     fn mode(&self, mode: Mode) {
@@ -86,102 +142,7 @@ impl Mitm {
 
     /// `support operator ARGS` through the man in the middle.
     fn operator(&self, key: &std::path::Path, args: &[&str]) -> Run {
-        let url = format!("wss://{}", self.addr);
-        let out = std::process::Command::new(bin())
-            .args(["operator", "--relay", &url, "--relay-fingerprint", &self.fingerprint, "--key"])
-            .arg(key)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        Run::from(out)
-    }
-}
-
-/// Carries frames both ways, letting the mode change those it is after.
-async fn pump<D, U>(mut down: D, mut up: U, shared: Arc<Mutex<Shared>>)
-where
-    D: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-        + futures_util::Sink<Message>
-        + Unpin,
-    U: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-        + futures_util::Sink<Message>
-        + Unpin,
-{
-    let mode = shared.lock().unwrap().mode.clone().unwrap_or(Mode::Honest);
-    let mut held: Option<Value> = None;
-    let mut sent_run: Option<Value> = None;
-    let mut outputs = 0;
-    loop {
-        tokio::select! {
-            m = down.next() => {
-                let Some(Ok(Message::Text(text))) = m else { return };
-                let mut v: Value = serde_json::from_str(&text).unwrap();
-                if v["type"] == "run" {
-                    match &mode {
-                        Mode::OtherDevice { from, to } if v["device_id"] == from.as_str() => v["device_id"] = to.as_str().into(),
-                        Mode::LieOffline => {
-                            let lie = serde_json::json!({"type": "error", "code": "DEVICE_OFFLINE", "message": "the device is gone", "request_id": v["request_id"]});
-                            if down.send(Message::text(lie.to_string())).await.is_err() { return }
-                            continue;
-                        }
-                        _ => {}
-                    }
-                }
-                if v["type"] == "run" {
-                    sent_run = Some(v.clone());
-                }
-                if up.send(Message::text(v.to_string())).await.is_err() { return }
-            }
-            m = up.next() => {
-                let Some(Ok(Message::Text(text))) = m else { return };
-                let mut v: Value = serde_json::from_str(&text).unwrap();
-                let mut out = vec![];
-                match (&mode, v["type"].as_str().unwrap_or("")) {
-                    (Mode::Honest, "result") => {
-                        shared.lock().unwrap().results.push(v.clone());
-                        out.push(v);
-                    }
-                    (Mode::AlterByte, "output") if outputs == 0 => {
-                        outputs += 1;
-                        v["data"] = v["data"].as_str().unwrap().replace("one", "onE").into();
-                        out.push(v);
-                    }
-                    (Mode::DropOutput, "output") if outputs == 0 => outputs += 1,
-                    (Mode::SwapOutputs, "output") if outputs == 0 => {
-                        outputs += 1;
-                        held = Some(v);
-                    }
-                    (Mode::SwapOutputs, "output") if outputs == 1 => {
-                        outputs += 1;
-                        out.push(v);
-                        out.extend(held.take());
-                    }
-                    (Mode::ReplayResult, "result") => {
-                        let mut old = shared.lock().unwrap().results.first().cloned().expect("an honest result first");
-                        old["request_id"] = v["request_id"].clone();
-                        out.push(old);
-                    }
-                    (Mode::Redeliver, "accepted" | "output") => {}
-                    (Mode::Redeliver, "result") => {
-                        let again = sent_run.take().expect("the run went up first");
-                        if up.send(Message::text(again.to_string())).await.is_err() { return }
-                    }
-                    (Mode::SubstituteKey { of, key }, "devices") => {
-                        for d in v["devices"].as_array_mut().unwrap() {
-                            if d["device_id"] == of.as_str() {
-                                d["public_key"] = key.as_str().into();
-                            }
-                        }
-                        out.push(v);
-                    }
-                    _ => out.push(v),
-                }
-                for v in out {
-                    if down.send(Message::text(v.to_string())).await.is_err() { return }
-                }
-            }
-        }
+        Run::from(self.mitm.operator_cli(key, args).output().unwrap())
     }
 }
 
@@ -202,7 +163,7 @@ async fn a_relay_that_forges_answers_is_caught_and_nothing_forged_is_shown() {
         (a, b)
     });
     let relay = Arc::new(relay);
-    let mitm = Mitm::start(relay.clone()).await;
+    let mitm = Forgery::start(relay.clone()).await;
     let shell = |mode: Mode| {
         mitm.mode(mode);
         tokio::task::block_in_place(|| mitm.operator(&key_path, &["shell", &a.device_id, "--", TWO_LINES]))

@@ -5,161 +5,27 @@
 //! goes on, `exit 3` exits 3, the owner's `support watch` sees the output
 //! and the recording's digest is the one on the record; a stop and a
 //! revoke end the session and its tree (checked in /proc); tier 3 is
-//! refused; frames a relay altered, replayed or made up are refused.
+//! refused; input frames a relay replayed are refused and the session
+//! goes on, those it altered, reordered or made up end it. (A relay
+//! between the real operator CLI and the device that tampers with a
+//! session's frames: tests/shell_forgery.rs.)
 
 mod common;
+#[path = "common/operator_pty.rs"]
+mod operator_pty;
+#[path = "common/shell.rs"]
+mod shell;
 
-use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::Home;
 use common::lab::records;
-use common::net::{Device, Relay, add_policy};
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use common::net::{Device, Relay};
+use shell::{POLICY, gone, operator_shell, paths, pid_after, setup, setup_with};
 use support::audit::Event;
-
-/// The shell the device runs: dash, for a prompt and job control that do not depend on rc files.
-const POLICY: &str = "[shell]\nprogram = \"/bin/sh\"\n";
-
-/// The operator CLI on a pty of the test's own.
-struct Operator {
-    master: Box<dyn portable_pty::MasterPty + Send>,
-    writer: Box<dyn std::io::Write + Send>,
-    child: Box<dyn portable_pty::Child + Send + Sync>,
-    seen: Arc<(Mutex<Screen>, Condvar)>,
-}
-
-/// What the operator's terminal showed, and whether its reader met the end
-/// (every fd of the pty's slave side closed).
-type Screen = (Vec<u8>, bool);
-
-impl Operator {
-    fn shell(relay: &Relay, key: &Path, device: &str) -> Operator {
-        let pair =
-            native_pty_system().openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 }).unwrap();
-        let mut cmd = CommandBuilder::new(common::bin());
-        cmd.args(["operator", "shell", device]);
-        cmd.env("SUPPORT_OPERATOR_RELAY", relay.url());
-        cmd.env("SUPPORT_OPERATOR_RELAY_CA", relay.ca());
-        cmd.env("SUPPORT_OPERATOR_KEY", key);
-        cmd.env("NO_COLOR", "1");
-        let child = pair.slave.spawn_command(cmd).unwrap();
-        drop(pair.slave);
-        let mut reader = pair.master.try_clone_reader().unwrap();
-        let writer = pair.master.take_writer().unwrap();
-        let seen = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
-        let into = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = reader.read(&mut buf) {
-                into.0.lock().unwrap().0.extend_from_slice(&buf[..n]);
-                into.1.notify_all();
-            }
-            into.0.lock().unwrap().1 = true;
-            into.1.notify_all();
-        });
-        Operator { master: pair.master, writer, child, seen }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.0.lock().unwrap().0).into_owned()
-    }
-
-    /// Waits (at most 30 s) until the screen shows `needle` after byte `from`; returns where it ends.
-    #[track_caller]
-    fn expect_after(&self, from: usize, needle: &str) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = self.seen.0.lock().unwrap();
-        loop {
-            let text = String::from_utf8_lossy(&seen.0[from.min(seen.0.len())..]).into_owned();
-            if let Some(at) = text.find(needle) {
-                return from + at + needle.len();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "never saw {needle:?}; the operator's terminal shows:\n{text}");
-            seen = self.seen.1.wait_timeout(seen, left).unwrap().0;
-        }
-    }
-
-    #[track_caller]
-    fn expect(&self, needle: &str) -> usize {
-        self.expect_after(0, needle)
-    }
-
-    fn type_in(&mut self, text: &str) {
-        self.writer.write_all(text.as_bytes()).unwrap();
-        self.writer.flush().unwrap();
-    }
-
-    /// The CLI's exit code, waited for (at most 30 s), once all it wrote has been read.
-    #[track_caller]
-    fn exit_code(&mut self) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut seen = self.seen.0.lock().unwrap();
-                while !seen.1 {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    assert!(!left.is_zero(), "the operator's terminal never closed");
-                    seen = self.seen.1.wait_timeout(seen, left).unwrap().0;
-                }
-                return status.exit_code();
-            }
-            assert!(Instant::now() < deadline, "the operator CLI did not exit; it shows:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A relay, a device at tier `tier` running `POLICY`, and an operator it trusts.
-fn setup(tier: u8) -> (Relay, Device, std::path::PathBuf) {
-    setup_with(tier, POLICY)
-}
-
-/// As [`setup`], with the catalogue addition `policy`.
-fn setup_with(tier: u8, policy: &str) -> (Relay, Device, std::path::PathBuf) {
-    let relay = Relay::start("127.0.0.1:0");
-    let home = Home::new();
-    add_policy(&home, policy);
-    let device = Device::start(
-        home,
-        &relay.url(),
-        &["--relay-ca", relay.ca().to_str().unwrap(), "--enroll", &relay.token()],
-        true,
-    );
-    let (key, path) = relay.operator("alice");
-    device.trust("alice", &key);
-    device.allow(tier);
-    (relay, device, path)
-}
-
-fn paths(device: &Device) -> support::Paths {
-    support::Paths::under(device.home.path.clone())
-}
-
-/// Waits until `pid` is gone from /proc (at most 10 s).
-#[track_caller]
-fn gone(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if state.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "process {pid} outlived its session");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The pid the session's shell printed after `marker=`.
-fn pid_after(op: &Operator, marker: &str) -> i32 {
-    let at = op.expect(&format!("\n{marker}="));
-    let end = op.expect_after(at, "\r\n");
-    op.text()[at..end - 2].trim().parse().unwrap_or_else(|_| panic!("no pid after {marker}=: {}", op.text()))
-}
+use support::protocol::answer::AnswerCheck;
+use support::protocol::{DeviceFrame, FromRelay, Keys, SessionInput, ToRelay, encode};
 
 #[test]
 fn a_session_echoes_resizes_interrupts_exits_with_the_shells_status_and_is_watched_and_recorded() {
@@ -178,35 +44,35 @@ fn a_session_echoes_resizes_interrupts_exits_with_the_shells_status_and_is_watch
     });
     // The stream's first event (the status) says the watch is subscribed.
     first.recv_timeout(Duration::from_secs(30)).expect("support watch printed nothing");
-    let mut op = Operator::shell(&relay, &key, &device.device_id);
+    let mut op = operator_shell(&relay, &key, &device.device_id);
     op.expect("accepted as task");
-    op.type_in("echo hi-$((6*7))\r");
+    op.type_text("echo hi-$((6*7))\r");
     let at = op.expect("hi-42\r\n");
     // A resize of the operator's window reaches the remote pty.
-    op.master.resize(PtySize { rows: 50, cols: 120, pixel_width: 0, pixel_height: 0 }).unwrap();
+    op.resize(120, 50);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut from = at;
     loop {
-        op.type_in("stty size\r");
+        op.type_text("stty size\r");
         let end = op.expect_after(from, "stty size\r\n");
         let answer = op.expect_after(end, "\r\n");
-        if op.text()[end..answer].trim() == "50 120" {
+        if op.output()[end..answer].trim() == "50 120" {
             break;
         }
-        assert!(Instant::now() < deadline, "stty never said 50 120:\n{}", op.text());
+        assert!(Instant::now() < deadline, "stty never said 50 120:\n{}", op.output());
         from = answer;
     }
     // Ctrl-C interrupts the foreground job; the shell goes on.
-    op.type_in("sleep 30; echo slept\r");
+    op.type_text("sleep 30; echo slept\r");
     op.expect("sleep 30; echo slept\r\n");
     let started = Instant::now();
-    op.type_in("\x03");
-    op.type_in("echo after-$((1+1))\r");
+    op.type_text("\x03");
+    op.type_text("echo after-$((1+1))\r");
     op.expect("after-2\r\n");
     assert!(started.elapsed() < Duration::from_secs(20), "Ctrl-C did not interrupt the sleep");
-    assert!(!op.text().contains("\r\nslept"), "the sleep ran to its end");
-    op.type_in("exit 3\r");
-    assert_eq!(op.exit_code(), 3, "{}", op.text());
+    assert!(!op.output().contains("\r\nslept"), "the sleep ran to its end");
+    op.type_text("exit 3\r");
+    assert_eq!(op.wait_exit(), 3, "{}", op.output());
 
     let all = records(&paths(&device));
     let finished = all.iter().rfind(|r| r.event == Event::ActionFinished).expect("action.finished");
@@ -260,20 +126,20 @@ fn a_session_echoes_resizes_interrupts_exits_with_the_shells_status_and_is_watch
 fn stop_and_revoke_end_the_session_and_its_whole_tree() {
     let (relay, device, key) = setup(4);
     for how in ["stop", "revoke"] {
-        let mut op = Operator::shell(&relay, &key, &device.device_id);
+        let mut op = operator_shell(&relay, &key, &device.device_id);
         op.expect("accepted as task");
         // A job in the background, in a process group of its own, and the shell.
-        op.type_in("sleep 300 & echo bg=$!; echo sh=$$\r");
+        op.type_text("sleep 300 & echo bg=$!; echo sh=$$\r");
         let (bg, sh) = (pid_after(&op, "bg"), pid_after(&op, "sh"));
         assert!(Path::new(&format!("/proc/{bg}")).exists());
         match how {
             "stop" => device.home.run(&["stop", "--all"]).code(0),
             _ => device.home.run(&["revoke"]).code(0),
         };
-        let code = op.exit_code();
+        let code = op.wait_exit();
         gone(bg);
         gone(sh);
-        let text = op.text();
+        let text = op.output();
         match how {
             "stop" => assert!(code == 1 && text.contains("stopped by the owner"), "{code}: {text}"),
             _ => assert!(code == 1 && text.contains("cancelled by revoke"), "{code}: {text}"),
@@ -285,102 +151,122 @@ fn stop_and_revoke_end_the_session_and_its_whole_tree() {
 #[test]
 fn a_tier_3_grant_refuses_the_session() {
     let (relay, device, key) = setup(3);
-    let mut op = Operator::shell(&relay, &key, &device.device_id);
-    assert_eq!(op.exit_code(), 4, "{}", op.text());
-    assert!(op.text().contains("TIER_INSUFFICIENT"), "{}", op.text());
+    let mut op = operator_shell(&relay, &key, &device.device_id);
+    assert_eq!(op.wait_exit(), 4, "{}", op.output());
+    assert!(op.output().contains("TIER_INSUFFICIENT"), "{}", op.output());
     assert!(!records(&paths(&device)).iter().any(|r| r.event == Event::ActionStarted));
 }
 
-/// Reads the session's answers (each checked against the device key) until
-/// its `result`; returns the terminal bytes shown and the result.
-async fn answers(
-    session: &mut support::operator::Session,
-    check: &mut support::protocol::answer::AnswerCheck,
-    until: Option<&str>,
-    shown: &mut Vec<u8>,
-) -> Option<support::protocol::DeviceFrame> {
-    use support::protocol::{DeviceFrame, FromRelay};
-    loop {
-        let frame = session.recv(Duration::from_secs(30)).await.expect("an answer within 30 s");
-        let FromRelay::Answer(f) = frame else { continue };
-        check.check(&f).expect("every answer verifies");
-        match &f {
-            DeviceFrame::Terminal { data, .. } => {
-                shown.extend(base64::engine::general_purpose::STANDARD.decode(data).unwrap());
-                if until.is_some_and(|u| String::from_utf8_lossy(shown).contains(u)) {
-                    return None;
+/// A session opened at the protocol level (a test client, not the CLI),
+/// its answers checked against the device key as they come.
+struct RawSession {
+    session: support::operator::Session,
+    run: support::Run,
+    check: AnswerCheck,
+    key: support::KeyPair,
+    /// The terminal bytes shown so far.
+    shown: Vec<u8>,
+}
+
+impl RawSession {
+    /// A session of the operator at `key_path` on `device`, read up to the shell's first prompt.
+    async fn open(relay: &Relay, device: &Device, key_path: &Path) -> RawSession {
+        let key = support::KeyPair::load(key_path).unwrap();
+        let mut session = relay.session(key_path).await;
+        let device_key = session.device_key(&device.device_id).await.unwrap().unwrap();
+        let run = session.command(&device.device_id, "shell", Default::default());
+        let check = AnswerCheck::new(device_key, &run);
+        session.send_raw(&encode(&ToRelay::Run(run.clone()))).await.unwrap();
+        let mut s = RawSession { session, run, check, key, shown: Vec::new() };
+        s.answers(Some("# ")).await;
+        s
+    }
+
+    /// Frame `seq` of the operator's keystrokes `text`, signed as the CLI signs it.
+    fn typed(&self, seq: u64, text: &str) -> SessionInput {
+        SessionInput::signed(&self.key, &self.run, seq, &Keys::Data(text.as_bytes().to_vec()))
+    }
+
+    async fn send(&mut self, frame: &SessionInput) {
+        self.session.send_raw(&encode(&ToRelay::Session(frame.clone()))).await.unwrap();
+    }
+
+    /// Reads answers (each must verify) until the terminal has shown
+    /// `until`, or with `None` until the `result` or denial, returned.
+    async fn answers(&mut self, until: Option<&str>) -> Option<DeviceFrame> {
+        loop {
+            let frame = self.session.recv(Duration::from_secs(30)).await.expect("an answer within 30 s");
+            let FromRelay::Answer(f) = frame else { continue };
+            self.check.check(&f).expect("every answer verifies");
+            match &f {
+                DeviceFrame::Terminal { data, .. } => {
+                    self.shown.extend(base64::engine::general_purpose::STANDARD.decode(data).unwrap());
+                    if until.is_some_and(|u| self.text().contains(u)) {
+                        return None;
+                    }
                 }
+                DeviceFrame::Result { .. } | DeviceFrame::Denied { .. } => return Some(f),
+                _ => {}
             }
-            DeviceFrame::Result { .. } | DeviceFrame::Denied { .. } => return Some(f),
-            _ => {}
         }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.shown).into_owned()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn input_frames_altered_replayed_reordered_or_foreign_are_refused_and_the_session_goes_on() {
-    use support::protocol::{Keys, SessionInput, ToRelay, encode};
+async fn a_replayed_input_frame_is_refused_and_the_session_goes_on_an_altered_reordered_or_foreign_one_ends_it() {
     let (relay, device, key_path) = tokio::task::spawn_blocking(|| setup(4)).await.unwrap();
-    let key = support::KeyPair::load(&key_path).unwrap();
-    let mut session = relay.session(&key_path).await;
-    let device_key = session.device_key(&device.device_id).await.unwrap().unwrap();
-    let run = session.command(&device.device_id, "shell", Default::default());
-    let mut check = support::protocol::answer::AnswerCheck::new(device_key, &run);
-    session.send_raw(&encode(&ToRelay::Run(run.clone()))).await.unwrap();
-    let mut shown = Vec::new();
-    let send = async |session: &mut support::operator::Session, frame: &SessionInput| {
-        session.send_raw(&encode(&ToRelay::Session(frame.clone()))).await.unwrap();
+    // Another key the owner trusts, signing for this very session.
+    let (bob, _) = support::KeyPair::generate();
+    device.trust("bob", &bob);
+    type Forge = fn(&RawSession, &support::KeyPair) -> SessionInput;
+    let altered: Forge = |s, _| {
+        let mut f = s.typed(2, "echo ok-$((1+1))\r");
+        if let SessionInput::Input { data, .. } = &mut f {
+            *data = base64::engine::general_purpose::STANDARD.encode("echo evil-$((2+2))\r");
+        }
+        f
     };
-    answers(&mut session, &mut check, Some("# "), &mut shown).await;
-    let typed = |seq, text: &str| SessionInput::signed(&key, &run, seq, &Keys::Data(text.as_bytes().to_vec()));
-    // Altered on the way: the signature no longer holds.
-    let mut altered = typed(0, "echo ok-$((1+1))\r");
-    if let SessionInput::Input { data, .. } = &mut altered {
-        *data = base64::engine::general_purpose::STANDARD.encode("echo evil-$((2+2))\r");
+    let foreign: Forge = |s, bob| SessionInput::signed(bob, &s.run, 2, &Keys::Data(b"echo bob-$((3+3))\r".to_vec()));
+    let ahead: Forge = |s, _| s.typed(3, "echo three-$((1+2))\r");
+    let signature = "`input` frame 2: the signature does not verify with the session's operator key";
+    for (forge, check) in [(altered, signature), (foreign, signature), (ahead, "`input` frame 3: frame 2 is due")] {
+        let mut s = RawSession::open(&relay, &device, &key_path).await;
+        s.send(&s.typed(0, "echo one-$((0+1))\r")).await;
+        s.answers(Some("one-1\r\n")).await;
+        // The same frame again: refused, and nothing of the operator's is lost.
+        s.send(&s.typed(0, "echo one-$((0+1))\r")).await;
+        s.send(&s.typed(1, "echo two-$((1+1))\r")).await;
+        s.answers(Some("two-2\r\n")).await;
+        s.send(&forge(&s, &bob)).await;
+        let result = s.answers(None).await.unwrap();
+        let DeviceFrame::Result { status, reason: Some(reason), .. } = &result else { panic!("{result:?}") };
+        assert_eq!(*status, support::protocol::Status::Failed);
+        assert!(reason.contains(check) && reason.ends_with("so the session ends"), "{reason}");
+        let text = s.text();
+        assert_eq!(text.matches("one-1\r\n").count(), 1, "the replay ran: {text}");
+        for never in ["evil-4", "bob-6", "three-3", "ok-2"] {
+            assert!(!text.contains(never), "{never} reached the shell: {text}");
+        }
+        let all = records(&paths(&device));
+        let finished = all.iter().rfind(|r| r.event == Event::ActionFinished).unwrap();
+        assert_eq!(finished.reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(finished.detail.as_deref(), Some("2 operator frame(s) refused (bad signature, order or session)"));
     }
-    send(&mut session, &altered).await;
-    // A frame signed by another key the owner trusts, for this very session.
-    let (other, _) = support::KeyPair::generate();
-    device.trust("bob", &other);
-    send(&mut session, &SessionInput::signed(&other, &run, 0, &Keys::Data(b"echo bob-$((3+3))\r".to_vec()))).await;
-    // The real frame 0 passes, then is replayed; frame 2 comes before 1.
-    send(&mut session, &typed(0, "echo one-$((0+1))\r")).await;
-    answers(&mut session, &mut check, Some("one-1\r\n"), &mut shown).await;
-    send(&mut session, &typed(0, "echo one-$((0+1))\r")).await;
-    send(&mut session, &typed(2, "echo two-$((1+1))\r")).await;
-    send(&mut session, &typed(1, "echo three-$((1+2))\r")).await;
-    answers(&mut session, &mut check, Some("three-3\r\n"), &mut shown).await;
-    send(&mut session, &typed(2, "exit 0\r")).await;
-    let result = answers(&mut session, &mut check, None, &mut shown).await.unwrap();
-    assert!(matches!(result, support::protocol::DeviceFrame::Result { exit_code: Some(0), .. }), "{result:?}");
-    let text = String::from_utf8_lossy(&shown);
-    assert_eq!(text.matches("one-1\r\n").count(), 1, "the replay ran: {text}");
-    for never in ["evil-4", "bob-6", "two-2"] {
-        assert!(!text.contains(never), "{never} reached the shell: {text}");
-    }
-    let all = records(&paths(&device));
-    let finished = all.iter().rfind(|r| r.event == Event::ActionFinished).unwrap();
-    assert_eq!(finished.detail.as_deref(), Some("4 operator frame(s) refused (bad signature, order or session)"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operators_connection_ending_ends_the_session_and_its_tree() {
-    use support::protocol::{Keys, SessionInput, ToRelay, encode};
     let (relay, device, key_path) = tokio::task::spawn_blocking(|| setup(4)).await.unwrap();
-    let key = support::KeyPair::load(&key_path).unwrap();
-    let mut session = relay.session(&key_path).await;
-    let device_key = session.device_key(&device.device_id).await.unwrap().unwrap();
-    let run = session.command(&device.device_id, "shell", Default::default());
-    let mut check = support::protocol::answer::AnswerCheck::new(device_key, &run);
-    session.send_raw(&encode(&ToRelay::Run(run.clone()))).await.unwrap();
-    let mut shown = Vec::new();
-    answers(&mut session, &mut check, Some("# "), &mut shown).await;
-    let frame = SessionInput::signed(&key, &run, 0, &Keys::Data(b"sleep 300 & echo bg=$!=$((5*5))\r".to_vec()));
-    session.send_raw(&encode(&ToRelay::Session(frame))).await.unwrap();
-    answers(&mut session, &mut check, Some("=25\r\n"), &mut shown).await;
-    let text = String::from_utf8_lossy(&shown).into_owned();
+    let mut s = RawSession::open(&relay, &device, &key_path).await;
+    s.send(&s.typed(0, "sleep 300 & echo bg=$!=$((5*5))\r")).await;
+    s.answers(Some("=25\r\n")).await;
+    let text = s.text();
     let bg: i32 = text.rsplit("\nbg=").next().unwrap().split('=').next().unwrap().parse().unwrap();
-    drop(session);
+    drop(s);
     tokio::task::spawn_blocking(move || gone(bg)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -399,9 +285,7 @@ fn a_session_works_through_a_relay_of_a_cluster_that_does_not_hold_the_device() 
     use common::nats::{Nats, clustered_relay};
     let nats = Nats::start();
     let (a, b) = (clustered_relay(&nats), clustered_relay(&nats));
-    let home = Home::new();
-    add_policy(&home, POLICY);
-    let device = Device::start(home, &a.url(), &["--relay-ca", a.ca().to_str().unwrap(), "--enroll", &a.token()], true);
+    let device = Device::enrolled_with(&a, POLICY);
     let (key, key_path) = b.operator("desk");
     device.trust("desk", &key);
     device.allow(4);
@@ -422,24 +306,24 @@ fn a_session_works_through_a_relay_of_a_cluster_that_does_not_hold_the_device() 
         std::thread::sleep(Duration::from_millis(50));
     }
     // Keystrokes go B → NATS → A → device in order; the signed output comes back the same way.
-    let mut op = Operator::shell(&b, &key_path, &device.device_id);
+    let mut op = operator_shell(&b, &key_path, &device.device_id);
     op.expect("accepted as task");
-    op.type_in("echo x-$((2*3)); echo y-$((3*3))\r");
+    op.type_text("echo x-$((2*3)); echo y-$((3*3))\r");
     op.expect("x-6\r\ny-9\r\n");
-    op.type_in("exit 5\r");
-    assert_eq!(op.exit_code(), 5, "{}", op.text());
+    op.type_text("exit 5\r");
+    assert_eq!(op.wait_exit(), 5, "{}", op.output());
 }
 
 #[test]
 fn the_recordings_cap_and_the_idle_timeout_end_a_session_with_a_clear_message() {
     let (relay, device, key) = setup_with(4, &format!("{POLICY}max_recording_bytes = 4000\nidle_timeout_s = 2\n"));
-    let mut op = Operator::shell(&relay, &key, &device.device_id);
+    let mut op = operator_shell(&relay, &key, &device.device_id);
     op.expect("accepted as task");
-    op.type_in("sleep 1000 & yes output | head -c 100000\r");
-    assert_eq!(op.exit_code(), 1, "{}", op.text());
+    op.type_text("sleep 1000 & yes output | head -c 100000\r");
+    assert_eq!(op.wait_exit(), 1, "{}", op.output());
     op.expect("reached its cap of 4000 bytes ([shell] max_recording_bytes), so the session ends");
-    let mut op = Operator::shell(&relay, &key, &device.device_id);
+    let mut op = operator_shell(&relay, &key, &device.device_id);
     op.expect("accepted as task");
-    assert_eq!(op.exit_code(), 1, "{}", op.text());
+    assert_eq!(op.wait_exit(), 1, "{}", op.output());
     op.expect("the session was idle (no input, no output) for 2 s");
 }

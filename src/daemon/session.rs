@@ -8,7 +8,12 @@
 //! Its output goes to the operator as signed `terminal` answers, to the
 //! owner as `terminal` watch events, and to its recording; the operator's
 //! `input` and `resize` frames come in through [`Daemon::session_input`],
-//! each checked ([`InputCheck`]) before it reaches the pty.
+//! each checked ([`InputCheck`]) before it reaches the pty. A frame
+//! refused as a replay of one already taken is only counted; any other
+//! refusal (altered, foreign, out of order, or a keystroke the queue had
+//! no room for) ends the session: the operator's keystrokes no longer all
+//! reach the shell as typed, and later ones would be refused by order
+//! anyway, leaving the operator typing into nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use super::pty::{self, Pty};
 use super::{Daemon, exec, kill, session_record};
 use crate::control_api::{TaskView, WatchEvent};
-use crate::protocol::session::{InputCheck, Keys};
+use crate::protocol::session::{InputCheck, InputError, Keys};
 use crate::protocol::{DeviceFrame, SessionInput, Status, StoppedBy, TaskResult};
 use crate::recording::Header;
 
@@ -37,8 +42,11 @@ const DEFAULT_SIZE: (u16, u16) = (80, 24);
 /// The way in for one session's operator frames, kept in its task's entry.
 pub(super) struct Inlet {
     check: InputCheck,
-    tx: mpsc::Sender<Keys>,
+    /// `None` once the stream of keystrokes broke: the session sees its
+    /// end of the channel close, and why in `broken`.
+    tx: Option<mpsc::Sender<Keys>>,
     refused: u64,
+    broken: Option<String>,
 }
 
 impl Inlet {
@@ -47,7 +55,7 @@ impl Inlet {
     pub(super) fn new(device_id: &str, run: &crate::Run) -> Option<(Inlet, mpsc::Receiver<Keys>)> {
         let check = InputCheck::new(device_id, run).ok()?;
         let (tx, rx) = mpsc::channel(KEYS_QUEUE);
-        Some((Inlet { check, tx, refused: 0 }, rx))
+        Some((Inlet { check, tx: Some(tx), refused: 0, broken: None }, rx))
     }
 }
 
@@ -107,8 +115,10 @@ impl Recording {
 
 impl Daemon {
     /// An operator's `input` or `resize` frame from the relay: passed to
-    /// its session's pty if it passes [`InputCheck`], else refused (logged,
-    /// counted on the session's end record) without ending anything.
+    /// its session's pty if it passes [`InputCheck`]; else refused (logged,
+    /// counted on the session's end record) and, unless it is a replay of
+    /// a frame already taken, the session's stream is marked broken and
+    /// closed, which ends the session with the reason.
     pub(super) fn session_input(&self, frame: SessionInput) {
         let mut state = self.state();
         let entry = state.tasks.values_mut().find(|t| t.info.request_id == frame.request_id() && t.session.is_some());
@@ -116,18 +126,37 @@ impl Daemon {
             tracing::info!(kind = frame.kind(), request = %crate::text::safe_id(frame.request_id()), "a session frame for no running session was refused");
             return;
         };
-        match inlet.check.check(&frame) {
-            Ok(keys) => {
-                if inlet.tx.try_send(keys).is_err() {
-                    inlet.refused += 1;
-                    tracing::warn!("a session's input queue is full; keystrokes dropped");
-                }
-            }
-            Err(e) => {
+        let Some(tx) = inlet.tx.as_ref() else {
+            inlet.refused += 1;
+            return;
+        };
+        let why = match inlet.check.check(&frame) {
+            Ok(keys) => match tx.try_send(keys) {
+                Ok(()) => return,
+                Err(_) => format!(
+                    "the session's input queue was full ({KEYS_QUEUE} frames): keystrokes were lost, so the session ends"
+                ),
+            },
+            Err(e @ InputError::Order { expected, got, .. }) if got < expected => {
+                // The same signed frame again: taken once already, nothing is lost.
                 inlet.refused += 1;
-                tracing::warn!(error = %e, "a session frame was refused");
+                tracing::warn!(error = %e, "a replayed session frame was refused");
+                return;
             }
-        }
+            Err(e) => format!(
+                "an operator frame was refused ({e}): the operator's keystrokes did not all arrive as sent \
+                 (the relay altered, dropped, reordered or made up a frame), so the session ends"
+            ),
+        };
+        inlet.refused += 1;
+        tracing::warn!(%why, "a session's input stream broke");
+        inlet.tx = None;
+        inlet.broken = Some(why);
+    }
+
+    /// Why the task's session's input stream broke, if it did.
+    fn input_broken(&self, task_id: &str) -> Option<String> {
+        self.state().tasks.get(task_id).and_then(|t| t.session.as_ref()).and_then(|i| i.broken.clone())
     }
 
     /// How many frames of the task's session were refused so far.
@@ -276,7 +305,14 @@ pub(super) async fn run(
                         r.note(Recorded::Resize(at(), cols, rows));
                     }
                 }
-                None => keys_open = false,
+                None => {
+                    keys_open = false;
+                    if let Some(why) = daemon.input_broken(&info.task_id) {
+                        kill::kill_tree(&tree);
+                        end.reason = Some(why);
+                        end.give_up_at = Some(tokio::time::Instant::now() + DRAIN_LIMIT);
+                    }
+                }
             },
             code = &mut exited, if end.exited.is_none() => {
                 end.exited = Some(code.ok().flatten());

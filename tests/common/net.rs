@@ -213,8 +213,20 @@ impl Device {
 
     /// Enrolled with a token, pinning the relay by its CA file.
     pub fn enrolled(relay: &Relay) -> Device {
+        Device::enrolled_in(Home::new(), relay)
+    }
+
+    /// As [`Device::enrolled`], with the catalogue addition `policy` ([`add_policy`]).
+    pub fn enrolled_with(relay: &Relay, policy: &str) -> Device {
+        let home = Home::new();
+        add_policy(&home, policy);
+        Device::enrolled_in(home, relay)
+    }
+
+    /// As [`Device::enrolled`], in `home`.
+    pub fn enrolled_in(home: Home, relay: &Relay) -> Device {
         Device::start(
-            Home::new(),
+            home,
             &relay.url(),
             &["--relay-ca", relay.ca().to_str().unwrap(), "--enroll", &relay.token()],
             true,

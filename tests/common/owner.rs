@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::net::{Device, Relay, add_policy};
+use crate::common::net::{Device, Relay};
 use crate::common::{Home, Run};
 
 const AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agent.sh");
@@ -51,14 +51,7 @@ impl Owner {
         let relay = Relay::start("127.0.0.1:0");
         let (key, key_path) = relay.operator("desk");
         let work = tempfile::tempdir().unwrap();
-        let home = Home::new();
-        add_policy(&home, &policy(work.path()));
-        let device = Device::start(
-            home,
-            &relay.url(),
-            &["--relay-ca", relay.ca().to_str().unwrap(), "--enroll", &relay.token()],
-            true,
-        );
+        let device = Device::enrolled_with(&relay, &policy(work.path()));
         device.trust("desk", &key);
         Owner { relay, key_path, device, work }
     }
