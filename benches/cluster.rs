@@ -198,6 +198,43 @@ async fn reach(session: &mut support::operator::Session, ids: &[String], t0: Ins
     reached
 }
 
+/// CPU time of the calling thread (user + system), from `getrusage(RUSAGE_THREAD)`.
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+/// `n` TLS 1.3 handshakes one after another on one thread, the relay's
+/// server config (its certificate from `state`) against the daemon's
+/// client config over an in-memory pipe: CPU per handshake, both sides
+/// together, and what one core could do a second.
+fn handshake_cost(state: &Path, n: usize) -> (Duration, f64) {
+    let (identity, _) = support::tls::Identity::self_signed(state, &[]).unwrap();
+    let server = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
+    let client = tokio_rustls::TlsConnector::from(
+        support::tls::RelayTrust::CaFile(state.join("cert.pem")).client_config().unwrap(),
+    );
+    let name = support::tls::server_name("localhost").unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let cpu0 = thread_cpu();
+            for _ in 0..n {
+                let (a, b) = tokio::io::duplex(64 << 10);
+                let (s, c) = tokio::join!(server.accept(a), client.connect(name.clone(), b));
+                s.unwrap();
+                c.unwrap();
+            }
+            let per = (thread_cpu() - cpu0) / n as u32;
+            (per, 1.0 / per.as_secs_f64())
+        })
+    })
+    .join()
+    .unwrap()
+}
+
 fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
     let limit = common::raise_fd_limit();
     let nats = Nats::start(&dir.join("nats"));
@@ -233,7 +270,7 @@ fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
         let t0 = Instant::now();
         let fleet = Fleet::start(keys.clone(), targets, order, 256);
         fleet.wait(3, Duration::from_secs(900), |c| c.iter().all(|n| *n == per)).await.expect("all devices connected");
-        eprintln!("({} devices connected in {:.1} s)", 3 * per, t0.elapsed().as_secs_f64());
+        let first_connect = t0.elapsed();
         let mut on_c = session_on(&relays[2], &op_key).await;
         // Presence settles: every relay learns who holds what. Then the floor: runs to devices that stay put.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -268,6 +305,12 @@ fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
             slowest(&floor)
         );
         println!("| baseline: the same operator reaches C's own {per} devices | {:.2} |", slowest(&floor_local));
+        println!(
+            "| baseline: the first connections of all {} devices, 256 handshakes at a time ({:.0} a second) | {:.2} |",
+            3 * per,
+            (3 * per) as f64 / first_connect.as_secs_f64(),
+            first_connect.as_secs_f64()
+        );
         let _ = floor_all;
         match back {
             Some(t) => println!(
@@ -288,6 +331,11 @@ fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
         for (why, n) in common::lock(&fleet_errors).iter() {
             println!("  {n} × {why}");
         }
+        let (cost, rate) = handshake_cost(&dir.join("handshakes"), 2000);
+        println!(
+            "one TLS 1.3 handshake, the relay's and the daemon's side on one thread: {:.2} ms of CPU ({rate:.0} a second per core, both sides)",
+            cost.as_secs_f64() * 1000.0
+        );
         let bound = support::daemon::BACKOFF_S[0] as f64 * (1.0 + support::daemon::JITTER);
         println!(
             "backoff bound: the first step, {} s ± {:.0} % (≤ {bound:.1} s), then {} s, {} s, …",
