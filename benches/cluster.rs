@@ -19,11 +19,12 @@
 //!    them a `run` until the device itself answers. Reported: time until
 //!    all are connected again and until all have answered, beside the
 //!    same 5000 runs to devices that never moved (the measurement's own
-//!    floor) and the first backoff step.
+//!    floor) and the first backoff step; and what one TLS 1.3 handshake
+//!    costs the relay and the daemon in CPU (also alone: `handshake`).
 //!
 //! Reproduce: `nice -n 19 cargo bench --bench cluster` (needs `nats-server`
 //! and `mosquitto` on PATH; README says how to install them).
-//! SUPPORT_BENCH_ONLY=cross,memory,failover picks the parts.
+//! SUPPORT_BENCH_ONLY=cross,memory,failover,handshake picks the parts.
 
 mod common;
 
@@ -206,33 +207,48 @@ fn thread_cpu() -> Duration {
     tv(u.user_time()) + tv(u.system_time())
 }
 
-/// `n` TLS 1.3 handshakes one after another on one thread, the relay's
-/// server config (its certificate from `state`) against the daemon's
-/// client config over an in-memory pipe: CPU per handshake, both sides
-/// together, and what one core could do a second.
-fn handshake_cost(state: &Path, n: usize) -> (Duration, f64) {
+/// `n` TLS 1.3 handshakes one after another, the relay's server config
+/// (its certificate from `state`) on one thread against the daemon's
+/// client config on another, over in-memory pipes: the CPU each side
+/// spends per handshake (relay, daemon).
+fn handshake_cost(state: &Path, n: usize) -> (Duration, Duration) {
     let (identity, _) = support::tls::Identity::self_signed(state, &[]).unwrap();
     let server = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
     let client = tokio_rustls::TlsConnector::from(
         support::tls::RelayTrust::CaFile(state.join("cert.pem")).client_config().unwrap(),
     );
     let name = support::tls::server_name("localhost").unwrap();
-    std::thread::spawn(move || {
+    let (to_server, from_client) = std::sync::mpsc::channel::<tokio::io::DuplexStream>();
+    let relay = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(async {
-            let cpu0 = thread_cpu();
-            for _ in 0..n {
-                let (a, b) = tokio::io::duplex(64 << 10);
-                let (s, c) = tokio::join!(server.accept(a), client.connect(name.clone(), b));
-                s.unwrap();
-                c.unwrap();
-            }
-            let per = (thread_cpu() - cpu0) / n as u32;
-            (per, 1.0 / per.as_secs_f64())
-        })
-    })
-    .join()
-    .unwrap()
+        let cpu0 = thread_cpu();
+        for pipe in from_client {
+            rt.block_on(server.accept(pipe)).unwrap();
+        }
+        (thread_cpu() - cpu0) / n as u32
+    });
+    let daemon = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let cpu0 = thread_cpu();
+        for _ in 0..n {
+            let (a, b) = tokio::io::duplex(16 << 10);
+            to_server.send(a).unwrap();
+            rt.block_on(client.connect(name.clone(), b)).unwrap();
+        }
+        (thread_cpu() - cpu0) / n as u32
+    });
+    (relay.join().unwrap(), daemon.join().unwrap())
+}
+
+/// Prints [`handshake_cost`] over 2000 handshakes.
+fn print_handshake_cost(dir: &Path) {
+    let (relay, daemon) = handshake_cost(&dir.join("handshakes"), 2000);
+    println!(
+        "one TLS 1.3 handshake, CPU: the relay's side {:.3} ms ({:.0} a second per core), the daemon's {:.3} ms",
+        relay.as_secs_f64() * 1000.0,
+        1.0 / relay.as_secs_f64(),
+        daemon.as_secs_f64() * 1000.0
+    );
 }
 
 fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
@@ -331,11 +347,7 @@ fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
         for (why, n) in common::lock(&fleet_errors).iter() {
             println!("  {n} × {why}");
         }
-        let (cost, rate) = handshake_cost(&dir.join("handshakes"), 2000);
-        println!(
-            "one TLS 1.3 handshake, the relay's and the daemon's side on one thread: {:.2} ms of CPU ({rate:.0} a second per core, both sides)",
-            cost.as_secs_f64() * 1000.0
-        );
+        print_handshake_cost(dir);
         let bound = support::daemon::BACKOFF_S[0] as f64 * (1.0 + support::daemon::JITTER);
         println!(
             "backoff bound: the first step, {} s ± {:.0} % (≤ {bound:.1} s), then {} s, {} s, …",
@@ -365,6 +377,9 @@ fn main() {
     }
     if only.contains("memory") {
         memory(&runtime, &dir.join("memory"), env_usize("SUPPORT_BENCH_IDLE", 8000));
+    }
+    if only.contains("handshake") {
+        print_handshake_cost(&dir);
     }
     if only.contains("failover") {
         failover(&runtime, &dir.join("failover"), env_usize("SUPPORT_BENCH_FAILOVER_PER", 5000));
