@@ -19,6 +19,7 @@
 //!   the pre-`hello` frame cap, the per-connection `run` rate.
 //! - `hello`: the challenge, `hello`, enrolment.
 //! - `hub`: who is connected; routing of `run`, `cancel` and answers; ending removed peers' sessions.
+//!   `hub/queue`: each peer's bounded queue of frames, holding no buffer while empty.
 //! - `presence`: what `devices` reports; `live.json`.
 //! - `admin`: the admin socket: `support relay devices`, and admin changes taking effect at once.
 //! - `metrics`: the counters behind `/metrics`.
