@@ -19,11 +19,12 @@
 //!    them a `run` until the device itself answers. Reported: time until
 //!    all are connected again and until all have answered, beside the
 //!    same 5000 runs to devices that never moved (the measurement's own
-//!    floor) and the first backoff step.
+//!    floor) and the first backoff step; and what one TLS 1.3 handshake
+//!    costs the relay and the daemon in CPU (also alone: `handshake`).
 //!
 //! Reproduce: `nice -n 19 cargo bench --bench cluster` (needs `nats-server`
 //! and `mosquitto` on PATH; README says how to install them).
-//! SUPPORT_BENCH_ONLY=cross,memory,failover picks the parts.
+//! SUPPORT_BENCH_ONLY=cross,memory,failover,handshake picks the parts.
 
 mod common;
 
@@ -198,6 +199,65 @@ async fn reach(session: &mut support::operator::Session, ids: &[String], t0: Ins
     reached
 }
 
+/// CPU time of the calling thread (user + system), from `getrusage(RUSAGE_THREAD)`.
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_THREAD).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+/// `n` TLS 1.3 handshakes one after another, the relay's server config
+/// (its certificate from `state`) on one thread against the daemon's
+/// client config on another, over in-memory pipes: the CPU each side
+/// spends per handshake (relay, daemon).
+fn handshake_cost(state: &Path, n: usize) -> (Duration, Duration) {
+    let (identity, _) = support::tls::Identity::self_signed(state, &[]).unwrap();
+    let server = tokio_rustls::TlsAcceptor::from(identity.server_config().unwrap());
+    let client = tokio_rustls::TlsConnector::from(
+        support::tls::RelayTrust::CaFile(state.join("cert.pem")).client_config().unwrap(),
+    );
+    let name = support::tls::server_name("localhost").unwrap();
+    let (to_server, from_client) = std::sync::mpsc::channel::<tokio::io::DuplexStream>();
+    let relay = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let cpu0 = thread_cpu();
+        for pipe in from_client {
+            rt.block_on(server.accept(pipe)).unwrap();
+        }
+        (thread_cpu() - cpu0) / n as u32
+    });
+    let daemon = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let cpu0 = thread_cpu();
+        // Kept open until the relay's side is done: it writes its session tickets after the client's Finished.
+        let mut open = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (a, b) = tokio::io::duplex(16 << 10);
+            to_server.send(a).unwrap();
+            open.push(rt.block_on(client.connect(name.clone(), b)).unwrap());
+        }
+        drop(to_server);
+        let cpu = (thread_cpu() - cpu0) / n as u32;
+        (cpu, open)
+    });
+    let (daemon, open) = daemon.join().unwrap();
+    let relay = relay.join().unwrap();
+    drop(open);
+    (relay, daemon)
+}
+
+/// Prints [`handshake_cost`] over 2000 handshakes.
+fn print_handshake_cost(dir: &Path) {
+    let (relay, daemon) = handshake_cost(&dir.join("handshakes"), 2000);
+    println!(
+        "one TLS 1.3 handshake, CPU: the relay's side {:.3} ms ({:.0} a second per core), the daemon's {:.3} ms",
+        relay.as_secs_f64() * 1000.0,
+        1.0 / relay.as_secs_f64(),
+        daemon.as_secs_f64() * 1000.0
+    );
+}
+
 fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
     let limit = common::raise_fd_limit();
     let nats = Nats::start(&dir.join("nats"));
@@ -233,7 +293,7 @@ fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
         let t0 = Instant::now();
         let fleet = Fleet::start(keys.clone(), targets, order, 256);
         fleet.wait(3, Duration::from_secs(900), |c| c.iter().all(|n| *n == per)).await.expect("all devices connected");
-        eprintln!("({} devices connected in {:.1} s)", 3 * per, t0.elapsed().as_secs_f64());
+        let first_connect = t0.elapsed();
         let mut on_c = session_on(&relays[2], &op_key).await;
         // Presence settles: every relay learns who holds what. Then the floor: runs to devices that stay put.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -268,6 +328,12 @@ fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
             slowest(&floor)
         );
         println!("| baseline: the same operator reaches C's own {per} devices | {:.2} |", slowest(&floor_local));
+        println!(
+            "| baseline: the first connections of all {} devices, 256 handshakes at a time ({:.0} a second) | {:.2} |",
+            3 * per,
+            (3 * per) as f64 / first_connect.as_secs_f64(),
+            first_connect.as_secs_f64()
+        );
         let _ = floor_all;
         match back {
             Some(t) => println!(
@@ -288,6 +354,7 @@ fn failover(runtime: &tokio::runtime::Runtime, dir: &Path, per: usize) {
         for (why, n) in common::lock(&fleet_errors).iter() {
             println!("  {n} × {why}");
         }
+        print_handshake_cost(dir);
         let bound = support::daemon::BACKOFF_S[0] as f64 * (1.0 + support::daemon::JITTER);
         println!(
             "backoff bound: the first step, {} s ± {:.0} % (≤ {bound:.1} s), then {} s, {} s, …",
@@ -317,6 +384,9 @@ fn main() {
     }
     if only.contains("memory") {
         memory(&runtime, &dir.join("memory"), env_usize("SUPPORT_BENCH_IDLE", 8000));
+    }
+    if only.contains("handshake") {
+        print_handshake_cost(&dir);
     }
     if only.contains("failover") {
         failover(&runtime, &dir.join("failover"), env_usize("SUPPORT_BENCH_FAILOVER_PER", 5000));

@@ -159,14 +159,11 @@ async fn a_client_with_nats_access_reads_the_routes_but_cannot_run_forge_or_cras
     // Its own key: refused by the relay; then admitted through the registry
     // bucket (as the relays' admin could), and still refused by the device.
     let (own, _) = support::KeyPair::generate();
-    let forged = support::Run::signed(
-        &own,
-        &protocol::new_request_id(),
-        &id,
-        "system-info",
-        BTreeMap::new(),
-        chrono::Utc::now(),
-    );
+    // A fresh request signed by the attacker's own key.
+    let forge = || {
+        support::Run::signed(&own, &protocol::new_request_id(), &id, "system-info", BTreeMap::new(), chrono::Utc::now())
+    };
+    let forged = forge();
     let envelope = |run: &support::Run| with_inbox(serde_json::json!({"kind": "run", "reply": "", "run": run}));
     let refused = ask(&attacker, &device_subject, envelope(&forged)).await;
     assert_eq!(refused["error"][0], "UNAUTHORIZED", "{refused}");
@@ -175,14 +172,7 @@ async fn a_client_with_nats_access_reads_the_routes_but_cannot_run_forge_or_cras
     assert!(registry.add_operator("mallory", &own.public_key()).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let forged = support::Run::signed(
-            &own,
-            &protocol::new_request_id(),
-            &id,
-            "system-info",
-            BTreeMap::new(),
-            chrono::Utc::now(),
-        );
+        let forged = forge();
         if ask(&attacker, &device_subject, envelope(&forged)).await["error"].is_null() {
             break;
         }

@@ -233,3 +233,105 @@ async fn an_operators_run_rate_is_its_own_relays_not_the_device_relays() {
     let mut on_a = session(&a).await;
     assert!(burst(&mut on_a, &device.device_id, 6).await >= 2, "and A's to A's own operators");
 }
+
+/// A device of our own making on `relay`, enrolled with `token`: it reads
+/// what the relay sends and answers nothing, so every run sent to it stays
+/// in flight until the test answers it.
+async fn silent_device(relay: &Relay, key: &support::KeyPair, token: String) -> support::dial::Ws {
+    use support::dial::{self, DeviceHello};
+    let url: dial::RelayUrl = relay.url().parse().unwrap();
+    let hello = DeviceHello { enroll_token: Some(support::Secret::new(token)), name: Some("silent".into()) };
+    dial::connect(&url, relay.client_tls(), support::protocol::Role::Device, key, hello).await.unwrap().0
+}
+
+/// The next `run` the relay hands the device; other frames are skipped.
+async fn next_run(ws: &mut support::dial::Ws) -> support::Run {
+    loop {
+        match support::dial::recv(ws, Duration::from_secs(10)).await.expect("the run never reached the device") {
+            FromRelay::Run(run) => return run,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_in_flight_cap_holds_for_a_device_on_another_relay() {
+    use support::relay::MAX_INFLIGHT_PER_OPERATOR;
+    let nats = Nats::start();
+    // The run rate out of the way (bursts of 2000), so only the in-flight cap can refuse.
+    let a = clustered_relay_with(&nats, &[], &[]);
+    let b = clustered_relay_with(&nats, &["--max-runs-per-second", "1000"], &[]);
+    let (_, key_path) = b.operator("desk");
+    let key = support::KeyPair::generate().0;
+    let token = tokio::task::block_in_place(|| a.token());
+    let mut device = silent_device(&a, &key, token).await;
+    let id = key.public_key().device_id();
+    tokio::task::block_in_place(|| wait_listed_online(&b, &id, true, Duration::from_secs(15)));
+    let url: support::dial::RelayUrl = b.url().parse().unwrap();
+    let mut desk =
+        support::operator::Session::connect(&url, b.client_tls(), support::KeyPair::load(&key_path).unwrap())
+            .await
+            .unwrap();
+    let send = async |desk: &mut support::operator::Session| {
+        let run = desk.command(&id, "system-info", BTreeMap::new());
+        desk.send_raw(&support::protocol::encode(&ToRelay::Run(run.clone()))).await.unwrap();
+        run.request_id
+    };
+    // Read as they come, so no queue on the way fills up and refuses one.
+    let (sent, held) = tokio::join!(
+        async {
+            let mut sent = std::collections::HashSet::new();
+            for _ in 0..MAX_INFLIGHT_PER_OPERATOR {
+                sent.insert(send(&mut desk).await);
+            }
+            sent
+        },
+        async {
+            let mut held = Vec::new();
+            while held.len() < MAX_INFLIGHT_PER_OPERATOR {
+                held.push(next_run(&mut device).await.request_id);
+            }
+            held
+        }
+    );
+    // Each reached the device across the relays: all of them are in flight.
+    assert_eq!(held.iter().cloned().collect::<std::collections::HashSet<_>>(), sent);
+    // One more: refused by B, the operator's relay, and never delivered.
+    let over = send(&mut desk).await;
+    let refusal = loop {
+        match desk.recv(Duration::from_secs(10)).await.unwrap() {
+            FromRelay::Error { code, request_id: Some(r), message } => break (code, r, message),
+            FromRelay::Forwarded { .. } | FromRelay::Answer(_) => continue,
+            other => panic!("expected BUSY for the run over the cap, got {other:?}"),
+        }
+    };
+    assert_eq!((refusal.0, refusal.1.as_str()), (RelayCode::Busy, over.as_str()), "{}", refusal.2);
+    assert!(refusal.2.contains(&format!("at most {MAX_INFLIGHT_PER_OPERATOR}")), "{}", refusal.2);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), next_run(&mut device)).await.is_err(),
+        "the run over the cap reached the device"
+    );
+    // The device ends one (its answer crosses back from A): that place frees, and only that one.
+    let denied = DeviceFrame::Denied {
+        request_id: held[0].clone(),
+        code: support::protocol::DenyCode::NoConsent,
+        message: "no grant".into(),
+        index: 0,
+        dropped: 0,
+        sig: String::new(),
+    };
+    support::dial::send(&mut device, &ToRelay::Answer(denied)).await.unwrap();
+    loop {
+        match desk.recv(Duration::from_secs(10)).await.unwrap() {
+            FromRelay::Answer(DeviceFrame::Denied { request_id, .. }) if request_id == held[0] => break,
+            _ => continue,
+        }
+    }
+    let again = send(&mut desk).await;
+    assert_eq!(next_run(&mut device).await.request_id, again, "a freed place takes a run again");
+    let over = send(&mut desk).await;
+    match desk.recv(Duration::from_secs(10)).await.unwrap() {
+        FromRelay::Error { code: RelayCode::Busy, request_id: Some(r), .. } => assert_eq!(r, over),
+        other => panic!("expected BUSY once the cap is full again, got {other:?}"),
+    }
+}

@@ -519,9 +519,8 @@ fn serve(dir: PathBuf, a: ServeArgs, cluster: Option<ClusterConfig>) -> Result<E
             Some(c) => Some(open_cluster(c).await.map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?),
             None => None,
         };
-        let listener = tokio::net::TcpListener::bind(&a.listen)
-            .await
-            .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
+        let listener =
+            relay::listen(&a.listen).await.map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Failed(ErrorChain(&e).to_string()))?;
         // Whoever started us may stop reading stdout; that must not stop the relay.
         use std::io::Write as _;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use std::fmt::Write as _;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::cluster::route::Route;
 use super::hello::Who;
@@ -32,7 +32,7 @@ use crate::protocol::{self, DeviceEntry, DeviceFrame, FromRelay, Heartbeat, Rela
 /// A connected, authenticated peer, as the hub reaches it.
 struct Peer {
     conn: u64,
-    tx: mpsc::Sender<String>,
+    tx: queue::Sender,
     /// Dropping it ends that session (a device's newer connection replaced
     /// it); sending on it ends it with that reason (the admin removed the peer).
     kill: oneshot::Sender<Removed>,
@@ -74,7 +74,7 @@ pub(crate) struct Joined {
     /// This connection's number, unique while the relay runs.
     pub(crate) conn: u64,
     /// Frames (already encoded) the hub routes to this peer.
-    pub(crate) rx: mpsc::Receiver<String>,
+    pub(crate) rx: queue::Receiver,
     /// Resolves when a newer connection of the same device replaced this
     /// one (an error), or the admin removed the peer (its reason).
     pub(crate) kill: oneshot::Receiver<Removed>,
@@ -160,7 +160,7 @@ impl Hub {
     /// is told to end.
     pub(crate) fn join(&self, role: Role, who: &Who) -> Joined {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let (tx, rx) = queue::queue(PEER_QUEUE);
         let (kill_tx, kill) = oneshot::channel();
         let since_ns = super::cluster::route::since_now();
         let peer = Peer { conn, tx, kill: kill_tx, key: who.key.clone(), since_ns };
@@ -503,6 +503,7 @@ impl Hub {
     }
 }
 
+mod queue;
 mod relayed;
 mod sessions;
 

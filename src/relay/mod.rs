@@ -19,6 +19,7 @@
 //!   the pre-`hello` frame cap, the per-connection `run` rate.
 //! - `hello`: the challenge, `hello`, enrolment.
 //! - `hub`: who is connected; routing of `run`, `cancel` and answers; ending removed peers' sessions.
+//!   `hub/queue`: each peer's bounded queue of frames, holding no buffer while empty.
 //! - `presence`: what `devices` reports; `live.json`.
 //! - `admin`: the admin socket: `support relay devices`, and admin changes taking effect at once.
 //! - `metrics`: the counters behind `/metrics`.
@@ -71,6 +72,38 @@ pub const RUNS_PER_SECOND: u32 = 20;
 pub const MAX_UNAUTHENTICATED: usize = 1024;
 /// Frames queued for one peer.
 const PEER_QUEUE: usize = 64;
+
+/// The accept backlog the relay asks `listen(2)` for; the kernel caps it
+/// at `net.core.somaxconn` (4096 by default since Linux 5.4). Connections
+/// past `--max-unauthenticated` wait there (see [`run`]), and when a relay
+/// of a cluster dies its devices arrive at the others all at once: past a
+/// full backlog the kernel drops their SYNs, which a client resends only
+/// after 1 s, then 3 s more, and so on (issue 15's failover figure).
+/// tokio's `TcpListener::bind` asks for 1024.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` (`HOST:PORT`: the first of its addresses that can be
+/// bound), with `SO_REUSEADDR` as `TcpListener::bind` sets it, and a
+/// backlog of [`LISTEN_BACKLOG`].
+///
+/// # Errors
+/// The resolver's error, or the last address's `bind`/`listen` error.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        if let Err(e) = socket.bind(a) {
+            last = Some(e);
+            continue;
+        }
+        match socket.listen(LISTEN_BACKLOG) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")))
+}
 
 /// What can stop the relay from starting.
 #[derive(Debug, thiserror::Error)]
