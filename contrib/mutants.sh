@@ -9,10 +9,11 @@
 #                                         against the whole test suite
 #   contrib/mutants.sh --list             the mutants, without running them
 #
-# Needs `cargo install cargo-mutants`. Runs niced, one job at a time
-# (MUTANTS_JOBS to change), results in target/mutants/<name>/mutants.out
+# Needs `cargo install cargo-mutants`. Runs niced, one job at a time (see
+# below), results in target/mutants/<name>/mutants.out
 # (caught.txt, missed.txt, timeout.txt, unviable.txt). Exits non-zero when
-# a mutant is missed or times out.
+# a mutant is missed or times out. Mutants not run, each with why, are in
+# .cargo/mutants.toml (read by every cargo-mutants run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +52,13 @@ order=(src/daemon/gate.rs src/daemon/control_request.rs src/daemon/replay.rs src
 # other's (a mutant "missed" that was never built). MUTANTS_TARGET_DIR to move it.
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$PWD/target/mutants/build}"
 jobs=${MUTANTS_JOBS:-1}
+# One job only: cargo-mutants' jobs would share this one target dir, and a
+# job's mutant then built "Fresh" from the other job's artifacts (seen with
+# -j 2: two mutants tested on one build), so a result could be another's.
+if [[ $jobs != 1 ]]; then
+  echo "MUTANTS_JOBS=$jobs: the jobs would share $CARGO_TARGET_DIR and test each other's builds; run one" >&2
+  exit 2
+fi
 # A failing property is a caught mutant: shrinking it to a small case is
 # for a human reading a failure, and can take minutes.
 export PROPTEST_MAX_SHRINK_ITERS=${PROPTEST_MAX_SHRINK_ITERS:-0}

@@ -567,4 +567,132 @@ mod tests {
         log.append(record(Event::ActionStarted, "g-ffffffffffffffff")).unwrap();
         assert_eq!(actions_started(&paths, &g).unwrap(), 2);
     }
+
+    /// A grant's bounds, each to its unit: 1 s and 8 h are grants and a
+    /// hair either side is not; a reason of 200 characters (not bytes) is one;
+    /// a scope of 64 names is one and 65 not; a `granted_at` exactly
+    /// [`CLOCK_SKEW`] ahead is trusted; a `consent.json` of exactly 64 KiB is
+    /// read. Written from the list of consent.rs's mutants, ahead of its
+    /// run: no test above meets these bounds exactly.
+    #[test]
+    fn every_bound_of_a_grant_holds_to_its_unit() {
+        let hour8 = Duration::from_secs(8 * 60 * 60);
+        assert!(check_duration(Duration::from_secs(1)).is_ok());
+        assert!(check_duration(Duration::from_millis(999)).is_err());
+        assert!(check_duration(hour8).is_ok());
+        assert!(check_duration(hour8 + Duration::from_nanos(1)).is_err());
+        assert!(check_reason(&"é".repeat(200)).is_ok());
+        assert!(check_reason(&"é".repeat(201)).is_err());
+
+        let now = at("2026-11-22T10:00:00Z");
+        let g = Grant::new(Tier::FIXES, Duration::from_secs(60), None, now).unwrap();
+        let decoded = |g: &Grant| decode(&serde_json::to_vec(g).unwrap(), now);
+        let spanning = |start: chrono::TimeDelta, span: chrono::TimeDelta| {
+            let mut g = g.clone();
+            g.granted_at = now + start;
+            g.expires_at = g.granted_at + span;
+            g
+        };
+        let (second, micro) = (chrono::TimeDelta::seconds(1), chrono::TimeDelta::microseconds(1));
+        let one_second = spanning(chrono::TimeDelta::zero(), second);
+        assert_eq!(decoded(&one_second), Consent::Live(one_second.clone()));
+        assert!(matches!(
+            decoded(&spanning(chrono::TimeDelta::zero(), second - micro)),
+            Consent::Off(Off::Malformed(_))
+        ));
+        let at_skew = spanning(CLOCK_SKEW, chrono::TimeDelta::minutes(1));
+        assert_eq!(decoded(&at_skew), Consent::Live(at_skew.clone()));
+        assert!(matches!(decoded(&spanning(CLOCK_SKEW + micro, second)), Consent::Off(Off::Malformed(_))));
+
+        let names = |n: usize| Some((0..n).map(|i| format!("op{i}")).collect::<Vec<_>>());
+        let widest = g.clone().scoped(names(64), None, None).expect("64 names");
+        assert!(g.clone().scoped(names(65), None, None).unwrap_err().contains("1 to 64"));
+
+        // The file's cap: a sound grant padded to exactly 64 KiB is read, one byte more is not.
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().to_path_buf());
+        write(&paths, &widest).unwrap();
+        let mut json = std::fs::read(paths.consent()).unwrap();
+        json.resize(64 * 1024, b' ');
+        std::fs::write(paths.consent(), &json).unwrap();
+        assert_eq!(read(&paths, now), Consent::Live(widest.clone()));
+        json.push(b' ');
+        std::fs::write(paths.consent(), &json).unwrap();
+        assert!(matches!(read(&paths, now), Consent::Off(Off::Unsafe(_))));
+    }
+
+    /// The parts a grant is shown and checked by: tier names and texts,
+    /// what time is left, which scope counts as one, and a `grant_id` that
+    /// is exactly `g-` and 16 hex digits.
+    #[test]
+    fn a_grant_s_words_time_left_scope_and_id_are_its_own() {
+        let names: Vec<_> = Tier::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, ["diagnostics", "fixes", "agent", "shell"]);
+        assert!(Tier::DIAGNOSTICS.allows().starts_with("read-only") && Tier::SHELL.allows().starts_with("everything"));
+        assert_eq!((Tier::AGENT.get(), u8::from(Tier::SHELL), Tier::AGENT.to_string()), (3, 4, "3 (agent)".into()));
+        let table: Vec<String> = Tier::table().lines().map(String::from).collect();
+        assert_eq!(table.len(), 4);
+        assert_eq!(table[1], format!("  2  fixes       {}", Tier::FIXES.allows()));
+        let confirmed: Vec<_> = Tier::ALL.iter().map(|t| t.needs_confirmation()).collect();
+        assert_eq!(confirmed, [false, false, true, true]);
+
+        let now = at("2026-11-22T10:00:00Z");
+        let g = Grant::new(Tier::FIXES, Duration::from_secs(60), None, now).unwrap();
+        assert_eq!(g.remaining(now + chrono::TimeDelta::seconds(10)), Duration::from_secs(50));
+        assert_eq!(g.remaining(now + chrono::TimeDelta::seconds(61)), Duration::ZERO);
+        let one = |v: &str| Some(vec![v.to_string()]);
+        for scoped in [
+            g.clone().scoped(one("alice"), None, None).unwrap(),
+            g.clone().scoped(None, one("memory"), None).unwrap(),
+            g.clone().scoped(None, None, Some(1)).unwrap(),
+        ] {
+            assert!(scoped.is_scoped(), "{scoped:?}");
+        }
+        assert_eq!(g.clone().scoped(None, None, Some(1)).unwrap().scope_words().as_deref(), Some("at most 1 action"));
+        for id in [
+            "g-0123456789abcdef0",
+            "g-0123456789abcde",
+            "x-0123456789abcdef",
+            "g-0123456789abcdeg",
+            "gg0123456789abcdef",
+        ] {
+            let mut bad = g.clone();
+            bad.grant_id = id.into();
+            assert!(matches!(decode(&serde_json::to_vec(&bad).unwrap(), now), Consent::Off(Off::Malformed(_))), "{id}");
+        }
+        let mut good = g.clone();
+        good.grant_id = "g-0123456789ABCdef".into();
+        assert!(decode(&serde_json::to_vec(&good).unwrap(), now).live().is_some());
+    }
+
+    /// The count passes over another grant's `consent.granted`, and stops
+    /// after the first record older than its horizon (`granted_at` less
+    /// [`CLOCK_SKEW`] and a minute), to the microsecond.
+    #[test]
+    fn actions_started_passes_another_grant_and_stops_at_its_horizon() {
+        use crate::audit::{AuditLog, Event, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let mut g = Grant::new(Tier::FIXES, Duration::from_secs(600), None, Utc::now()).unwrap();
+        let mut log = AuditLog::open(&paths).unwrap();
+        let mut append = |event, grant_id: &str| {
+            let mut r = Record::new(event);
+            r.grant_id = Some(grant_id.to_string());
+            log.append(r).unwrap()
+        };
+        append(Event::ActionStarted, &g.grant_id);
+        append(Event::ConsentGranted, "g-eeeeeeeeeeeeeeee");
+        let newest = append(Event::ActionStarted, &g.grant_id);
+        let ts = crate::time::parse_rfc3339(&newest.ts).unwrap();
+        let mut horizon_at = |at: DateTime<Utc>| {
+            g.granted_at = at + CLOCK_SKEW + chrono::TimeDelta::seconds(60);
+            actions_started(&paths, &g).unwrap()
+        };
+        assert_eq!(horizon_at(ts - chrono::TimeDelta::seconds(30)), 2, "all after the horizon");
+        assert_eq!(
+            horizon_at(ts + chrono::TimeDelta::microseconds(1)),
+            1,
+            "the newest before it: counted, then no more"
+        );
+    }
 }

@@ -96,21 +96,27 @@ pub(super) fn check_line<'a>(
     Ok(p.mac)
 }
 
+/// Records a thread checks at least: for fewer, another thread costs more than it saves.
+const MACS_PER_THREAD: usize = 4096;
+
 /// The index of the first record whose MAC fails, checked on up to
-/// `threads` threads (the MACs are independent once the links are checked).
+/// `threads` threads (the MACs are independent once the links are checked),
+/// in chunks of at least [`MACS_PER_THREAD`] records, the first on this thread.
 pub(super) fn first_bad_mac(key: &hmac::Key, parsed: &[Parsed<'_>], threads: usize) -> Option<usize> {
-    if threads <= 1 || parsed.len() < 4096 {
-        return parsed.iter().position(|p| !p.mac_ok(key));
-    }
-    let chunk = parsed.len().div_ceil(threads);
+    let bad_in = |part: &[Parsed<'_>]| part.iter().position(|p| !p.mac_ok(key));
+    // One path for one thread and for many: how the records are split is a
+    // cost, never a result (a branch between the two left mutants no test could tell).
+    let chunk = parsed.len().div_ceil(threads.max(1)).max(MACS_PER_THREAD);
+    let mut parts = parsed.chunks(chunk);
+    let first = parts.next()?;
     std::thread::scope(|s| {
-        let handles: Vec<_> = parsed
-            .chunks(chunk)
-            .enumerate()
-            .map(|(i, part)| (i * chunk, s.spawn(move || part.iter().position(|p| !p.mac_ok(key)))))
-            .collect();
+        let others: Vec<_> =
+            parts.enumerate().map(|(i, part)| ((i + 1) * chunk, s.spawn(move || bad_in(part)))).collect();
+        let here = bad_in(first);
         // A thread that died proves nothing: count its whole chunk as unverified.
-        handles.into_iter().filter_map(|(at, h)| h.join().map_or(Some(at), |found| found.map(|j| at + j))).min()
+        let there =
+            others.into_iter().filter_map(|(at, h)| h.join().map_or(Some(at), |found| found.map(|j| at + j))).min();
+        here.or(there)
     })
 }
 
@@ -130,5 +136,77 @@ mod tests {
             let cut = &record[record.len() - len.min(record.len())..];
             assert!(Parsed::from_line(cut).is_none(), "the last {len} bytes of a record");
         }
+    }
+
+    fn line(seq: &str, prev: &str, mac: &str) -> Vec<u8> {
+        format!(r#"{{"seq":{seq},"prev":"{prev}","mac":"{mac}"}}"#).into_bytes()
+    }
+
+    /// The bounds of the form, each to the byte: the shortest line that can
+    /// hold a record is read, a seq of up to 19 digits is read and one of 20
+    /// is not (the seq after it could overflow a `u64`), the digits end at a
+    /// comma, and `prev` and `mac` are each 64 lowercase hex digits (found by
+    /// cargo-mutants: `<` → `<=` of the length check, `>` → `>=` of the
+    /// digits' bound and `&&` → `||` of the hex checks passed every other test).
+    #[test]
+    fn a_record_s_fixed_fields_are_read_to_their_bounds() {
+        let zeros = "0".repeat(64);
+        let shortest = line("10", &zeros, &zeros);
+        assert_eq!(shortest.len(), b"{\"seq\":".len() + 2 + PREV_SUFFIX + MAC_SUFFIX);
+        assert_eq!(Parsed::from_line(&shortest).map(|p| p.seq), Some(10));
+        let most = "9".repeat(19);
+        assert_eq!(Parsed::from_line(&line(&most, &zeros, &zeros)).map(|p| p.seq), Some(9_999_999_999_999_999_999));
+        assert!(Parsed::from_line(&line("10000000000000000000", &zeros, &zeros)).is_none(), "20 digits");
+        assert!(Parsed::from_line(&line("10x", &zeros, &zeros)).is_none(), "digits not ended by a comma");
+        let hex = "0123456789abcdef".repeat(4);
+        let every_digit = line("10", &hex, &zeros);
+        let p = Parsed::from_line(&every_digit).expect("every hex digit");
+        assert_eq!((p.prev, p.mac), (hex.as_bytes(), zeros.as_bytes()));
+        for bad in [format!("{}A", &hex[1..]), format!("g{}", &hex[1..])] {
+            assert!(Parsed::from_line(&line("10", &bad, &zeros)).is_none(), "prev {bad}");
+            assert!(Parsed::from_line(&line("10", &zeros, &bad)).is_none(), "mac {bad}");
+        }
+    }
+
+    /// Wherever the bad MACs lie and however many threads check them, the
+    /// first one is named (the chunks' offsets, and the earliest of them).
+    #[test]
+    fn the_first_bad_mac_is_named_on_any_number_of_threads() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]);
+        let n = 3 * MACS_PER_THREAD + 5;
+        let (mut out, mut head, now) = (Vec::new(), Head { seq: 0, mac: "0".repeat(64) }, Utc::now());
+        for _ in 0..n {
+            let mut record = Record::new(super::super::Event::ActionDenied);
+            seal(&key, &mut record, &head, now, &mut out);
+            head = Head { seq: record.seq, mac: record.mac };
+        }
+        let sealed: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let spoil = |line: &[u8]| {
+            let mut line = line.to_vec();
+            let at = line.len() - 3; // the mac's last digit
+            line[at] = if line[at] == b'0' { b'1' } else { b'0' };
+            line
+        };
+        let cases = [
+            vec![],
+            vec![0],
+            vec![n - 1],
+            vec![5, 3 * MACS_PER_THREAD],
+            vec![2 * MACS_PER_THREAD + 7, n - 1],
+            vec![4099],
+        ];
+        for bad in &cases {
+            let lines: Vec<Vec<u8>> =
+                sealed.iter().enumerate().map(|(i, l)| if bad.contains(&i) { spoil(l) } else { l.to_vec() }).collect();
+            let parsed: Vec<Parsed<'_>> = lines.iter().map(|l| Parsed::from_line(l).expect("well formed")).collect();
+            for threads in [0, 1, 2, 3, 4, 8] {
+                assert_eq!(
+                    first_bad_mac(&key, &parsed, threads),
+                    bad.first().copied(),
+                    "bad {bad:?}, {threads} threads"
+                );
+            }
+        }
+        assert_eq!(first_bad_mac(&key, &[], 4), None);
     }
 }

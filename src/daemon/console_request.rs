@@ -510,4 +510,113 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
+
+    /// Every path of the console names its one route and method, and no
+    /// other path does (each arm's deletion passed every earlier test: a
+    /// page the proptests never asked for, or one whose refusal is sound).
+    #[test]
+    fn every_path_names_its_route_and_its_one_method() {
+        type Is = fn(&Route) -> bool;
+        let (get, post) = (Method::GET, Method::POST);
+        let routes: [(&str, &Method, Is); 17] = [
+            ("/console", &get, |r| matches!(r, Route::Root)),
+            ("/console/", &get, |r| matches!(r, Route::Page)),
+            ("/console/app.js", &get, |r| matches!(r, Route::Asset(Asset::AppJs))),
+            ("/console/app.css", &get, |r| matches!(r, Route::Asset(Asset::AppCss))),
+            ("/console/terminal.js", &get, |r| matches!(r, Route::Asset(Asset::TerminalJs))),
+            ("/console/vendor/xterm.js", &get, |r| matches!(r, Route::Asset(Asset::XtermJs))),
+            ("/console/vendor/xterm.css", &get, |r| matches!(r, Route::Asset(Asset::XtermCss))),
+            ("/console/vendor/xterm.LICENSE", &get, |r| matches!(r, Route::Asset(Asset::XtermLicense))),
+            ("/console/login", &get, |r| matches!(r, Route::Login)),
+            ("/console/api/session", &get, |r| matches!(r, Route::Read(ReadPath::Session))),
+            ("/console/api/status", &get, |r| matches!(r, Route::Read(ReadPath::Status))),
+            ("/console/api/events", &get, |r| matches!(r, Route::Read(ReadPath::Events))),
+            ("/console/api/audit", &get, |r| matches!(r, Route::Read(ReadPath::Audit))),
+            ("/console/api/summary", &get, |r| matches!(r, Route::Read(ReadPath::Summary))),
+            ("/console/api/tasks/t-1/stop", &post, |r| matches!(r, Route::Change(Change::Stop(id)) if id == "t-1")),
+            ("/console/api/revoke", &post, |r| matches!(r, Route::Change(Change::Revoke))),
+            ("/console/api/allow", &post, |r| matches!(r, Route::Change(Change::Allow))),
+        ];
+        for (path, method, is) in routes {
+            let (m, r) = route(path).unwrap_or_else(|| panic!("{path}: no route"));
+            assert_eq!(&m, method, "{path}");
+            assert!(is(&r), "{path}: another route");
+        }
+        for path in
+            ["", "/", "/console/api", "/console/vendor", "/console/api/tasks/t-1", "/console/app.js/", "/Console"]
+        {
+            assert!(route(path).is_none(), "{path}");
+        }
+    }
+
+    /// Each refusal says its own why, for the owner and the record.
+    #[test]
+    fn every_refusal_says_its_own_why() {
+        let whys = [
+            (
+                Refused::Host(StatusCode::FORBIDDEN, "Host is not the console's"),
+                "Host is not the console's".to_string(),
+            ),
+            (Refused::NotFound, "no such page".into()),
+            (Refused::Method(Method::POST), "this path takes POST only".into()),
+            (Refused::NoSession { change: true }, "no console session".into()),
+            (Refused::CrossSite, "read from another origin".into()),
+            (Refused::Origin, "Origin is not the console's own".into()),
+            (Refused::Csrf, "no or wrong X-CSRF-Token".into()),
+            (Refused::ContentType, "Content-Type must be application/json".into()),
+            (Refused::LoginUsed, "a login link used, expired or unknown".into()),
+            (Refused::TooLarge, "bodies are at most 65536 bytes".into()),
+            (Refused::Body("the tier is 1 to 4".into()), "the tier is 1 to 4".into()),
+        ];
+        for (refused, why) in whys {
+            assert_eq!(refused.why(), why, "{refused:?}");
+        }
+    }
+
+    /// A body of exactly [`MAX_BODY`] bytes is read, one byte more is not;
+    /// a reason of only blanks is none, any other is kept as written.
+    #[test]
+    fn bodies_are_read_up_to_max_body_and_a_blank_reason_is_none() {
+        let at_cap = vec![b' '; 64 * 1024];
+        assert_eq!(check_body(&Change::Revoke, &at_cap), Ok(Post::Revoke));
+        assert_eq!(check_body(&Change::Revoke, &[at_cap.as_slice(), b" "].concat()), Err(Refused::TooLarge));
+        let reason = |body: &str| match check_body(&Change::Allow, body.as_bytes()) {
+            Ok(Post::Allow(allow)) => allow.reason,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(reason(r#"{"tier":2,"minutes":30,"reason":" printer "}"#).as_deref(), Some(" printer "));
+        assert_eq!(reason(r#"{"tier":2,"minutes":30,"reason":" \t "}"#), None);
+        assert_eq!(reason(r#"{"tier":2,"minutes":30}"#), None);
+    }
+
+    /// A query keeps a record only where every part it names holds: `before`
+    /// is exclusive, and a record without a grant or operator is not one's.
+    #[test]
+    fn an_audit_query_keeps_a_record_only_where_every_part_holds() {
+        use crate::audit::{Event, Record};
+        let record = |seq: u64, grant: Option<&str>, operator: Option<&str>, event: Event| {
+            let mut r = Record::new(event);
+            r.seq = seq;
+            r.grant_id = grant.map(String::from);
+            r.operator = operator.map(String::from);
+            r
+        };
+        let q = AuditQuery::parse("before=5&grant=g-1&operator=al&event=action.started");
+        assert!(q.matches(&record(4, Some("g-1"), Some("al"), Event::ActionStarted)));
+        for (why, r) in [
+            ("seq 5, before 5", record(5, Some("g-1"), Some("al"), Event::ActionStarted)),
+            ("another grant", record(4, Some("g-2"), Some("al"), Event::ActionStarted)),
+            ("no grant", record(4, None, Some("al"), Event::ActionStarted)),
+            ("another operator", record(4, Some("g-1"), Some("bo"), Event::ActionStarted)),
+            ("no operator", record(4, Some("g-1"), None, Event::ActionStarted)),
+            ("another event", record(4, Some("g-1"), Some("al"), Event::ActionDenied)),
+        ] {
+            assert!(!q.matches(&r), "{why}");
+        }
+        let all = AuditQuery::parse("");
+        assert!(all.matches(&record(u64::MAX, None, None, Event::ActionDenied)));
+        let before = AuditQuery::parse("before=5");
+        assert!(before.matches(&record(4, None, None, Event::ActionDenied)));
+        assert!(!before.matches(&record(6, None, None, Event::ActionDenied)));
+    }
 }

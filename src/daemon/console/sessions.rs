@@ -65,7 +65,7 @@ impl Logins {
     /// A new login token (43 characters of base64url), valid for
     /// [`LOGIN_TTL`] from `now`.
     pub fn issue(&mut self, now: Instant) -> Secret {
-        self.tokens.retain(|(_, expires)| *expires > now);
+        self.drop_expired_tokens(now);
         if self.tokens.len() >= MAX_LOGINS {
             self.tokens.remove(0);
         }
@@ -79,7 +79,7 @@ impl Logins {
     /// # Errors
     /// [`LoginRefused::UsedOrExpired`] for a token not (or no longer) valid.
     pub fn redeem(&mut self, token: &str, now: Instant) -> Result<Secret, LoginRefused> {
-        self.tokens.retain(|(_, expires)| *expires > now);
+        self.drop_expired_tokens(now);
         let presented = digest(token);
         let Some(i) = self.tokens.iter().position(|(d, _)| *d == presented) else {
             return Err(LoginRefused::UsedOrExpired);
@@ -94,6 +94,12 @@ impl Logins {
         let sid = random_secret();
         self.sessions.insert(digest(&sid), Session { csrf: Secret::new(random_secret()), last_used: now });
         Ok(Secret::new(sid))
+    }
+
+    /// One rule for both: a token is gone at `now + LOGIN_TTL` (issued at
+    /// `now`), and a token gone does not count against [`MAX_LOGINS`].
+    fn drop_expired_tokens(&mut self, now: Instant) {
+        self.tokens.retain(|(_, expires)| *expires > now);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -160,6 +166,24 @@ mod tests {
         let sid = l.redeem(t.expose(), later).unwrap();
         assert_eq!(l.sessions(), 1, "the idle ones went");
         assert!(l.session(sid.expose(), later).is_some());
+    }
+
+    /// The idle limit is twelve hours to the instant, from the last use
+    /// (the `*` → `+` mutant of `12 * 3600` and `<` → `<=` of the idle check
+    /// passed every other test).
+    #[test]
+    fn a_session_stands_until_twelve_hours_after_its_last_use() {
+        let mut l = Logins::default();
+        let t0 = Instant::now();
+        let t = l.issue(t0);
+        let sid = l.redeem(t.expose(), t0).unwrap();
+        let twelve_hours = Duration::from_secs(12 * 60 * 60);
+        let used = t0 + twelve_hours - Duration::from_secs(1);
+        assert!(l.session(sid.expose(), used).is_some(), "idle 11 h 59 min 59 s");
+        assert!(l.session(sid.expose(), used + twelve_hours - Duration::from_nanos(1)).is_some(), "a use restarts it");
+        let last = used + twelve_hours - Duration::from_nanos(1);
+        assert!(l.session(sid.expose(), last + twelve_hours).is_none(), "idle exactly 12 h");
+        assert_eq!(l.sessions(), 0);
     }
 
     #[test]
