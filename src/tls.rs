@@ -65,7 +65,7 @@ pub enum TlsError {
 pub const SELF_SIGNED_DAYS: i64 = 365;
 
 /// The names every self-signed certificate made here has, besides `--san`.
-const LOCAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+pub const LOCAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// What a self-signed certificate in the state directory says of itself.
 #[derive(Clone, Debug, PartialEq, Eq)]

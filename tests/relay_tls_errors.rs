@@ -62,7 +62,9 @@ fn an_unknown_issuer_says_to_pass_the_relays_ca_and_a_missing_name_which_names_i
     let (_, key) = relay.operator("desk");
     let other = Relay::start("127.0.0.1:0");
     let stranger = devices(&relay.url(), &["--relay-ca", other.ca().to_str().unwrap()], &key);
-    stranger.code(1).says("not signed by a CA you trust").says("--relay-ca");
+    // Each self-signed certificate has a subject of its own: another relay's
+    // is no issuer of this one (not a BadSignature from a shared name).
+    stranger.code(1).says("not signed by a CA you trust (UnknownIssuer)").says("--relay-ca");
     // 127.0.0.2 reaches a relay listening there, but its certificate names 127.0.0.1.
     let elsewhere = Relay::start("127.0.0.2:0");
     let (_, key2) = elsewhere.operator("desk");
@@ -111,4 +113,34 @@ fn a_san_the_kept_certificate_lacks_is_refused_and_rotate_cert_adds_it_for_a_yea
     let (_, key) = relay.operator("desk");
     devices(&relay.url(), &["--relay-ca", relay.ca().to_str().unwrap()], &key).code(0);
     devices(&relay.url(), &["--relay-fingerprint", &old], &key).code(1).says(&old).says(&new);
+}
+
+#[test]
+fn serve_warns_when_the_self_signed_certificate_has_less_than_30_days_left() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("relay");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A certificate kept from before that ends in 10 days.
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let end = chrono::Utc::now() + chrono::Duration::days(10);
+    use chrono::Datelike as _;
+    params.not_after = rcgen::date_time_ymd(end.year(), end.month() as u8, end.day() as u8);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    for (name, text) in [("key.pem", key.serialize_pem()), ("cert.pem", cert.pem())] {
+        std::fs::write(state.join(name), text).unwrap();
+        std::fs::set_permissions(state.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let relay = Relay::start_in(dir, state, "127.0.0.1:0", &[]);
+    let logs: String = std::fs::read_dir(relay.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("relay-"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(logs.contains("reusing the self-signed certificate"), "{logs}");
+    assert!(logs.contains("warning: it expires in"), "{logs}");
+    assert!(logs.contains("rotate-cert"), "{logs}");
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::operator_profile::{self, Profile};
@@ -331,10 +331,7 @@ fn init(paths: &Paths, conn: Conn, force: bool) -> Result<ExitCode, Error> {
     let relay = conn.relay.ok_or_else(|| Error::Usage("give --relay wss://HOST:PORT".into()))?;
     let _: RelayUrl = relay.parse().map_err(failed)?;
     // Checked now, and kept absolute: the profile is read from anywhere.
-    let relay_ca = conn.relay_ca.map(|ca| match ca.as_str() {
-        "system" => ca,
-        path => operator_profile::absolute(Path::new(path)).display().to_string(),
-    });
+    let relay_ca = conn.relay_ca.as_deref().map(operator_profile::absolute_ca);
     let trust =
         RelayTrust::from_flags(relay_ca.as_deref(), conn.relay_fingerprint.as_deref()).map_err(|e| usage(&e))?;
     trust.client_config().map_err(|e| usage(&e))?;

@@ -74,8 +74,16 @@ pub fn save(paths: &Paths, profile: &Profile) -> Result<PathBuf, Error> {
     Ok(file)
 }
 
-/// A relative path made absolute against the current directory, so the
-/// profile works from anywhere (`system` is not a path).
+/// A relative path made absolute against the current directory, so a
+/// file that keeps it (`operator.toml`, `daemon.toml`) works from anywhere.
 pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// `--relay-ca` as a file keeps it: a path made [`absolute`]; `system` as it is.
+pub fn absolute_ca(ca: &str) -> String {
+    match ca {
+        "system" => ca.to_string(),
+        path => absolute(Path::new(path)).display().to_string(),
+    }
 }

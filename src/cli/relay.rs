@@ -413,7 +413,7 @@ fn install_line(dir: &std::path::Path, url: Option<&str>, token: &str) -> String
     let files = crate::paths::RelayPaths::new(dir);
     let cert = Identity::from_pem(&files.cert(), &files.key()).ok().and_then(|i| i.info(&files.cert()).ok());
     let url = url.map(str::to_string).unwrap_or_else(|| {
-        let local = ["localhost", "127.0.0.1", "::1"];
+        let local = crate::tls::LOCAL_NAMES;
         let name = cert.as_ref().and_then(|c| c.names.iter().find(|n| !local.contains(&n.as_str())).cloned());
         format!("wss://{}:8443", name.as_deref().unwrap_or("RELAY-HOST"))
     });

@@ -211,10 +211,7 @@ fn write_daemon_toml(ctx: &Ctx, a: &InstallArgs) -> Result<Option<PathBuf>, Erro
     for url in &a.relay {
         let _: crate::dial::RelayUrl = url.parse().map_err(|e: crate::dial::DialError| Error::Usage(e.to_string()))?;
     }
-    let relay_ca = a.relay_ca.as_deref().map(|ca| match ca {
-        "system" => ca.to_string(),
-        path => super::operator_profile::absolute(Path::new(path)).display().to_string(),
-    });
+    let relay_ca = a.relay_ca.as_deref().map(super::operator_profile::absolute_ca);
     let trust = crate::tls::RelayTrust::from_flags(relay_ca.as_deref(), a.relay_fingerprint.as_deref())
         .map_err(|e| Error::Usage(crate::ErrorChain(&e).to_string()))?;
     trust.client_config().map_err(|e| Error::Usage(crate::ErrorChain(&e).to_string()))?;
