@@ -23,7 +23,11 @@ async fn in_process() -> InProcess {
     let lab = Lab::start();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(support::daemon::serve_console(listener, lab.daemon.clone(), stop_rx));
+    let serving = support::daemon::serve_console(listener, lab.daemon.clone(), stop_rx);
+    // Served from the call, before the future is first polled: a login
+    // asked for at once is not refused as "not served" (it raced before).
+    assert!(lab.daemon.console_login().is_some(), "the console's port is known from the call");
+    tokio::spawn(serving);
     InProcess { lab, _stop: stop }
 }
 

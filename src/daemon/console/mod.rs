@@ -169,19 +169,31 @@ impl Daemon {
 }
 
 /// Serves the console on `listener` (127.0.0.1) until `stop` turns true.
-pub async fn serve(listener: TcpListener, daemon: Daemon, stop: watch::Receiver<bool>) {
-    let Ok(local) = listener.local_addr() else { return };
-    crate::lock(&daemon.inner.console).port = Some(local.port());
-    let shared = Arc::new(Shared { daemon, port: local.port(), stop: stop.clone() });
-    super::http::accept_loop(listener, MAX_CONNECTIONS, stop, "console", |stream, peer, permit| {
-        let shared = shared.clone();
-        let span = tracing::debug_span!("console", %peer);
-        super::http::spawn_connection(stream, permit, shared.stop.clone(), span, move |req| {
+/// Its port is known to [`Daemon::console_login`] from this call on, not
+/// only once the returned future is first polled (a login asked for just
+/// after the console was spawned is not refused as "not served").
+pub fn serve(
+    listener: TcpListener,
+    daemon: Daemon,
+    stop: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let port = listener.local_addr().ok().map(|a| a.port());
+    if let Some(port) = port {
+        crate::lock(&daemon.inner.console).port = Some(port);
+    }
+    async move {
+        let Some(port) = port else { return };
+        let shared = Arc::new(Shared { daemon, port, stop: stop.clone() });
+        super::http::accept_loop(listener, MAX_CONNECTIONS, stop, "console", |stream, peer, permit| {
             let shared = shared.clone();
-            async move { secured(handle(&shared, req, peer).await) }
-        });
-    })
-    .await;
+            let span = tracing::debug_span!("console", %peer);
+            super::http::spawn_connection(stream, permit, shared.stop.clone(), span, move |req| {
+                let shared = shared.clone();
+                async move { secured(handle(&shared, req, peer).await) }
+            });
+        })
+        .await;
+    }
 }
 
 struct Shared {
