@@ -104,8 +104,11 @@ fn rewrite_lines(d: &Device, change: fn(&mut Vec<&str>)) {
     let mut lines: Vec<&str> = text.lines().collect();
     change(&mut lines);
     let out: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+    // Over the old bytes, then cut: a heartbeat read in between never sees
+    // an empty file (which is the "missing" case, not this one).
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.write_all(out.as_bytes()).unwrap();
+    f.set_len(out.len() as u64).unwrap();
 }
 
 #[test]
