@@ -70,7 +70,10 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   cp -p "$tmp/default.orig" "$defaults" 2>/dev/null || true
-  sed -i '/ relay.example.com # support walkthrough$/d' /etc/hosts 2>/dev/null || true
+  # Rewritten in place, not renamed over: in a container /etc/hosts is a bind mount.
+  if grep -v ' relay.example.com # support walkthrough$' /etc/hosts > "$tmp/hosts"; then
+    cat "$tmp/hosts" > /etc/hosts
+  fi
   find "$relay_state" -mindepth 1 -delete 2>/dev/null || true
   if [ "$rc" != 0 ]; then
     for f in "$tmp"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done >&2
@@ -111,6 +114,7 @@ await() {
 
 operator="$tmp/operator"; owner="$tmp/owner"
 mkdir -p "$operator" "$owner"
+[ -w /etc/hosts ] || fail "/etc/hosts is not writable: relay.example.com cannot be made to mean 127.0.0.1"
 printf '127.0.0.1 relay.example.com # support walkthrough\n' >> /etc/hosts
 if (exec 3</dev/tcp/127.0.0.1/8443) 2>/dev/null; then fail "127.0.0.1:8443 is taken: the walkthrough's relay listens there"; fi
 
