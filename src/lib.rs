@@ -35,7 +35,7 @@
 //!   reader, the listing, retention.
 //! - [`summary`]: what ran under a grant, from its span of the audit log (`support summary`).
 //! - [`control_api`]: the loopback control API's requests and answers, typed; the daemon and the CLI share them.
-//! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339 and local time.
+//! - `text`: making untrusted text printable (terminal, table, record); `time`: RFC 3339, the one format of every instant (wire, files, and people: `time::human`).
 //! - [`Secret`]: a secret string whose `Debug` and `Display` print `***`.
 //! - `cli`: one module per subcommand; [`cli::Cli`] is the parsed command line.
 //! - [`Error`]: what every command returns; `main` maps it to an exit code

@@ -17,6 +17,7 @@ use std::time::Duration;
 use browser::{Browser, REBIND_HOST};
 use common::console::request;
 use common::lab::survivors;
+use common::to_second;
 use owner::{Owner, finished};
 use serde_json::{Value, json};
 
@@ -28,6 +29,7 @@ mod ids {
     pub const TIER: &str = "#tier";
     pub const COUNTDOWN: &str = "#countdown";
     pub const GRANTED_BY: &str = "#granted-by";
+    pub const EXPIRES_AT: &str = "#expires-at";
     pub const TRANSCRIPT: &str = "#transcript";
     pub const REVOKE: &str = "#revoke";
     pub const ALLOW_TIER: &str = "#allow-tier";
@@ -130,6 +132,10 @@ async fn the_banner_shows_the_tier_and_a_countdown_that_goes_down() {
     assert!(b.text("#support-state").await.contains("ON"), "said in words, not only in colour");
     let by = b.text(ids::GRANTED_BY).await;
     assert!(by.contains("the printer jams"), "the reason: {by}");
+    // Instants as the CLI prints them (README, "Scripting"), not in the browser's locale.
+    let status = owner.status();
+    assert!(by.contains(&format!(" at {}", to_second(&status["granted_at"]))), "{by}");
+    assert_eq!(b.text(ids::EXPIRES_AT).await, to_second(&status["expires_at"]));
     let tier = b.wait_text(ids::TIER, "the tier", |t| t.contains("Tier 2")).await;
     assert!(tier.contains("fixes"), "what tier 2 allows: {tier}");
     let first = seconds(&b.wait_text(ids::COUNTDOWN, "a countdown", |t| seconds(t).is_some()).await).unwrap();
@@ -161,9 +167,17 @@ async fn the_agent_works_live_in_the_page_and_one_click_stops_its_whole_tree() {
     let row = b.find(&format!("{}[data-agent=\"true\"][data-operator=\"desk\"]", ids::task(&task))).await;
     let text = row.text().await.unwrap();
     assert!(text.contains("support is operating your agent"), "{text}");
+    let started = owner.tasks().into_iter().find(|t| t["task_id"] == task.as_str()).unwrap()["started_at"].clone();
+    assert!(text.contains(&to_second(&started)), "since when, as the CLI shows it: {text}");
     b.wait_text(ids::TRANSCRIPT, "the agent's lines", |t| t.contains("Looking into: the printer jams")).await;
     let transcript = b.wait_text(ids::TRANSCRIPT, "the tool's result", |t| t.contains("no jobs queued")).await;
     assert!(transcript.contains("Bash: lpstat -o"), "the tool use, labelled: {transcript}");
+    let when = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$").unwrap();
+    let times = b
+        .js("return [...document.querySelectorAll('#transcript .when')].map((e) => e.textContent.trim());", vec![])
+        .await;
+    let times: Vec<&str> = times.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(!times.is_empty() && times.iter().all(|t| when.is_match(t)), "each line's time: {times:?}");
     let shot = browser::target_dir().join("console-screenshot.png");
     b.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a real screenshot");

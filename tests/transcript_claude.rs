@@ -120,7 +120,7 @@ fn retries_and_rejections_are_labelled() {
     let rejected = one(
         r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1787520600,"rateLimitType":"five_hour"},"uuid":"u","session_id":"s"}"#,
     );
-    assert_eq!(rejected, [(LineKind::Error, "rate limit reached (five hour, resets 2026-08-23 21:30 UTC)".into())]);
+    assert_eq!(rejected, [(LineKind::Error, "rate limit reached (five hour, resets 2026-08-23T21:30:00Z)".into())]);
     let unknown = one(r#"{"type":"brand_new","note":"hello","deep":{"a":1},"session_id":"s","uuid":"u"}"#);
     assert_eq!(unknown, [(LineKind::Notice, "brand_new: note: hello".into())]);
     assert!(!LineKind::Notice.is_progress(), "retries do not reset the idle timer");

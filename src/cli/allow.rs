@@ -186,7 +186,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     }
     outln!(
         "Ends {} (in {}). Revoke any time: {}",
-        super::local(grant.expires_at),
+        super::human(grant.expires_at),
         humantime::format_duration(duration),
         ctx.command_line(&["revoke"])
     )?;

@@ -55,7 +55,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     // Six columns, not eight: the mark rides with the seq and the action
     // with its event, so an 80-column terminal keeps every name whole.
     let mut table = Listing::new(&[
-        ("time", Wrap::Words),
+        ("time", Wrap::Instant),
         ("seq", Wrap::Words),
         ("event", Wrap::Words),
         ("tier", Wrap::Words),
@@ -91,7 +91,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
 }
 
 fn time(r: &Record) -> String {
-    crate::time::parse_rfc3339(&r.ts).map(super::local).unwrap_or_else(|| printable(&r.ts))
+    super::human_text(&r.ts)
 }
 
 /// The one-cell summary of how a record ended, and through what the

@@ -190,7 +190,7 @@ pub(crate) fn paint(text: &str, code: &str) -> String {
 }
 
 pub(crate) use crate::text::printable;
-pub(crate) use crate::time::local;
+pub(crate) use crate::time::{human, human_text};
 
 /// Prints a JSON value on one line of stdout.
 ///

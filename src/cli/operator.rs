@@ -363,7 +363,7 @@ async fn devices(session: &mut Session, json: bool) -> Result<ExitCode, Error> {
 }
 
 /// A table of devices, as `operator devices` and `relay devices` print it;
-/// times in local time, so they wrap at spaces in a narrow terminal.
+/// times as [`crate::time::human`] shows them.
 ///
 /// # Errors
 /// [`Error::Stdout`] when stdout cannot be written.
@@ -372,12 +372,12 @@ pub(crate) fn print_devices(devices: &[crate::protocol::DeviceEntry]) -> Result<
         return outln!("no devices enrolled");
     }
     // From the relay's side of the wire: shown only as printable text.
-    let when = |t: &str| crate::time::parse_rfc3339(t).map(super::local).unwrap_or_else(|| printable(t));
+    let when = super::human_text;
     let mut table = Listing::new(&[
         ("device", Wrap::Words),
         ("name", Wrap::Words),
         ("online", Wrap::Words),
-        ("last heartbeat", Wrap::Words),
+        ("last heartbeat", Wrap::Instant),
         ("grant", Wrap::Text),
         ("audit", Wrap::Words),
     ]);

@@ -93,7 +93,7 @@ pub(crate) fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode, Error> {
     }
     let mut table = Listing::new(&[
         ("id", Wrap::Words),
-        ("started", Wrap::Words),
+        ("started", Wrap::Instant),
         ("title", Wrap::Text),
         ("duration", Wrap::Words),
         ("size", Wrap::Words),
@@ -101,7 +101,7 @@ pub(crate) fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode, Error> {
         ("record", Wrap::Words),
     ]);
     for Listed { summary: s, matches_record, .. } in &all {
-        let started = s.started.as_deref().and_then(crate::time::parse_rfc3339).map(crate::time::local);
+        let started = s.started.as_deref().map(crate::time::human_text);
         let duration = s.duration_s.map(|d| humantime::format_duration(Duration::from_secs(d as u64)).to_string());
         let digest = match (&s.sha256, &s.error) {
             (Some(h), _) => h.clone(),

@@ -215,7 +215,7 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
             outln!("{}", token.expose())?;
             eprintln!(
                 "One device may enroll with it until {} (it is stored only as a hash). On the owner's machine:\n  {}",
-                super::local(expires_at),
+                super::human(expires_at),
                 install_line(&dir, url.as_deref(), token.expose())
             );
             let id = registry::token_hash(token.expose());
@@ -464,7 +464,7 @@ fn rotate_cert(dir: &std::path::Path, sans: &[String], json: bool) -> Result<Exi
         "made a new self-signed certificate {} for {}, valid until {}",
         cert.display(),
         info.names.join(", "),
-        super::local(info.not_after)
+        super::human(info.not_after)
     );
     if let Some(p) = previous {
         eprintln!(
@@ -493,7 +493,7 @@ fn serve(dir: PathBuf, a: ServeArgs, cluster: Option<ClusterConfig>) -> Result<E
                 "{verb} the self-signed certificate {} for {}, valid until {}",
                 cert.display(),
                 info.names.join(", "),
-                super::local(info.not_after)
+                super::human(info.not_after)
             );
             let left = info.not_after - chrono::Utc::now();
             if left < chrono::Duration::days(30) {
@@ -555,7 +555,11 @@ fn clear_alert(
         return Err(Error::Usage(format!("no enrolled device {device:?} (see `support relay devices`)")));
     }
     match cleared {
-        Some(a) => eprintln!("cleared the {} audit alert of {device} (found {})", a.kind.as_str(), a.detected_at),
+        Some(a) => eprintln!(
+            "cleared the {} audit alert of {device} (found {})",
+            a.kind.as_str(),
+            super::human_text(&a.detected_at)
+        ),
         None => eprintln!("no audit alert stands against {device}"),
     }
     Ok(ExitCode::SUCCESS)

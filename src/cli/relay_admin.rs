@@ -60,7 +60,7 @@ pub(crate) fn print_operators(registry: &Registry, json: bool) -> Result<ExitCod
         super::out::outln!("no operators admitted (support relay add-operator NAME KEY)")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Listing::new(&[("operator", Wrap::Words), ("fingerprint", Wrap::Text), ("added", Wrap::Words)]);
+    let mut table = Listing::new(&[("operator", Wrap::Words), ("fingerprint", Wrap::Text), ("added", Wrap::Instant)]);
     for v in &views {
         table.row([
             printable(v.name),
@@ -115,8 +115,8 @@ pub(crate) fn print_tokens(registry: &Registry, now: DateTime<Utc>, json: bool) 
     }
     let mut table = Listing::new(&[
         ("token id", Wrap::Words),
-        ("created", Wrap::Words),
-        ("expires", Wrap::Words),
+        ("created", Wrap::Instant),
+        ("expires", Wrap::Instant),
         ("used", Wrap::Text),
     ]);
     for (v, t) in views.iter().zip(registry.tokens.iter().filter(|t| t.expires_at > now)) {
@@ -131,5 +131,5 @@ pub(crate) fn print_tokens(registry: &Registry, now: DateTime<Utc>, json: bool) 
 }
 
 fn when(t: Option<DateTime<Utc>>) -> String {
-    t.map(super::local).unwrap_or_else(|| "-".into())
+    t.map(super::human).unwrap_or_else(|| "-".into())
 }

@@ -264,6 +264,7 @@ fn status(scope: &Scope, json: bool) -> Result<ExitCode, Error> {
     };
     let (load, active, sub, restarts) = (get("LoadState"), get("ActiveState"), get("SubState"), get("NRestarts"));
     let since = get("StateChangeTimestamp");
+    let when = state_change(scope).map_or_else(|| super::printable(&since), super::human);
     let state = match (load.as_str(), active.as_str(), sub.as_str()) {
         ("not-found", ..) => "not-installed",
         (_, "active", _) => "running",
@@ -273,17 +274,17 @@ fn status(scope: &Scope, json: bool) -> Result<ExitCode, Error> {
     };
     let line = match state {
         "not-installed" => "not installed (support service install)".to_string(),
-        "running" => format!("running since {since}"),
+        "running" => format!("running since {when}"),
         "restarting" => format!(
-            "restarting: it crashed {restarts} time(s) in a row, last exit status {} (since {since})",
+            "restarting: it crashed {restarts} time(s) in a row, last exit status {} (since {when})",
             get("ExecMainStatus")
         ),
         "failed" => format!(
-            "failed after {restarts} restart(s) in a row ({}, exit status {}), since {since}",
+            "failed after {restarts} restart(s) in a row ({}, exit status {}), since {when}",
             get("Result"),
             get("ExecMainStatus")
         ),
-        _ => format!("stopped since {since}"),
+        _ => format!("stopped since {when}"),
     };
     if json {
         super::print_json(&serde_json::json!({
@@ -294,6 +295,20 @@ fn status(scope: &Scope, json: bool) -> Result<ExitCode, Error> {
         outln!("{UNIT}: {line}")?;
     }
     Ok(if state == "running" { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// When the unit last changed state, from systemd's `unix` form of it
+/// (`--timestamp=unix`, systemd 251 and later); `None` when systemd does
+/// not give that form, or the unit never changed state.
+fn state_change(scope: &Scope) -> Option<chrono::DateTime<chrono::Utc>> {
+    let out =
+        scope.systemctl(&["show", UNIT, "--property=StateChangeTimestamp", "--value", "--timestamp=unix"]).ok()?;
+    out.status.success().then(|| unix_timestamp(&String::from_utf8_lossy(&out.stdout)))?
+}
+
+/// `@1764622682` (systemd.time(7), "seconds since the epoch") as an instant.
+fn unix_timestamp(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(text.trim().strip_prefix('@')?.parse().ok()?, 0)
 }
 
 fn uninstall(scope: &Scope) -> Result<ExitCode, Error> {
@@ -311,4 +326,18 @@ fn uninstall(scope: &Scope) -> Result<ExitCode, Error> {
     scope.must(&["daemon-reload"])?;
     eprintln!("daemon.toml, your grants and the audit log are kept.");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_timestamp;
+
+    #[test]
+    fn systemd_unix_timestamps_read_as_instants() {
+        let t = unix_timestamp("@1764622682\n").unwrap();
+        assert_eq!(crate::time::human(t), "2025-12-01T20:58:02Z");
+        for other in ["", "n/a", "Mon 2025-12-01 20:58:02 UTC", "@", "@x", "1764622682", "@-x"] {
+            assert_eq!(unix_timestamp(other), None, "{other:?}");
+        }
+    }
 }

@@ -68,8 +68,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
         Consent::Live(g) => {
             let left = humantime::format_duration(std::time::Duration::from_secs(g.remaining(ctx.now).as_secs()));
             outln!("support is {} at tier {}: {}.", paint("ON", "32"), g.tier, g.tier.allows())?;
-            outln!("  until   {} ({left} left)", super::local(g.expires_at))?;
-            outln!("  grant   {} by {} at {}", g.grant_id, printable(&g.granted_by.user), super::local(g.granted_at))?;
+            outln!("  until   {} ({left} left)", super::human(g.expires_at))?;
+            outln!("  grant   {} by {} at {}", g.grant_id, printable(&g.granted_by.user), super::human(g.granted_at))?;
             if let Some(r) = &g.reason {
                 outln!("  reason  {}", printable(r))?;
             }
@@ -92,9 +92,8 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
     match &daemon {
         Seen::Up(d) => {
             let l = &d.link;
-            let since = |at: &Option<String>| match at.as_deref().and_then(crate::time::parse_rfc3339) {
-                Some(t) => format!(" since {}", super::local(t)),
-                None => String::new(),
+            let since = |at: &Option<String>| {
+                at.as_deref().map(|t| format!(" since {}", super::human_text(t))).unwrap_or_default()
             };
             let relay = printable(d.relay.as_deref().unwrap_or("?"));
             let link = if d.connected {
@@ -123,17 +122,15 @@ pub(crate) fn run(ctx: &Ctx, args: Args) -> Result<ExitCode, Error> {
                 outln!(
                     "  audit   {} this chain began at {} after the old log and key were removed: {detail}",
                     paint("WARNING", "31"),
-                    printable(&r.ts)
+                    super::human_text(&r.ts)
                 )?;
             }
             for t in &d.tasks {
                 outln!("  {}", super::tasks::running_line(ctx, t))?;
             }
             if let Some(e) = &l.last_error {
-                let next = match l.next_attempt_at.as_deref().and_then(crate::time::parse_rfc3339) {
-                    Some(t) => format!(" (next attempt {})", super::local(t)),
-                    None => String::new(),
-                };
+                let next = l.next_attempt_at.as_deref().map(|t| format!(" (next attempt {})", super::human_text(t)));
+                let next = next.unwrap_or_default();
                 outln!("  link    last error: {}{next}", printable(e))?;
             }
         }

@@ -10,11 +10,15 @@
 //!
 //! # Wrapping
 //! A cell wraps only at spaces. In a [`Wrap::Words`] column (ids, names,
-//! actions, events, times) no word is ever cut: the column is at least as
+//! actions, events) no word is ever cut: the column is at least as
 //! wide as its longest word, even if the table then overflows a very narrow
 //! terminal. In a [`Wrap::Text`] column (descriptions, outcomes) a word is
 //! cut only when it is longer than the column's share of what is left (a
-//! fingerprint or a pattern in an 80-column terminal).
+//! fingerprint or a pattern in an 80-column terminal). A [`Wrap::Instant`]
+//! column (times, one word each: `2026-11-22T10:36:26Z`) is a `Words`
+//! column while the table fits with its times whole and still leaves each
+//! `Text` column [`TEXT_ROOM`] characters; otherwise each time there breaks
+//! after its `T`, the date over the time of day, and is never cut elsewhere.
 
 use comfy_table::{ColumnConstraint, ContentArrangement, ContentLineStyle, LineStyle, Table, TableStyle, Width};
 
@@ -28,7 +32,14 @@ pub(crate) enum Wrap {
     Words,
     /// At spaces; inside a word only when that word cannot fit.
     Text,
+    /// As `Words`, and a time (`2026-11-22T10:36:26Z`) breaks after its
+    /// `T` when the table does not fit with it whole.
+    Instant,
 }
+
+/// The room a `Text` column keeps before the times in `Instant` columns
+/// break in two: about three words.
+const TEXT_ROOM: usize = 20;
 
 /// Spaces between two columns: each column's padding on its right, then the junction's.
 const GAP: usize = PAD + 1;
@@ -76,7 +87,10 @@ impl Listing {
     }
 
     /// The table's lines for a width in columns (`None`: no wrapping), with no trailing spaces.
-    fn render(self, width: Option<u16>) -> Vec<String> {
+    fn render(mut self, width: Option<u16>) -> Vec<String> {
+        if width.is_some_and(|w| !self.fits_with_times_whole(w.into())) {
+            self.break_times();
+        }
         let mut table = Table::new();
         let style = TableStyle::new()
             .header_lines(ContentLineStyle::none().junction(' '))
@@ -103,24 +117,60 @@ impl Listing {
         table.lines().map(|l| l.trim_end().to_string()).collect()
     }
 
-    /// Each column's narrowest width: its longest word in a `Words` column;
-    /// in a `Text` column, that or its share of the width the `Words` columns leave.
-    fn lower_bounds(&self, width: usize) -> Vec<usize> {
-        let longest: Vec<usize> = (0..self.header.len())
+    /// Each column's longest word (the header's too).
+    fn longest_words(&self) -> Vec<usize> {
+        (0..self.header.len())
             .map(|i| {
                 let cells = std::iter::once(&self.header[i]).chain(self.rows.iter().filter_map(|r| r.get(i)));
                 cells.flat_map(|c| c.split_whitespace()).map(|w| w.chars().count()).max().unwrap_or(0)
             })
-            .collect();
-        let gaps = GAP * self.header.len();
-        let words: usize = longest.iter().zip(&self.wraps).filter(|(_, w)| **w == Wrap::Words).map(|(l, _)| *l).sum();
+            .collect()
+    }
+
+    /// The width the columns that never cut a word take, each its longest word.
+    fn whole_words(&self, longest: &[usize]) -> usize {
+        longest.iter().zip(&self.wraps).filter(|(_, w)| **w != Wrap::Text).map(|(l, _)| *l).sum()
+    }
+
+    /// Whether `width` holds the table with every time whole and [`TEXT_ROOM`] for each `Text` column.
+    fn fits_with_times_whole(&self, width: usize) -> bool {
         let texts = self.wraps.iter().filter(|w| **w == Wrap::Text).count();
-        let share = width.saturating_sub(gaps + words) / texts.max(1);
+        GAP * self.header.len() + self.whole_words(&self.longest_words()) + texts * TEXT_ROOM <= width
+    }
+
+    /// Every time in an `Instant` column as its date over its time of day.
+    fn break_times(&mut self) {
+        for row in &mut self.rows {
+            for (cell, _) in row.iter_mut().zip(&self.wraps).filter(|(_, w)| **w == Wrap::Instant) {
+                let words: Vec<String> = cell.split(' ').map(broken_time).collect();
+                *cell = words.join(" ");
+            }
+        }
+    }
+
+    /// Each column's narrowest width: its longest word in a `Words` or
+    /// `Instant` column; in a `Text` column, that or its share of the width
+    /// the others leave.
+    fn lower_bounds(&self, width: usize) -> Vec<usize> {
+        let longest = self.longest_words();
+        let gaps = GAP * self.header.len();
+        let texts = self.wraps.iter().filter(|w| **w == Wrap::Text).count();
+        let share = width.saturating_sub(gaps + self.whole_words(&longest)) / texts.max(1);
         longest
             .iter()
             .zip(&self.wraps)
-            .map(|(l, w)| if *w == Wrap::Words { *l } else { (*l).min(share).max(1) })
+            .map(|(l, w)| if *w == Wrap::Text { (*l).min(share).max(1) } else { *l })
             .collect()
+    }
+}
+
+/// `2026-11-22T10:36:26Z` as `2026-11-22T` over `10:36:26Z`; any other word as it is.
+fn broken_time(word: &str) -> String {
+    match word.split_once('T') {
+        Some((date, time)) if word.len() == 20 && crate::time::parse_rfc3339(word).is_some() => {
+            format!("{date}T\n{time}")
+        }
+        _ => word.to_string(),
     }
 }
 
@@ -166,6 +216,37 @@ mod tests {
         assert_eq!(lines.len(), 4, "{lines:#?}");
         assert!(lines[0].starts_with("action") && lines[1].starts_with('─'));
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
+    }
+
+    #[test]
+    fn times_stay_whole_while_they_fit_and_else_break_after_the_t_only() {
+        let table = || {
+            let mut l = Listing::new(&[
+                ("time", Wrap::Instant),
+                ("task", Wrap::Words),
+                ("action", Wrap::Words),
+                ("outcome", Wrap::Text),
+            ]);
+            l.row([
+                "2026-11-22T10:36:26Z".into(),
+                "t-adcd1f8836157068".into(),
+                "restart-user-service".into(),
+                "denied TIER_INSUFFICIENT".into(),
+            ]);
+            l.row(["-".into(), "t-1".into(), "memory".into(), "ok".into()]);
+            l
+        };
+        let wide = table().render(Some(100)).join("\n");
+        assert!(wide.contains("2026-11-22T10:36:26Z  t-adcd1f8836157068"), "{wide}");
+        for width in [60u16, 80] {
+            let lines = table().render(Some(width));
+            let text = lines.join("\n");
+            assert!(lines.iter().all(|l| l.chars().count() <= usize::from(width)), "width {width}:\n{text}");
+            let at = lines.iter().position(|l| l.starts_with("2026-11-22T  t-adcd1f8836157068"));
+            assert!(at.is_some_and(|at| lines[at + 1].starts_with("10:36:26Z")), "width {width}:\n{text}");
+            assert!(width < 80 || text.contains("TIER_INSUFFICIENT"), "width {width}:\n{text}");
+        }
+        assert_eq!(table().render(None)[2].split_whitespace().next(), Some("2026-11-22T10:36:26Z"));
     }
 
     #[test]

@@ -113,12 +113,11 @@ pub(crate) fn tasks(ctx: &Ctx, args: TasksArgs) -> Result<ExitCode, Error> {
         ("action", Wrap::Words),
         ("tier", Wrap::Words),
         ("operator", Wrap::Words),
-        ("started", Wrap::Words),
+        ("started", Wrap::Instant),
         ("pid", Wrap::Words),
     ]);
     for t in &tasks {
-        let started =
-            crate::time::parse_rfc3339(&t.started_at).map(super::local).unwrap_or_else(|| printable(&t.started_at));
+        let started = super::human_text(&t.started_at);
         table.row([
             t.task_id.clone(),
             printable(&t.action),
@@ -162,9 +161,9 @@ fn agent_line(ctx: &Ctx, task_id: &str, operator: &str, started_at: &str) -> Str
     )
 }
 
-/// An RFC 3339 time as local time, `?` when it is not one.
+/// An RFC 3339 time as [`crate::time::human`] shows it, `?` when it is not one.
 fn since(at: &str) -> String {
-    crate::time::parse_rfc3339(at).map(super::local).unwrap_or_else(|| "?".into())
+    crate::time::parse_rfc3339(at).map(super::human).unwrap_or_else(|| "?".into())
 }
 
 fn describe(result: Option<&TaskResult>) -> String {
@@ -277,9 +276,7 @@ pub(crate) fn watch(ctx: &Ctx, args: WatchArgs) -> Result<ExitCode, Error> {
 
 /// One transcript line (see [`crate::transcript`]) for people, its text made safe for the terminal.
 pub(crate) fn render_line(task_id: &str, line: &Line) -> String {
-    let at = crate::time::parse_rfc3339(&line.ts)
-        .map(|t| t.with_timezone(&chrono::Local).format("%H:%M:%S").to_string())
-        .unwrap_or_default();
+    let at = crate::time::parse_rfc3339(&line.ts).map(super::human).unwrap_or_default();
     // The colour goes with the label, which the console shows the same.
     let colour = match line.kind {
         LineKind::Text => "36",
@@ -296,10 +293,10 @@ pub(crate) fn render_line(task_id: &str, line: &Line) -> String {
 
 /// One event as a line for people; `None` for keep-alive pings.
 fn render_event(ctx: &Ctx, event: &WatchEvent) -> Option<String> {
-    let now = chrono::Local::now().format("%H:%M:%S");
+    let now = super::human(chrono::Utc::now());
     match event {
-        WatchEvent::Status { status } => Some(status_line(ctx, status, &now.to_string())),
-        WatchEvent::Audit { record } => Some(audit_line(ctx, record, &now.to_string())),
+        WatchEvent::Status { status } => Some(status_line(ctx, status, &now)),
+        WatchEvent::Audit { record } => Some(audit_line(ctx, record, &now)),
         WatchEvent::Transcript { task_id, line } => Some(render_line(&printable(task_id), line)),
         WatchEvent::Lagged { missed } => Some(format!("{now} ({missed} events missed: this terminal read too slowly)")),
         // Shown by `Sessions`, as the bytes came.
@@ -343,7 +340,7 @@ impl Sessions {
 
 /// An event this CLI cannot read: its `kind` and `event` names, and its size.
 fn unknown_event(line: &str) -> String {
-    let now = chrono::Local::now().format("%H:%M:%S");
+    let now = super::human(chrono::Utc::now());
     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
     let name = |key: &str| v[key].as_str().or_else(|| v["record"][key].as_str()).map(printable);
     let kind = name("kind").unwrap_or_else(|| "?".into());
@@ -355,7 +352,11 @@ fn status_line(ctx: &Ctx, s: &StatusView, now: &str) -> String {
     let c = &s.consent;
     let consent = match (c.enabled, c.tier) {
         (true, Some(tier)) => {
-            format!("{} at tier {tier} until {}", paint("ON", "32"), printable(c.expires_at.as_deref().unwrap_or("?")))
+            format!(
+                "{} at tier {tier} until {}",
+                paint("ON", "32"),
+                super::human_text(c.expires_at.as_deref().unwrap_or("?"))
+            )
         }
         _ => format!("{} ({})", paint("OFF", "31"), printable(c.off_reason.as_deref().unwrap_or("no grant"))),
     };

@@ -97,10 +97,10 @@ pub(crate) fn run(ctx: &Ctx, command: Command) -> Result<ExitCode, Error> {
                 outln!("No operators are trusted. Add one: {}", ctx.command_line(&["trust", "add", "NAME", "PUBKEY"]))?;
             } else {
                 let mut table =
-                    Listing::new(&[("operator", Wrap::Words), ("fingerprint", Wrap::Text), ("added", Wrap::Words)]);
+                    Listing::new(&[("operator", Wrap::Words), ("fingerprint", Wrap::Text), ("added", Wrap::Instant)]);
                 for o in &ops {
                     let fp = o.public_key.parse::<PublicKey>().map(|k| k.fingerprint()).unwrap_or_default();
-                    table.row([printable(&o.name), fp, o.added_at.clone()]);
+                    table.row([printable(&o.name), fp, super::human_text(&o.added_at)]);
                 }
                 table.print()?;
             }

@@ -1,17 +1,13 @@
 //! A summary as text for people: a header, then tables like `support
-//! audit`'s (times in local time), then whether the span verifies. Every
-//! text that came from a record goes through `printable`.
+//! audit`'s (times as [`crate::time::human`] shows them), then whether the
+//! span verifies. Every text that came from a record goes through `printable`.
 
 use std::fmt::Write as _;
 
 use super::{ActionRun, Ending, GrantSummary};
 use crate::cli::table::{Listing, Wrap};
 use crate::text::printable;
-
-/// An RFC 3339 time in local time, or the text as it was when it is not one.
-fn local(ts: &str) -> String {
-    crate::time::parse_rfc3339(ts).map(crate::time::local).unwrap_or_else(|| printable(ts))
-}
+use crate::time::human_text;
 
 /// `1234` ms as `1s 234ms`, to the millisecond below a minute and to the second above.
 fn duration(ms: u64) -> String {
@@ -53,9 +49,9 @@ fn outcome(a: &ActionRun) -> String {
 impl GrantSummary {
     /// How the grant ended, in a few words: `revoked by the owner at T`,
     /// `expired at T`, `replaced by grant g-… at T`, `in force until T`,
-    /// `ran out at T (no end on record: ...)`. Local time.
+    /// `ran out at T (no end on record: ...)`; T as [`crate::time::human`] shows it.
     pub fn ending(&self) -> String {
-        let at = self.ended_at.as_deref().map(local).unwrap_or_default();
+        let at = self.ended_at.as_deref().map(human_text).unwrap_or_default();
         match self.ended {
             Ending::Revoked => format!("revoked by the owner at {at}"),
             Ending::Expired => format!("expired at {at}"),
@@ -63,9 +59,9 @@ impl GrantSummary {
                 format!("replaced by grant {} at {at}", printable(self.replaced_by.as_deref().unwrap_or("?")))
             }
             Ending::NotEnded => match self.ends_at.as_deref().map(|t| (t, crate::time::parse_rfc3339(t))) {
-                Some((t, Some(end))) if end > chrono::Utc::now() => format!("in force until {}", local(t)),
+                Some((t, Some(end))) if end > chrono::Utc::now() => format!("in force until {}", human_text(t)),
                 Some((t, _)) => {
-                    format!("ran out at {} (no end on record: no daemon was running to record it)", local(t))
+                    format!("ran out at {} (no end on record: no daemon was running to record it)", human_text(t))
                 }
                 None => "no end on record".into(),
             },
@@ -100,11 +96,12 @@ impl GrantSummary {
 
     /// The summary for people: a header, the actions, denials and stops as
     /// tables fitted to the width (`COLUMNS` or the terminal's, see
-    /// `cli::table`), then the chain. Times in local time. Ends with a newline.
+    /// `cli::table`), then the chain. Ends with a newline.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let tier = self.tier.and_then(crate::Tier::new).map_or("?".into(), |t| t.to_string());
-        let _ = writeln!(out, "Grant {}: tier {tier}, granted {}", printable(&self.grant_id), local(&self.granted_at));
+        let _ =
+            writeln!(out, "Grant {}: tier {tier}, granted {}", printable(&self.grant_id), human_text(&self.granted_at));
         if let Some(reason) = &self.reason {
             let _ = writeln!(out, "Reason: {}", printable(reason));
         }
@@ -119,7 +116,7 @@ impl GrantSummary {
         } else {
             let _ = writeln!(out, "\n{}:", plural(self.actions.len(), "action", "actions"));
             let mut t = Listing::new(&[
-                ("started", Wrap::Words),
+                ("started", Wrap::Instant),
                 ("operator", Wrap::Words),
                 ("action", Wrap::Words),
                 ("params", Wrap::Text),
@@ -131,7 +128,7 @@ impl GrantSummary {
                 let params: Vec<String> =
                     a.params.iter().map(|(k, v)| format!("{k}={}", crate::text::brief(v))).collect();
                 t.row([
-                    local(&a.started_at),
+                    human_text(&a.started_at),
                     printable(a.operator.as_deref().unwrap_or("?")),
                     printable(a.action.as_deref().unwrap_or("?")),
                     printable(&params.join(" ")),
@@ -146,7 +143,7 @@ impl GrantSummary {
             let denied: u64 = self.denials.iter().map(|d| d.count).sum();
             let _ = writeln!(out, "\n{}:", plural(denied as usize, "denial", "denials"));
             let mut t = Listing::new(&[
-                ("time", Wrap::Words),
+                ("time", Wrap::Instant),
                 ("operator", Wrap::Words),
                 ("action", Wrap::Words),
                 ("code", Wrap::Words),
@@ -155,7 +152,7 @@ impl GrantSummary {
             for d in &self.denials {
                 let code = d.code.as_deref().unwrap_or("?");
                 t.row([
-                    local(&d.at),
+                    human_text(&d.at),
                     printable(d.operator.as_deref().unwrap_or("")),
                     printable(d.action.as_deref().unwrap_or("")),
                     if d.count > 1 { format!("{} × {}", d.count, printable(code)) } else { printable(code) },
@@ -167,7 +164,7 @@ impl GrantSummary {
         if !self.stops.is_empty() {
             let _ = writeln!(out, "\n{}:", plural(self.stops.len(), "stop", "stops"));
             let mut t = Listing::new(&[
-                ("time", Wrap::Words),
+                ("time", Wrap::Instant),
                 ("task", Wrap::Words),
                 ("action", Wrap::Words),
                 ("operator", Wrap::Words),
@@ -175,7 +172,7 @@ impl GrantSummary {
             ]);
             for s in &self.stops {
                 t.row([
-                    local(&s.at),
+                    human_text(&s.at),
                     printable(s.task_id.as_deref().unwrap_or("")),
                     printable(s.action.as_deref().unwrap_or("")),
                     printable(s.operator.as_deref().unwrap_or("")),

@@ -133,3 +133,10 @@ pub fn new_public_key() -> String {
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
     format!("ed25519:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()))
 }
+
+/// An RFC 3339 time from a `--json` field as people read it (README,
+/// "Scripting"): to the second, in UTC, `2026-11-22T10:36:26Z`.
+pub fn to_second(rfc3339: &serde_json::Value) -> String {
+    let t = chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().unwrap()).unwrap().with_timezone(&chrono::Utc);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

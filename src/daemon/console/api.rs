@@ -293,7 +293,7 @@ async fn allow(daemon: &Daemon, asked: AllowRequest) -> Response<Body> {
     match made {
         Ok(Ok(g)) => {
             let message =
-                format!("Granted tier {}: {}. Ends {}.", g.tier, g.tier.allows(), crate::time::rfc3339(g.expires_at));
+                format!("Granted tier {}: {}. Ends {}.", g.tier, g.tier.allows(), crate::time::human(g.expires_at));
             respond(StatusCode::OK, &Changed { message, status: daemon.status_view() })
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &crate::ErrorChain(&e).to_string()),

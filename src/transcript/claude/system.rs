@@ -326,7 +326,7 @@ pub(super) fn top_level(kind: &str, obj: &Map<String, Value>) -> Summary {
     }
 }
 
-/// `rate limit: allowed (five_hour, 45 % used, resets 12:00 UTC)`; a
+/// `rate limit: allowed (five_hour, 45 % used, resets 2026-08-23T21:30:00Z)`; a
 /// rejection is an error line.
 fn rate_limit(obj: &Map<String, Value>) -> (LineKind, String) {
     let info = obj.get("rate_limit_info").and_then(Value::as_object);
@@ -344,7 +344,7 @@ fn rate_limit(obj: &Map<String, Value>) -> (LineKind, String) {
     if let Some(resets) = info.and_then(|i| i.get("resetsAt")).and_then(Value::as_i64)
         && let Some(at) = chrono::DateTime::from_timestamp(resets, 0)
     {
-        details.push(format!("resets {}", at.format("%Y-%m-%d %H:%M UTC")));
+        details.push(format!("resets {}", crate::time::human(at)));
     }
     if info.and_then(|i| i.get("isUsingOverage")).and_then(Value::as_bool) == Some(true) {
         details.push("using overage".into());

@@ -66,14 +66,11 @@
     box.hidden = !message;
   }
 
-  function localTime(rfc3339) {
+  // Every instant on the page as the CLI prints it (README, "Scripting"):
+  // RFC 3339 in UTC to the second, 2026-11-22T10:36:26Z, in any locale.
+  function instant(rfc3339) {
     const d = new Date(rfc3339);
-    return isNaN(d) ? String(rfc3339 || "") : d.toLocaleString();
-  }
-
-  function clock(rfc3339) {
-    const d = new Date(rfc3339);
-    return isNaN(d) ? "" : d.toLocaleTimeString();
+    return isNaN(d) ? String(rfc3339 || "") : d.toISOString().replace(/\.\d+Z$/, "Z");
   }
 
   function tierText(n) {
@@ -113,12 +110,12 @@
     $("support-state").textContent = c.enabled ? "ON" : "OFF";
     $("tier").textContent = c.enabled ? tierText(c.tier) : "No grant: support can do nothing.";
     $("ends").hidden = !c.enabled;
-    $("expires-at").textContent = c.expires_at ? localTime(c.expires_at) : "";
+    $("expires-at").textContent = c.expires_at ? instant(c.expires_at) : "";
     const by = $("granted-by");
     by.hidden = !c.enabled;
     if (c.enabled) {
       const who = c.granted_by ? `Granted by ${c.granted_by}` : "Granted";
-      const when = c.granted_at ? ` at ${localTime(c.granted_at)}` : "";
+      const when = c.granted_at ? ` at ${instant(c.granted_at)}` : "";
       by.textContent = `${who}${when}; reason: ${c.reason ? c.reason : "none given"}. Grant ${c.grant_id}.`;
     }
     const scope = $("scope");
@@ -173,7 +170,7 @@
         first,
         el("td", { "data-label": "Operator" }, t.operator),
         el("td", { "data-label": "Action" }, `${t.action} (tier ${t.tier})`),
-        el("td", { "data-label": "Since" }, localTime(t.started_at)),
+        el("td", { "data-label": "Since" }, instant(t.started_at)),
       );
       const cell = el("td");
       const stop = el("button", { type: "button", class: "stop", "aria-label": `Stop task ${t.task_id} (${t.action})` }, "Stop");
@@ -259,7 +256,7 @@
   function addLine(l) {
     const list = $("transcript");
     const item = el("li", { "data-task-id": l.task_id, "data-n": String(l.n), "data-kind": l.kind });
-    item.append(el("span", { class: "when" }, `${clock(l.ts)} `), el("span", { class: "task" }, `[${l.task_id}] `));
+    item.append(el("span", { class: "when" }, `${instant(l.ts)} `), el("span", { class: "task" }, `[${l.task_id}] `));
     if (l.label) item.append(el("span", { class: "label" }, `${l.label} `));
     item.append(el("span", { class: "text" }, l.text));
     const wanted = $("transcript-task").value;
@@ -285,7 +282,7 @@
     const row = el("tr", { "data-seq": String(r.seq), "data-event": r.event });
     row.append(
       el("td", { "data-label": "Seq" }, r.seq),
-      el("td", { "data-label": "When" }, localTime(r.ts)),
+      el("td", { "data-label": "When" }, instant(r.ts)),
       el("td", { "data-label": "Event" }, r.event),
       el("td", { "data-label": "Details" }, recordDetails(r)),
     );
