@@ -187,7 +187,9 @@ readme "sudo -u support-relay support relay --state /var/lib/support-relay devic
 grep -q "$device" <<<"$(as_admin "$L")" \
   || fail "the relay's devices does not list $device"
 readme "support operator devices"
-grep "$device" <<<"$(as "$operator" "$L")" | grep -q 'yes' || fail "operator devices: $device not online"
+devices=$(as "$operator" "$L")
+echo "$devices"
+grep "$device" <<<"$devices" | grep -q 'yes' || fail "operator devices: $device not online"
 readme "support operator run d-8eda388185d6c050ac67 disk-usage"
 out=$(as "$operator" "$(fill "$L")")
 grep -q '^Filesystem' <<<"$out" || fail "disk-usage printed no df table: $out"
