@@ -475,7 +475,19 @@ pub(crate) fn create_new(path: &Path, contents: &[u8]) -> Result<bool, FileError
 /// # Errors
 /// [`FileError::Io`] for any step; `path` is then left as it was.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError> {
-    replace(path, contents, true)
+    replace(path, |w| w.write_all(contents), true)
+}
+
+/// As [`write_atomic`], with what `write` writes (through a buffer) as the
+/// contents, so they need never be whole in memory.
+///
+/// # Errors
+/// As [`write_atomic`]; an error `write` returns is a failed write.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<&mut File>) -> io::Result<()>,
+) -> Result<(), FileError> {
+    replace(path, write, true)
 }
 
 /// Replaces `path` atomically for other processes (a 0600 temp file,
@@ -485,10 +497,14 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), FileError
 /// # Errors
 /// [`FileError::Io`] for any step; `path` is then left as it was.
 pub(crate) fn replace_unsynced(path: &Path, contents: &[u8]) -> Result<(), FileError> {
-    replace(path, contents, false)
+    replace(path, |w| w.write_all(contents), false)
 }
 
-fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<(), FileError> {
+fn replace(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<&mut File>) -> io::Result<()>,
+    sync: bool,
+) -> Result<(), FileError> {
     let dir = parent(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -497,7 +513,9 @@ fn replace(path: &Path, contents: &[u8], sync: bool) -> Result<(), FileError> {
         .map_err(io_err("create a temporary file in", dir))?;
     let file = tmp.as_file_mut();
     file.set_permissions(Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
-    file.write_all(contents).map_err(io_err("write", path))?;
+    let mut buffered = io::BufWriter::new(&mut *file);
+    write(&mut buffered).and_then(|()| buffered.flush()).map_err(io_err("write", path))?;
+    drop(buffered);
     if sync {
         file.sync_all().map_err(io_err("fsync", path))?;
     }
@@ -587,6 +605,22 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"keep");
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(fs::symlink_metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_streamed_write_that_fails_leaves_the_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.json");
+        write_atomic_with(&path, |w| w.write_all(&[b'a'; 100_000])).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), [b'a'; 100_000]);
+        let failed = write_atomic_with(&path, |w| {
+            w.write_all(b"half")?;
+            Err(io::Error::other("the serializer failed"))
+        });
+        assert!(matches!(failed, Err(FileError::Io { op: "write", .. })), "{failed:?}");
+        assert_eq!(fs::read(&path).unwrap(), [b'a'; 100_000]);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["live.json"], "no temporary file left behind");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Presence: what `devices` reports.
 //!
-//! The relay keeps one [`DeviceEntry`] per device it has heard from (the
-//! type operators receive in `devices`, so presence and listing cannot
-//! drift apart) and joins it with the registry, which alone says which
-//! devices exist and their names. The running relay answers
+//! The relay keeps a small record per device it has heard from (online or
+//! not, its last heartbeat), turns it into the [`DeviceEntry`] operators
+//! receive in `devices` in one place ([`Heard::entry`], naming every
+//! field, so presence and listing cannot drift apart) and joins it with
+//! the registry, which alone says which devices exist and their names. The running relay answers
 //! `support relay devices` over its admin socket ([`super::admin`]); it also
 //! writes `live.json` at most once a second, which `devices` reads only
 //! when the socket does not answer, saying how old it is.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,19 +23,21 @@ use super::{admin, state};
 use crate::lock;
 use crate::paths::RelayPaths;
 use crate::paths::{self, FileError};
-use crate::protocol::{DeviceEntry, Heartbeat};
+use crate::protocol::{AuditHead, DeviceEntry, GrantScope, Heartbeat};
 
 /// The largest `live.json` read (bytes).
 const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
 
-/// `live.json`: every device the running relay has heard from.
+/// `live.json`: every device the running relay has heard from. The relay
+/// writes it with `devices` a [`Snapshot`], streamed straight into the
+/// file, so a fleet's snapshot never sits whole in memory.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LiveFile {
+pub struct LiveFile<D = Vec<DeviceEntry>> {
     /// When the relay wrote it (RFC 3339 UTC).
     pub written_at: String,
     /// Sorted by device id; a `name` here is not authoritative (the registry's is).
-    pub devices: Vec<DeviceEntry>,
+    pub devices: D,
 }
 
 /// Where a listing's `online` and heartbeat fields came from.
@@ -76,7 +79,7 @@ pub fn devices(dir: &Path) -> Result<Listing, RegistryError> {
 /// `--cluster`); a `live.json` that cannot be read counts as empty.
 pub fn devices_in(dir: &Path, registry: Registry) -> Listing {
     if !state::is_running(dir) {
-        return Listing { devices: join(&registry, &HashMap::new()), source: Source::NotRunning };
+        return Listing { devices: join(&registry, |_| None), source: Source::NotRunning };
     }
     if let Some(devices) = admin::query(dir) {
         return Listing { devices, source: Source::Relay };
@@ -87,17 +90,17 @@ pub fn devices_in(dir: &Path, registry: Registry) -> Listing {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let written_at = crate::time::parse_rfc3339(&live.written_at);
-    let known = live.devices.into_iter().map(|d| (d.device_id.clone(), d)).collect();
-    Listing { devices: join(&registry, &known), source: Source::Snapshot(written_at) }
+    let known: HashMap<String, DeviceEntry> = live.devices.into_iter().map(|d| (d.device_id.clone(), d)).collect();
+    Listing { devices: join(&registry, |id| known.get(id).cloned()), source: Source::Snapshot(written_at) }
 }
 
 /// One entry per registry device: what is `known` of it, named as the registry names it.
-fn join(registry: &Registry, known: &HashMap<String, DeviceEntry>) -> Vec<DeviceEntry> {
+fn join(registry: &Registry, known: impl Fn(&str) -> Option<DeviceEntry>) -> Vec<DeviceEntry> {
     registry
         .devices
         .iter()
         .map(|(id, record)| {
-            let mut entry = known.get(id).cloned().unwrap_or_else(|| offline(id));
+            let mut entry = known(id).unwrap_or_else(|| offline(id));
             entry.name.clone_from(&record.name);
             // The registry's witness outlives connections and restarts.
             entry.audit_alert = registry.witness.get(id).and_then(|w| w.alert.clone());
@@ -155,12 +158,65 @@ pub(crate) fn held_elsewhere(local: &DeviceEntry, held: &DeviceEntry, trusted: b
 }
 
 /// What the running relay knows of each device it has heard from since it started.
+///
+/// Kept small, as the relay holds one per device it ever heard from: an
+/// idle device costs its id, whether it is online and no more. The name,
+/// key and alert are the registry's ([`join`]); what a heartbeat said is
+/// one shared allocation, replaced whole by the next heartbeat, so a
+/// [`Snapshot`] takes it without copying.
 #[derive(Default)]
 pub(crate) struct Presence {
-    entries: Mutex<HashMap<String, DeviceEntry>>,
-    /// Per device, the operator key fingerprints its owner trusts, as its last heartbeat said.
-    trusted: Mutex<HashMap<String, Vec<String>>>,
+    /// By device id, sorted: a snapshot is written in this order.
+    entries: Mutex<BTreeMap<Arc<str>, Heard>>,
     changed: Notify,
+}
+
+/// What the relay heard of one device.
+#[derive(Clone, Default)]
+pub(crate) struct Heard {
+    online: bool,
+    /// Its last heartbeat since the relay started, if any.
+    last: Option<Arc<LastHeartbeat>>,
+}
+
+/// A device's last heartbeat, as the relay keeps it.
+struct LastHeartbeat {
+    /// When it arrived (RFC 3339 UTC).
+    at: String,
+    tier: Option<u8>,
+    expires_at: Option<String>,
+    running_tasks: u32,
+    audit_head: Option<AuditHead>,
+    version: String,
+    scope: Option<GrantScope>,
+    /// The operator key fingerprints the device's owner trusts.
+    trusted: Vec<String>,
+}
+
+impl Heard {
+    /// The listing entry of device `device_id`, not yet joined with the registry.
+    fn entry(&self, device_id: &str) -> DeviceEntry {
+        let last = self.last.as_deref();
+        // Every field named, so a new one in `DeviceEntry` is decided here.
+        DeviceEntry {
+            device_id: device_id.to_string(),
+            name: String::new(),
+            online: self.online,
+            last_heartbeat: last.map(|l| l.at.clone()),
+            tier: last.and_then(|l| l.tier),
+            expires_at: last.and_then(|l| l.expires_at.clone()),
+            running_tasks: last.map(|l| l.running_tasks),
+            audit_head: last.and_then(|l| l.audit_head.clone()),
+            version: last.map(|l| l.version.clone()),
+            scope: last.and_then(|l| l.scope.clone()),
+            audit_alert: None,
+            public_key: None,
+        }
+    }
+
+    fn trusts(&self, fingerprint: &str) -> bool {
+        self.last.as_ref().is_some_and(|l| l.trusted.iter().any(|f| f == fingerprint))
+    }
 }
 
 impl Presence {
@@ -176,37 +232,43 @@ impl Presence {
 
     /// The device sent `hb` just now.
     pub(crate) fn heard(&self, device_id: &str, hb: Heartbeat) {
-        lock(&self.trusted).insert(device_id.to_string(), hb.trusted_operators);
-        let now = crate::time::rfc3339(Utc::now());
-        self.change(device_id, |e| {
-            e.last_heartbeat = Some(now);
-            e.tier = hb.tier;
-            e.expires_at = hb.expires_at;
-            e.running_tasks = Some(hb.running_tasks);
-            e.audit_head = hb.audit_head;
-            e.version = Some(hb.version);
-            e.scope = hb.scope;
+        let last = Arc::new(LastHeartbeat {
+            at: crate::time::rfc3339(Utc::now()),
+            tier: hb.tier,
+            expires_at: hb.expires_at,
+            running_tasks: hb.running_tasks,
+            audit_head: hb.audit_head,
+            version: hb.version,
+            scope: hb.scope,
+            trusted: hb.trusted_operators,
         });
+        self.change(device_id, |e| e.last = Some(last));
     }
 
-    fn change(&self, device_id: &str, f: impl FnOnce(&mut DeviceEntry)) {
-        f(lock(&self.entries).entry(device_id.to_string()).or_insert_with(|| offline(device_id)));
+    fn change(&self, device_id: &str, f: impl FnOnce(&mut Heard)) {
+        let mut entries = lock(&self.entries);
+        match entries.get_mut(device_id) {
+            Some(heard) => f(heard),
+            None => f(entries.entry(device_id.into()).or_default()),
+        }
+        drop(entries);
         self.changed.notify_one();
     }
 
     /// Every enrolled device with what the relay knows of it now.
     pub(crate) fn listing(&self, registry: &Registry) -> Vec<DeviceEntry> {
-        join(registry, &lock(&self.entries))
+        let entries = lock(&self.entries);
+        join(registry, |id| entries.get(id).map(|h| h.entry(id)))
     }
 
     /// The listing an operator gets: a device whose owner does not trust
     /// `fingerprint` (as its last heartbeat since the relay started said)
     /// shows only its id, name and whether it is online.
     pub(crate) fn listing_for(&self, registry: &Registry, fingerprint: &str) -> Vec<DeviceEntry> {
-        let trusted = lock(&self.trusted);
-        let mut all = self.listing(registry);
+        let entries = lock(&self.entries);
+        let mut all = join(registry, |id| entries.get(id).map(|h| h.entry(id)));
         for entry in &mut all {
-            if !trusted.get(&entry.device_id).is_some_and(|t| t.iter().any(|f| f == fingerprint)) {
+            if !entries.get(entry.device_id.as_str()).is_some_and(|h| h.trusts(fingerprint)) {
                 mask(entry);
             }
         }
@@ -215,24 +277,39 @@ impl Presence {
 
     /// What this relay last heard of `device_id`, and whom its owner trusts.
     pub(crate) fn entry(&self, device_id: &str) -> (DeviceEntry, Vec<String>) {
-        let entry = lock(&self.entries).get(device_id).cloned().unwrap_or_else(|| offline(device_id));
-        (entry, lock(&self.trusted).get(device_id).cloned().unwrap_or_default())
+        let entries = lock(&self.entries);
+        match entries.get(device_id) {
+            Some(h) => (h.entry(device_id), h.last.as_ref().map(|l| l.trusted.clone()).unwrap_or_default()),
+            None => (offline(device_id), Vec::new()),
+        }
     }
 
-    fn snapshot(&self) -> Vec<DeviceEntry> {
-        let mut all: Vec<DeviceEntry> = lock(&self.entries).values().cloned().collect();
-        all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        all
+    /// Every device heard from, by id: a copy of the ids' and heartbeats'
+    /// handles only, taken under the lock in one pass.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot(lock(&self.entries).iter().map(|(id, h)| (id.clone(), h.clone())).collect())
     }
 }
 
-/// Writes `live.json` in `dir` with `devices`, stamped now.
+/// What [`Presence::snapshot`] took, sorted by device id; it serializes as
+/// `live.json`'s `devices`, one [`DeviceEntry`] at a time.
+#[derive(Default)]
+pub(crate) struct Snapshot(Vec<(Arc<str>, Heard)>);
+
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(id, h)| h.entry(id)))
+    }
+}
+
+/// Writes `live.json` in `dir` with `devices`, stamped now, serialized
+/// straight into the temporary file that replaces it.
 ///
 /// # Errors
-/// As [`paths::write_atomic`].
-pub(crate) fn write_snapshot(dir: &Path, devices: Vec<DeviceEntry>) -> Result<(), FileError> {
+/// As [`paths::write_atomic_with`].
+pub(crate) fn write_snapshot(dir: &Path, devices: &Snapshot) -> Result<(), FileError> {
     let snapshot = LiveFile { written_at: crate::time::rfc3339(Utc::now()), devices };
-    paths::write_atomic(&RelayPaths::new(dir).live(), &serde_json::to_vec(&snapshot).unwrap_or_default())
+    paths::write_atomic_with(&RelayPaths::new(dir).live(), |w| Ok(serde_json::to_writer(w, &snapshot)?))
 }
 
 /// Writes `live.json` at most once a second while devices come, go or
@@ -248,7 +325,7 @@ pub(crate) async fn keep_snapshot(
             _ = crate::stopped(&mut shutdown) => break,
         }
         let (dir, devices) = (dir.clone(), presence.snapshot());
-        let wrote = tokio::task::spawn_blocking(move || write_snapshot(&dir, devices)).await;
+        let wrote = tokio::task::spawn_blocking(move || write_snapshot(&dir, &devices)).await;
         if let Ok(Err(e)) = wrote {
             tracing::warn!(error = %crate::ErrorChain(&e), "cannot write live.json");
         }
@@ -305,9 +382,9 @@ mod tests {
         let presence = Presence::default();
         let scope = crate::protocol::GrantScope { max_actions: Some(5), actions_used: Some(2), ..Default::default() };
         presence.heard("d-1", Heartbeat { scope: Some(scope.clone()), ..heartbeat(Some(1)) });
-        assert_eq!(presence.snapshot()[0].scope, Some(scope));
+        assert_eq!(presence.entry("d-1").0.scope, Some(scope));
         presence.heard("d-1", heartbeat(Some(1)));
-        assert_eq!(presence.snapshot()[0].scope, None);
+        assert_eq!(presence.entry("d-1").0.scope, None);
     }
 
     #[test]
@@ -335,7 +412,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let presence = Presence::default();
         presence.online("d-1");
-        write_snapshot(dir.path(), presence.snapshot()).unwrap();
+        write_snapshot(dir.path(), &presence.snapshot()).unwrap();
         let raw: serde_json::Value =
             serde_json::from_slice(&std::fs::read(RelayPaths::new(dir.path()).live()).unwrap()).unwrap();
         let keys: Vec<&str> = raw["devices"][0].as_object().unwrap().keys().map(String::as_str).collect();
@@ -352,5 +429,36 @@ mod tests {
             "version",
         ];
         assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn a_streamed_snapshot_reads_back_as_the_listing_sorted_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::default();
+        let presence = Presence::default();
+        for (i, id) in ["d-3", "d-1", "d-2"].into_iter().enumerate() {
+            let record = DeviceRecord { public_key: "k".into(), name: format!("host-{i}"), enrolled_at: "t".into() };
+            registry.devices.insert(id.into(), record);
+            presence.online(id);
+        }
+        let hb = Heartbeat {
+            audit_head: Some(AuditHead { seq: 7, mac: "ab".into() }),
+            expires_at: Some("2026-12-01T12:00:00Z".into()),
+            trusted_operators: vec!["SHA256:alice".into()],
+            ..heartbeat(Some(3))
+        };
+        presence.heard("d-2", hb);
+        presence.offline("d-3");
+        write_snapshot(dir.path(), &presence.snapshot()).unwrap();
+        let raw = std::fs::read(RelayPaths::new(dir.path()).live()).unwrap();
+        let live: LiveFile = serde_json::from_slice(&raw).unwrap();
+        assert!(crate::time::parse_rfc3339(&live.written_at).is_some(), "{}", live.written_at);
+        let ids: Vec<&str> = live.devices.iter().map(|d| d.device_id.as_str()).collect();
+        assert_eq!(ids, ["d-1", "d-2", "d-3"]);
+        let known: HashMap<String, DeviceEntry> = live.devices.into_iter().map(|d| (d.device_id.clone(), d)).collect();
+        assert_eq!(join(&registry, |id| known.get(id).cloned()), presence.listing(&registry));
+        assert_eq!(known["d-2"].audit_head.as_ref().map(|h| h.seq), Some(7));
+        assert_eq!(presence.entry("d-2").1, ["SHA256:alice"], "whom the owner trusts is kept, not written");
+        assert!(!String::from_utf8(raw).unwrap().contains("SHA256:alice"));
     }
 }

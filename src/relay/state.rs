@@ -43,7 +43,7 @@ impl State {
         }
         let registry = Registry::load(&dir)?;
         // Proves the directory writable now rather than at the first device.
-        presence::write_snapshot(&dir, Vec::new())?;
+        presence::write_snapshot(&dir, &presence::Snapshot::default())?;
         let admin = bind_admin(&dir);
         Ok(State { dir, registry, admin, _lock: lock })
     }
