@@ -21,11 +21,24 @@
 //!    action (`true`) submitted → result, with each command started
 //!    through `support __enter-cgroup` (in its cgroup from its first
 //!    instruction) beside the same without it: the cost of that one exec.
-//! 2. the idle `support daemon` under a live tier-1 grant: RSS, peak RSS, threads, and CPU seconds
-//!    over SUPPORT_BENCH_IDLE_S (default 60) seconds, beside `sleep` started
-//!    at the same moment (the floor of any process).
+//! 2. the idle `support daemon` under a live tier-1 grant, twice: holding
+//!    its TLS 1.3 link to a loopback relay, and local-only: RSS (anonymous
+//!    and file-backed), peak RSS, threads, and CPU seconds over
+//!    SUPPORT_BENCH_IDLE_S (default 60) seconds, beside `mosquitto_sub`
+//!    holding one TLS 1.3 subscription to a loopback `mosquitto` (the
+//!    baseline, DESIGN §9: RSS <= 1.0 x it, <= 2 threads, <= 1 CPU
+//!    second an hour) and `sleep` (the floor of any process), all sampled
+//!    at the same moments. Needs `mosquitto` and `mosquitto_sub` on PATH
+//!    (`contrib/bench-deps.sh`).
 //!
-//! Reproduce: `cargo bench --bench daemon`.
+//!    SUPPORT_BENCH_DAEMON_BIN names another `support` binary for these
+//!    four: the Debian package's, `cargo build --profile dist`.
+//!
+//! Reproduce: `cargo bench --bench daemon` (the release profile's binary),
+//! `cargo build --profile dist && SUPPORT_BENCH_DAEMON_BIN=target/dist/support
+//! cargo bench --bench daemon` (the package's).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +46,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::load::{Mosquitto, Proc};
+use common::{BIN, Rig};
 use support::consent::{self, Grant, Tier};
 use support::daemon::{Daemon, Options};
 use support::{KeyPair, Paths, Run, StoppedBy};
@@ -299,7 +314,7 @@ fn spawn_in_cgroup(runs: usize, dir: &Path) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let mut times = Vec::new();
-        for (name, helper) in [("plain", None), ("helper", Some(PathBuf::from(env!("CARGO_BIN_EXE_support"))))] {
+        for (name, helper) in [("plain", None), ("helper", Some(PathBuf::from(BIN)))] {
             let (paths, key) = setup(&dir.join(name));
             grant(&paths);
             let daemon = Daemon::start(&paths, Options { cgroup_helper: helper, ..Options::default() }).unwrap();
@@ -335,11 +350,23 @@ fn spawn_in_cgroup(runs: usize, dir: &Path) {
     let _ = std::fs::remove_dir(&delegated);
 }
 
-/// (RSS KiB, peak RSS KiB, threads, CPU nanoseconds, anonymous RSS KiB,
-/// file-backed RSS KiB) of `pid`; the CPU
-/// time is the sum over its threads of `/proc/PID/task/TID/schedstat`'s
-/// first field (ns on CPU), finer than the 10 ms ticks of `stat`.
-fn sample(pid: u32) -> (u64, u64, u64, u64, u64, u64) {
+/// What `/proc/PID` says of a process at one moment.
+struct Sample {
+    /// VmRSS, KiB.
+    rss: u64,
+    /// VmHWM (peak RSS), KiB.
+    peak: u64,
+    threads: u64,
+    /// The sum over its threads of `/proc/PID/task/TID/schedstat`'s first
+    /// field (ns on CPU), finer than the 10 ms ticks of `stat`.
+    cpu_ns: u64,
+    /// RssAnon, KiB.
+    anon: u64,
+    /// RssFile, KiB: clean pages of its executable and libraries.
+    file: u64,
+}
+
+fn sample(pid: u32) -> Sample {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| -> u64 {
         status
@@ -348,73 +375,100 @@ fn sample(pid: u32) -> (u64, u64, u64, u64, u64, u64) {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
     };
-    let mut ns = 0;
+    let mut cpu_ns = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        ns += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        cpu_ns += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
-    (field("VmRSS:"), field("VmHWM:"), field("Threads:"), ns, field("RssAnon:"), field("RssFile:"))
+    Sample {
+        rss: field("VmRSS:"),
+        peak: field("VmHWM:"),
+        threads: field("Threads:"),
+        cpu_ns,
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
 }
 
+/// The idle daemon twice (local-only, and holding its TLS 1.3 link to a
+/// loopback relay), both under a live tier-1 grant, beside `mosquitto_sub`
+/// holding one TLS 1.3 subscription to a loopback `mosquitto` (DESIGN §9's
+/// baseline) and `sleep` (the floor of any process), all four sampled at
+/// the same moments, `seconds` apart.
 fn idle(dir: &Path, seconds: u64) {
+    // The package's build (`cargo build --profile dist`), say, without
+    // building this bench with whole-program LTO too.
+    let bin = std::env::var("SUPPORT_BENCH_DAEMON_BIN").unwrap_or_else(|_| BIN.to_string());
+    let bin = bin.as_str();
     let home: PathBuf = dir.join("idle-home");
     // Under a live grant, as a daemon waiting for support is: the grant's
     // file is then watched and re-read, which an empty home never shows.
-    let allowed = Command::new(env!("CARGO_BIN_EXE_support"))
+    let allowed = Command::new(bin)
         .args(["allow", "--tier", "1", "--minutes", "60"])
         .env("SUPPORT_HOME", &home)
         .output()
         .unwrap();
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_support"))
-        .arg("daemon")
-        .env("SUPPORT_HOME", &home)
-        .env("SUPPORT_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let local = Proc(
+        Command::new(bin)
+            .arg("daemon")
+            .env("SUPPORT_HOME", &home)
+            .env("SUPPORT_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let start = Instant::now();
     while !home.join("daemon.json").exists() {
         assert!(start.elapsed() < Duration::from_secs(10), "the daemon did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut sleeper = Command::new("sleep").arg((seconds + 5).to_string()).spawn().unwrap();
-    // Let start-up work (key, audit, first reads) settle before measuring.
+    // Enrolled, connected, a tier-1 grant; the relay's self-signed
+    // certificate serves mosquitto too, and is the subscriber's CA file.
+    let rig = Rig::start(bin, &dir.join("linked"));
+    let broker = Mosquitto::start(dir, &rig.relay.state);
+    let subscriber = broker.subscriber();
+    let sleeper = Proc(Command::new("sleep").arg((seconds + 5).to_string()).spawn().unwrap());
+    let pids = [
+        ("support daemon, linked to a relay", rig.daemon.id()),
+        ("support daemon, local-only", local.0.id()),
+        ("baseline: mosquitto_sub, TLS 1.3", subscriber.0.id()),
+        ("floor: sleep", sleeper.0.id()),
+    ];
+    // Let start-up work (key, audit, first reads, the link's first
+    // heartbeat) settle before measuring.
     std::thread::sleep(Duration::from_secs(2));
-    let (d0, s0) = (sample(daemon.id()), sample(sleeper.id()));
+    let before: Vec<Sample> = pids.iter().map(|(_, pid)| sample(*pid)).collect();
     std::thread::sleep(Duration::from_secs(seconds));
-    let (d1, s1) = (sample(daemon.id()), sample(sleeper.id()));
-    let cpu = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9;
-    println!("idle over {seconds} s:");
-    println!(
-        "  {:<34} RSS {:>5} KiB   peak {:>5} KiB   threads {}   CPU {:.4} s ({:.3} s/hour)",
-        "support daemon",
-        d1.0,
-        d1.1,
-        d1.2,
-        cpu(d0.3, d1.3),
-        cpu(d0.3, d1.3) * 3600.0 / seconds as f64
-    );
-    let exe = std::fs::metadata(env!("CARGO_BIN_EXE_support")).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "  {:<34} anonymous {:>5} KiB   file-backed {:>5} KiB (the executable is {} KiB)",
-        "  of which",
-        d1.4,
-        d1.5,
-        exe / 1024
-    );
-    println!(
-        "  {:<34} RSS {:>5} KiB   peak {:>5} KiB   threads {}   CPU {:.4} s",
-        "baseline: sleep",
-        s1.0,
-        s1.1,
-        s1.2,
-        cpu(s0.3, s1.3)
-    );
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    daemon.wait().unwrap();
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    let after: Vec<Sample> = pids.iter().map(|(_, pid)| sample(*pid)).collect();
+    let exe = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+    println!("idle over {seconds} s ({bin}, {} KiB; daemons under a live tier-1 grant):", exe / 1024);
+    println!("| process | RSS (KiB) | anonymous | file-backed | peak | threads | CPU s/hour |");
+    println!("|---|---|---|---|---|---|---|");
+    let per_hour = |a: &Sample, b: &Sample| b.cpu_ns.saturating_sub(a.cpu_ns) as f64 / 1e9 * 3600.0 / seconds as f64;
+    for ((name, _), (a, b)) in pids.iter().zip(before.iter().zip(&after)) {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {:.3} |",
+            b.rss,
+            b.anon,
+            b.file,
+            b.peak,
+            b.threads,
+            per_hour(a, b)
+        );
+    }
+    let baseline = after[2].rss as f64;
+    for (i, what) in [(0, "daemon linked to a relay"), (1, "daemon local-only")] {
+        let (ratio, threads, cpu) = (after[i].rss as f64 / baseline, after[i].threads, per_hour(&before[i], &after[i]));
+        let met = ratio <= 1.0 && threads <= 2 && cpu <= 1.0;
+        println!(
+            "target {what}: RSS {ratio:.2} x mosquitto_sub (<= 1.0), {threads} threads (<= 2), {cpu:.3} CPU s/hour (<= 1): {}",
+            if met { "target met" } else { "NOT met" }
+        );
+    }
+    // The daemon stops as under systemd; the rest are killed as they drop.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(local.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    drop((local, subscriber, sleeper, rig, broker));
 }
 
 fn main() {

@@ -5,7 +5,8 @@
 #
 # Needs cargo-deb (`cargo install cargo-deb --locked --version 3.6.2`, as
 # .ci/run does) and dpkg. The binary is built with the profile in
-# SUPPORT_DEB_PROFILE (default `release`); the completions and man pages are
+# SUPPORT_DEB_PROFILE (default `dist`: fat LTO, one codegen unit, opt-level
+# s, see Cargo.toml); the completions and man pages are
 # written by that binary from its own clap definitions into target/assets
 # (under the checkout, whatever CARGO_TARGET_DIR says), which Cargo.toml's
 # [package.metadata.deb] assets name.
@@ -16,7 +17,7 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   echo "deb: cargo-deb is not installed: cargo install cargo-deb --locked --version 3.6.2" >&2
   exit 1
 fi
-profile=${SUPPORT_DEB_PROFILE:-release}
+profile=${SUPPORT_DEB_PROFILE:-dist}
 # build.rs records the commit for `support version`.
 SUPPORT_COMMIT=${SUPPORT_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 export SUPPORT_COMMIT

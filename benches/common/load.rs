@@ -290,6 +290,8 @@ pub struct Mosquitto {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub tls: Arc<rustls::ClientConfig>,
+    /// The CA file its certificate is checked against (the relay's self-signed `cert.pem`).
+    pub ca: PathBuf,
 }
 
 impl Mosquitto {
@@ -320,8 +322,42 @@ impl Mosquitto {
             assert!(t0.elapsed() < Duration::from_secs(10), "mosquitto did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let tls = support::tls::RelayTrust::CaFile(state.join("cert.pem")).client_config().unwrap();
-        Mosquitto { proc: Proc(child), addr, tls }
+        let ca = state.join("cert.pem");
+        let tls = support::tls::RelayTrust::CaFile(ca.clone()).client_config().unwrap();
+        Mosquitto { proc: Proc(child), addr, tls, ca }
+    }
+
+    /// `mosquitto_sub` holding one subscription over TLS 1.3, the
+    /// broker's certificate checked against [`Mosquitto::ca`], returned
+    /// once it has printed the message retained on its topic (its output
+    /// to a pipe is flushed per message, unlike its `-d` lines).
+    pub fn subscriber(&self) -> Proc {
+        let client = |program: &str| {
+            let mut c = Command::new(program);
+            c.args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string(), "--tls-version", "tlsv1.3"])
+                .arg("--cafile")
+                .arg(&self.ca)
+                .args(["-t", "support/idle"])
+                .stdin(Stdio::null());
+            c
+        };
+        let published = client("mosquitto_pub")
+            .args(["-r", "-m", "ready"])
+            .status()
+            .expect("mosquitto_pub on PATH (apt-get install mosquitto-clients)");
+        assert!(published.success(), "mosquitto_pub: {published}");
+        let mut child = client("mosquitto_sub").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        // Drained to the end, so that no write of it ever blocks.
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("mosquitto_sub's first message within 10 s");
+        assert_eq!(line, "ready");
+        Proc(child)
     }
 
     /// `n` idle MQTT 3.1.1 clients over TLS 1.3 (CONNECT with keep-alive
