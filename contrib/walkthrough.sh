@@ -170,7 +170,8 @@ set +e; as "$owner" "$install_line" 2>"$tmp/install.log"; rc=$?; set -e
 [ "$rc" = 1 ] && grep -q 'systemd is not running' "$tmp/install.log" || fail "service install without systemd: exit $rc"
 foreground=$(grep -A1 'in the foreground' "$tmp/install.log" | tail -n 1 | sed 's/^ *//')
 [ "$foreground" = "support daemon" ] || [ "$foreground" = "/usr/bin/support daemon" ] || fail "service install printed no foreground command"
-as "$owner" "exec $foreground" > "$tmp/daemon.log" 2>&1 &
+# exec all the way down, so the pid kept is the daemon's own (cleanup stops it).
+(exec env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME="$owner" LANG=C.UTF-8 bash -c "exec $foreground") > "$tmp/daemon.log" 2>&1 &
 pids+=($!)
 readme "support status"
 status_cmd=$L
