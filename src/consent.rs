@@ -695,4 +695,26 @@ mod tests {
             "the newest before it: counted, then no more"
         );
     }
+
+    /// A record stamped exactly at the horizon is not older than it, so the
+    /// count goes on past it: records of one batch share a stamp, and both
+    /// of two actions there are counted (cargo-mutants: `<` as `<=` counted one).
+    #[test]
+    fn actions_started_counts_every_record_stamped_at_its_horizon() {
+        use crate::audit::{AuditLog, Event, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let mut g = Grant::new(Tier::FIXES, Duration::from_secs(600), None, Utc::now()).unwrap();
+        let mut log = AuditLog::open(&paths).unwrap();
+        let started = || {
+            let mut r = Record::new(Event::ActionStarted);
+            r.grant_id = Some(g.grant_id.clone());
+            r
+        };
+        let both = log.append_batch(vec![started(), started()]).unwrap();
+        assert_eq!(both[0].ts, both[1].ts, "one batch, one stamp");
+        let ts = crate::time::parse_rfc3339(&both[0].ts).unwrap();
+        g.granted_at = ts + CLOCK_SKEW + chrono::TimeDelta::seconds(60);
+        assert_eq!(actions_started(&paths, &g).unwrap(), 2);
+    }
 }
