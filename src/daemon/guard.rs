@@ -390,8 +390,30 @@ mod tests {
         assert!(!descends_from(me, me, |p| tree::stat(p).map(|s| s.ppid)));
     }
 
+    /// Run in a child of its own that leads its own process group: the
+    /// check needs the group's leader alive, and the test runner's group
+    /// leader may have exited (a job started in the background).
     #[test]
     fn a_task_record_from_another_version_still_counts() {
+        const CHILD: &str = "SUPPORT_TEST_GROUP_LEADER";
+        if std::env::var_os(CHILD).is_none() {
+            use std::os::unix::process::CommandExt;
+            let name = "daemon::guard::tests::a_task_record_from_another_version_still_counts";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .process_group(0)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        assert_eq!(nix::unistd::getpgrp().as_raw(), std::process::id() as i32, "a group leader");
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::under(dir.path().join("home"));
         paths.ensure_dirs().unwrap();
