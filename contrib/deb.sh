@@ -23,7 +23,8 @@ SUPPORT_COMMIT=${SUPPORT_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || 
 export SUPPORT_COMMIT
 
 cargo build --locked --profile "$profile" --bin support
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+[ -d "$target_dir" ] || { echo "deb: cannot find cargo's target directory" >&2; exit 1; }
 bin="$target_dir/$profile/support"
 
 assets=target/assets
@@ -35,4 +36,5 @@ mkdir -p "$assets/completions" "$assets/man"
 "$bin" man "$assets/man" >/dev/null
 [ -s "$assets/man/support.1" ] || { echo "deb: support man wrote no support.1" >&2; exit 1; }
 
-cargo deb --no-build --profile "$profile" 2>&1 | tail -n 1
+# cargo-deb prints the .deb's path on stdout; its errors stay on stderr.
+cargo deb --no-build --profile "$profile"

@@ -63,17 +63,20 @@ fi
 tmp=$(mktemp -d /tmp/support-walkthrough.XXXXXX)
 chmod 755 "$tmp"
 defaults=/etc/default/support-relay
-cp -p "$defaults" "$tmp/default.orig"
 pids=()
 cleanup() {
   local rc=$?
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  cp -p "$tmp/default.orig" "$defaults" 2>/dev/null || true
+  # 15 s (the units' TimeoutStopSec), then SIGKILL: cleanup never hangs.
+  for _ in $(seq 150); do
+    alive=0; for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break; sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  [ ! -f "$tmp/default.orig" ] || cp -p "$tmp/default.orig" "$defaults" || true
   # Rewritten in place, not renamed over: in a container /etc/hosts is a bind mount.
-  if grep -v ' relay.example.com # support walkthrough$' /etc/hosts > "$tmp/hosts"; then
-    cat "$tmp/hosts" > /etc/hosts
-  fi
+  { grep -v ' relay.example.com # support walkthrough$' /etc/hosts || true; } > "$tmp/hosts"
+  if grep -q localhost "$tmp/hosts"; then cat "$tmp/hosts" > /etc/hosts; fi
   find "$relay_state" -mindepth 1 -delete 2>/dev/null || true
   if [ "$rc" != 0 ]; then
     for f in "$tmp"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 40 "$f"; }; done >&2
@@ -82,6 +85,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+cp -p "$defaults" "$tmp/default.orig"
 
 # A person's shell: their own home, nothing inherited but PATH.
 as() {
@@ -131,6 +135,8 @@ readme "sudo systemctl enable --now support-relay"
 unit=/usr/lib/systemd/system/support-relay.service
 user=$(sed -n 's/^User=//p' "$unit"); state=/var/lib/$(sed -n 's/^StateDirectory=//p' "$unit")
 exec_start=$(sed -n 's/^ExecStart=//p' "$unit"); envfile=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "$unit")
+[ "$state" = "$relay_state" ] && [ -n "$user" ] && [ -n "$exec_start" ] && [ -n "$envfile" ] \
+  || fail "$unit is not the unit this script knows (User=, StateDirectory=, ExecStart=, EnvironmentFile=)"
 install -d -o "$user" -g "$user" -m "$(sed -n 's/^StateDirectoryMode=//p' "$unit")" "$state"
 (
   # EnvironmentFile: KEY=VALUE lines, # comments; $VAR in ExecStart splits at spaces.
@@ -185,10 +191,11 @@ as "$owner" "$L"
 
 echo "== 4. Support at work"
 readme "sudo -u support-relay support relay --state /var/lib/support-relay devices"
-grep -q "$device" <<<"$(as_admin "$L")" \
+out=$(as_admin "$L") || fail "relay devices failed"
+grep -q "$device" <<<"$out" \
   || fail "the relay's devices does not list $device"
 readme "support operator devices"
-devices=$(as "$operator" "$L")
+devices=$(as "$operator" "$L") || fail "operator devices failed"
 echo "$devices"
 grep "$device" <<<"$devices" | grep -q 'yes' || fail "operator devices: $device not online"
 readme "support operator run d-8eda388185d6c050ac67 disk-usage"
@@ -202,8 +209,10 @@ echo "$out (exit $rc)"
 readme "support revoke            # a running task ends; the operator sees \"cancelled by revoke\""
 as "$owner" "$L"
 readme "support audit             # every grant, command, denial and stop, newest first"
-grep -q 'disk-usage' <<<"$(as "$owner" "$L")" \
+out=$(as "$owner" "$L") || fail "support audit failed"
+grep -q 'disk-usage' <<<"$out" \
   || fail "support audit does not show the disk-usage run"
 readme "support audit --verify    # ok: N records"
-grep -q '^ok' <<<"$(as "$owner" "$L")" || fail "support audit --verify is not ok"
+out=$(as "$owner" "$L") || fail "support audit --verify failed"
+grep -q '^ok' <<<"$out" || fail "support audit --verify is not ok"
 echo "walkthrough: every step of README's Deploy for real behaved as written."

@@ -38,10 +38,11 @@ pub fn human(t: DateTime<Utc>) -> String {
 }
 
 /// An instant that came as text (a record's `ts`, a wire field) as
-/// [`human`] shows it; text that is not RFC 3339 is shown as it is, made
-/// printable ([`crate::text::printable`]).
+/// [`human`] shows it; text that is not RFC 3339 (it may come from the
+/// relay or a device) is shown made printable and cut to 64 characters
+/// ([`crate::text::brief`]).
 pub fn human_text(ts: &str) -> String {
-    parse_rfc3339(ts).map(human).unwrap_or_else(|| crate::text::printable(ts))
+    parse_rfc3339(ts).map(human).unwrap_or_else(|| crate::text::brief(ts))
 }
 
 #[cfg(test)]
@@ -72,5 +73,7 @@ mod tests {
             assert_eq!(human_text(given), shown, "{given:?}");
         }
         assert_eq!(human(parse_rfc3339("2026-11-22T10:36:26.5Z").unwrap()), "2026-11-22T10:36:26Z");
+        // A relay's text that is no time is cut, not shown whole.
+        assert_eq!(human_text(&"x".repeat(100_000)), format!("{}...", "x".repeat(64)));
     }
 }
