@@ -665,21 +665,30 @@ mod tests {
         assert!(decode(&serde_json::to_vec(&good).unwrap(), now).live().is_some());
     }
 
+    /// A home with an audit log and a live tier-2 grant, for the budget's count.
+    fn budget_fixture() -> (tempfile::TempDir, Paths, Grant, crate::audit::AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path().join("home"));
+        let g = Grant::new(Tier::FIXES, Duration::from_secs(600), None, Utc::now()).unwrap();
+        let log = crate::audit::AuditLog::open(&paths).unwrap();
+        (dir, paths, g, log)
+    }
+
+    /// A record of `event` naming `grant_id`.
+    fn of_grant(event: crate::audit::Event, grant_id: &str) -> crate::audit::Record {
+        let mut r = crate::audit::Record::new(event);
+        r.grant_id = Some(grant_id.to_string());
+        r
+    }
+
     /// The count passes over another grant's `consent.granted`, and stops
     /// after the first record older than its horizon (`granted_at` less
     /// [`CLOCK_SKEW`] and a minute), to the microsecond.
     #[test]
     fn actions_started_passes_another_grant_and_stops_at_its_horizon() {
-        use crate::audit::{AuditLog, Event, Record};
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::under(dir.path().join("home"));
-        let mut g = Grant::new(Tier::FIXES, Duration::from_secs(600), None, Utc::now()).unwrap();
-        let mut log = AuditLog::open(&paths).unwrap();
-        let mut append = |event, grant_id: &str| {
-            let mut r = Record::new(event);
-            r.grant_id = Some(grant_id.to_string());
-            log.append(r).unwrap()
-        };
+        use crate::audit::Event;
+        let (_dir, paths, mut g, mut log) = budget_fixture();
+        let mut append = |event, grant_id: &str| log.append(of_grant(event, grant_id)).unwrap();
         append(Event::ActionStarted, &g.grant_id);
         append(Event::ConsentGranted, "g-eeeeeeeeeeeeeeee");
         let newest = append(Event::ActionStarted, &g.grant_id);
@@ -701,16 +710,9 @@ mod tests {
     /// of two actions there are counted (cargo-mutants: `<` as `<=` counted one).
     #[test]
     fn actions_started_counts_every_record_stamped_at_its_horizon() {
-        use crate::audit::{AuditLog, Event, Record};
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::under(dir.path().join("home"));
-        let mut g = Grant::new(Tier::FIXES, Duration::from_secs(600), None, Utc::now()).unwrap();
-        let mut log = AuditLog::open(&paths).unwrap();
-        let started = || {
-            let mut r = Record::new(Event::ActionStarted);
-            r.grant_id = Some(g.grant_id.clone());
-            r
-        };
+        use crate::audit::Event;
+        let (_dir, paths, mut g, mut log) = budget_fixture();
+        let started = || of_grant(Event::ActionStarted, &g.grant_id);
         let both = log.append_batch(vec![started(), started()]).unwrap();
         assert_eq!(both[0].ts, both[1].ts, "one batch, one stamp");
         let ts = crate::time::parse_rfc3339(&both[0].ts).unwrap();

@@ -110,21 +110,9 @@ fn join(registry: &Registry, known: impl Fn(&str) -> Option<DeviceEntry>) -> Vec
         .collect()
 }
 
+/// A device the relay has not heard from since it started.
 fn offline(device_id: &str) -> DeviceEntry {
-    DeviceEntry {
-        device_id: device_id.to_string(),
-        name: String::new(),
-        online: false,
-        last_heartbeat: None,
-        tier: None,
-        expires_at: None,
-        running_tasks: None,
-        audit_head: None,
-        version: None,
-        scope: None,
-        audit_alert: None,
-        public_key: None,
-    }
+    Heard::default().entry(device_id)
 }
 
 /// Leaves only a device's id, name, presence and key: what an operator its
